@@ -1,0 +1,85 @@
+"""Models on random tensors: shapes, the seed CNN layer for layer, CTC lengths against the conv formula."""
+
+import pytest
+import torch
+from torch import nn
+
+from trainer.models import MODEL_TASKS, MODELS, build_model
+
+
+def test_seed_cnn_is_the_seed_document_model():
+    torch.manual_seed(0)
+    model = build_model("seed-cnn", n_classes=10)
+    # The seed document's model, written out independently as a Sequential.
+    reference = nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 16 * 16, 512),
+        nn.ReLU(),
+        nn.Linear(512, 10),
+    )
+    ours = [p for _, p in model.named_parameters()]
+    theirs = [p for _, p in reference.named_parameters()]
+    assert [p.shape for p in ours] == [p.shape for p in theirs]
+    with torch.no_grad():
+        for a, b in zip(ours, theirs, strict=True):
+            b.copy_(a)
+    x = torch.randn(4, 1, 32, 32)
+    model.eval()
+    torch.testing.assert_close(model(x), reference(x))
+    # 320 + 18,496 + 8,389,120 + 5,130 parameters (conv1, conv2, fc1, fc2)
+    assert sum(p.numel() for p in model.parameters()) == 320 + 18_496 + 8_389_120 + 5_130
+
+
+def test_seed_cnn_rejects_other_input_sizes():
+    with pytest.raises(ValueError, match="32 mel × 32 frame"):
+        build_model("seed-cnn", n_classes=10)(torch.randn(2, 1, 40, 32))
+
+
+def test_resnet_kws_any_input_size_and_dropout_option():
+    model = build_model("resnet-kws", n_classes=12, hidden_size=16, dropout=0.3)
+    assert model(torch.randn(3, 1, 40, 50)).shape == (3, 12)
+    assert model.dropout.p == 0.3
+
+
+@pytest.mark.parametrize("name", ["crnn-ctc", "conformer-ctc"])
+def test_ctc_models_lengths_and_log_probs(name):
+    torch.manual_seed(0)
+    model = build_model(name, n_classes=11, n_mels=40, hidden_size=32, num_layers=2)
+    lengths = torch.tensor([101, 60, 7])
+    x = torch.randn(3, 1, 40, 101)
+    log_probs, out_lengths = model(x, lengths)
+    # Conv with kernel 3, stride 2, padding 1: out = floor((L + 2 - 3) / 2) + 1 = floor((L + 1) / 2)
+    assert out_lengths.tolist() == [(n + 1) // 2 for n in lengths.tolist()]
+    assert log_probs.shape == (3, 51, 11) and log_probs.dtype == torch.float32
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(3, 51))
+    targets = torch.tensor([[1, 2, 3], [4, 5, 0], [6, 0, 0]])
+    loss = nn.functional.ctc_loss(
+        log_probs.transpose(0, 1), targets, out_lengths, torch.tensor([3, 2, 1]), blank=0
+    )
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_crnn_lstm_option():
+    model = build_model("crnn-ctc", n_classes=5, n_mels=16, rnn_type="lstm", hidden_size=8)
+    assert isinstance(model.rnn, nn.LSTM)
+    with pytest.raises(ValueError, match="'gru' or 'lstm'"):
+        build_model("crnn-ctc", n_classes=5, n_mels=16, rnn_type="rnn")
+
+
+def test_unknown_model_names_the_accepted_ones():
+    with pytest.raises(ValueError, match="seed-cnn, resnet-kws, crnn-ctc, conformer-ctc"):
+        build_model("vgg", n_classes=10)
+
+
+def test_compatibility_table_covers_every_model():
+    assert set(MODELS) == set(MODEL_TASKS)
+    for name, tasks in MODEL_TASKS.items():
+        model = build_model(name, n_classes=11, n_mels=32, hidden_size=16 if name != "conformer-ctc" else 32)
+        assert (model.kind == "classify") == (tasks == ("keywords",))
