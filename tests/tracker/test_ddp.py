@@ -1,0 +1,126 @@
+"""Distributed measuring with 2 real CPU processes (gloo): DTensor (FSDP2-style) norm reduction and DDP runs.
+
+Each test starts two real subprocesses running this file as a script (see ``__main__`` below); they join one
+gloo process group. Oracles are computed here, in the test process, from the same seeds.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(mode: str, tmp_path, *extra: str, timeout: float = 120.0) -> None:
+    port = str(_free_port())
+    procs = []
+    for rank in range(WORLD):
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            RANK=str(rank),
+            WORLD_SIZE=str(WORLD),
+            OMP_NUM_THREADS="1",
+        )
+        env.pop("GRADWATCH_CLIP", None)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, mode, str(tmp_path), *extra],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        outputs.append(out)
+    for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
+        assert p.returncode == 0, f"rank {rank} failed:\n{out}"
+
+
+# ---------------------------------------------------------------- DTensor reduction
+def _dtensor_fulls():
+    g = torch.Generator().manual_seed(1234)
+    # Even and uneven Shard(0) (5 rows over 2 ranks), a Shard(1), a replicated one and a "partial" one.
+    return {
+        "even": torch.randn(8, 3, generator=g),
+        "uneven": torch.randn(5, 4, generator=g),
+        "shard1": torch.randn(3, 6, generator=g),
+        "replicated": torch.randn(7, generator=g),
+        "partial_local": torch.randn(WORLD, 4, generator=g),  # rank r holds row r; the value is their sum
+    }
+
+
+def _dtensor_worker(out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.tensor import (
+        DTensor,
+        Partial,
+        Replicate,
+        Shard,
+        distribute_tensor,
+        init_device_mesh,
+    )
+
+    from tracker.distributed import rank_and_world_size, sharded_norms
+
+    dist.init_process_group("gloo")
+    rank, world = rank_and_world_size()
+    mesh = init_device_mesh("cpu", (world,))
+    f = _dtensor_fulls()
+    tensors = [
+        distribute_tensor(f["even"], mesh, [Shard(0)]),
+        distribute_tensor(f["uneven"], mesh, [Shard(0)]),
+        torch.randn(3),  # a plain (replicated) tensor mixed in: same seed-free value not needed, norm local
+        distribute_tensor(f["shard1"], mesh, [Shard(1)]),
+        distribute_tensor(f["replicated"], mesh, [Replicate()]),
+        DTensor.from_local(f["partial_local"][rank], mesh, [Partial()]),
+    ]
+    norms = sharded_norms(tensors)
+    plain = torch.linalg.vector_norm(tensors[2]).item()
+    result = {"norms": norms.tolist(), "plain": plain}
+    with open(os.path.join(out_dir, f"dtensor-{rank}.json"), "w") as fh:
+        json.dump(result, fh)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_dtensor_norms_are_global_not_local(tmp_path):
+    _launch("dtensor", tmp_path)
+    f = _dtensor_fulls()
+    for rank in range(WORLD):
+        got = json.loads((tmp_path / f"dtensor-{rank}.json").read_text())
+        expected = [
+            torch.linalg.vector_norm(f["even"]).item(),
+            torch.linalg.vector_norm(f["uneven"]).item(),
+            got["plain"],
+            torch.linalg.vector_norm(f["shard1"]).item(),
+            torch.linalg.vector_norm(f["replicated"]).item(),
+            torch.linalg.vector_norm(f["partial_local"].sum(0)).item(),
+        ]
+        assert got["norms"] == pytest.approx(expected, rel=1e-5)
+
+
+if __name__ == "__main__":
+    mode, out_dir = sys.argv[1], sys.argv[2]
+    torch.set_num_threads(1)
+    {"dtensor": _dtensor_worker}[mode](out_dir, *sys.argv[3:])

@@ -1,0 +1,70 @@
+"""tracker.norms against torch's own norms (the oracle): torch.linalg.vector_norm and get_total_norm."""
+
+import math
+
+import pytest
+import torch
+
+from tracker.norms import NormPlan, grad_norms, max_abs, nonfinite_flags, tensor_norms
+
+
+def _tensors(dtypes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(7, 3), (11,), (2, 3, 4), (1,), (5, 5)]
+    return [torch.randn(shapes[i % len(shapes)], generator=g).to(dt) * (i + 1) for i, dt in enumerate(dtypes)]
+
+
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        [torch.float32] * 5,
+        [torch.float32, torch.float64, torch.float32, torch.float64, torch.float32],
+        [torch.bfloat16, torch.float32, torch.float16, torch.float32, torch.bfloat16],
+    ],
+    ids=["one-group", "two-dtypes", "low-precision-mixed"],
+)
+def test_per_tensor_and_total_match_torch(dtypes):
+    grads = _tensors(dtypes)
+    norms, total = grad_norms(grads)
+    assert norms.dtype == torch.float32 and norms.shape == (len(grads),)
+    expected = torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]).float()
+    torch.testing.assert_close(norms, expected, rtol=2e-3 if torch.float16 in dtypes else 1e-5, atol=0)
+    oracle_total = torch.nn.utils.get_total_norm([g.double() for g in grads]).float()
+    torch.testing.assert_close(total, oracle_total, rtol=2e-3 if torch.float16 in dtypes else 1e-5, atol=0)
+
+
+def test_cached_plan_gives_the_same_result_as_regrouping():
+    grads = _tensors([torch.float32, torch.float64, torch.float32])
+    plan = NormPlan.for_tensors(grads)
+    assert plan.groups == ((0, 2), (1,))
+    fresh = _tensors([torch.float32, torch.float64, torch.float32], seed=1)  # new tensors, same layout
+    torch.testing.assert_close(grad_norms(fresh, plan)[0], grad_norms(fresh)[0])
+
+
+def test_float16_norm_above_float16_range_stays_finite():
+    # All elements finite, but the norm (1000 * 300 = 3e5) exceeds float16's max (65504).
+    g = torch.full((1000,), 300.0, dtype=torch.float16)
+    norms, total = grad_norms([g])
+    assert torch.isfinite(norms).all()
+    assert norms[0].item() == pytest.approx(300.0 * math.sqrt(1000), rel=1e-3)
+
+
+def test_nonfinite_flags_mark_nan_and_inf_layers():
+    grads = _tensors([torch.float32] * 4)
+    grads[1][0] = float("nan")
+    grads[3][-1] = float("inf")
+    norms, total = grad_norms(grads)
+    assert nonfinite_flags(norms).tolist() == [False, True, False, True]
+    assert not torch.isfinite(total)
+
+
+def test_max_abs_and_inf_norm_match_amax():
+    grads = _tensors([torch.float32, torch.float64, torch.float32])
+    expected = torch.stack([g.abs().amax().float() for g in grads])
+    torch.testing.assert_close(max_abs(grads), expected)
+    torch.testing.assert_close(tensor_norms(grads, 1.0), torch.stack([g.abs().sum().float() for g in grads]))
+
+
+def test_empty_list():
+    norms, total = grad_norms([])
+    assert norms.numel() == 0 and total.item() == 0.0
