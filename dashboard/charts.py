@@ -1,0 +1,217 @@
+"""Plotly figure builders: pure functions of DataFrames, no Streamlit and no database.
+
+Every series is reduced to at most ``max_points`` points with the spike-keeping min/max envelope, and drawn
+with WebGL (``Scattergl``) once it is large, so a 100k-step run renders as fast as a 1k-step one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from dashboard.downsample import minmax_envelope
+
+__all__ = [
+    "MAX_POINTS",
+    "WEBGL_FROM",
+    "flow_figure",
+    "global_norm_figure",
+    "heatmap_figure",
+    "layer_norms_figure",
+    "metric_figure",
+    "module_of",
+    "overlay_figure",
+]
+
+MAX_POINTS = 2000  # per trace, after downsampling
+WEBGL_FROM = 1000  # points; below this SVG is crisper and cheaper than a WebGL context
+
+# Layout shared by every chart: uirevision keeps legend toggles across live refreshes.
+_LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), uirevision="keep", legend=dict(orientation="h", y=-0.2))
+
+
+def _scatter(x, y, **kwargs):
+    cls = go.Scattergl if len(x) >= WEBGL_FROM else go.Scatter
+    return cls(x=x, y=y, **kwargs)
+
+
+def _line(x, y, max_points, **kwargs):
+    xs, ys = minmax_envelope(np.asarray(x), np.asarray(y, dtype=float), max_points)
+    return _scatter(xs, ys, mode="lines", **kwargs)
+
+
+def module_of(name: str) -> str:
+    """The module a parameter belongs to: ``encoder.layers.0.fc.weight`` -> ``encoder.layers.0.fc``."""
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def global_norm_figure(
+    steps: pd.DataFrame,
+    clip_events: pd.DataFrame | None = None,
+    *,
+    log_y: bool = False,
+    max_points: int = MAX_POINTS,
+) -> go.Figure:
+    """Pre-clip global norm per step, the clip threshold in use, post-clip norm, and clip events as markers.
+
+    ``steps`` needs ``step`` and ``total_norm``; ``threshold`` and ``total_norm_after`` are drawn if present.
+    ``clip_events`` needs ``step``, ``norm_before`` and ``clipped``; only events that clipped are marked.
+    """
+    fig = go.Figure()
+    if len(steps):
+        fig.add_trace(_line(steps["step"], steps["total_norm"], max_points, name="global norm (pre-clip)"))
+        if "total_norm_after" in steps and steps["total_norm_after"].notna().any():
+            after = steps.dropna(subset=["total_norm_after"])
+            fig.add_trace(
+                _line(
+                    after["step"],
+                    after["total_norm_after"],
+                    max_points,
+                    name="after clipping",
+                    line=dict(width=1, dash="dot"),
+                )
+            )
+        if "threshold" in steps and steps["threshold"].notna().any():
+            thr = steps.dropna(subset=["threshold"])
+            fig.add_trace(
+                _line(
+                    thr["step"],
+                    thr["threshold"],
+                    max_points,
+                    name="clip threshold",
+                    line=dict(color="firebrick", dash="dash", width=1.5),
+                )
+            )
+    if clip_events is not None and len(clip_events):
+        clipped = clip_events[clip_events["clipped"].astype(bool)]
+        if len(clipped):
+            x, y = minmax_envelope(clipped["step"].to_numpy(), clipped["norm_before"].to_numpy(), max_points)
+            fig.add_trace(
+                _scatter(
+                    x,
+                    y,
+                    mode="markers",
+                    name=f"clipped ({len(clipped):,} steps)",
+                    marker=dict(color="firebrick", symbol="x", size=6),
+                )
+            )
+    fig.update_layout(title="Global gradient norm", xaxis_title="step", yaxis_title="L2 norm", **_LAYOUT)
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def layer_norms_figure(norms: pd.DataFrame, *, max_points: int = MAX_POINTS) -> go.Figure:
+    """Per-layer gradient norm over steps, log y, legend grouped by module.
+
+    ``norms`` is long format with ``name`` and ``step`` and either ``norm`` (raw rows) or ``min``/``max``
+    (an envelope from the store's blocks). Envelopes are drawn as the max line with a shaded band to the min.
+    """
+    fig = go.Figure()
+    for name, group in norms.groupby("name", sort=False):
+        group = group.sort_values("step")
+        module = module_of(str(name))
+        common = dict(name=str(name), legendgroup=module, legendgrouptitle_text=module)
+        if "norm" in group:
+            fig.add_trace(_line(group["step"], group["norm"], max_points, **common))
+        else:
+            # Interleave max then min per bucket so the single line still shows each bucket's extremes.
+            x = np.repeat(group["step"].to_numpy(), 2)
+            y = np.column_stack([group["max"].to_numpy(), group["min"].to_numpy()]).ravel()
+            fig.add_trace(_line(x, y, max_points, **common))
+    fig.update_layout(title="Per-layer gradient norms", xaxis_title="step", yaxis_title="L2 norm", **_LAYOUT)
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def heatmap_figure(heat: pd.DataFrame) -> go.Figure:
+    """Layer x step heatmap of log10 gradient norm.
+
+    ``heat`` is long format: ``name``, ``step`` (bucket start) and ``log10_norm``; layers keep their order of
+    first appearance (model order).
+    """
+    names = list(dict.fromkeys(heat["name"]))
+    table = heat.pivot_table(index="name", columns="step", values="log10_norm", aggfunc="max").reindex(names)
+    fig = go.Figure(
+        go.Heatmap(
+            z=table.to_numpy(),
+            x=table.columns.to_numpy(),
+            y=names,
+            colorscale="Viridis",
+            colorbar=dict(title="log10 ‖g‖"),
+            hovertemplate="step %{x}<br>%{y}<br>log10 norm %{z:.2f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="log10 gradient norm, layer × step",
+        xaxis_title="step",
+        yaxis=dict(autorange="reversed"),
+        height=max(300, 18 * len(names) + 120),
+        **_LAYOUT,
+    )
+    return fig
+
+
+def flow_figure(flow: pd.DataFrame, step: int) -> go.Figure:
+    """Gradient flow at one step: one bar per layer (model order), log y; non-finite layers in red."""
+    norms = flow["norm"].astype(float)
+    finite = np.isfinite(norms)
+    colors = np.where(finite, "steelblue", "firebrick")
+    # A bar cannot show NaN/Inf on a log axis: draw non-finite layers at the largest finite height, in red.
+    top = norms[finite].max() if finite.any() else 1.0
+    fig = go.Figure(
+        go.Bar(
+            x=flow["name"],
+            y=np.where(finite, norms, top),
+            marker_color=colors,
+            customdata=norms.astype(str),
+            hovertemplate="%{x}<br>norm %{customdata}<extra></extra>",
+        )
+    )
+    fig.update_layout(title=f"Gradient flow at step {step}", yaxis_title="L2 norm", **_LAYOUT)
+    fig.update_yaxes(type="log")
+    fig.update_xaxes(tickangle=-45)
+    return fig
+
+
+def metric_figure(
+    frame: pd.DataFrame,
+    *,
+    title: str,
+    y: str = "value",
+    color: str = "name",
+    max_points: int = MAX_POINTS,
+    log_y: bool = False,
+) -> go.Figure:
+    """One line per value of ``color`` (a metric name, or a run), ``step`` on x."""
+    fig = go.Figure()
+    for key, group in frame.groupby(color, sort=False):
+        group = group.sort_values("step")
+        mode = "lines+markers" if len(group) <= 50 else "lines"
+        trace = _line(group["step"], group[y], max_points, name=str(key))
+        trace.mode = mode
+        fig.add_trace(trace)
+    fig.update_layout(title=title, xaxis_title="step", **_LAYOUT)
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def overlay_figure(
+    series: dict[str, pd.DataFrame], y: str, *, title: str, log_y: bool = False, max_points: int = MAX_POINTS
+) -> go.Figure:
+    """Overlay one column of several runs, aligned by step: ``series`` maps a run label to its frame."""
+    fig = go.Figure()
+    for label, frame in series.items():
+        if y not in frame or frame[y].isna().all():
+            continue
+        frame = frame.dropna(subset=[y]).sort_values("step")
+        trace = _line(frame["step"], frame[y], max_points, name=label)
+        if len(frame) <= 50:
+            trace.mode = "lines+markers"
+        fig.add_trace(trace)
+    fig.update_layout(title=title, xaxis_title="step", **_LAYOUT)
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig

@@ -1,0 +1,77 @@
+"""Which database the dashboard reads, and friendly messages when it cannot.
+
+Resolution order (the same default as the tracker and the trainer):
+``streamlit run dashboard -- --db PATH``, else ``$GRADWATCH_DB``, else ``./gradwatch.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["DEFAULT_DB", "friendly_error", "resolve_db_path"]
+
+DEFAULT_DB = "gradwatch.db"
+
+
+def resolve_db_path(argv: Sequence[str], environ: Mapping[str, str], cwd: str | os.PathLike) -> Path:
+    """The database path from the script arguments, the environment, or the default, made absolute."""
+    parser = argparse.ArgumentParser(prog="streamlit run dashboard --", add_help=False)
+    parser.add_argument("--db")
+    args, _ = parser.parse_known_args(list(argv))
+    raw = args.db or environ.get("GRADWATCH_DB") or DEFAULT_DB
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = Path(cwd) / path
+    return path
+
+
+# Error class name -> (what happened, how to fix it). Keyed by name so this module needs no store import.
+_HINTS = {
+    "NotADatabase": (
+        "is not a SQLite database (it may be corrupt, or another kind of file).",
+        "Point the dashboard at a gradwatch database: `streamlit run dashboard -- --db PATH`, "
+        "or move this file away and start a new run.",
+    ),
+    "ForeignDatabase": (
+        "is a SQLite database, but not one written by gradwatch.",
+        "Use a separate file for gradwatch: `streamlit run dashboard -- --db gradwatch.db`. "
+        "The dashboard never modifies this file.",
+    ),
+    "SchemaTooNew": (
+        "was written by a newer version of gradwatch than this dashboard understands.",
+        "Upgrade gradwatch in this environment (`pip install -U gradwatch`, "
+        "or `git pull && make dashboard`).",
+    ),
+    "DatabaseLocked": (
+        "is locked by another process (an exclusive lock or a long write transaction).",
+        "Wait for the other process to finish, or close the program holding the lock, then reload the page.",
+    ),
+    "DirectoryNotFound": (
+        "is in a directory that does not exist.",
+        "Check the path given with `--db` or `$GRADWATCH_DB`.",
+    ),
+    "ReadOnlyLocation": (
+        "is in a location that cannot be written.",
+        "Choose a writable location with `--db PATH` or `$GRADWATCH_DB`.",
+    ),
+    "DatabaseNotFound": (
+        "does not exist yet.",
+        "Start a run (for example with the demo button) or point `--db` at an existing database.",
+    ),
+}
+
+
+def friendly_error(path: str | os.PathLike, exc: BaseException) -> str:
+    """A message for ``st.error``: what is wrong with the database at ``path`` and how to fix it."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _HINTS:
+            what, fix = _HINTS[cls.__name__]
+            return f"The database `{path}` {what}\n\n**How to fix:** {fix}\n\n_Details: {exc}_"
+    return (
+        f"The database `{path}` could not be read: {type(exc).__name__}: {exc}\n\n"
+        "**How to fix:** check that the file is a gradwatch database "
+        "and that no other program is rewriting it."
+    )

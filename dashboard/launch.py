@@ -1,0 +1,363 @@
+"""Build relaunch commands and manage the training processes the dashboard starts.
+
+Commands are argument lists, never shell strings: a clip spec like ``norm:1.0+noise(0.01)`` or a run name
+with spaces reaches the child exactly as typed. Each process writes stdout and stderr to its own log file and
+gets its own session, so closing the dashboard (or a Ctrl-C in its terminal) does not kill a training run;
+stopping is an explicit SIGTERM, which the trainer and the tracker turn into a clean ``stopped`` run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "CLIP_ENV",
+    "DB_ENV",
+    "PARENT_ENV",
+    "RUN_ENV",
+    "Job",
+    "LaunchSpec",
+    "Launcher",
+    "external_spec",
+    "is_trainer_run",
+    "log_tail",
+    "parse_sweep",
+    "relaunch_spec",
+    "stop_pid",
+    "trainer_spec",
+]
+
+CLIP_ENV = "GRADWATCH_CLIP"
+DB_ENV = "GRADWATCH_DB"
+PARENT_ENV = "GRADWATCH_PARENT_RUN"
+RUN_ENV = "GRADWATCH_RUN"
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start one process: argv list, working directory and extra environment."""
+
+    name: str
+    argv: tuple[str, ...]
+    cwd: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    parent_id: int | None = None
+    clip: str | None = None
+    config_file: str | None = None  # written just before starting (trainer relaunches)
+    config: Mapping | None = None
+
+    def display(self) -> str:
+        """The exact command, as a user would type it in a POSIX shell (for display only; we never run it)."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        cmd = shlex.join(self.argv)
+        return f"cd {shlex.quote(self.cwd)} && {env + ' ' if env else ''}{cmd}"
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def trainer_spec(
+    *,
+    name: str,
+    db: str | os.PathLike,
+    clip: str | None,
+    config: Mapping | None = None,
+    config_file: str | os.PathLike | None = None,
+    parent_id: int | None = None,
+    overrides: Mapping[str, object] | None = None,
+    extra_args: Sequence[str] = (),
+    python: str = sys.executable,
+    cwd: str | os.PathLike | None = None,
+) -> LaunchSpec:
+    """``python -m trainer [--config F] [--<dest> v ...] --clip SPEC --db DB --run NAME [--parent-run ID]``.
+
+    ``overrides`` maps trainer option dest names (as recorded in ``runs.config``) to values; ``True`` gives a
+    bare flag, ``False``/``None`` are left out.
+    """
+    argv: list[str] = [python, "-m", "trainer"]
+    if config_file is not None:
+        argv += ["--config", str(config_file)]
+    for dest, value in (overrides or {}).items():
+        if value is None or value is False:
+            continue
+        argv.append(_flag(dest))
+        if value is not True:
+            argv.append(str(value))
+    argv += list(extra_args)
+    if clip is not None:
+        argv += ["--clip", clip]
+    argv += ["--db", str(db), "--run", name]
+    if parent_id is not None:
+        argv += ["--parent-run", str(parent_id)]
+    return LaunchSpec(
+        name=name,
+        argv=tuple(argv),
+        cwd=str(cwd or os.getcwd()),
+        parent_id=parent_id,
+        clip=clip,
+        config_file=str(config_file) if config_file is not None else None,
+        config=dict(config) if config is not None else None,
+    )
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip().startswith("[") else [value]
+    return list(value)
+
+
+def is_trainer_run(run: Mapping) -> bool:
+    """True when the run was recorded by ``python -m trainer`` (or its console script)."""
+    argv = _as_list(run.get("argv"))
+    if not argv:
+        return False
+    first = str(argv[0]).replace("\\", "/")
+    return (
+        first.endswith("trainer/__main__.py")
+        or first.endswith("trainer/cli.py")
+        or Path(first).name == "gradwatch-train"
+        or argv[:2] == ["-m", "trainer"]
+    )
+
+
+def relaunch_spec(
+    run: Mapping,
+    *,
+    name: str,
+    db: str | os.PathLike,
+    clip: str,
+    config_dir: str | os.PathLike,
+    overrides: Mapping[str, object] | None = None,
+) -> LaunchSpec:
+    """The command that relaunches a recorded run with another clip setting.
+
+    Trainer runs replay their recorded config through ``--config``; any other script is re-executed with its
+    recorded argv, Python and working directory, with the clip setting passed through ``GRADWATCH_CLIP``.
+    """
+    if is_trainer_run(run):
+        config = run.get("config") or {}
+        if isinstance(config, str):
+            config = json.loads(config)
+        # The run's own lineage and destination are set by the new command line, not replayed.
+        config = {k: v for k, v in config.items() if k not in {"config", "clip", "db", "run", "parent_run"}}
+        config_file = Path(config_dir) / f"{_safe(name)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        return trainer_spec(
+            name=name,
+            db=db,
+            clip=clip,
+            config=config,
+            config_file=config_file,
+            parent_id=int(run["id"]),
+            overrides=overrides,
+            python=run.get("python") or sys.executable,
+            cwd=run.get("cwd") or os.getcwd(),
+        )
+    if overrides:
+        raise ValueError(
+            f"run {run.get('id')!r} is not a trainer run: only the clip setting can be changed "
+            f"(got options {sorted(overrides)!r})"
+        )
+    return external_spec(run, name=name, db=db, clip=clip)
+
+
+def external_spec(run: Mapping, *, name: str, db: str | os.PathLike, clip: str) -> LaunchSpec:
+    """Re-execute an external script's recorded command with ``GRADWATCH_CLIP`` set."""
+    argv = _as_list(run.get("argv"))
+    if not argv:
+        raise ValueError(f"run {run.get('id')!r} has no recorded command (argv) to re-execute")
+    python = run.get("python") or sys.executable
+    env = {
+        CLIP_ENV: clip,
+        DB_ENV: str(db),
+        PARENT_ENV: str(int(run["id"])),
+        RUN_ENV: name,
+    }
+    return LaunchSpec(
+        name=name,
+        argv=(python, *map(str, argv)),
+        cwd=str(run.get("cwd") or os.getcwd()),
+        env=env,
+        parent_id=int(run["id"]),
+        clip=clip,
+    )
+
+
+def parse_sweep(text: str, validate) -> list[str]:
+    """Clip specs from a sweep box (one per line; blank lines and ``#`` comments ignored).
+
+    ``validate`` is the tracker's ``validate_clip``/``parse_clip``-like callable returning the canonical spec
+    or raising ValueError. Raises ValueError naming every bad line, so nothing is launched from a sweep with
+    one typo in it.
+    """
+    specs: list[str] = []
+    errors: list[str] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            specs.append(validate(line))
+        except ValueError as exc:
+            errors.append(f"line {number} ({line!r}): {exc}")
+    if errors:
+        raise ValueError("invalid sweep: " + "; ".join(errors))
+    if not specs:
+        raise ValueError("the sweep is empty: write one clip spec per line, e.g. 'norm:1.0'")
+    if len(set(specs)) != len(specs):
+        dupes = sorted({s for s in specs if specs.count(s) > 1})
+        raise ValueError(f"the sweep lists the same clip spec more than once: {dupes!r}")
+    return specs
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80] or "run"
+
+
+def log_tail(path: str | os.PathLike, max_lines: int = 40, max_bytes: int = 64_000) -> str:
+    """The last lines of a log file (reads only its end: logs of long runs grow large)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    # tqdm redraws with carriage returns: keep only the last state of each line.
+    lines = [line.rsplit("\r", 1)[-1] for line in data.decode("utf-8", "replace").splitlines()]
+    return "\n".join(lines[-max_lines:])
+
+
+def stop_pid(pid: int) -> bool:
+    """Send SIGTERM to ``pid``; False when there is no such process (it already ended)."""
+    try:
+        os.kill(int(pid), signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@dataclass
+class Job:
+    """One launch: queued, then running, then exited."""
+
+    spec: LaunchSpec
+    log_path: Path
+    sweep: str | None = None
+    popen: subprocess.Popen | None = None
+    started_at: float | None = None
+    error: str | None = None  # why it could not start
+
+    @property
+    def state(self) -> str:
+        if self.error is not None:
+            return "failed to start"
+        if self.popen is None:
+            return "queued"
+        code = self.popen.poll()
+        if code is None:
+            return "running"
+        return "exited" if code == 0 else f"exited ({code})"
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
+
+
+class Launcher:
+    """Starts processes from a queue with at most ``limit`` running per sweep.
+
+    One instance per dashboard process (shared by all browser sessions), so a sweep keeps advancing while no
+    page is open: a watcher thread per process starts the next queued job when one exits.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike):
+        self.log_dir = Path(log_dir)
+        self.jobs: list[Job] = []
+        self._limits: dict[str | None, int] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, specs: Sequence[LaunchSpec], *, limit: int | None = None, sweep: str | None = None):
+        """Queue ``specs`` and start as many as the concurrency ``limit`` (per sweep) allows."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"the concurrency limit must be at least 1, got {limit!r}")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        new = []
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for i, spec in enumerate(specs):
+            log = self.log_dir / f"{stamp}-{i:02d}-{_safe(spec.name)}.log"
+            new.append(Job(spec=spec, log_path=log, sweep=sweep))
+        with self._lock:
+            self._limits[sweep] = limit or len(specs)
+            self.jobs.extend(new)
+        self._pump()
+        return new
+
+    def _pump(self) -> None:
+        with self._lock:
+            to_start = []
+            for sweep, limit in self._limits.items():
+                group = [j for j in self.jobs if j.sweep == sweep]
+                running = sum(j.state == "running" for j in group)
+                queued = [j for j in group if j.state == "queued"]
+                to_start += queued[: max(0, limit - running)]
+            for job in to_start:
+                self._start(job)
+
+    def _start(self, job: Job) -> None:
+        spec = job.spec
+        try:
+            if spec.config_file is not None:
+                Path(spec.config_file).parent.mkdir(parents=True, exist_ok=True)
+                Path(spec.config_file).write_text(json.dumps(spec.config or {}, indent=2, default=str))
+            env = {**os.environ, **spec.env}
+            with open(job.log_path, "ab") as log:
+                log.write(f"$ {spec.display()}\n".encode())
+                log.flush()
+                # A list argv and no shell: nothing in a spec or a name is ever interpreted by a shell.
+                job.popen = subprocess.Popen(
+                    list(spec.argv),
+                    cwd=spec.cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            job.started_at = time.time()
+        except OSError as exc:
+            job.error = f"{type(exc).__name__}: {exc}"
+            return
+        threading.Thread(
+            target=self._watch, args=(job,), daemon=True, name=f"gradwatch-watch-{job.pid}"
+        ).start()
+
+    def _watch(self, job: Job) -> None:
+        job.popen.wait()
+        self._pump()
+
+    def stop(self, job: Job) -> bool:
+        """SIGTERM a running job (the trainer finishes its step, flushes and records ``stopped``)."""
+        if job.popen is None or job.popen.poll() is not None:
+            with self._lock:
+                if job.popen is None and job.error is None:
+                    job.error = "cancelled before it started"
+            return False
+        job.popen.send_signal(signal.SIGTERM)
+        return True
+
+    def running_pids(self) -> set[int]:
+        return {j.pid for j in self.jobs if j.state == "running"}
