@@ -1,0 +1,123 @@
+"""The launcher starts real processes from argument lists, logs, limits concurrency, stops with SIGTERM."""
+
+import json
+import sys
+import time
+
+import pytest
+
+from dashboard.launch import Launcher, LaunchSpec, external_spec, log_tail, trainer_spec
+
+# A stand-in for "somebody's training script": reports its argv and the gradwatch environment, then waits
+# for a release file (so the test controls when it ends) and exits 0; on SIGTERM it logs and exits 0 like
+# the trainer.
+SCRIPT = r"""
+import json, os, signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+def stop(*_):
+    print("got SIGTERM", flush=True)
+    (out / "stopped").write_text("1")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+env = {k: v for k, v in os.environ.items() if k.startswith("GRADWATCH_")}
+(out / "started").write_text(json.dumps({"argv": sys.argv, "cwd": os.getcwd(), "env": env}))
+print("training step 1", flush=True)
+while not (out / "release").exists():
+    time.sleep(0.02)
+print("done", flush=True)
+"""
+
+
+def _wait(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def _spec(tmp_path, i, argv_extra=()):
+    out = tmp_path / f"job{i}"
+    out.mkdir()
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    return out, LaunchSpec(
+        name=f"job {i}", argv=(sys.executable, str(script), str(out), *argv_extra), cwd=str(out)
+    )
+
+
+def test_external_relaunch_sets_the_clip_environment_and_reuses_argv(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [str(script), str(out), "--lr", "0.1; rm -rf /"]
+    run = {"id": 7, "argv": json.dumps(argv), "cwd": str(tmp_path), "python": sys.executable}
+    spec = external_spec(run, name="relaunch of 7", db=tmp_path / "g.db", clip="norm:0.5")
+    launcher = Launcher(tmp_path / "logs")
+    (job,) = launcher.submit([spec])
+    assert _wait(lambda: (out / "started").exists())
+    seen = json.loads((out / "started").read_text())
+    # The argument with shell syntax arrives as one literal argument: no shell was involved.
+    assert seen["argv"][1:] == [str(out), "--lr", "0.1; rm -rf /"]
+    assert seen["cwd"] == str(tmp_path)
+    assert seen["env"]["GRADWATCH_CLIP"] == "norm:0.5"
+    assert seen["env"]["GRADWATCH_PARENT_RUN"] == "7"
+    assert seen["env"]["GRADWATCH_DB"] == str(tmp_path / "g.db")
+    (out / "release").write_text("")
+    assert _wait(lambda: job.state == "exited")
+    assert "training step 1" in log_tail(job.log_path) and "done" in log_tail(job.log_path)
+
+
+def test_concurrency_limit_and_queue(tmp_path):
+    launcher = Launcher(tmp_path / "logs")
+    outs, specs = zip(*[_spec(tmp_path, i) for i in range(3)], strict=True)
+    jobs = launcher.submit(list(specs), limit=2, sweep="s")
+    assert _wait(lambda: all((o / "started").exists() for o in outs[:2]))
+    assert [j.state for j in jobs] == ["running", "running", "queued"]
+    (outs[0] / "release").write_text("")
+    # When one exits, the watcher starts the queued job without anybody polling.
+    assert _wait(lambda: (outs[2] / "started").exists())
+    assert jobs[0].state == "exited" and jobs[2].state == "running"
+    for o in outs[1:]:
+        (o / "release").write_text("")
+    assert _wait(lambda: all(j.state == "exited" for j in jobs))
+
+
+def test_stop_sends_sigterm(tmp_path):
+    launcher = Launcher(tmp_path / "logs")
+    out, spec = _spec(tmp_path, 0)
+    (job,) = launcher.submit([spec])
+    assert _wait(lambda: (out / "started").exists())
+    assert launcher.stop(job)
+    assert _wait(lambda: job.state != "running")
+    assert (out / "stopped").exists()
+    assert job.popen.returncode == 0
+    assert "got SIGTERM" in log_tail(job.log_path)
+    assert not launcher.stop(job)  # already ended
+
+
+def test_missing_executable_is_reported_not_raised(tmp_path):
+    launcher = Launcher(tmp_path / "logs")
+    spec = LaunchSpec(name="x", argv=(str(tmp_path / "no-such-python"), "-c", "pass"), cwd=str(tmp_path))
+    (job,) = launcher.submit([spec])
+    assert job.state == "failed to start" and "no-such-python" in job.error
+
+
+def test_trainer_command_is_an_argument_list(tmp_path):
+    spec = trainer_spec(name="kws b", db=tmp_path / "g.db", clip="norm:1.0+noise(0.01)", parent_id=3,
+                        config_file=tmp_path / "c.json", overrides={"lr": 0.01, "max_steps": 5, "amp": True,
+                        "compile": False}, python="/py")  # fmt: skip
+    assert spec.argv == (
+        "/py", "-m", "trainer", "--config", str(tmp_path / "c.json"), "--lr", "0.01", "--max-steps", "5",
+        "--amp", "--clip", "norm:1.0+noise(0.01)", "--db", str(tmp_path / "g.db"), "--run", "kws b",
+        "--parent-run", "3",
+    )  # fmt: skip
+    assert "'kws b'" in spec.display() and "'norm:1.0+noise(0.01)'" in spec.display()
+
+
+def test_launcher_rejects_bad_limit(tmp_path):
+    with pytest.raises(ValueError, match="at least 1"):
+        Launcher(tmp_path).submit([], limit=0)
