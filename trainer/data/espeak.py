@@ -1,0 +1,109 @@
+"""eSpeak NG through ctypes: text + voice + rate + pitch -> int16 waveform at the library's rate (22,050 Hz).
+
+The shared library comes from the PyPI package ``espeakng-loader`` (it ships ``libespeak-ng.so`` and its data,
+including the ~100 voice variants in ``voices/!v``). eSpeak NG keeps global state (current voice, parameters,
+the callback), so one synthesis runs at a time per process: every call holds ``_LOCK``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["EspeakError", "synthesize", "sample_rate", "voice_variants", "synth_count"]
+
+# Constants from speak_lib.h.
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4
+_EE_OK = 0
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+_LOCK = threading.Lock()
+_state: dict = {}
+
+
+class EspeakError(RuntimeError):
+    """eSpeak NG could not be loaded, or refused a voice or a text."""
+
+
+def _library():
+    """Load and initialise the library once per process; returns (lib, sample_rate, data_path)."""
+    if "lib" in _state:
+        return _state["lib"], _state["rate"], _state["data"]
+    try:
+        import espeakng_loader
+    except ImportError as e:  # the trainer extra is missing
+        raise EspeakError(
+            "the built-in corpus needs the package 'espeakng-loader' (pip install gradwatch[trainer])"
+        ) from e
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    data = espeakng_loader.get_data_path()
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_SetSynthCallback.argtypes = [_CALLBACK]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
+        ctypes.c_void_p, ctypes.c_void_p,
+    ]  # fmt: skip
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data).encode(), 0)
+    if rate <= 0:
+        raise EspeakError(f"espeak_Initialize failed with {rate} (data path {data})")
+    chunks: list[np.ndarray] = []
+
+    def on_audio(wav, n, events):
+        if n > 0:
+            chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        return 0  # 0 = go on synthesising
+
+    callback = _CALLBACK(on_audio)  # kept in _state: ctypes callbacks must outlive their use
+    lib.espeak_SetSynthCallback(callback)
+    _state.update(lib=lib, rate=rate, data=Path(data), chunks=chunks, callback=callback, voice=None, count=0)
+    return lib, rate, Path(data)
+
+
+def sample_rate() -> int:
+    """The rate of the waveforms ``synthesize`` returns (22,050 Hz for the packaged library)."""
+    return _library()[1]
+
+
+def voice_variants() -> list[str]:
+    """The packaged voice variants (``f3``, ``m1``, ``croak``, ...), sorted, to combine as ``en+f3``."""
+    data = _library()[2]
+    return sorted(p.name for p in (data / "voices" / "!v").iterdir() if p.is_file())
+
+
+def synth_count() -> int:
+    """How many utterances this process has synthesised (lets callers and tests see a cache hit)."""
+    return _state.get("count", 0)
+
+
+def synthesize(text: str, voice: str = "en", rate: int = 175, pitch: int = 50) -> np.ndarray:
+    """Speak ``text`` with ``voice`` (e.g. ``"en-us+f3"``) at ``rate`` words/min and ``pitch`` (0-100).
+
+    Returns a 1-D int16 array at ``sample_rate()`` Hz. Raises ``EspeakError`` for an unknown voice.
+    """
+    if not 80 <= rate <= 450:
+        raise ValueError(f"rate={rate} words/min is outside eSpeak NG's range 80-450")
+    if not 0 <= pitch <= 100:
+        raise ValueError(f"pitch={pitch} is outside eSpeak NG's range 0-100")
+    lib, _, _ = _library()
+    with _LOCK:
+        if _state["voice"] != voice:
+            if lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
+                raise EspeakError(f"unknown eSpeak NG voice {voice!r} (variants: see voice_variants())")
+            _state["voice"] = voice
+        lib.espeak_SetParameter(_RATE, int(rate), 0)
+        lib.espeak_SetParameter(_PITCH, int(pitch), 0)
+        chunks = _state["chunks"]
+        chunks.clear()
+        encoded = text.encode("utf-8")
+        lib.espeak_Synth(encoded, len(encoded) + 1, 0, 0, 0, 0, None, None)
+        _state["count"] += 1
+        wav = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        chunks.clear()
+    return wav.astype(np.int16, copy=False)

@@ -1,0 +1,219 @@
+"""``load_task``: a task (keywords, digits, characters) from a source (built-in, Speech Commands, transcripts)
+as train/val/test torch Datasets of precomputed log-mels, with labels, a collate function and a record of what
+was loaded (``info``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import synth_corpus
+from .cache import default_cache_dir, locked
+from .datasets import KeywordDataset, SequenceDataset, collate_keywords, collate_sequences
+from .features import FeatureSpec, LogMel, SpecAugment, keyword_features, sequence_features
+from .vocab import Vocabulary, digit_vocabulary
+
+__all__ = ["TASKS", "SOURCES", "Splits", "load_task"]
+
+SPLITS = ("train", "val", "test")
+# task -> (kind, sources that provide it, description)
+TASKS = {
+    "keywords": ("classification", ("builtin", "speech_commands"), "spoken keywords, one class per clip"),
+    "digits": ("sequence", ("builtin", "transcripts"), "spoken digit strings, CTC over the 10 digit words"),
+    "characters": ("sequence", ("transcripts",), "any transcribed speech, CTC over characters"),
+}
+SOURCES = ("builtin", "speech_commands", "transcripts")
+
+
+@dataclass
+class Splits:
+    """What ``load_task`` returns; see the package docstring for the item shapes."""
+
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    labels: list[str]
+    collate: Callable
+    kind: str  # "classification" | "sequence"
+    features: FeatureSpec
+    vocabulary: Vocabulary | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_mels(self) -> int:
+        return self.features.n_mels
+
+    @property
+    def num_classes(self) -> int:
+        """Output size of a model: classes, or vocabulary size including the blank."""
+        return len(self.labels)
+
+
+def load_task(
+    task: str,
+    source: str = "builtin",
+    path: str | os.PathLike | None = None,
+    *,
+    size: str | int = "small",
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    n_mels: int | None = None,
+    frames: int = 32,
+    specaugment: bool = False,
+    classes: int = 10,
+) -> Splits:
+    """Load ``task`` from ``source``; raises ValueError naming a bad option and the accepted ones,
+    ``CorpusNotFound`` / ``CorpusLayoutError`` (``trainer.data.errors``) for a bad ``path``."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    kind, sources, _ = TASKS[task]
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}; choose one of {list(SOURCES)}")
+    if source not in sources:
+        raise ValueError(f"task {task!r} cannot be loaded from {source!r}; its sources are {list(sources)}")
+    if source == "builtin" and path is not None:
+        raise ValueError(
+            "path is only for source='speech_commands' or 'transcripts' (the built-in corpus is generated)"
+        )
+    if source != "builtin" and path is None:
+        raise ValueError(f"source={source!r} needs path= (the corpus folder)")
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    fspec = (
+        keyword_features(n_mels or 32, frames)
+        if kind == "classification"
+        else sequence_features(n_mels or 40)
+    )
+
+    if source == "builtin":
+        loaded = _load_builtin(task, size, seed, cache, fspec)
+    elif source == "speech_commands":
+        from .speech_commands import load_speech_commands
+
+        loaded = load_speech_commands(Path(path), classes=classes, seed=seed, cache_dir=cache, spec=fspec)
+    else:
+        from .transcripts import load_transcripts
+
+        loaded = load_transcripts(Path(path), task=task, seed=seed, cache_dir=cache, spec=fspec)
+    feats, targets, labels, vocabulary, info = loaded
+
+    augment = SpecAugment.for_spec(fspec) if specaugment else None
+    if kind == "classification":
+        sets = {s: KeywordDataset(feats[s], targets[s], augment if s == "train" else None) for s in SPLITS}
+        collate = collate_keywords
+    else:
+        sets = {s: SequenceDataset(feats[s], targets[s], augment if s == "train" else None) for s in SPLITS}
+        collate = collate_sequences
+    info.update(
+        task=task,
+        source=source,
+        kind=kind,
+        counts={s: len(sets[s]) for s in SPLITS},
+        features=dict(vars(fspec)),
+        specaugment=None if augment is None else augment.extra_repr(),
+    )
+    return Splits(
+        **sets, labels=labels, collate=collate, kind=kind, features=fspec, vocabulary=vocabulary, info=info
+    )
+
+
+def _load_builtin(task: str, size, seed: int, cache: Path, fspec: FeatureSpec):
+    manifest, splits = synth_corpus.load_or_generate(synth_corpus.synth_spec(task, size, seed), cache)
+    folder = Path(manifest["path"])
+    logmel = LogMel(fspec)
+
+    def compute():
+        return {s: _features((splits[s].waveform(i) for i in range(len(splits[s]))), logmel) for s in SPLITS}
+
+    feats, feature_seconds, feature_hit = cached_features(folder, fspec, compute)
+    if task == "keywords":
+        targets = {s: torch.from_numpy(splits[s].targets) for s in SPLITS}
+        labels, vocabulary = list(manifest["labels"]), None
+    else:
+        vocabulary = digit_vocabulary()
+        targets = {s: [vocabulary.encode(t) for t in splits[s].texts.tolist()] for s in SPLITS}
+        labels = vocabulary.labels
+    info = dict(
+        voices=manifest["voices"],
+        generation_seconds=manifest["generation_seconds"],
+        cache_path=manifest["path"],
+        cache_hit=manifest["cache_hit"],
+        feature_seconds=feature_seconds,
+        feature_cache_hit=feature_hit,
+        size=size,
+        seed=seed,
+    )
+    return feats, targets, labels, vocabulary, info
+
+
+def _features(waves: Iterable[np.ndarray], logmel: LogMel, chunk: int = 256):
+    """Log-mels of 16 kHz waveforms: one ``[N, n_mels, frames]`` tensor for fixed-size features (computed in
+    batches), else a list of ``[n_mels, T_i]``."""
+    fixed = logmel.spec.frames is not None
+    out, batch = [], []
+
+    def flush():
+        if not batch:
+            return
+        if fixed:  # equal lengths for 1 s clips; pad the odd short one so they stack
+            n = max(len(w) for w in batch)
+            x = torch.stack([torch.nn.functional.pad(torch.from_numpy(w), (0, n - len(w))) for w in batch])
+            out.append(logmel(x))
+        else:
+            out.extend(logmel(torch.from_numpy(w)) for w in batch)
+        batch.clear()
+
+    with torch.no_grad():
+        for w in waves:
+            batch.append(np.asarray(w, dtype=np.float32))
+            if len(batch) == chunk:
+                flush()
+        flush()
+    if fixed:
+        return torch.cat(out) if out else torch.zeros(0, logmel.spec.n_mels, logmel.spec.frames)
+    return out
+
+
+def cached_features(folder: Path, fspec: FeatureSpec, compute: Callable[[], dict]):
+    """``compute()`` once per (corpus folder, feature spec); stored as ``features-<key>.pt`` in ``folder``.
+
+    Returns ``(features per split, seconds spent computing (0 on a hit), hit)``. Variable-length features are
+    stored concatenated along time with their lengths (one tensor per split loads much faster than thousands).
+    """
+    path = folder / f"features-{fspec.key()}.pt"
+    with locked(folder, path.stem):
+        if path.exists():
+            return _unpack(torch.load(path, weights_only=True)), 0.0, True
+        start = time.perf_counter()
+        feats = compute()
+        seconds = round(time.perf_counter() - start, 3)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        torch.save(_pack(feats), tmp)
+        os.replace(tmp, path)
+    return feats, seconds, False
+
+
+def _pack(feats: dict) -> dict:
+    packed = {}
+    for s, f in feats.items():
+        if isinstance(f, torch.Tensor):
+            packed[s] = {"fixed": f}
+        else:
+            lengths = torch.tensor([x.shape[-1] for x in f], dtype=torch.long)
+            packed[s] = {"cat": torch.cat(f, dim=-1) if f else torch.zeros(0, 0), "lengths": lengths}
+    return packed
+
+
+def _unpack(packed: dict) -> dict:
+    out = {}
+    for s, p in packed.items():
+        if "fixed" in p:
+            out[s] = p["fixed"]
+        else:
+            out[s] = list(torch.split(p["cat"], p["lengths"].tolist(), dim=-1)) if len(p["lengths"]) else []
+    return out
