@@ -1,0 +1,231 @@
+"""What every clipping strategy shares: the result record, the protocol, the error, and the scaling kernels.
+
+A strategy's ``clip_`` works on device tensors only. It never calls ``.item()`` and never branches in Python
+on a tensor value (``torch.where`` / ``clamp`` instead), so a step costs no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ClipResult",
+    "ClipSpecError",
+    "ClipStrategy",
+    "Strategy",
+    "fmt_num",
+    "global_result",
+    "parse_number",
+    "require_positive",
+    "scalar_like",
+    "scale_",
+    "scale_each_",
+]
+
+# The same epsilon as torch.nn.utils.clip_grad_norm_: coef = threshold / (norm + 1e-6).
+NORM_EPS = 1e-6
+
+
+class ClipSpecError(ValueError):
+    """A clip spec or a strategy option is invalid; the message names the bad value and the accepted forms."""
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """What one ``clip_`` call did. Every field is a 0-d tensor on the gradients' device (no host sync).
+
+    threshold: the threshold in force this step (NaN when there is none: ``none``, ZClip warm-up).
+    coef: the global scaling coefficient in [0, 1]; for per-tensor and unit-wise strategies the smallest one.
+    total_norm_after: global L2 norm of the gradients after clipping (before any noise is added).
+    clipped: bool, whether anything was scaled down or clamped.
+    n_clipped: int64, how many tensors were changed (global strategies: 0 or the number of gradients).
+    """
+
+    threshold: Tensor
+    coef: Tensor
+    total_norm_after: Tensor
+    clipped: Tensor
+    n_clipped: Tensor
+
+
+@runtime_checkable
+class ClipStrategy(Protocol):
+    """The interface the tracker relies on. Any object with these members can be passed as ``clip=``."""
+
+    name: str
+    noise: Any
+
+    @property
+    def spec(self) -> str: ...
+
+    def clip_(
+        self,
+        grads: Sequence[Tensor],
+        norms: Tensor,
+        total_norm: Tensor,
+        *,
+        params: Sequence[Tensor] | None = None,
+        step: int = 0,
+        names: Sequence[str] | None = None,
+    ) -> ClipResult: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def fmt_num(x: float) -> str:
+    """Canonical text for a number in a spec: ``repr`` of the float round-trips (``1.0``, ``1e-05``)."""
+    return repr(float(x))
+
+
+def _by_device(tensors: Sequence[Tensor]) -> list[tuple[list[Tensor], list[int]]]:
+    # Checking one int per tensor costs ~9 us for 150 tensors, a third of building (device, dtype) groups;
+    # mixed dtypes on one device are fine for _foreach_mul_, only the coefficient's device matters.
+    if len(set(map(Tensor.get_device, tensors))) <= 1:
+        return [(list(tensors), list(range(len(tensors))))]
+    groups: dict[torch.device, tuple[list[Tensor], list[int]]] = {}
+    for i, t in enumerate(tensors):
+        ts, idx = groups.setdefault(t.device, ([], []))
+        ts.append(t)
+        idx.append(i)
+    return list(groups.values())
+
+
+def scale_(grads: Sequence[Tensor], coef: Tensor) -> None:
+    """Multiply every gradient in place by the 0-d tensor ``coef`` (fused per device, like torch)."""
+    if not grads:
+        return
+    for tensors, _ in _by_device(grads):
+        # There is no public fused in-place multiply; torch.nn.utils.clip_grads_with_norm_ uses this one.
+        torch._foreach_mul_(tensors, coef.to(tensors[0].device))
+
+
+def scale_each_(grads: Sequence[Tensor], coefs: Tensor) -> None:
+    """Multiply gradient i in place by ``coefs[i]`` (1-D tensor), fused per device."""
+    if not grads:
+        return
+    for tensors, idx in _by_device(grads):
+        local = coefs.to(tensors[0].device).unbind(0)
+        torch._foreach_mul_(tensors, [local[i] for i in idx])
+
+
+def scalar_like(value: float, like: Tensor) -> Tensor:
+    # torch.full launches a fill kernel with the value as an argument: no host-to-device copy to wait for.
+    return torch.full((), value, dtype=torch.float32, device=like.device)
+
+
+class Strategy:
+    """Base class of the built-in strategies: noise after clipping, equality by spec, empty state by default.
+
+    Subclasses set ``name``, implement ``_clip`` and ``_base_spec``; stateful ones override the state methods.
+    """
+
+    name = ""
+
+    def __init__(self) -> None:
+        self.noise = None  # a tracker.clipping.noise.GradientNoise, attached by the parser or by hand
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec string; ``parse_clip(s.spec) == s``."""
+        return self._base_spec() + (f"+{self.noise.spec}" if self.noise is not None else "")
+
+    def _base_spec(self) -> str:
+        raise NotImplementedError
+
+    def _clip(self, grads, norms, total_norm, *, params, step, names) -> ClipResult:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def clip_(
+        self,
+        grads: Sequence[Tensor],
+        norms: Tensor,
+        total_norm: Tensor,
+        *,
+        params: Sequence[Tensor] | None = None,
+        step: int = 0,
+        names: Sequence[str] | None = None,
+    ) -> ClipResult:
+        """Clip ``grads`` in place, then add noise if configured. ``norms``/``total_norm`` are the pre-clip L2
+        norms already measured by the tracker (measure once). ``params`` and ``names`` match ``grads`` one to
+        one; only ``agc`` needs them. ``step`` is the 0-based optimizer step (schedules, noise, seeding)."""
+        grads = list(grads)
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        result = self._clip(grads, norms, total_norm, params=params, step=step, names=names)
+        if self.noise is not None:
+            self.noise.apply_(grads, step)
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and ints needed to resume; stateless strategies return ``{}``."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{self.name!r} has no state to load, got keys {sorted(state)}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Strategy) and type(other) is type(self) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.spec)
+
+    def __repr__(self) -> str:
+        return f"parse_clip({self.spec!r})"
+
+
+def global_result(
+    grads: list[Tensor],
+    total_norm: Tensor,
+    threshold: Tensor,
+    *,
+    target: Tensor | None = None,
+    trigger: Tensor | None = None,
+) -> ClipResult:
+    """Scale all gradients so the global norm becomes ``target`` (default ``threshold``) when ``trigger``
+    (default: norm > threshold) holds; the shared tail of norm, schedules, random, AutoClip and ZClip.
+
+    coef = target / (N + 1e-6) as in clip_grad_norm_. A non-finite N leaves the gradients untouched (coef 1):
+    torch would multiply by 0 or NaN and turn the finite gradients into NaN as well.
+    """
+    total = total_norm.to(torch.float32)
+    target = threshold if target is None else target
+    trigger = total > threshold if trigger is None else trigger
+    clipped = torch.isfinite(total) & trigger
+    coef = torch.where(clipped, target / (total + NORM_EPS), torch.ones_like(total))
+    # Multiplying by 1 when nothing is clipped is what clip_grad_norm_ does too: no `if` on a device value.
+    scale_(grads, coef)
+    n = torch.where(clipped, len(grads), 0)
+    return ClipResult(threshold, coef, total * coef, clipped, n.to(torch.int64))
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def parse_number(text: str, what: str) -> float:
+    """Plain decimal or scientific notation only: float() would also take "1_000", "nan" and "infinity"."""
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        raise ClipSpecError(f"{what} {text!r} is not a number")
+    return float(text)
+
+
+def require_positive(value: float, what: str) -> float:
+    """Constructor-side check shared by the strategies: a finite number > 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ClipSpecError(f"{what} must be a finite number > 0, got {value!r}")
+    return float(value)
