@@ -32,8 +32,8 @@ __all__ = [
 MODEL_TASKS: dict[str, tuple[str, ...]] = {
     "seed-cnn": ("keywords",),
     "resnet-kws": ("keywords",),
-    "crnn-ctc": ("digits",),
-    "conformer-ctc": ("digits",),
+    "crnn-ctc": ("digits", "characters"),
+    "conformer-ctc": ("digits", "characters"),
 }
 MODELS = tuple(MODEL_TASKS)
 

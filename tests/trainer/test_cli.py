@@ -1,0 +1,133 @@
+"""The trainer's command line: help, validation at the boundary (exit 2, one message, no traceback),
+and --config replay with explicit overrides. No training happens here (see test_train*.py)."""
+
+import argparse
+import json
+
+import pytest
+
+from trainer.cli import build_parser, main, parse_config
+from trainer.config import NOT_REPLAYED
+from trainer.presets import PRESETS, preset_values
+
+
+def test_every_flag_has_help_and_belongs_to_a_group():
+    parser = build_parser()
+    titles = {g.title for g in parser._action_groups}
+    assert {"data", "model", "optimisation", "clipping", "tracking"} <= titles
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and action.help.strip(), action.option_strings
+
+
+def test_help_shows_clip_grammar_and_presets(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("norm:", "autoclip", "zclip", "agc", "clipping-demo", "--parent-run", "torchrun"):
+        assert word in out
+
+
+BAD = [
+    (["--lr", "-1"], "--lr"),
+    (["--lr", "abc"], "--lr"),
+    (["--epochs", "0"], "--epochs"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--optimizer", "rmsprop"], "--optimizer"),
+    (["--task", "digits", "--model", "seed-cnn"], "seed-cnn"),
+    (["--task", "keywords", "--model", "crnn-ctc"], "crnn-ctc"),
+    (["--clip", "norm:abc"], "--clip"),
+    (["--clip", "bogus:1"], "--clip"),
+    (["--data", "speech_commands", "--data-path", "/no/such/folder"], "/no/such/folder"),
+    (["--data", "speech_commands"], "--data-path"),
+    (["--data", "transcripts", "--task", "keywords", "--data-path", "."], "transcripts"),
+    (["--db", "/no/such/folder/x.db"], "/no/such/folder"),
+    (["--config", "/no/such/config.json"], "config file not found"),
+    (["--preset", "nope"], "--preset"),
+    (["--sc-variant", "11"], "--sc-variant"),
+    (["--no-such-flag"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_flags_exit_2_with_one_clear_message(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert "Traceback" not in err
+    assert "error:" in err
+
+
+def test_config_file_that_is_not_json_or_not_an_object(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for content in ("{not json", "[1, 2]"):
+        bad.write_text(content)
+        with pytest.raises(SystemExit) as exc:
+            parse_config(["--config", str(bad)])
+        assert exc.value.code == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_config_replay_reproduces_the_recorded_config_with_overrides(tmp_path):
+    recorded, _ = parse_config(
+        ["--task", "digits", "--model", "crnn-ctc", "--lr", "0.02", "--rnn-type", "lstm", "--grad-accum", "2",
+         "--clip", "norm:5", "--db", str(tmp_path / "g.db"), "--run", "first", "--seed", "7"]
+    )  # fmt: skip
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(recorded.to_dict()))
+
+    replayed, warnings = parse_config(["--config", str(path), "--clip", "zclip:2.5", "--parent-run", "4"])
+    assert warnings == []
+    expected = dict(recorded.to_dict(), clip="zclip:2.5", parent_run=4)
+    got = replayed.to_dict()
+    # A relaunch is a new run: its name is generated afresh; everything else is replayed or overridden.
+    assert got.pop("run") != "first"
+    expected.pop("run")
+    assert got == expected
+
+
+def test_explicit_flag_equal_to_the_default_still_overrides_the_file(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"lr": 0.05, "batch_size": 16, "quiet": True}))
+    default_lr = build_parser().get_default("lr")
+    assert default_lr == argparse.SUPPRESS  # defaults are suppressed: the namespace holds typed flags only
+    cfg, _ = parse_config(["--config", str(path), "--lr", "0.001"])
+    assert cfg.lr == 0.001 and cfg.batch_size == 16 and cfg.quiet is True
+
+
+def test_run_record_with_config_key_and_unknown_keys_warn(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"id": 3, "config": {"epochs": 9, "future_option": 1}}))
+    cfg, warnings = parse_config(["--config", str(path)])
+    assert cfg.epochs == 9
+    assert warnings and "future_option" in warnings[0]
+
+
+def test_not_replayed_keys_are_not_taken_from_the_file(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"run": "old", "parent_run": 2, "preset": "demo", "epochs": 3}))
+    cfg, _ = parse_config(["--config", str(path)])
+    assert cfg.run != "old" and cfg.parent_run is None and cfg.preset is None and cfg.epochs == 3
+    assert {"run", "parent_run", "preset"} <= NOT_REPLAYED
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_resolve_and_explicit_flags_win(name):
+    cfg, _ = parse_config(["--preset", name, "--seed", "3"])
+    for key, value in preset_values(name).items():
+        assert getattr(cfg, key) == value
+    assert cfg.seed == 3 and cfg.preset == name
+    cfg, _ = parse_config(["--preset", name, "--epochs", "1"])
+    assert cfg.epochs == 1
+
+
+def test_model_defaults_are_resolved_into_the_config():
+    cfg, _ = parse_config(["--task", "digits"])
+    assert cfg.model == "crnn-ctc" and cfg.hidden_size == 128 and cfg.rnn_type == "gru"
+    cfg, _ = parse_config(["--task", "keywords"])
+    assert cfg.model == "seed-cnn" and cfg.dropout == 0.0

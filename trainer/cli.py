@@ -1,0 +1,201 @@
+"""Command line of the trainer: ``python -m trainer`` / ``gradwatch-train``.
+
+Every flag is parsed with ``argparse.SUPPRESS`` as its default, so the namespace holds exactly the
+flags the user typed; that is what lets ``--config FILE`` replay a recorded run while explicit flags
+override it (``trainer.config.resolve_config``). Invalid input ends here with one message on stderr
+and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.config import (
+    DATA_SOURCES,
+    DEVICES,
+    LR_SCHEDULES,
+    NONFINITE_POLICIES,
+    OPTIMIZERS,
+    TASKS,
+    ConfigError,
+    TrainConfig,
+    load_config_file,
+    resolve_config,
+)
+from trainer.models import MODEL_TASKS, MODELS
+from trainer.presets import PRESETS, describe_presets, preset_values
+
+__all__ = ["build_parser", "parse_config", "main"]
+
+_DEFAULTS = TrainConfig()
+
+
+def _clip_grammar() -> str:
+    """The tracker's own description of the clip spec grammar (one source of truth)."""
+    from tracker.clipping import CLIP_SPEC_HELP
+
+    return CLIP_SPEC_HELP
+
+
+def _compat_table() -> str:
+    return "; ".join(f"{m}: {', '.join(t)}" for m, t in MODEL_TASKS.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Train a speech model while gradwatch records per-layer gradient norms and clipping "
+        "into SQLite. Watch it live with: streamlit run dashboard -- --db PATH",
+        epilog="Distributed: torchrun --nproc_per_node=N -m trainer ... (gloo on CPU, nccl on GPU; one run "
+        "in the database, written by rank 0). Exit codes: 0 finished or stopped by SIGTERM, 130 stopped by "
+        "Ctrl-C, 2 invalid options, 1 training failed.",
+        argument_default=argparse.SUPPRESS,
+        # keeps the line layout of the clip grammar (a group description) and of the epilog
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+    def add(group, *flags, **kw):
+        dest = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        default = getattr(_DEFAULTS, dest, None)
+        # Defaults live in TrainConfig; show them in --help without letting argparse fill them in.
+        if "action" not in kw or kw["action"] not in ("store_true",):
+            kw["help"] = kw["help"] + ("" if default is None else f" (default: {default})")
+        group.add_argument(*flags, **kw)
+
+    g = parser.add_argument_group("data")
+    add(
+        g,
+        "--task",
+        choices=TASKS,
+        help="keywords: 10-word classification; digits: spoken digit strings (CTC); "
+        "characters: transcribed speech (CTC)",
+    )
+    add(g, "--data", choices=DATA_SOURCES, help="builtin: eSpeak-generated corpus; or a real corpus on disk")
+    add(g, "--data-path", metavar="DIR", help="corpus folder for --data speech_commands|transcripts")
+    add(g, "--cache-dir", metavar="DIR", help="where built-in corpora are cached (default: $GRADWATCH_CACHE)")
+    add(
+        g,
+        "--corpus-size",
+        type=_corpus_size,
+        metavar="SIZE",
+        help="built-in corpus size: tiny, small, full, or N repetitions per voice (default: small)",
+    )
+    add(g, "--specaugment", action="store_true", help="SpecAugment (frequency/time masking) on training data")
+    add(g, "--sc-variant", type=int, choices=(10, 12, 35), help="Speech Commands classes: 10, 12 or 35")
+
+    g = parser.add_argument_group("model", f"compatible tasks: {_compat_table()}")
+    add(
+        g,
+        "--model",
+        choices=MODELS,
+        help="architecture (default: seed-cnn for keywords, crnn-ctc for digits)",
+    )
+    add(g, "--dropout", type=float, help="dropout probability (default: the model's own)")
+    add(g, "--hidden-size", type=int, help="width: GRU/LSTM units, conformer dim, resnet channels")
+    add(g, "--num-layers", type=int, help="recurrent / conformer layers")
+    add(g, "--rnn-type", choices=("gru", "lstm"), help="recurrent cell of crnn-ctc")
+
+    g = parser.add_argument_group("optimisation")
+    add(g, "--optimizer", choices=OPTIMIZERS, help="optimizer (sgd uses --momentum)")
+    add(g, "--lr", type=float, help="peak learning rate")
+    add(g, "--momentum", type=float, help="SGD momentum")
+    add(g, "--weight-decay", type=float, help="weight decay (decoupled for adamw, L2 for adam/sgd)")
+    add(g, "--warmup-steps", type=int, help="linear learning-rate warm-up, in optimizer steps")
+    add(g, "--lr-schedule", choices=LR_SCHEDULES, help="decay after warm-up")
+    add(g, "--batch-size", type=int, help="examples per step per process")
+    add(g, "--epochs", type=int, help="passes over the training set")
+    add(g, "--max-steps", type=int, help="stop after this many optimizer steps (default: no limit)")
+    add(g, "--grad-accum", type=int, help="micro-batches accumulated per optimizer step")
+    add(g, "--eval-every", type=int, help="also evaluate every N optimizer steps (0: once per epoch only)")
+    add(g, "--seed", type=int, help="random seed (data order, initialisation, augmentation)")
+    add(g, "--device", choices=DEVICES, help="auto: CUDA when available")
+    add(
+        g,
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="mixed precision with GradScaler (default: on with CUDA, off on CPU)",
+    )
+
+    g = parser.add_argument_group("clipping", _escape(_clip_grammar()))
+    add(g, "--clip", metavar="SPEC", help="clipping spec, grammar above; $GRADWATCH_CLIP overrides it")
+    add(
+        g,
+        "--nonfinite",
+        choices=NONFINITE_POLICIES,
+        help="NaN/Inf gradients: record, skip the step, or raise",
+    )
+
+    g = parser.add_argument_group("tracking")
+    add(g, "--db", metavar="PATH", help="SQLite file (default: $GRADWATCH_DB or ./gradwatch.db)")
+    add(g, "--run", metavar="NAME", help="run name (default: task-model-clip-timestamp)")
+    add(g, "--parent-run", type=int, metavar="ID", help="id of the run this one relaunches (lineage)")
+    add(g, "--every", type=int, metavar="N", help="record gradient norms every N optimizer steps")
+    add(
+        g,
+        "--no-track",
+        action="store_true",
+        help="record nothing (needs --clip none: clipping is the tracker's job)",
+    )
+    add(g, "--extra-stats", action="store_true", help="also record weight norm, update ratio, max |g|")
+
+    g = parser.add_argument_group("run")
+    add(
+        g,
+        "--config",
+        metavar="FILE",
+        help="replay a recorded run's config (JSON); explicit flags override it",
+    )
+    add(g, "--preset", choices=tuple(PRESETS), help=describe_presets())
+    add(g, "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _corpus_size(text: str) -> str | int:
+    return int(text) if text.isdigit() else text
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]:
+    """Parse the command line into a resolved, validated TrainConfig.
+
+    Exits with code 2 and one message on stderr for any invalid option (argparse's convention).
+    """
+    parser = build_parser()
+    explicit = vars(parser.parse_args(argv))
+    config_file = explicit.pop("config", None)
+    preset = explicit.get("preset")
+    try:
+        file_values = load_config_file(config_file) if config_file else None
+        preset_vals = preset_values(preset) if preset else None
+        cfg, warnings = resolve_config(explicit, file_values=file_values, preset_values=preset_vals)
+        _check_clip(cfg.clip)
+    except (ConfigError, ValueError, TypeError) as e:
+        parser.error(str(e))
+    return cfg, warnings
+
+
+def _check_clip(spec: str) -> None:
+    from tracker.clipping import parse_clip
+
+    try:
+        parse_clip(spec)
+    except ValueError as e:  # ClipSpecError is a ValueError naming the bad part and the grammar
+        raise ConfigError(f"--clip {spec!r}: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the trainer; returns the process exit code."""
+    cfg, warnings = parse_config(argv)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    from trainer.train import TrainingError, run_training  # heavy imports after the cheap checks
+
+    try:
+        return run_training(cfg, argv=sys.argv if argv is None else ["-m", "trainer", *argv])
+    except TrainingError as e:
+        print(f"python -m trainer: error: {e}", file=sys.stderr)
+        return e.exit_code

@@ -1,0 +1,247 @@
+"""The trainer's resolved configuration: one flat dataclass whose field names are the CLI's dest names.
+
+Resolution order (later wins): built-in defaults < ``--config FILE`` < ``--preset NAME`` < flags
+given explicitly on the command line. The resolved config is what the run records in
+``runs.config``, so ``python -m trainer --config <that JSON> --clip <new>`` replays it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.models import MODEL_DEFAULTS, MODEL_TASKS, MODELS
+
+__all__ = [
+    "TASKS",
+    "DATA_SOURCES",
+    "OPTIMIZERS",
+    "LR_SCHEDULES",
+    "DEVICES",
+    "NONFINITE_POLICIES",
+    "DEFAULT_MODEL",
+    "NOT_REPLAYED",
+    "TrainConfig",
+    "ConfigError",
+    "load_config_file",
+    "resolve_config",
+]
+
+TASKS = ("keywords", "digits", "characters")
+DATA_SOURCES = ("builtin", "speech_commands", "transcripts")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("cosine", "linear", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+NONFINITE_POLICIES = ("record", "skip", "raise")
+SC_VARIANTS = (10, 12, 35)
+DEFAULT_MODEL = {"keywords": "seed-cnn", "digits": "crnn-ctc", "characters": "crnn-ctc"}
+# Which data sources can feed which task.
+SOURCE_TASKS = {
+    "builtin": ("keywords", "digits"),
+    "speech_commands": ("keywords",),
+    "transcripts": ("digits", "characters"),
+}
+# Keys of a recorded config that a replay does not take over: a relaunch is a new run with its own
+# name and its own lineage (given with --parent-run), and --config itself is not a setting.
+NOT_REPLAYED = frozenset({"run", "parent_run", "config", "preset"})
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid or the options are incompatible."""
+
+
+@dataclass
+class TrainConfig:
+    # data
+    task: str = "keywords"
+    data: str = "builtin"
+    data_path: str | None = None
+    cache_dir: str | None = None
+    corpus_size: str | int | None = None
+    specaugment: bool = False
+    sc_variant: int = 10
+    # model (None = the model's own default, filled in by resolve_config)
+    model: str | None = None
+    dropout: float | None = None
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    rnn_type: str | None = None
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"
+    batch_size: int = 64
+    epochs: int = 5
+    max_steps: int | None = None
+    grad_accum: int = 1
+    eval_every: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool | None = None
+    # clipping
+    clip: str = "none"
+    nonfinite: str = "record"
+    # tracking
+    db: str | None = None
+    run: str | None = None
+    parent_run: int | None = None
+    every: int = 1
+    no_track: bool = False
+    extra_stats: bool = False
+    # run
+    preset: str | None = None
+    quiet: bool = False
+
+    def to_dict(self) -> dict:
+        """The JSON-able dict recorded in ``runs.config`` (keys = CLI dest names)."""
+        return dataclasses.asdict(self)
+
+
+FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """Read a recorded config: a JSON object of settings, or a run record holding one under
+    ``"config"`` (as exported from the database). Raises ConfigError naming the problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {str(p)!r}")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid JSON: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a JSON object of settings")
+    return data
+
+
+def resolve_config(
+    explicit: dict, *, file_values: dict | None = None, preset_values: dict | None = None
+) -> tuple[TrainConfig, list[str]]:
+    """Merge defaults < file < preset < explicit, fill model defaults, validate.
+
+    Returns the config and a list of warnings (e.g. unknown keys ignored from a config file).
+    Raises ConfigError for an invalid value or combination.
+    """
+    warnings: list[str] = []
+    merged: dict = {}
+    if file_values:
+        unknown = sorted(set(file_values) - FIELDS)
+        if unknown:
+            warnings.append(f"ignoring unknown keys in the config file: {', '.join(unknown)}")
+        merged.update({k: v for k, v in file_values.items() if k in FIELDS and k not in NOT_REPLAYED})
+    merged.update(preset_values or {})
+    merged.update(explicit)
+    cfg = TrainConfig(**merged)
+    _fill_defaults(cfg)
+    validate(cfg)
+    return cfg, warnings
+
+
+def _fill_defaults(cfg: TrainConfig) -> None:
+    if cfg.model is None and cfg.task in DEFAULT_MODEL:
+        cfg.model = DEFAULT_MODEL[cfg.task]
+    if cfg.model in MODEL_DEFAULTS:
+        d = MODEL_DEFAULTS[cfg.model]
+        for key in ("dropout", "hidden_size", "num_layers", "rnn_type"):
+            if getattr(cfg, key) is None and key in d:
+                setattr(cfg, key, d[key])
+    if cfg.run is None:
+        cfg.run = f"{cfg.task}-{cfg.model}-{cfg.clip}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if cfg.db is not None:
+        cfg.db = str(Path(cfg.db).expanduser())
+    if cfg.cache_dir is not None:
+        cfg.cache_dir = str(Path(cfg.cache_dir).expanduser())
+
+
+def _choice(cfg: TrainConfig, name: str, accepted) -> None:
+    value = getattr(cfg, name)
+    if value not in accepted:
+        shown = ", ".join(str(a) for a in accepted)
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not accepted; choose one of: {shown}")
+
+
+def _number(cfg: TrainConfig, name: str, *, kind=float, low=None, high=None, low_open=False, optional=False):
+    value = getattr(cfg, name)
+    flag = "--" + name.replace("_", "-")
+    if value is None and optional:
+        return
+    ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or (kind is float and not math.isfinite(value)):
+        raise ConfigError(
+            f"{flag} must be {'an integer' if kind is int else 'a finite number'}, got {value!r}"
+        )
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(f"{flag} must be {'>' if low_open else '≥'} {low}, got {value!r}")
+    if high is not None and value >= high:
+        raise ConfigError(f"{flag} must be < {high}, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every value and combination; raise ConfigError naming the bad value and the accepted ones."""
+    _choice(cfg, "task", TASKS)
+    _choice(cfg, "data", DATA_SOURCES)
+    _choice(cfg, "model", MODELS)
+    _choice(cfg, "optimizer", OPTIMIZERS)
+    _choice(cfg, "lr_schedule", LR_SCHEDULES)
+    _choice(cfg, "device", DEVICES)
+    _choice(cfg, "nonfinite", NONFINITE_POLICIES)
+    _choice(cfg, "sc_variant", SC_VARIANTS)
+    if cfg.rnn_type is not None:
+        _choice(cfg, "rnn_type", ("gru", "lstm"))
+    if cfg.task not in MODEL_TASKS[cfg.model]:
+        fits = [m for m, tasks in MODEL_TASKS.items() if cfg.task in tasks]
+        what = "keyword classifier" if MODEL_TASKS[cfg.model] == ("keywords",) else "CTC sequence model"
+        raise ConfigError(
+            f"model {cfg.model!r} cannot learn task {cfg.task!r} (it is a {what}); "
+            f"models for {cfg.task!r}: {', '.join(fits)}"
+        )
+    if cfg.task not in SOURCE_TASKS[cfg.data]:
+        raise ConfigError(
+            f"--data {cfg.data} provides tasks {', '.join(SOURCE_TASKS[cfg.data])}, not {cfg.task!r}"
+        )
+    if cfg.data == "builtin" and cfg.data_path is not None:
+        raise ConfigError("--data-path is only used with --data speech_commands or --data transcripts")
+    if cfg.data != "builtin":
+        if cfg.data_path is None:
+            raise ConfigError(f"--data {cfg.data} needs --data-path pointing at the corpus folder")
+        if not Path(cfg.data_path).expanduser().is_dir():
+            raise ConfigError(f"--data-path {cfg.data_path!r} is not an existing folder")
+    if cfg.corpus_size is not None and not isinstance(cfg.corpus_size, str):
+        _number(cfg, "corpus_size", kind=int, low=1)
+    _number(cfg, "lr", low=0, low_open=True)
+    _number(cfg, "momentum", low=0, high=1)
+    _number(cfg, "weight_decay", low=0)
+    _number(cfg, "dropout", low=0, high=1)
+    _number(cfg, "warmup_steps", kind=int, low=0)
+    _number(cfg, "batch_size", kind=int, low=1)
+    _number(cfg, "epochs", kind=int, low=1)
+    _number(cfg, "max_steps", kind=int, low=1, optional=True)
+    _number(cfg, "grad_accum", kind=int, low=1)
+    _number(cfg, "eval_every", kind=int, low=0)
+    _number(cfg, "seed", kind=int, low=0)
+    _number(cfg, "every", kind=int, low=1)
+    _number(cfg, "hidden_size", kind=int, low=1, optional=True)
+    _number(cfg, "num_layers", kind=int, low=1, optional=True)
+    _number(cfg, "parent_run", kind=int, low=1, optional=True)
+    if cfg.no_track and cfg.clip != "none":
+        raise ConfigError(
+            f"--no-track turns the tracker off, and with it clipping; --clip {cfg.clip!r} would be ignored. "
+            "Use --clip none with --no-track, or keep tracking (--every N records less often)"
+        )
+    if cfg.db is not None and not Path(cfg.db).parent.is_dir():
+        raise ConfigError(f"--db {cfg.db!r}: the folder {str(Path(cfg.db).parent)!r} does not exist")
+    if cfg.model == "conformer-ctc" and cfg.hidden_size % 4:
+        raise ConfigError(
+            f"--hidden-size for conformer-ctc must be a multiple of 4 heads, got {cfg.hidden_size}"
+        )

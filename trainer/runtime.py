@@ -1,0 +1,141 @@
+"""Where the training runs: device, AMP, torchrun/DDP process group, and stop signals.
+
+``Runtime.start(cfg)`` reads torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``): with more
+than one process it joins a process group (gloo on CPU, nccl on CUDA) and wraps the model in DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Runtime", "StopSignal"]
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    amp: bool
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def start(cls, cfg) -> Runtime:
+        from trainer.train import TrainingError
+
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        if use_cuda:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        amp = use_cuda if cfg.amp is None else bool(cfg.amp)
+        if amp and not use_cuda:
+            raise TrainingError("--amp needs a CUDA device (float16 autocast with GradScaler)")
+        rt = cls(device=device, amp=amp, world_size=world_size)
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            rt.rank = dist.get_rank()
+        return rt
+
+    def autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.float16)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    @contextlib.contextmanager
+    def rank_zero_first(self):
+        """Rank 0 runs the block first (e.g. generates a cached corpus), then the other ranks."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+    def shutdown(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+class StopSignal:
+    """SIGTERM / SIGINT set a flag; the loop finishes its current step, then stops cleanly.
+
+    A second Ctrl-C raises KeyboardInterrupt at once (the impatient user's escape hatch).
+    Under DDP every rank must stop at the same step, so the flag is max-reduced across ranks.
+    """
+
+    def __init__(self, *, distributed: bool = False):
+        self.signum: int | None = None
+        self.distributed = distributed
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def requested(self) -> bool:
+        if not self.distributed:
+            return self.signum is not None
+        import torch.distributed as dist
+
+        flag = torch.tensor([0 if self.signum is None else int(self.signum)])
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if self.signum is None and int(flag) != 0:
+            self.signum = int(flag)
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when finished or stopped by SIGTERM; 130 (128 + SIGINT) after Ctrl-C, the shell convention."""
+        return 128 + signal.SIGINT if self.signum == signal.SIGINT else 0

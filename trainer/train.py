@@ -1,0 +1,324 @@
+"""The training loop, top to bottom: data → model → optimizer → tracker → steps → metrics → summary.
+
+The tracker is the one seam for gradients: ``tracker.step(loss=...)`` runs right before
+``optimizer.step()``, after gradient accumulation and after ``scaler.unscale_`` under AMP, so it
+measures and clips the gradients the optimizer will actually use. With ``--no-track`` the tracker
+is its do-nothing stand-in (``enabled=False``) and the loop has no ``if tracking:`` branches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import sys
+import time
+
+import torch
+from torch import nn
+
+from trainer.config import TrainConfig
+from trainer.evaluate import TextUnits, batch_loss, evaluate
+from trainer.models import build_model
+from trainer.progress import Progress, format_summary
+from trainer.runtime import Runtime, StopSignal
+
+__all__ = ["TrainingError", "run_training", "make_optimizer", "lr_factor"]
+
+
+class TrainingError(Exception):
+    """Training could not start or run (bad data path, unusable device...); carries an exit code."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak LR at optimizer step ``step`` (0-based): linear warm-up over ``warmup``
+    steps, then constant, linear decay or cosine decay to 0 at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _load_data(cfg: TrainConfig, rt: Runtime):
+    from trainer.data import load_task
+
+    kwargs = dict(
+        task=cfg.task,
+        source=cfg.data,
+        path=cfg.data_path,
+        cache_dir=cfg.cache_dir,
+        seed=cfg.seed,
+        specaugment=cfg.specaugment,
+        classes=cfg.sc_variant,
+    )
+    if cfg.corpus_size is not None:
+        kwargs["size"] = cfg.corpus_size
+    try:
+        # Rank 0 generates the built-in corpus into the cache; the others then read it.
+        with rt.rank_zero_first():
+            return load_task(**kwargs)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # CorpusNotFound, CorpusLayoutError
+        raise TrainingError(f"cannot load the {cfg.data} data for task {cfg.task!r}: {e}") from None
+
+
+def _loaders(cfg: TrainConfig, splits, rt: Runtime):
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    sampler = DistributedSampler(splits.train, shuffle=True, seed=cfg.seed) if rt.distributed else None
+    common = dict(collate_fn=splits.collate, pin_memory=rt.device.type == "cuda")
+    train = DataLoader(
+        splits.train,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=g,
+        **common,
+    )
+    # The generalisation gap needs the training score measured like the validation score: eval mode,
+    # no augmentation, on a fixed subset of the training set as large as the validation set.
+    train_eval_set = splits.train
+    if getattr(train_eval_set, "augment", None) is not None:
+        train_eval_set = copy.copy(train_eval_set)
+        train_eval_set.augment = None
+    n = min(len(train_eval_set), max(len(splits.val), 1))
+    every = max(1, len(train_eval_set) // n)
+    train_eval = Subset(train_eval_set, list(range(0, len(train_eval_set), every))[:n])
+    eval_bs = max(cfg.batch_size, 64)
+    return (
+        train,
+        sampler,
+        {
+            "train": DataLoader(train_eval, batch_size=eval_bs, **common),
+            "val": DataLoader(splits.val, batch_size=eval_bs, **common),
+            "test": DataLoader(splits.test, batch_size=eval_bs, **common),
+        },
+    )
+
+
+def _make_tracker(cfg: TrainConfig, model: nn.Module, rt: Runtime):
+    from tracker import GradTracker
+
+    kwargs = dict(
+        run=cfg.run,
+        clip=cfg.clip,
+        every=cfg.every,
+        config=cfg.to_dict(),
+        enabled=not cfg.no_track,
+        nonfinite=cfg.nonfinite,
+        extra_stats=cfg.extra_stats,
+        parent_id=cfg.parent_run,
+        handle_sigterm=False,  # the loop's StopSignal handles SIGTERM: finish the step, then stop
+    )
+    if cfg.db is not None:
+        kwargs["db"] = cfg.db
+    from tracker.store.errors import StoreError
+
+    try:
+        return GradTracker(model, **kwargs)
+    except (StoreError, ValueError) as e:  # a bad database path or file, or an invalid GRADWATCH_CLIP
+        raise TrainingError(str(e)) from None
+    except OSError as e:
+        raise TrainingError(f"cannot open the database: {e}") from None
+
+
+def _evaluate_and_log(model, loaders, splits_to_run, *, kind, rt, text, tracker, step, extra=None):
+    """Evaluate on rank 0 (the whole split, unsharded) and log metrics with the names of design.md §5."""
+    metrics: dict[str, float] = dict(extra or {})
+    if rt.is_main:
+        for split in splits_to_run:
+            for name, value in evaluate(
+                model, loaders[split], kind=kind, device=rt.device, text=text, autocast=rt.autocast
+            ).items():
+                metrics[f"{split}_{name}"] = value
+        if kind == "classify" and "train_acc" in metrics and "val_acc" in metrics:
+            metrics["gen_gap"] = metrics["train_acc"] - metrics["val_acc"]
+        if kind == "ctc" and "train_cer" in metrics and "val_cer" in metrics:
+            metrics["gen_gap"] = metrics["val_cer"] - metrics["train_cer"]
+        if "train_loss" in metrics and "val_loss" in metrics:
+            metrics["gen_gap_loss"] = metrics["val_loss"] - metrics["train_loss"]
+        tracker.log(metrics, step=step)
+    rt.barrier()
+    return metrics
+
+
+def run_training(cfg: TrainConfig, argv: list[str] | None = None) -> int:
+    """Train as configured; returns the exit code (0 finished or SIGTERM-stopped, 130 Ctrl-C)."""
+    rt = Runtime.start(cfg)
+    try:
+        return _train(cfg, rt)
+    finally:
+        rt.shutdown()
+
+
+def _train(cfg: TrainConfig, rt: Runtime) -> int:
+    torch.manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+    splits = _load_data(cfg, rt)
+    train_loader, sampler, eval_loaders = _loaders(cfg, splits, rt)
+    n_classes = len(splits.labels)
+    model = build_model(
+        cfg.model,
+        n_classes=n_classes,
+        n_mels=getattr(splits, "n_mels", 32),
+        dropout=cfg.dropout,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        rnn_type=cfg.rnn_type,
+    ).to(rt.device)
+    kind = model.kind
+    text = None
+    if splits.vocabulary is not None:
+        text = TextUnits(splits.vocabulary.decode, digits_are_words=cfg.task == "digits")
+    ddp_model = rt.wrap(model)
+    optimizer = make_optimizer(cfg, model.parameters())
+    micro_per_epoch = len(train_loader)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(s, warmup=cfg.warmup_steps, total=total_steps, schedule=cfg.lr_schedule),
+    )
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
+
+    # Measure and record the inner model: DDP's "module." prefix is not part of the layer names.
+    tracker = _make_tracker(cfg, model, rt)
+    stop = StopSignal(distributed=rt.distributed)
+    progress = Progress(total_steps, bar=sys.stderr.isatty(), quiet=cfg.quiet or not rt.is_main)
+    status, error = "finished", None
+    step, max_norm, metrics = 0, None, {}
+    try:
+        with stop.installed():
+            if rt.is_main and not cfg.quiet:
+                _describe_start(cfg, splits, model, rt, total_steps, progress)
+            for epoch in range(cfg.epochs):
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                model.train()
+                accumulated = torch.zeros((), device=rt.device)
+                for i, batch in enumerate(train_loader):
+                    group_start = i - i % cfg.grad_accum
+                    group_size = min(cfg.grad_accum, micro_per_epoch - group_start)
+                    last_micro = i - group_start == group_size - 1
+                    # DDP: all-reduce gradients only on the micro-batch that completes the group.
+                    sync = (
+                        contextlib.nullcontext() if last_micro or not rt.distributed else ddp_model.no_sync()
+                    )
+                    with sync:
+                        with rt.autocast():
+                            loss, _ = batch_loss(ddp_model, batch, kind, rt.device)
+                        scaler.scale(loss / group_size).backward()
+                    accumulated += loss.detach() / group_size
+                    if not last_micro:
+                        continue
+                    scaler.unscale_(optimizer)  # clip and measure true gradients (no-op without AMP)
+                    stats = tracker.step(loss=accumulated)
+                    if not (cfg.nonfinite == "skip" and _truthy(getattr(stats, "skipped", False))):
+                        scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    step += 1
+                    progress.update(step, stats, accumulated)
+                    norm = getattr(stats, "total_norm", None)
+                    if isinstance(norm, float) and (max_norm is None or norm > max_norm or math.isnan(norm)):
+                        max_norm = norm
+                    accumulated = torch.zeros((), device=rt.device)
+                    if cfg.eval_every and step % cfg.eval_every == 0:
+                        metrics = _evaluate_and_log(
+                            model, eval_loaders, ("train", "val"), kind=kind, rt=rt, text=text,
+                            tracker=tracker, step=step, extra={"lr": scheduler.get_last_lr()[0]},
+                        )  # fmt: skip
+                    if stop.requested() or step >= total_steps:
+                        break
+                metrics = _evaluate_and_log(
+                    model, eval_loaders, ("train", "val"), kind=kind, rt=rt, text=text,
+                    tracker=tracker, step=step, extra={"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]},
+                )  # fmt: skip
+                if rt.is_main:
+                    progress.write(_epoch_line(epoch + 1, metrics))
+                if stop.requested() or step >= total_steps:
+                    break
+            if stop.requested():
+                status = "stopped"
+            else:
+                metrics |= _evaluate_and_log(
+                    model, eval_loaders, ("test",), kind=kind, rt=rt, text=text,
+                    tracker=tracker, step=step,
+                )  # fmt: skip
+    except BaseException as e:
+        status, error = "failed", e
+        raise
+    finally:
+        progress.close()
+        if error is None:
+            tracker.finish(status)
+        else:
+            _finish_failed(tracker, error)
+    if rt.is_main:
+        print(
+            format_summary(
+                status=status,
+                run_name=cfg.run,
+                run_id=getattr(tracker, "run_id", None),
+                db=None if cfg.no_track else str(getattr(tracker, "db_path", cfg.db)),
+                steps=step,
+                seconds=time.perf_counter() - t_start,
+                metrics={k: v for k, v in metrics.items() if k not in ("epoch", "lr")},
+                clip=getattr(getattr(tracker, "clip", None), "spec", cfg.clip),
+                clip_rate=progress.clip_rate,
+                max_norm=max_norm,
+            ),
+            flush=True,
+        )
+    return stop.exit_code
+
+
+def _finish_failed(tracker, error: BaseException) -> None:
+    status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
+    try:
+        tracker.finish(status, error=f"{type(error).__name__}: {error}")
+    except TypeError:  # a tracker whose finish() takes no error text
+        tracker.finish(status)
+
+
+def _truthy(x) -> bool:
+    return bool(x.item()) if isinstance(x, torch.Tensor) else bool(x)
+
+
+def _epoch_line(epoch: int, metrics: dict) -> str:
+    shown = {k: v for k, v in metrics.items() if k.split("_")[-1] in ("loss", "acc", "cer", "wer")}
+    return f"epoch {epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
+
+
+def _describe_start(cfg, splits, model, rt, total_steps, progress) -> None:
+    n_params = sum(p.numel() for p in model.parameters())
+    info = getattr(splits, "info", {}) or {}
+    sizes = "/".join(str(len(s)) for s in (splits.train, splits.val, splits.test))
+    lines = [
+        f"{cfg.task} · {cfg.model} ({n_params / 1e6:.2f}M params) · {cfg.data} data, train/val/test {sizes}"
+        + (f" (corpus ready in {info['generation_seconds']:.1f} s)" if "generation_seconds" in info else ""),
+        f"{cfg.optimizer} lr {cfg.lr:g} · {total_steps} steps · clip {cfg.clip} · device {rt.device}"
+        + (" + AMP" if rt.amp else "")
+        + (f" × {rt.world_size} processes" if rt.distributed else ""),
+    ]
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
