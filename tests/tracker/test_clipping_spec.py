@@ -1,0 +1,176 @@
+"""The clip spec grammar: canonical round trips, helpful errors, validate_clip for forms."""
+
+import pytest
+
+from tracker.clipping import (
+    AGC,
+    CLIP_SPEC_HELP,
+    AutoClip,
+    ClipSpecError,
+    ClipStrategy,
+    GradientNoise,
+    LayerClip,
+    NoClip,
+    NormClip,
+    RandomClip,
+    ValueClip,
+    ZClip,
+    parse_clip,
+    validate_clip,
+)
+
+CANONICAL = {
+    "none": "none",
+    " NONE ": "none",
+    "value:0.5": "value:0.5",
+    "norm:1": "norm:1.0",
+    "Norm:1e-3": "norm:0.001",
+    "norm:2@p=inf": "norm:2.0@p=inf",
+    "norm:2@p=1": "norm:2.0@p=1.0",
+    "norm:2@p=2": "norm:2.0",
+    "layer:0.25": "layer:0.25",
+    "agc:0.01": "agc:0.01",
+    "agc:0.16,exclude=fc2,exclude=head.proj": "agc:0.16,exclude=fc2,exclude=head.proj",
+    "autoclip": "autoclip:10.0",
+    "autoclip:": "autoclip:10.0",
+    "autoclip:5,window=1000": "autoclip:5.0,window=1000",
+    "autoclip:window=50": "autoclip:10.0,window=50",
+    "zclip": "zclip:2.5,alpha=0.97,warmup=25",
+    "zclip:3": "zclip:3.0,alpha=0.97,warmup=25",
+    "zclip:,alpha=0.9,warmup=10": "zclip:2.5,alpha=0.9,warmup=10",
+    "random:0.5-2": "random:0.5-2.0",
+    "random: 1e-3 - 2 ,seed=7": "random:0.001-2.0,seed=7",
+    "norm:linear(5,1,1000)": "norm:linear(5.0,1.0,1000)",
+    "value:cosine(1, 0.1, 100)": "value:cosine(1.0,0.1,100)",
+    "layer:step(1,0.5,10)": "layer:step(1.0,0.5,10)",
+    "norm:warmup(1,100)": "norm:warmup(1.0,100)",
+    "norm:1+noise(0.01)": "norm:1.0+noise(0.01,0.55)",
+    "none + noise(0.3, 1, seed=4)": "none+noise(0.3,1.0,seed=4)",
+    "norm:1e+3": "norm:1000.0",
+    "norm:linear(2,1,10)@p=inf+noise(1e-2)": "norm:linear(2.0,1.0,10)@p=inf+noise(0.01,0.55)",
+}
+
+
+@pytest.mark.parametrize("spec, canonical", CANONICAL.items())
+def test_canonical_round_trip(spec, canonical):
+    strategy = parse_clip(spec)
+    assert strategy.spec == canonical
+    again = parse_clip(strategy.spec)
+    assert again == strategy and again.spec == canonical
+
+
+@pytest.mark.parametrize(
+    "spec, cls, attrs",
+    [
+        ("none", NoClip, {}),
+        ("value:0.5", ValueClip, {}),
+        ("norm:2@p=inf", NormClip, {"norm_type": float("inf")}),
+        ("layer:0.25", LayerClip, {}),
+        ("agc:0.02,exclude=fc", AGC, {"clipping": 0.02, "exclude": ("fc",)}),
+        ("autoclip:5,window=9", AutoClip, {"percentile": 5.0, "window": 9}),
+        ("zclip:3,alpha=0.9,warmup=4", ZClip, {"z_thresh": 3.0, "alpha": 0.9, "warmup": 4}),
+        ("random:1-3,seed=2", RandomClip, {"low": 1.0, "high": 3.0, "seed": 2}),
+    ],
+)
+def test_parsed_objects(spec, cls, attrs):
+    strategy = parse_clip(spec)
+    assert type(strategy) is cls
+    assert strategy.name == spec.split(":")[0]
+    assert isinstance(strategy, ClipStrategy)
+    for key, value in attrs.items():
+        assert getattr(strategy, key) == value
+    assert strategy.noise is None
+
+
+def test_noise_part_is_parsed():
+    s = parse_clip("layer:1+noise(0.2,0.6,seed=3)")
+    assert s.noise == GradientNoise(0.2, 0.6, seed=3)
+
+
+def test_objects_pass_through_and_none_means_no_clipping():
+    obj = ZClip(2.0)
+    assert parse_clip(obj) is obj
+    assert parse_clip(None) == NoClip()
+    with pytest.raises(TypeError, match="float"):
+        parse_clip(1.0)
+
+
+BAD = {
+    "norm:abc": ["'abc' is not a number", "expected e.g. 'norm:1.0'", "accepted: none, value:C"],
+    "norm:-1": ["> 0", "-1"],
+    "value:0": ["> 0"],
+    "layer:nan": ["'nan' is not a number"],
+    "norm:inf": ["'inf' is not a number"],
+    "norm:1e999": ["finite"],
+    "norm": ["needs a threshold"],
+    "norm:": ["needs a threshold"],
+    "clip:1": ["unknown strategy 'clip'"],
+    "": ["empty spec"],
+    "autoclip:0": ["(0, 100]", "not a 0-1 quantile"],
+    "autoclip:101": ["(0, 100]"],
+    "autoclip:10,window=0": ["window", ">= 1"],
+    "autoclip:10,window=2.5": ["not an integer"],
+    "zclip:-1": ["Z must be"],
+    "zclip:2,alpha=1.5": ["alpha must be in (0, 1)"],
+    "zclip:2,warmup=0": ["warmup"],
+    "zclip:2,beta=1": ["unknown option 'beta'", "alpha=, warmup="],
+    "random:2-1": ["LO <= HI"],
+    "random:1": ["range LO-HI"],
+    "random:0-1": ["> 0"],
+    "agc:0": ["> 0"],
+    "agc:": ["needs a clipping factor"],
+    "norm:1,2": ["1 positional"],
+    "norm:1@q=2": ["'@p=P'"],
+    "norm:1@p=0.5": [">= 1 or inf"],
+    "norm:linear(1,2)": ["takes 3 arguments"],
+    "norm:linear(1,0.1,0)": ["integer >= 1"],
+    "norm:cosine(1,-1,10)": ["> 0"],
+    "norm:step(1,0,10)": ["factor"],
+    "norm:exp(1,2,3)": ["unknown schedule 'exp'"],
+    "norm:linear(1,2,3": ["unbalanced"],
+    "norm:1+noise()": ["noise needs eta"],
+    "norm:1+noise(-1)": ["eta must be"],
+    "norm:1+noise(0.1,-2)": ["gamma"],
+    "norm:1+jitter(1)": ["+noise("],
+    "norm:1+noise(1)+noise(1)": ["at most one"],
+    "none:1": ["takes no arguments"],
+}
+
+
+@pytest.mark.parametrize("spec, fragments", BAD.items())
+def test_bad_specs_name_the_problem(spec, fragments):
+    with pytest.raises(ClipSpecError) as info:
+        parse_clip(spec)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert message.startswith(f"invalid clip spec {spec!r}")
+    for fragment in fragments:
+        assert fragment in message
+    assert validate_clip(spec) == message
+
+
+def test_error_examples_match_the_strategy():
+    assert "expected e.g. 'autoclip:10'" in validate_clip("autoclip:500")
+    assert "expected e.g. 'random:0.5-2.0'" in validate_clip("random:x")
+
+
+def test_validate_clip_accepts_good_specs_and_objects():
+    assert validate_clip("norm:1.0") is None
+    assert validate_clip(AutoClip()) is None
+    assert "spec string" in validate_clip(3)
+
+
+def test_constructors_validate_too():
+    with pytest.raises(ClipSpecError, match="norm threshold C"):
+        NormClip(-2.0)
+    with pytest.raises(ClipSpecError, match="percentile"):
+        AutoClip(0.5 - 1)
+    with pytest.raises(ClipSpecError, match="exclude"):
+        AGC(0.01, exclude=["a,b"])
+
+
+def test_help_lists_every_strategy_and_its_examples_parse():
+    for name in ("none", "value:", "norm:", "layer:", "agc:", "autoclip:", "zclip:", "random:", "noise("):
+        assert name in CLIP_SPEC_HELP
+    for line in CLIP_SPEC_HELP.splitlines()[1:]:
+        assert validate_clip(line.split()[0]) is None, line
