@@ -1,0 +1,146 @@
+"""Opening SQLite files safely, and turning sqlite3's errors into the store's named errors.
+
+Checks happen before SQLite touches the file, so a wrong path never gets overwritten or half-converted:
+the header of an existing file is read with plain Python first, and a missing file is created only
+when asked (URI mode ``rwc``); ``ro`` and ``rw`` never create anything.
+"""
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+from urllib.parse import quote
+
+from .errors import (
+    DatabaseLocked,
+    DatabaseNotFound,
+    DirectoryNotFound,
+    NotADatabase,
+    ReadOnlyLocation,
+    ReadOnlyStore,
+    StoreError,
+)
+
+__all__ = ["SQLITE_HEADER", "preflight", "connect", "immediate", "translate"]
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+# Primary result codes (sqlite3.h); extended codes keep them in the low byte.
+_BUSY, _LOCKED, _READONLY, _CANTOPEN, _CORRUPT, _NOTADB = 5, 6, 8, 14, 11, 26
+
+
+def preflight(path: Path, *, create: bool) -> None:
+    """Refuse paths that cannot hold a gradwatch database, before SQLite opens them (reads only)."""
+    if path.is_dir():
+        raise NotADatabase(
+            f"{path} is a directory; pass a database file path such as {path / 'gradwatch.db'}."
+        )
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+        except PermissionError:
+            raise ReadOnlyLocation(
+                f"{path} cannot be read by this user; fix its permissions or choose another file."
+            ) from None
+        # An empty file is a valid empty database (e.g. made by `touch`); anything else must be SQLite.
+        if head and head != SQLITE_HEADER:
+            raise NotADatabase(
+                f"{path} is not an SQLite database (it starts with {head[:8]!r}); gradwatch left it "
+                "untouched. Check the path, or choose a new file name for the database."
+            )
+        return
+    parent = path.parent
+    if not parent.is_dir():
+        if create:
+            raise DirectoryNotFound(
+                f"The directory {parent} does not exist, so {path.name} cannot be created there. "
+                f"Create it first (mkdir -p {parent}) or choose another database path."
+            )
+        raise DatabaseNotFound(f"{path} does not exist (nor does its directory {parent}).")
+    if not create:
+        raise DatabaseNotFound(
+            f"{path} does not exist. Record a run into it first (e.g. python -m trainer --db {path}) "
+            "or pass the path of an existing gradwatch database."
+        )
+    if not os.access(parent, os.W_OK):
+        raise ReadOnlyLocation(
+            f"Cannot create {path}: the directory {parent} is not writable by this user. "
+            "Choose a writable location for the database (e.g. your home or working directory)."
+        )
+
+
+def connect(path: Path, *, mode: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection in driver autocommit mode (we issue BEGIN IMMEDIATE ourselves), usable from any thread.
+
+    ``mode`` is SQLite's URI mode: ``ro``, ``rw`` or ``rwc`` (the only one that creates the file).
+    """
+    if mode not in ("ro", "rw", "rwc"):
+        raise ValueError(f"mode={mode!r}; accepted: 'ro', 'rw', 'rwc'")
+    uri = f"file:{quote(str(path.absolute()))}?mode={mode}"
+    try:
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise translate(exc, path, "open") from exc
+    return conn
+
+
+def translate(exc: sqlite3.Error, path: Path, action: str, *, readonly: bool = False) -> StoreError:
+    """The named StoreError for a sqlite3 error raised while doing ``action`` on ``path``."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc)
+    if primary in (_BUSY, _LOCKED) or "locked" in text:
+        return DatabaseLocked(
+            f"{path} stayed locked by another connection longer than the busy timeout while trying to "
+            f"{action} ({text}). Another process holds a long write transaction (or an exclusive lock, e.g. "
+            "an open `sqlite3` shell in a transaction): finish or close it, or pass a longer busy_timeout."
+        )
+    if primary == _READONLY:
+        if readonly:
+            return ReadOnlyStore(f"Cannot {action}: the store for {path} was opened with readonly=True.")
+        return ReadOnlyLocation(
+            f"Cannot {action}: {path} (or its directory, for the -wal/-shm files) is read-only for this "
+            "user. Fix the permissions or record into a writable location."
+        )
+    if primary in (_NOTADB, _CORRUPT):
+        return NotADatabase(
+            f"{path} is not a readable SQLite database ({text}); gradwatch left it untouched. "
+            "Check the path, or choose a new file name."
+        )
+    if primary == _CANTOPEN:
+        return ReadOnlyLocation(
+            f"SQLite cannot open {path} to {action} ({text}): check that the file and its directory are "
+            "readable and writable by this user."
+        )
+    return StoreError(f"SQLite error while trying to {action} on {path}: {text}")
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection, path: Path, action: str, *, readonly: bool = False):
+    """A write transaction that takes the write lock up front.
+
+    A deferred BEGIN that reads and then writes fails with SQLITE_BUSY_SNAPSHOT when another writer
+    committed in between, whatever the busy timeout; BEGIN IMMEDIATE waits for the lock instead.
+    Nested sqlite-utils calls inside use savepoints (Database.atomic sees the open transaction).
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise translate(exc, path, action, readonly=readonly) from exc
+    try:
+        yield conn
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise translate(exc, path, action, readonly=readonly) from exc
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise translate(exc, path, action, readonly=readonly) from exc

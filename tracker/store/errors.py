@@ -1,0 +1,76 @@
+"""Named errors of the store. The library raises them; CLIs and pages turn them into friendly messages.
+
+Every message says what went wrong with which file and what to do about it. None of these errors is
+raised after touching the user's data: the store checks before it writes.
+"""
+
+__all__ = [
+    "StoreError",
+    "DirectoryNotFound",
+    "ReadOnlyLocation",
+    "DatabaseNotFound",
+    "NotADatabase",
+    "ForeignDatabase",
+    "SchemaTooNew",
+    "SchemaTooOld",
+    "DatabaseLocked",
+    "ReadOnlyStore",
+    "RunNotFound",
+    "WriterClosed",
+    "WriterFailed",
+]
+
+
+class StoreError(Exception):
+    """Base class of every error raised by tracker.store."""
+
+
+class DirectoryNotFound(StoreError):
+    """The directory that should hold the database file does not exist."""
+
+
+class ReadOnlyLocation(StoreError):
+    """The database (or the directory for a new one) cannot be written by this process."""
+
+
+class DatabaseNotFound(StoreError):
+    """The database file does not exist (or holds no gradwatch tables yet) and create=False."""
+
+
+class NotADatabase(StoreError):
+    """The file exists but is not an SQLite database (wrong path, or a corrupt file)."""
+
+
+class ForeignDatabase(StoreError):
+    """The file is an SQLite database written by another application."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer gradwatch with a schema this version cannot read."""
+
+
+class SchemaTooOld(StoreError):
+    """The database has an older schema version that this gradwatch does not migrate."""
+
+
+class DatabaseLocked(StoreError):
+    """Another connection held a lock on the database for longer than the busy timeout."""
+
+
+class ReadOnlyStore(StoreError):
+    """A write was attempted through a store opened with readonly=True."""
+
+
+class RunNotFound(StoreError, KeyError):
+    """No run with this id in the database."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class WriterClosed(StoreError):
+    """Rows were handed to a BackgroundWriter after close()."""
+
+
+class WriterFailed(StoreError):
+    """The background writer thread stopped on an error; the original error is the __cause__."""

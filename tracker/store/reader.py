@@ -1,0 +1,396 @@
+"""Read queries for the dashboard and for users: every method returns a pandas DataFrame (or a dict).
+
+pandas is imported lazily so that the training side (tracker → store) does not need it. Large runs are
+read through ``grad_norm_blocks``: a 100k-step × 100-layer run draws from ~1% of its rows, with raw rows
+only for the partial blocks at the edges of the requested range, so the result is exact.
+"""
+
+import json
+import math
+import os
+import socket
+import sqlite3
+import time
+
+from .errors import RunNotFound
+from .schema import BLOCK_SIZES
+
+__all__ = ["Reads", "derive_status", "pid_alive"]
+
+_RUN_SUMMARY = """
+SELECT r.*,
+    (SELECT count(*) FROM steps s WHERE s.run_id = r.id) AS n_steps,
+    (SELECT max(step) FROM steps s WHERE s.run_id = r.id) AS last_step,
+    (SELECT count(*) FROM clip_events c WHERE c.run_id = r.id) AS n_clip_events,
+    coalesce((SELECT avg(clipped) FROM clip_events c WHERE c.run_id = r.id),
+             (SELECT avg(clipped) FROM steps s WHERE s.run_id = r.id)) AS clip_rate,
+    (SELECT min(step) FROM nonfinite n WHERE n.run_id = r.id) AS first_nonfinite_step
+FROM runs r
+"""
+_FINAL_METRICS = """
+SELECT m.run_id, m.name, m.value
+FROM metrics m
+JOIN (SELECT run_id, name, max(step) AS step FROM metrics {where} GROUP BY run_id, name) last
+    USING (run_id, name, step)
+"""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (an exited, unreaped zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):  # no /proc (macOS): trust kill()
+        return True
+
+
+def derive_status(status, heartbeat_at, pid, host, *, now: float, stale_after: float, this_host: str) -> str:
+    """The status to show: "crashed" for a "running" run whose heartbeat is older than ``stale_after``
+    seconds, or whose recorded process on this machine is gone; the recorded status otherwise."""
+    if status != "running":
+        return status
+    if heartbeat_at is None or now - heartbeat_at > stale_after:
+        return "crashed"
+    if host == this_host and pid and not pid_alive(int(pid)):
+        return "crashed"
+    return "running"
+
+
+def _in(ids) -> str:
+    return "(" + ", ".join("?" * len(ids)) + ")"
+
+
+class Reads:
+    """Read methods of Store (needs ``_conn``, ``_lock``, ``path``, ``stale_after``)."""
+
+    # ---- plumbing -----------------------------------------------------------------------------------
+    def _fetch(self, sql: str, params=()):
+        from .connection import translate
+
+        with self._lock:
+            try:
+                cur = self._conn.execute(sql, params)
+                rows = cur.fetchall()
+            except sqlite3.Error as exc:
+                raise translate(exc, self.path, "read", readonly=getattr(self, "readonly", False)) from exc
+        return [d[0] for d in cur.description], rows
+
+    def _frame(self, sql: str, params=()):
+        import pandas as pd
+
+        columns, rows = self._fetch(sql, params)
+        return pd.DataFrame.from_records(rows, columns=columns)
+
+    def _require_run(self, run_id: int) -> None:
+        if not self._fetch("SELECT 1 FROM runs WHERE id = ?", (run_id,))[1]:
+            raise RunNotFound(f"run {run_id!r} is not in {self.path}")
+
+    def _layer_ids(self, run_id: int, layer_ids) -> list[int]:
+        if layer_ids is not None:
+            return [int(i) for i in layer_ids]
+        ids = [r[0] for r in self._fetch("SELECT id FROM layers WHERE run_id = ? ORDER BY id", (run_id,))[1]]
+        if not ids:  # layers never registered: the blocks name every layer that has rows
+            ids = [
+                r[0]
+                for r in self._fetch(
+                    "SELECT DISTINCT layer_id FROM grad_norm_blocks WHERE run_id = ? AND size = ? ORDER BY 1",
+                    (run_id, BLOCK_SIZES[-1]),
+                )[1]
+            ]
+        return ids
+
+    def _step_range(self, run_id: int, start, end):
+        lo, hi = self._fetch("SELECT min(step), max(step) FROM steps WHERE run_id = ?", (run_id,))[1][0]
+        if lo is None:  # no steps rows (norms written without them): fall back to the blocks
+            lo, hi = self._fetch(
+                "SELECT min(block), max(block) FROM grad_norm_blocks WHERE run_id = ? AND size = ?",
+                (run_id, BLOCK_SIZES[0]),
+            )[1][0]
+            if lo is None:
+                return None
+            lo, hi = lo * BLOCK_SIZES[0], (hi + 1) * BLOCK_SIZES[0] - 1
+        lo = lo if start is None else int(start)
+        hi = hi if end is None else int(end)
+        return (lo, hi) if lo <= hi else None
+
+    # ---- runs -----------------------------------------------------------------------------------------
+    def runs(self, run_ids=None):
+        """One row per run, with derived ``status`` (recorded one in ``recorded_status``), n_steps (logged
+        steps), last_step, clip_rate (fraction of clip decisions that clipped), first_nonfinite_step,
+        duration_s, config/argv parsed from JSON, and one ``final_<metric>`` column per metric name
+        (its value at the metric's last step)."""
+        where, params = "", ()
+        if run_ids is not None:
+            run_ids = [int(i) for i in ([run_ids] if isinstance(run_ids, int) else run_ids)]
+            where, params = f" WHERE r.id IN {_in(run_ids)}", tuple(run_ids)
+        df = self._frame(_RUN_SUMMARY + where + " ORDER BY r.id", params)
+        now, host = time.time(), socket.gethostname()
+        df.insert(2, "recorded_status", df["status"])
+        df["status"] = [
+            derive_status(s, hb, pid, h, now=now, stale_after=self.stale_after, this_host=host)
+            for s, hb, pid, h in zip(df["status"], df["heartbeat_at"], df["pid"], df["host"], strict=True)
+        ]
+        end = df["finished_at"].where(df["finished_at"].notna(), df["heartbeat_at"])
+        df["duration_s"] = end - df["created_at"]
+        df["config"] = [json.loads(c) for c in df["config"]]
+        df["argv"] = [json.loads(a) for a in df["argv"]]
+        mwhere = "" if run_ids is None else f"WHERE run_id IN {_in(run_ids)}"
+        _, finals = self._fetch(_FINAL_METRICS.format(where=mwhere), params)
+        by_name: dict[str, dict] = {}
+        for rid, name, value in finals:
+            by_name.setdefault(name, {})[rid] = value
+        for name in sorted(by_name):
+            df["final_" + name] = df["id"].map(by_name[name]).astype(float)
+        return df
+
+    def run(self, run_id: int) -> dict:
+        """One run as a dict (the columns of runs())."""
+        df = self.runs([run_id])
+        if df.empty:
+            raise RunNotFound(f"run {run_id!r} is not in {self.path}")
+        return {k: (None if _isnan(v) else v) for k, v in df.iloc[0].to_dict().items()}
+
+    def children(self, run_id: int):
+        """Runs whose parent_id is ``run_id`` (relaunches of it), as runs() rows."""
+        ids = [r[0] for r in self._fetch("SELECT id FROM runs WHERE parent_id = ? ORDER BY id", (run_id,))[1]]
+        if not ids:
+            return self.runs([-1])
+        return self.runs(ids)
+
+    def layers(self, run_id: int):
+        """id, name, module (name up to the last dot), shape (list), numel, dtype, trainable (bool)."""
+        df = self._frame(
+            "SELECT id, name, shape, numel, dtype, trainable FROM layers WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        )
+        df.insert(2, "module", [n.rsplit(".", 1)[0] if "." in n else "" for n in df["name"]])
+        df["shape"] = [json.loads(s) for s in df["shape"]]
+        df["trainable"] = df["trainable"].astype(bool)
+        return df
+
+    # ---- per-step series ------------------------------------------------------------------------------
+    def steps(self, run_id: int, after_step: int = -1, start=None, end=None):
+        """Logged steps with step > after_step (and start <= step <= end): the incremental read."""
+        sql = "SELECT * FROM steps WHERE run_id = ? AND step > ?"
+        params = [run_id, after_step]
+        if start is not None:
+            sql, params = sql + " AND step >= ?", params + [start]
+        if end is not None:
+            sql, params = sql + " AND step <= ?", params + [end]
+        return self._frame(sql + " ORDER BY step", params).drop(columns="run_id")
+
+    def step_envelope(self, run_id: int, start=None, end=None, max_points: int = 2000):
+        """Global-norm series downsampled to <= max_points buckets of w steps (bucket = step // w):
+        step, step_end, total_norm_min/max, total_norm_after_max, loss_mean, threshold_max,
+        n_clipped, n_skipped, n_nonfinite, n. Spikes survive: the max of each bucket is kept."""
+        import pandas as pd
+
+        columns = [
+            "step", "step_end", "total_norm_min", "total_norm_max", "total_norm_after_max", "loss_mean",
+            "threshold_max", "n_clipped", "n_skipped", "n_nonfinite", "n",
+        ]  # fmt: skip
+        rng = self._step_range(run_id, start, end)
+        if rng is None:
+            return pd.DataFrame(columns=columns)
+        lo, hi = rng
+        w = _bucket_width(lo, hi, max_points, 1)
+        df = self._frame(
+            """SELECT max(step / :w * :w, :lo) AS bucket_start, min(step / :w * :w + :w - 1, :hi) AS step_end,
+                   min(total_norm) AS total_norm_min, max(total_norm) AS total_norm_max,
+                   max(total_norm_after) AS total_norm_after_max, avg(loss) AS loss_mean,
+                   max(threshold) AS threshold_max, total(clipped) AS n_clipped, total(skipped) AS n_skipped,
+                   total(nonfinite_count > 0) AS n_nonfinite, count(*) AS n
+               FROM steps WHERE run_id = :run AND step BETWEEN :lo AND :hi
+               GROUP BY step / :w ORDER BY 1""",
+            dict(w=w, lo=lo, hi=hi, run=run_id),
+        ).rename(columns={"bucket_start": "step"})
+        df.attrs["bucket_steps"] = w
+        return df
+
+    def grad_norms(self, run_id: int, layer_ids=None, after_step: int = -1, start=None, end=None):
+        """Raw per-layer norms (layer_id, step, norm; NaN norms read as NaN), step > after_step."""
+        ids = self._layer_ids(run_id, layer_ids)
+        sql = (
+            "SELECT layer_id, step, norm FROM grad_norms "
+            f"WHERE run_id = ? AND layer_id IN {_in(ids)} AND step > ?"
+        )
+        params = [run_id, *ids, after_step]
+        if start is not None:
+            sql, params = sql + " AND step >= ?", params + [start]
+        if end is not None:
+            sql, params = sql + " AND step <= ?", params + [end]
+        df = self._frame(sql + " ORDER BY layer_id, step", params)
+        df["norm"] = df["norm"].astype(float)
+        return df
+
+    def grad_norm_envelope(self, run_id: int, layer_ids=None, start=None, end=None, max_points: int = 2000):
+        """Per layer, <= max_points buckets of w steps (bucket = step // w; w a multiple of a block size):
+        layer_id, step (first step of the bucket within [start, end]), step_end, norm_min, norm_max,
+        norm_mean, count (non-NaN norms). Exact: equal to min/max over the raw rows of each bucket."""
+        if max_points < 1:
+            raise ValueError(f"max_points={max_points!r}; accepted: an int >= 1")
+        import pandas as pd
+
+        columns = ["layer_id", "step", "step_end", "norm_min", "norm_max", "norm_mean", "count"]
+        ids = self._layer_ids(run_id, layer_ids)
+        rng = self._step_range(run_id, start, end)
+        if rng is None or not ids:
+            return pd.DataFrame(columns=columns)
+        lo, hi = rng
+        size = max((s for s in BLOCK_SIZES if s <= math.ceil((hi - lo + 1) / max_points)), default=1)
+        w = _bucket_width(lo, hi, max_points, size)
+        parts = []
+        if size > 1:
+            b_lo, b_hi = -(-lo // size), (hi + 1) // size - 1  # blocks fully inside [lo, hi]
+            if b_lo <= b_hi:
+                parts.append(
+                    (
+                        f"""SELECT layer_id, block * :size / :w AS bucket, min(norm_min), max(norm_max),
+                               total(norm_sum), total(norm_count)
+                           FROM grad_norm_blocks
+                           WHERE run_id = :run AND size = :size AND layer_id IN {_named(ids)}
+                               AND block BETWEEN :b_lo AND :b_hi
+                           GROUP BY layer_id, bucket""",
+                        dict(b_lo=b_lo, b_hi=b_hi),
+                    )
+                )
+                edges = [(lo, b_lo * size - 1), ((b_hi + 1) * size, hi)]
+            else:
+                edges = [(lo, hi)]
+        else:
+            edges = [(lo, hi)]
+        for a, b in edges:
+            if a <= b:
+                parts.append(
+                    (
+                        f"""SELECT layer_id, step / :w AS bucket, min(norm), max(norm), total(norm),
+                               count(norm)
+                           FROM grad_norms
+                           WHERE run_id = :run AND layer_id IN {_named(ids)} AND step BETWEEN :a{len(parts)}
+                               AND :b{len(parts)}
+                           GROUP BY layer_id, bucket""",
+                        {f"a{len(parts)}": a, f"b{len(parts)}": b},
+                    )
+                )
+        params = dict(run=run_id, size=size, w=w, **{f"l{i}": lid for i, lid in enumerate(ids)})
+        for _, p in parts:
+            params.update(p)
+        _, rows = self._fetch(" UNION ALL ".join(sql for sql, _ in parts), params)
+        merged: dict[tuple[int, int], list] = {}
+        for lid, bucket, mn, mx, sm, n in rows:
+            agg = merged.get((lid, bucket))
+            if agg is None:
+                merged[(lid, bucket)] = [mn, mx, sm, n]
+            elif n:
+                agg[0] = mn if agg[0] is None else min(agg[0], mn)
+                agg[1] = mx if agg[1] is None else max(agg[1], mx)
+                agg[2] += sm
+                agg[3] += n
+        records = [
+            (
+                lid,
+                max(bucket * w, lo),
+                min(bucket * w + w - 1, hi),
+                math.nan if mn is None else mn,
+                math.nan if mx is None else mx,
+                sm / n if n else math.nan,
+                int(n),
+            )
+            for (lid, bucket), (mn, mx, sm, n) in sorted(merged.items())
+        ]
+        df = pd.DataFrame.from_records(records, columns=columns)
+        df.attrs["bucket_steps"] = w
+        return df
+
+    def heatmap(self, run_id: int, start=None, end=None, max_columns: int = 200, layer_ids=None):
+        """Layer × step-bucket maximum norm, long form: layer_id, step, step_end, norm_max (<= max_columns
+        buckets per layer, the same bucket edges for every layer). Plot log10(norm_max)."""
+        df = self.grad_norm_envelope(run_id, layer_ids, start, end, max_points=max_columns)
+        out = df[["layer_id", "step", "step_end", "norm_max"]].copy()
+        out.attrs.update(df.attrs)
+        return out
+
+    def step_norms(self, run_id: int, step: int | None = None):
+        """Gradient flow at one step: per layer id, name, module, norm, extra statistics (NaN when not
+        recorded), has_nan, has_inf. ``step`` None = the last logged step; a step that was not logged
+        resolves to the last logged step before it (the chosen step is in ``df.attrs["step"]``)."""
+        sql = "SELECT max(step) FROM steps WHERE run_id = ?" + ("" if step is None else " AND step <= ?")
+        found = self._fetch(sql, (run_id,) if step is None else (run_id, step))[1][0][0]
+        ids = self._layer_ids(run_id, None)
+        df = self._frame(
+            f"""SELECT g.layer_id, l.name, g.norm, s.weight_norm, s.update_ratio, s.max_abs,
+                       coalesce(n.has_nan, 0) AS has_nan, coalesce(n.has_inf, 0) AS has_inf
+                FROM grad_norms g
+                LEFT JOIN layers l ON l.run_id = g.run_id AND l.id = g.layer_id
+                LEFT JOIN grad_stats s ON s.run_id = g.run_id AND s.layer_id = g.layer_id AND s.step = g.step
+                LEFT JOIN nonfinite n ON n.run_id = g.run_id AND n.step = g.step AND n.layer_id = g.layer_id
+                WHERE g.run_id = ? AND g.layer_id IN {_in(ids)} AND g.step = ?
+                ORDER BY g.layer_id""",
+            (run_id, *ids, -1 if found is None else found),
+        )
+        df.insert(
+            2, "module", [n.rsplit(".", 1)[0] if isinstance(n, str) and "." in n else "" for n in df["name"]]
+        )
+        for c in ("norm", "weight_norm", "update_ratio", "max_abs"):
+            df[c] = df[c].astype(float)
+        df["has_nan"] = df["has_nan"].astype(bool)
+        df["has_inf"] = df["has_inf"].astype(bool)
+        df.attrs["step"] = found
+        return df
+
+    # ---- events and metrics -----------------------------------------------------------------------------
+    def clip_events(self, run_id: int, after_step: int = -1):
+        """Clip decisions (one per step): step, strategy, threshold, norm_before, norm_after, coef, clipped,
+        n_clipped, n_tensors."""
+        return self._frame(
+            "SELECT * FROM clip_events WHERE run_id = ? AND step > ? ORDER BY step", (run_id, after_step)
+        ).drop(columns="run_id")
+
+    def nonfinite(self, run_id: int, after_step: int = -1):
+        """Layers with NaN/Inf gradients: step, layer_id, name, has_nan, has_inf (first one first)."""
+        df = self._frame(
+            """SELECT n.step, n.layer_id, l.name, n.has_nan, n.has_inf FROM nonfinite n
+               LEFT JOIN layers l ON l.run_id = n.run_id AND l.id = n.layer_id
+               WHERE n.run_id = ? AND n.step > ? ORDER BY n.step, n.layer_id""",
+            (run_id, after_step),
+        )
+        df["has_nan"] = df["has_nan"].astype(bool)
+        df["has_inf"] = df["has_inf"].astype(bool)
+        return df
+
+    def metrics(self, run_ids, after_step: int = -1, names=None):
+        """Long form run_id, name, step, value, time for one run id or a list, step > after_step."""
+        ids = [int(run_ids)] if isinstance(run_ids, int) else [int(i) for i in run_ids]
+        sql = f"SELECT run_id, name, step, value, time FROM metrics WHERE run_id IN {_in(ids)} AND step > ?"
+        params = [*ids, after_step]
+        if names is not None:
+            names = [names] if isinstance(names, str) else list(names)
+            sql, params = sql + f" AND name IN {_in(names)}", params + names
+        df = self._frame(sql + " ORDER BY run_id, name, step", params)
+        df["value"] = df["value"].astype(float)
+        return df
+
+
+def _named(ids) -> str:
+    return "(" + ", ".join(f":l{i}" for i in range(len(ids))) + ")"
+
+
+def _bucket_width(lo: int, hi: int, max_points: int, size: int) -> int:
+    """Smallest multiple of ``size`` such that buckets step // w over [lo, hi] number <= max_points."""
+    w = max(size, math.ceil((hi - lo + 1) / max_points / size) * size)
+    while hi // w - lo // w + 1 > max_points:
+        w += size
+    return w
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and v != v

@@ -1,0 +1,215 @@
+"""Store: opens a gradwatch SQLite file, creates runs and layers, hands out background writers.
+
+The read queries live in reader.py (the ``Reads`` mixin); the row-heavy writes in writer.py.
+One connection per Store, shared by threads under a lock (Streamlit calls from several threads);
+each BackgroundWriter opens its own.
+"""
+
+import contextlib
+import json
+import math
+import os
+import socket
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .connection import connect, immediate, preflight, translate
+from .errors import DatabaseNotFound, ReadOnlyStore, RunNotFound
+from .reader import Reads
+from .schema import check_schema, create_schema
+from .writer import BackgroundWriter
+
+__all__ = ["Store", "NONFINITE_POLICIES"]
+
+NONFINITE_POLICIES = ("record", "skip", "raise")
+
+
+class Store(Reads):
+    """A gradwatch database file. Create with ``Store.open(path)``."""
+
+    def __init__(self, path: Path, conn, *, readonly: bool, busy_timeout: float, stale_after: float):
+        self.path = path
+        self.readonly = readonly
+        self.busy_timeout = busy_timeout
+        self.stale_after = stale_after
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._sqlite_utils_db = None
+
+    @property
+    def _db(self):
+        # Imported on first write: sqlite-utils imports pandas (~0.7 s), which readers and a training
+        # process that only enqueues rows do not need at import time.
+        if self._sqlite_utils_db is None:
+            import sqlite_utils
+
+            self._sqlite_utils_db = sqlite_utils.Database(self._conn, execute_plugins=False)
+        return self._sqlite_utils_db
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        create: bool | None = None,
+        readonly: bool = False,
+        busy_timeout: float = 5.0,
+        stale_after: float = 30.0,
+    ) -> "Store":
+        """Open (and with ``create``, make) a gradwatch database.
+
+        create: make the file and its tables when missing (default: True unless readonly).
+        readonly: open with SQLite's read-only mode: never creates or changes anything, not even the
+            journal mode; writes raise ReadOnlyStore. What a dashboard should use.
+        busy_timeout: seconds to wait for another connection's lock before DatabaseLocked.
+        stale_after: seconds without a heartbeat after which a "running" run is reported as "crashed".
+        """
+        if create is None:
+            create = not readonly
+        if create and readonly:
+            raise ValueError("create=True with readonly=True; a read-only store cannot create a database")
+        if busy_timeout < 0 or stale_after <= 0:
+            raise ValueError(
+                f"busy_timeout={busy_timeout!r}, stale_after={stale_after!r}; accepted: >= 0, > 0"
+            )
+        path = Path(path)
+        preflight(path, create=create)
+        mode = "ro" if readonly else ("rwc" if create else "rw")
+        conn = connect(path, mode=mode, busy_timeout=busy_timeout)
+        try:
+            try:
+                ready = check_schema(conn, str(path))
+                if not ready:
+                    if not create:
+                        raise DatabaseNotFound(
+                            f"{path} exists but holds no gradwatch tables yet (an empty file). "
+                            "Record a run into it first, or open it with create=True."
+                        )
+                    # WAL lets readers read while a writer writes; set before the first table exists.
+                    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        conn.execute("PRAGMA journal_mode = WAL")
+                    with immediate(conn, path, "create the gradwatch tables"):
+                        if not check_schema(conn, str(path)):  # another process may have won the race
+                            create_schema(conn)
+                if not readonly:
+                    conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error as exc:
+                raise translate(exc, path, "open the database", readonly=readonly) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return cls(path, conn, readonly=readonly, busy_timeout=busy_timeout, stale_after=stale_after)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"Store({str(self.path)!r}, readonly={self.readonly})"
+
+    # ---- writes of run metadata (rare, small: sqlite-utils, inside BEGIN IMMEDIATE) ------------------
+    @contextlib.contextmanager
+    def _write(self, action: str):
+        if self.readonly:
+            raise ReadOnlyStore(f"Cannot {action}: {self.path} was opened with readonly=True.")
+        with self._lock, immediate(self._conn, self.path, action):
+            yield self._db
+
+    def create_run(
+        self,
+        *,
+        name: str,
+        config: dict | None = None,
+        clip: str | None = None,
+        clip_source: str | None = None,
+        parent_id: int | None = None,
+        argv: list[str] | None = None,
+        cwd: str | None = None,
+        python: str | None = None,
+        every: int = 1,
+        nonfinite: str = "record",
+        world_size: int = 1,
+        pid: int | None = None,
+        host: str | None = None,
+    ) -> int:
+        """Insert a run with status "running" and return its id. argv/cwd/python/pid/host default to
+        this process (what the dashboard needs to relaunch it and to tell whether it is alive)."""
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"name={name!r}; accepted: a non-empty string")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every={every!r}; accepted: an int >= 1")
+        if not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size={world_size!r}; accepted: an int >= 1")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite={nonfinite!r}; accepted: {', '.join(NONFINITE_POLICIES)}")
+        now = time.time()
+        row = dict(
+            name=name,
+            status="running",
+            config=json.dumps(config or {}, sort_keys=True, default=str),
+            clip=clip,
+            clip_source=clip_source,
+            parent_id=parent_id,
+            argv=json.dumps(list(sys.argv if argv is None else argv)),
+            cwd=os.getcwd() if cwd is None else cwd,
+            python=sys.executable if python is None else python,
+            pid=os.getpid() if pid is None else pid,
+            host=socket.gethostname() if host is None else host,
+            every=every,
+            nonfinite=nonfinite,
+            world_size=world_size,
+            created_at=now,
+            heartbeat_at=now,
+        )
+        with self._write("create a run") as db:
+            if (
+                parent_id is not None
+                and not db.execute("SELECT 1 FROM runs WHERE id = ?", (parent_id,)).fetchone()
+            ):
+                raise RunNotFound(f"parent_id={parent_id}: no such run in {self.path}")
+            return db["runs"].insert(row).last_pk
+
+    def add_layers(self, run_id: int, layers) -> None:
+        """Record the run's parameter tensors: dicts with id, name, shape, and optionally numel, dtype,
+        trainable (default True). A layer id already recorded for the run is replaced."""
+        rows = []
+        for layer in layers:
+            shape = [int(d) for d in layer.get("shape", [])]
+            rows.append(
+                dict(
+                    run_id=run_id,
+                    id=int(layer["id"]),
+                    name=str(layer["name"]),
+                    shape=json.dumps(shape),
+                    numel=int(layer["numel"]) if layer.get("numel") is not None else math.prod(shape),
+                    dtype=None if layer.get("dtype") is None else str(layer["dtype"]).removeprefix("torch."),
+                    trainable=int(bool(layer.get("trainable", True))),
+                )
+            )
+        with self._write("record layers") as db:
+            self._require_run(run_id)
+            if rows:
+                db["layers"].insert_all(rows, replace=True)
+
+    def writer(self, run_id: int, **options) -> BackgroundWriter:
+        """A BackgroundWriter for this run (options: busy_timeout, heartbeat_every, max_queue, batch_rows)."""
+        if self.readonly:
+            raise ReadOnlyStore(f"Cannot write run {run_id}: {self.path} was opened with readonly=True.")
+        self._require_run(run_id)
+        options.setdefault("busy_timeout", max(self.busy_timeout, 30.0))
+        return BackgroundWriter(self.path, run_id, **options)
+
+    def request_stop(self, run_id: int) -> None:
+        """Record that a stop was asked for (the dashboard also sends SIGTERM to the run's pid)."""
+        with self._write("request a stop") as db:
+            self._require_run(run_id)
+            db["runs"].update(run_id, {"stop_requested_at": time.time()})

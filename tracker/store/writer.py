@@ -1,0 +1,396 @@
+"""BackgroundWriter: one thread per run that batches rows into the SQLite file.
+
+The training thread only appends tuples to an unbounded ``queue.SimpleQueue`` (put never blocks; about a
+microsecond). The thread drains everything that is waiting, writes it in one ``BEGIN IMMEDIATE``
+transaction with ``executemany`` and keeps ``grad_norm_blocks`` up to date, and stamps
+``runs.heartbeat_at`` at least every ``heartbeat_every`` seconds so readers can tell a dead run.
+With ``max_queue`` set, items beyond it are dropped and counted in ``dropped`` (off by default: nothing is
+ever dropped unless asked). If the thread hits an error it stops, and the next call on the caller's side
+raises WriterFailed with the original error as its cause: errors are never swallowed.
+"""
+
+import atexit
+import os
+import queue
+import threading
+import time as _time
+from pathlib import Path
+
+from .blocks import merge_blocks, norm_rows_and_blocks
+from .connection import connect, immediate
+from .errors import DatabaseLocked, WriterClosed, WriterFailed
+from .schema import BLOCK_SIZES
+
+__all__ = ["BackgroundWriter", "EXTRA_STATS", "FINAL_STATUSES"]
+
+EXTRA_STATS = ("weight_norm", "update_ratio", "max_abs")
+FINAL_STATUSES = ("finished", "failed", "stopped")
+
+_STEP, _CLIP, _NONFINITE, _METRICS, _FLUSH, _CLOSE = range(6)
+
+_UPSERT_BLOCK = """
+INSERT INTO grad_norm_blocks (run_id, size, layer_id, block, norm_min, norm_max, norm_sum, norm_count)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_id, size, layer_id, block) DO UPDATE SET
+    norm_min = coalesce(min(norm_min, excluded.norm_min), norm_min, excluded.norm_min),
+    norm_max = coalesce(max(norm_max, excluded.norm_max), norm_max, excluded.norm_max),
+    norm_sum = norm_sum + excluded.norm_sum,
+    norm_count = norm_count + excluded.norm_count
+"""
+# Exact recomputation from the raw rows, for blocks touched by steps that arrive out of order or twice.
+_RECOMPUTE_BLOCKS = """
+INSERT OR REPLACE INTO grad_norm_blocks
+SELECT run_id, :size, layer_id, step / :size, min(norm), max(norm), total(norm), count(norm)
+FROM grad_norms
+WHERE run_id = :run AND layer_id = :layer AND step BETWEEN :lo AND :hi
+GROUP BY step / :size
+"""
+
+
+class BackgroundWriter:
+    """Writes one run's rows on a background thread. Create it with ``Store.writer(run_id)``.
+
+    Values must be plain Python numbers (``tensor.tolist()``), norms in layer-id order.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        run_id: int,
+        *,
+        busy_timeout: float = 30.0,
+        heartbeat_every: float = 5.0,
+        max_queue: int | None = None,
+        batch_rows: int = 200_000,
+    ):
+        if heartbeat_every <= 0:
+            raise ValueError(f"heartbeat_every={heartbeat_every!r}; accepted: seconds > 0")
+        if max_queue is not None and max_queue < 1:
+            raise ValueError(f"max_queue={max_queue!r}; accepted: None (unbounded) or an int >= 1")
+        self.path = Path(path)
+        self.run_id = int(run_id)
+        self.heartbeat_every = float(heartbeat_every)
+        self.max_queue = max_queue
+        self.batch_rows = int(batch_rows)
+        self.dropped = 0  # items refused because max_queue was reached (always 0 when unbounded)
+        self.rows_written = 0  # grad_norms rows committed so far
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._closed = False
+        # Opened here so a bad path fails on the caller's thread; used only by the writer thread after.
+        self._conn = connect(self.path, mode="rw", busy_timeout=busy_timeout)
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: ~100 B-tree append points stay cached
+        row = self._conn.execute("SELECT max(step) FROM steps WHERE run_id = ?", (self.run_id,)).fetchone()
+        self._last_step = row[0] if row[0] is not None else -1
+        self._thread = threading.Thread(target=self._run, name=f"gradwatch-writer-{self.run_id}", daemon=True)
+        self._thread.start()
+        atexit.register(self._flush_at_exit)
+
+    # ---- caller side: cheap, never blocks -------------------------------------------------------
+    def add_step(
+        self,
+        *,
+        step: int,
+        norms=(),
+        layer_ids=None,
+        total_norm=None,
+        total_norm_after=None,
+        loss=None,
+        clipped=None,
+        coef=None,
+        threshold=None,
+        skipped=False,
+        nonfinite_count=None,
+        first_nonfinite_layer=None,
+        extra=None,
+        time=None,
+    ) -> None:
+        """Queue one logged step: its ``steps`` row and one ``grad_norms`` row per layer.
+
+        ``norms[i]`` belongs to layer ``layer_ids[i]`` (default: layer id i); None = no gradient (no row).
+        ``extra`` maps names in EXTRA_STATS to per-layer lists in the same order (``grad_stats`` rows).
+        ``nonfinite_count`` defaults to the number of NaN/Inf norms.
+        """
+        if layer_ids is not None and len(layer_ids) != len(norms):
+            raise ValueError(f"len(layer_ids)={len(layer_ids)} but len(norms)={len(norms)}; they must match")
+        if extra:
+            unknown = set(extra) - set(EXTRA_STATS)
+            if unknown:
+                raise ValueError(f"extra keys {sorted(unknown)}; accepted: {list(EXTRA_STATS)}")
+        row = (
+            self.run_id,
+            int(step),
+            _time.time() if time is None else time,
+            loss,
+            total_norm,
+            total_norm_after,
+            None if clipped is None else int(clipped),
+            coef,
+            threshold,
+            int(bool(skipped)),
+            nonfinite_count,
+            first_nonfinite_layer,
+        )
+        self._put((_STEP, row, norms, layer_ids, extra or None), len(norms))
+
+    def add_clip_events(self, events) -> None:
+        """Queue clip events: dicts with step, strategy, threshold, norm_before, norm_after, coef, clipped,
+        n_clipped (optional), n_tensors (optional). One event per step (a later one replaces it)."""
+        rows = [
+            (
+                self.run_id,
+                int(e["step"]),
+                e.get("strategy"),
+                e.get("threshold"),
+                e.get("norm_before"),
+                e.get("norm_after"),
+                e.get("coef"),
+                int(bool(e["clipped"])),
+                e.get("n_clipped"),
+                e.get("n_tensors"),
+            )
+            for e in events
+        ]
+        if rows:
+            self._put((_CLIP, rows), len(rows))
+
+    def add_nonfinite(self, step: int, layers) -> None:
+        """Queue the layers that had NaN/Inf gradients at ``step``: (layer_id, has_nan, has_inf) tuples."""
+        rows = [(self.run_id, int(step), int(lid), int(bool(n)), int(bool(i))) for lid, n, i in layers]
+        if rows:
+            self._put((_NONFINITE, rows), len(rows))
+
+    def add_metrics(self, step: int, values: dict, time=None) -> None:
+        """Queue scalar metrics at ``step`` (a later value for the same name and step replaces it)."""
+        t = _time.time() if time is None else time
+        rows = [
+            (self.run_id, str(k), int(step), None if v is None else float(v), t) for k, v in values.items()
+        ]
+        if rows:
+            self._put((_METRICS, rows), len(rows))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything queued so far is committed. Raises WriterFailed, TimeoutError."""
+        done = threading.Event()
+        self._put((_FLUSH, done), 0, control=True)
+        if not self._wait(done, timeout):
+            raise TimeoutError(f"writer for run {self.run_id} did not flush within {timeout} s")
+        self._raise_if_failed()
+
+    def close(self, status: str = "finished", error: str | None = None, timeout: float | None = None) -> None:
+        """Flush, record the final status (finished, failed or stopped) and stop the thread."""
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"status={status!r}; accepted: {', '.join(FINAL_STATUSES)}")
+        if self._closed:
+            return
+        done = threading.Event()
+        if self._error is None:
+            self._queue.put((_CLOSE, (status, error), done))
+            self._wait(done, timeout)
+        self._closed = True
+        atexit.unregister(self._flush_at_exit)
+        self._thread.join(timeout)
+        self._raise_if_failed()
+
+    @property
+    def pending(self) -> int:
+        """Items queued and not written yet (approximate)."""
+        return self._queue.qsize()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            self.close("finished")
+        else:
+            self.close("failed", error=f"{exc_type.__name__}: {exc}")
+
+    def _wait(self, done: threading.Event, timeout: float | None) -> bool:
+        # Poll so that a thread which died after our put() cannot leave us waiting forever.
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        while not done.wait(0.05):
+            if not self._thread.is_alive():
+                return True
+            if deadline is not None and _time.monotonic() > deadline:
+                return False
+        return True
+
+    def _put(self, item, n_rows: int, control: bool = False) -> None:
+        self._raise_if_failed()
+        if self._closed:
+            raise WriterClosed(f"writer for run {self.run_id} is closed; open a new one with Store.writer()")
+        if not control and self.max_queue is not None and self._queue.qsize() >= self.max_queue:
+            self.dropped += 1
+            return
+        self._queue.put(item)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise WriterFailed(
+                f"the background writer of run {self.run_id} stopped: {self._error}"
+            ) from self._error
+
+    def _flush_at_exit(self) -> None:
+        # The interpreter is exiting without close(): commit what is queued; the status stays "running"
+        # and readers show the run as crashed once its pid is gone (the program never said it finished).
+        if self._thread.is_alive() and self._error is None:
+            try:
+                self.flush(timeout=30)
+            except Exception:  # noqa: BLE001 - nothing left to report to at exit
+                pass
+
+    # ---- writer thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        last_beat = 0.0
+        try:
+            while True:
+                wait = max(0.0, last_beat + self.heartbeat_every - _time.monotonic())
+                try:
+                    first = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    first = None
+                items, control = self._drain(first)
+                beat = _time.monotonic() - last_beat >= self.heartbeat_every * 0.5
+                if items or beat or control:
+                    final = control[1] if control is not None and control[0] == _CLOSE else None
+                    self._write(items, heartbeat=True, final=final)
+                    last_beat = _time.monotonic()
+                if control is not None:
+                    control[-1].set()
+                    if control[0] == _CLOSE:
+                        return
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, see _raise_if_failed
+            self._error = exc
+            # Wake every flush()/close() waiting on us; they see the error.
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item[0] in (_FLUSH, _CLOSE):
+                    item[-1].set()
+        finally:
+            self._conn.close()
+
+    def _drain(self, first):
+        """Data items up to (not including) the next flush/close, at most ~batch_rows rows."""
+        items, control, rows = [], None, 0
+        item = first
+        while item is not None:
+            if item[0] in (_FLUSH, _CLOSE):
+                control = item
+                break
+            items.append(item)
+            rows += len(item[2]) if item[0] == _STEP else len(item[1])
+            if rows >= self.batch_rows:
+                break
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                item = None
+        return items, control
+
+    def _write(self, items, *, heartbeat: bool, final=None) -> None:
+        run = self.run_id
+        steps, payload, stats, clips, nonfinite, metrics = [], [], [], [], [], []
+        for item in items:
+            kind = item[0]
+            if kind == _STEP:
+                _, row, norms, ids, extra = item
+                if row[10] is None:  # nonfinite_count from the norms
+                    bad = (
+                        0 if _finite_sum(norms) else sum(1 for v in norms if v is not None and not _finite(v))
+                    )
+                    row = row[:10] + (bad,) + row[11:]
+                steps.append(row)
+                payload.append((row[1], norms, ids))
+                if extra:
+                    lids = ids if ids is not None else range(len(norms))
+                    cols = [extra.get(name) or [None] * len(norms) for name in EXTRA_STATS]
+                    stats.extend((run, lid, row[1], *vals) for lid, *vals in zip(lids, *cols, strict=True))
+            elif kind == _CLIP:
+                clips.extend(item[1])
+            elif kind == _NONFINITE:
+                nonfinite.extend(item[1])
+            else:
+                metrics.extend(item[1])
+
+        in_order = all(a[0] < b[0] for a, b in zip(payload, payload[1:], strict=False)) and (
+            not payload or payload[0][0] > self._last_step
+        )
+        if not in_order:
+            payload.sort(key=lambda p: p[0])
+        rows, small = norm_rows_and_blocks(run, payload, BLOCK_SIZES[0])
+        levels = {BLOCK_SIZES[0]: small}
+        for size in BLOCK_SIZES[1:]:
+            levels[size] = merge_blocks(small, size // BLOCK_SIZES[0])
+
+        for attempt in range(3):  # a lock held past the busy timeout is retried before giving up
+            try:
+                with immediate(self._conn, self.path, "write rows"):
+                    c = self._conn
+                    if steps:
+                        c.executemany(f"INSERT OR REPLACE INTO steps VALUES ({_q(12)})", steps)
+                    if rows:
+                        c.executemany("INSERT OR REPLACE INTO grad_norms VALUES (?, ?, ?, ?)", rows)
+                    if stats:
+                        c.executemany(f"INSERT OR REPLACE INTO grad_stats VALUES ({_q(6)})", stats)
+                    if in_order:
+                        c.executemany(
+                            _UPSERT_BLOCK,
+                            [
+                                (run, size, lid, block, *agg)
+                                for size, blocks in levels.items()
+                                for (lid, block), agg in blocks.items()
+                            ],
+                        )
+                    else:
+                        self._recompute_blocks(levels)
+                    if clips:
+                        c.executemany(f"INSERT OR REPLACE INTO clip_events VALUES ({_q(10)})", clips)
+                    if nonfinite:
+                        c.executemany(f"INSERT OR REPLACE INTO nonfinite VALUES ({_q(5)})", nonfinite)
+                    if metrics:
+                        c.executemany(f"INSERT OR REPLACE INTO metrics VALUES ({_q(5)})", metrics)
+                    now = _time.time()
+                    if final is not None:
+                        c.execute(
+                            "UPDATE runs SET status = ?, error = ?, finished_at = ?, heartbeat_at = ? "
+                            "WHERE id = ?",
+                            (final[0], final[1], now, now, run),
+                        )
+                    elif heartbeat:
+                        c.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (now, run))
+                break
+            except DatabaseLocked:
+                if attempt == 2:
+                    raise
+        self.rows_written += len(rows)
+        if payload:
+            self._last_step = max(self._last_step, payload[-1][0])
+
+    def _recompute_blocks(self, levels: dict) -> None:
+        params = []
+        for size, blocks in levels.items():
+            for lid, block in blocks:
+                params.append(
+                    dict(size=size, run=self.run_id, layer=lid, lo=block * size, hi=(block + 1) * size - 1)
+                )
+        self._conn.executemany(_RECOMPUTE_BLOCKS, params)
+
+
+def _q(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _finite(v) -> bool:
+    return v == v and v not in (float("inf"), float("-inf"))
+
+
+def _finite_sum(norms) -> bool:
+    try:
+        return _finite(sum(norms))
+    except TypeError:  # a None (no gradient) in the list
+        return False
