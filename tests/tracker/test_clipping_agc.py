@@ -1,0 +1,125 @@
+"""AGC against the published unit-wise formula (Brock et al. 2021, eq. 3 and the nfnets reference code),
+written out here with numpy in float64, row by row."""
+
+import numpy as np
+import pytest
+import torch
+
+from tracker.clipping import parse_clip, unitwise_norm
+
+# name -> shape: Linear [out, in], conv [out, in, kh, kw], bias, a one-output head and a one-input column.
+LAYERS = {
+    "conv.weight": (6, 3, 3, 3),
+    "conv.bias": (6,),
+    "fc.weight": (5, 12),
+    "fc.bias": (5,),
+    "head.weight": (1, 5),
+    "col.weight": (4, 1),
+    "fc2.weight": (3, 5),
+}
+
+
+def make(seed=0, grad_scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    names, params = [], []
+    for name, shape in LAYERS.items():
+        p = torch.nn.Parameter(torch.randn(shape, generator=g) * 0.1)
+        p.grad = torch.randn(shape, generator=g) * grad_scale
+        names.append(name)
+        params.append(p)
+    params[1].data.zero_()  # a zero-initialised bias: the 1e-3 floor on ||W|| is what lets it move
+    return names, params
+
+
+def oracle(w: np.ndarray, g: np.ndarray, clipping: float) -> np.ndarray:
+    """The paper's rule per unit; a unit is a row (dim 0), or the whole tensor when it is vector-like."""
+    if np.squeeze(w).ndim <= 1:
+        units_w, units_g = [w.reshape(-1)], [g.reshape(-1)]
+        shape_back = [g.shape]
+    else:
+        units_w = [w[i].reshape(-1) for i in range(w.shape[0])]
+        units_g = [g[i].reshape(-1) for i in range(g.shape[0])]
+        shape_back = [g.shape[1:]] * g.shape[0]
+    out = []
+    for uw, ug, shape in zip(units_w, units_g, shape_back, strict=True):
+        max_norm = clipping * max(np.sqrt((uw**2).sum()), 1e-3)
+        g_norm = np.sqrt((ug**2).sum())
+        out.append((ug * (max_norm / max(g_norm, 1e-6)) if g_norm > max_norm else ug).reshape(shape))
+    return out[0] if np.squeeze(w).ndim <= 1 else np.stack(out)
+
+
+def clip(spec, names, params):
+    grads = [p.grad for p in params]
+    norms = torch.stack([torch.linalg.vector_norm(x) for x in grads])
+    total = torch.linalg.vector_norm(norms)
+    return parse_clip(spec).clip_(grads, norms, total, params=params, names=names, step=0)
+
+
+@pytest.mark.parametrize("clipping", [0.01, 0.16, 1.0, 100.0])
+def test_agc_matches_the_unitwise_formula(clipping):
+    names, params = make()
+    expected = [oracle(p.detach().double().numpy(), p.grad.double().numpy(), clipping) for p in params]
+    originals = [p.grad.clone() for p in params]
+    r = clip(f"agc:{clipping}", names, params)
+    for p, e in zip(params, expected, strict=True):
+        np.testing.assert_allclose(p.grad.double().numpy(), e, rtol=1e-5, atol=1e-8)
+    changed = [not torch.equal(p.grad, g0) for p, g0 in zip(params, originals, strict=True)]
+    assert int(r.n_clipped) == sum(changed)
+    assert bool(r.clipped) == any(changed)
+    assert float(r.threshold) == pytest.approx(clipping)
+    after = np.sqrt(sum((e**2).sum() for e in expected))
+    assert float(r.total_norm_after) == pytest.approx(after, rel=1e-5)
+    assert 0.0 < float(r.coef) <= 1.0
+
+
+def test_agc_reported_coef_is_the_smallest_unit_coefficient():
+    names, params = make(grad_scale=10.0)
+    coefs = []
+    for p in params:
+        w, g = p.detach().double().numpy(), p.grad.double().numpy()
+        rows = [(w, g)] if np.squeeze(w).ndim <= 1 else [(w[i], g[i]) for i in range(w.shape[0])]
+        for uw, ug in rows:
+            max_norm = 0.01 * max(np.linalg.norm(uw), 1e-3)
+            coefs.append(min(1.0, max_norm / max(np.linalg.norm(ug), 1e-6)))
+    r = clip("agc:0.01", names, params)
+    assert float(r.coef) == pytest.approx(min(coefs), rel=1e-5)
+
+
+def test_exclude_skips_module_prefix_only():
+    names, params = make(grad_scale=10.0)
+    before = {n: p.grad.clone() for n, p in zip(names, params, strict=True)}
+    clip("agc:0.01,exclude=fc", names, params)
+    for n, p in zip(names, params, strict=True):
+        if n.startswith("fc."):
+            assert torch.equal(p.grad, before[n]), n  # fc.weight and fc.bias are skipped
+        else:
+            assert not torch.equal(p.grad, before[n]), n  # fc2.weight is not part of module fc
+
+
+def test_exclude_needs_names_and_agc_needs_params():
+    names, params = make()
+    grads = [p.grad for p in params]
+    norms = torch.stack([torch.linalg.vector_norm(x) for x in grads])
+    with pytest.raises(ValueError, match="needs names="):
+        parse_clip("agc:0.01,exclude=fc").clip_(grads, norms, norms.norm(), params=params)
+    with pytest.raises(ValueError, match="needs params="):
+        parse_clip("agc:0.01").clip_(grads, norms, norms.norm())
+
+
+def test_nonfinite_unit_is_left_alone_and_others_clipped():
+    names, params = make(grad_scale=10.0)
+    params[2].grad[1, 3] = float("inf")
+    with np.errstate(invalid="ignore"):  # the oracle's row 1 is inf * 0; that row is not compared
+        expected = [oracle(p.detach().double().numpy(), p.grad.double().numpy(), 0.01) for p in params]
+    clip("agc:0.01", names, params)
+    got = params[2].grad.double().numpy()
+    assert np.isinf(got[1, 3]) and np.isfinite(np.delete(got[1], 3)).all()
+    np.testing.assert_allclose(np.delete(got, 1, axis=0), np.delete(expected[2], 1, axis=0), rtol=1e-5)
+
+
+def test_unitwise_norm_shapes():
+    assert unitwise_norm(torch.ones(4, 3, 2, 2)).shape == (4, 1, 1, 1)
+    assert unitwise_norm(torch.ones(5, 7)).shape == (5, 1)
+    assert unitwise_norm(torch.ones(7)).shape == ()
+    assert unitwise_norm(torch.ones(1, 7)).shape == ()  # squeezes to a vector: one unit
+    assert float(unitwise_norm(torch.full((4, 1), 2.0))) == pytest.approx(4.0)
