@@ -16,7 +16,7 @@ from torch import Tensor
 
 from tracker.norms import NormPlan
 
-__all__ = ["is_dtensor", "local_tensor", "rank_and_world_size", "sharded_norms"]
+__all__ = ["is_dtensor", "like", "local_tensor", "rank_and_world_size", "sharded_norms"]
 
 try:  # DTensor is part of torch >= 2.4; keep the import soft so a trimmed build still imports us.
     from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
@@ -38,6 +38,13 @@ def is_dtensor(t: Tensor) -> bool:
 def local_tensor(t: Tensor) -> Tensor:
     """The tensor this rank holds: the local shard of a DTensor (sharing storage), else ``t`` itself."""
     return t.to_local() if is_dtensor(t) else t
+
+
+def like(local: Tensor, reference: Tensor) -> Tensor:
+    """``local`` as a DTensor laid out like ``reference`` when that is one (so norms reduce globally)."""
+    if not is_dtensor(reference):
+        return local
+    return DTensor.from_local(local, reference.device_mesh, reference.placements, run_check=False)
 
 
 def _summed_mesh_dims(t: Tensor) -> tuple[int, ...]:

@@ -1,0 +1,257 @@
+"""GradTracker end to end on a real SQLite file, against torch's own clipping and norms (the oracles)."""
+
+import json
+import math
+import os
+import socket
+import sqlite3
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from tracker import GradTracker, NullTracker, StepStats
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _batches(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 6, generator=g) * 3, torch.randint(0, 3, (8,), generator=g)) for _ in range(n)]
+
+
+def _loss(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def _rows(db, sql, *args):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def _oracle_run(batches, max_norm, lr=0.5):
+    """The same loop with torch.nn.utils.clip_grad_norm_: final model, totals, pre-clip per-tensor norms."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    totals, norms = [], []
+    for batch in batches:
+        opt.zero_grad()
+        _loss(model, batch).backward()
+        norms.append([torch.linalg.vector_norm(p.grad).item() for p in model.parameters()])
+        total = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        totals.append(total.item())
+        opt.step()
+    return model, totals, norms
+
+
+def _tracked_run(batches, db, lr=0.5, **kwargs):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    stats = []
+    with GradTracker(model, db=db, **kwargs) as tracker:
+        for batch in batches:
+            opt.zero_grad()
+            loss = _loss(model, batch)
+            loss.backward()
+            stats.append(tracker.step(loss=loss))
+            opt.step()
+    return model, stats, tracker
+
+
+def test_norm_clipping_matches_clip_grad_norm_and_is_recorded(db_path):
+    batches = _batches(6)
+    expected_model, totals, norms = _oracle_run(batches, 1.0)
+    model, stats, tracker = _tracked_run(batches, db_path, clip="norm:1.0", run="oracle")
+
+    for p, q in zip(model.parameters(), expected_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert [s.total_norm for s in stats] == pytest.approx(totals, rel=1e-6)
+    assert all(isinstance(s, StepStats) and isinstance(s.total_norm, float) for s in stats)
+    clipped = [t > 1.0 for t in totals]
+    assert any(clipped) and [s.clipped for s in stats] == clipped  # the data must exercise clipping
+    for s, t in zip(stats, totals, strict=True):
+        assert s.threshold == 1.0 and s.coef == pytest.approx(min(1.0, 1.0 / (t + 1e-6)), rel=1e-6)
+
+    run_id = tracker.run_id
+    (name, status, clip, source, every) = _rows(
+        db_path, "SELECT name, status, clip, clip_source, every FROM runs WHERE id = ?", run_id
+    )[0]
+    assert (name, status, clip, source, every) == ("oracle", "finished", "norm:1.0", "argument", 1)
+    steps = _rows(
+        db_path, "SELECT step, total_norm, clipped, coef, threshold, skipped, loss FROM steps ORDER BY step"
+    )
+    assert [r[0] for r in steps] == list(range(6))
+    assert [r[1] for r in steps] == pytest.approx(totals, rel=1e-6)
+    assert [bool(r[2]) for r in steps] == clipped
+    assert all(r[4] == 1.0 and r[5] == 0 and r[6] is not None for r in steps)
+    recorded = _rows(db_path, "SELECT step, layer_id, norm FROM grad_norms ORDER BY step, layer_id")
+    assert len(recorded) == 6 * 4
+    for step, layer_id, norm in recorded:
+        assert norm == pytest.approx(norms[step][layer_id], rel=1e-5)
+    events = _rows(
+        db_path, "SELECT step, strategy, threshold, norm_before, norm_after, clipped FROM clip_events"
+    )
+    assert len(events) == 6
+    for step, strategy, threshold, before, after, was_clipped in events:
+        assert strategy == "norm:1.0" and threshold == 1.0
+        assert before == pytest.approx(totals[step], rel=1e-6)
+        assert after == pytest.approx(min(totals[step], 1.0), rel=1e-5)
+        assert bool(was_clipped) == clipped[step]
+
+
+def test_run_records_how_to_relaunch_it(db_path):
+    _, _, tracker = _tracked_run(_batches(1), db_path, config={"lr": 0.5, "model": "mlp"}, parent_id=None)
+    argv, cwd, python, pid, host, config = _rows(
+        db_path, "SELECT argv, cwd, python, pid, host, config FROM runs WHERE id = ?", tracker.run_id
+    )[0]
+    assert json.loads(argv) == sys.argv
+    assert cwd == os.getcwd() and python == sys.executable
+    assert pid == os.getpid() and host == socket.gethostname()
+    assert json.loads(config)["lr"] == 0.5
+    layers = _rows(db_path, "SELECT id, name, shape, numel, trainable FROM layers ORDER BY id")
+    assert [(r[1], json.loads(r[2]), r[3], r[4]) for r in layers] == [
+        ("0.weight", [16, 6], 96, 1),
+        ("0.bias", [16], 16, 1),
+        ("2.weight", [3, 16], 48, 1),
+        ("2.bias", [3], 3, 1),
+    ]
+
+
+def test_env_clip_overrides_the_argument_and_is_recorded(db_path, monkeypatch):
+    monkeypatch.setenv("GRADWATCH_CLIP", "norm:0.5")
+    batches = _batches(4)
+    expected_model, _, _ = _oracle_run(batches, 0.5)
+    model, stats, tracker = _tracked_run(batches, db_path, clip="none")
+    for p, q in zip(model.parameters(), expected_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    clip, source, config = _rows(db_path, "SELECT clip, clip_source, config FROM runs")[0]
+    assert (clip, source) == ("norm:0.5", "env")
+    assert "none" in json.dumps(json.loads(config))  # the spec the program asked for is kept
+
+
+def test_bad_env_clip_names_the_variable(db_path, monkeypatch):
+    monkeypatch.setenv("GRADWATCH_CLIP", "norm:-1")
+    with pytest.raises(ValueError, match="GRADWATCH_CLIP"):
+        GradTracker(_model(), db=db_path)
+    assert not db_path.exists()
+
+
+def test_db_defaults_to_env_then_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRADWATCH_DB", str(tmp_path / "from-env.db"))
+    GradTracker(_model()).finish()
+    assert (tmp_path / "from-env.db").exists() and not (tmp_path / "gradwatch.db").exists()
+    monkeypatch.delenv("GRADWATCH_DB")
+    GradTracker(_model()).finish()
+    assert (tmp_path / "gradwatch.db").exists()
+
+
+def test_every_n_records_every_nth_step_but_clips_every_step(db_path):
+    batches = _batches(7)
+    expected_model, totals, _ = _oracle_run(batches, 1.0)
+    model, stats, _ = _tracked_run(batches, db_path, clip="norm:1.0", every=3)
+    for p, q in zip(model.parameters(), expected_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert [s.logged for s in stats] == [i % 3 == 0 for i in range(7)]
+    unlogged = [s for s in stats if not s.logged]
+    assert all(isinstance(s.total_norm, torch.Tensor) and s.total_norm.dim() == 0 for s in unlogged)
+    assert [float(s.total_norm) for s in stats] == pytest.approx(totals, rel=1e-6)
+    assert [r[0] for r in _rows(db_path, "SELECT step FROM steps ORDER BY step")] == [0, 3, 6]
+    assert {r[0] for r in _rows(db_path, "SELECT DISTINCT step FROM grad_norms")} == {0, 3, 6}
+    events = _rows(db_path, "SELECT step, norm_before, clipped FROM clip_events ORDER BY step")
+    assert [e[0] for e in events] == list(range(7))  # clip events of unlogged steps are flushed later
+    assert [e[1] for e in events] == pytest.approx(totals, rel=1e-6)
+    assert [bool(e[2]) for e in events] == [t > 1.0 for t in totals]
+
+
+def test_log_records_metrics_at_the_last_step(db_path):
+    model = _model()
+    with GradTracker(model, db=db_path) as tracker:
+        tracker.log({"lr": 0.1})  # before any step: step 0
+        for batch in _batches(3):
+            model.zero_grad()
+            _loss(model, batch).backward()
+            tracker.step()
+        tracker.log({"val_acc": 0.91, "val_loss": torch.tensor(0.25)})
+        tracker.log({"test_acc": 0.5}, step=10)
+        with pytest.raises(ValueError, match="val_acc"):
+            tracker.log({"val_acc": "high"})
+    rows = _rows(db_path, "SELECT name, step, value FROM metrics ORDER BY name")
+    assert rows == [("lr", 0, 0.1), ("test_acc", 10, 0.5), ("val_acc", 2, 0.91), ("val_loss", 2, 0.25)]
+
+
+def test_exception_marks_the_run_failed_with_its_message(db_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with GradTracker(_model(), db=db_path, run="crashy"):
+            raise RuntimeError("boom")
+    status, error = _rows(db_path, "SELECT status, error FROM runs")[0]
+    assert status == "failed" and "RuntimeError: boom" in error
+
+
+def test_keyboard_interrupt_marks_the_run_stopped(db_path):
+    with pytest.raises(KeyboardInterrupt):
+        with GradTracker(_model(), db=db_path):
+            raise KeyboardInterrupt
+    assert _rows(db_path, "SELECT status FROM runs") == [("stopped",)]
+
+
+def test_disabled_tracker_does_nothing_with_the_same_methods(db_path):
+    model = _model()
+    tracker = GradTracker(model, db=db_path, clip="norm:1e-9", enabled=False)
+    assert isinstance(tracker, NullTracker)
+    before = [p.detach().clone() for p in model.parameters()]
+    with tracker as t:
+        _loss(model, _batches(1)[0]).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        stats = t.step(loss=1.0)
+        t.attach(torch.optim.SGD(model.parameters(), lr=0.1)).remove()
+        t.log({"x": 1.0})
+    t.finish()
+    assert stats.total_norm is None and stats.step == 0
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert not db_path.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(every=0), "every"),
+        (dict(every=1.5), "every"),
+        (dict(nonfinite="ignore"), "record"),
+        (dict(extra_stats=("weight_norm", "hessian")), "hessian"),
+        (dict(clip="norm:abc"), "abc"),
+        (dict(clip=3.0), "spec"),
+    ],
+)
+def test_bad_options_raise_value_error_naming_them(db_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GradTracker(_model(), db=db_path, **kwargs)
+    assert not db_path.exists()
+
+
+def test_step_after_finish_is_an_error(db_path):
+    tracker = GradTracker(_model(), db=db_path)
+    tracker.finish()
+    tracker.finish()  # idempotent
+    with pytest.raises(RuntimeError, match="finished"):
+        tracker.step()
+
+
+def test_total_norm_math_oracle_for_a_known_gradient(db_path):
+    # A hand-made gradient with a known norm: 3-4-5 and 12 -> sqrt(9 + 16 + 144) = 13.
+    model = nn.Linear(2, 1, bias=True)
+    with GradTracker(model, db=db_path) as tracker:
+        model.weight.grad = torch.tensor([[3.0, 4.0]])
+        model.bias.grad = torch.tensor([12.0])
+        stats = tracker.step()
+    assert stats.total_norm == pytest.approx(13.0) and math.isnan(stats.threshold)
+    assert _rows(db_path, "SELECT layer_id, norm FROM grad_norms ORDER BY layer_id") == [(0, 5.0), (1, 12.0)]

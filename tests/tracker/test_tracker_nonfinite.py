@@ -1,0 +1,101 @@
+"""Non-finite gradients under the three policies, with a NaN / Inf injected into a known layer."""
+
+import sqlite3
+
+import pytest
+import torch
+from torch import nn
+
+from tracker import GradTracker, NonFiniteGradientError
+
+BAD_STEP = 1
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def _rows(db, sql):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _train(model, tracker, steps=3, poison=float("nan")):
+    """Adam (momentum makes a zeroed gradient still move the weights: only a true skip leaves them alone)."""
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(2)
+    snapshots, stats = [], []
+    for step in range(steps):
+        opt.zero_grad()
+        model(torch.randn(5, 4, generator=g)).pow(2).mean().backward()
+        if step == BAD_STEP:
+            model[2].weight.grad[0, 0] = poison  # layer id 2 = "2.weight"
+        stats.append(tracker.step())
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step()
+        snapshots.append((before, [p.detach().clone() for p in model.parameters()]))
+    return stats, snapshots, opt
+
+
+def test_record_flags_the_layer_and_goes_on(db_path):
+    model = _model()
+    with GradTracker(model, db=db_path) as tracker:
+        stats, _, _ = _train(model, tracker)
+    assert [s.skipped for s in stats] == [False, False, False]
+    # (From step 2 on everything is NaN: the NaN update poisoned the weights. We look up to the bad step.)
+    nonfinite = _rows(
+        db_path, f"SELECT step, layer_id, has_nan, has_inf FROM nonfinite WHERE step <= {BAD_STEP}"
+    )
+    assert nonfinite == [(BAD_STEP, 2, 1, 0)]
+    first = _rows(
+        db_path, "SELECT step, first_nonfinite_layer, nonfinite_count, skipped FROM steps ORDER BY step"
+    )
+    assert first[BAD_STEP] == (BAD_STEP, 2, 1, 0) and first[0] == (0, None, 0, 0)
+    assert first[2][1] == 0  # the first layer (by layer order) that went non-finite
+
+
+def test_inf_is_told_apart_from_nan(db_path):
+    model = _model()
+    with GradTracker(model, db=db_path) as tracker:
+        _train(model, tracker, steps=BAD_STEP + 1, poison=float("inf"))
+    assert _rows(db_path, "SELECT step, layer_id, has_nan, has_inf FROM nonfinite") == [(BAD_STEP, 2, 0, 1)]
+
+
+def test_skip_leaves_parameters_and_optimizer_state_untouched(db_path):
+    model = _model()
+    with GradTracker(model, db=db_path, nonfinite="skip", clip="norm:1.0") as tracker:
+        stats, snapshots, opt = _train(model, tracker)
+    assert [s.skipped for s in stats] == [False, True, False]
+    before, after = snapshots[BAD_STEP]
+    assert all(torch.equal(b, a) for b, a in zip(before, after, strict=True))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(opt.state[p]["step"].item() == 2 for p in model.parameters())  # 3 steps, one skipped
+    before, after = snapshots[BAD_STEP + 1]
+    assert not all(torch.equal(b, a) for b, a in zip(before, after, strict=True))  # training goes on
+    assert _rows(db_path, "SELECT step, skipped FROM steps ORDER BY step") == [(0, 0), (1, 1), (2, 0)]
+    assert [r[0] for r in _rows(db_path, "SELECT step FROM clip_events ORDER BY step")] == [0, 2]  # no clip
+
+
+def test_raise_names_the_first_bad_layer_and_records_the_step(db_path):
+    model = _model()
+    with pytest.raises(NonFiniteGradientError, match=r"step 1 in layer '2\.weight'") as info:
+        with GradTracker(model, db=db_path, nonfinite="raise") as tracker:
+            _train(model, tracker)
+    assert info.value.step == BAD_STEP and info.value.layers == ["2.weight"]
+    assert _rows(db_path, "SELECT status FROM runs")[0][0] == "failed"
+    assert _rows(db_path, "SELECT step, first_nonfinite_layer FROM steps ORDER BY step") == [
+        (0, None),
+        (1, 2),
+    ]
+
+
+def test_nan_on_an_unlogged_step_is_still_recorded(db_path):
+    model = _model()
+    with GradTracker(model, db=db_path, every=2) as tracker:
+        _train(model, tracker, steps=BAD_STEP + 1)
+    assert [r[0] for r in _rows(db_path, "SELECT step FROM steps ORDER BY step")] == [0]
+    assert _rows(db_path, "SELECT step, layer_id, has_nan FROM nonfinite") == [(BAD_STEP, 2, 1)]

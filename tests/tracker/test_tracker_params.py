@@ -1,0 +1,98 @@
+"""Tied, frozen and gradient-less parameters: what is measured, what is registered, what is counted."""
+
+import json
+import sqlite3
+
+import pytest
+import torch
+from torch import nn
+
+from tracker import GradTracker
+
+
+class TiedModel(nn.Module):
+    """Embedding and output projection share one weight (as in GPT-2); `frozen` never trains; `unused` is
+    never part of the forward pass, so its grad stays None."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(10, 4)
+        self.frozen = nn.Linear(4, 4)
+        self.frozen.requires_grad_(False)
+        self.hidden = nn.Linear(4, 4)
+        self.unused = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.hidden(self.frozen(self.embed(tokens)))))
+
+
+def _rows(db, sql):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_tied_frozen_and_unused_parameters(db_path):
+    model = TiedModel()
+    tokens = torch.randint(0, 10, (3, 5), generator=torch.Generator().manual_seed(1))
+    with GradTracker(model, db=db_path, clip="norm:0.01") as tracker:
+        loss = nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+        loss.backward()
+        # The oracle: torch's own total over the unique parameters that have a gradient.
+        with_grad = [p for p in model.parameters() if p.grad is not None]
+        expected_total = torch.nn.utils.get_total_norm([p.grad for p in with_grad]).item()
+        expected = {
+            n: torch.linalg.vector_norm(p.grad).item()
+            for n, p in model.named_parameters()
+            if p.grad is not None
+        }
+        stats = tracker.step()
+        clipped_total = torch.nn.utils.get_total_norm([p.grad for p in with_grad]).item()
+    assert stats.total_norm == pytest.approx(expected_total, rel=1e-6)
+    assert clipped_total == pytest.approx(0.01, rel=1e-4)  # the tied weight was scaled once, not twice
+
+    layers = _rows(db_path, "SELECT id, name, trainable FROM layers ORDER BY id")
+    names = [r[1] for r in layers]
+    assert names == [
+        "embed.weight",
+        "frozen.weight",
+        "frozen.bias",
+        "hidden.weight",
+        "hidden.bias",
+        "unused.weight",
+        "unused.bias",
+    ]  # head.weight is the embedding's tensor: one layer
+    assert {r[1]: r[2] for r in layers}["frozen.weight"] == 0 and {r[1]: r[2] for r in layers}[
+        "hidden.bias"
+    ] == 1
+    config = json.loads(_rows(db_path, "SELECT config FROM runs")[0][0])
+    assert config["_gradwatch"]["tied"] == {"head.weight": "embed.weight"}
+
+    recorded = dict(
+        _rows(db_path, "SELECT l.name, g.norm FROM grad_norms g JOIN layers l ON l.id = g.layer_id")
+    )
+    # Frozen: never measured; unused: no gradient at this step, so no row (NULL when read per step).
+    assert set(recorded) == {"embed.weight", "hidden.weight", "hidden.bias"}
+    for name, norm in recorded.items():
+        assert norm == pytest.approx(expected[name], rel=1e-5)
+    assert _rows(db_path, "SELECT total_norm FROM steps")[0][0] == pytest.approx(expected_total, rel=1e-6)
+
+
+def test_gradient_appearing_later_is_measured_from_then_on(db_path):
+    model = nn.ModuleDict({"a": nn.Linear(3, 3), "b": nn.Linear(3, 1)})
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    with GradTracker(model, db=db_path) as tracker:
+        model["a"](x).sum().backward()  # b has no grad yet
+        tracker.step()
+        model.zero_grad()
+        model["b"](model["a"](x)).sum().backward()
+        expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+        stats = tracker.step()
+    assert stats.total_norm == pytest.approx(expected, rel=1e-6)
+    counts = _rows(db_path, "SELECT step, count(*) FROM grad_norms GROUP BY step ORDER BY step")
+    assert counts == [(0, 2), (1, 4)]

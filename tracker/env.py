@@ -1,0 +1,67 @@
+"""Where the tracker's settings come from when the environment overrides the program.
+
+``GRADWATCH_DB`` chooses the database when the program passes none. ``GRADWATCH_CLIP`` replaces whatever clip
+setting the program passes: this is how the dashboard relaunches anyone's script with other clipping and no
+code change, so the run records that the environment decided (``clip_source="env"``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CLIP_ENV", "DB_ENV", "DEFAULT_DB", "ClipChoice", "resolve_clip", "resolve_db"]
+
+DB_ENV = "GRADWATCH_DB"
+CLIP_ENV = "GRADWATCH_CLIP"
+DEFAULT_DB = "gradwatch.db"
+
+
+def resolve_db(db: str | os.PathLike[str] | None) -> Path:
+    """The database path: ``db`` when given, else ``$GRADWATCH_DB``, else ``./gradwatch.db``."""
+    if db is not None:
+        return Path(db)
+    return Path(os.environ.get(DB_ENV) or DEFAULT_DB)
+
+
+@dataclass(frozen=True)
+class ClipChoice:
+    """The strategy in force, where it came from, and what the program asked for (its spec string)."""
+
+    strategy: Any
+    source: str  # "argument" or "env"
+    requested: str
+
+
+def resolve_clip(clip: Any) -> ClipChoice:
+    """Parse ``clip`` (a spec string or a strategy object), unless ``$GRADWATCH_CLIP`` is set and non-empty.
+
+    Raises ``ValueError`` (``tracker.clipping.ClipSpecError``) naming the bad spec; for the environment
+    variable the message also names the variable, since the user never typed it into the program.
+    """
+    from tracker.clipping import parse_clip
+
+    requested = _parse(clip, parse_clip)
+    override = os.environ.get(CLIP_ENV, "").strip()
+    if not override:
+        return ClipChoice(requested, "argument", requested.spec)
+    try:
+        strategy = parse_clip(override)
+    except ValueError as e:
+        raise type(e)(f"{CLIP_ENV}={override!r}: {e}") from None
+    return ClipChoice(strategy, "env", requested.spec)
+
+
+def _parse(clip: Any, parse_clip: Any) -> Any:
+    if clip is None:
+        return parse_clip("none")
+    if isinstance(clip, str):
+        return parse_clip(clip)
+    if callable(getattr(clip, "clip_", None)) and isinstance(getattr(clip, "spec", None), str):
+        return clip
+    raise ValueError(
+        f"clip must be a spec string (e.g. 'none', 'norm:1.0', 'autoclip:10') or a strategy from "
+        f"tracker.clipping, got {clip!r}"
+    )

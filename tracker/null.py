@@ -1,0 +1,56 @@
+"""NullTracker: what ``GradTracker(..., enabled=False)`` returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tracker.stats import StepStats
+
+__all__ = ["NullTracker"]
+
+
+class NullTracker:
+    """The same methods as GradTracker, doing nothing, so a training loop needs no ``if tracking:`` branches.
+
+    It measures nothing, clips nothing and opens no file; ``step()`` returns a StepStats with
+    ``total_norm=None`` and ``coef=1.0``.
+    """
+
+    run_id = None
+    is_writer = False
+
+    def __init__(self) -> None:
+        self._step = 0
+
+    def step(self, loss: Any = None) -> StepStats:
+        self._step += 1
+        return StepStats(self._step - 1, None, False, 1.0, None, skipped=False, logged=False)
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self, status: str = "finished", error: str | None = None) -> None:
+        pass
+
+    def attach(self, optimizer: Any, *, scaler: Any = None) -> NullTracker:
+        return self
+
+    def remove(self) -> None:  # attach() returns self: its handle can be removed like a real one
+        pass
+
+    def detach(self) -> None:
+        pass
+
+    @property
+    def step_count(self) -> int:
+        return self._step
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        return False

@@ -1,0 +1,511 @@
+"""GradTracker: measure -> non-finite policy -> clip -> record, once per optimizer step.
+
+The hot path keeps everything on the device. On a logged step (every ``every``-th) the step's scalars, the
+per-layer norms and whatever was buffered since the last logged step are concatenated into ONE tensor and
+copied to the host once; the resulting Python lists go to the store's background writer, which never blocks.
+On the other steps nothing is copied to the host at all.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tracker.attach import Attachment
+from tracker.distributed import is_dtensor, like, local_tensor, rank_and_world_size, sharded_norms
+from tracker.env import resolve_clip, resolve_db
+from tracker.layers import TrackedParameters
+from tracker.norms import NormPlan, grad_norms, max_abs
+from tracker.null import NullTracker
+from tracker.stats import StepStats
+
+__all__ = ["CONFIG_KEY", "EXTRA_STATS", "NONFINITE_POLICIES", "GradTracker", "NonFiniteGradientError"]
+
+NONFINITE_POLICIES = ("record", "skip", "raise")
+EXTRA_STATS = ("weight_norm", "update_ratio", "max_abs")
+# Layout of the per-step scalar vector (one stack per clipped step, copied with everything else).
+_TOTAL, _AFTER, _COEF, _THRESHOLD, _CLIPPED, _N_CLIPPED = range(6)
+_N_SCALARS = 6
+_sigterm_received = False
+CONFIG_KEY = "_gradwatch"  # the tracker's own notes inside runs.config
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient held NaN/Inf under ``nonfinite="raise"``; ``.step`` and ``.layer`` say where first."""
+
+    def __init__(self, step: int, layers: list[str]):
+        self.step, self.layer, self.layers = step, layers[0], layers
+        more = f" (and {len(layers) - 1} more layers)" if len(layers) > 1 else ""
+        super().__init__(f"non-finite gradient at step {step} in layer {layers[0]!r}{more}")
+
+
+def _check_options(every: Any, nonfinite: Any, extra_stats: Any, rank: Any) -> tuple[str, ...]:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an int >= 1, got {every!r}")
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite={nonfinite!r}; accepted: {', '.join(NONFINITE_POLICIES)}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"rank must be an int >= 0 (the process that writes), got {rank!r}")
+    if extra_stats is False or extra_stats is None:
+        return ()
+    if extra_stats is True:
+        return EXTRA_STATS
+    names = (extra_stats,) if isinstance(extra_stats, str) else tuple(extra_stats)
+    bad = [n for n in names if n not in EXTRA_STATS]
+    if bad:
+        raise ValueError(f"extra_stats: unknown {bad}; accepted: True, False or a subset of {EXTRA_STATS}")
+    return tuple(n for n in EXTRA_STATS if n in names)
+
+
+def _default_run_name() -> str:
+    script = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0] or "python"
+    return f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class GradTracker:
+    """Measures, clips and records the gradients of ``model``. Call :meth:`step` right before
+    ``optimizer.step()`` (after ``scaler.unscale_`` with AMP), or let :meth:`attach` do it (docs/tracker.md).
+
+    ``GradTracker(model, enabled=False)`` returns a :class:`NullTracker` with the same methods, doing nothing.
+    """
+
+    def __new__(cls, model: nn.Module | None = None, *, enabled: bool = True, **kwargs: Any):
+        if not enabled:
+            return NullTracker()
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        db: str | os.PathLike[str] | None = None,
+        run: str | None = None,
+        clip: Any = "none",
+        every: int = 1,
+        config: Mapping[str, Any] | None = None,
+        enabled: bool = True,
+        nonfinite: str = "record",
+        rank: int = 0,
+        extra_stats: bool | str | Iterable[str] = False,
+        parent_id: int | None = None,
+        handle_sigterm: bool = True,
+    ):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.extra_stats = _check_options(every, nonfinite, extra_stats, rank)
+        self.every, self.nonfinite, self.rank = every, nonfinite, rank
+        choice = resolve_clip(clip)  # GRADWATCH_CLIP, when set, wins over the argument
+        self.clip = choice.strategy
+        # "none" without noise changes nothing: skip the call and its few tensor allocations per step.
+        self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None
+        self.layers = TrackedParameters(model)
+        self._params = self.layers.params
+        self._all = range(len(self._params))
+        self._sharded = any(is_dtensor(p) for p in self._params)
+        self._plan = NormPlan.for_tensors([local_tensor(p) for p in self._params])
+        self._subset_plans: dict[tuple[int, ...], NormPlan] = {}
+        self._step = 0
+        # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions).
+        self._pending: list[tuple[int, Tensor | None, Tensor, Any]] = []
+        self._update: tuple[dict[str, Any], list[Tensor], Tensor, Any] | None = None  # update_ratio
+        self._hooks: list[Attachment] = []
+        self._finished = False
+        process_rank, world_size = rank_and_world_size()
+        self.is_writer = process_rank == rank
+        self.db_path = resolve_db(db)
+        self.run_id: int | None = None
+        self._store = self._writer = None
+        if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write
+            self._open_run(run, config, choice, parent_id, world_size)
+        atexit.register(self._at_exit)
+        self._previous_sigterm = self._install_sigterm() if handle_sigterm else None
+
+    def _open_run(self, run, config, choice, parent_id, world_size) -> None:
+        from tracker.store import Store
+
+        cfg = dict(config or {})
+        # The runs table has no columns for these; they go under one reserved config key, only when present.
+        notes: dict[str, Any] = {}
+        if choice.source == "env":
+            notes["requested_clip"] = choice.requested  # what the program asked for before GRADWATCH_CLIP
+        if self.layers.aliases:
+            notes["tied"] = self.layers.aliases  # alias name -> the layer name it is recorded under
+        if notes:
+            cfg[CONFIG_KEY] = notes
+        self._store = Store.open(self.db_path, create=True)
+        self.run_id = self._store.create_run(
+            name=run or _default_run_name(),
+            config=cfg,
+            clip=self.clip.spec,
+            clip_source=choice.source,
+            parent_id=parent_id,
+            argv=list(sys.argv),
+            cwd=os.getcwd(),
+            python=sys.executable,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            every=self.every,
+            nonfinite=self.nonfinite,
+            world_size=world_size,
+        )
+        self._store.add_layers(self.run_id, self.layers.rows)
+        self._writer = self._store.writer(self.run_id)
+
+    # ------------------------------------------------------------------ public verbs
+    @torch.no_grad()
+    def step(self, loss: Tensor | float | None = None) -> StepStats:
+        """Measure the current gradients, apply the non-finite policy, clip them in place, and record.
+
+        Call it after backward (and after ``scaler.unscale_``), right before ``optimizer.step()``.
+        ``loss`` (tensor or number) is recorded on logged steps, in the same host copy as the norms.
+        """
+        if self._finished:
+            raise RuntimeError("this GradTracker is finished; create a new one for a new run")
+        self._complete_update()
+        step = self._step
+        self._step += 1
+        grads, present = self._grads()
+        norms, total = self._measure(grads, present)
+
+        skipped = False
+        if self.nonfinite != "record" and not bool(torch.isfinite(norms).all()):  # one sync, documented
+            if self.nonfinite == "raise":
+                self._record(step, total, None, norms, present, loss, skipped=False, grads=grads)
+                self.flush()
+                bad = [
+                    self.layers.names[present[i]]
+                    for i, x in enumerate(norms.tolist())
+                    if not math.isfinite(x)
+                ]
+                raise NonFiniteGradientError(step, bad)
+            skipped = True
+            self._drop_grads()
+
+        result = None
+        if self._clipping and not skipped:
+            local = [local_tensor(g) for g in grads]
+            params = [local_tensor(self._params[i]) for i in present]
+            names = [self.layers.names[i] for i in present]
+            result = self.clip.clip_(local, norms, total, params=params, step=step, names=names)
+        scalars = self._scalars(total, result) if result is not None else None
+
+        if step % self.every and not skipped:  # not logged: buffer on the device, no host sync
+            self._pending.append((step, scalars, norms, present))
+            if result is None:
+                return StepStats(step, total, False, 1.0, math.nan, skipped=False, logged=False)
+            return StepStats(step, total, result.clipped, result.coef, result.threshold, False, logged=False)
+        total_v, clipped, coef, threshold = self._record(
+            step, total, scalars, norms, present, loss, skipped=skipped, grads=grads
+        )
+        return StepStats(step, total_v, clipped, coef, threshold, skipped=skipped)
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Record scalar metrics (``{"val_acc": 0.91}``) at ``step``, by default the last measured step."""
+        if not isinstance(metrics, Mapping):
+            raise ValueError(f"metrics must be a mapping of name -> number, got {type(metrics).__name__}")
+        clean: dict[str, float] = {}
+        for name, value in metrics.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"metric names must be non-empty strings, got {name!r}")
+            try:
+                clean[name] = float(value.item() if isinstance(value, Tensor) else value)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(
+                    f"metric {name!r} must be a number or a 1-element tensor, got {value!r}"
+                ) from None
+        at = max(self._step - 1, 0) if step is None else step
+        if isinstance(at, bool) or not isinstance(at, int) or at < 0:
+            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        if self._writer is not None and clean:
+            self._writer.add_metrics(at, clean)
+
+    def flush(self) -> None:
+        """Copy buffered device values to the host and wait until everything is in the file."""
+        self._drain_pending()
+        if self._writer is not None:
+            self._writer.flush()
+
+    def finish(self, status: str = "finished", error: str | None = None) -> None:
+        """Close the run as ``finished`` (default), ``failed`` or ``stopped``; a second call does nothing."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self._complete_update()
+            self._drain_pending()
+        finally:
+            self.detach()
+            self._restore_sigterm()
+            atexit.unregister(self._at_exit)
+            if self._writer is not None:
+                self._writer.close(status=status, error=error)
+            if self._store is not None:
+                self._store.close()
+
+    def attach(self, optimizer: torch.optim.Optimizer, *, scaler: Any = None) -> Attachment:
+        """Run :meth:`step` right before every ``optimizer.step()``, also the one ``GradScaler.step`` makes
+        after unscaling. Pass ``scaler`` too so the steps it skips for inf/NaN are recorded as skipped.
+        Returns a handle: ``handle.remove()`` detaches (``finish()`` detaches everything)."""
+        handle = Attachment(self, optimizer, scaler)
+        self._hooks.append(handle)
+        return handle
+
+    def detach(self) -> None:
+        for handle in list(self._hooks):
+            handle.remove()
+
+    def _forget(self, handle: Attachment) -> None:
+        if handle in self._hooks:
+            self._hooks.remove(handle)
+
+    @property
+    def step_count(self) -> int:
+        """How many optimizer steps were measured so far (the next step's 0-based index)."""
+        return self._step
+
+    def __enter__(self) -> GradTracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.finish("finished")
+        elif issubclass(exc_type, KeyboardInterrupt | SystemExit):
+            self.finish("stopped", error=exc_type.__name__)
+        else:
+            self.finish("failed", error=f"{exc_type.__name__}: {exc}")
+        return False  # never swallow the exception
+
+    # ------------------------------------------------------------------ measuring
+    def _grads(self) -> tuple[list[Tensor], Any]:
+        grads = [p.grad for p in self._params]
+        if None not in grads:
+            return grads, self._all
+        present = [i for i, g in enumerate(grads) if g is not None]
+        return [grads[i] for i in present], present
+
+    def _measure(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
+        if self._sharded:
+            norms = sharded_norms(grads)
+            return norms, torch.linalg.vector_norm(norms)
+        if present is self._all:
+            return grad_norms(grads, self._plan)
+        key = tuple(present)
+        plan = self._subset_plans.get(key)
+        if plan is None:
+            plan = self._subset_plans[key] = NormPlan.for_tensors(grads)
+        return grad_norms(grads, plan)
+
+    def _drop_grads(self) -> None:
+        # Skipping = every gradient set to None: torch's optimizers leave a parameter without a gradient
+        # untouched (no update, no momentum or step-count change). Zeroing would still move Adam by momentum.
+        for p in self._params:
+            p.grad = None
+        for handle in self._hooks:
+            handle.drop_grads()
+
+    @torch.no_grad()
+    def _record_skipped_by_scaler(self) -> None:
+        """GradScaler found inf/NaN and did not call optimizer.step(): record a skipped, unclipped step."""
+        if self._finished:
+            return
+        self._complete_update()
+        step = self._step
+        self._step += 1
+        grads, present = self._grads()
+        norms, total = self._measure(grads, present)
+        self._record(step, total, None, norms, present, None, skipped=True, grads=grads)
+
+    @staticmethod
+    def _scalars(total: Tensor, r: Any) -> Tensor:
+        parts = (total, r.total_norm_after, r.coef, r.threshold, r.clipped, r.n_clipped)
+        return torch.stack([t.to(device=total.device, dtype=torch.float32) for t in parts])
+
+    def _layer_ids(self, present: Any) -> list[int]:
+        return self.layers.ids if present is self._all else [self.layers.ids[i] for i in present]
+
+    # ------------------------------------------------------------------ recording
+    def _record(self, step, total, scalars, norms, present, loss, *, skipped, grads) -> tuple[Any, ...]:
+        """Copy this step (and the buffered ones) to the host in one transfer and hand it to the writer."""
+        if scalars is None:  # not clipped: after = before, coef 1, no threshold
+            scalars = torch.stack([total, total, torch.ones_like(total), torch.full_like(total, math.nan)])
+        parts = [scalars, norms]
+        loss_t = (
+            loss.detach().reshape(1).to(norms.device, torch.float32) if isinstance(loss, Tensor) else None
+        )
+        if loss_t is not None:
+            parts.append(loss_t)
+        extra = self._extra_tensors(grads, present) if self.extra_stats and self._writer is not None else {}
+        parts.extend(extra.values())
+        parts.extend(t for _, s, n, _ in self._pending for t in ((s, n) if s is not None else (n,)))
+        host = torch.cat(parts).tolist()  # the one device-to-host copy of this logged step
+
+        cur, pos = host[: len(scalars)], len(scalars)
+        norm_list, pos = host[pos : pos + len(norms)], pos + len(norms)
+        loss_v = float(loss) if isinstance(loss, int | float) else None
+        if loss_t is not None:
+            loss_v, pos = host[pos], pos + 1
+        extra_lists = {}
+        for name, t in extra.items():
+            extra_lists[name], pos = host[pos : pos + len(t)], pos + len(t)
+        self._write_pending(host, pos)
+
+        clipped = len(cur) > _CLIPPED and cur[_CLIPPED] > 0.5
+        if self._writer is not None:
+            ids = self._layer_ids(present)
+            bad = [
+                (ids[i], math.isnan(x), math.isinf(x))
+                for i, x in enumerate(norm_list)
+                if not math.isfinite(x)
+            ]
+            if bad:
+                self._writer.add_nonfinite(step, bad)
+            if len(cur) == _N_SCALARS:
+                self._writer.add_clip_events([self._clip_event(step, cur, len(norm_list))])
+            row = dict(
+                step=step,
+                norms=norm_list,
+                layer_ids=ids,
+                total_norm=cur[_TOTAL],
+                total_norm_after=cur[_AFTER],
+                loss=loss_v,
+                clipped=clipped,
+                coef=cur[_COEF],
+                threshold=_finite_or_none(cur[_THRESHOLD]),
+                skipped=skipped,
+                nonfinite_count=len(bad),
+                first_nonfinite_layer=bad[0][0] if bad else None,
+                extra=extra_lists or None,
+                time=time.time(),
+            )
+            if "update_ratio" in self.extra_stats:
+                self._start_update(row, present)  # written once the optimizer step has happened
+            else:
+                self._writer.add_step(**row)
+        return cur[_TOTAL], clipped, cur[_COEF], cur[_THRESHOLD]
+
+    def _clip_event(self, step: int, s: list[float], n_tensors: int) -> dict[str, Any]:
+        return dict(
+            step=step,
+            strategy=self.clip.spec,
+            threshold=_finite_or_none(s[_THRESHOLD]),
+            norm_before=s[_TOTAL],
+            norm_after=s[_AFTER],
+            coef=s[_COEF],
+            clipped=s[_CLIPPED] > 0.5,
+            n_clipped=int(s[_N_CLIPPED]),
+            n_tensors=n_tensors,
+        )
+
+    def _write_pending(self, host: list[float], pos: int) -> None:
+        """The buffered unlogged steps, now on the host: their clip events and non-finite layers."""
+        pending, self._pending = self._pending, []
+        events = []
+        for step, s, n, present in pending:
+            if s is not None:
+                events.append(self._clip_event(step, host[pos : pos + _N_SCALARS], len(n)))
+                pos += _N_SCALARS
+            norms, pos = host[pos : pos + len(n)], pos + len(n)
+            if self._writer is not None and not all(map(math.isfinite, norms)):
+                ids = self._layer_ids(present)
+                bad = [
+                    (ids[i], math.isnan(x), math.isinf(x))
+                    for i, x in enumerate(norms)
+                    if not math.isfinite(x)
+                ]
+                self._writer.add_nonfinite(step, bad)
+        if events and self._writer is not None:
+            self._writer.add_clip_events(events)
+
+    def _drain_pending(self) -> None:
+        if self._pending:
+            parts = [t for _, s, n, _ in self._pending for t in ((s, n) if s is not None else (n,))]
+            self._write_pending(torch.cat(parts).tolist(), 0)
+
+    # ------------------------------------------------------------------ extra statistics (logged steps only)
+    def _extra_tensors(self, grads: list[Tensor], present: Any) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        if "weight_norm" in self.extra_stats or "update_ratio" in self.extra_stats:
+            params = [self._params[i] for i in present]
+            weights = sharded_norms(params) if self._sharded else grad_norms(params)[0]
+            if "weight_norm" in self.extra_stats:
+                out["weight_norm"] = weights
+            if "update_ratio" in self.extra_stats:
+                # ||w_after - w_before|| / ||w_before||, completed at the next step() or finish(), once the
+                # optimizer has applied this step's update; costs a copy of the weights on logged steps.
+                self._snapshot = ([local_tensor(p).detach().clone() for p in params], weights)
+        if "max_abs" in self.extra_stats:
+            out["max_abs"] = max_abs([local_tensor(g) for g in grads])  # before clipping, like the norms
+        return out
+
+    def _start_update(self, row: dict[str, Any], present: Any) -> None:
+        before, weights = self._snapshot
+        del self._snapshot
+        self._update = (row, before, weights, present)
+
+    def _complete_update(self) -> None:
+        if self._update is None:
+            return
+        row, before, weights, present = self._update
+        self._update = None
+        with torch.no_grad():
+            after = [self._params[i] for i in present]
+            if self._sharded:
+                delta = [like(local_tensor(a) - b, a) for a, b in zip(after, before, strict=True)]
+                moved = sharded_norms(delta)
+            else:
+                moved = grad_norms(torch._foreach_sub([a.detach() for a in after], before))[0]
+            ratio = (moved / weights).tolist()
+        row["extra"] = dict(row["extra"] or {}, update_ratio=[_finite_or_none(r) for r in ratio])
+        if self._writer is not None:
+            self._writer.add_step(**row)
+
+    # ------------------------------------------------------------------ process lifetime
+    def _at_exit(self) -> None:
+        # The interpreter sets sys.last_value for an uncaught exception before running atexit handlers.
+        last = getattr(sys, "last_value", None)
+        if _sigterm_received:
+            self.finish("stopped", error="SIGTERM")
+        elif last is None:
+            self.finish("finished")
+        elif isinstance(last, KeyboardInterrupt | SystemExit):
+            self.finish("stopped", error=type(last).__name__)
+        else:
+            self.finish("failed", error=f"{type(last).__name__}: {last}")
+
+    @staticmethod
+    def _install_sigterm() -> Any:
+        # The dashboard stops a run with SIGTERM. Raised as SystemExit, it unwinds the training loop so the
+        # run is closed as "stopped" (by __exit__ or atexit) instead of looking crashed. Only when nobody else
+        # handles SIGTERM, and only in the main thread (the only one allowed to set handlers).
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return None
+
+        def on_sigterm(signum, frame):
+            global _sigterm_received
+            _sigterm_received = True  # an uncaught SystemExit leaves no sys.last_value for _at_exit to see
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        return signal.SIG_DFL
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
