@@ -3,17 +3,24 @@
 The shared library comes from the PyPI package ``espeakng-loader`` (it ships ``libespeak-ng.so`` and its data,
 including the ~100 voice variants in ``voices/!v``). eSpeak NG keeps global state (current voice, parameters,
 the callback), so one synthesis runs at a time per process: every call holds ``_LOCK``.
+
+Its output also depends on the utterances spoken before (static phase/flutter counters in the library survive
+``espeak_Terminate``; ``espeak_ng_SetRandSeed`` does not reset them): the same call twice gives waveforms
+a few samples apart. ``reset()`` unloads the library (``dlclose``) so the next call starts from the state of a
+fresh process; a corpus generator calls it before each speaker so that every speaker's audio depends only on
+its own parameters.
 """
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import threading
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["EspeakError", "synthesize", "sample_rate", "voice_variants", "synth_count"]
+__all__ = ["EspeakError", "synthesize", "sample_rate", "voice_variants", "synth_count", "reset"]
 
 # Constants from speak_lib.h.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -23,6 +30,7 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 
 _LOCK = threading.Lock()
 _state: dict = {}
+_count = [0]  # utterances synthesised by this process; survives reset()
 
 
 class EspeakError(RuntimeError):
@@ -30,7 +38,9 @@ class EspeakError(RuntimeError):
 
 
 def _library():
-    """Load and initialise the library once per process; returns (lib, sample_rate, data_path)."""
+    """Load and initialise the library (once, or again after reset()); the caller holds ``_LOCK``.
+
+    Returns (lib, sample_rate, data_path)."""
     if "lib" in _state:
         return _state["lib"], _state["rate"], _state["data"]
     try:
@@ -62,24 +72,36 @@ def _library():
 
     callback = _CALLBACK(on_audio)  # kept in _state: ctypes callbacks must outlive their use
     lib.espeak_SetSynthCallback(callback)
-    _state.update(lib=lib, rate=rate, data=Path(data), chunks=chunks, callback=callback, voice=None, count=0)
+    _state.update(lib=lib, rate=rate, data=Path(data), chunks=chunks, callback=callback, voice=None)
     return lib, rate, Path(data)
 
 
 def sample_rate() -> int:
     """The rate of the waveforms ``synthesize`` returns (22,050 Hz for the packaged library)."""
-    return _library()[1]
+    with _LOCK:
+        return _library()[1]
 
 
 def voice_variants() -> list[str]:
     """The packaged voice variants (``f3``, ``m1``, ``croak``, ...), sorted, to combine as ``en+f3``."""
-    data = _library()[2]
+    with _LOCK:
+        data = _library()[2]
     return sorted(p.name for p in (data / "voices" / "!v").iterdir() if p.is_file())
 
 
 def synth_count() -> int:
     """How many utterances this process has synthesised (lets callers and tests see a cache hit)."""
-    return _state.get("count", 0)
+    return _count[0]
+
+
+def reset() -> None:
+    """Unload the library so the next synthesis starts from a fresh process's state (see the module doc)."""
+    with _LOCK:
+        lib = _state.pop("lib", None)
+        if lib is not None:
+            lib.espeak_Terminate()
+            _ctypes.dlclose(lib._handle)  # last reference: the next CDLL() maps fresh static data
+        _state.clear()
 
 
 def synthesize(text: str, voice: str = "en", rate: int = 175, pitch: int = 50) -> np.ndarray:
@@ -91,8 +113,8 @@ def synthesize(text: str, voice: str = "en", rate: int = 175, pitch: int = 50) -
         raise ValueError(f"rate={rate} words/min is outside eSpeak NG's range 80-450")
     if not 0 <= pitch <= 100:
         raise ValueError(f"pitch={pitch} is outside eSpeak NG's range 0-100")
-    lib, _, _ = _library()
     with _LOCK:
+        lib, _, _ = _library()
         if _state["voice"] != voice:
             if lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
                 raise EspeakError(f"unknown eSpeak NG voice {voice!r} (variants: see voice_variants())")
@@ -103,7 +125,7 @@ def synthesize(text: str, voice: str = "en", rate: int = 175, pitch: int = 50) -
         chunks.clear()
         encoded = text.encode("utf-8")
         lib.espeak_Synth(encoded, len(encoded) + 1, 0, 0, 0, 0, None, None)
-        _state["count"] += 1
+        _count[0] += 1
         wav = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
         chunks.clear()
     return wav.astype(np.int16, copy=False)

@@ -201,6 +201,7 @@ def _generate_split(spec: SynthSpec, voices: list[str], variants: list[str]) -> 
     clips, texts, voice_ids, targets = [], [], [], []
     for v, voice in enumerate(voices):
         speaker = variants.index(voice.split("+", 1)[1])  # stable id whatever the split assignment
+        espeak.reset()  # the library's output depends on what it spoke before: start each speaker afresh
         for rep in range(spec.reps):
             if spec.task == "keywords":
                 for w, word in enumerate(KEYWORDS):
