@@ -105,8 +105,8 @@ def global_norm_figure(
 def layer_norms_figure(norms: pd.DataFrame, *, max_points: int = MAX_POINTS) -> go.Figure:
     """Per-layer gradient norm over steps, log y, legend grouped by module.
 
-    ``norms`` is long format with ``name`` and ``step`` and either ``norm`` (raw rows) or ``min``/``max``
-    (an envelope from the store's blocks). Envelopes are drawn as the max line with a shaded band to the min.
+    ``norms`` is long format with ``name`` and ``step`` and either ``norm`` (raw rows) or
+    ``norm_min``/``norm_max`` (an envelope from the store's blocks).
     """
     fig = go.Figure()
     for name, group in norms.groupby("name", sort=False):
@@ -118,7 +118,7 @@ def layer_norms_figure(norms: pd.DataFrame, *, max_points: int = MAX_POINTS) -> 
         else:
             # Interleave max then min per bucket so the single line still shows each bucket's extremes.
             x = np.repeat(group["step"].to_numpy(), 2)
-            y = np.column_stack([group["max"].to_numpy(), group["min"].to_numpy()]).ravel()
+            y = np.column_stack([group["norm_max"].to_numpy(), group["norm_min"].to_numpy()]).ravel()
             fig.add_trace(_line(x, y, max_points, **common))
     fig.update_layout(title="Per-layer gradient norms", xaxis_title="step", yaxis_title="L2 norm", **_LAYOUT)
     fig.update_yaxes(type="log")

@@ -1,0 +1,72 @@
+"""The Launch page's clip form: strategy choices with their parameters, turned into a spec string.
+
+Only builds text: validation is the tracker's (``tracker.clipping.validate_clip``), so the form, the CLI and
+``GRADWATCH_CLIP`` accept and reject exactly the same specs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["STRATEGIES", "build_spec"]
+
+# name -> what it does, and its parameters: {param: (label, default)}; a str default means a text field.
+STRATEGIES: dict[str, dict] = {
+    "none": {"about": "monitor only", "params": {}},
+    "norm": {"about": "global L2 norm <= C (clip_grad_norm_)", "params": {"c": ("threshold C", 1.0)}},
+    "value": {"about": "clamp each element to [-C, C]", "params": {"c": ("threshold C", 0.5)}},
+    "layer": {"about": "each tensor's norm <= C", "params": {"c": ("threshold C", 1.0)}},
+    "agc": {
+        "about": "adaptive unit-wise clipping (Brock et al. 2021)",
+        "params": {"l": ("clipping factor λ", 0.01), "exclude": ("exclude modules (comma-separated)", "")},
+    },
+    "autoclip": {
+        "about": "threshold = P-th percentile of past norms (Seetharaman et al. 2020)",
+        "params": {"p": ("percentile P (0-100)", 10.0), "window": ("history window (0: all)", 0.0)},
+    },
+    "zclip": {
+        "about": "clip z-score spikes of the global norm (ZClip, 2025)",
+        "params": {
+            "z": ("z threshold", 2.5),
+            "alpha": ("EMA alpha", 0.97),
+            "warmup": ("warm-up steps", 25.0),
+        },
+    },
+    "random": {
+        "about": "threshold ~ U[lo, hi] each step (ablation control, not a method)",
+        "params": {"lo": ("lo", 0.5), "hi": ("hi", 2.0)},
+    },
+}
+
+
+def _num(x) -> str:
+    """Shortest text that parses back to the same float; integers without a trailing ``.0``."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def build_spec(strategy: str, params: dict, *, noise_eta=None, noise_gamma=None) -> str:
+    """A clip spec string from the form's values (e.g. ``norm:1.0+noise(0.01,0.55)``).
+
+    Raises ValueError for a strategy the form does not offer; parameter values are not judged here.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; accepted: {', '.join(STRATEGIES)}")
+    p = params
+    if strategy == "none":
+        spec = "none"
+    elif strategy in ("norm", "value", "layer"):
+        spec = f"{strategy}:{_num(p['c'])}"
+    elif strategy == "agc":
+        excludes = [e.strip() for e in str(p.get("exclude", "")).split(",") if e.strip()]
+        spec = f"agc:{_num(p['l'])}" + "".join(f",exclude={e}" for e in excludes)
+    elif strategy == "autoclip":
+        window = p.get("window") or 0
+        spec = f"autoclip:{_num(p['p'])}" + (f",window={_num(window)}" if window else "")
+    elif strategy == "zclip":
+        spec = f"zclip:{_num(p['z'])},alpha={_num(p['alpha'])},warmup={_num(p['warmup'])}"
+    else:
+        spec = f"random:{_num(p['lo'])}-{_num(p['hi'])}"
+    if noise_eta is not None:
+        spec += (
+            f"+noise({_num(noise_eta)}" + (f",{_num(noise_gamma)}" if noise_gamma is not None else "") + ")"
+        )
+    return spec

@@ -1,0 +1,147 @@
+"""What the pages read, through ``tracker.store`` only (no SQL here), shaped for the charts.
+
+Live series are read incrementally: the frames seen so far are kept in session state with the last step
+read, and each refresh asks the store only for rows after it. Large per-layer series come from the store's
+precomputed min/max blocks (``grad_norm_envelope``), so a 10M-row run never gets scanned.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+__all__ = [
+    "FINAL_METRICS",
+    "clip_events",
+    "config_of",
+    "flow",
+    "heatmap",
+    "incremental",
+    "layer_norms",
+    "layers",
+    "metrics",
+    "nonfinite",
+    "run_labels",
+    "runs",
+    "steps",
+]
+
+# Metrics shown as "final" columns on the Runs and Compare pages, when a run has them (design.md §5).
+FINAL_METRICS = ("val_acc", "test_acc", "val_cer", "test_cer", "val_wer", "val_loss", "train_loss", "gen_gap")
+
+# Raw per-layer rows are read when a selection has at most this many rows; above, the min/max blocks.
+RAW_NORM_ROWS = 200_000
+
+
+def config_of(run) -> dict:
+    """The recorded config as a dict (``store.runs()`` parses it; a JSON string is accepted too)."""
+    config = run.get("config") if hasattr(run, "get") else None
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError:
+            return {}
+    return dict(config or {})
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def _runs(db: str, _store) -> pd.DataFrame:
+    return _store.runs()
+
+
+def runs(store, db: str) -> pd.DataFrame:
+    """Every run with its derived status (``crashed`` from a stale heartbeat), newest first."""
+    frame = _runs(db, store).copy()
+    if len(frame) and "created_at" in frame:
+        frame = frame.sort_values("created_at", ascending=False, kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def run_labels(frame: pd.DataFrame) -> dict[int, str]:
+    """``{run id: "#id name"}`` for select boxes."""
+    return {int(r.id): f"#{int(r.id)} {r.name}" for r in frame.itertuples()}
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _layers(db: str, run_id: int, _store) -> pd.DataFrame:
+    return _store.layers(run_id)
+
+
+def layers(store, db: str, run_id: int) -> pd.DataFrame:
+    """The run's layers (``id``, ``name``, ...) in model order."""
+    return _layers(db, int(run_id), store).sort_values("id").reset_index(drop=True)
+
+
+def incremental(kind: str, db: str, run_id: int, fetch, *, key=("step",)) -> pd.DataFrame:
+    """All rows of one run's series, reading only rows after the last step seen by this session.
+
+    ``fetch(after_step)`` returns the new rows. The last step is fetched again each time (and duplicates
+    dropped on ``key``) because a metric can be logged at a step after that step's first rows were read.
+    """
+    cache = st.session_state.setdefault("_incremental", {})
+    slot = cache.get((kind, db, run_id))
+    if slot is None:
+        frame = fetch(-1)
+    else:
+        old, last = slot
+        new = fetch(last - 1)
+        frame = old if not len(new) else pd.concat([old, new], ignore_index=True)
+        if len(new):
+            frame = frame.drop_duplicates(subset=list(key), keep="last").reset_index(drop=True)
+    last = int(frame["step"].max()) if len(frame) else -1
+    cache[(kind, db, run_id)] = (frame, last)
+    return frame
+
+
+def steps(store, db: str, run_id: int) -> pd.DataFrame:
+    """Per-step rows: step, total_norm (pre-clip), total_norm_after, loss, clipped, threshold, ..."""
+    return incremental("steps", db, run_id, lambda after: store.steps(run_id, after_step=after))
+
+
+def clip_events(store, db: str, run_id: int) -> pd.DataFrame:
+    return incremental("clip_events", db, run_id, lambda after: store.clip_events(run_id, after_step=after))
+
+
+def metrics(store, db: str, run_id: int) -> pd.DataFrame:
+    """Long format: step, name, value."""
+    return incremental(
+        "metrics", db, run_id, lambda after: store.metrics([run_id], after_step=after), key=("step", "name")
+    )
+
+
+def nonfinite(store, run_id: int) -> pd.DataFrame:
+    """Layers with NaN/Inf gradients: step, layer_id, name, has_nan, has_inf (first one first)."""
+    return store.nonfinite(run_id)
+
+
+def layer_norms(
+    store, run_id: int, layer_frame: pd.DataFrame, layer_ids: list[int], n_steps: int, max_points: int
+) -> pd.DataFrame:
+    """Per-layer norms for ``layer_ids`` with a ``name`` column: raw rows (``norm``) for small selections,
+    else the exact min/max envelope from the store's blocks (``norm_min``/``norm_max``)."""
+    if not layer_ids or n_steps == 0:
+        return pd.DataFrame(columns=["name", "step", "norm"])
+    names = dict(zip(layer_frame["id"], layer_frame["name"], strict=True))
+    if n_steps * len(layer_ids) <= RAW_NORM_ROWS:
+        frame = store.grad_norms(run_id, layer_ids)
+    else:
+        frame = store.grad_norm_envelope(run_id, layer_ids, None, None, max_points)
+    return frame.assign(name=frame["layer_id"].map(names))
+
+
+def heatmap(store, run_id: int, layer_frame: pd.DataFrame, max_columns: int) -> pd.DataFrame:
+    """Long format ``layer_id``, ``name``, ``step`` (bucket start), ``log10_norm`` (max over the bucket)."""
+    frame = store.heatmap(run_id, None, None, max_columns)
+    names = dict(zip(layer_frame["id"], layer_frame["name"], strict=True))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log10 = np.log10(frame["norm_max"].astype(float))
+    return frame.assign(name=frame["layer_id"].map(names), log10_norm=log10)
+
+
+def flow(store, run_id: int, step: int) -> pd.DataFrame:
+    """Per-layer norms at ``step`` (or the last logged step before it), in model order: layer_id, name,
+    norm, has_nan, has_inf; the step actually shown is in ``attrs["step"]``."""
+    return store.step_norms(run_id, step)

@@ -1,0 +1,110 @@
+"""Compare: overlay runs on global norm, loss and validation metrics (aligned by step), see how their
+configurations differ, and put clip rate, final metrics and generalisation gap side by side.
+
+A relaunch's parent and children are added automatically, so "what did changing the clipping do" is one
+click away from either run.
+"""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, data, state, summary
+from tracker.store import StoreError
+
+
+def with_lineage(store, runs: pd.DataFrame, ids: list[int]) -> list[int]:
+    """``ids`` plus the parent and the children of each (relaunches), in a stable order."""
+    out = list(ids)
+    parents = dict(zip(runs["id"], runs["parent_id"], strict=True))
+    for run_id in ids:
+        parent = parents.get(run_id)
+        if parent is not None and not pd.isna(parent) and int(parent) not in out:
+            out.append(int(parent))
+        children = store.children(run_id)
+        for child in children["id"] if len(children) else []:
+            if int(child) not in out:
+                out.append(int(child))
+    return out
+
+
+def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
+    try:
+        store = state.get_store()
+        db = str(state.db_path())
+        runs = data.runs(store, db)
+        steps = {labels[i]: data.steps(store, db, i) for i in ids}
+        metrics = {labels[i]: data.metrics(store, db, i) for i in ids}
+    except StoreError as exc:
+        state.show_store_error(exc)
+        return
+
+    log_y = st.toggle("Log scale for norms", value=True, key="compare_log")
+    left, right = st.columns(2)
+    left.plotly_chart(
+        charts.overlay_figure(steps, "total_norm", title="Global gradient norm (pre-clip)", log_y=log_y),
+        key="cmp_norm",
+    )
+    right.plotly_chart(charts.overlay_figure(steps, "loss", title="Training loss"), key="cmp_loss")
+
+    names = sorted(set().union(*[set(m["name"]) for m in metrics.values() if len(m)]))
+    if names:
+        preferred = [n for n in ("val_acc", "val_cer", "val_loss", "val_wer") if n in names]
+        default = preferred[0] if preferred else names[0]
+        metric = st.selectbox("Metric", names, index=names.index(default), key="compare_metric")
+        per_run = {
+            label: m[m["name"] == metric].rename(columns={"value": metric})
+            for label, m in metrics.items()
+            if len(m)
+        }
+        st.plotly_chart(charts.overlay_figure(per_run, metric, title=metric), key="cmp_metric")
+
+    st.subheader("Side by side")
+    table = summary.runs_table(runs[runs["id"].isin(ids)])
+    table = table.set_index("id").loc[ids].reset_index()
+    cols = [
+        c for c in ["id", "name", "status", "clip", "steps", "clip_rate", *data.FINAL_METRICS] if c in table
+    ]
+    st.dataframe(table[cols], hide_index=True, key="cmp_table", column_config=summary.column_config(table))
+    if "gen_gap" not in table:
+        st.caption("No `gen_gap` metric recorded: the generalisation gap appears once runs log it.")
+
+    st.subheader("Configuration differences")
+    configs = {labels[i]: {"clip": r.get("clip"), **data.config_of(r)} for i in ids
+               for r in runs[runs["id"] == i].to_dict("records")}  # fmt: skip
+    diff = summary.config_diff(configs)
+    if len(diff):
+        st.dataframe(diff, key="cmp_diff")
+    else:
+        st.caption("These runs have identical configurations.")
+
+
+def compare_page() -> None:
+    store = state.get_store()
+    db = str(state.db_path())
+    runs = data.runs(store, db) if store is not None else None
+    if runs is None or not len(runs):
+        st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
+        return
+    st.title("Compare runs")
+    labels = data.run_labels(runs)
+    # One-shot request from the Runs page, else keep the current pick, else the two newest runs.
+    requested = [i for i in st.session_state.pop("compare_ids", []) if i in labels]
+    if requested:
+        st.session_state["compare_pick"] = requested
+    elif "compare_pick" not in st.session_state:
+        st.session_state["compare_pick"] = list(labels)[:2]
+    picked = st.multiselect("Runs", list(labels), format_func=labels.get, key="compare_pick")
+    lineage = st.checkbox("Add parents and children (relaunches)", value=True, key="compare_lineage")
+    ids = with_lineage(store, runs, picked) if lineage else list(picked)
+    added = [labels[i] for i in ids if i not in picked]
+    if added:
+        st.caption("Added by lineage: " + ", ".join(added))
+    if not ids:
+        st.info("Pick at least one run.")
+        return
+    live = st.toggle("Live updates", value=bool((runs[runs["id"].isin(ids)]["status"] == "running").any()),
+                     key="compare_live", help="Pause to zoom: a refresh resets zoom.")  # fmt: skip
+    st.fragment(compare_panels, run_every=state.LIVE_INTERVAL_S if live else None)(ids, labels)
+
+
+compare_page()

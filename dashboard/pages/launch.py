@@ -1,0 +1,297 @@
+"""Launch: relaunch a recorded run with other clipping (and other trainer options), or a sweep of clip
+settings with a concurrency limit; watch the logs; stop runs with SIGTERM.
+
+Every clip spec is validated by the tracker's own parser before anything starts, and the exact command is
+shown first. Processes are started with argument lists (never a shell) and log to files next to the
+database.
+"""
+
+import math
+import os
+import socket
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data, state
+from dashboard.clipform import STRATEGIES, build_spec
+from dashboard.launch import is_trainer_run, log_tail, parse_sweep, relaunch_spec, stop_pid
+from tracker.clipping import parse_clip, validate_clip
+
+# Trainer options offered in the form (dest names, as recorded in runs.config); others replay unchanged.
+OPTIONS = {
+    "lr": ("Learning rate", float),
+    "max_steps": ("Max steps (0: no limit)", int),
+    "epochs": ("Epochs", int),
+    "batch_size": ("Batch size", int),
+    "optimizer": ("Optimizer", ("adam", "adamw", "sgd")),
+    "model": ("Model", ("seed-cnn", "resnet-kws", "crnn-ctc", "conformer-ctc")),
+    "weight_decay": ("Weight decay", float),
+    "seed": ("Seed", int),
+}
+# Options whose recorded value belongs to the model: dropped when the model changes, so the new model's
+# own defaults apply.
+MODEL_OPTIONS = ("dropout", "hidden_size", "num_layers", "rnn_type")
+
+
+def _consume_prefill(runs: pd.DataFrame) -> None:
+    """Apply one-shot requests from other pages (Relaunch button, suggested threshold)."""
+    source = st.session_state.pop("launch_from", None)
+    if source is not None and source in set(runs["id"]):
+        st.session_state["launch_source"] = int(source)
+    clip = st.session_state.pop("launch_clip", None)
+    if clip is not None:
+        st.session_state["clip_mode"] = "Raw spec"
+        st.session_state["clip_raw"] = clip
+
+
+def clip_input(run: dict) -> tuple[str | None, str | None]:
+    """The clip spec from the form and the tracker's error message for it (None when valid)."""
+    mode = st.radio("Clipping", ["Strategy", "Raw spec"], horizontal=True, key="clip_mode")
+    if mode == "Raw spec":
+        if "clip_raw" not in st.session_state:
+            st.session_state["clip_raw"] = run.get("clip") or "none"
+        spec = st.text_input("Clip spec", key="clip_raw", help=_help())
+    else:
+        strategy = st.selectbox("Strategy", list(STRATEGIES), key="clip_strategy", format_func=_describe)
+        params = {}
+        cols = st.columns(max(1, len(STRATEGIES[strategy]["params"])))
+        for col, (name, (label, default)) in zip(cols, STRATEGIES[strategy]["params"].items(), strict=False):
+            key = f"clip_{strategy}_{name}"
+            if isinstance(default, str):
+                params[name] = col.text_input(label, value=default, key=key)
+            else:
+                # No min_value: a negative threshold must reach the tracker's validation and be explained.
+                params[name] = col.number_input(label, value=default, key=key, format="%g")
+        noise = st.checkbox("Add annealed gradient noise (Neelakantan et al. 2015)", key="clip_noise")
+        eta = gamma = None
+        if noise:
+            n1, n2 = st.columns(2)
+            eta = n1.number_input("eta", value=0.01, key="clip_noise_eta", format="%g")
+            gamma = n2.number_input("gamma", value=0.55, key="clip_noise_gamma", format="%g")
+        spec = build_spec(strategy, params, noise_eta=eta, noise_gamma=gamma)
+    error = validate_clip(spec)
+    if error:
+        st.error(error, icon="⚠️")
+        return spec, error
+    canonical = parse_clip(spec).spec
+    st.caption(f"Valid: `{canonical}`")
+    return canonical, None
+
+
+def _describe(name: str) -> str:
+    return f"{name} — {STRATEGIES[name]['about']}"
+
+
+def _help() -> str:
+    from tracker.clipping import CLIP_SPEC_HELP
+
+    return CLIP_SPEC_HELP
+
+
+def option_inputs(config: dict, prefix: str) -> dict:
+    """Widgets for the trainer options, prefilled from the recorded config; returns only changed values."""
+    changed = {}
+    cols = st.columns(4)
+    for i, (dest, (label, kind)) in enumerate(OPTIONS.items()):
+        col = cols[i % 4]
+        recorded = config.get(dest)
+        key = f"{prefix}_{dest}"
+        if isinstance(kind, tuple):
+            options = list(kind)
+            if recorded is not None and recorded not in options:
+                options.append(recorded)
+            value = col.selectbox(label, options, index=options.index(recorded) if recorded in options else 0,
+                                  key=key)  # fmt: skip
+        elif kind is int:
+            default = int(recorded) if recorded is not None else 0
+            value = col.number_input(label, value=default, step=1, key=key)
+            if dest == "max_steps" and value == 0:
+                value = None
+        else:
+            default = float(recorded) if recorded is not None else 0.0
+            value = col.number_input(label, value=default, key=key, format="%g")
+        if value != recorded and not (value is None and recorded is None):
+            if isinstance(value, float) and recorded is not None and math.isclose(value, float(recorded)):
+                continue
+            changed[dest] = value
+    return changed
+
+
+def option_errors(changed: dict) -> list[str]:
+    errors = []
+    for dest in ("lr", "weight_decay"):
+        if dest in changed and not changed[dest] >= 0:
+            errors.append(f"{OPTIONS[dest][0]} must be >= 0, got {changed[dest]!r}")
+    for dest in ("epochs", "batch_size"):
+        if dest in changed and changed[dest] < 1:
+            errors.append(f"{OPTIONS[dest][0]} must be >= 1, got {changed[dest]!r}")
+    if changed.get("max_steps") is not None and changed["max_steps"] < 0:
+        errors.append(f"Max steps must be >= 0, got {changed['max_steps']!r}")
+    return errors
+
+
+def _spec_for(run: dict, clip: str, name: str, overrides: dict):
+    config = data.config_of(run)
+    if "model" in overrides:
+        config = {k: v for k, v in config.items() if k not in MODEL_OPTIONS}
+    return relaunch_spec(
+        {**run, "config": config},
+        name=name,
+        db=state.db_path(),
+        clip=clip,
+        config_dir=state.log_dir(),
+        overrides=overrides,
+    )
+
+
+def single_launch(run: dict, trainer: bool) -> None:
+    clip, clip_error = clip_input(run)
+    overrides, option_problems = {}, []
+    if trainer:
+        with st.expander("Trainer options (changed values are passed as flags)", expanded=True):
+            overrides = option_inputs(data.config_of(run), "opt")
+            option_problems = option_errors(overrides)
+            for problem in option_problems:
+                st.error(problem, icon="⚠️")
+    auto_name = f"{run['name']} · {clip or ''}"
+    name = (
+        st.text_input("New run name (optional)", key="launch_name", placeholder=auto_name).strip()
+        or auto_name
+    )
+    if clip_error or option_problems:
+        st.button("Launch", disabled=True, key="launch_go")
+        return
+    try:
+        spec = _spec_for(run, clip, name, overrides)
+    except ValueError as exc:
+        st.error(str(exc), icon="⚠️")
+        return
+    st.markdown("**Command**")
+    st.code(spec.display(), language="bash")
+    if st.button("Launch", type="primary", key="launch_go"):
+        (job,) = state.launcher().submit([spec])
+        if job.error:
+            st.error(f"Could not start: {job.error}")
+        else:
+            st.success(
+                f"Started `{spec.name}` (pid {job.pid}). Its run appears on the Runs page in a moment."
+            )
+
+
+def sweep_launch(run: dict, trainer: bool) -> None:
+    text = st.text_area(
+        "Clip specs, one per line",
+        key="sweep_text",
+        placeholder="none\nnorm:0.5\nnorm:1.0\nautoclip:10\nzclip:2.5",
+        help=_help(),
+    )
+    limit = st.number_input(
+        "Run at most this many at once", min_value=1, max_value=16, value=2, key="sweep_limit"
+    )
+    overrides = {}
+    if trainer:
+        with st.expander("Trainer options for every run of the sweep"):
+            overrides = option_inputs(data.config_of(run), "sweep_opt")
+            for problem in option_errors(overrides):
+                st.error(problem, icon="⚠️")
+                return
+    if not text.strip():
+        st.info("Write one clip spec per line to preview the sweep.")
+        return
+    try:
+        clips = parse_sweep(text, lambda s: parse_clip(s).spec)
+        specs = [_spec_for(run, clip, f"{run['name']} · {clip}", overrides) for clip in clips]
+    except ValueError as exc:
+        st.error(str(exc), icon="⚠️")
+        return
+    st.markdown(f"**{len(specs)} commands**, at most {int(limit)} at a time")
+    st.code("\n".join(s.display() for s in specs), language="bash")
+    if st.button(f"Launch sweep of {len(specs)}", type="primary", key="sweep_go"):
+        sweep_id = f"sweep-{len(state.launcher().jobs)}"
+        state.launcher().submit(specs, limit=int(limit), sweep=sweep_id)
+        st.success(f"Queued {len(specs)} runs; {min(len(specs), int(limit))} started.")
+
+
+def jobs_panel() -> None:
+    launcher = state.launcher()
+    if launcher.jobs:
+        st.subheader("Launched from this dashboard")
+    for i, job in enumerate(reversed(launcher.jobs)):
+        with st.container(border=True):
+            c1, c2 = st.columns([5, 1])
+            c1.markdown(f"**{job.spec.name}** — {job.state}" + (f" · pid {job.pid}" if job.pid else ""))
+            if job.state in ("running", "queued"):
+                label = "Stop (SIGTERM)" if job.state == "running" else "Cancel"
+                if c2.button(label, key=f"stop_job_{len(launcher.jobs) - 1 - i}"):
+                    launcher.stop(job)
+                    st.rerun(scope="fragment")
+            if job.error:
+                st.error(job.error)
+            tail = log_tail(job.log_path, max_lines=15)
+            if tail:
+                st.code(tail, language="text")
+    running_runs_panel(launcher.running_pids())
+
+
+def running_runs_panel(own_pids: set[int]) -> None:
+    """Runs the database says are running on this machine (started anywhere): stoppable with SIGTERM."""
+    store = state.get_store()
+    if store is None:
+        return
+    runs = data.runs(store, str(state.db_path()))
+    here = socket.gethostname()
+    running = runs[(runs["status"] == "running") & (runs.get("host", here) == here)]
+    running = running[~running["pid"].isin(own_pids) & (running["pid"] != os.getpid())]
+    if not len(running):
+        return
+    st.subheader("Other runs running on this machine")
+    for row in running.to_dict("records"):
+        c1, c2 = st.columns([5, 1])
+        c1.markdown(f"#{int(row['id'])} **{row['name']}** · pid {int(row['pid'])}")
+        if c2.button("Stop (SIGTERM)", key=f"stop_run_{int(row['id'])}"):
+            if not stop_pid(int(row["pid"])):
+                st.warning(f"Process {int(row['pid'])} is already gone; the run will show as crashed.")
+            else:
+                try:
+                    with state.writable_store() as writable:
+                        writable.request_stop(int(row["id"]))
+                except Exception as exc:  # the signal was sent; the record is a courtesy
+                    st.caption(f"(could not record the stop request: {exc})")
+
+
+def launch_page() -> None:
+    store = state.get_store()
+    runs = data.runs(store, str(state.db_path())) if store is not None else None
+    st.title("Launch")
+    if runs is None or not len(runs):
+        st.info("No recorded run to start from yet: launch the demo from the Runs page first.")
+        st.fragment(jobs_panel, run_every=state.LIVE_INTERVAL_S)()
+        return
+    _consume_prefill(runs)
+    labels = data.run_labels(runs)
+    ids = list(labels)
+    if st.session_state.get("launch_source") not in labels:
+        st.session_state["launch_source"] = ids[0]
+    source = st.selectbox("Start from run", ids, format_func=labels.get, key="launch_source")
+    run = runs[runs["id"] == source].iloc[0].to_dict()
+    trainer = is_trainer_run(run)
+    if trainer:
+        st.caption(
+            f"Trainer run: its recorded configuration is replayed with `--config`. Clip: `{run.get('clip')}`"
+        )
+    else:
+        st.caption(
+            f"External script: its recorded command is re-executed in `{run.get('cwd')}` with "
+            f"`GRADWATCH_CLIP` set (recorded clip `{run.get('clip')}`). Only the clipping can be changed."
+        )
+    single, sweep = st.tabs(["Single run", "Sweep"])
+    with single:
+        single_launch(run, trainer)
+    with sweep:
+        sweep_launch(run, trainer)
+    live = st.toggle("Refresh logs", value=True, key="launch_live")
+    st.fragment(jobs_panel, run_every=state.LIVE_INTERVAL_S if live else None)()
+
+
+launch_page()

@@ -1,0 +1,258 @@
+"""Run: one run's gradients, live while it trains.
+
+Global norm with the threshold and clip events; per-layer norms; a layer x step heatmap; gradient flow at a
+chosen step; loss and metrics; non-finite events; a suggested clipping threshold that prefills Launch.
+The panels re-render every couple of seconds in a fragment (pause it to zoom: a re-render resets zoom) and
+read only the rows after the last step they have seen.
+"""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, data, state
+from dashboard.suggest import suggest_threshold
+from tracker.store import StoreError
+
+TOP_K = 8  # layers shown by default: the largest by max norm so far
+HEATMAP_COLUMNS = 200
+
+
+def pick_run(runs: pd.DataFrame) -> dict:
+    labels = data.run_labels(runs)
+    ids = list(labels)
+    # One-shot request from another page ("Open run"), else keep the current pick, else the newest running.
+    wanted = st.session_state.pop("open_run", None)
+    if wanted in labels:
+        st.session_state["run_pick"] = wanted
+    if st.session_state.get("run_pick") not in labels:
+        # Widget state is dropped while another page shows: fall back to the last run shown here.
+        running = runs[runs["status"] == "running"]
+        fallback = int(running["id"].iloc[0]) if len(running) else ids[0]
+        last = st.session_state.get("current_run")
+        st.session_state["run_pick"] = last if last in labels else fallback
+    choice = st.selectbox("Run", ids, format_func=labels.get, key="run_pick")
+    st.session_state["current_run"] = choice
+    return runs[runs["id"] == choice].iloc[0].to_dict()
+
+
+def header(run: dict, runs: pd.DataFrame) -> None:
+    st.title(f"#{int(run['id'])} {run['name']}")
+    parent = run.get("parent_id")
+    bits = [f"status **{run['status']}**", f"clip `{run.get('clip') or 'none'}`"]
+    if run.get("clip_source") == "env":
+        bits.append("(set by `GRADWATCH_CLIP`)")
+    if parent is not None and not pd.isna(parent):
+        names = dict(zip(runs["id"], runs["name"], strict=True))
+        bits.append(f"relaunch of #{int(parent)} {names.get(int(parent), '')}")
+    st.markdown(" · ".join(bits))
+    if run["status"] == "crashed":
+        st.warning(
+            "This run stopped sending heartbeats while marked running: its process ended without closing the "
+            "run (killed, out of memory, machine restarted). The data up to the last heartbeat is shown."
+        )
+    if run["status"] == "failed" and run.get("error"):
+        st.error(f"The run failed: {run['error']}")
+    with st.expander("Configuration and command"):
+        st.json(data.config_of(run), expanded=False)
+        st.caption(f"argv: `{run.get('argv')}` · cwd: `{run.get('cwd')}` · python: `{run.get('python')}`")
+
+
+def global_norm_panel(steps: pd.DataFrame, events: pd.DataFrame) -> None:
+    log_y = st.toggle("Log scale", value=False, key="global_log")
+    st.plotly_chart(charts.global_norm_figure(steps, events, log_y=log_y), key="global_norm")
+
+
+def layers_panel(store, run_id: int, layers: pd.DataFrame, n_steps: int) -> None:
+    if not len(layers):
+        st.info("No layers recorded for this run.")
+        return
+    names = dict(zip(layers["id"], layers["name"], strict=True))
+    modules = sorted({charts.module_of(n).split(".")[0] for n in layers["name"]})
+    prefix = st.selectbox("Module", ["(all)", *modules], key="layer_module") if len(modules) > 1 else "(all)"
+    candidates = [i for i in layers["id"] if prefix == "(all)" or names[i].split(".")[0] == prefix]
+    top = _top_layers(store, run_id, layers, candidates)
+    key = f"layer_pick_{run_id}_{prefix}"
+    if key not in st.session_state:
+        st.session_state[key] = [names[i] for i in top]
+    picked = st.multiselect(
+        f"Layers (default: the {TOP_K} with the largest norm so far)",
+        [names[i] for i in candidates],
+        key=key,
+    )
+    ids = [i for i in candidates if names[i] in set(picked)]
+    frame = data.layer_norms(store, run_id, layers, ids, n_steps, charts.MAX_POINTS)
+    st.plotly_chart(charts.layer_norms_figure(frame), key="layer_norms")
+
+
+def _top_layers(store, run_id: int, layers: pd.DataFrame, candidates: list[int]) -> list[int]:
+    heat = data.heatmap(store, run_id, layers, 1)
+    if not len(heat):
+        return candidates[:TOP_K]
+    peak = heat[heat["layer_id"].isin(candidates)].groupby("layer_id")["log10_norm"].max()
+    return list(peak.sort_values(ascending=False).index[:TOP_K])
+
+
+def heatmap_panel(store, run_id: int, layers: pd.DataFrame) -> None:
+    heat = data.heatmap(store, run_id, layers, HEATMAP_COLUMNS)
+    if not len(heat):
+        st.info("No per-layer norms recorded yet.")
+        return
+    st.plotly_chart(charts.heatmap_figure(heat), key="heatmap")
+
+
+def flow_panel(store, run_id: int, steps: pd.DataFrame) -> None:
+    recorded = steps["step"]
+    lo, hi = int(recorded.min()), int(recorded.max())
+    chosen = hi
+    if lo < hi:
+        chosen = st.slider("Step", lo, hi, value=hi, key=f"flow_step_{run_id}")
+    flow = data.flow(store, run_id, chosen)
+    if not len(flow):
+        st.info(f"No per-layer norms recorded at or before step {chosen}.")
+        return
+    shown = int(flow.attrs.get("step", chosen))
+    if shown != chosen:
+        st.caption(f"Step {chosen} was not logged: showing the last logged step before it, {shown}.")
+    st.plotly_chart(charts.flow_figure(flow, shown), key="flow")
+
+
+def metrics_panel(steps: pd.DataFrame, metrics: pd.DataFrame) -> None:
+    left, right = st.columns(2)
+    loss = steps.dropna(subset=["loss"]) if "loss" in steps else steps.iloc[0:0]
+    if len(loss):
+        left.plotly_chart(
+            charts.overlay_figure({"train loss (per step)": loss}, "loss", title="Loss"), key="loss"
+        )
+    if len(metrics):
+        names = sorted(metrics["name"].unique())
+        default = [n for n in names if n.startswith(("val_", "train_", "test_")) and n != "train_loss"]
+        picked = right.multiselect("Metrics", names, default=default or names[:4], key="metric_pick")
+        shown = metrics[metrics["name"].isin(picked)]
+        right.plotly_chart(charts.metric_figure(shown, title="Metrics"), key="metrics")
+    elif not len(loss):
+        st.info("No loss or metrics recorded yet.")
+
+
+def nonfinite_panel(store, run_id: int) -> None:
+    events = data.nonfinite(store, run_id)
+    if not len(events):
+        st.success("No NaN or Inf gradient recorded.")
+        return
+    # Within a step, layers are in model order: the first row of the first step is where it started.
+    first = events.iloc[0]
+    st.error(
+        f"First non-finite gradient at step {int(first['step'])}, first offending layer: `{first['name']}` "
+        f"({'NaN' if first['has_nan'] else 'Inf'}). {events['step'].nunique():,} steps had non-finite layers."
+    )
+    st.dataframe(events, hide_index=True, key="nonfinite_table")
+
+
+def suggestion_panel(run: dict, steps: pd.DataFrame) -> None:
+    s = suggest_threshold(steps["total_norm"] if len(steps) else [])
+    if s is None:
+        st.info("No finite global norm recorded yet.")
+        return
+    st.markdown(
+        f"Derived from the **{s.n:,} recorded pre-clip global norms** of this run (NaN/Inf left out):"
+    )
+    table = pd.DataFrame(
+        {
+            "rule": [
+                f"spikes only: median + {s.k:g}·MAD (MAD × 1.4826 estimates σ)",
+                f"AutoClip (Seetharaman et al. 2020): {s.percentile:g}th percentile",
+            ],
+            "threshold": [s.robust, s.autoclip],
+            "would have clipped": [s.clip_rate_robust, s.clip_rate_autoclip],
+        }
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        key="suggestion_table",
+        column_config={
+            "threshold": st.column_config.NumberColumn(format="%.4g"),
+            "would have clipped": st.column_config.NumberColumn(format="percent"),
+        },
+    )
+    st.caption(
+        f"median = {s.median:.4g}, scaled MAD = {s.mad:.4g}. A fixed `norm:` threshold from the first rule "
+        "clips only the spikes. AutoClip's rule is meant to be applied adaptively (`autoclip:10` recomputes "
+        "it every step from the history): as a fixed threshold it would clip most steps."
+    )
+    c1, c2 = st.columns(2)
+    if c1.button(f"Launch with norm:{s.robust:.3g}", key="use_robust"):
+        _prefill_launch(run, f"norm:{s.robust:.3g}")
+    if c2.button(f"Launch with autoclip:{s.percentile:g}", key="use_autoclip"):
+        _prefill_launch(run, f"autoclip:{s.percentile:g}")
+
+
+def _prefill_launch(run: dict, spec: str) -> None:
+    st.session_state["launch_from"] = int(run["id"])
+    st.session_state["launch_clip"] = spec
+    st.switch_page("pages/launch.py")
+
+
+def live_panels(run_id: int) -> None:
+    try:
+        store = state.get_store()
+        db = str(state.db_path())
+        runs = data.runs(store, db)
+        run = runs[runs["id"] == run_id].iloc[0].to_dict()
+        steps = data.steps(store, db, run_id)
+        events = data.clip_events(store, db, run_id)
+        metrics = data.metrics(store, db, run_id)
+        layers = data.layers(store, db, run_id)
+    except StoreError as exc:
+        state.show_store_error(exc)
+        return
+    clipped = events["clipped"].astype(bool).mean() if len(events) else float("nan")
+    m1, m2, m3, m4, m5 = st.columns(5)
+    m1.metric("Status", run["status"])
+    m2.metric("Steps recorded", f"{len(steps):,}")
+    m3.metric("Last loss", f"{steps['loss'].dropna().iloc[-1]:.4g}" if steps["loss"].notna().any() else "—")
+    m4.metric("Clip rate", "—" if np.isnan(clipped) else f"{clipped:.1%}")
+    last_norm = steps["total_norm"].iloc[-1] if len(steps) else float("nan")
+    m5.metric("Last global norm", f"{last_norm:.4g}" if len(steps) else "—")
+    if not len(steps):
+        st.info("Waiting for the first recorded step…")
+        return
+
+    tabs = st.tabs(["Global norm", "Layers", "Heatmap", "Gradient flow", "Loss & metrics", "Non-finite",
+                    "Suggested threshold"])  # fmt: skip
+    with tabs[0]:
+        global_norm_panel(steps, events)
+    with tabs[1]:
+        layers_panel(store, run_id, layers, len(steps))
+    with tabs[2]:
+        heatmap_panel(store, run_id, layers)
+    with tabs[3]:
+        flow_panel(store, run_id, steps)
+    with tabs[4]:
+        metrics_panel(steps, metrics)
+    with tabs[5]:
+        nonfinite_panel(store, run_id)
+    with tabs[6]:
+        suggestion_panel(run, steps)
+
+
+def run_page() -> None:
+    store = state.get_store()
+    runs = data.runs(store, str(state.db_path())) if store is not None else None
+    if runs is None or not len(runs):
+        st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
+        return
+    run = pick_run(runs)
+    header(run, runs)
+    live_default = run["status"] == "running"
+    live = st.toggle(
+        "Live updates",
+        value=live_default,
+        key=f"live_{run['id']}",
+        help="Pause to zoom: a refresh resets zoom.",
+    )
+    interval = state.LIVE_INTERVAL_S if live else None
+    st.fragment(live_panels, run_every=interval)(int(run["id"]))
+
+
+run_page()

@@ -1,0 +1,123 @@
+"""Runs: every run in the database, filter them, pick runs to open, compare or relaunch.
+
+With no database (or no run in it yet) this page is the start page: what gradwatch is and a button that
+launches a small demo run, so a new user sees live gradients within seconds.
+"""
+
+import streamlit as st
+
+from dashboard import data, state, summary
+from dashboard.launch import trainer_spec
+
+STATUS_ICON = {"running": "🟢", "finished": "✅", "failed": "❌", "stopped": "⏹️", "crashed": "💥"}
+
+
+def demo_spec():
+    return trainer_spec(
+        name="demo",
+        db=state.db_path(),
+        clip="norm:1.0",
+        extra_args=["--preset", "demo"],
+    )
+
+
+def start_page() -> None:
+    st.title("Welcome to gradwatch")
+    st.markdown(
+        f"""
+No run has been recorded in `{state.db_path()}` yet.
+
+gradwatch records, at every optimizer step, the L2 norm of each layer's gradient, the global norm, every
+clipping decision and any NaN/Inf, into this SQLite file. This dashboard shows them live, compares runs,
+and relaunches any run with other clipping.
+
+* **Try it now:** the button below trains the seed CNN on the built-in spoken-keyword corpus (generated
+  offline with eSpeak NG) with `norm:1.0` clipping, about 20 seconds on two CPU cores.
+* **Your own script:** wrap your loop with `GradTracker(model, db="{state.db_path().name}")`
+  and call `tracker.step()` right before `optimizer.step()`.
+* **Another database:** `streamlit run dashboard -- --db PATH` (or set `$GRADWATCH_DB`).
+"""
+    )
+    spec = demo_spec()
+    st.code(spec.display(), language="bash")
+    jobs = [j for j in state.launcher().jobs if j.spec.name == "demo"]
+    if st.button(
+        "Launch a demo run", type="primary", key="demo", disabled=any(j.state == "running" for j in jobs)
+    ):
+        (job,) = state.launcher().submit([spec])
+        if job.error:
+            st.error(f"Could not start the demo run: {job.error}")
+        else:
+            st.session_state["demo_started"] = True
+    if st.session_state.get("demo_started") or jobs:
+        _wait_for_demo()
+
+
+@st.fragment(run_every=1.0)
+def _wait_for_demo() -> None:
+    # Polls until the demo's run appears in the database, then opens it on the Run page.
+    jobs = [j for j in state.launcher().jobs if j.spec.name == "demo"]
+    job = jobs[-1] if jobs else None
+    if job is not None:
+        st.info(
+            f"Demo run: {job.state} (pid {job.pid}). The first steps appear after the corpus is generated."
+        )
+        from dashboard.launch import log_tail
+
+        tail = log_tail(job.log_path, max_lines=8)
+        if tail:
+            st.code(tail, language="text")
+    store = state.get_store()
+    if store is not None and len(data.runs(store, str(state.db_path()))):
+        if st.button("Open the demo run", key="open_demo"):
+            st.session_state["open_run"] = int(data.runs(store, str(state.db_path()))["id"].iloc[0])
+            st.switch_page("pages/run.py")
+
+
+def runs_page() -> None:
+    store = state.get_store()
+    db = str(state.db_path())
+    runs = data.runs(store, db) if store is not None else None
+    if runs is None or not len(runs):
+        start_page()
+        return
+
+    st.title("Runs")
+    table = summary.runs_table(runs)
+    c1, c2, c3 = st.columns([2, 2, 2])
+    text = c1.text_input("Filter by name, clip or id", key="runs_filter", placeholder="e.g. norm or kws")
+    statuses = c2.multiselect("Status", list(STATUS_ICON), key="runs_status")
+    tasks = sorted({t for t in table["task"].dropna()}) if "task" in table else []
+    task = c3.multiselect("Task", tasks, key="runs_task") if tasks else []
+    shown = summary.filter_runs(table, text=text, statuses=statuses, tasks=task)
+
+    display = shown.assign(status=shown["status"].map(lambda s: f"{STATUS_ICON.get(s, '')} {s}"))
+    st.caption(
+        f"{len(shown)} of {len(table)} runs. Select rows to compare them, or one row to open or relaunch it. "
+        "`crashed`: the process stopped sending heartbeats without closing the run."
+    )
+    event = st.dataframe(
+        display,
+        key="runs_table",
+        on_select="rerun",
+        selection_mode="multi-row",
+        hide_index=True,
+        width="stretch",
+        column_config=summary.column_config(display),
+    )
+    selected = [int(shown["id"].iloc[i]) for i in event.selection.rows] if event else []
+    st.session_state["selected_runs"] = selected
+
+    b1, b2, b3, _ = st.columns([1, 1, 1, 3])
+    if b1.button("Open run", disabled=len(selected) != 1, key="open_run"):
+        st.session_state["open_run"] = selected[0]
+        st.switch_page("pages/run.py")
+    if b2.button("Compare selected", disabled=len(selected) < 1, key="compare_runs"):
+        st.session_state["compare_ids"] = selected
+        st.switch_page("pages/compare.py")
+    if b3.button("Relaunch…", disabled=len(selected) != 1, key="relaunch_run"):
+        st.session_state["launch_from"] = selected[0]
+        st.switch_page("pages/launch.py")
+
+
+runs_page()

@@ -1,0 +1,86 @@
+"""Per-process and per-session state of the dashboard: the database, the store, the launcher.
+
+Set up once in the entry point (``streamlit_app.py``) and read by every page through these functions.
+The Store is cached per file (``st.cache_resource``): its connection is opened with
+``check_same_thread=False`` because Streamlit runs every rerun and fragment on its own thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard.db import friendly_error, resolve_db_path
+from dashboard.launch import Launcher
+
+__all__ = [
+    "LIVE_INTERVAL_S",
+    "db_path",
+    "get_store",
+    "launcher",
+    "log_dir",
+    "show_store_error",
+    "writable_store",
+]
+
+LIVE_INTERVAL_S = 2.0  # a step written by a trainer shows within this (plus one read) in an open page
+
+
+def db_path() -> Path:
+    """The database of this session: ``-- --db PATH``, else ``$GRADWATCH_DB``, else ``./gradwatch.db``."""
+    if "db_path" not in st.session_state:
+        # Streamlit sets sys.argv to [script, *args after "--"]; under pytest/AppTest argv is pytest's own.
+        argv = sys.argv[1:] if Path(sys.argv[0]).name == "streamlit_app.py" else []
+        st.session_state["db_path"] = str(resolve_db_path(argv, os.environ, os.getcwd()))
+    return Path(st.session_state["db_path"])
+
+
+def log_dir() -> Path:
+    """Launch logs and replayed configs live next to the database, so they outlive the dashboard."""
+    return db_path().parent / "gradwatch-logs"
+
+
+@st.cache_resource(show_spinner=False)
+def _store(path: str, identity: tuple):
+    from tracker.store import Store
+
+    # identity (inode, device) makes a replaced file (deleted and recreated) get a fresh Store.
+    return Store.open(path, create=False, readonly=True)
+
+
+def get_store():
+    """The read-only Store for this session's database, or None when the file does not exist yet.
+
+    Raises the store's named errors (StoreError subclasses) for a file that is not usable.
+    """
+    path = db_path()
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return _store(str(path), (info.st_ino, info.st_dev))
+
+
+def writable_store():
+    """A short-lived writable Store (for ``request_stop``); the caller closes it."""
+    from tracker.store import Store
+
+    return Store.open(db_path(), create=False)
+
+
+@st.cache_resource(show_spinner=False)
+def _launcher(directory: str) -> Launcher:
+    return Launcher(directory)
+
+
+def launcher() -> Launcher:
+    """The process-wide launcher: jobs started from any browser session are listed and stoppable from all."""
+    return _launcher(str(log_dir()))
+
+
+def show_store_error(exc: BaseException) -> None:
+    """Render a store error as a friendly message with how to fix it (never a traceback)."""
+    st.error(friendly_error(db_path(), exc), icon="🛑")

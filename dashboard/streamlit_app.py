@@ -1,0 +1,26 @@
+"""gradwatch dashboard entry point: ``streamlit run dashboard [-- --db PATH]``.
+
+Registers the four pages with ``st.navigation`` and turns any store error raised while a page renders (a
+corrupt, foreign, too-new or locked database) into a message with how to fix it, never a traceback.
+"""
+
+import streamlit as st
+
+from dashboard import state
+from tracker.store import StoreError
+
+st.set_page_config(page_title="gradwatch", page_icon="📉", layout="wide")
+
+pages = [
+    st.Page("pages/runs.py", title="Runs", icon="📋", default=True),
+    st.Page("pages/run.py", title="Run", icon="📈"),
+    st.Page("pages/compare.py", title="Compare", icon="⚖️"),
+    st.Page("pages/launch.py", title="Launch", icon="🚀"),
+]
+page = st.navigation(pages)
+st.sidebar.caption(f"Database: `{state.db_path()}`")
+
+try:
+    page.run()
+except StoreError as exc:
+    state.show_store_error(exc)
