@@ -272,3 +272,16 @@ def test_direct_construction_equals_parsed():
     assert NormClip(Schedule("warmup", (1.0, 10.0))) == parse_clip("norm:warmup(1,10)")
     assert hash(parse_clip("norm:1")) == hash(NormClip(1.0))
     assert repr(parse_clip("norm:1")) == "parse_clip('norm:1.0')"
+
+
+@pytest.mark.parametrize(
+    "spec", ["value:0.1", "norm:0.1", "layer:0.1", "agc:0.01", "autoclip:10", "zclip:2,warmup=1"]
+)
+def test_a_zero_size_gradient_among_others(spec):
+    params = make_params(scale=2.0)
+    empty = torch.nn.Parameter(torch.zeros(0, 3))
+    empty.grad = torch.zeros(0, 3)
+    params.insert(1, empty)
+    r, _, total = run(spec, params)
+    assert params[1].grad.shape == (0, 3)
+    assert math.isfinite(as_float(r.total_norm_after)) and as_float(r.total_norm_after) <= as_float(total)

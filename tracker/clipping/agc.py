@@ -77,7 +77,7 @@ class AGC(Strategy):
         ones = torch.ones_like(total)
         min_coefs, hits, sq_after = [ones], [], []
         for g, p, n_g, excluded in zip(grads, params, norms.to(total.device), skip, strict=True):
-            if excluded:
+            if excluded or g.numel() == 0:  # (0 units: nothing to clip, and min() would fail)
                 sq_after.append(n_g.to(torch.float32) ** 2)
                 continue
             g_norm = unitwise_norm(g)

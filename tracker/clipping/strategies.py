@@ -53,7 +53,7 @@ class ValueClip(Strategy):
 
     Also for non-finite gradients (elementwise: +-inf becomes +-C, NaN stays NaN). Reports coef =
     norm_after / norm_before (1 when the norm before is 0 or non-finite) and n_clipped = tensors with an
-    element beyond C. Costs two extra reads of the gradients (max |g| before, L2 norm after).
+    element beyond C. Costs two extra reads of the gradients (min/max before, L2 norm after).
     """
 
     name = "value"
@@ -71,7 +71,9 @@ class ValueClip(Strategy):
         if not grads:
             zero = torch.zeros((), dtype=torch.int64, device=total.device)
             return ClipResult(scalar_like(c, total), torch.ones_like(total), total, zero.bool(), zero)
-        changed = tensor_norms(grads, math.inf).to(total.device) > c
+        # max |g| per tensor from one aminmax pass: the fused inf-norm is ~7x slower on CPU (20 ms vs 2.8 ms
+        # for 150 tensors, 5M elements) and abs()+max() would copy every gradient.
+        changed = torch.stack([_beyond(g, c).to(total.device) for g in grads])
         # The two fused clamps of clip_grad_value_ (which wants parameters, not the gradients we are given).
         torch._foreach_clamp_min_(grads, -c)
         torch._foreach_clamp_max_(grads, c)
@@ -80,6 +82,14 @@ class ValueClip(Strategy):
         coef = torch.where(ok, after / torch.where(ok, total, 1.0), 1.0).clamp(max=1.0)
         n = changed.sum()
         return ClipResult(scalar_like(c, total), coef, after, n > 0, n)
+
+
+def _beyond(g, c: float):
+    """Bool 0-d tensor: does ``g`` hold an element outside [-c, c]? (aminmax fails on empty tensors.)"""
+    if g.numel() == 0:
+        return torch.zeros((), dtype=torch.bool, device=g.device)
+    lo, hi = torch.aminmax(g)
+    return (hi > c) | (lo < -c)
 
 
 class NormClip(Strategy):
