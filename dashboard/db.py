@@ -45,6 +45,10 @@ _HINTS = {
         "Upgrade gradwatch in this environment (`pip install -U gradwatch`, "
         "or `git pull && make dashboard`).",
     ),
+    "SchemaTooOld": (
+        "was written by an older version of gradwatch whose schema this version does not migrate.",
+        "Open it with the gradwatch release that wrote it, or record new runs into a new file.",
+    ),
     "DatabaseLocked": (
         "is locked by another process (an exclusive lock or a long write transaction).",
         "Wait for the other process to finish, or close the program holding the lock, then reload the page.",

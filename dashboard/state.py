@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 LIVE_INTERVAL_S = 2.0  # a step written by a trainer shows within this (plus one read) in an open page
+BUSY_TIMEOUT_S = 2.0
 
 
 def db_path() -> Path:
@@ -48,20 +49,27 @@ def _store(path: str, identity: tuple):
     from tracker.store import Store
 
     # identity (inode, device) makes a replaced file (deleted and recreated) get a fresh Store.
-    return Store.open(path, create=False, readonly=True)
+    # A short busy timeout: a page should say "locked" within seconds rather than hang.
+    return Store.open(path, create=False, readonly=True, busy_timeout=BUSY_TIMEOUT_S)
 
 
 def get_store():
-    """The read-only Store for this session's database, or None when the file does not exist yet.
+    """The read-only Store for this session's database, or None when there is no database yet (no file, or
+    an empty file: the start page).
 
     Raises the store's named errors (StoreError subclasses) for a file that is not usable.
     """
+    from tracker.store import DatabaseNotFound
+
     path = db_path()
     try:
         info = path.stat()
     except FileNotFoundError:
         return None
-    return _store(str(path), (info.st_ino, info.st_dev))
+    try:
+        return _store(str(path), (info.st_ino, info.st_dev))
+    except DatabaseNotFound:
+        return None
 
 
 def writable_store():

@@ -1,0 +1,114 @@
+"""The Run page draws what the store holds: checked against the values the fixture wrote."""
+
+import numpy as np
+import pytest
+from dashboard_helpers import (
+    LAYERS,
+    N_STEPS,
+    NAN_LAYER,
+    NAN_STEP,
+    SPIKE_STEP,
+    dataframe_with,
+    figure,
+    texts,
+    trace,
+    values,
+)
+
+
+@pytest.fixture
+def run_page(recorded, app):
+    at = app(recorded.path).run()
+    at.session_state["open_run"] = recorded.ids["child"]
+    at.switch_page("pages/run.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_header_and_lineage(run_page, recorded):
+    assert run_page.title[0].value == f"#{recorded.ids['child']} child"
+    header = "\n".join(m.value for m in run_page.markdown)
+    assert "norm:0.5" in header and f"relaunch of #{recorded.ids['base']} base" in header
+
+
+def test_global_norm_threshold_and_clip_events(run_page, recorded):
+    fig = figure(run_page, "global_norm")
+    pre = trace(fig, "global norm (pre-clip)")
+    np.testing.assert_allclose(values(pre["x"]), np.arange(N_STEPS))
+    np.testing.assert_allclose(values(pre["y"]), recorded.total["child"], equal_nan=True)
+    assert np.nanmax(values(pre["y"])) == pytest.approx(recorded.total["child"][SPIKE_STEP])
+    np.testing.assert_allclose(values(trace(fig, "clip threshold")["y"]), 0.5)
+    clipped = recorded.clipped["child"]
+    marks = trace(fig, f"clipped ({clipped.sum():,} steps)")
+    np.testing.assert_array_equal(values(marks["x"]), np.flatnonzero(clipped))
+
+
+def test_per_layer_norms_log_scale_grouped_by_module(run_page, recorded):
+    fig = figure(run_page, "layer_norms")
+    assert fig["layout"]["yaxis"]["type"] == "log"
+    assert sorted(t["name"] for t in fig["data"]) == sorted(LAYERS)  # all 3 <= top-k
+    for i, name in enumerate(LAYERS):
+        t = trace(fig, name)
+        assert t["legendgroup"] == name.rsplit(".", 1)[0]
+        np.testing.assert_allclose(values(t["y"]), recorded.norms["child"][:, i], equal_nan=True)
+
+
+def test_heatmap_is_log10_of_layer_norms(run_page, recorded):
+    fig = figure(run_page, "heatmap")
+    heat = fig["data"][0]
+    assert list(heat["y"]) == LAYERS
+    z = values(heat["z"]).reshape(len(LAYERS), -1)
+    # 60 steps < 200 columns: one step per column, so each cell is that step's norm.
+    expected = np.log10(recorded.norms["child"].T)
+    np.testing.assert_allclose(z, expected, rtol=1e-9, equal_nan=True)
+
+
+def test_gradient_flow_at_the_last_step(run_page, recorded):
+    fig = figure(run_page, "flow")
+    bars = fig["data"][0]
+    assert list(bars["x"]) == LAYERS
+    np.testing.assert_allclose(values(bars["y"]), recorded.norms["child"][N_STEPS - 1])
+    run_page.slider(key=f"flow_step_{recorded.ids['child']}").set_value(SPIKE_STEP).run()
+    fig = figure(run_page, "flow")
+    np.testing.assert_allclose(values(fig["data"][0]["y"]), recorded.norms["child"][SPIKE_STEP])
+
+
+def test_loss_and_metrics(run_page, recorded):
+    loss = figure(run_page, "loss")
+    np.testing.assert_allclose(values(loss["data"][0]["y"]), recorded.loss["child"])
+    metrics = figure(run_page, "metrics")
+    val_acc = trace(metrics, "val_acc")
+    np.testing.assert_allclose(values(val_acc["x"]), [s for s, _ in recorded.metrics["child"]["val_acc"]])
+    np.testing.assert_allclose(values(val_acc["y"]), [v for _, v in recorded.metrics["child"]["val_acc"]])
+
+
+def test_nonfinite_event_names_the_first_offending_layer(run_page):
+    message = texts(run_page, "error")
+    assert f"step {NAN_STEP}" in message and f"`{LAYERS[NAN_LAYER]}`" in message and "NaN" in message
+    table = dataframe_with(run_page, "has_nan")
+    assert table[["step", "name"]].values.tolist() == [[NAN_STEP, LAYERS[NAN_LAYER]]]
+
+
+def test_suggested_threshold_follows_the_stated_rules(run_page, recorded):
+    norms = recorded.total["child"]
+    finite = norms[np.isfinite(norms)]
+    median = np.median(finite)
+    robust = median + 3 * 1.4826 * np.median(np.abs(finite - median))
+    table = dataframe_with(run_page, "would have clipped")
+    np.testing.assert_allclose(table["threshold"], [robust, np.percentile(finite, 10)])
+    assert "median" in table["rule"][0] and "AutoClip" in table["rule"][1]
+
+
+def test_suggestion_prefills_the_launch_page(run_page, recorded):
+    button = [b for b in run_page.button if b.key == "use_robust"][0]
+    button.click().run()
+    assert run_page.session_state["launch_source"] == recorded.ids["child"]
+    assert run_page.session_state["clip_raw"] == button.label.removeprefix("Launch with ")
+    assert run_page.title[0].value == "Launch"
+
+
+def test_pause_toggle(run_page, recorded):
+    toggle = run_page.toggle(key=f"live_{recorded.ids['child']}")
+    assert toggle.value is False  # a finished run does not refresh
+    toggle.set_value(True).run()
+    assert not run_page.exception and figure(run_page, "global_norm")

@@ -1,0 +1,90 @@
+"""The Runs page lists every run with what the store recorded; an empty or missing database shows the start
+page with the demo button."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+from dashboard_helpers import N_STEPS, dataframe_with
+
+from tracker.store import Store
+
+
+def test_every_run_with_status_clip_steps_clip_rate_metrics_and_parent(recorded, app):
+    at = app(recorded.path).run()
+    assert not at.exception
+    assert at.title[0].value == "Runs"
+    table = dataframe_with(at, "clip_rate").set_index("name")
+    assert set(table.index) == {"base", "child"}
+    assert table.loc["child", "id"] == recorded.ids["child"]
+    assert table.loc["child", "parent"] == recorded.ids["base"]
+    assert table.loc["child", "clip"] == "norm:0.5" and table.loc["base", "clip"] == "none"
+    assert all("finished" in s for s in table["status"])
+    assert table.loc["child", "steps"] == N_STEPS
+    assert table.loc["child", "clip_rate"] == pytest.approx(recorded.clipped["child"].mean())
+    for run in ("base", "child"):
+        last_step, last_val = recorded.metrics[run]["val_acc"][-1]
+        assert table.loc[run, "val_acc"] == pytest.approx(last_val)
+        assert table.loc[run, "gen_gap"] == pytest.approx(recorded.metrics[run]["gen_gap"][-1][1])
+
+
+def test_filter_by_text_and_status(recorded, app):
+    at = app(recorded.path).run()
+    at.text_input(key="runs_filter").input("norm").run()
+    assert dataframe_with(at, "clip_rate")["name"].tolist() == ["child"]
+    at.text_input(key="runs_filter").input("").run()
+    at.multiselect(key="runs_status").select("running").run()
+    assert dataframe_with(at, "clip_rate").empty
+
+
+def test_selected_runs_go_to_compare(recorded, app):
+    at = app(recorded.path).run()
+    at.session_state["compare_ids"] = [recorded.ids["child"]]
+    at.switch_page("pages/compare.py").run()
+    assert at.multiselect(key="compare_pick").value == [recorded.ids["child"]]
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty file", "no runs"])
+def test_start_page_when_there_is_nothing_to_show(tmp_path, app, kind):
+    db = tmp_path / "gradwatch.db"
+    if kind == "empty file":
+        db.touch()
+    elif kind == "no runs":
+        Store.open(db, create=True).close()
+    at = app(db).run()
+    assert not at.exception and not at.error
+    assert at.title[0].value == "Welcome to gradwatch"
+    demo = at.button(key="demo")
+    assert demo.label == "Launch a demo run" and not demo.disabled
+    command = at.code[0].value
+    assert "-m trainer" in command and "--preset demo" in command and str(db) in command
+    # The other pages say what to do instead of failing.
+    for page in ("pages/run.py", "pages/compare.py", "pages/launch.py"):
+        at.switch_page(page).run()
+        assert not at.exception and "No " in at.info[0].value and "run" in at.info[0].value
+    if kind == "missing":
+        assert not db.exists()  # the dashboard never creates the database itself
+
+
+def test_crashed_when_the_process_vanished(tmp_path, app):
+    import subprocess
+    import sys
+
+    db = tmp_path / "gradwatch.db"
+    # A real process records a running run and is then killed without closing it.
+    code = (
+        "import os, signal, sys\n"
+        "from tracker.store import Store\n"
+        "s = Store.open(sys.argv[1], create=True)\n"
+        "s.create_run(name='killed')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(db)], timeout=60)
+    assert proc.returncode == -9
+    at = app(db).run()
+    table = dataframe_with(at, "clip_rate")
+    assert table["status"].tolist() == ["💥 crashed"]
+    # The file still says "running": crashed is derived when reading, never written by the dashboard.
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status FROM runs").fetchone()[0] == "running"
+    assert np.isnan(table["clip_rate"][0])
