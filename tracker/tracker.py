@@ -182,10 +182,17 @@ class GradTracker:
         grads, present = self._grads()
         norms, total = self._measure(grads, present)
 
+        logged = step % self.every == 0
+        # Extra statistics describe the gradients as measured (before clipping), like the norms.
+        extra = (
+            self._extra_tensors(grads, present)
+            if logged and self.extra_stats and self._writer is not None
+            else {}
+        )
         skipped = False
         if self.nonfinite != "record" and not bool(torch.isfinite(norms).all()):  # one sync, documented
             if self.nonfinite == "raise":
-                self._record(step, total, None, norms, present, loss, skipped=False, grads=grads)
+                self._record(step, total, None, norms, present, loss, skipped=False, extra=extra)
                 self.flush()
                 bad = [
                     self.layers.names[present[i]]
@@ -204,13 +211,17 @@ class GradTracker:
             result = self.clip.clip_(local, norms, total, params=params, step=step, names=names)
         scalars = self._scalars(total, result) if result is not None else None
 
-        if step % self.every and not skipped:  # not logged: buffer on the device, no host sync
+        if (
+            skipped and not logged and self.extra_stats and self._writer is not None
+        ):  # skipped steps are always logged
+            extra = self._extra_tensors(grads, present)
+        if not logged and not skipped:  # not logged: buffer on the device, no host sync
             self._pending.append((step, scalars, norms, present))
             if result is None:
                 return StepStats(step, total, False, 1.0, math.nan, skipped=False, logged=False)
             return StepStats(step, total, result.clipped, result.coef, result.threshold, False, logged=False)
         total_v, clipped, coef, threshold = self._record(
-            step, total, scalars, norms, present, loss, skipped=skipped, grads=grads
+            step, total, scalars, norms, present, loss, skipped=skipped, extra=extra
         )
         return StepStats(step, total_v, clipped, coef, threshold, skipped=skipped)
 
@@ -328,7 +339,8 @@ class GradTracker:
         self._step += 1
         grads, present = self._grads()
         norms, total = self._measure(grads, present)
-        self._record(step, total, None, norms, present, None, skipped=True, grads=grads)
+        extra = self._extra_tensors(grads, present) if self.extra_stats and self._writer is not None else {}
+        self._record(step, total, None, norms, present, None, skipped=True, extra=extra)
 
     @staticmethod
     def _scalars(total: Tensor, r: Any) -> Tensor:
@@ -339,7 +351,7 @@ class GradTracker:
         return self.layers.ids if present is self._all else [self.layers.ids[i] for i in present]
 
     # ------------------------------------------------------------------ recording
-    def _record(self, step, total, scalars, norms, present, loss, *, skipped, grads) -> tuple[Any, ...]:
+    def _record(self, step, total, scalars, norms, present, loss, *, skipped, extra) -> tuple[Any, ...]:
         """Copy this step (and the buffered ones) to the host in one transfer and hand it to the writer."""
         if scalars is None:  # not clipped: after = before, coef 1, no threshold
             scalars = torch.stack([total, total, torch.ones_like(total), torch.full_like(total, math.nan)])
@@ -349,7 +361,6 @@ class GradTracker:
         )
         if loss_t is not None:
             parts.append(loss_t)
-        extra = self._extra_tensors(grads, present) if self.extra_stats and self._writer is not None else {}
         parts.extend(extra.values())
         parts.extend(t for _, s, n, _ in self._pending for t in ((s, n) if s is not None else (n,)))
         host = torch.cat(parts).tolist()  # the one device-to-host copy of this logged step

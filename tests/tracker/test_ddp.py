@@ -14,6 +14,7 @@ import pytest
 import torch
 
 WORLD = 2
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _free_port() -> int:
@@ -33,6 +34,8 @@ def _launch(mode: str, tmp_path, *extra: str, timeout: float = 120.0) -> None:
             RANK=str(rank),
             WORLD_SIZE=str(WORLD),
             OMP_NUM_THREADS="1",
+            # The checkout first on the path, so workers import this tree however the env was installed.
+            PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
         )
         env.pop("GRADWATCH_CLIP", None)
         procs.append(

@@ -1,0 +1,136 @@
+"""attach(): measuring and clipping from an optimizer step pre-hook, with a real GradScaler on CPU."""
+
+import sqlite3
+
+import pytest
+import torch
+from torch import nn
+
+from tracker import GradTracker
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 3))
+
+
+def _data(n):
+    g = torch.Generator().manual_seed(3)
+    return [(torch.randn(6, 5, generator=g) * 4, torch.randint(0, 3, (6,), generator=g)) for _ in range(n)]
+
+
+def _rows(db, sql):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_attached_tracker_clips_like_clip_grad_norm_without_a_call_in_the_loop(db_path):
+    data = _data(5)
+    oracle, tracked = _model(), _model()
+    opt_o = torch.optim.SGD(oracle.parameters(), lr=0.3)
+    totals = []
+    for x, y in data:
+        opt_o.zero_grad()
+        nn.functional.cross_entropy(oracle(x), y).backward()
+        totals.append(torch.nn.utils.clip_grad_norm_(oracle.parameters(), 0.5).item())
+        opt_o.step()
+
+    opt = torch.optim.SGD(tracked.parameters(), lr=0.3)
+    with GradTracker(tracked, db=db_path, clip="norm:0.5") as tracker:
+        tracker.attach(opt)
+        for x, y in data:  # the user's loop is untouched
+            opt.zero_grad()
+            nn.functional.cross_entropy(tracked(x), y).backward()
+            opt.step()
+    for p, q in zip(tracked.parameters(), oracle.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert [r[0] for r in _rows(db_path, "SELECT total_norm FROM steps ORDER BY step")] == pytest.approx(
+        totals, rel=1e-6
+    )
+
+
+def test_remove_detaches(db_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _data(1)[0]
+    with GradTracker(model, db=db_path) as tracker:
+        handle = tracker.attach(opt)
+        for i in range(3):
+            if i == 2:
+                handle.remove()
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        assert tracker.step_count == 2
+    assert _rows(db_path, "SELECT count(*) FROM steps") == [(2,)]
+
+
+def _amp_loop(model, opt, scaler, data, poison_step):
+    """The canonical GradScaler loop; at `poison_step` one gradient is made inf after backward, as an fp16
+    overflow would, so the scaler skips that optimizer step."""
+    for step, (x, y) in enumerate(data):
+        opt.zero_grad()
+        scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+        if step == poison_step:
+            model[0].weight.grad[1, 1] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+
+
+def test_grad_scaler_steps_are_measured_unscaled_and_its_skips_recorded(db_path):
+    data = _data(4)
+    # Oracle: the same loop without AMP. The scale is a power of two, so unscaled grads match exactly.
+    oracle = _model()
+    opt_o = torch.optim.SGD(oracle.parameters(), lr=0.2)
+    expected = []
+    for step, (x, y) in enumerate(data):
+        opt_o.zero_grad()
+        nn.functional.cross_entropy(oracle(x), y).backward()
+        expected.append(torch.nn.utils.get_total_norm([p.grad for p in oracle.parameters()]).item())
+        if step != 2:  # the step the scaler will skip
+            opt_o.step()
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with GradTracker(model, db=db_path) as tracker:
+        tracker.attach(opt, scaler=scaler)
+        _amp_loop(model, opt, scaler, data, poison_step=2)
+    assert scaler.get_scale() == 2.0**9  # the scaler did see the inf and backed off
+
+    steps = _rows(db_path, "SELECT step, total_norm, skipped, first_nonfinite_layer FROM steps ORDER BY step")
+    assert [(s, k) for s, _, k, _ in steps] == [(0, 0), (1, 0), (2, 1), (3, 0)]
+    assert steps[2][3] == 0 and steps[2][1] == float("inf")  # layer 0 flagged
+    finite = [(s, n) for s, n, k, _ in steps if not k]
+    assert [n for _, n in finite] == pytest.approx([expected[s] for s, _ in finite], rel=1e-5)
+    assert _rows(db_path, "SELECT step, layer_id, has_inf FROM nonfinite") == [(2, 0, 1)]
+    for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert "step" not in vars(scaler)  # finish() detached the wrapper
+
+
+def test_skip_policy_under_attach_makes_the_optimizer_step_a_no_op(db_path):
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    data = _data(3)
+    with GradTracker(model, db=db_path, nonfinite="skip") as tracker:
+        tracker.attach(opt)
+        for step, (x, y) in enumerate(data):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            if step == 1:
+                model[2].bias.grad[0] = float("nan")
+            before = [p.detach().clone() for p in model.parameters()]
+            opt.step()
+            unchanged = all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+            assert unchanged == (step == 1)  # AdamW's momentum and weight decay did not move anything
+    assert _rows(db_path, "SELECT step, skipped FROM steps ORDER BY step") == [(0, 0), (1, 1), (2, 0)]
+
+
+def test_attach_rejects_a_non_optimizer(db_path):
+    with GradTracker(_model(), db=db_path) as tracker:
+        with pytest.raises(ValueError, match="Optimizer"):
+            tracker.attach(object())
