@@ -37,8 +37,9 @@ def unitwise_norm(x: Tensor) -> Tensor:
 
 
 class AGC(Strategy):
-    """``agc:L[,exclude=NAME]...``: unit-wise adaptive clipping with clipping factor L (the paper uses 0.01
-    for large batches, up to 0.16 for small). Needs ``params=`` and, with ``exclude``, ``names=`` in clip_.
+    """``agc:L[,exclude=NAME]...``: unit-wise adaptive clipping with clipping factor L (the paper: 0.01 at
+    batch size 4096; smaller batches tolerate larger L). Needs ``params=`` and, with ``exclude``,
+    ``names=`` in clip_.
 
     Recorded: threshold = L; coef = the smallest unit coefficient; n_clipped = tensors with a clipped unit.
     A unit whose gradient norm is non-finite is left untouched.
