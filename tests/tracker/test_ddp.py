@@ -123,7 +123,90 @@ def test_dtensor_norms_are_global_not_local(tmp_path):
         assert got["norms"] == pytest.approx(expected, rel=1e-5)
 
 
+# ---------------------------------------------------------------- DDP: rank 0 records, every rank clips
+DDP_STEPS = 3
+
+
+def _ddp_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def _ddp_batches():
+    g = torch.Generator().manual_seed(7)
+    return [
+        (torch.randn(8, 5, generator=g) * 3, torch.randint(0, 3, (8,), generator=g)) for _ in range(DDP_STEPS)
+    ]
+
+
+def _ddp_worker(out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from tracker import GradTracker
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = DistributedDataParallel(_ddp_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    totals = []
+    with GradTracker(model, db=os.path.join(out_dir, "gradwatch.db"), clip="norm:1.0", run="ddp") as tracker:
+        for x, y in _ddp_batches():
+            shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)  # equal shards
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[shard]), y[shard]).backward()  # DDP averages grads
+            totals.append(tracker.step().total_norm)
+            opt.step()
+    result = {"run_id": tracker.run_id, "totals": totals, "params": [p.tolist() for p in model.parameters()]}
+    with open(os.path.join(out_dir, f"ddp-{rank}.json"), "w") as fh:
+        json.dump(result, fh)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_rank0_records_global_norms_and_all_ranks_clip_alike(tmp_path):
+    import sqlite3
+
+    _launch("ddp", tmp_path)
+    # Oracle: one process on the full batches with torch's clip_grad_norm_.
+    replica = _ddp_model()
+    opt = torch.optim.SGD(replica.parameters(), lr=0.5)
+    totals, norms = [], []
+    for x, y in _ddp_batches():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(replica(x), y).backward()
+        norms.append([torch.linalg.vector_norm(p.grad).item() for p in replica.parameters()])
+        totals.append(torch.nn.utils.clip_grad_norm_(replica.parameters(), 1.0).item())
+        opt.step()
+    assert any(t > 1.0 for t in totals)  # clipping really happened
+
+    results = [json.loads((tmp_path / f"ddp-{r}.json").read_text()) for r in range(WORLD)]
+    assert results[0]["run_id"] == 1 and results[1]["run_id"] is None  # only rank 0 opened the database
+    for res in results:
+        assert res["totals"] == pytest.approx(totals, rel=1e-5)
+        for got, want in zip(res["params"], replica.parameters(), strict=True):
+            torch.testing.assert_close(torch.tensor(got), want.detach(), rtol=1e-5, atol=1e-6)
+
+    con = sqlite3.connect(tmp_path / "gradwatch.db")
+    try:
+        assert con.execute("SELECT count(*), max(world_size), max(status) FROM runs").fetchone() == (
+            1,
+            2,
+            "finished",
+        )
+        recorded = con.execute("SELECT step, total_norm FROM steps ORDER BY step").fetchall()
+        per_layer = con.execute("SELECT step, layer_id, norm FROM grad_norms").fetchall()
+        names = [r[0] for r in con.execute("SELECT name FROM layers ORDER BY id")]
+    finally:
+        con.close()
+    assert [t for _, t in recorded] == pytest.approx(totals, rel=1e-5)
+    assert names[0] == "module.0.weight"
+    assert len(per_layer) == DDP_STEPS * 4
+    for step, layer, norm in per_layer:
+        assert norm == pytest.approx(norms[step][layer], rel=1e-5)
+
+
 if __name__ == "__main__":
     mode, out_dir = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
-    {"dtensor": _dtensor_worker}[mode](out_dir, *sys.argv[3:])
+    {"dtensor": _dtensor_worker, "ddp": _ddp_worker}[mode](out_dir, *sys.argv[3:])
