@@ -145,8 +145,10 @@ class ZClip(Strategy):
         total = total_norm.to(torch.float32)
         g = _finite_or_nan(total)
         if self.count < self.warmup:
-            if self._buffer is None or self._buffer.device != total.device:
+            if self._buffer is None:
                 self._buffer = torch.full((self.warmup,), math.nan, device=total.device)
+            elif self._buffer.device != total.device:  # e.g. state loaded on the CPU, training on a GPU
+                self._buffer = self._buffer.to(total.device)
             self._buffer[self.count] = g
             self.count += 1
             if self.count == self.warmup:
