@@ -285,3 +285,23 @@ def test_a_zero_size_gradient_among_others(spec):
     r, _, total = run(spec, params)
     assert params[1].grad.shape == (0, 3)
     assert math.isfinite(as_float(r.total_norm_after)) and as_float(r.total_norm_after) <= as_float(total)
+
+
+@pytest.mark.parametrize("spec", ["norm:1.0", "layer:1.0"])
+def test_gradients_on_two_devices_are_scaled_per_device(spec):
+    # A "meta" tensor stands in for a second device (it has no data): the CPU gradients around it must get
+    # the same coefficients as if the meta tensor had the norm we report for it.
+    cpu = [torch.full((3,), 2.0), torch.full((4,), 3.0)]
+    grads = [cpu[0], torch.ones(2, device="meta"), cpu[1]]
+    norms = torch.tensor(
+        [float(torch.linalg.vector_norm(cpu[0])), 5.0, float(torch.linalg.vector_norm(cpu[1]))]
+    )
+    total = torch.linalg.vector_norm(norms)
+    oracle = [x.clone() for x in cpu]
+    if spec.startswith("norm"):
+        expected = [min(1.0, 1.0 / (float(total) + 1e-6))] * 2
+    else:
+        expected = [min(1.0, 1.0 / (float(norms[i]) + 1e-6)) for i in (0, 2)]
+    parse_clip(spec).clip_(grads, norms, total, step=0)
+    for got, o, k in zip(cpu, oracle, expected, strict=True):
+        torch.testing.assert_close(got, o * k)

@@ -19,6 +19,7 @@ from .base import (
     Strategy,
     fmt_num,
     global_result,
+    group_by_device,
     require_positive,
     scalar_like,
     scale_each_,
@@ -75,8 +76,9 @@ class ValueClip(Strategy):
         # for 150 tensors, 5M elements) and abs()+max() would copy every gradient.
         changed = torch.stack([_beyond(g, c).to(total.device) for g in grads])
         # The two fused clamps of clip_grad_value_ (which wants parameters, not the gradients we are given).
-        torch._foreach_clamp_min_(grads, -c)
-        torch._foreach_clamp_max_(grads, c)
+        for tensors, _ in group_by_device(grads):
+            torch._foreach_clamp_min_(tensors, -c)
+            torch._foreach_clamp_max_(tensors, c)
         after = torch.linalg.vector_norm(tensor_norms(grads).to(total.device))
         ok = torch.isfinite(total) & (total > 0)
         coef = torch.where(ok, after / torch.where(ok, total, 1.0), 1.0).clamp(max=1.0)
