@@ -87,17 +87,19 @@ class LogMel(torch.nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         lead = wav.shape[:-1]
-        mel = self.mel(wav.reshape(-1, 1, wav.shape[-1]))  # [B, 1, n_mels, T]
-        # AmplitudeToDB's top_db floor uses the max over the last three dims: one channel per
-        # utterance keeps the floor per utterance (a [B, n_mels, T] input would share it across the batch).
-        db = self.to_db(mel)
-        mean = db.mean(dim=(-2, -1), keepdim=True)
-        std = db.std(dim=(-2, -1), keepdim=True)
-        x = (db - mean) / (std + 1e-5)
+        x = self._normalised_db(self.mel(wav.reshape(-1, 1, wav.shape[-1])))  # [B, 1, n_mels, T]
         x = x.reshape(*lead, self.spec.n_mels, x.shape[-1])
         if self.spec.frames is not None:
             x = _fix_frames(x, self.spec.frames)
         return x
+
+    def _normalised_db(self, mel: torch.Tensor) -> torch.Tensor:
+        # AmplitudeToDB's top_db floor uses the max over the last three dims: one channel per utterance
+        # ([B, 1, n_mels, T]) keeps the floor per utterance ([B, n_mels, T] would share it across the batch).
+        db = self.to_db(mel)
+        mean = db.mean(dim=(-2, -1), keepdim=True)
+        std = db.std(dim=(-2, -1), keepdim=True)
+        return (db - mean) / (std + 1e-5)
 
 
 def _fix_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
