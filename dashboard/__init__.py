@@ -1,8 +1,10 @@
 """gradwatch dashboard: ``streamlit run dashboard [-- --db PATH]``.
 
-Pages live in ``dashboard/pages``; the modules here are importable without a running Streamlit server:
-``downsample`` and ``suggest`` (pure), ``charts`` (plotly figures from DataFrames), ``launch`` (commands and
-processes), ``db`` (which database, and friendly errors).
+Pages live in ``dashboard/views`` (not ``pages/``: that folder name switches Streamlit to its older
+multipage mode, which bypasses ``st.navigation``). The modules here import without a running server:
+``downsample`` and ``suggest`` (pure), ``charts`` (plotly figures from DataFrames), ``clipform`` (the clip
+form's spec builder), ``launch`` (commands and processes), ``db`` (which database, friendly errors),
+``summary`` (the runs table), ``data`` and ``state`` (store reads and session state, need Streamlit).
 """
 
-__all__ = ["charts", "db", "downsample", "launch", "suggest"]
+__all__ = ["charts", "clipform", "data", "db", "downsample", "launch", "state", "summary", "suggest"]

@@ -206,7 +206,7 @@ def overlay_figure(
     for label, frame in series.items():
         if y not in frame or frame[y].isna().all():
             continue
-        frame = frame.dropna(subset=[y]).sort_values("step")
+        frame = frame.sort_values("step")  # NaN rows stay: a gap marks a non-finite step
         trace = _line(frame["step"], frame[y], max_points, name=label)
         if len(frame) <= 50:
             trace.mode = "lines+markers"

@@ -12,10 +12,10 @@ from tracker.store import StoreError
 st.set_page_config(page_title="gradwatch", page_icon="📉", layout="wide")
 
 pages = [
-    st.Page("pages/runs.py", title="Runs", icon="📋", default=True),
-    st.Page("pages/run.py", title="Run", icon="📈"),
-    st.Page("pages/compare.py", title="Compare", icon="⚖️"),
-    st.Page("pages/launch.py", title="Launch", icon="🚀"),
+    st.Page("views/runs.py", title="Runs", icon="📋", default=True),
+    st.Page("views/run.py", title="Run", icon="📈"),
+    st.Page("views/compare.py", title="Compare", icon="⚖️"),
+    st.Page("views/launch.py", title="Launch", icon="🚀"),
 ]
 page = st.navigation(pages)
 st.sidebar.caption(f"Database: `{state.db_path()}`")

@@ -29,7 +29,7 @@ print("done", flush=True)
 """
 
 
-def _wait(predicate, timeout=20.0):
+def _wait(predicate, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -20,7 +20,7 @@ from dashboard_helpers import (
 def run_page(recorded, app):
     at = app(recorded.path).run()
     at.session_state["open_run"] = recorded.ids["child"]
-    at.switch_page("pages/run.py").run()
+    at.switch_page("views/run.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 

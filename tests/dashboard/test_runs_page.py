@@ -40,7 +40,7 @@ def test_filter_by_text_and_status(recorded, app):
 def test_selected_runs_go_to_compare(recorded, app):
     at = app(recorded.path).run()
     at.session_state["compare_ids"] = [recorded.ids["child"]]
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     assert at.multiselect(key="compare_pick").value == [recorded.ids["child"]]
 
 
@@ -59,7 +59,7 @@ def test_start_page_when_there_is_nothing_to_show(tmp_path, app, kind):
     command = at.code[0].value
     assert "-m trainer" in command and "--preset demo" in command and str(db) in command
     # The other pages say what to do instead of failing.
-    for page in ("pages/run.py", "pages/compare.py", "pages/launch.py"):
+    for page in ("views/run.py", "views/compare.py", "views/launch.py"):
         at.switch_page(page).run()
         assert not at.exception and "No " in at.info[0].value and "run" in at.info[0].value
     if kind == "missing":

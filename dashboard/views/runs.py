@@ -71,7 +71,7 @@ def _wait_for_demo() -> None:
     if store is not None and len(data.runs(store, str(state.db_path()))):
         if st.button("Open the demo run", key="open_demo"):
             st.session_state["open_run"] = int(data.runs(store, str(state.db_path()))["id"].iloc[0])
-            st.switch_page("pages/run.py")
+            st.switch_page("views/run.py")
 
 
 def runs_page() -> None:
@@ -111,13 +111,13 @@ def runs_page() -> None:
     b1, b2, b3, _ = st.columns([1, 1, 1, 3])
     if b1.button("Open run", disabled=len(selected) != 1, key="open_run"):
         st.session_state["open_run"] = selected[0]
-        st.switch_page("pages/run.py")
+        st.switch_page("views/run.py")
     if b2.button("Compare selected", disabled=len(selected) < 1, key="compare_runs"):
         st.session_state["compare_ids"] = selected
-        st.switch_page("pages/compare.py")
+        st.switch_page("views/compare.py")
     if b3.button("Relaunch…", disabled=len(selected) != 1, key="relaunch_run"):
         st.session_state["launch_from"] = selected[0]
-        st.switch_page("pages/launch.py")
+        st.switch_page("views/launch.py")
 
 
 runs_page()

@@ -190,7 +190,7 @@ def suggestion_panel(run: dict, steps: pd.DataFrame) -> None:
 def _prefill_launch(run: dict, spec: str) -> None:
     st.session_state["launch_from"] = int(run["id"])
     st.session_state["launch_clip"] = spec
-    st.switch_page("pages/launch.py")
+    st.switch_page("views/launch.py")
 
 
 def live_panels(run_id: int) -> None:

@@ -1,0 +1,91 @@
+"""A database the dashboard cannot read gives a clear message with how to fix it, on every page, never a
+traceback; and the file is left untouched."""
+
+import hashlib
+import sqlite3
+
+import pytest
+from dashboard_helpers import texts
+
+PAGES = ("views/runs.py", "views/run.py", "views/compare.py", "views/launch.py")
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _assert_message_on_every_page(at, *needles):
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+        message = texts(at, "error")
+        for needle in needles:
+            assert needle in message, (page, message)
+        assert "How to fix" in message
+
+
+def test_corrupt_file(tmp_path, app):
+    db = tmp_path / "gradwatch.db"
+    db.write_bytes(b"this is not a database\n" * 100)
+    before = _digest(db)
+    at = app(db).run()
+    _assert_message_on_every_page(at, "is not a SQLite database", str(db))
+    assert _digest(db) == before
+
+
+def test_truncated_sqlite_file(recorded, app):
+    data = recorded.path.read_bytes()
+    recorded.path.write_bytes(data[:200])  # a valid header, then nothing: corrupt
+    at = app(recorded.path).run()
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception
+        assert "How to fix" in texts(at, "error") or at.title[0].value.startswith("Welcome")
+
+
+def test_foreign_sqlite_database(tmp_path, app):
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO customers (name) VALUES ('Ada')")
+    before = _digest(db)
+    at = app(db).run()
+    _assert_message_on_every_page(at, "not one written by gradwatch", "customers")
+    assert _digest(db) == before
+
+
+def test_newer_schema(recorded, app):
+    # Simulate a file written by a future gradwatch: same tables, a higher schema version.
+    with sqlite3.connect(recorded.path) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    at = app(recorded.path).run()
+    _assert_message_on_every_page(at, "newer version of gradwatch", "schema version 99")
+
+
+def test_locked_database(recorded, app):
+    holder = sqlite3.connect(recorded.path, isolation_level=None)
+    try:
+        # An exclusive lock (what a `sqlite3` shell in a write transaction with locking_mode=EXCLUSIVE holds):
+        # even WAL readers are shut out.
+        holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("UPDATE runs SET name = name")
+        at = app(recorded.path).run()
+        assert not at.exception
+        assert "is locked by another process" in texts(at, "error")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # Once the lock is gone the same session reads normally.
+    at.run()
+    assert not at.error and at.title[0].value == "Runs"
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "default"])
+def test_database_path_resolution(tmp_path, how):
+    from dashboard.db import resolve_db_path
+
+    argv = ["--db", "from-flag.db"] if how == "flag" else []
+    env = {"GRADWATCH_DB": "from-env.db"} if how in ("flag", "env") else {}
+    expected = {"flag": "from-flag.db", "env": "from-env.db", "default": "gradwatch.db"}[how]
+    assert resolve_db_path(argv, env, tmp_path) == tmp_path / expected

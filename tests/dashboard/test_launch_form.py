@@ -1,0 +1,93 @@
+"""The Launch form: the exact command is shown before launching; bad values give an inline error and start
+nothing (checked on disk: no log file, no replayed config)."""
+
+import pytest
+from dashboard_helpers import texts
+
+
+@pytest.fixture
+def launch(recorded, app):
+    at = app(recorded.path).run()
+    at.session_state["launch_from"] = recorded.ids["child"]
+    at.switch_page("views/launch.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _nothing_launched(recorded):
+    logs = recorded.path.parent / "gradwatch-logs"
+    return not logs.exists() or not any(logs.iterdir())
+
+
+def _command(at) -> str:
+    return "\n".join(c.value for c in at.code)
+
+
+def test_shows_the_exact_command_for_a_trainer_run(launch, recorded):
+    launch.radio(key="clip_mode").set_value("Raw spec").run()
+    launch.text_input(key="clip_raw").input("norm:0.25").run()
+    launch.number_input(key="opt_lr").set_value(0.01).run()
+    command = _command(launch)
+    assert "-m trainer --config" in command
+    assert "--lr 0.01" in command and "--clip norm:0.25" in command
+    assert f"--db {recorded.path}" in command and f"--parent-run {recorded.ids['child']}" in command
+    assert "--epochs" not in command  # unchanged options are replayed from the config, not repeated
+    assert not launch.button(key="launch_go").disabled
+    assert _nothing_launched(recorded)
+
+
+def test_strategy_form_builds_a_canonical_spec(launch):
+    launch.selectbox(key="clip_strategy").set_value("zclip").run()
+    launch.number_input(key="clip_zclip_z").set_value(3.0).run()
+    assert any("Valid: `zclip:3" in c.value for c in launch.caption)
+    assert "--clip zclip:3" in _command(launch)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("norm:-1", "norm:-1"), ("bogus:1", "unknown strategy 'bogus'"), ("norm:", "needs a threshold")],
+)
+def test_bad_raw_spec_is_an_inline_error_and_launches_nothing(launch, recorded, spec, message):
+    launch.radio(key="clip_mode").set_value("Raw spec").run()
+    launch.text_input(key="clip_raw").input(spec).run()
+    assert message in texts(launch, "error")
+    assert launch.button(key="launch_go").disabled  # AppTest, like a browser, cannot click it
+    assert not launch.exception and _nothing_launched(recorded)
+    assert not any("-m trainer" in c.value for c in launch.code)
+
+
+def test_negative_threshold_in_the_strategy_form(launch, recorded):
+    launch.selectbox(key="clip_strategy").set_value("norm").run()
+    launch.number_input(key="clip_norm_c").set_value(-1.0).run()
+    assert "-1" in texts(launch, "error")
+    assert launch.button(key="launch_go").disabled and _nothing_launched(recorded)
+
+
+def test_bad_trainer_option(launch, recorded):
+    launch.number_input(key="opt_lr").set_value(-0.1).run()
+    assert "Learning rate must be >= 0" in texts(launch, "error")
+    assert launch.button(key="launch_go").disabled and _nothing_launched(recorded)
+
+
+def test_malformed_sweep_names_the_bad_line_and_launches_nothing(launch, recorded):
+    launch.text_area(key="sweep_text").input("none\nnorm:1.0\nnorm:abc\nzclip:-2").run()
+    message = texts(launch, "error")
+    assert "line 3 ('norm:abc')" in message and "line 4 ('zclip:-2')" in message
+    assert not [b for b in launch.button if b.key == "sweep_go"]
+    assert _nothing_launched(recorded)
+
+
+def test_duplicate_sweep_entries_are_refused(launch, recorded):
+    launch.text_area(key="sweep_text").input("norm:1.0\nnorm:1").run()
+    assert "more than once" in texts(launch, "error")
+    assert _nothing_launched(recorded)
+
+
+def test_valid_sweep_previews_one_command_per_spec(launch, recorded):
+    launch.text_area(key="sweep_text").input("none\nnorm:1.0  # the usual\n\nautoclip:10").run()
+    command = max((c.value for c in launch.code), key=lambda text: text.count("-m trainer"))
+    assert command.count("-m trainer") == 3
+    for spec in ("--clip none", "--clip norm:1.0", "--clip autoclip:10"):
+        assert spec in command
+    assert launch.button(key="sweep_go").label == "Launch sweep of 3"
+    assert _nothing_launched(recorded)
