@@ -8,6 +8,7 @@ when asked (URI mode ``rwc``); ``ro`` and ``rw`` never create anything.
 import contextlib
 import os
 import sqlite3
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -112,24 +113,36 @@ def translate(exc: sqlite3.Error, path: Path, action: str, *, readonly: bool = F
         )
     if primary == _CANTOPEN:
         return ReadOnlyLocation(
-            f"SQLite cannot open {path} to {action} ({text}): check that the file and its directory are "
-            "readable and writable by this user."
+            f"SQLite cannot open {path} ({text}): the file or its directory is not writable by this user "
+            "(or lies on a read-only file system). Choose a writable location for the database."
         )
     return StoreError(f"SQLite error while trying to {action} on {path}: {text}")
 
 
 @contextlib.contextmanager
-def immediate(conn: sqlite3.Connection, path: Path, action: str, *, readonly: bool = False):
+def immediate(
+    conn: sqlite3.Connection, path: Path, action: str, *, readonly: bool = False, retry_for: float = 0
+):
     """A write transaction that takes the write lock up front.
 
     A deferred BEGIN that reads and then writes fails with SQLITE_BUSY_SNAPSHOT when another writer
     committed in between, whatever the busy timeout; BEGIN IMMEDIATE waits for the lock instead.
     Nested sqlite-utils calls inside use savepoints (Database.atomic sees the open transaction).
+    ``retry_for``: seconds to keep retrying BEGIN when SQLite answers SQLITE_BUSY at once — it does so,
+    bypassing the busy handler, to a connection that opened the file just as another process switched
+    it to WAL (seen with several processes creating one new file).
     """
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise translate(exc, path, action, readonly=readonly) from exc
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise translate(exc, path, action, readonly=readonly) from exc
+            time.sleep(0.02)
+        except sqlite3.Error as exc:
+            raise translate(exc, path, action, readonly=readonly) from exc
     try:
         yield conn
     except BaseException as exc:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .connection import connect, immediate, preflight, translate
-from .errors import DatabaseNotFound, ReadOnlyStore, RunNotFound
+from .errors import DatabaseLocked, DatabaseNotFound, ReadOnlyStore, RunNotFound
 from .reader import Reads
 from .schema import check_schema, create_schema
 from .writer import BackgroundWriter
@@ -25,6 +25,33 @@ from .writer import BackgroundWriter
 __all__ = ["Store", "NONFINITE_POLICIES"]
 
 NONFINITE_POLICIES = ("record", "skip", "raise")
+
+
+def _create_file(path: Path, busy_timeout: float) -> None:
+    """Make a new database file, already in WAL mode with its tables, atomically.
+
+    The tables are created in a private file next to ``path`` that is then hard-linked into place;
+    when several processes start at once, one link wins and the others open the winner's file. Creating
+    in place instead makes them race through SQLite's rollback-journal-to-WAL switch, where a connection
+    can get SQLITE_BUSY for seconds, past its busy handler.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    conn = connect(tmp, mode="rwc", busy_timeout=busy_timeout)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        with immediate(conn, tmp, "create the gradwatch tables"):
+            create_schema(conn)
+    finally:
+        conn.close()  # the last connection checkpoints and removes tmp's -wal and -shm
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process created it first: use theirs
+    except OSError:  # no hard links on this file system: create in place (Store._prepare)
+        pass
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
 
 
 class Store(Reads):
@@ -77,23 +104,13 @@ class Store(Reads):
             )
         path = Path(path)
         preflight(path, create=create)
+        if create and not path.exists():
+            _create_file(path, busy_timeout)
         mode = "ro" if readonly else ("rwc" if create else "rw")
         conn = connect(path, mode=mode, busy_timeout=busy_timeout)
         try:
             try:
-                ready = check_schema(conn, str(path))
-                if not ready:
-                    if not create:
-                        raise DatabaseNotFound(
-                            f"{path} exists but holds no gradwatch tables yet (an empty file). "
-                            "Record a run into it first, or open it with create=True."
-                        )
-                    # WAL lets readers read while a writer writes; set before the first table exists.
-                    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                        conn.execute("PRAGMA journal_mode = WAL")
-                    with immediate(conn, path, "create the gradwatch tables"):
-                        if not check_schema(conn, str(path)):  # another process may have won the race
-                            create_schema(conn)
+                cls._prepare(conn, path, create=create, busy_timeout=busy_timeout)
                 if not readonly:
                     conn.execute("PRAGMA synchronous = NORMAL")
             except sqlite3.Error as exc:
@@ -102,6 +119,33 @@ class Store(Reads):
             conn.close()
             raise
         return cls(path, conn, readonly=readonly, busy_timeout=busy_timeout, stale_after=stale_after)
+
+    @staticmethod
+    def _prepare(conn, path: Path, *, create: bool, busy_timeout: float) -> None:
+        """Check the file is ours; create the tables in an empty one (create=True)."""
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                if check_schema(conn, str(path)):
+                    return
+                if not create:
+                    raise DatabaseNotFound(
+                        f"{path} exists but holds no gradwatch tables yet (an empty file). "
+                        "Record a run into it first, or open it with create=True."
+                    )
+                # WAL lets readers read while a writer writes; set before the first table exists.
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                with immediate(conn, path, "create the gradwatch tables", retry_for=busy_timeout):
+                    if not check_schema(conn, str(path)):  # another process may have won the race
+                        create_schema(conn)
+                return
+            except (sqlite3.OperationalError, DatabaseLocked) as exc:
+                # Processes racing to create one new file: while one switches it to WAL, the others can
+                # get SQLITE_BUSY at once, without the busy handler; try again until the busy timeout.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def close(self) -> None:
         with self._lock:
@@ -121,8 +165,9 @@ class Store(Reads):
     def _write(self, action: str):
         if self.readonly:
             raise ReadOnlyStore(f"Cannot {action}: {self.path} was opened with readonly=True.")
-        with self._lock, immediate(self._conn, self.path, action):
-            yield self._db
+        db = self._db  # its first use imports sqlite-utils and pandas: never while holding the write lock
+        with self._lock, immediate(self._conn, self.path, action, retry_for=self.busy_timeout):
+            yield db
 
     def create_run(
         self,

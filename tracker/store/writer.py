@@ -16,7 +16,7 @@ import threading
 import time as _time
 from pathlib import Path
 
-from .blocks import merge_blocks, norm_rows_and_blocks
+from .blocks import count_rows, norm_blocks, norm_rows
 from .connection import connect, immediate
 from .errors import DatabaseLocked, WriterClosed, WriterFailed
 from .schema import BLOCK_SIZES
@@ -78,6 +78,7 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self._closed = False
         # Opened here so a bad path fails on the caller's thread; used only by the writer thread after.
+        self._busy_timeout = busy_timeout
         self._conn = connect(self.path, mode="rw", busy_timeout=busy_timeout)
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: ~100 B-tree append points stay cached
@@ -317,37 +318,29 @@ class BackgroundWriter:
             else:
                 metrics.extend(item[1])
 
+        # Partial blocks are merged into the file's by an upsert, valid when every step is new; a step
+        # that arrives again or out of order gets its blocks recomputed from the raw rows instead.
         in_order = all(a[0] < b[0] for a, b in zip(payload, payload[1:], strict=False)) and (
             not payload or payload[0][0] > self._last_step
         )
-        if not in_order:
-            payload.sort(key=lambda p: p[0])
-        rows, small = norm_rows_and_blocks(run, payload, BLOCK_SIZES[0])
-        levels = {BLOCK_SIZES[0]: small}
-        for size in BLOCK_SIZES[1:]:
-            levels[size] = merge_blocks(small, size // BLOCK_SIZES[0])
+        blocks = norm_blocks(run, payload, BLOCK_SIZES)
 
         for attempt in range(3):  # a lock held past the busy timeout is retried before giving up
             try:
-                with immediate(self._conn, self.path, "write rows"):
+                with immediate(self._conn, self.path, "write rows", retry_for=self._busy_timeout):
                     c = self._conn
                     if steps:
                         c.executemany(f"INSERT OR REPLACE INTO steps VALUES ({_q(12)})", steps)
-                    if rows:
-                        c.executemany("INSERT OR REPLACE INTO grad_norms VALUES (?, ?, ?, ?)", rows)
+                    if payload:
+                        c.executemany(
+                            "INSERT OR REPLACE INTO grad_norms VALUES (?, ?, ?, ?)", norm_rows(run, payload)
+                        )
                     if stats:
                         c.executemany(f"INSERT OR REPLACE INTO grad_stats VALUES ({_q(6)})", stats)
                     if in_order:
-                        c.executemany(
-                            _UPSERT_BLOCK,
-                            [
-                                (run, size, lid, block, *agg)
-                                for size, blocks in levels.items()
-                                for (lid, block), agg in blocks.items()
-                            ],
-                        )
+                        c.executemany(_UPSERT_BLOCK, blocks)
                     else:
-                        self._recompute_blocks(levels)
+                        self._recompute_blocks(blocks)
                     if clips:
                         c.executemany(f"INSERT OR REPLACE INTO clip_events VALUES ({_q(10)})", clips)
                     if nonfinite:
@@ -367,17 +360,15 @@ class BackgroundWriter:
             except DatabaseLocked:
                 if attempt == 2:
                     raise
-        self.rows_written += len(rows)
+        self.rows_written += count_rows(payload)
         if payload:
-            self._last_step = max(self._last_step, payload[-1][0])
+            self._last_step = max(self._last_step, max(p[0] for p in payload))
 
-    def _recompute_blocks(self, levels: dict) -> None:
-        params = []
-        for size, blocks in levels.items():
-            for lid, block in blocks:
-                params.append(
-                    dict(size=size, run=self.run_id, layer=lid, lo=block * size, hi=(block + 1) * size - 1)
-                )
+    def _recompute_blocks(self, blocks: list[tuple]) -> None:
+        params = [
+            dict(size=size, run=self.run_id, layer=lid, lo=block * size, hi=(block + 1) * size - 1)
+            for _, size, lid, block, *_ in blocks
+        ]
         self._conn.executemany(_RECOMPUTE_BLOCKS, params)
 
 

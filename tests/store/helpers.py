@@ -1,0 +1,62 @@
+"""Helpers for the store tests: seeded data, a run written through the real writer, oracle reads."""
+
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from tracker.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_norms(n_steps: int, n_layers: int, seed: int = 0, nonfinite_every: int = 0):
+    """{step: [norm per layer]} log-normal norms; every ``nonfinite_every`` steps one NaN and one Inf."""
+    rng = random.Random(seed)
+    out = {}
+    for step in range(n_steps):
+        norms = [rng.lognormvariate(0.0, 1.0) for _ in range(n_layers)]
+        if nonfinite_every and step % nonfinite_every == nonfinite_every - 1:
+            norms[step % n_layers] = float("nan")
+            norms[(step + 1) % n_layers] = float("inf")
+        out[step] = norms
+    return out
+
+
+def record_run(store: Store, norms: dict, *, name: str = "run", flush_every: int = 0, **run_kw) -> int:
+    """A run with layers and the given per-step norms written through the real BackgroundWriter."""
+    run_id = store.create_run(name=name, **run_kw)
+    n_layers = len(next(iter(norms.values())))
+    store.add_layers(run_id, [dict(id=i, name=f"block{i // 2}.w{i}", shape=[2, 3]) for i in range(n_layers)])
+    writer = store.writer(run_id)
+    for step, row in norms.items():
+        writer.add_step(
+            step=step, norms=row, total_norm=sum(v * v for v in row) ** 0.5, loss=1.0 / (1 + step)
+        )
+        if flush_every and step % flush_every == flush_every - 1:
+            writer.flush()  # ends a transaction mid-block: partial blocks must merge correctly
+    writer.close("finished")
+    return run_id
+
+
+def raw_sql(path, sql, params=()):
+    """An independent read with plain sqlite3 (the oracle side of the tests)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def run_python(code: str, *args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with the repository importable."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kw,
+    )

@@ -1,0 +1,73 @@
+"""A run whose process died is reported as crashed: by its pid at once, by a stale heartbeat otherwise."""
+
+import subprocess
+import sys
+import time
+
+from tests.store.helpers import REPO, raw_sql
+from tracker.store import Store
+
+TRAINER = """
+import sys, time
+from tracker.store import Store
+store = Store.open(sys.argv[1])
+run_id = store.create_run(name="victim")
+w = store.writer(run_id, heartbeat_every=0.2)
+print(run_id, flush=True)
+step = 0
+while True:
+    w.add_step(step=step, norms=[1.0, 2.0]); step += 1
+    time.sleep(0.01)
+"""
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_killed_process_is_crashed_and_heartbeat_advances(db_path):
+    Store.open(db_path).close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRAINER, str(db_path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        run_id = int(proc.stdout.readline())
+        first = raw_sql(db_path, "SELECT heartbeat_at FROM runs WHERE id = ?", (run_id,))[0][0]
+        with Store.open(db_path, readonly=True) as reader:
+            assert reader.run(run_id)["status"] == "running"
+            assert wait_for(
+                lambda: (
+                    raw_sql(db_path, "SELECT heartbeat_at FROM runs WHERE id = ?", (run_id,))[0][0] > first
+                )
+            )
+            proc.kill()
+            proc.wait()
+            run = reader.run(run_id)
+            assert run["status"] == "crashed"  # the pid is gone: no need to wait for the heartbeat to age
+            assert run["recorded_status"] == "running"
+            assert run["n_steps"] > 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_stale_heartbeat_on_another_host(db_path):
+    with Store.open(db_path) as s:
+        run_id = s.create_run(name="remote", host="some-other-machine", pid=1)
+    with Store.open(db_path, readonly=True, stale_after=0.5) as reader:
+        assert reader.run(run_id)["status"] == "running"  # pid not checked: not this machine
+        assert wait_for(lambda: reader.run(run_id)["status"] == "crashed", timeout=10)
+
+
+def test_closed_run_keeps_its_status(db_path):
+    with Store.open(db_path, stale_after=0.1) as s:
+        run_id = s.create_run(name="done")
+        s.writer(run_id).close("stopped")
+        time.sleep(0.2)
+        assert s.run(run_id)["status"] == "stopped"
