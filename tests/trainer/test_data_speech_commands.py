@@ -1,0 +1,185 @@
+"""Google Speech Commands layouts (v0.01 / v0.02) written by the test, loaded as 10/12/30/35 classes."""
+
+import hashlib
+import math
+import re
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torchaudio
+
+from trainer.data import KEYWORDS, CorpusLayoutError, CorpusNotFound, load_task
+from trainer.data.speech_commands import V1_WORDS, V2_WORDS, scan_speech_commands
+
+SPEAKERS = {"train": ["0a1b2c3d", "1f2e3d4c", "2b3c4d5e"], "val": ["3c4d5e6f"], "test": ["4d5e6f70"]}
+
+
+def tone(seconds, hz, rate=16000):
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def write_corpus(root, words, lists=True, noise=True):
+    """One clip per (word, speaker); validation/testing lists by speaker; two background noise files."""
+    val, test = [], []
+    for w, word in enumerate(words):
+        (root / word).mkdir(parents=True)
+        for split, speakers in SPEAKERS.items():
+            for s, speaker in enumerate(speakers):
+                name = f"{speaker}_nohash_0.wav"
+                soundfile.write(
+                    root / word / name, tone(0.5 + 0.1 * s, 200 + 20 * w), 16000, subtype="PCM_16"
+                )
+                if split == "val":
+                    val.append(f"{word}/{name}")
+                elif split == "test":
+                    test.append(f"{word}/{name}")
+    if lists:
+        (root / "validation_list.txt").write_text("\n".join(val) + "\n")
+        (root / "testing_list.txt").write_text("\n".join(test) + "\n")
+    if noise:
+        (root / "_background_noise_").mkdir()
+        rng = np.random.default_rng(0)
+        for name in ("white_noise.wav", "pink_noise.wav"):
+            soundfile.write(root / "_background_noise_" / name, rng.uniform(-0.5, 0.5, 48000), 16000)
+    (root / "README.md").write_text("not audio")
+    return root
+
+
+@pytest.fixture(scope="module")
+def v2(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("speech_commands_v0.02"), V2_WORDS)
+
+
+def speaker_of(path):
+    return re.sub(r"_nohash_.*$", "", path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+
+
+def test_ten_core_words_follow_the_split_lists(v2, tmp_path):
+    splits = load_task("keywords", "speech_commands", v2, classes=10, cache_dir=tmp_path)
+    assert splits.labels == list(KEYWORDS) and splits.kind == "classification"
+    assert splits.info["counts"] == {s: 10 * len(SPEAKERS[s]) for s in ("train", "val", "test")}
+    assert {s: set(v) for s, v in splits.info["voices"].items()} == {s: set(v) for s, v in SPEAKERS.items()}
+    assert splits.info["split_rule"] == "lists"
+    x, y = splits.train[0]
+    assert x.shape == (1, 32, 32) and 0 <= y < 10
+
+
+def test_features_equal_a_direct_torchaudio_computation_on_the_file(v2, tmp_path):
+    _, clips = scan_speech_commands(v2, classes=10)
+    splits = load_task("keywords", "speech_commands", v2, classes=10, cache_dir=tmp_path)
+    i = 3
+    wav, rate = soundfile.read(v2 / clips["train"][i].path, dtype="float32")
+    assert rate == 16000 and len(wav) < 16000
+    padded = torch.nn.functional.pad(torch.from_numpy(wav), (0, 16000 - len(wav)))  # zero-padded to 1 s
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=640, win_length=640, hop_length=516, n_mels=32)(
+        padded
+    )
+    db = torchaudio.transforms.AmplitudeToDB("power", top_db=80)(mel)
+    torch.testing.assert_close(splits.train[i][0][0], (db - db.mean()) / (db.std() + 1e-5))
+    assert splits.train[i][1] == KEYWORDS.index(clips["train"][i].path.split("/")[0])
+
+
+def test_twelve_classes_add_silence_and_unknown_at_ten_percent(v2):
+    labels, clips = scan_speech_commands(v2, classes=12, seed=0)
+    assert labels == ["_silence_", "_unknown_", *KEYWORDS]
+    for split, speakers in SPEAKERS.items():
+        targets = [c.label for c in clips[split]]
+        known = 10 * len(speakers)
+        assert sum(t >= 2 for t in targets) == known
+        assert targets.count(0) == targets.count(1) == math.ceil(known / 10)
+        unknown_words = {c.path.split("/")[0] for c in clips[split] if c.label == 1}
+        assert unknown_words <= set(V2_WORDS) - set(KEYWORDS)
+        for c in clips[split]:
+            if c.label == 0:  # 1 s crop inside a 3 s noise file, at a volume in [0, 1]
+                assert (
+                    c.path.startswith("_background_noise_/") and 0 <= c.offset <= 32000 and 0 <= c.volume <= 1
+                )
+    again = scan_speech_commands(v2, classes=12, seed=0)[1]
+    assert again == clips  # deterministic from the seed
+    assert scan_speech_commands(v2, classes=12, seed=1)[1] != clips
+
+
+def test_thirty_five_classes_and_the_v001_variant(v2, tmp_path):
+    labels, clips = scan_speech_commands(v2, classes=35)
+    assert labels == list(V2_WORDS) and len(labels) == 35
+    assert len(clips["train"]) == 35 * 3
+    v1 = write_corpus(tmp_path / "v0.01", V1_WORDS)
+    with pytest.raises(CorpusLayoutError, match="classes=30"):
+        scan_speech_commands(v1, classes=35)
+    splits = load_task("keywords", "speech_commands", v1, classes=30, cache_dir=tmp_path / "cache")
+    assert len(splits.labels) == 30 and splits.info["counts"]["test"] == 30
+
+
+def which_set_readme(filename, validation_percentage=10, testing_percentage=10):
+    """Transcribed from the Speech Commands README."""
+    base_name = filename.rsplit("/", 1)[-1]
+    hash_name = re.sub(r"_nohash_.*$", "", base_name)
+    hash_name_hashed = hashlib.sha1(hash_name.encode("utf-8")).hexdigest()
+    percentage_hash = (int(hash_name_hashed, 16) % (2**27 - 1 + 1)) * (100.0 / (2**27 - 1))
+    if percentage_hash < validation_percentage:
+        return "validation"
+    if percentage_hash < (testing_percentage + validation_percentage):
+        return "testing"
+    return "training"
+
+
+def test_without_lists_the_readme_hash_rule_splits_by_speaker(tmp_path):
+    root = write_corpus(tmp_path / "nolists", KEYWORDS, lists=False, noise=False)
+    (root / "yes" / "9f9f9f9f_nohash_1.wav").write_bytes(
+        (root / "yes" / "0a1b2c3d_nohash_0.wav").read_bytes()
+    )
+    _, clips = scan_speech_commands(root, classes=10)
+    names = {"train": "training", "val": "validation", "test": "testing"}
+    for split, items in clips.items():
+        for c in items:
+            assert which_set_readme(c.path) == names[split], c.path
+
+
+def test_other_rates_and_stereo_are_resampled_and_averaged(tmp_path):
+    root = write_corpus(tmp_path / "sc", KEYWORDS, noise=False)
+    stereo = np.stack([tone(0.8, 300, 8000), tone(0.8, 500, 8000)], axis=1)
+    target = root / "go" / "0a1b2c3d_nohash_0.wav"
+    soundfile.write(target, stereo, 8000)
+    splits = load_task("keywords", "speech_commands", root, cache_dir=tmp_path / "cache")
+    _, clips = scan_speech_commands(root)
+    i = [c.path for c in clips["train"]].index("go/0a1b2c3d_nohash_0.wav")
+    on_disk, rate = soundfile.read(target, dtype="float32")  # 16-bit PCM: quantised
+    assert on_disk.shape == (6400, 2) and rate == 8000
+    mono = torch.from_numpy(on_disk.mean(axis=1))
+    wav = torchaudio.functional.resample(mono, 8000, 16000)
+    wav = torch.nn.functional.pad(wav, (0, 16000 - len(wav)))
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=640, win_length=640, hop_length=516, n_mels=32)(
+        wav
+    )
+    db = torchaudio.transforms.AmplitudeToDB("power", top_db=80)(mel)
+    # above 4 kHz an 8 kHz recording has (almost) no energy: the log amplifies float rounding there
+    torch.testing.assert_close(
+        splits.train[i][0][0], (db - db.mean()) / (db.std() + 1e-5), atol=1e-3, rtol=1e-3
+    )
+
+
+def test_bad_folders_name_the_path_and_the_layout(tmp_path):
+    with pytest.raises(CorpusNotFound, match="nowhere.*Speech Commands layout") as e:
+        scan_speech_commands(tmp_path / "nowhere")
+    assert isinstance(e.value, FileNotFoundError)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusLayoutError, match="empty.*<word>/\\*.wav"):
+        scan_speech_commands(tmp_path / "empty")
+    partial = write_corpus(tmp_path / "partial", ["yes", "no"], noise=False)
+    with pytest.raises(CorpusLayoutError, match="'up'"):
+        scan_speech_commands(partial)
+    one_list = write_corpus(tmp_path / "onelist", KEYWORDS, noise=False)
+    (one_list / "testing_list.txt").unlink()
+    with pytest.raises(CorpusLayoutError, match="testing_list.txt"):
+        scan_speech_commands(one_list)
+    no_noise = write_corpus(tmp_path / "nonoise", V2_WORDS, noise=False)
+    with pytest.raises(CorpusLayoutError, match="_background_noise_"):
+        scan_speech_commands(no_noise, classes=12)
+    with pytest.raises(ValueError, match="classes=11.*12"):
+        scan_speech_commands(no_noise, classes=11)
+    (no_noise / "yes" / "0a1b2c3d_nohash_0.wav").write_bytes(b"not a wav file")
+    with pytest.raises(CorpusLayoutError, match="0a1b2c3d_nohash_0.wav"):
+        load_task("keywords", "speech_commands", no_noise, cache_dir=tmp_path / "cache")
