@@ -4,6 +4,7 @@ run on a copy of the same gradients, or against the formula written out here."""
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -305,3 +306,14 @@ def test_gradients_on_two_devices_are_scaled_per_device(spec):
     parse_clip(spec).clip_(grads, norms, total, step=0)
     for got, o, k in zip(cpu, oracle, expected, strict=True):
         torch.testing.assert_close(got, o * k)
+
+
+def test_step_must_be_a_non_negative_integer():
+    params = make_params()
+    grads = [p.grad for p in params]
+    norms, total = measure(grads)
+    strategy = parse_clip("norm:linear(2,1,10)")
+    strategy.clip_(grads, norms, total, step=np.int64(3))
+    for bad in (-1, 2.5, torch.tensor(3)):
+        with pytest.raises(ValueError, match="step must be a non-negative integer"):
+            strategy.clip_(grads, norms, total, step=bad)

@@ -7,6 +7,7 @@ on a tensor value (``torch.where`` / ``clamp`` instead), so a step costs no host
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,10 +59,13 @@ class ClipResult:
 
 @runtime_checkable
 class ClipStrategy(Protocol):
-    """The interface the tracker relies on. Any object with these members can be passed as ``clip=``."""
+    """The interface the tracker relies on. Any object with these members can be passed as ``clip=``.
+
+    The built-in strategies also have ``noise`` (a GradientNoise or None, applied inside ``clip_``); it is
+    optional for other implementations, so it is not part of the protocol.
+    """
 
     name: str
-    noise: Any
 
     @property
     def spec(self) -> str: ...
@@ -161,8 +165,14 @@ class Strategy:
         norms already measured by the tracker (measure once). ``params`` and ``names`` match ``grads`` one to
         one; only ``agc`` needs them. ``step`` is the 0-based optimizer step (schedules, noise, seeding)."""
         grads = list(grads)
-        if not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        given = step
+        try:
+            # ints and numpy integers; not floats, and not tensors (reading one would be a host sync)
+            step = operator.index(step) if not isinstance(step, Tensor) else -1
+        except TypeError:
+            step = -1
+        if step < 0:
+            raise ValueError(f"step must be a non-negative integer, got {given!r}")
         result = self._clip(grads, norms, total_norm, params=params, step=step, names=names)
         if self.noise is not None:
             self.noise.apply_(grads, step)
