@@ -80,7 +80,7 @@ def read_gradwatch(workdir: Path) -> Recorded:
         names = dict(db.execute("SELECT id, name FROM layers"))
         for layer_id, step, norm in db.execute("SELECT layer_id, step, norm FROM grad_norms"):
             rec.layer_norms.setdefault(names[layer_id], {})[step] = norm
-        rec.total_norms = dict(db.execute("SELECT step, total_norm FROM steps WHERE total_norm IS NOT NULL"))
+        rec.total_norms = dict(db.execute("SELECT step, total_norm FROM steps"))
         rec.clip_events = db.execute("SELECT COUNT(*) FROM clip_events").fetchone()[0]
         for step, layer_id in db.execute("SELECT step, layer_id FROM nonfinite"):
             rec.nonfinite.setdefault(step, set()).add(names[layer_id])
@@ -289,7 +289,8 @@ def capabilities(rec: Recorded, tool: str) -> dict[str, str]:
     seen = rec.nonfinite.get(NAN_STEP, set())
     return {
         "per_layer": "yes" if per_layer else ("histogram only" if rec.layer_norms else "no"),
-        "global": "yes" if set(rec.total_norms) >= steps else "no",
+        # The NaN step's global norm is NaN (SQLite stores it as NULL): judge the finite steps.
+        "global": "yes" if all(_finite(rec.total_norms.get(s)) for s in range(NAN_STEP)) else "no",
         "clip_events": f"yes ({rec.clip_events} rows)" if rec.clip_events else "no",
         "nan_location": "yes" if seen == POISONED else ("partly" if seen & POISONED else "no"),
         "sql": "yes" if rec.sql else "no",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["Trainee", "amortised_step_s", "bootstrap_ratio", "interleave", "train_steps"]
+__all__ = ["CLOCKS", "Trainee", "amortised_step_s", "bootstrap_ratio", "interleave", "train_steps"]
 
 
 @dataclass
@@ -28,8 +28,8 @@ class Trainee:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     step: int = 0
-    # (round, step, seconds) for every timed step; round -1 marks warm-up (not timed).
-    times: list[tuple[int, int, float]] = field(default_factory=list)
+    # (round, step, step seconds, seconds inside the monitoring call) for every timed step.
+    times: list[tuple[int, int, float, float]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -39,22 +39,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_steps(trainee: Trainee, loss_fn, batch, n: int, device: torch.device, round_: int) -> None:
+CLOCKS = {
+    # What a user waits for; on a shared machine it also counts time spent descheduled.
+    "wall": time.perf_counter,
+    # CPU seconds of this process, all its threads (a tool's background writer included, a tool's
+    # separate service process such as wandb-core not): steady while other processes compete.
+    "cpu": time.process_time,
+}
+
+
+def train_steps(
+    trainee: Trainee, loss_fn, batch, n: int, device: torch.device, round_: int, clock=time.perf_counter
+) -> None:
     """Run ``n`` optimizer steps of ``trainee``, monitored by its variant, timing each step."""
     variant, model, opt = trainee.variant, trainee.model, trainee.optimizer
     variant.before_block()
     for _ in range(n):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model, batch)
         loss.backward()
+        _sync(device)
+        t1 = clock()
         variant.after_backward(loss, trainee.step)
+        _sync(device)
+        t2 = clock()
         opt.step()
         _sync(device)
-        elapsed = time.perf_counter() - t0
+        elapsed = clock() - t0
         if round_ >= 0:
-            trainee.times.append((round_, trainee.step, elapsed))
+            trainee.times.append((round_, trainee.step, elapsed, t2 - t1))
         trainee.step += 1
 
 
@@ -67,6 +82,7 @@ def interleave(
     rounds: int,
     steps: int,
     warmup: int,
+    clock=time.perf_counter,
     on_round: Callable[[int], None] | None = None,
 ) -> None:
     """Warm every trainee up, then ``rounds`` round-robin passes of ``steps`` steps each.
@@ -79,7 +95,7 @@ def interleave(
         if t.error is not None:
             return
         try:
-            train_steps(t, loss_fn, batch, n, device, round_)
+            train_steps(t, loss_fn, batch, n, device, round_, clock)
         except Exception as exc:  # noqa: BLE001 - one broken tool must not hide the others' figures
             t.error = f"{type(exc).__name__}: {exc}"
 
@@ -94,11 +110,12 @@ def interleave(
 
 
 def amortised_step_s(
-    samples: list[tuple[int, int, float]], logged: Callable[[int], bool], period: int
+    samples: list[tuple], logged: Callable[[int], bool], period: int, column: int = 2
 ) -> float:
-    """Typical seconds per step, amortising work done only on logging steps (1 in ``period``)."""
-    hot = [s for _, step, s in samples if logged(step)]
-    cold = [s for _, step, s in samples if not logged(step)]
+    """Typical seconds per step, amortising work done only on logging steps (1 in ``period``).
+    ``column`` 2 is the whole step, 3 the monitoring call alone."""
+    hot = [x[column] for x in samples if logged(x[1])]
+    cold = [x[column] for x in samples if not logged(x[1])]
     if not hot or not cold:
         return statistics.median(hot or cold)
     return statistics.median(cold) + (statistics.median(hot) - statistics.median(cold)) / period
@@ -110,7 +127,7 @@ def bootstrap_ratio(
     """Confidence interval of step(a)/step(b), resampling whole rounds (rounds are the unit that
     shares machine conditions)."""
     rng = random.Random(seed)
-    rounds = sorted({r for r, _, _ in a.times} & {r for r, _, _ in b.times})
+    rounds = sorted({x[0] for x in a.times} & {x[0] for x in b.times})
     if not rounds:
         return float("nan"), float("nan")
     by_a = {r: [x for x in a.times if x[0] == r] for r in rounds}

@@ -116,6 +116,11 @@ def test_quick_run_writes_a_well_formed_peers_section(tmp_path):
         assert re.fullmatch(r"\d+\.\d\d", ratio), (key, ratio)
     assert by_label[LABELS["gw_none"]][2] == "1.00"  # the reference of the ratio column
 
+    calls = _table(lines, "### Time inside the monitoring call")
+    assert {r[0] for r in calls[1:]} == {LABELS[k] for k in keys if k != "bare"}
+    for label, value in calls[1:]:
+        assert re.fullmatch(r"\d+\.\d\d( \+ hooks in backward)?", value), (label, value)
+
     stored = _table(lines, "### Bytes on disk per step")
     for label, value in stored[1:]:
         assert re.fullmatch(r"[\d,]+", value), (label, value)
