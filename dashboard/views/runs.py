@@ -41,16 +41,23 @@ and relaunches any run with other clipping.
     spec = demo_spec()
     st.code(spec.display(), language="bash")
     jobs = [j for j in state.launcher().jobs if j.spec.name == "demo"]
-    if st.button(
-        "Launch a demo run", type="primary", key="demo", disabled=any(j.state == "running" for j in jobs)
-    ):
-        (job,) = state.launcher().submit([spec])
-        if job.error:
-            st.error(f"Could not start the demo run: {job.error}")
-        else:
-            st.session_state["demo_started"] = True
-    if st.session_state.get("demo_started") or jobs:
+    # on_click runs before the rerun, so the button below is already disabled once the demo runs.
+    st.button(
+        "Launch a demo run",
+        type="primary",
+        key="demo",
+        on_click=_launch_demo,
+        disabled=any(j.state == "running" for j in jobs),
+    )
+    if st.session_state.get("demo_error"):
+        st.error(f"Could not start the demo run: {st.session_state['demo_error']}")
+    if jobs:
         _wait_for_demo()
+
+
+def _launch_demo() -> None:
+    (job,) = state.launcher().submit([demo_spec()])
+    st.session_state["demo_error"] = job.error
 
 
 @st.fragment(run_every=1.0)

@@ -1,0 +1,110 @@
+"""End to end: a real trainer run, relaunched from the Launch page with other clipping, runs as a real
+subprocess into the same database; the new run then shows on the Runs page with its parent."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dashboard_helpers import dataframe_with
+
+from tracker.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _wait_for(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    return predicate()
+
+
+def _runs(db):
+    with Store.open(db, readonly=True) as store:
+        return store.runs()
+
+
+@pytest.mark.slow
+def test_relaunch_a_trainer_run_with_other_clipping(tmp_path, app):
+    db, cache = tmp_path / "gradwatch.db", tmp_path / "corpus"
+    first = subprocess.run(
+        [sys.executable, "-m", "trainer", "--corpus-size", "tiny", "--max-steps", "3", "--batch-size", "16",
+         "--db", str(db), "--cache-dir", str(cache), "--run", "first", "--quiet"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    parent_id = int(_runs(db)["id"].iloc[0])
+
+    at = app(db).run()
+    at.session_state["launch_from"] = parent_id
+    at.switch_page("views/launch.py").run()
+    at.radio(key="clip_mode").set_value("Raw spec").run()
+    at.text_input(key="clip_raw").input("norm:0.05").run()
+    at.number_input(key="opt_max_steps").set_value(2).run()
+    at.text_input(key="launch_name").input("relaunched").run()
+    command = "\n".join(c.value for c in at.code)
+    assert (
+        "--clip norm:0.05" in command
+        and "--max-steps 2" in command
+        and f"--parent-run {parent_id}" in command
+    )
+    at.button(key="launch_go").click().run()
+    assert not at.exception and any("Started `relaunched`" in s.value for s in at.success)
+
+    def child_done():
+        runs = _runs(db)
+        child = runs[runs["name"] == "relaunched"]
+        return len(child) > 0 and child["status"].iloc[0] in ("finished", "failed", "crashed")
+
+    logs = tmp_path / "gradwatch-logs"
+    assert _wait_for(child_done, timeout=300), [p.read_text() for p in logs.glob("*.log")]
+    runs = _runs(db)
+    child = runs[runs["name"] == "relaunched"].iloc[0]
+    assert child["status"] == "finished"
+    assert int(child["parent_id"]) == parent_id
+    assert child["clip"] == "norm:0.05" and child["n_steps"] == 2
+    # The replayed config kept everything else (same corpus, same batch size) and changed only what we asked.
+    assert child["config"]["batch_size"] == 16 and child["config"]["corpus_size"] == "tiny"
+    assert child["config"]["max_steps"] == 2
+
+    # The Launch page shows the job's log tail; the Runs page lists the new run with its parent.
+    at.run()
+    assert any("relaunched" in c.value and "finished" in c.value for c in at.code)
+    at.switch_page("views/runs.py").run()
+    table = dataframe_with(at, "clip_rate").set_index("name")
+    assert table.loc["relaunched", "parent"] == parent_id
+    assert table.loc["relaunched", "clip"] == "norm:0.05"
+    assert table.loc["relaunched", "clip_rate"] > 0  # norm:0.05 is far below the seed CNN's norms
+
+
+def test_demo_button_starts_the_trainer_and_stop_sends_sigterm(tmp_path, app):
+    db = tmp_path / "gradwatch.db"
+    at = app(db).run()
+    at.button(key="demo").click().run()
+    assert not at.exception and at.button(key="demo").disabled  # one demo at a time
+    status = [i.value for i in at.info if i.value.startswith("Demo run:")]
+    assert status and "running" in status[0]
+    pid = int(status[0].split("pid ")[1].split(")")[0])
+    logs = list((tmp_path / "gradwatch-logs").glob("*demo*.log"))
+    assert len(logs) == 1 and "--preset demo" in logs[0].read_text().splitlines()[0]
+
+    at.switch_page("views/launch.py").run()
+    stop = [b for b in at.button if b.label == "Stop (SIGTERM)"]
+    assert len(stop) == 1
+    stop[0].click().run()
+    # The process ends (the trainer stops cleanly on SIGTERM; before training starts, SIGTERM ends it).
+    assert _wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), timeout=60)
+    at.run()
+    assert any("demo" in m.value and "exited" in m.value for m in at.markdown)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
