@@ -153,7 +153,8 @@ def _evaluate_and_log(model, loaders, splits_to_run, *, kind, rt, text, tracker,
             metrics["gen_gap"] = metrics["val_cer"] - metrics["train_cer"]
         if "train_loss" in metrics and "val_loss" in metrics:
             metrics["gen_gap_loss"] = metrics["val_loss"] - metrics["train_loss"]
-        tracker.log(metrics, step=step)
+        # At the last optimizer step taken (the steps table is 0-based), so metrics line up with norms.
+        tracker.log(metrics, step=max(step - 1, 0))
     rt.barrier()
     return metrics
 

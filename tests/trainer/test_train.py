@@ -1,0 +1,151 @@
+"""The real trainer CLI, a few steps of every task × model on a tiny generated corpus, checked in the
+SQLite file with sqlite3 (not through our own store)."""
+
+import json
+import sqlite3
+
+import pytest
+import torch
+
+from tracker.clipping import parse_clip
+from trainer.cli import build_parser, main
+from trainer.models import build_model
+
+CASES = [
+    ("keywords", "seed-cnn"),
+    ("keywords", "resnet-kws"),
+    ("digits", "crnn-ctc"),
+    ("digits", "conformer-ctc"),
+]
+# Output size and input bands of the built-in corpora: 10 keywords on 32 mels; 10 digits + blank on 40 mels.
+SHAPES = {"keywords": dict(n_classes=10, n_mels=32), "digits": dict(n_classes=11, n_mels=40)}
+
+
+@pytest.fixture(scope="session")
+def corpus_cache(tmp_path_factory):
+    """One cache of tiny built-in corpora for every test here (generation takes well under a second)."""
+    return tmp_path_factory.mktemp("corpora")
+
+
+def tiny(corpus_cache, db, *extra):
+    return ["--corpus-size", "tiny", "--cache-dir", str(corpus_cache), "--db", str(db), "--batch-size", "8",
+            "--quiet", *extra]  # fmt: skip
+
+
+def query(db, sql, *args):
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def cli_dests():
+    return {a.dest for a in build_parser()._actions if a.dest not in ("help", "config")}
+
+
+@pytest.mark.parametrize(("task", "model"), CASES, ids=[f"{t}-{m}" for t, m in CASES])
+def test_every_task_and_model_trains_and_is_recorded(task, model, corpus_cache, db_path, capsys):
+    argv = tiny(corpus_cache, db_path, "--task", task, "--model", model, "--max-steps", "3",
+                "--clip", "norm:1.0", "--run", f"t-{model}", "--lr", "0.002")  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"database: {db_path}" in out and "streamlit run dashboard -- --db" in out
+
+    [(run_id, name, status, config, clip)] = query(db_path, "SELECT id, name, status, config, clip FROM runs")
+    assert (name, status, clip) == (f"t-{model}", "finished", "norm:1.0")
+    config = json.loads(config)
+    assert set(config) == cli_dests()  # the complete config, keyed by CLI dest names
+    assert (config["task"], config["model"], config["max_steps"], config["lr"]) == (task, model, 3, 0.002)
+
+    # One layer per parameter tensor, named as torch names them, in order.
+    reference = build_model(model, **SHAPES[task])
+    names = [n for n, _ in reference.named_parameters()]
+    layers = query(db_path, "SELECT id, name FROM layers WHERE run_id = ? ORDER BY id", run_id)
+    assert [n for _, n in layers] == names
+
+    steps = query(
+        db_path, "SELECT step, loss, total_norm, total_norm_after, clipped FROM steps ORDER BY step"
+    )
+    assert [s[0] for s in steps] == [0, 1, 2]
+    for _, loss, total, after, clipped in steps:
+        assert torch.isfinite(torch.tensor([loss, total, after])).all()
+        assert after <= 1.0 + 1e-4 and bool(clipped) == (total > 1.0)
+    # A norm for every layer at every step, and the global norm is the 2-norm of the layer norms.
+    norms = query(db_path, "SELECT step, layer_id, norm FROM grad_norms WHERE run_id = ?", run_id)
+    assert len(norms) == 3 * len(names)
+    for step, _, total, _, _ in steps:
+        per_layer = torch.tensor([n for s, _, n in norms if s == step], dtype=torch.float64)
+        assert torch.linalg.vector_norm(per_layer).item() == pytest.approx(total, rel=1e-4)
+
+    metric_names = {
+        n for (n,) in query(db_path, "SELECT DISTINCT name FROM metrics WHERE run_id = ?", run_id)
+    }
+    scores = {"train_acc", "val_acc", "test_acc"} if task == "keywords" else {
+        "train_cer", "val_cer", "test_cer", "val_wer", "test_wer"}  # fmt: skip
+    assert {
+        "train_loss",
+        "val_loss",
+        "test_loss",
+        "gen_gap",
+        "gen_gap_loss",
+        "lr",
+        "epoch",
+    } | scores <= metric_names
+    gap = dict(query(db_path, "SELECT name, value FROM metrics WHERE run_id = ? AND step = 2", run_id))
+    assert gap["gen_gap_loss"] == pytest.approx(gap["val_loss"] - gap["train_loss"])
+    if task == "keywords":
+        assert gap["gen_gap"] == pytest.approx(gap["train_acc"] - gap["val_acc"])
+    else:
+        assert gap["gen_gap"] == pytest.approx(gap["val_cer"] - gap["train_cer"])
+
+
+def test_gradient_accumulation_equals_the_large_batch(corpus_cache, tmp_path):
+    """Two accumulated micro-batches of 8 give the gradient of one batch of 16 (same data order, same
+    init): the recorded loss and norms must match, and only real optimizer steps are recorded."""
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    common = ["--task", "keywords", "--max-steps", "2", "--lr", "0.01", "--optimizer", "sgd"]
+    assert main([*tiny(corpus_cache, a, *common), "--batch-size", "16"]) == 0
+    assert main([*tiny(corpus_cache, b, *common), "--batch-size", "8", "--grad-accum", "2"]) == 0
+    sql = "SELECT step, loss, total_norm FROM steps ORDER BY step"
+    big, accumulated = query(a, sql), query(b, sql)
+    assert [s for s, _, _ in accumulated] == [0, 1]
+    for (_, loss_a, norm_a), (_, loss_b, norm_b) in zip(big, accumulated, strict=True):
+        assert loss_b == pytest.approx(loss_a, rel=1e-4)
+        assert norm_b == pytest.approx(norm_a, rel=1e-4)
+
+
+def test_config_replay_records_parent_and_overrides(corpus_cache, db_path, tmp_path):
+    assert main(tiny(corpus_cache, db_path, "--task", "digits", "--max-steps", "2", "--clip", "norm:5",
+                     "--rnn-type", "lstm", "--run", "parent")) == 0  # fmt: skip
+    [(parent_id, parent_config)] = query(db_path, "SELECT id, config FROM runs")
+    recorded = tmp_path / "run.json"
+    recorded.write_text(parent_config)
+
+    argv = [
+        "--config",
+        str(recorded),
+        "--clip",
+        "zclip:2.5",
+        "--parent-run",
+        str(parent_id),
+        "--run",
+        "child",
+    ]
+    assert main(argv) == 0
+    [(child_parent, child_config, clip)] = query(
+        db_path, "SELECT parent_id, config, clip FROM runs WHERE name = 'child'"
+    )
+    assert child_parent == parent_id and clip == parse_clip("zclip:2.5").spec  # canonical form
+    expected = dict(json.loads(parent_config), clip="zclip:2.5", parent_run=parent_id, run="child")
+    assert json.loads(child_config) == expected
+
+
+def test_no_track_writes_nothing(corpus_cache, db_path, capsys):
+    assert main(tiny(corpus_cache, db_path, "--max-steps", "2", "--no-track")) == 0
+    assert not db_path.exists()
+    assert "nothing was recorded" in capsys.readouterr().out
+
+
+def test_bad_clip_from_the_environment_is_a_clean_error(corpus_cache, db_path, monkeypatch, capsys):
+    monkeypatch.setenv("GRADWATCH_CLIP", "norm:-1")
+    assert main(tiny(corpus_cache, db_path, "--max-steps", "1")) == 2
+    err = capsys.readouterr().err
+    assert "norm:-1" in err and "Traceback" not in err
