@@ -48,6 +48,31 @@ def test_envelope_is_exact_and_bounded(big, start, end, max_points):
             np.testing.assert_equal([row.norm_min, row.norm_max], [mn, mx])
 
 
+def test_envelope_of_a_growing_run_stays_exact(db_path):
+    # The store reuses the buckets it already read and reads the tail again: after each batch of new
+    # steps the envelope must still equal numpy over all the raw rows.
+    norms = make_norms(1500, 3, seed=5, nonfinite_every=97)
+    with Store.open(db_path) as s:
+        run_id = s.create_run(name="live")
+        w = s.writer(run_id)
+        reader = Store.open(db_path, readonly=True)
+        for end in (37, 300, 301, 777, 1024, 1499):
+            for step in range(int(reader.steps(run_id)["step"].max() + 1) if end != 37 else 0, end + 1):
+                w.add_step(step=step, norms=norms[step])
+            w.flush()
+            for max_points in (40, 2000):
+                df = reader.grad_norm_envelope(run_id, [0, 2], max_points=max_points)
+                for row in df.itertuples():
+                    mn, mx, n = envelope_oracle(norms, row.layer_id, row.step, row.step_end)
+                    assert row.count == n
+                    np.testing.assert_equal([row.norm_min, row.norm_max], [mn, mx])
+                assert df.groupby("layer_id")["count"].sum().tolist() == [
+                    sum(not math.isnan(norms[st][lid]) for st in range(end + 1)) for lid in (0, 2)
+                ]
+        w.close()
+        reader.close()
+
+
 def test_heatmap_is_the_bucket_maximum_for_every_layer(big):
     store, run_id, norms = big
     df = store.heatmap(run_id, max_columns=40)

@@ -6,12 +6,12 @@ only for the partial blocks at the edges of the requested range, so the result i
 """
 
 import json
-import math
 import os
 import socket
 import sqlite3
 import time
 
+from . import envelope
 from .errors import RunNotFound
 from .schema import BLOCK_SIZES
 
@@ -70,7 +70,11 @@ def _in(ids) -> str:
 
 
 class Reads:
-    """Read methods of Store (needs ``_conn``, ``_lock``, ``path``, ``stale_after``)."""
+    """Read methods of Store (needs ``_conn``, ``_lock``, ``path``, ``stale_after``, ``_envelopes``)."""
+
+    def clear_cache(self) -> None:
+        """Forget cached envelopes and run summaries (after rewriting recorded steps of a run)."""
+        self._envelopes.clear()
 
     # ---- plumbing -----------------------------------------------------------------------------------
     def _fetch(self, sql: str, params=()):
@@ -202,7 +206,7 @@ class Reads:
         if rng is None:
             return pd.DataFrame(columns=columns)
         lo, hi = rng
-        w = _bucket_width(lo, hi, max_points, 1)
+        w = envelope.bucket_width(lo, hi, max_points)
         df = self._frame(
             """SELECT max(step / :w * :w, :lo) AS bucket_start, min(step / :w * :w + :w - 1, :hi) AS step_end,
                    min(total_norm) AS total_norm_min, max(total_norm) AS total_norm_max,
@@ -235,81 +239,35 @@ class Reads:
     def grad_norm_envelope(self, run_id: int, layer_ids=None, start=None, end=None, max_points: int = 2000):
         """Per layer, <= max_points buckets of w steps (bucket = step // w; w a multiple of a block size):
         layer_id, step (first step of the bucket within [start, end]), step_end, norm_min, norm_max,
-        norm_mean, count (non-NaN norms). Exact: equal to min/max over the raw rows of each bucket."""
-        if max_points < 1:
+        norm_mean, count (non-NaN norms). Exact: equal to min/max over the raw rows of each bucket.
+        ``df.attrs["bucket_steps"]`` is w."""
+        if not isinstance(max_points, int) or max_points < 1:
             raise ValueError(f"max_points={max_points!r}; accepted: an int >= 1")
         import pandas as pd
 
-        columns = ["layer_id", "step", "step_end", "norm_min", "norm_max", "norm_mean", "count"]
         ids = self._layer_ids(run_id, layer_ids)
         rng = self._step_range(run_id, start, end)
         if rng is None or not ids:
-            return pd.DataFrame(columns=columns)
+            return pd.DataFrame(columns=envelope.COLUMNS)
         lo, hi = rng
-        size = max((s for s in BLOCK_SIZES if s <= math.ceil((hi - lo + 1) / max_points)), default=1)
-        w = _bucket_width(lo, hi, max_points, size)
-        parts = []
-        if size > 1:
-            b_lo, b_hi = -(-lo // size), (hi + 1) // size - 1  # blocks fully inside [lo, hi]
-            if b_lo <= b_hi:
-                parts.append(
-                    (
-                        f"""SELECT layer_id, block * :size / :w AS bucket, min(norm_min), max(norm_max),
-                               total(norm_sum), total(norm_count)
-                           FROM grad_norm_blocks
-                           WHERE run_id = :run AND size = :size AND layer_id IN {_named(ids)}
-                               AND block BETWEEN :b_lo AND :b_hi
-                           GROUP BY layer_id, bucket""",
-                        dict(b_lo=b_lo, b_hi=b_hi),
-                    )
-                )
-                edges = [(lo, b_lo * size - 1), ((b_hi + 1) * size, hi)]
-            else:
-                edges = [(lo, hi)]
-        else:
-            edges = [(lo, hi)]
-        for a, b in edges:
-            if a <= b:
-                parts.append(
-                    (
-                        f"""SELECT layer_id, step / :w AS bucket, min(norm), max(norm), total(norm),
-                               count(norm)
-                           FROM grad_norms
-                           WHERE run_id = :run AND layer_id IN {_named(ids)} AND step BETWEEN :a{len(parts)}
-                               AND :b{len(parts)}
-                           GROUP BY layer_id, bucket""",
-                        {f"a{len(parts)}": a, f"b{len(parts)}": b},
-                    )
-                )
-        params = dict(run=run_id, size=size, w=w, **{f"l{i}": lid for i, lid in enumerate(ids)})
-        for _, p in parts:
-            params.update(p)
-        _, rows = self._fetch(" UNION ALL ".join(sql for sql, _ in parts), params)
-        merged: dict[tuple[int, int], list] = {}
-        for lid, bucket, mn, mx, sm, n in rows:
-            agg = merged.get((lid, bucket))
-            if agg is None:
-                merged[(lid, bucket)] = [mn, mx, sm, n]
-            elif n:
-                agg[0] = mn if agg[0] is None else min(agg[0], mn)
-                agg[1] = mx if agg[1] is None else max(agg[1], mx)
-                agg[2] += sm
-                agg[3] += n
-        records = [
-            (
-                lid,
-                max(bucket * w, lo),
-                min(bucket * w + w - 1, hi),
-                math.nan if mn is None else mn,
-                math.nan if mx is None else mx,
-                sm / n if n else math.nan,
-                int(n),
-            )
-            for (lid, bucket), (mn, mx, sm, n) in sorted(merged.items())
-        ]
-        df = pd.DataFrame.from_records(records, columns=columns)
-        df.attrs["bucket_steps"] = w
-        return df
+        w, size = envelope.plan(lo, hi, max_points)
+        key = (run_id, tuple(ids), start, end, max_points)
+        cached = self._envelopes.get(key, w, lo, hi)
+        first = lo if cached is None else cached[1]
+        # A tail read starts on a bucket edge, a multiple of w and so of the block size.
+        sql, params = envelope.envelope_sql(len(ids), first, hi, size)
+        params.update(run=run_id, w=w, **{f"l{i}": lid for i, lid in enumerate(ids)})
+        fresh = self._frame(sql, params)
+        df = fresh if cached is None or cached[0].empty else pd.concat([cached[0], fresh], ignore_index=True)
+        if cached is not None:
+            df = df.sort_values(["layer_id", "step"], kind="stable", ignore_index=True)
+        df["norm_min"] = df["norm_min"].astype(float)
+        df["norm_max"] = df["norm_max"].astype(float)
+        df["norm_mean"] = df["norm_mean"].astype(float)
+        self._envelopes.put(key, w, lo, hi, df)
+        out = df.copy()
+        out.attrs["bucket_steps"] = w
+        return out
 
     def heatmap(self, run_id: int, start=None, end=None, max_columns: int = 200, layer_ids=None):
         """Layer × step-bucket maximum norm, long form: layer_id, step, step_end, norm_max (<= max_columns
@@ -378,18 +336,6 @@ class Reads:
         df = self._frame(sql + " ORDER BY run_id, name, step", params)
         df["value"] = df["value"].astype(float)
         return df
-
-
-def _named(ids) -> str:
-    return "(" + ", ".join(f":l{i}" for i in range(len(ids))) + ")"
-
-
-def _bucket_width(lo: int, hi: int, max_points: int, size: int) -> int:
-    """Smallest multiple of ``size`` such that buckets step // w over [lo, hi] number <= max_points."""
-    w = max(size, math.ceil((hi - lo + 1) / max_points / size) * size)
-    while hi // w - lo // w + 1 > max_points:
-        w += size
-    return w
 
 
 def _isnan(v) -> bool:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .connection import connect, immediate, preflight, translate
+from .envelope import EnvelopeCache
 from .errors import DatabaseLocked, DatabaseNotFound, ReadOnlyStore, RunNotFound
 from .reader import Reads
 from .schema import check_schema, create_schema
@@ -65,6 +66,7 @@ class Store(Reads):
         self._conn = conn
         self._lock = threading.RLock()
         self._sqlite_utils_db = None
+        self._envelopes = EnvelopeCache()
 
     @property
     def _db(self):

@@ -1,0 +1,106 @@
+"""Min/max envelopes of per-layer norms over step buckets, read from grad_norm_blocks.
+
+A bucket is ``w`` consecutive steps, ``bucket = step // w``, with ``w`` a multiple of a block size so
+that whole blocks fall in one bucket; the partial blocks at the two ends of the range come from the raw
+rows, so every bucket is exact. The merge happens in SQL (one statement), and results are cached per
+query: on a live run only the buckets from the last (incomplete) one onwards are read again.
+"""
+
+import math
+import threading
+from collections import OrderedDict
+
+from .schema import BLOCK_SIZES
+
+__all__ = ["COLUMNS", "bucket_width", "EnvelopeCache"]
+
+COLUMNS = ["layer_id", "step", "step_end", "norm_min", "norm_max", "norm_mean", "count"]
+
+
+def bucket_width(lo: int, hi: int, max_points: int, size: int = 1) -> int:
+    """Smallest multiple of ``size`` such that the buckets step // w over [lo, hi] number <= max_points."""
+    w = max(size, math.ceil((hi - lo + 1) / max_points / size) * size)
+    while hi // w - lo // w + 1 > max_points:
+        w += size
+    return w
+
+
+def plan(lo: int, hi: int, max_points: int) -> tuple[int, int]:
+    """(w, block size to read; 1 = raw rows) for at most max_points buckets over [lo, hi]."""
+    finest = max((s for s in BLOCK_SIZES if s <= math.ceil((hi - lo + 1) / max_points)), default=1)
+    w = bucket_width(lo, hi, max_points, finest)
+    # The coarsest block size that still tiles a bucket reads the fewest rows.
+    size = max((s for s in BLOCK_SIZES if w % s == 0), default=1) if finest > 1 else 1
+    return w, size
+
+
+def envelope_sql(n_layers: int, lo: int, hi: int, size: int) -> tuple[str, dict]:
+    """One statement returning COLUMNS for buckets of :w over [lo, hi] (params :run, :w, :l0...)."""
+    ids = "(" + ", ".join(f":l{i}" for i in range(n_layers)) + ")"
+    parts, params = [], {}
+    edges = [(lo, hi)]
+    if size > 1:
+        b_lo, b_hi = -(-lo // size), (hi + 1) // size - 1  # blocks wholly inside [lo, hi]
+        if b_lo <= b_hi:
+            parts.append(
+                f"""SELECT layer_id, block * {size} / :w AS bucket, norm_min AS mn, norm_max AS mx,
+                       norm_sum AS sm, norm_count AS n
+                   FROM grad_norm_blocks
+                   WHERE run_id = :run AND size = {size} AND layer_id IN {ids}
+                       AND block BETWEEN :b_lo AND :b_hi"""
+            )
+            params.update(b_lo=b_lo, b_hi=b_hi)
+            edges = [(lo, b_lo * size - 1), ((b_hi + 1) * size, hi)]
+    for i, (a, b) in enumerate(edges):
+        if a <= b:
+            parts.append(
+                f"""SELECT layer_id, step / :w AS bucket, norm AS mn, norm AS mx, coalesce(norm, 0.0) AS sm,
+                       norm IS NOT NULL AS n
+                   FROM grad_norms
+                   WHERE run_id = :run AND layer_id IN {ids} AND step BETWEEN :a{i} AND :b{i}"""
+            )
+            params.update({f"a{i}": a, f"b{i}": b})
+    sql = f"""SELECT layer_id, max(bucket * :w, :lo) AS step, min(bucket * :w + :w - 1, :hi) AS step_end,
+                     min(mn) AS norm_min, max(mx) AS norm_max,
+                     CASE WHEN sum(n) > 0 THEN total(sm) / sum(n) END AS norm_mean, sum(n) AS count
+              FROM ({" UNION ALL ".join(parts)})
+              GROUP BY layer_id, bucket ORDER BY layer_id, bucket"""
+    params.update(lo=lo, hi=hi)
+    return sql, params
+
+
+class EnvelopeCache:
+    """Per-query results, reused for the buckets that a growing run can no longer change.
+
+    Assumes recorded steps are not rewritten once read (the writer only appends on a live run); call
+    ``clear()`` after rewriting history. Bounded LRU; thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 64):
+        self.max_entries = max_entries
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def get(self, key, w: int, lo: int, hi: int):
+        """(cached frame of complete buckets, first step still to read) or None."""
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None:
+                return None
+            self._entries.move_to_end(key)
+        cw, clo, chi, frame = hit
+        if cw != w or clo != lo or chi > hi:
+            return None
+        tail = max(lo, chi // w * w)  # the last cached bucket may have been incomplete: read it again
+        return frame[frame["step"] < tail], tail
+
+    def put(self, key, w: int, lo: int, hi: int, frame) -> None:
+        with self._lock:
+            self._entries[key] = (w, lo, hi, frame)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
