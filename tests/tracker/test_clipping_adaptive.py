@@ -37,7 +37,7 @@ def after_norm(grads):
 
 
 class TestAutoClip:
-    @pytest.mark.parametrize("p, window", [(10, None), (50, None), (100, None), (25, 7)])
+    @pytest.mark.parametrize("p, window", [(10, None), (50, None), (100, None), (25, 7), (90, 5), (100, 3)])
     def test_threshold_is_numpy_percentile_of_history_including_current(self, p, window):
         strategy = AutoClip(p, window)
         history = []
@@ -59,16 +59,26 @@ class TestAutoClip:
         assert float(r.threshold) == pytest.approx(float(np.percentile(norms, 10)), rel=1e-6)
         assert strategy.history().numel() == 300
 
-    def test_nonfinite_norms_do_not_enter_the_history(self):
-        strategy = AutoClip(50)
-        seen = []
-        for t, n in enumerate([1.0, 2.0, float("inf"), 3.0, float("nan"), 4.0]):
+    @pytest.mark.parametrize("p, window", [(50, None), (75, 3), (100, 4)])
+    def test_nonfinite_norms_do_not_enter_the_history(self, p, window):
+        strategy = AutoClip(p, window)
+        norms = [1.0, 2.0, float("inf"), 3.0, float("nan"), 4.0, 0.5, float("inf"), float("nan"), 6.0, 5.0]
+        for t, n in enumerate(norms):
             r, _, _ = step(strategy, n, t)
             if math.isfinite(n):
-                seen.append(n)
-                assert float(r.threshold) == pytest.approx(float(np.percentile(seen, 50)), rel=1e-5)
+                kept = norms[: t + 1] if window is None else norms[max(0, t + 1 - window) : t + 1]
+                expected = float(np.percentile([x for x in kept if math.isfinite(x)], p))
+                assert float(r.threshold) == pytest.approx(expected, rel=1e-5), t
             else:
                 assert not bool(r.clipped) and float(r.coef) == 1.0
+
+    def test_a_window_of_only_nonfinite_norms_has_no_threshold(self):
+        strategy = AutoClip(50, window=2)
+        for t, n in enumerate([1.0, float("nan"), float("inf")]):
+            r, _, _ = step(strategy, n, t)
+        assert math.isnan(float(r.threshold)) and not bool(r.clipped)
+        r, _, _ = step(strategy, 3.0, 3)
+        assert float(r.threshold) == pytest.approx(3.0)
 
     @pytest.mark.parametrize("window", [None, 6])
     def test_state_dict_resumes_exactly(self, window):

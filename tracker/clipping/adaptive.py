@@ -22,15 +22,73 @@ def _finite_or_nan(x: Tensor) -> Tensor:
     return torch.where(torch.isfinite(x), x, math.nan)
 
 
+class _SortedNorms:
+    """The finite norms seen so far in ascending order, then +inf padding, on the device.
+
+    Inserting or removing one norm is a searchsorted and a shift (a few O(n) element-wise kernels, no sort,
+    no sync): ~0.03 ms at 10k norms on one CPU core, where re-sorting the history (torch.nanquantile) takes
+    ~1.1 ms. A non-finite norm is inserted as +inf, i.e. into the padding, and never counts.
+    """
+
+    def __init__(self, capacity: int, device: torch.device) -> None:
+        self.values = torch.full((capacity,), math.inf, device=device)
+        self.index = torch.arange(capacity, device=device)
+        self.finite = torch.zeros((), dtype=torch.int64, device=device)
+
+    @classmethod
+    def of(cls, norms: Tensor, capacity: int) -> _SortedNorms:
+        self = cls(capacity, norms.device)
+        ordered = torch.sort(torch.where(torch.isfinite(norms), norms, math.inf)).values
+        self.values[: ordered.numel()] = ordered
+        self.finite = torch.isfinite(norms).sum()
+        return self
+
+    def to(self, device: torch.device) -> _SortedNorms:
+        self.values, self.index, self.finite = (t.to(device) for t in (self.values, self.index, self.finite))
+        return self
+
+    def grow(self, capacity: int) -> None:
+        pad = torch.full((capacity - self.values.numel(),), math.inf, device=self.values.device)
+        self.values = torch.cat([self.values, pad])
+        self.index = torch.arange(capacity, device=self.values.device)
+
+    def insert(self, norm: Tensor) -> None:
+        at = torch.searchsorted(self.values, norm.reshape(1))
+        right = torch.cat([self.values[:1], self.values[:-1]])  # the last slot (padding) falls off
+        self.values = torch.where(self.index < at, self.values, torch.where(self.index == at, norm, right))
+        self.finite += torch.isfinite(norm).long()
+
+    def remove(self, norm: Tensor) -> None:
+        at = torch.searchsorted(self.values, norm.reshape(1))  # first slot holding this value
+        left = torch.cat([self.values[1:], torch.full_like(self.values[:1], math.inf)])  # padding comes in
+        self.values = torch.where(self.index < at, self.values, left)
+        self.finite -= torch.isfinite(norm).long()
+
+    def percentile(self, q: float) -> Tensor:
+        """numpy.percentile(finite norms, 100 q) with its default linear interpolation; NaN when empty."""
+        last = (self.finite - 1).clamp(min=0)
+        pos = q * last.double()
+        lo = pos.floor().long()
+        hi = torch.minimum(lo + 1, last)
+        a = self.values.gather(0, lo.reshape(1))  # gather, not values[lo]: a 0-d index would be read on host
+        b = self.values.gather(0, hi.reshape(1))
+        value = (a + (b - a) * (pos - lo)).to(torch.float32).reshape(())
+        return torch.where(self.finite > 0, value, math.nan)
+
+
+def _finite_or_inf(x: Tensor) -> Tensor:
+    return torch.where(torch.isfinite(x), x, math.inf)
+
+
 class AutoClip(Strategy):
     """``autoclip:[P][,window=N]``: AutoClip (Seetharaman et al. 2020, "AutoClip: Adaptive Gradient Clipping
     for Source Separation Networks", arXiv:2007.14469).
 
     threshold_t = numpy.percentile([N_0 .. N_t], P) (linear interpolation), *including* the current global
     norm N_t, then global norm clipping with that threshold. P is on the 0-100 scale (default 10), not a 0-1
-    quantile. With ``window=N`` only the last N norms count. The history is a device tensor that grows by
-    doubling (or a ring buffer of N with a window); without a window each step sorts the whole history
-    (about 30 us at 1k steps, 9 ms at 100k steps on one CPU core), so long runs should set a window.
+    quantile. With ``window=N`` only the last N norms count. Non-finite norms are left out. The history is
+    kept twice on the device: in order (growing by doubling, or a ring buffer of N with a window) to know
+    what leaves the window and to save state, and sorted, so a step costs O(history) and no sort.
     """
 
     name = "autoclip"
@@ -47,37 +105,36 @@ class AutoClip(Strategy):
         self.percentile = float(p)
         self.window = window
         self.count = 0  # global norms seen so far (host-side int: the slot to write needs no sync)
-        self._history: Tensor | None = None
+        self._history: Tensor | None = None  # in order, NaN for non-finite norms
+        self._sorted: _SortedNorms | None = None
 
     def _base_spec(self) -> str:
         window = f",window={self.window}" if self.window is not None else ""
         return f"autoclip:{fmt_num(self.percentile)}{window}"
 
-    def _slot(self, device: torch.device) -> int:
-        h = self._history
-        if self.window is not None:
-            if h is None or h.device != device:
-                self._history = (
-                    torch.full((self.window,), math.nan, device=device) if h is None else h.to(device)
-                )
-            return self.count % self.window
-        if h is None or h.device != device or self.count >= h.numel():
-            size = max(64, 2 * self.count)
-            grown = torch.full((size,), math.nan, device=device)
-            if h is not None and self.count:
-                grown[: self.count] = h[: self.count].to(device)
-            self._history = grown
-        return self.count
+    def _ready(self, device: torch.device) -> None:
+        if self._history is None:
+            capacity = self.window or 64
+            self._history = torch.full((capacity,), math.nan, device=device)
+            self._sorted = _SortedNorms(capacity, device)
+        elif self._history.device != device:  # e.g. state loaded on the CPU, training on a GPU
+            self._history = self._history.to(device)
+            self._sorted.to(device)
+        if self.window is None and self.count == self._history.numel():
+            capacity = 2 * self.count
+            self._history = torch.cat([self._history, torch.full_like(self._history, math.nan)])
+            self._sorted.grow(capacity)
 
     def _clip(self, grads, norms, total_norm, *, params, step, names) -> ClipResult:
         total = total_norm.to(torch.float32)
-        slot = self._slot(total.device)
+        self._ready(total.device)
+        slot = self.count if self.window is None else self.count % self.window
+        if self.window is not None and self.count >= self.window:
+            self._sorted.remove(_finite_or_inf(self._history[slot]))
         self._history[slot] = _finite_or_nan(total)
+        self._sorted.insert(_finite_or_inf(total))
         self.count += 1
-        seen = self._history[: min(self.count, self._history.numel())]
-        # Unfilled and non-finite slots are NaN: nanquantile skips them. torch's "linear" interpolation is
-        # numpy.percentile's default.
-        threshold = torch.nanquantile(seen, self.percentile / 100.0, interpolation="linear")
+        threshold = self._sorted.percentile(self.percentile / 100.0)
         return global_result(grads, total, threshold)
 
     def history(self) -> Tensor:
@@ -97,14 +154,14 @@ class AutoClip(Strategy):
         count = int(state["count"])
         if hist.numel() != (count if self.window is None else min(count, self.window)):
             raise ValueError(f"autoclip state: history of {hist.numel()} norms does not match count {count}")
+        capacity = self.window or max(64, 2 * count)
+        self._history = torch.full((capacity,), math.nan)
         if self.window is None:
-            self._history = torch.full((max(64, 2 * count),), math.nan)
             self._history[:count] = hist
         else:
             # Put the kept norms back where a run that never stopped would have them in its ring buffer.
-            self._history = torch.full((self.window,), math.nan)
-            idx = torch.arange(count - hist.numel(), count) % self.window
-            self._history[idx] = hist
+            self._history[torch.arange(count - hist.numel(), count) % self.window] = hist
+        self._sorted = _SortedNorms.of(hist, capacity)
         self.count = count
 
 
