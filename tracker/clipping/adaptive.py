@@ -67,7 +67,8 @@ class _SortedNorms:
     def percentile(self, q: float) -> Tensor:
         """numpy.percentile(finite norms, 100 q) with its default linear interpolation; NaN when empty."""
         last = (self.finite - 1).clamp(min=0)
-        pos = q * last.double()
+        # float64 keeps the interpolation weight exact for long histories; MPS has no float64.
+        pos = q * last.to(torch.float32 if last.device.type == "mps" else torch.float64)
         lo = pos.floor().long()
         hi = torch.minimum(lo + 1, last)
         a = self.values.gather(0, lo.reshape(1))  # gather, not values[lo]: a 0-d index would be read on host
