@@ -91,4 +91,4 @@ def launcher() -> Launcher:
 
 def show_store_error(exc: BaseException) -> None:
     """Render a store error as a friendly message with how to fix it (never a traceback)."""
-    st.error(friendly_error(db_path(), exc), icon="🛑")
+    st.error(friendly_error(db_path(), exc), icon=":material/error:")

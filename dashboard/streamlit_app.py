@@ -9,13 +9,13 @@ import streamlit as st
 from dashboard import state
 from tracker.store import StoreError
 
-st.set_page_config(page_title="gradwatch", page_icon="📉", layout="wide")
+st.set_page_config(page_title="gradwatch", page_icon=":material/monitoring:", layout="wide")
 
 pages = [
-    st.Page("views/runs.py", title="Runs", icon="📋", default=True),
-    st.Page("views/run.py", title="Run", icon="📈"),
-    st.Page("views/compare.py", title="Compare", icon="⚖️"),
-    st.Page("views/launch.py", title="Launch", icon="🚀"),
+    st.Page("views/runs.py", title="Runs", icon=":material/table_rows:", default=True),
+    st.Page("views/run.py", title="Run", icon=":material/monitoring:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:"),
 ]
 page = st.navigation(pages)
 st.sidebar.caption(f"Database: `{state.db_path()}`")

@@ -72,7 +72,7 @@ def clip_input(run: dict) -> tuple[str | None, str | None]:
         spec = build_spec(strategy, params, noise_eta=eta, noise_gamma=gamma)
     error = validate_clip(spec)
     if error:
-        st.error(error, icon="⚠️")
+        st.error(error, icon=":material/warning:")
         return spec, error
     canonical = parse_clip(spec).spec
     st.caption(f"Valid: `{canonical}`")
@@ -153,7 +153,7 @@ def single_launch(run: dict, trainer: bool) -> None:
             overrides = option_inputs(data.config_of(run), "opt")
             option_problems = option_errors(overrides)
             for problem in option_problems:
-                st.error(problem, icon="⚠️")
+                st.error(problem, icon=":material/warning:")
     auto_name = f"{run['name']} · {clip or ''}"
     name = (
         st.text_input("New run name (optional)", key="launch_name", placeholder=auto_name).strip()
@@ -165,7 +165,7 @@ def single_launch(run: dict, trainer: bool) -> None:
     try:
         spec = _spec_for(run, clip, name, overrides)
     except ValueError as exc:
-        st.error(str(exc), icon="⚠️")
+        st.error(str(exc), icon=":material/warning:")
         return
     st.markdown("**Command**")
     st.code(spec.display(), language="bash")
@@ -194,7 +194,7 @@ def sweep_launch(run: dict, trainer: bool) -> None:
         with st.expander("Trainer options for every run of the sweep"):
             overrides = option_inputs(data.config_of(run), "sweep_opt")
             for problem in option_errors(overrides):
-                st.error(problem, icon="⚠️")
+                st.error(problem, icon=":material/warning:")
                 return
     if not text.strip():
         st.info("Write one clip spec per line to preview the sweep.")
@@ -203,7 +203,7 @@ def sweep_launch(run: dict, trainer: bool) -> None:
         clips = parse_sweep(text, lambda s: parse_clip(s).spec)
         specs = [_spec_for(run, clip, f"{run['name']} · {clip}", overrides) for clip in clips]
     except ValueError as exc:
-        st.error(str(exc), icon="⚠️")
+        st.error(str(exc), icon=":material/warning:")
         return
     st.markdown(f"**{len(specs)} commands**, at most {int(limit)} at a time")
     st.code("\n".join(s.display() for s in specs), language="bash")

@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard import data, state, summary
 from dashboard.launch import trainer_spec
 
-STATUS_ICON = {"running": "🟢", "finished": "✅", "failed": "❌", "stopped": "⏹️", "crashed": "💥"}
+STATUSES = ("running", "finished", "failed", "stopped", "crashed")
 
 
 def demo_spec():
@@ -93,24 +93,23 @@ def runs_page() -> None:
     table = summary.runs_table(runs)
     c1, c2, c3 = st.columns([2, 2, 2])
     text = c1.text_input("Filter by name, clip or id", key="runs_filter", placeholder="e.g. norm or kws")
-    statuses = c2.multiselect("Status", list(STATUS_ICON), key="runs_status")
+    statuses = c2.multiselect("Status", list(STATUSES), key="runs_status")
     tasks = sorted({t for t in table["task"].dropna()}) if "task" in table else []
     task = c3.multiselect("Task", tasks, key="runs_task") if tasks else []
     shown = summary.filter_runs(table, text=text, statuses=statuses, tasks=task)
 
-    display = shown.assign(status=shown["status"].map(lambda s: f"{STATUS_ICON.get(s, '')} {s}"))
     st.caption(
         f"{len(shown)} of {len(table)} runs. Select rows to compare them, or one row to open or relaunch it. "
         "`crashed`: the process stopped sending heartbeats without closing the run."
     )
     event = st.dataframe(
-        display,
+        shown,
         key="runs_table",
         on_select="rerun",
         selection_mode="multi-row",
         hide_index=True,
         width="stretch",
-        column_config=summary.column_config(display),
+        column_config=summary.column_config(shown),
     )
     selected = [int(shown["id"].iloc[i]) for i in event.selection.rows] if event else []
     st.session_state["selected_runs"] = selected

@@ -19,7 +19,7 @@ def test_every_run_with_status_clip_steps_clip_rate_metrics_and_parent(recorded,
     assert table.loc["child", "id"] == recorded.ids["child"]
     assert table.loc["child", "parent"] == recorded.ids["base"]
     assert table.loc["child", "clip"] == "norm:0.5" and table.loc["base", "clip"] == "none"
-    assert all("finished" in s for s in table["status"])
+    assert table["status"].tolist() == ["finished", "finished"]
     assert table.loc["child", "steps"] == N_STEPS
     assert table.loc["child", "clip_rate"] == pytest.approx(recorded.clipped["child"].mean())
     for run in ("base", "child"):
@@ -83,7 +83,7 @@ def test_crashed_when_the_process_vanished(tmp_path, app):
     assert proc.returncode == -9
     at = app(db).run()
     table = dataframe_with(at, "clip_rate")
-    assert table["status"].tolist() == ["💥 crashed"]
+    assert table["status"].tolist() == ["crashed"]
     # The file still says "running": crashed is derived when reading, never written by the dashboard.
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT status FROM runs").fetchone()[0] == "running"

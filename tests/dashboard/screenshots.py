@@ -1,0 +1,136 @@
+"""Serve the dashboard for real and look at it with headless Chromium (Playwright, Debian's chromium).
+
+Used by the browser test, and runnable to refresh the README screenshots from real trainer runs:
+
+    .venv/bin/python tests/dashboard/screenshots.py            # writes docs/screenshots/*.png
+
+(run from the repository root; it trains two short keyword runs into a temporary database first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# url path of each page (st.Page derives it from the file name) and what shows that it has rendered.
+PAGES = {
+    "runs": "[data-testid='stDataFrame']",
+    "run": ".js-plotly-plot",
+    "compare": ".js-plotly-plot",
+    "launch": "[data-testid='stCode']",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(db: Path, log: Path, timeout: float = 90.0):
+    """``streamlit run dashboard -- --db DB`` on a free port; yields the base URL; stops it with SIGTERM."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
+           "--server.headless", "true", "--", "--db", str(db)]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"streamlit did not answer on {url} within {timeout} s:\n{log.read_text()}"
+                )
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def capture(url: str, out_dir: Path, pages=PAGES, timeout_ms: int = 90_000) -> dict[str, dict]:
+    """Open each page, wait until it has rendered, save ``<page>.png``; returns per page the number of
+    plotly charts and the text of any Streamlit error or exception shown."""
+    from playwright.sync_api import sync_playwright
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seen = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for name, ready in pages.items():
+                page.goto(f"{url}/{name}" if name != "runs" else url, wait_until="domcontentloaded")
+                page.wait_for_selector(ready, timeout=timeout_ms)
+                if ready == ".js-plotly-plot":
+                    # Plotly draws asynchronously: wait for the first trace's graphics, not just the div.
+                    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=timeout_ms)
+                page.wait_for_timeout(1500)  # let the remaining charts and fonts settle before the picture
+                page.screenshot(path=str(out_dir / f"{name}.png"), full_page=True)
+                problems = page.locator("[data-testid='stException'], [data-testid='stAlertContentError']")
+                seen[name] = {
+                    "plots": page.locator(".js-plotly-plot").count(),
+                    "errors": [problems.nth(i).inner_text() for i in range(problems.count())],
+                }
+        finally:
+            browser.close()
+    return seen
+
+
+def _record_showcase(db: Path, cache: Path) -> None:
+    """Two short real trainer runs: no clipping, then its relaunch with norm:1.0."""
+    common = [
+        "--corpus-size",
+        "small",
+        "--epochs",
+        "1",
+        "--cache-dir",
+        str(cache),
+        "--db",
+        str(db),
+        "--quiet",
+    ]
+    subprocess.run([sys.executable, "-m", "trainer", *common, "--run", "kws-noclip", "--lr", "3e-3"],
+                   cwd=REPO, check=True)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "trainer", *common, "--run", "kws-norm-1.0", "--lr", "3e-3",
+                    "--clip", "norm:1.0", "--parent-run", "1"], cwd=REPO, check=True)  # fmt: skip
+
+
+def main() -> None:
+    out = REPO / "docs" / "screenshots"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        db = Path(os.environ.get("GRADWATCH_SCREENSHOT_DB") or tmp / "gradwatch.db")
+        if not db.exists():
+            _record_showcase(db, tmp / "corpus")
+        with serve(db, tmp / "streamlit.log") as url:
+            for name, info in capture(url, out).items():
+                print(f"{out / (name + '.png')}: {info['plots']} charts, errors: {info['errors'] or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
