@@ -47,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Train a speech model while gradwatch records per-layer gradient norms and clipping "
         "into SQLite. Watch it live with: streamlit run dashboard -- --db PATH",
-        epilog="Distributed: torchrun --nproc_per_node=N -m trainer ... (gloo on CPU, nccl on GPU; one run "
-        "in the database, written by rank 0). Exit codes: 0 finished or stopped by SIGTERM, 130 stopped by "
-        "Ctrl-C, 2 invalid options, 1 training failed.",
+        epilog="distributed:\n"
+        "  torchrun --nproc_per_node=N -m trainer ...   gloo on CPU, nccl on GPU; one run in the database,\n"
+        "  written by rank 0 (name it with --run-name: torchrun takes --run for its own --run-path)\n"
+        "exit codes:\n"
+        "  0 finished, or stopped by SIGTERM; 130 stopped by Ctrl-C; 2 invalid options; 1 training failed",
         argument_default=argparse.SUPPRESS,
         # keeps the line layout of the clip grammar (a group description) and of the epilog
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -128,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("tracking")
     add(g, "--db", metavar="PATH", help="SQLite file (default: $GRADWATCH_DB or ./gradwatch.db)")
-    add(g, "--run", metavar="NAME", help="run name (default: task-model-clip-timestamp)")
+    # --run-name: torchrun reads a bare --run as an abbreviation of its own --run-path and stops.
+    add(g, "--run", "--run-name", metavar="NAME", help="run name (default: task-model-clip-timestamp)")
     add(g, "--parent-run", type=int, metavar="ID", help="id of the run this one relaunches (lineage)")
     add(g, "--every", type=int, metavar="N", help="record gradient norms every N optimizer steps")
     add(
@@ -147,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay a recorded run's config (JSON); explicit flags override it",
     )
     add(g, "--preset", choices=tuple(PRESETS), help=describe_presets())
-    add(g, "--quiet", action="store_true", help="no progress bar")
+    add(
+        g,
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no per-epoch lines (the summary is still printed)",
+    )
     return parser
 
 
@@ -192,10 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg, warnings = parse_config(argv)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    from tracker import NonFiniteGradientError
     from trainer.train import TrainingError, run_training  # heavy imports after the cheap checks
 
     try:
-        return run_training(cfg, argv=sys.argv if argv is None else ["-m", "trainer", *argv])
+        return run_training(cfg)
     except TrainingError as e:
         print(f"python -m trainer: error: {e}", file=sys.stderr)
         return e.exit_code
+    except NonFiniteGradientError as e:  # --nonfinite raise: the run is recorded as failed, with the layer
+        print(f"python -m trainer: stopped: {e} (--nonfinite raise)", file=sys.stderr)
+        return 1

@@ -159,7 +159,7 @@ def _evaluate_and_log(model, loaders, splits_to_run, *, kind, rt, text, tracker,
     return metrics
 
 
-def run_training(cfg: TrainConfig, argv: list[str] | None = None) -> int:
+def run_training(cfg: TrainConfig) -> int:
     """Train as configured; returns the exit code (0 finished or SIGTERM-stopped, 130 Ctrl-C)."""
     rt = Runtime.start(cfg)
     try:
