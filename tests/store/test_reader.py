@@ -58,8 +58,12 @@ def test_envelope_of_a_growing_run_stays_exact(db_path):
         reader = Store.open(db_path, readonly=True)
         for end in (37, 300, 301, 777, 1024, 1499):
             for step in range(int(reader.steps(run_id)["step"].max() + 1) if end != 37 else 0, end + 1):
-                w.add_step(step=step, norms=norms[step])
+                w.add_step(step=step, norms=norms[step], total_norm=float(step % 97))
             w.flush()
+            steps_env = reader.step_envelope(run_id, max_points=40)
+            assert steps_env["n"].sum() == end + 1 and len(steps_env) <= 40
+            for row in steps_env.itertuples():
+                assert row.total_norm_max == max(s % 97 for s in range(row.step, row.step_end + 1))
             for max_points in (40, 2000):
                 df = reader.grad_norm_envelope(run_id, [0, 2], max_points=max_points)
                 for row in df.itertuples():
@@ -118,6 +122,11 @@ def test_runs_summary(db_path):
         for step in range(40):
             w.add_step(step=step, norms=[1.0], clipped=clipped[step])
             w.add_clip_events([dict(step=step, strategy="norm", threshold=1.0, clipped=clipped[step])])
+            if step == 21:  # a look while it runs; the next look must add only the newer rows
+                w.flush()
+                live = s.runs().set_index("id")
+                assert live.loc[parent, "n_steps"] == 22 and live.loc[parent, "last_step"] == 21
+                assert live.loc[parent, "clip_rate"] == pytest.approx(sum(clipped[:22]) / 22)
         w.add_metrics(10, {"val_acc": 0.5})
         w.add_metrics(39, {"val_acc": 0.8, "val_loss": 0.3})
         w.add_nonfinite(7, [(0, True, False)])

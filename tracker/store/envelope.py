@@ -25,17 +25,28 @@ def bucket_width(lo: int, hi: int, max_points: int, size: int = 1) -> int:
     return w
 
 
-def plan(lo: int, hi: int, max_points: int) -> tuple[int, int]:
-    """(w, block size to read; 1 = raw rows) for at most max_points buckets over [lo, hi]."""
+def plan(lo: int, hi: int, max_points: int) -> int:
+    """Bucket width w for at most max_points buckets over [lo, hi], a multiple of a block size if it can."""
     finest = max((s for s in BLOCK_SIZES if s <= math.ceil((hi - lo + 1) / max_points)), default=1)
-    w = bucket_width(lo, hi, max_points, finest)
-    # The coarsest block size that still tiles a bucket reads the fewest rows.
-    size = max((s for s in BLOCK_SIZES if w % s == 0), default=1) if finest > 1 else 1
-    return w, size
+    return bucket_width(lo, hi, max_points, finest)
 
 
-def envelope_sql(n_layers: int, lo: int, hi: int, size: int) -> tuple[str, dict]:
-    """One statement returning COLUMNS for buckets of :w over [lo, hi] (params :run, :w, :l0...)."""
+def best_block_size(lo: int, hi: int, w: int) -> int:
+    """The block size that reads the fewest rows for [lo, hi]: whole blocks plus raw rows at both ends
+    (only sizes that divide w, so that a block never straddles two buckets; 1 = raw rows only)."""
+
+    def rows(size: int) -> int:
+        first, end = -(-lo // size) * size, (hi + 1) // size * size  # whole blocks cover [first, end)
+        if first >= end:
+            return hi - lo + 1
+        return (end - first) // size + (first - lo) + (hi + 1 - end)
+
+    return min((s for s in (1, *BLOCK_SIZES) if w % s == 0), key=rows)
+
+
+def envelope_sql(n_layers: int, lo: int, hi: int, w: int) -> tuple[str, dict]:
+    """One statement returning COLUMNS for buckets of w steps over [lo, hi] (params :run, :l0, ...)."""
+    size = best_block_size(lo, hi, w)
     ids = "(" + ", ".join(f":l{i}" for i in range(n_layers)) + ")"
     parts, params = [], {}
     edges = [(lo, hi)]
@@ -65,7 +76,7 @@ def envelope_sql(n_layers: int, lo: int, hi: int, size: int) -> tuple[str, dict]
                      CASE WHEN sum(n) > 0 THEN total(sm) / sum(n) END AS norm_mean, sum(n) AS count
               FROM ({" UNION ALL ".join(parts)})
               GROUP BY layer_id, bucket ORDER BY layer_id, bucket"""
-    params.update(lo=lo, hi=hi)
+    params.update(lo=lo, hi=hi, w=w)
     return sql, params
 
 

@@ -17,16 +17,19 @@ from .schema import BLOCK_SIZES
 
 __all__ = ["Reads", "derive_status", "pid_alive"]
 
-_RUN_SUMMARY = """
-SELECT r.*,
-    (SELECT count(*) FROM steps s WHERE s.run_id = r.id) AS n_steps,
-    (SELECT max(step) FROM steps s WHERE s.run_id = r.id) AS last_step,
-    (SELECT count(*) FROM clip_events c WHERE c.run_id = r.id) AS n_clip_events,
-    coalesce((SELECT avg(clipped) FROM clip_events c WHERE c.run_id = r.id),
-             (SELECT avg(clipped) FROM steps s WHERE s.run_id = r.id)) AS clip_rate,
-    (SELECT min(step) FROM nonfinite n WHERE n.run_id = r.id) AS first_nonfinite_step
-FROM runs r
+# Per-run counts since the last call (markers :su/:cu = last step already counted), in one statement so
+# that all of it comes from one snapshot. A live run costs a look at its newest rows, not a full scan.
+_RUN_INCREMENT = """
+SELECT (SELECT count(*) FROM steps WHERE run_id = :r AND step > :su),
+       (SELECT max(step) FROM steps WHERE run_id = :r),
+       (SELECT total(clipped) FROM steps WHERE run_id = :r AND step > :su),
+       (SELECT count(clipped) FROM steps WHERE run_id = :r AND step > :su),
+       (SELECT count(*) FROM clip_events WHERE run_id = :r AND step > :cu),
+       (SELECT max(step) FROM clip_events WHERE run_id = :r),
+       (SELECT total(clipped) FROM clip_events WHERE run_id = :r AND step > :cu),
+       (SELECT min(step) FROM nonfinite WHERE run_id = :r)
 """
+_FINAL_STATUSES = ("finished", "failed", "stopped")
 _FINAL_METRICS = """
 SELECT m.run_id, m.name, m.value
 FROM metrics m
@@ -70,11 +73,14 @@ def _in(ids) -> str:
 
 
 class Reads:
-    """Read methods of Store (needs ``_conn``, ``_lock``, ``path``, ``stale_after``, ``_envelopes``)."""
+    """Read methods of Store (needs ``_conn``, ``_lock``, ``path``, ``stale_after``, ``_envelopes``,
+    ``_summaries``)."""
 
     def clear_cache(self) -> None:
         """Forget cached envelopes and run summaries (after rewriting recorded steps of a run)."""
         self._envelopes.clear()
+        with self._lock:
+            self._summaries.clear()
 
     # ---- plumbing -----------------------------------------------------------------------------------
     def _fetch(self, sql: str, params=()):
@@ -129,14 +135,29 @@ class Reads:
     # ---- runs -----------------------------------------------------------------------------------------
     def runs(self, run_ids=None):
         """One row per run, with derived ``status`` (recorded one in ``recorded_status``), n_steps (logged
-        steps), last_step, clip_rate (fraction of clip decisions that clipped), first_nonfinite_step,
-        duration_s, config/argv parsed from JSON, and one ``final_<metric>`` column per metric name
-        (its value at the metric's last step)."""
+        steps), last_step, n_clip_events, clip_rate (fraction of clip decisions that clipped; from the
+        steps rows when a run has no clip events), first_nonfinite_step, duration_s, config/argv parsed
+        from JSON, and one ``final_<metric>`` column per metric name (its value at its last step).
+
+        Counts are kept per run between calls and only rows newer than the last call are read (runs are
+        append-only while they write; ``clear_cache()`` after rewriting one)."""
+        import pandas as pd
+
         where, params = "", ()
         if run_ids is not None:
             run_ids = [int(i) for i in ([run_ids] if isinstance(run_ids, int) else run_ids)]
-            where, params = f" WHERE r.id IN {_in(run_ids)}", tuple(run_ids)
-        df = self._frame(_RUN_SUMMARY + where + " ORDER BY r.id", params)
+            where, params = f" WHERE id IN {_in(run_ids)}", tuple(run_ids)
+        df = self._frame("SELECT * FROM runs" + where + " ORDER BY id", params)
+        summary = [
+            self._run_summary(int(rid), st in _FINAL_STATUSES)
+            for rid, st in zip(df["id"], df["status"], strict=True)
+        ]
+        extra = pd.DataFrame.from_records(
+            summary,
+            columns=["n_steps", "last_step", "n_clip_events", "clip_rate", "first_nonfinite_step"],
+            index=df.index,
+        )
+        df = pd.concat([df, extra], axis=1)
         now, host = time.time(), socket.gethostname()
         df.insert(2, "recorded_status", df["status"])
         df["status"] = [
@@ -155,6 +176,34 @@ class Reads:
         for name in sorted(by_name):
             df["final_" + name] = df["id"].map(by_name[name]).astype(float)
         return df
+
+    def _run_summary(self, run_id: int, final: bool) -> tuple:
+        with self._lock:
+            state = self._summaries.get(run_id)
+            if state is None or not state[-1]:
+                su, n, last, s_sum, s_cnt, cu, ev, ev_sum, _, _ = state or (
+                    -1,
+                    0,
+                    None,
+                    0.0,
+                    0,
+                    -1,
+                    0,
+                    0.0,
+                    None,
+                    0,
+                )
+                _, rows = self._fetch(_RUN_INCREMENT, dict(r=run_id, su=su, cu=cu))
+                dn, mx, ds, dc, de, cmx, des, first_nf = rows[0]
+                state = (
+                    su if mx is None else mx, n + dn, mx, s_sum + ds, s_cnt + dc,
+                    cu if cmx is None else cmx, ev + de, ev_sum + des, first_nf,
+                    final,  # frozen: a finished run's rows were all committed with its status
+                )  # fmt: skip
+                self._summaries[run_id] = state
+        _, n, last, s_sum, s_cnt, _, ev, ev_sum, first_nf, _ = state
+        rate = ev_sum / ev if ev else (s_sum / s_cnt if s_cnt else float("nan"))
+        return n, last, ev, rate, first_nf
 
     def run(self, run_id: int) -> dict:
         """One run as a dict (the columns of runs())."""
@@ -207,18 +256,24 @@ class Reads:
             return pd.DataFrame(columns=columns)
         lo, hi = rng
         w = envelope.bucket_width(lo, hi, max_points)
-        df = self._frame(
+        key = ("steps", run_id, start, end, max_points)
+        cached = self._envelopes.get(key, w, lo, hi)
+        first = lo if cached is None else cached[1]
+        fresh = self._frame(
             """SELECT max(step / :w * :w, :lo) AS bucket_start, min(step / :w * :w + :w - 1, :hi) AS step_end,
                    min(total_norm) AS total_norm_min, max(total_norm) AS total_norm_max,
                    max(total_norm_after) AS total_norm_after_max, avg(loss) AS loss_mean,
                    max(threshold) AS threshold_max, total(clipped) AS n_clipped, total(skipped) AS n_skipped,
                    total(nonfinite_count > 0) AS n_nonfinite, count(*) AS n
-               FROM steps WHERE run_id = :run AND step BETWEEN :lo AND :hi
+               FROM steps WHERE run_id = :run AND step BETWEEN :first AND :hi
                GROUP BY step / :w ORDER BY 1""",
-            dict(w=w, lo=lo, hi=hi, run=run_id),
+            dict(w=w, lo=lo, hi=hi, first=first, run=run_id),
         ).rename(columns={"bucket_start": "step"})
-        df.attrs["bucket_steps"] = w
-        return df
+        df = fresh if cached is None or cached[0].empty else pd.concat([cached[0], fresh], ignore_index=True)
+        self._envelopes.put(key, w, lo, hi, df)
+        out = df.copy()
+        out.attrs["bucket_steps"] = w
+        return out
 
     def grad_norms(self, run_id: int, layer_ids=None, after_step: int = -1, start=None, end=None):
         """Raw per-layer norms (layer_id, step, norm; NaN norms read as NaN), step > after_step."""
@@ -250,13 +305,13 @@ class Reads:
         if rng is None or not ids:
             return pd.DataFrame(columns=envelope.COLUMNS)
         lo, hi = rng
-        w, size = envelope.plan(lo, hi, max_points)
-        key = (run_id, tuple(ids), start, end, max_points)
+        w = envelope.plan(lo, hi, max_points)
+        key = ("norms", run_id, tuple(ids), start, end, max_points)
         cached = self._envelopes.get(key, w, lo, hi)
         first = lo if cached is None else cached[1]
         # A tail read starts on a bucket edge, a multiple of w and so of the block size.
-        sql, params = envelope.envelope_sql(len(ids), first, hi, size)
-        params.update(run=run_id, w=w, **{f"l{i}": lid for i, lid in enumerate(ids)})
+        sql, params = envelope.envelope_sql(len(ids), first, hi, w)
+        params.update(run=run_id, **{f"l{i}": lid for i, lid in enumerate(ids)})
         fresh = self._frame(sql, params)
         df = fresh if cached is None or cached[0].empty else pd.concat([cached[0], fresh], ignore_index=True)
         if cached is not None:

@@ -67,6 +67,7 @@ class Store(Reads):
         self._lock = threading.RLock()
         self._sqlite_utils_db = None
         self._envelopes = EnvelopeCache()
+        self._summaries: dict[int, tuple] = {}  # run id -> running counts for runs()
 
     @property
     def _db(self):
