@@ -218,9 +218,12 @@ class GradTracker:
 
         result = None
         if self._clipping and not skipped:
-            local = [local_tensor(g) for g in grads]
-            params = [local_tensor(self._params[i]) for i in present]
-            names = [self.layers.names[i] for i in present]
+            if present is self._all and not self._sharded:  # the usual case: no per-step lists to build
+                local, params, names = grads, self._params, self.layers.names
+            else:
+                local = [local_tensor(g) for g in grads]
+                params = [local_tensor(self._params[i]) for i in present]
+                names = [self.layers.names[i] for i in present]
             result = self.clip.clip_(local, norms, total, params=params, step=step, names=names)
         scalars = self._scalars(total, result) if result is not None else None
 

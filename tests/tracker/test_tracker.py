@@ -255,3 +255,17 @@ def test_total_norm_math_oracle_for_a_known_gradient(db_path):
         stats = tracker.step()
     assert stats.total_norm == pytest.approx(13.0) and math.isnan(stats.threshold)
     assert _rows(db_path, "SELECT layer_id, norm FROM grad_norms ORDER BY layer_id") == [(0, 5.0), (1, 12.0)]
+
+
+def test_flush_makes_a_running_run_readable(db_path):
+    model = _model()
+    tracker = GradTracker(model, db=db_path, run="live")
+    for batch in _batches(3):
+        model.zero_grad()
+        _loss(model, batch).backward()
+        tracker.step()
+    tracker.flush()  # what a live dashboard needs: rows committed while the run goes on
+    assert _rows(db_path, "SELECT status FROM runs") == [("running",)]
+    assert _rows(db_path, "SELECT count(*) FROM steps") == [(3,)]
+    tracker.finish()
+    assert _rows(db_path, "SELECT status FROM runs") == [("finished",)]
