@@ -149,6 +149,7 @@ def measure_workload(key: str, args, device: torch.device, reasons: dict[str, st
                 v.finish()
             except Exception as exc:  # noqa: BLE001
                 t.error = t.error or f"error at finish: {type(exc).__name__}: {exc}"
+            t.model = t.optimizer = None  # the timings are all we keep; free the model copies
             row = {"label": v.label, "status": t.error or "ok", "trainee": t, "steps": t.step}
             if t.error is None:
                 row["ms"] = 1e3 * amortised_step_s(t.times, v.logged, v.period)
