@@ -85,6 +85,7 @@ def format_summary(
     db: str | None,
     steps: int,
     seconds: float,
+    train_seconds: float,
     metrics: dict[str, float],
     clip: str,
     clip_rate: float | None,
@@ -94,7 +95,12 @@ def format_summary(
     lines = [
         "",
         f"run {run_name!r}" + (f" (id {run_id})" if run_id is not None else "") + f": {status}",
-        f"  {steps} optimizer steps in {seconds:.1f} s",
+        f"  {steps} optimizer steps in {seconds:.1f} s"
+        + (
+            f" (training steps {train_seconds:.1f} s, {1000 * train_seconds / steps:.1f} ms/step)"
+            if steps
+            else ""
+        ),
         f"  clipping {clip}: "
         + ("no logged steps" if clip_rate is None else f"clipped on {100 * clip_rate:.1f}% of logged steps")
         + ("" if max_norm is None else f", largest global grad norm {max_norm:.3g}"),

@@ -138,25 +138,42 @@ def _make_tracker(cfg: TrainConfig, model: nn.Module, rt: Runtime):
         raise TrainingError(f"cannot open the database: {e}") from None
 
 
-def _evaluate_and_log(model, loaders, splits_to_run, *, kind, rt, text, tracker, step, extra=None):
-    """Evaluate on rank 0 (the whole split, unsharded) and log metrics with the names of design.md §5."""
-    metrics: dict[str, float] = dict(extra or {})
-    if rt.is_main:
-        for split in splits_to_run:
-            for name, value in evaluate(
-                model, loaders[split], kind=kind, device=rt.device, text=text, autocast=rt.autocast
-            ).items():
-                metrics[f"{split}_{name}"] = value
-        if kind == "classify" and "train_acc" in metrics and "val_acc" in metrics:
-            metrics["gen_gap"] = metrics["train_acc"] - metrics["val_acc"]
-        if kind == "ctc" and "train_cer" in metrics and "val_cer" in metrics:
-            metrics["gen_gap"] = metrics["val_cer"] - metrics["train_cer"]
-        if "train_loss" in metrics and "val_loss" in metrics:
-            metrics["gen_gap_loss"] = metrics["val_loss"] - metrics["train_loss"]
-        # At the last optimizer step taken (the steps table is 0-based), so metrics line up with norms.
-        tracker.log(metrics, step=max(step - 1, 0))
-    rt.barrier()
-    return metrics
+class Evaluator:
+    """Evaluates on rank 0 (whole splits, unsharded), derives the generalisation gap and logs the metrics
+    under the names of design.md §5; keeps the time it took so the summary can report training alone."""
+
+    def __init__(self, model, loaders, *, kind, rt, text, tracker):
+        self.model, self.loaders, self.kind, self.rt, self.text, self.tracker = (
+            model,
+            loaders,
+            kind,
+            rt,
+            text,
+            tracker,
+        )
+        self.seconds = 0.0
+
+    def __call__(self, splits: tuple[str, ...], *, step: int, extra: dict | None = None) -> dict[str, float]:
+        t0 = time.perf_counter()
+        metrics: dict[str, float] = dict(extra or {})
+        if self.rt.is_main:
+            for split in splits:
+                scores = evaluate(
+                    self.model, self.loaders[split], kind=self.kind, device=self.rt.device, text=self.text,
+                    autocast=self.rt.autocast,
+                )  # fmt: skip
+                metrics |= {f"{split}_{name}": value for name, value in scores.items()}
+            if self.kind == "classify" and "train_acc" in metrics and "val_acc" in metrics:
+                metrics["gen_gap"] = metrics["train_acc"] - metrics["val_acc"]
+            if self.kind == "ctc" and "train_cer" in metrics and "val_cer" in metrics:
+                metrics["gen_gap"] = metrics["val_cer"] - metrics["train_cer"]
+            if "train_loss" in metrics and "val_loss" in metrics:
+                metrics["gen_gap_loss"] = metrics["val_loss"] - metrics["train_loss"]
+            # At the last optimizer step taken (the steps table is 0-based), so metrics line up with norms.
+            self.tracker.log(metrics, step=max(step - 1, 0))
+        self.rt.barrier()
+        self.seconds += time.perf_counter() - t0
+        return metrics
 
 
 def run_training(cfg: TrainConfig) -> int:
@@ -206,6 +223,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     progress = Progress(total_steps, bar=sys.stderr.isatty(), quiet=cfg.quiet or not rt.is_main)
     status, error = "finished", None
     step, max_norm, metrics = 0, None, {}
+    evaluate_now = Evaluator(model, eval_loaders, kind=kind, rt=rt, text=text, tracker=tracker)
+    t_loop = time.perf_counter()
     try:
         with stop.installed():
             if rt.is_main and not cfg.quiet:
@@ -244,16 +263,12 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                         max_norm = norm
                     accumulated = torch.zeros((), device=rt.device)
                     if cfg.eval_every and step % cfg.eval_every == 0:
-                        metrics = _evaluate_and_log(
-                            model, eval_loaders, ("train", "val"), kind=kind, rt=rt, text=text,
-                            tracker=tracker, step=step, extra={"lr": scheduler.get_last_lr()[0]},
-                        )  # fmt: skip
+                        lr = scheduler.get_last_lr()[0]
+                        metrics = evaluate_now(("train", "val"), step=step, extra={"lr": lr})
                     if stop.requested() or step >= total_steps:
                         break
-                metrics = _evaluate_and_log(
-                    model, eval_loaders, ("train", "val"), kind=kind, rt=rt, text=text,
-                    tracker=tracker, step=step, extra={"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]},
-                )  # fmt: skip
+                extra = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+                metrics = evaluate_now(("train", "val"), step=step, extra=extra)
                 if rt.is_main:
                     progress.write(_epoch_line(epoch + 1, metrics))
                 if stop.requested() or step >= total_steps:
@@ -261,14 +276,12 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
             if stop.requested():
                 status = "stopped"
             else:
-                metrics |= _evaluate_and_log(
-                    model, eval_loaders, ("test",), kind=kind, rt=rt, text=text,
-                    tracker=tracker, step=step,
-                )  # fmt: skip
+                metrics |= evaluate_now(("test",), step=step)
     except BaseException as e:
         status, error = "failed", e
         raise
     finally:
+        train_seconds = time.perf_counter() - t_loop - evaluate_now.seconds
         progress.close()
         if error is None:
             tracker.finish(status)
@@ -283,6 +296,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                 db=None if cfg.no_track else str(getattr(tracker, "db_path", cfg.db)),
                 steps=step,
                 seconds=time.perf_counter() - t_start,
+                train_seconds=train_seconds,
                 metrics={k: v for k, v in metrics.items() if k not in ("epoch", "lr")},
                 clip=getattr(getattr(tracker, "clip", None), "spec", cfg.clip),
                 clip_rate=progress.clip_rate,
