@@ -9,6 +9,7 @@ ratio is meaningful on a noisy machine; medians over the repeats.
 """
 
 import argparse
+import os
 import random
 import sqlite3
 import statistics
@@ -18,6 +19,8 @@ from pathlib import Path
 
 from tracker.store import Store
 
+WRITER_KEYS = ("w", "w_cpu", "p50", "p99", "max")
+
 
 def writer_run(path: Path, steps: int, layers: int, rows_per_step: list[list[float]]):
     store = Store.open(path)
@@ -25,7 +28,7 @@ def writer_run(path: Path, steps: int, layers: int, rows_per_step: list[list[flo
     store.add_layers(run_id, [dict(id=i, name=f"layer{i}.weight", shape=[8]) for i in range(layers)])
     writer = store.writer(run_id)
     enqueue = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for step in range(steps):
         norms = rows_per_step[step % len(rows_per_step)]
         a = time.perf_counter()
@@ -33,12 +36,18 @@ def writer_run(path: Path, steps: int, layers: int, rows_per_step: list[list[flo
             step=step, norms=norms, total_norm=1.0, loss=0.5, clipped=False, coef=1.0, threshold=1.0
         )
         enqueue.append(time.perf_counter() - a)
-    t_enqueued = time.perf_counter() - t0
     writer.flush()
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     writer.close()
     store.close()
-    return steps * layers / total, statistics.median(enqueue), max(enqueue), t_enqueued
+    enqueue.sort()
+    return (
+        steps * layers / total,
+        steps * layers / cpu,
+        enqueue[len(enqueue) // 2],
+        enqueue[int(len(enqueue) * 0.99)],
+        max(enqueue),
+    )
 
 
 def raw_run(path: Path, steps: int, layers: int, rows_per_step: list[list[float]]):
@@ -47,7 +56,7 @@ def raw_run(path: Path, steps: int, layers: int, rows_per_step: list[list[float]
     store.close()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = NORMAL")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     batch = []
     for step in range(steps):
         norms = rows_per_step[step % len(rows_per_step)]
@@ -57,9 +66,9 @@ def raw_run(path: Path, steps: int, layers: int, rows_per_step: list[list[float]
             conn.executemany("INSERT INTO grad_norms VALUES (?, ?, ?, ?)", batch)
             conn.execute("COMMIT")
             batch = []
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     conn.close()
-    return steps * layers / total
+    return steps * layers / total, steps * layers / cpu
 
 
 def main(argv=None):
@@ -70,31 +79,32 @@ def main(argv=None):
     args = p.parse_args(argv)
     rng = random.Random(0)
     rows_per_step = [[rng.lognormvariate(0, 1) for _ in range(args.layers)] for _ in range(64)]
-    w_rates, enq_med, enq_max, raw_rates = [], [], [], []
+    shape = (args.steps, args.layers, rows_per_step)
+    res = {k: [] for k in ("w", "w_cpu", "p50", "p99", "max", "raw", "raw_cpu")}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeats):
-            rate, med, mx, _ = writer_run(Path(tmp) / f"w{r}.db", args.steps, args.layers, rows_per_step)
-            w_rates.append(rate)
-            enq_med.append(med)
-            enq_max.append(mx)
-            raw_rates.append(raw_run(Path(tmp) / f"r{r}.db", args.steps, args.layers, rows_per_step))
-    w, raw = statistics.median(w_rates), statistics.median(raw_rates)
-    print(
-        f"{args.steps} steps x {args.layers} layers = {args.steps * args.layers:,} rows, "
-        f"{args.repeats} repeats"
-    )
+        for r in range(args.repeats):  # interleaved: writer, raw, writer, raw, ...
+            for k, v in zip(WRITER_KEYS, writer_run(Path(tmp) / f"w{r}.db", *shape), strict=True):
+                res[k].append(v)
+            for k, v in zip(("raw", "raw_cpu"), raw_run(Path(tmp) / f"r{r}.db", *shape), strict=True):
+                res[k].append(v)
+    m = {k: statistics.median(v) for k, v in res.items()}
+    load = os.getloadavg()[0]
+    print(f"{args.steps} steps x {args.layers} layers = {args.steps * args.layers:,} rows per repeat, "
+          f"{args.repeats} repeats; {os.cpu_count()} CPUs, load average {load:.1f}")  # fmt: skip
     print("| measure | median |")
     print("|---|---|")
-    print(f"| BackgroundWriter, committed rows/s (incl. steps rows + grad_norm_blocks) | {w:,.0f} |")
-    print(f"| raw executemany baseline rows/s (grad_norms only, no thread) | {raw:,.0f} |")
-    print(f"| writer / raw | {w / raw:.2f} |")
     print(
-        f"| add_step on the caller thread ({args.layers} norms), median | "
-        f"{statistics.median(enq_med) * 1e6:.1f} µs |"
+        "| BackgroundWriter: grad_norms rows/s committed (wall; + steps rows and 4 block levels) | "
+        f"{m['w']:,.0f} |"
     )
+    print(f"| BackgroundWriter: rows per process-CPU-second | {m['w_cpu']:,.0f} |")
+    print(f"| baseline, bare executemany of the same rows: rows/s (wall) | {m['raw']:,.0f} |")
+    print(f"| baseline: rows per process-CPU-second | {m['raw_cpu']:,.0f} |")
+    print(f"| writer / baseline (CPU) | {m['w_cpu'] / m['raw_cpu']:.2f} |")
+    print(f"| add_step() on the caller thread ({args.layers} norms): median | {m['p50'] * 1e6:.1f} µs |")
+    print(f"| add_step(): 99th percentile | {m['p99'] * 1e6:.1f} µs |")
     print(
-        f"| add_step on the caller thread, worst of a repeat (median of repeats) | "
-        f"{statistics.median(enq_max) * 1e3:.2f} ms |"
+        f"| add_step(): worst (GIL hand-off / GC pauses while the thread works) | {m['max'] * 1e3:.2f} ms |"
     )
     print(
         "queue: unbounded SimpleQueue (put never blocks, nothing dropped); max_queue=N opts into drop+count"

@@ -271,7 +271,7 @@ class Reads:
         ).rename(columns={"bucket_start": "step"})
         df = fresh if cached is None or cached[0].empty else pd.concat([cached[0], fresh], ignore_index=True)
         self._envelopes.put(key, w, lo, hi, df)
-        out = df.copy()
+        out = df.copy(deep=False)  # callers get their own frame; the cached one stays as it is
         out.attrs["bucket_steps"] = w
         return out
 
@@ -314,13 +314,13 @@ class Reads:
         params.update(run=run_id, **{f"l{i}": lid for i, lid in enumerate(ids)})
         fresh = self._frame(sql, params)
         df = fresh if cached is None or cached[0].empty else pd.concat([cached[0], fresh], ignore_index=True)
-        if cached is not None:
-            df = df.sort_values(["layer_id", "step"], kind="stable", ignore_index=True)
+        if cached is not None:  # cached rows precede the fresh ones within a layer: a stable sort by layer
+            df = df.sort_values("layer_id", kind="stable", ignore_index=True)
         df["norm_min"] = df["norm_min"].astype(float)
         df["norm_max"] = df["norm_max"].astype(float)
         df["norm_mean"] = df["norm_mean"].astype(float)
         self._envelopes.put(key, w, lo, hi, df)
-        out = df.copy()
+        out = df.copy(deep=False)  # callers get their own frame; the cached one stays as it is
         out.attrs["bucket_steps"] = w
         return out
 
