@@ -19,6 +19,7 @@ import copy
 import datetime
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -227,8 +228,21 @@ def machine_description(device: torch.device, threads: int) -> list[str]:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for v in make_variants():
         versions.update(v.versions())
-    lines.append("versions: " + ", ".join(f"{k} {val}" for k, val in versions.items()))
+    lines.append("versions: " + ", ".join(f"{k} {val}" for k, val in versions.items()) + _commit())
     return lines
+
+
+def _commit() -> str:
+    """The gradwatch commit measured, and whether tracker/ had uncommitted changes."""
+    try:
+        git = ["git", "-C", str(HERE.parent)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run([*git, "status", "--porcelain", "tracker"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return f" (gradwatch commit {head.stdout.strip()}{', tracker/ modified' if dirty.stdout.strip() else ''})"
 
 
 def _pct(x: float) -> str:
