@@ -1,4 +1,4 @@
-"""Distributed measuring with 2 real CPU processes (gloo): DTensor (FSDP2-style) norm reduction and DDP runs.
+"""Distributed measuring with 2 real CPU processes (gloo): DTensor norm reduction, DDP and FSDP2 runs.
 
 Each test starts two real subprocesses running this file as a script (see ``__main__`` below); they join one
 gloo process group. Oracles are computed here, in the test process, from the same seeds.
@@ -123,7 +123,7 @@ def test_dtensor_norms_are_global_not_local(tmp_path):
         assert got["norms"] == pytest.approx(expected, rel=1e-5)
 
 
-# ---------------------------------------------------------------- DDP: rank 0 records, every rank clips
+# ---------------------------------------------------------------- DDP and FSDP2: rank 0 records, all clip
 DDP_STEPS = 3
 
 
@@ -139,35 +139,44 @@ def _ddp_batches():
     ]
 
 
-def _ddp_worker(out_dir: str) -> None:
+def _data_parallel_worker(out_dir: str, wrapper: str) -> None:
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
     from tracker import GradTracker
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = DistributedDataParallel(_ddp_model())
+    model = _ddp_model()
+    if wrapper == "ddp":
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    else:  # FSDP2: parameters and gradients become DTensor shards (Shard(0) over the 2 ranks)
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     totals = []
-    with GradTracker(model, db=os.path.join(out_dir, "gradwatch.db"), clip="norm:1.0", run="ddp") as tracker:
+    with GradTracker(
+        model, db=os.path.join(out_dir, "gradwatch.db"), clip="norm:1.0", run=wrapper
+    ) as tracker:
         for x, y in _ddp_batches():
             shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)  # equal shards
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[shard]), y[shard]).backward()  # DDP averages grads
+            torch.nn.functional.cross_entropy(model(x[shard]), y[shard]).backward()  # grads averaged
             totals.append(tracker.step().total_norm)
             opt.step()
-    result = {"run_id": tracker.run_id, "totals": totals, "params": [p.tolist() for p in model.parameters()]}
-    with open(os.path.join(out_dir, f"ddp-{rank}.json"), "w") as fh:
+    full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+    result = {"run_id": tracker.run_id, "totals": totals, "params": [p.tolist() for p in full]}
+    with open(os.path.join(out_dir, f"{wrapper}-{rank}.json"), "w") as fh:
         json.dump(result, fh)
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_ddp_rank0_records_global_norms_and_all_ranks_clip_alike(tmp_path):
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp2"])
+def test_rank0_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrapper):
     import sqlite3
 
-    _launch("ddp", tmp_path)
+    _launch("data_parallel", tmp_path, wrapper)
     # Oracle: one process on the full batches with torch's clip_grad_norm_.
     replica = _ddp_model()
     opt = torch.optim.SGD(replica.parameters(), lr=0.5)
@@ -180,7 +189,7 @@ def test_ddp_rank0_records_global_norms_and_all_ranks_clip_alike(tmp_path):
         opt.step()
     assert any(t > 1.0 for t in totals)  # clipping really happened
 
-    results = [json.loads((tmp_path / f"ddp-{r}.json").read_text()) for r in range(WORLD)]
+    results = [json.loads((tmp_path / f"{wrapper}-{r}.json").read_text()) for r in range(WORLD)]
     assert results[0]["run_id"] == 1 and results[1]["run_id"] is None  # only rank 0 opened the database
     for res in results:
         assert res["totals"] == pytest.approx(totals, rel=1e-5)
@@ -200,7 +209,7 @@ def test_ddp_rank0_records_global_norms_and_all_ranks_clip_alike(tmp_path):
     finally:
         con.close()
     assert [t for _, t in recorded] == pytest.approx(totals, rel=1e-5)
-    assert names[0] == "module.0.weight"
+    assert names[0] == ("module.0.weight" if wrapper == "ddp" else "0.weight")
     assert len(per_layer) == DDP_STEPS * 4
     for step, layer, norm in per_layer:
         assert norm == pytest.approx(norms[step][layer], rel=1e-5)
@@ -209,4 +218,4 @@ def test_ddp_rank0_records_global_norms_and_all_ranks_clip_alike(tmp_path):
 if __name__ == "__main__":
     mode, out_dir = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
-    {"dtensor": _dtensor_worker, "ddp": _ddp_worker}[mode](out_dir, *sys.argv[3:])
+    {"dtensor": _dtensor_worker, "data_parallel": _data_parallel_worker}[mode](out_dir, *sys.argv[3:])
