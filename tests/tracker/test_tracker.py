@@ -269,3 +269,14 @@ def test_flush_makes_a_running_run_readable(db_path):
     assert _rows(db_path, "SELECT count(*) FROM steps") == [(3,)]
     tracker.finish()
     assert _rows(db_path, "SELECT status FROM runs") == [("finished",)]
+
+
+def test_a_strategy_object_is_accepted_and_recorded_by_its_spec(db_path):
+    from tracker import parse_clip
+
+    batches = _batches(3)
+    expected_model, _, _ = _oracle_run(batches, 0.7)
+    model, _, _ = _tracked_run(batches, db_path, clip=parse_clip("norm:0.7"))
+    for p, q in zip(model.parameters(), expected_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert _rows(db_path, "SELECT clip, clip_source FROM runs") == [("norm:0.7", "argument")]
