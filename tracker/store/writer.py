@@ -256,7 +256,7 @@ class BackgroundWriter:
                 beat = _time.monotonic() - last_beat >= self.heartbeat_every * 0.5
                 if items or beat or control:
                     final = control[1] if control is not None and control[0] == _CLOSE else None
-                    self._write(items, heartbeat=True, final=final)
+                    self._write(items, final=final)
                     last_beat = _time.monotonic()
                 if control is not None:
                     control[-1].set()
@@ -293,7 +293,8 @@ class BackgroundWriter:
                 item = None
         return items, control
 
-    def _write(self, items, *, heartbeat: bool, final=None) -> None:
+    def _write(self, items, *, final=None) -> None:
+        """One transaction: the items' rows, block aggregates, and the heartbeat (or the final status)."""
         run = self.run_id
         steps, payload, stats, clips, nonfinite, metrics = [], [], [], [], [], []
         for item in items:
@@ -354,7 +355,7 @@ class BackgroundWriter:
                             "WHERE id = ?",
                             (final[0], final[1], now, now, run),
                         )
-                    elif heartbeat:
+                    else:
                         c.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (now, run))
                 break
             except DatabaseLocked:
