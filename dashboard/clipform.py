@@ -6,7 +6,9 @@ Only builds text: validation is the tracker's (``tracker.clipping.validate_clip`
 
 from __future__ import annotations
 
-__all__ = ["STRATEGIES", "build_spec"]
+import re
+
+__all__ = ["STRATEGIES", "build_spec", "form_values"]
 
 # name -> what it does, and its parameters: {param: (label, default)}; a str default means a text field.
 STRATEGIES: dict[str, dict] = {
@@ -70,3 +72,43 @@ def build_spec(strategy: str, params: dict, *, noise_eta=None, noise_gamma=None)
             f"+noise({_num(noise_eta)}" + (f",{_num(noise_gamma)}" if noise_gamma is not None else "") + ")"
         )
     return spec
+
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_FORMS = {
+    "none": re.compile(r"none"),
+    "norm": re.compile(rf"norm:(?P<c>{_NUMBER})"),
+    "value": re.compile(rf"value:(?P<c>{_NUMBER})"),
+    "layer": re.compile(rf"layer:(?P<c>{_NUMBER})"),
+    "agc": re.compile(rf"agc:(?P<l>{_NUMBER})(?P<exclude>(?:,exclude=[^,+]+)*)"),
+    "autoclip": re.compile(rf"autoclip:(?P<p>{_NUMBER})(?:,window=(?P<window>\d+))?"),
+    "zclip": re.compile(rf"zclip:(?P<z>{_NUMBER}),alpha=(?P<alpha>{_NUMBER}),warmup=(?P<warmup>\d+)"),
+    "random": re.compile(rf"random:(?P<lo>{_NUMBER})-(?P<hi>{_NUMBER})"),
+}
+_NOISE = re.compile(rf"\+noise\((?P<eta>{_NUMBER}),(?P<gamma>{_NUMBER})\)$")
+
+
+def form_values(canonical: str) -> dict | None:
+    """The form fields that rebuild a canonical spec (``parse_clip(s).spec``), or None when the form cannot
+    express it (schedules, ``@p=``, seeds): the page then offers the raw spec instead.
+
+    Returns ``{"strategy", "params", "noise_eta", "noise_gamma"}``.
+    """
+    spec, eta, gamma = canonical.strip(), None, None
+    noise = _NOISE.search(spec)
+    if noise:
+        eta, gamma = float(noise["eta"]), float(noise["gamma"])
+        spec = spec[: noise.start()]
+    for strategy, pattern in _FORMS.items():
+        m = pattern.fullmatch(spec)
+        if m is None:
+            continue
+        params = {}
+        for name, (_, default) in STRATEGIES[strategy]["params"].items():
+            raw = m.groupdict().get(name)
+            if name == "exclude":
+                params[name] = ",".join(e for e in (raw or "").split(",exclude=") if e)
+            else:
+                params[name] = default if raw is None else float(raw)
+        return {"strategy": strategy, "params": params, "noise_eta": eta, "noise_gamma": gamma}
+    return None

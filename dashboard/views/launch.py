@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data, state
-from dashboard.clipform import STRATEGIES, build_spec
+from dashboard.clipform import STRATEGIES, build_spec, form_values
 from dashboard.launch import is_trainer_run, log_tail, parse_sweep, relaunch_spec, stop_pid
 from tracker.clipping import parse_clip, validate_clip
 
@@ -41,16 +41,38 @@ def _consume_prefill(runs: pd.DataFrame) -> None:
         st.session_state["launch_source"] = int(source)
     clip = st.session_state.pop("launch_clip", None)
     if clip is not None:
+        st.session_state["clip_prefilled_for"] = st.session_state.get("launch_source")
         st.session_state["clip_mode"] = "Raw spec"
         st.session_state["clip_raw"] = clip
 
 
+def _prefill_clip(run: dict) -> None:
+    """Start the clip form from the source run's recorded clipping (once per source run)."""
+    # Widget values are dropped while another page shows, hence the clip_mode check.
+    if st.session_state.get("clip_prefilled_for") == run["id"] and "clip_mode" in st.session_state:
+        return
+    st.session_state["clip_prefilled_for"] = run["id"]
+    recorded = run.get("clip") or "none"
+    st.session_state["clip_raw"] = recorded
+    values = form_values(recorded) if validate_clip(recorded) is None else None
+    if values is None:
+        st.session_state["clip_mode"] = "Raw spec"
+        return
+    st.session_state["clip_mode"] = "Strategy"
+    st.session_state["clip_strategy"] = values["strategy"]
+    for name, value in values["params"].items():
+        st.session_state[f"clip_{values['strategy']}_{name}"] = value
+    st.session_state["clip_noise"] = values["noise_eta"] is not None
+    if values["noise_eta"] is not None:
+        st.session_state["clip_noise_eta"] = values["noise_eta"]
+        st.session_state["clip_noise_gamma"] = values["noise_gamma"]
+
+
 def clip_input(run: dict) -> tuple[str | None, str | None]:
     """The clip spec from the form and the tracker's error message for it (None when valid)."""
+    _prefill_clip(run)
     mode = st.radio("Clipping", ["Strategy", "Raw spec"], horizontal=True, key="clip_mode")
     if mode == "Raw spec":
-        if "clip_raw" not in st.session_state:
-            st.session_state["clip_raw"] = run.get("clip") or "none"
         spec = st.text_input("Clip spec", key="clip_raw", help=_help())
     else:
         strategy = st.selectbox("Strategy", list(STRATEGIES), key="clip_strategy", format_func=_describe)
@@ -58,17 +80,20 @@ def clip_input(run: dict) -> tuple[str | None, str | None]:
         cols = st.columns(max(1, len(STRATEGIES[strategy]["params"])))
         for col, (name, (label, default)) in zip(cols, STRATEGIES[strategy]["params"].items(), strict=False):
             key = f"clip_{strategy}_{name}"
+            st.session_state.setdefault(key, default)
             if isinstance(default, str):
-                params[name] = col.text_input(label, value=default, key=key)
+                params[name] = col.text_input(label, key=key)
             else:
                 # No min_value: a negative threshold must reach the tracker's validation and be explained.
-                params[name] = col.number_input(label, value=default, key=key, format="%g")
+                params[name] = col.number_input(label, key=key, format="%g")
         noise = st.checkbox("Add annealed gradient noise (Neelakantan et al. 2015)", key="clip_noise")
         eta = gamma = None
         if noise:
             n1, n2 = st.columns(2)
-            eta = n1.number_input("eta", value=0.01, key="clip_noise_eta", format="%g")
-            gamma = n2.number_input("gamma", value=0.55, key="clip_noise_gamma", format="%g")
+            st.session_state.setdefault("clip_noise_eta", 0.01)
+            st.session_state.setdefault("clip_noise_gamma", 0.55)
+            eta = n1.number_input("eta", key="clip_noise_eta", format="%g")
+            gamma = n2.number_input("gamma", key="clip_noise_gamma", format="%g")
         spec = build_spec(strategy, params, noise_eta=eta, noise_gamma=gamma)
     error = validate_clip(spec)
     if error:

@@ -72,9 +72,10 @@ def serve(db: Path, log: Path, timeout: float = 90.0):
             proc.wait()
 
 
-def capture(url: str, out_dir: Path, pages=PAGES, timeout_ms: int = 90_000) -> dict[str, dict]:
+def capture(url: str, out_dir: Path, pages=PAGES, timeout_ms: int = 90_000, tabs=None, height=1000):
     """Open each page, wait until it has rendered, save ``<page>.png``; returns per page the number of
-    plotly charts and the text of any Streamlit error or exception shown."""
+    plotly charts and the text of any Streamlit error or exception shown. ``tabs`` maps a page to tab
+    labels to click and save as ``<page>-<tab>.png`` too."""
     from playwright.sync_api import sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def capture(url: str, out_dir: Path, pages=PAGES, timeout_ms: int = 90_000) -> d
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": height})
             for name, ready in pages.items():
                 page.goto(f"{url}/{name}" if name != "runs" else url, wait_until="domcontentloaded")
                 page.wait_for_selector(ready, timeout=timeout_ms)
@@ -96,6 +97,11 @@ def capture(url: str, out_dir: Path, pages=PAGES, timeout_ms: int = 90_000) -> d
                     "plots": page.locator(".js-plotly-plot").count(),
                     "errors": [problems.nth(i).inner_text() for i in range(problems.count())],
                 }
+                for tab in (tabs or {}).get(name, ()):
+                    page.get_by_role("tab", name=tab).click()
+                    page.wait_for_timeout(2000)
+                    slug = tab.lower().replace(" ", "-").replace("&", "and")
+                    page.screenshot(path=str(out_dir / f"{name}-{slug}.png"), full_page=True)
         finally:
             browser.close()
     return seen
@@ -128,7 +134,8 @@ def main() -> None:
         if not db.exists():
             _record_showcase(db, tmp / "corpus")
         with serve(db, tmp / "streamlit.log") as url:
-            for name, info in capture(url, out).items():
+            tabs = {"run": ["Layers", "Heatmap", "Gradient flow", "Suggested threshold"]}
+            for name, info in capture(url, out, tabs=tabs, height=1300).items():
                 print(f"{out / (name + '.png')}: {info['plots']} charts, errors: {info['errors'] or 'none'}")
 
 

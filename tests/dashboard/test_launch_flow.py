@@ -108,3 +108,58 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except OSError:
         return True
+
+
+# Somebody's own training script, instrumented with the tracker and nothing else.
+EXTERNAL_SCRIPT = """
+import sys, torch
+from tracker import GradTracker
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=float(sys.argv[1]))
+with GradTracker(model, run="mine", clip="none") as tracker:
+    for _ in range(4):
+        loss = model(torch.randn(16, 4)).pow(2).mean() * 100
+        loss.backward()
+        tracker.step(loss=loss)
+        opt.step(); opt.zero_grad()
+"""
+
+
+@pytest.mark.slow
+def test_relaunch_an_external_script_with_gradwatch_clip(tmp_path, app, monkeypatch):
+    db = tmp_path / "gradwatch.db"
+    script = tmp_path / "my_train.py"
+    script.write_text(EXTERNAL_SCRIPT)
+    monkeypatch.setenv("GRADWATCH_DB", str(db))
+    # The script lives outside the checkout, as a user's would: make `import tracker` independent of how
+    # the environment installed gradwatch (the relaunched process inherits this environment too).
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    first = subprocess.run([sys.executable, str(script), "0.01"], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    parent = _runs(db).iloc[0]
+    assert parent["clip"] == "none" and parent["argv"] == [str(script), "0.01"]
+
+    at = app(db).run()
+    at.session_state["launch_from"] = int(parent["id"])
+    at.switch_page("views/launch.py").run()
+    assert any("External script" in c.value for c in at.caption)
+    assert not [w for w in at.number_input if w.key and w.key.startswith("opt_")]  # only clipping can change
+    at.radio(key="clip_mode").set_value("Raw spec").run()
+    at.text_input(key="clip_raw").input("norm:0.1").run()
+    at.text_input(key="launch_name").input("mine-relaunched").run()
+    command = "\n".join(c.value for c in at.code)
+    assert "GRADWATCH_CLIP=norm:0.1" in command and f"{script} 0.01" in command
+    at.button(key="launch_go").click().run()
+
+    def done():
+        runs = _runs(db)
+        return len(runs) == 2 and runs["status"].iloc[1] != "running"
+
+    assert _wait_for(done, timeout=300), [p.read_text() for p in (tmp_path / "gradwatch-logs").glob("*.log")]
+    child = _runs(db).iloc[1]
+    assert child["status"] == "finished"
+    assert child["clip"] == "norm:0.1" and child["clip_source"] == "env"
+    assert child["argv"] == [str(script), "0.01"] and child["cwd"] == str(REPO)
+    assert child["clip_rate"] > 0  # loss * 100 gives norms far above 0.1

@@ -91,3 +91,12 @@ def test_valid_sweep_previews_one_command_per_spec(launch, recorded):
         assert spec in command
     assert launch.button(key="sweep_go").label == "Launch sweep of 3"
     assert _nothing_launched(recorded)
+
+
+def test_form_starts_from_the_recorded_clipping(launch, recorded):
+    # The child run was recorded with norm:0.5: the form opens on that strategy and threshold.
+    assert launch.radio(key="clip_mode").value == "Strategy"
+    assert launch.selectbox(key="clip_strategy").value == "norm"
+    assert launch.number_input(key="clip_norm_c").value == 0.5
+    launch.selectbox(key="launch_source").set_value(recorded.ids["base"]).run()
+    assert launch.selectbox(key="clip_strategy").value == "none"
