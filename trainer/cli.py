@@ -39,13 +39,13 @@ def _clip_grammar() -> str:
 
 
 def _compat_table() -> str:
-    return "; ".join(f"{m}: {', '.join(t)}" for m, t in MODEL_TASKS.items())
+    return "compatible tasks:\n" + "\n".join(f"  {m:<14} {', '.join(t)}" for m, t in MODEL_TASKS.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
-        description="Train a speech model while gradwatch records per-layer gradient norms and clipping "
+        description="Train a speech model while gradwatch records per-layer gradient norms and clipping\n"
         "into SQLite. Watch it live with: streamlit run dashboard -- --db PATH",
         epilog="distributed:\n"
         "  torchrun --nproc_per_node=N -m trainer ...   gloo on CPU, nccl on GPU; one run in the database,\n"
@@ -86,12 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--specaugment", action="store_true", help="SpecAugment (frequency/time masking) on training data")
     add(g, "--sc-variant", type=int, choices=(10, 12, 35), help="Speech Commands classes: 10, 12 or 35")
 
-    g = parser.add_argument_group("model", f"compatible tasks: {_compat_table()}")
+    g = parser.add_argument_group("model", _compat_table())
     add(
         g,
         "--model",
         choices=MODELS,
-        help="architecture (default: seed-cnn for keywords, crnn-ctc for digits)",
+        help="architecture (default: seed-cnn for keywords, crnn-ctc otherwise)",
     )
     add(g, "--dropout", type=float, help="dropout probability (default: the model's own)")
     add(g, "--hidden-size", type=int, help="width: GRU/LSTM units, conformer dim, resnet channels")
