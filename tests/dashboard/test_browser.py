@@ -1,6 +1,7 @@
 """The real thing: ``streamlit run dashboard -- --db DB`` in a subprocess, opened by headless Chromium."""
 
 import os
+import time
 
 import pytest
 from screenshots import CHROMIUM, capture, serve
@@ -23,3 +24,59 @@ def test_every_page_renders_in_chromium(recorded, tmp_path):
     assert seen["run"]["plots"] >= 1 and seen["compare"]["plots"] >= 2
     # The recorded run has a NaN step: the Run page reports it as an error box, and nothing else.
     assert all("non-finite" in e for e in seen["run"]["errors"])
+
+
+# A training process stand-in that records a step every 0.1 s through the real store writer.
+WRITER = """
+import math, sys, time
+from tracker.store import Store
+store = Store.open(sys.argv[1], create=True)
+run = store.create_run(name="live", clip="norm:1.0")
+store.add_layers(run, [dict(id=i, name=f"block{i}.weight", shape=[8]) for i in range(4)])
+writer = store.writer(run, heartbeat_every=0.5)
+for step in range(100_000):
+    norms = [1.0 + 0.1 * i + 0.05 * math.sin(step / 5) for i in range(4)]
+    total = math.sqrt(sum(n * n for n in norms))
+    writer.add_step(step=step, norms=norms, total_norm=total, loss=1 / (1 + step))
+    writer.flush()
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent: install it with `make browser`"
+)
+def test_the_run_page_follows_a_running_run(tmp_path):
+    import subprocess
+    import sys
+
+    from playwright.sync_api import sync_playwright
+    from screenshots import CHROMIUM_ARGS, REPO
+
+    db = tmp_path / "gradwatch.db"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not db.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with serve(db, tmp_path / "streamlit.log") as url, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/run")
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+            steps = page.locator("[data-testid='stMetric']", has_text="Steps recorded")
+            steps = steps.locator("[data-testid='stMetricValue']")
+            first = int(steps.inner_text().replace(",", ""))
+            # The live fragment re-renders by itself (no reload, no click) with the steps written since.
+            page.wait_for_function(
+                "([el, n]) => parseInt(el.innerText.replace(/,/g, '')) > n",
+                arg=[steps.element_handle(), first],
+                timeout=60_000,
+            )
+            assert page.locator("[data-testid='stException']").count() == 0
+            page.screenshot(path=str(tmp_path / "live.png"))
+            browser.close()
+    finally:
+        writer.kill()
+        writer.wait()
