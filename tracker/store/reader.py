@@ -119,11 +119,17 @@ class Reads:
         return ids
 
     def _step_range(self, run_id: int, start, end):
-        lo, hi = self._fetch("SELECT min(step), max(step) FROM steps WHERE run_id = ?", (run_id,))[1][0]
+        # Two subqueries: SQLite answers a lone min() or max() with one index seek, both together by a scan.
+        lo, hi = self._fetch(
+            "SELECT (SELECT min(step) FROM steps WHERE run_id = :r),"
+            " (SELECT max(step) FROM steps WHERE run_id = :r)",
+            dict(r=run_id),
+        )[1][0]
         if lo is None:  # no steps rows (norms written without them): fall back to the blocks
             lo, hi = self._fetch(
-                "SELECT min(block), max(block) FROM grad_norm_blocks WHERE run_id = ? AND size = ?",
-                (run_id, BLOCK_SIZES[0]),
+                "SELECT (SELECT min(block) FROM grad_norm_blocks WHERE run_id = :r AND size = :s),"
+                " (SELECT max(block) FROM grad_norm_blocks WHERE run_id = :r AND size = :s)",
+                dict(r=run_id, s=BLOCK_SIZES[0]),
             )[1][0]
             if lo is None:
                 return None
