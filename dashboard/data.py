@@ -33,7 +33,7 @@ __all__ = [
 FINAL_METRICS = ("val_acc", "test_acc", "val_cer", "test_cer", "val_wer", "val_loss", "train_loss", "gen_gap")
 
 # Raw per-layer rows are read when a selection has at most this many rows; above, the min/max blocks.
-RAW_NORM_ROWS = 200_000
+RAW_NORM_ROWS = 50_000
 
 
 def config_of(run) -> dict:

@@ -71,10 +71,9 @@ def layers_panel(store, run_id: int, layers: pd.DataFrame, n_steps: int) -> None
     modules = sorted({charts.module_of(n).split(".")[0] for n in layers["name"]})
     prefix = st.selectbox("Module", ["(all)", *modules], key="layer_module") if len(modules) > 1 else "(all)"
     candidates = [i for i in layers["id"] if prefix == "(all)" or names[i].split(".")[0] == prefix]
-    top = _top_layers(store, run_id, layers, candidates)
     key = f"layer_pick_{run_id}_{prefix}"
-    if key not in st.session_state:
-        st.session_state[key] = [names[i] for i in top]
+    if key not in st.session_state:  # the default pick is made once; live refreshes keep the user's pick
+        st.session_state[key] = [names[i] for i in _top_layers(store, run_id, layers, candidates)]
     picked = st.multiselect(
         f"Layers (default: the {TOP_K} with the largest norm so far)",
         [names[i] for i in candidates],
