@@ -71,3 +71,17 @@ def test_closed_run_keeps_its_status(db_path):
         s.writer(run_id).close("stopped")
         time.sleep(0.2)
         assert s.run(run_id)["status"] == "stopped"
+
+
+def test_idle_writer_still_beats(db_path):
+    # A run that logs rarely (every=1000, a long evaluation) must not look dead: the thread stamps
+    # heartbeat_at on its own every heartbeat_every seconds.
+    with Store.open(db_path) as s:
+        run_id = s.create_run(name="idle")
+        w = s.writer(run_id, heartbeat_every=0.2)
+        w.flush()
+        first = raw_sql(db_path, "SELECT heartbeat_at FROM runs WHERE id = ?", (run_id,))[0][0]
+        assert wait_for(
+            lambda: raw_sql(db_path, "SELECT heartbeat_at FROM runs WHERE id = ?", (run_id,))[0][0] > first
+        )
+        w.close()

@@ -125,15 +125,8 @@ class Reads:
             " (SELECT max(step) FROM steps WHERE run_id = :r)",
             dict(r=run_id),
         )[1][0]
-        if lo is None:  # no steps rows (norms written without them): fall back to the blocks
-            lo, hi = self._fetch(
-                "SELECT (SELECT min(block) FROM grad_norm_blocks WHERE run_id = :r AND size = :s),"
-                " (SELECT max(block) FROM grad_norm_blocks WHERE run_id = :r AND size = :s)",
-                dict(r=run_id, s=BLOCK_SIZES[0]),
-            )[1][0]
-            if lo is None:
-                return None
-            lo, hi = lo * BLOCK_SIZES[0], (hi + 1) * BLOCK_SIZES[0] - 1
+        if lo is None:  # nothing recorded yet (the writer writes a steps row with every step's norms)
+            return None
         lo = lo if start is None else int(start)
         hi = hi if end is None else int(end)
         return (lo, hi) if lo <= hi else None
