@@ -71,3 +71,47 @@ def test_concurrent_writers_and_a_reader(db_path):
         "WHERE size = 16 ORDER BY 1, 2, 3",
     )
     assert stored == oracle
+
+
+def test_one_store_shared_by_threads_while_a_run_writes(db_path):
+    # Streamlit calls one cached Store from several script threads; a writer appends meanwhile.
+    import threading
+
+    from tests.store.helpers import make_norms
+
+    norms = make_norms(800, 4, seed=2)
+    with Store.open(db_path) as s:
+        run_id = s.create_run(name="shared")
+        w = s.writer(run_id)
+        reader = Store.open(db_path, readonly=True)
+        errors = []
+
+        def poll():
+            try:
+                for _ in range(30):
+                    reader.runs()
+                    reader.grad_norm_envelope(run_id, [0, 3], max_points=20)
+                    reader.heatmap(run_id, max_columns=10)
+                    reader.steps(run_id, after_step=700)
+            except Exception as exc:  # collected and re-raised on the test thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=poll) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for step in range(800):
+            w.add_step(step=step, norms=norms[step])
+            if step % 100 == 99:
+                w.flush()
+        w.close()
+        for t in threads:
+            t.join()
+        assert errors == []
+        df = reader.grad_norm_envelope(run_id, [0, 3], max_points=20)
+        for row in df.itertuples():
+            vals = [norms[st][row.layer_id] for st in range(row.step, row.step_end + 1)]
+            assert (row.norm_min, row.norm_max, row.count) == (min(vals), max(vals), len(vals))
+        assert df.groupby("layer_id")["count"].sum().tolist() == [800, 800]
+        assert reader.run(run_id)["n_steps"] == 800
+        assert len(reader.steps(run_id)) == 800
+        reader.close()

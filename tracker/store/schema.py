@@ -156,7 +156,11 @@ def user_tables(conn: sqlite3.Connection) -> list[str]:
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Create every table and the meta rows. The caller holds a write transaction (BEGIN IMMEDIATE)."""
+    """Create every table and the meta rows. The caller holds a write transaction (BEGIN IMMEDIATE).
+
+    Plain DDL rather than sqlite-utils' Table.create: that has no WITHOUT ROWID option, and this text is
+    the contract that docs/schema.md documents (a test compares the two column by column).
+    """
     for statement in DDL.split(";"):
         if statement.strip():
             conn.execute(statement)
