@@ -47,16 +47,12 @@ def module_of(name: str) -> str:
 
 
 def global_norm_figure(
-    steps: pd.DataFrame,
-    clip_events: pd.DataFrame | None = None,
-    *,
-    log_y: bool = False,
-    max_points: int = MAX_POINTS,
+    steps: pd.DataFrame, *, log_y: bool = False, max_points: int = MAX_POINTS
 ) -> go.Figure:
-    """Pre-clip global norm per step, the clip threshold in use, post-clip norm, and clip events as markers.
+    """Pre-clip global norm per step, post-clip norm, the clip threshold in force, and clipped steps marked.
 
-    ``steps`` needs ``step`` and ``total_norm``; ``threshold`` and ``total_norm_after`` are drawn if present.
-    ``clip_events`` needs ``step``, ``norm_before`` and ``clipped``; only events that clipped are marked.
+    ``steps`` needs ``step`` and ``total_norm``; ``total_norm_after``, ``threshold`` and ``clipped`` are
+    drawn when present (the steps table carries every clip decision, so no clip-event read is needed).
     """
     fig = go.Figure()
     if len(steps):
@@ -83,10 +79,9 @@ def global_norm_figure(
                     line=dict(color="firebrick", dash="dash", width=1.5),
                 )
             )
-    if clip_events is not None and len(clip_events):
-        clipped = clip_events[clip_events["clipped"].astype(bool)]
+        clipped = steps[steps["clipped"].fillna(0).astype(bool)] if "clipped" in steps else steps.iloc[0:0]
         if len(clipped):
-            x, y = minmax_envelope(clipped["step"].to_numpy(), clipped["norm_before"].to_numpy(), max_points)
+            x, y = minmax_envelope(clipped["step"].to_numpy(), clipped["total_norm"].to_numpy(), max_points)
             fig.add_trace(
                 _scatter(
                     x,

@@ -15,8 +15,8 @@ import streamlit as st
 
 __all__ = [
     "FINAL_METRICS",
-    "clip_events",
     "config_of",
+    "db_key",
     "flow",
     "heatmap",
     "incremental",
@@ -101,10 +101,6 @@ def steps(store, db: str, run_id: int) -> pd.DataFrame:
     return incremental("steps", db, run_id, lambda after: store.steps(run_id, after_step=after))
 
 
-def clip_events(store, db: str, run_id: int) -> pd.DataFrame:
-    return incremental("clip_events", db, run_id, lambda after: store.clip_events(run_id, after_step=after))
-
-
 def metrics(store, db: str, run_id: int) -> pd.DataFrame:
     """Long format: step, name, value."""
     return incremental(
@@ -132,13 +128,26 @@ def layer_norms(
     return frame.assign(name=frame["layer_id"].map(names))
 
 
+@st.cache_data(ttl=2, show_spinner=False, max_entries=64)
+def _heatmap(db: str, run_id: int, max_columns: int, _store) -> pd.DataFrame:
+    return _store.heatmap(run_id, None, None, max_columns)
+
+
 def heatmap(store, run_id: int, layer_frame: pd.DataFrame, max_columns: int) -> pd.DataFrame:
-    """Long format ``layer_id``, ``name``, ``step`` (bucket start), ``log10_norm`` (max over the bucket)."""
-    frame = store.heatmap(run_id, None, None, max_columns)
+    """Long format ``layer_id``, ``name``, ``step`` (bucket start), ``log10_norm`` (max over the bucket).
+
+    Cached for 2 s: the layer picker and the heatmap tab of one refresh share one read.
+    """
+    frame = _heatmap(db_key(store), int(run_id), int(max_columns), store)
     names = dict(zip(layer_frame["id"], layer_frame["name"], strict=True))
     with np.errstate(divide="ignore", invalid="ignore"):
         log10 = np.log10(frame["norm_max"].astype(float))
     return frame.assign(name=frame["layer_id"].map(names), log10_norm=log10)
+
+
+def db_key(store) -> str:
+    """Cache key of a store: its file path."""
+    return str(store.path)
 
 
 def flow(store, run_id: int, step: int) -> pd.DataFrame:

@@ -58,9 +58,9 @@ def header(run: dict, runs: pd.DataFrame) -> None:
         st.caption(f"argv: `{run.get('argv')}` · cwd: `{run.get('cwd')}` · python: `{run.get('python')}`")
 
 
-def global_norm_panel(steps: pd.DataFrame, events: pd.DataFrame) -> None:
+def global_norm_panel(steps: pd.DataFrame) -> None:
     log_y = st.toggle("Log scale", value=False, key="global_log")
-    st.plotly_chart(charts.global_norm_figure(steps, events, log_y=log_y), key="global_norm")
+    st.plotly_chart(charts.global_norm_figure(steps, log_y=log_y), key="global_norm")
 
 
 def layers_panel(store, run_id: int, layers: pd.DataFrame, n_steps: int) -> None:
@@ -85,7 +85,7 @@ def layers_panel(store, run_id: int, layers: pd.DataFrame, n_steps: int) -> None
 
 
 def _top_layers(store, run_id: int, layers: pd.DataFrame, candidates: list[int]) -> list[int]:
-    heat = data.heatmap(store, run_id, layers, 1)
+    heat = data.heatmap(store, run_id, layers, HEATMAP_COLUMNS)  # the same read as the heatmap tab
     if not len(heat):
         return candidates[:TOP_K]
     peak = heat[heat["layer_id"].isin(candidates)].groupby("layer_id")["log10_norm"].max()
@@ -199,13 +199,14 @@ def live_panels(run_id: int) -> None:
         runs = data.runs(store, db)
         run = runs[runs["id"] == run_id].iloc[0].to_dict()
         steps = data.steps(store, db, run_id)
-        events = data.clip_events(store, db, run_id)
         metrics = data.metrics(store, db, run_id)
         layers = data.layers(store, db, run_id)
     except StoreError as exc:
         state.show_store_error(exc)
         return
-    clipped = events["clipped"].astype(bool).mean() if len(events) else float("nan")
+    # The store's clip rate counts every clip decision, also those of steps not logged (every > 1).
+    clipped = run.get("clip_rate")
+    clipped = float("nan") if clipped is None or pd.isna(clipped) else float(clipped)
     m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("Status", run["status"])
     m2.metric("Steps recorded", f"{len(steps):,}")
@@ -220,7 +221,7 @@ def live_panels(run_id: int) -> None:
     tabs = st.tabs(["Global norm", "Layers", "Heatmap", "Gradient flow", "Loss & metrics", "Non-finite",
                     "Suggested threshold"])  # fmt: skip
     with tabs[0]:
-        global_norm_panel(steps, events)
+        global_norm_panel(steps)
     with tabs[1]:
         layers_panel(store, run_id, layers, len(steps))
     with tabs[2]:
