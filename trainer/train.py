@@ -22,6 +22,7 @@ from trainer.evaluate import TextUnits, batch_loss, evaluate
 from trainer.models import build_model
 from trainer.progress import Progress, format_summary
 from trainer.runtime import Runtime, StopSignal
+from trainer.sampling import BucketBatchSampler
 
 __all__ = ["TrainingError", "run_training", "make_optimizer", "lr_factor"]
 
@@ -78,19 +79,19 @@ def _load_data(cfg: TrainConfig, rt: Runtime):
 
 
 def _loaders(cfg: TrainConfig, splits, rt: Runtime):
-    from torch.utils.data import DataLoader, DistributedSampler, Subset
+    from torch.utils.data import DataLoader, DistributedSampler
 
-    g = torch.Generator().manual_seed(cfg.seed)
-    sampler = DistributedSampler(splits.train, shuffle=True, seed=cfg.seed) if rt.distributed else None
     common = dict(collate_fn=splits.collate, pin_memory=rt.device.type == "cuda")
-    train = DataLoader(
-        splits.train,
-        batch_size=cfg.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        generator=g,
-        **common,
-    )
+    if rt.distributed:
+        sampler = DistributedSampler(splits.train, shuffle=True, seed=cfg.seed)
+        train = DataLoader(splits.train, batch_size=cfg.batch_size, sampler=sampler, **common)
+    elif splits.kind == "sequence" and hasattr(splits.train, "lengths"):
+        sampler = BucketBatchSampler(splits.train.lengths(), cfg.batch_size, seed=cfg.seed)
+        train = DataLoader(splits.train, batch_sampler=sampler, **common)
+    else:
+        sampler = None
+        g = torch.Generator().manual_seed(cfg.seed)
+        train = DataLoader(splits.train, batch_size=cfg.batch_size, shuffle=True, generator=g, **common)
     # The generalisation gap needs the training score measured like the validation score: eval mode,
     # no augmentation, on a fixed subset of the training set as large as the validation set.
     train_eval_set = splits.train
@@ -99,17 +100,23 @@ def _loaders(cfg: TrainConfig, splits, rt: Runtime):
         train_eval_set.augment = None
     n = min(len(train_eval_set), max(len(splits.val), 1))
     every = max(1, len(train_eval_set) // n)
-    train_eval = Subset(train_eval_set, list(range(0, len(train_eval_set), every))[:n])
+    subsets = {
+        "train": _by_length(train_eval_set, list(range(0, len(train_eval_set), every))[:n]),
+        "val": _by_length(splits.val, list(range(len(splits.val)))),
+        "test": _by_length(splits.test, list(range(len(splits.test)))),
+    }
     eval_bs = max(cfg.batch_size, 64)
-    return (
-        train,
-        sampler,
-        {
-            "train": DataLoader(train_eval, batch_size=eval_bs, **common),
-            "val": DataLoader(splits.val, batch_size=eval_bs, **common),
-            "test": DataLoader(splits.test, batch_size=eval_bs, **common),
-        },
-    )
+    return train, sampler, {k: DataLoader(v, batch_size=eval_bs, **common) for k, v in subsets.items()}
+
+
+def _by_length(dataset, indices: list[int]):
+    """Evaluation order does not change the metrics: sorted by length, sequence batches pad little."""
+    from torch.utils.data import Subset
+
+    if hasattr(dataset, "lengths"):
+        lengths = dataset.lengths()
+        indices = sorted(indices, key=lengths.__getitem__)
+    return Subset(dataset, indices)
 
 
 def _make_tracker(cfg: TrainConfig, model: nn.Module, rt: Runtime):
