@@ -294,7 +294,15 @@ class Launcher:
         """Queue ``specs`` and start as many as the concurrency ``limit`` (per sweep) allows."""
         if limit is not None and limit < 1:
             raise ValueError(f"the concurrency limit must be at least 1, got {limit!r}")
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. the database sits in a read-only directory
+            failed = [Job(spec=spec, log_path=self.log_dir / "-", sweep=sweep) for spec in specs]
+            for job in failed:
+                job.error = f"cannot create the log directory {self.log_dir}: {exc}"
+            with self._lock:
+                self.jobs.extend(failed)
+            return failed
         new = []
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for i, spec in enumerate(specs):

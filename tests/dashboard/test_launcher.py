@@ -121,3 +121,11 @@ def test_trainer_command_is_an_argument_list(tmp_path):
 def test_launcher_rejects_bad_limit(tmp_path):
     with pytest.raises(ValueError, match="at least 1"):
         Launcher(tmp_path).submit([], limit=0)
+
+
+def test_unwritable_log_directory_is_reported_not_raised(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the log directory should be: mkdir fails for any user
+    launcher = Launcher(blocker / "logs")
+    (job,) = launcher.submit([LaunchSpec(name="x", argv=(sys.executable, "-c", "pass"), cwd=str(tmp_path))])
+    assert job.state == "failed to start" and "cannot create the log directory" in job.error

@@ -1,0 +1,78 @@
+"""Large runs are drawn from at most ~2,000 points per trace without losing spikes; live pages read only
+the rows after the last step they have seen."""
+
+import math
+
+import numpy as np
+import pytest
+from dashboard_helpers import figure, trace, values
+
+from tracker.store import Store
+
+N_STEPS = 20_000  # x 3 layers = 60k rows: above the raw-read limit, so per-layer norms come from blocks
+SPIKE = (12_345, 1)  # step, layer
+
+
+@pytest.fixture
+def large(tmp_path):
+    path = tmp_path / "large.db"
+    rng = np.random.default_rng(3)
+    norms = rng.lognormal(mean=0.0, sigma=0.2, size=(N_STEPS, 3))
+    norms[SPIKE] = 1e4
+    total = np.sqrt((norms**2).sum(axis=1))
+    with Store.open(path, create=True) as store:
+        run = store.create_run(name="large", clip="none")
+        store.add_layers(run, [dict(id=i, name=f"enc.{i}.weight", shape=[2]) for i in range(3)])
+        writer = store.writer(run)
+        for step in range(N_STEPS):
+            writer.add_step(step=step, norms=norms[step].tolist(), total_norm=float(total[step]), loss=1.0)
+        writer.close()
+    return path, norms, total
+
+
+def test_large_run_is_downsampled_keeping_spikes(large, app):
+    path, norms, total = large
+    at = app(path).run().switch_page("views/run.py").run()
+    assert not at.exception
+    pre = trace(figure(at, "global_norm"), "global norm (pre-clip)")
+    assert pre["type"] == "scattergl" and len(values(pre["y"])) <= 2000
+    assert np.nanmax(values(pre["y"])) == pytest.approx(total.max())
+    assert np.nanmin(values(pre["y"])) == pytest.approx(total.min())
+    layers = figure(at, "layer_norms")
+    for i in range(3):
+        t = trace(layers, f"enc.{i}.weight")
+        y = values(t["y"])
+        assert len(y) <= 2000
+        # Exact extremes survive: they come from the store's min/max blocks, then the envelope.
+        assert y.max() == pytest.approx(norms[:, i].max()) and y.min() == pytest.approx(norms[:, i].min())
+    heat = figure(at, "heatmap")["data"][0]
+    assert len(heat["x"]) <= 200
+    assert np.nanmax(values(heat["z"])) == pytest.approx(math.log10(1e4))
+
+
+def test_live_refresh_reads_only_new_rows(tmp_path, app):
+    path = tmp_path / "live.db"
+    store = Store.open(path, create=True)
+    run = store.create_run(name="live", clip="none")
+    store.add_layers(run, [dict(id=0, name="w", shape=[1])])
+    writer = store.writer(run)
+    for step in range(10):
+        writer.add_step(step=step, norms=[1.0 + step], total_norm=1.0 + step, loss=1.0)
+    writer.flush()
+    try:
+        at = app(path).run().switch_page("views/run.py").run()
+        assert len(values(trace(figure(at, "global_norm"), "global norm (pre-clip)")["y"])) == 10
+        cache = at.session_state["_incremental"]
+        key = next(k for k in cache if k[0] == "steps")
+        assert cache[key][1] == 9  # the last step seen
+        for step in range(10, 15):
+            writer.add_step(step=step, norms=[1.0 + step], total_norm=1.0 + step, loss=1.0)
+        writer.flush()
+        at.run()  # what the live fragment does every 2 s
+        y = values(trace(figure(at, "global_norm"), "global norm (pre-clip)")["y"])
+        np.testing.assert_allclose(y, 1.0 + np.arange(15))
+        assert at.session_state["_incremental"][key][1] == 14
+        assert at.toggle(key=f"live_{run}").value is True  # a running run is live by default
+    finally:
+        writer.close()
+        store.close()
