@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in corpus size: tiny, small, full, or N repetitions per voice (default: small)",
     )
     add(g, "--specaugment", action="store_true", help="SpecAugment (frequency/time masking) on training data")
+    add(
+        g,
+        "--data-seed",
+        type=int,
+        help="seed of the built-in corpus (voices, split, noise) and of Speech Commands' silence picks",
+    )
     add(g, "--sc-variant", type=int, choices=(10, 12, 35), help="Speech Commands classes: 10, 12 or 35")
 
     g = parser.add_argument_group("model", _compat_table())
@@ -110,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--max-steps", type=int, help="stop after this many optimizer steps (default: no limit)")
     add(g, "--grad-accum", type=int, help="micro-batches accumulated per optimizer step")
     add(g, "--eval-every", type=int, help="also evaluate every N optimizer steps (0: once per epoch only)")
-    add(g, "--seed", type=int, help="random seed (data order, initialisation, augmentation)")
+    add(g, "--seed", type=int, help="training seed: initialisation, batch order, augmentation")
     add(g, "--device", choices=DEVICES, help="auto: CUDA when available")
     add(
         g,

@@ -65,6 +65,7 @@ class TrainConfig:
     corpus_size: str | int | None = None
     specaugment: bool = False
     sc_variant: int = 10
+    data_seed: int = 0
     # model (None = the model's own default, filled in by resolve_config)
     model: str | None = None
     dropout: float | None = None
@@ -230,6 +231,7 @@ def validate(cfg: TrainConfig) -> None:
     _number(cfg, "grad_accum", kind=int, low=1)
     _number(cfg, "eval_every", kind=int, low=0)
     _number(cfg, "seed", kind=int, low=0)
+    _number(cfg, "data_seed", kind=int, low=0)
     _number(cfg, "every", kind=int, low=1)
     _number(cfg, "hidden_size", kind=int, low=1, optional=True)
     _number(cfg, "num_layers", kind=int, low=1, optional=True)

@@ -82,9 +82,11 @@ class Runtime:
         """Rank 0 runs the block first (e.g. generates a cached corpus), then the other ranks."""
         if not self.is_main:
             self.barrier()
-        yield
-        if self.is_main:
-            self.barrier()
+        try:
+            yield
+        finally:  # also when rank 0 fails: the others then try, fail the same way and exit
+            if self.is_main:
+                self.barrier()
 
     def shutdown(self) -> None:
         if self.distributed:

@@ -64,7 +64,7 @@ def _load_data(cfg: TrainConfig, rt: Runtime):
         source=cfg.data,
         path=cfg.data_path,
         cache_dir=cfg.cache_dir,
-        seed=cfg.seed,
+        seed=cfg.data_seed,
         specaugment=cfg.specaugment,
         classes=cfg.sc_variant,
     )
