@@ -91,6 +91,21 @@ def global_norm_figure(
                     marker=dict(color="firebrick", symbol="x", size=6),
                 )
             )
+        bad = steps[steps["nonfinite_count"].fillna(0) > 0] if "nonfinite_count" in steps else steps.iloc[0:0]
+        if len(bad):
+            # A NaN/Inf norm cannot be plotted (the line has a gap there): mark those steps at the top.
+            finite = steps["total_norm"][np.isfinite(steps["total_norm"].astype(float))]
+            top = float(finite.max()) if len(finite) else 1.0
+            x = bad["step"].to_numpy()[:max_points]
+            fig.add_trace(
+                _scatter(
+                    x,
+                    np.full(len(x), top),
+                    mode="markers",
+                    name=f"NaN/Inf gradients ({len(bad):,} steps)",
+                    marker=dict(color="black", symbol="triangle-down", size=9),
+                )
+            )
     fig.update_layout(title="Global gradient norm", xaxis_title="step", yaxis_title="L2 norm", **_LAYOUT)
     if log_y:
         fig.update_yaxes(type="log")

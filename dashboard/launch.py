@@ -260,13 +260,14 @@ class Job:
     popen: subprocess.Popen | None = None
     started_at: float | None = None
     error: str | None = None  # why it could not start
+    cancelled: bool = False  # removed from the queue before it started
 
     @property
     def state(self) -> str:
         if self.error is not None:
             return "failed to start"
         if self.popen is None:
-            return "queued"
+            return "cancelled" if self.cancelled else "queued"
         code = self.popen.poll()
         if code is None:
             return "running"
@@ -358,11 +359,15 @@ class Launcher:
         self._pump()
 
     def stop(self, job: Job) -> bool:
-        """SIGTERM a running job (the trainer finishes its step, flushes and records ``stopped``)."""
-        if job.popen is None or job.popen.poll() is not None:
-            with self._lock:
-                if job.popen is None and job.error is None:
-                    job.error = "cancelled before it started"
+        """SIGTERM a running job (the trainer finishes its step, flushes and records ``stopped``); a queued
+        job is cancelled instead. False when the job had already ended."""
+        with self._lock:
+            if job.popen is None:
+                if job.error is None and not job.cancelled:
+                    job.cancelled = True
+                    return True
+                return False
+        if job.popen.poll() is not None:
             return False
         job.popen.send_signal(signal.SIGTERM)
         return True

@@ -68,9 +68,13 @@ def column_config(table: pd.DataFrame) -> dict:
     return cfg
 
 
+# Keys that name a run rather than configure it (they always differ): left out of the diff.
+IDENTITY_KEYS = frozenset({"run", "parent_run", "config", "quiet"})
+
+
 def config_diff(configs: dict[str, dict]) -> pd.DataFrame:
     """Keys whose values differ between runs (rows) × runs (columns); keys equal everywhere are left out."""
-    keys = sorted(set().union(*[c.keys() for c in configs.values()])) if configs else []
+    keys = sorted(set().union(*[c.keys() for c in configs.values()]) - IDENTITY_KEYS) if configs else []
     missing = object()
     rows = {}
     for key in keys:

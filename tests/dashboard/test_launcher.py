@@ -129,3 +129,14 @@ def test_unwritable_log_directory_is_reported_not_raised(tmp_path):
     launcher = Launcher(blocker / "logs")
     (job,) = launcher.submit([LaunchSpec(name="x", argv=(sys.executable, "-c", "pass"), cwd=str(tmp_path))])
     assert job.state == "failed to start" and "cannot create the log directory" in job.error
+
+
+def test_cancel_a_queued_job(tmp_path):
+    launcher = Launcher(tmp_path / "logs")
+    outs, specs = zip(*[_spec(tmp_path, i) for i in range(2)], strict=True)
+    first, second = launcher.submit(list(specs), limit=1, sweep="s")
+    assert _wait(lambda: (outs[0] / "started").exists())
+    assert second.state == "queued" and launcher.stop(second) and second.state == "cancelled"
+    (outs[0] / "release").write_text("")
+    assert _wait(lambda: first.state == "exited")
+    assert second.state == "cancelled" and not (outs[1] / "started").exists()

@@ -41,6 +41,8 @@ def test_global_norm_threshold_and_clip_events(run_page, recorded):
     clipped = recorded.clipped["child"]
     marks = trace(fig, f"clipped ({clipped.sum():,} steps)")
     np.testing.assert_array_equal(values(marks["x"]), np.flatnonzero(clipped))
+    nan_marks = trace(fig, "NaN/Inf gradients (1 steps)")
+    assert values(nan_marks["x"]).tolist() == [NAN_STEP]
 
 
 def test_per_layer_norms_log_scale_grouped_by_module(run_page, recorded):
