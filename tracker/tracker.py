@@ -136,6 +136,7 @@ class GradTracker:
         # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions).
         self._pending: list[tuple[int, Tensor | None, Tensor, Any]] = []
         self._update: tuple[dict[str, Any], list[Tensor], Tensor, Any] | None = None  # update_ratio
+        self._weight_copy: list[Tensor] | None = None
         self._hooks: list[Attachment] = []
         self._finished = False
         process_rank, world_size = rank_and_world_size()
@@ -459,17 +460,29 @@ class GradTracker:
     def _extra_tensors(self, grads: list[Tensor], present: Any) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         if "weight_norm" in self.extra_stats or "update_ratio" in self.extra_stats:
-            params = [self._params[i] for i in present]
-            weights = sharded_norms(params) if self._sharded else grad_norms(params)[0]
+            params = self._params if present is self._all else [self._params[i] for i in present]
+            if self._sharded:
+                weights = sharded_norms(params)
+            else:
+                weights = grad_norms(params, self._plan if present is self._all else None)[0]
             if "weight_norm" in self.extra_stats:
                 out["weight_norm"] = weights
             if "update_ratio" in self.extra_stats:
                 # ||w_after - w_before|| / ||w_before||, completed at the next step() or finish(), once the
-                # optimizer has applied this step's update; costs a copy of the weights on logged steps.
-                self._snapshot = ([local_tensor(p).detach().clone() for p in params], weights)
+                # optimizer has applied this step's update.
+                self._snapshot = (self._copy_weights(params, present), weights)
         if "max_abs" in self.extra_stats:
             out["max_abs"] = max_abs([local_tensor(g) for g in grads])  # before clipping, like the norms
         return out
+
+    def _copy_weights(self, params: list[Tensor], present: Any) -> list[Tensor]:
+        # One buffer per parameter, allocated once and reused: a fresh copy per logged step would cost a
+        # large allocation (page faults, zeroing) every time, several times the copy itself.
+        if self._weight_copy is None:
+            self._weight_copy = [torch.empty_like(local_tensor(p)) for p in self._params]
+        buffers = self._weight_copy if present is self._all else [self._weight_copy[i] for i in present]
+        torch._foreach_copy_(buffers, [local_tensor(p).detach() for p in params])
+        return buffers
 
     def _start_update(self, row: dict[str, Any], present: Any) -> None:
         before, weights = self._snapshot
@@ -483,11 +496,12 @@ class GradTracker:
         self._update = None
         with torch.no_grad():
             after = [self._params[i] for i in present]
+            # In place: the buffer becomes w_before - w_after (its norm is the update's); no new memory.
+            torch._foreach_sub_(before, [local_tensor(a).detach() for a in after])
             if self._sharded:
-                delta = [like(local_tensor(a) - b, a) for a, b in zip(after, before, strict=True)]
-                moved = sharded_norms(delta)
+                moved = sharded_norms([like(b, a) for a, b in zip(after, before, strict=True)])
             else:
-                moved = grad_norms(torch._foreach_sub([a.detach() for a in after], before))[0]
+                moved = grad_norms(before)[0]
             ratio = (moved / weights).tolist()
         row["extra"] = dict(row["extra"] or {}, update_ratio=[_finite_or_none(r) for r in ratio])
         if self._writer is not None:
