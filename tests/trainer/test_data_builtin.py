@@ -144,3 +144,14 @@ def test_batched_resampling_matches_torchaudio_per_utterance():
         raw = espeak.synthesize(word, voice="en+f2", rate=rate, pitch=pitch).astype(np.float32) / 32768
         want = torchaudio.functional.resample(torch.from_numpy(raw), 22050, 16000).numpy()
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_keywords_are_centred_within_the_maximum_shift():
+    from trainer.data.synth_corpus import _keyword_clip
+
+    speech = np.full(4000, 0.5, dtype=np.float32)  # a 250 ms "word"
+    spec = SynthSpec(task="keywords", snr_db=(80.0, 80.0), max_shift_seconds=0.1)
+    for seed in range(20):
+        clip = _keyword_clip(spec, np.random.default_rng(seed), speech).astype(np.float64) / 32767
+        start = int(np.argmax(np.abs(clip) > 0.25))
+        assert abs(start - (16000 - 4000) // 2) <= 1600  # centred +- 100 ms
