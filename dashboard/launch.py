@@ -162,8 +162,9 @@ def relaunch_spec(
             config_file=config_file,
             parent_id=int(run["id"]),
             overrides=overrides,
-            python=run.get("python") or sys.executable,
-            cwd=run.get("cwd") or os.getcwd(),
+            # The dashboard's own interpreter: it has the trainer installed (the recorded one may be gone).
+            python=sys.executable,
+            cwd=run.get("cwd") if run.get("cwd") and os.path.isdir(run["cwd"]) else os.getcwd(),
         )
     if overrides:
         raise ValueError(
