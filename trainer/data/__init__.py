@@ -7,13 +7,13 @@ API (the trainer uses only this)::
         task="keywords",            # "keywords" | "digits" | "characters"  (see TASKS)
         source="builtin",           # "builtin" | "speech_commands" | "transcripts"
         path=None,                  # corpus folder for speech_commands / transcripts
-        size="small",               # builtin only: "tiny" | "small" | "full" | int (reps per speaker)
+        size="small",               # builtin only: "tiny" | "small" | "full" | int (reps per speaker), below
         seed=0,                     # corpus generation, speaker split, silence/unknown sampling
         cache_dir=None,             # default $GRADWATCH_CACHE/corpora or ~/.cache/gradwatch/corpora
         n_mels=None,                # default 32 (keywords) / 40 (sequence tasks)
         frames=32,                  # keywords: frames per 1 s clip (32 x 32 inputs for the seed CNN)
         specaugment=False,          # frequency + time masks on the train split only, new masks each epoch
-        classes=10,                 # speech_commands: 10 | 12 (+ _silence_, _unknown_) | 35
+        classes=10,                 # speech_commands: 10 | 12 (+ _silence_, _unknown_) | 30 (v0.01) | 35
     )
     splits.train / splits.val / splits.test   # torch Datasets
     splits.kind         # "classification" (keywords) or "sequence" (digits, characters)
@@ -30,6 +30,10 @@ Items and batches:
   ``(x[B, 1, n_mels, T_max], y[B, L_max] padded with 0, x_lens[B], y_lens[B])`` (10 ms frames).
   For digits, ``vocabulary.decode(ids)`` gives the digit string ("314"): CER over it = token error rate
   (= WER, each digit being a word). For characters, CER over the text, WER over its space-separated words.
+
+Built-in sizes (speakers split 84/10/10, voice-disjoint): keywords tiny 60 clips, small 4,160 (3,360 train),
+full 10,400; digits tiny 24 strings, small 6,240 (5,040 train), full 15,600. Keyword log-mels: 640-sample
+window, hop 516, 32 frames per 1 s clip; sequence log-mels: 25 ms window, 10 ms hop, 40 mels by default.
 
 Log-mels are normalised per utterance (mean 0, std 1). Errors: ValueError naming a bad option and the accepted
 values; ``CorpusNotFound`` (a FileNotFoundError) and ``CorpusLayoutError`` (a ValueError) for corpus folders.
