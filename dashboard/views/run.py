@@ -16,6 +16,7 @@ from tracker.store import StoreError
 
 TOP_K = 8  # layers shown by default: the largest by max norm so far
 HEATMAP_COLUMNS = 200
+TAB_KEY = "run_tab"
 
 
 def pick_run(runs: pd.DataFrame) -> dict:
@@ -218,22 +219,22 @@ def live_panels(run_id: int) -> None:
         st.info("Waiting for the first recorded step…")
         return
 
-    tabs = st.tabs(["Global norm", "Layers", "Heatmap", "Gradient flow", "Loss & metrics", "Non-finite",
-                    "Suggested threshold"])  # fmt: skip
-    with tabs[0]:
-        global_norm_panel(steps)
-    with tabs[1]:
-        layers_panel(store, run_id, layers, len(steps))
-    with tabs[2]:
-        heatmap_panel(store, run_id, layers)
-    with tabs[3]:
-        flow_panel(store, run_id, steps)
-    with tabs[4]:
-        metrics_panel(steps, metrics)
-    with tabs[5]:
-        nonfinite_panel(store, run_id)
-    with tabs[6]:
-        suggestion_panel(run, steps)
+    panels = {
+        "Global norm": lambda: global_norm_panel(steps),
+        "Layers": lambda: layers_panel(store, run_id, layers, len(steps)),
+        "Heatmap": lambda: heatmap_panel(store, run_id, layers),
+        "Gradient flow": lambda: flow_panel(store, run_id, steps),
+        "Loss & metrics": lambda: metrics_panel(steps, metrics),
+        "Non-finite": lambda: nonfinite_panel(store, run_id),
+        "Suggested threshold": lambda: suggestion_panel(run, steps),
+    }
+    # Lazy tabs: only the open one runs and is sent to the browser, so a live refresh of a large run
+    # rebuilds one figure instead of seven.
+    tabs = st.tabs(list(panels), key=TAB_KEY, on_change="rerun")
+    for tab, panel in zip(tabs, panels.values(), strict=True):
+        if tab.open:
+            with tab:
+                panel()
 
 
 def run_page() -> None:

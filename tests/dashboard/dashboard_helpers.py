@@ -132,3 +132,9 @@ def dataframe_with(at, column: str):
 
 def texts(at, kind: str = "error") -> str:
     return "\n".join(str(e.value) for e in getattr(at, kind))
+
+
+def open_tab(at, label: str):
+    """Open a tab of the Run page (its tabs are lazy: only the open one renders), as a click would."""
+    at.session_state["run_tab"] = label
+    return at.run()

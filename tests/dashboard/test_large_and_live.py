@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from dashboard_helpers import figure, trace, values
+from dashboard_helpers import figure, open_tab, trace, values
 
 from tracker.store import Store
 
@@ -38,14 +38,14 @@ def test_large_run_is_downsampled_keeping_spikes(large, app):
     assert pre["type"] == "scattergl" and len(values(pre["y"])) <= 2000
     assert np.nanmax(values(pre["y"])) == pytest.approx(total.max())
     assert np.nanmin(values(pre["y"])) == pytest.approx(total.min())
-    layers = figure(at, "layer_norms")
+    layers = figure(open_tab(at, "Layers"), "layer_norms")
     for i in range(3):
         t = trace(layers, f"enc.{i}.weight")
         y = values(t["y"])
         assert len(y) <= 2000
         # Exact extremes survive: they come from the store's min/max blocks, then the envelope.
         assert y.max() == pytest.approx(norms[:, i].max()) and y.min() == pytest.approx(norms[:, i].min())
-    heat = figure(at, "heatmap")["data"][0]
+    heat = figure(open_tab(at, "Heatmap"), "heatmap")["data"][0]
     assert len(heat["x"]) <= 200
     assert np.nanmax(values(heat["z"])) == pytest.approx(math.log10(1e4))
 

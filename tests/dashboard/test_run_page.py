@@ -10,6 +10,7 @@ from dashboard_helpers import (
     SPIKE_STEP,
     dataframe_with,
     figure,
+    open_tab,
     texts,
     trace,
     values,
@@ -46,7 +47,7 @@ def test_global_norm_threshold_and_clip_events(run_page, recorded):
 
 
 def test_per_layer_norms_log_scale_grouped_by_module(run_page, recorded):
-    fig = figure(run_page, "layer_norms")
+    fig = figure(open_tab(run_page, "Layers"), "layer_norms")
     assert fig["layout"]["yaxis"]["type"] == "log"
     assert sorted(t["name"] for t in fig["data"]) == sorted(LAYERS)  # all 3 <= top-k
     for i, name in enumerate(LAYERS):
@@ -56,7 +57,7 @@ def test_per_layer_norms_log_scale_grouped_by_module(run_page, recorded):
 
 
 def test_heatmap_is_log10_of_layer_norms(run_page, recorded):
-    fig = figure(run_page, "heatmap")
+    fig = figure(open_tab(run_page, "Heatmap"), "heatmap")
     heat = fig["data"][0]
     assert list(heat["y"]) == LAYERS
     z = values(heat["z"]).reshape(len(LAYERS), -1)
@@ -66,7 +67,7 @@ def test_heatmap_is_log10_of_layer_norms(run_page, recorded):
 
 
 def test_gradient_flow_at_the_last_step(run_page, recorded):
-    fig = figure(run_page, "flow")
+    fig = figure(open_tab(run_page, "Gradient flow"), "flow")
     bars = fig["data"][0]
     assert list(bars["x"]) == LAYERS
     np.testing.assert_allclose(values(bars["y"]), recorded.norms["child"][N_STEPS - 1])
@@ -76,7 +77,7 @@ def test_gradient_flow_at_the_last_step(run_page, recorded):
 
 
 def test_loss_and_metrics(run_page, recorded):
-    loss = figure(run_page, "loss")
+    loss = figure(open_tab(run_page, "Loss & metrics"), "loss")
     np.testing.assert_allclose(values(loss["data"][0]["y"]), recorded.loss["child"])
     metrics = figure(run_page, "metrics")
     val_acc = trace(metrics, "val_acc")
@@ -85,13 +86,14 @@ def test_loss_and_metrics(run_page, recorded):
 
 
 def test_nonfinite_event_names_the_first_offending_layer(run_page):
-    message = texts(run_page, "error")
+    message = texts(open_tab(run_page, "Non-finite"), "error")
     assert f"step {NAN_STEP}" in message and f"`{LAYERS[NAN_LAYER]}`" in message and "NaN" in message
     table = dataframe_with(run_page, "has_nan")
     assert table[["step", "name"]].values.tolist() == [[NAN_STEP, LAYERS[NAN_LAYER]]]
 
 
 def test_suggested_threshold_follows_the_stated_rules(run_page, recorded):
+    open_tab(run_page, "Suggested threshold")
     norms = recorded.total["child"]
     finite = norms[np.isfinite(norms)]
     median = np.median(finite)
@@ -102,11 +104,18 @@ def test_suggested_threshold_follows_the_stated_rules(run_page, recorded):
 
 
 def test_suggestion_prefills_the_launch_page(run_page, recorded):
+    open_tab(run_page, "Suggested threshold")
     button = [b for b in run_page.button if b.key == "use_robust"][0]
     button.click().run()
     assert run_page.session_state["launch_source"] == recorded.ids["child"]
     assert run_page.session_state["clip_raw"] == button.label.removeprefix("Launch with ")
     assert run_page.title[0].value == "Launch"
+
+
+def test_only_the_open_tab_renders(run_page):
+    assert [el.proto.id.rsplit("-", 1)[1] for el in run_page.get("plotly_chart")] == ["global_norm"]
+    open_tab(run_page, "Heatmap")
+    assert [el.proto.id.rsplit("-", 1)[1] for el in run_page.get("plotly_chart")] == ["heatmap"]
 
 
 def test_pause_toggle(run_page, recorded):
