@@ -289,7 +289,8 @@ class Launcher:
     def __init__(self, log_dir: str | os.PathLike):
         self.log_dir = Path(log_dir)
         self.jobs: list[Job] = []
-        self._limits: dict[str | None, int] = {}
+        self._limits: dict[str, int] = {}  # concurrency limit per group (a sweep, or one single launch)
+        self._singles = 0
         self._lock = threading.Lock()
 
     def submit(self, specs: Sequence[LaunchSpec], *, limit: int | None = None, sweep: str | None = None):
@@ -305,6 +306,9 @@ class Launcher:
             with self._lock:
                 self.jobs.extend(failed)
             return failed
+        if sweep is None:  # a single launch is its own group: it never waits for other launches
+            self._singles += 1
+            sweep = f"single-{self._singles}"
         new = []
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for i, spec in enumerate(specs):

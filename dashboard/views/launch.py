@@ -255,7 +255,8 @@ def jobs_panel() -> None:
                 st.error(job.error)
             tail = log_tail(job.log_path, max_lines=15)
             if tail:
-                st.code(tail, language="text")
+                with st.expander(f"Log: `{job.log_path}`", expanded=job.state == "running"):
+                    st.code(tail, language="text")
     running_runs_panel(launcher.running_pids())
 
 

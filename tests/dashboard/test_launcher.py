@@ -140,3 +140,15 @@ def test_cancel_a_queued_job(tmp_path):
     (outs[0] / "release").write_text("")
     assert _wait(lambda: first.state == "exited")
     assert second.state == "cancelled" and not (outs[1] / "started").exists()
+
+
+def test_single_launches_do_not_wait_for_each_other(tmp_path):
+    launcher = Launcher(tmp_path / "logs")
+    outs, specs = zip(*[_spec(tmp_path, i) for i in range(2)], strict=True)
+    (first,) = launcher.submit([specs[0]])
+    (second,) = launcher.submit([specs[1]])
+    assert _wait(lambda: all((o / "started").exists() for o in outs))
+    assert first.state == second.state == "running"
+    for o in outs:
+        (o / "release").write_text("")
+    assert _wait(lambda: first.state == second.state == "exited")
