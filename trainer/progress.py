@@ -46,12 +46,12 @@ class Progress:
             self.clipped += bool(getattr(stats, "clipped", False))
         if self.bar is None:
             return
-        self.bar.update(1)
         if total_norm is not None:
             post = {"loss": f"{float(loss):.3f}", "gnorm": f"{total_norm:.3g}"}
             if self.clip_rate is not None:
                 post["clip"] = f"{100 * self.clip_rate:.0f}%"
             self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)  # redraws with the postfix of this step
 
     def write(self, message: str) -> None:
         if self.bar is not None:

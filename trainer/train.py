@@ -227,6 +227,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     # Measure and record the inner model: DDP's "module." prefix is not part of the layer names.
     tracker = _make_tracker(cfg, model, rt)
     stop = StopSignal(distributed=rt.distributed)
+    if rt.is_main and not cfg.quiet:
+        _describe_start(cfg, splits, model, rt, total_steps)
     progress = Progress(total_steps, bar=sys.stderr.isatty(), quiet=cfg.quiet or not rt.is_main)
     status, error = "finished", None
     step, max_norm, metrics = 0, None, {}
@@ -234,8 +236,6 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     t_loop = time.perf_counter()
     try:
         with stop.installed():
-            if rt.is_main and not cfg.quiet:
-                _describe_start(cfg, splits, model, rt, total_steps, progress)
             for epoch in range(cfg.epochs):
                 if sampler is not None:
                     sampler.set_epoch(epoch)
@@ -331,7 +331,7 @@ def _epoch_line(epoch: int, metrics: dict) -> str:
     return f"epoch {epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
 
 
-def _describe_start(cfg, splits, model, rt, total_steps, progress) -> None:
+def _describe_start(cfg, splits, model, rt, total_steps) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     info = getattr(splits, "info", {}) or {}
     sizes = "/".join(str(len(s)) for s in (splits.train, splits.val, splits.test))
