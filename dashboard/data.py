@@ -30,7 +30,10 @@ __all__ = [
 ]
 
 # Metrics shown as "final" columns on the Runs and Compare pages, when a run has them (design.md §5).
-FINAL_METRICS = ("val_acc", "test_acc", "val_cer", "test_cer", "val_wer", "val_loss", "train_loss", "gen_gap")
+FINAL_METRICS = (
+    "val_acc", "test_acc", "val_cer", "test_cer", "val_wer", "test_wer", "val_loss", "train_loss", "gen_gap",
+    "gen_gap_loss",
+)  # fmt: skip
 
 # Raw per-layer rows are read when a selection has at most this many rows; above, the min/max blocks.
 RAW_NORM_ROWS = 50_000

@@ -298,7 +298,8 @@ class Launcher:
         if limit is not None and limit < 1:
             raise ValueError(f"the concurrency limit must be at least 1, got {limit!r}")
         try:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
+            # No parents=True: the logs sit next to the database, whose directory must already exist.
+            self.log_dir.mkdir(exist_ok=True)
         except OSError as exc:  # e.g. the database sits in a read-only directory
             failed = [Job(spec=spec, log_path=self.log_dir / "-", sweep=sweep) for spec in specs]
             for job in failed:

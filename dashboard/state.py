@@ -22,7 +22,9 @@ __all__ = [
     "get_store",
     "launcher",
     "log_dir",
+    "can_stop",
     "show_store_error",
+    "stop_recorded_run",
     "writable_store",
 ]
 
@@ -87,6 +89,37 @@ def _launcher(directory: str) -> Launcher:
 def launcher() -> Launcher:
     """The process-wide launcher: jobs started from any browser session are listed and stoppable from all."""
     return _launcher(str(log_dir()))
+
+
+def can_stop(run: dict) -> bool:
+    """A recorded run this dashboard can signal: running, on this machine, with a recorded pid."""
+    import socket
+
+    import pandas as pd
+
+    pid = run.get("pid")
+    return (
+        run.get("status") == "running"
+        and run.get("host") == socket.gethostname()
+        and pid is not None
+        and bool(pd.notna(pid))
+        and int(pid) > 0
+    )
+
+
+def stop_recorded_run(run: dict) -> str:
+    """SIGTERM the run's process and record the request; returns what happened, for the page to show."""
+    from dashboard.launch import stop_pid
+
+    pid = int(run["pid"])
+    if not stop_pid(pid):
+        return f"Process {pid} is already gone; the run will show as crashed."
+    try:
+        with writable_store() as store:
+            store.request_stop(int(run["id"]))
+    except Exception as exc:  # the signal was sent; the record is a courtesy (the file may be read-only)
+        return f"Sent SIGTERM to {pid} (could not record the request: {exc})."
+    return f"Sent SIGTERM to {pid}: the run finishes its step, flushes and ends as stopped."
 
 
 def show_store_error(exc: BaseException) -> None:

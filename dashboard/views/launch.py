@@ -7,15 +7,13 @@ database.
 """
 
 import math
-import os
-import socket
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import data, state
 from dashboard.clipform import STRATEGIES, build_spec, form_values
-from dashboard.launch import is_trainer_run, log_tail, parse_sweep, relaunch_spec, stop_pid
+from dashboard.launch import is_trainer_run, log_tail, parse_sweep, relaunch_spec
 from tracker.clipping import parse_clip, validate_clip
 
 # Trainer options offered in the form (dest names, as recorded in runs.config); others replay unchanged.
@@ -266,24 +264,15 @@ def running_runs_panel(own_pids: set[int]) -> None:
     if store is None:
         return
     runs = data.runs(store, str(state.db_path()))
-    here = socket.gethostname()
-    running = runs[(runs["status"] == "running") & (runs.get("host", here) == here)]
-    running = running[~running["pid"].isin(own_pids) & (running["pid"] != os.getpid())]
-    if not len(running):
+    running = [r for r in runs.to_dict("records") if state.can_stop(r) and int(r["pid"]) not in own_pids]
+    if not running:
         return
     st.subheader("Other runs running on this machine")
-    for row in running.to_dict("records"):
+    for row in running:
         c1, c2 = st.columns([5, 1])
         c1.markdown(f"#{int(row['id'])} **{row['name']}** · pid {int(row['pid'])}")
         if c2.button("Stop (SIGTERM)", key=f"stop_run_{int(row['id'])}"):
-            if not stop_pid(int(row["pid"])):
-                st.warning(f"Process {int(row['pid'])} is already gone; the run will show as crashed.")
-            else:
-                try:
-                    with state.writable_store() as writable:
-                        writable.request_stop(int(row["id"]))
-                except Exception as exc:  # the signal was sent; the record is a courtesy
-                    st.caption(f"(could not record the stop request: {exc})")
+            st.info(state.stop_recorded_run(row))
 
 
 def launch_page() -> None:
@@ -306,6 +295,11 @@ def launch_page() -> None:
         st.caption(
             f"Trainer run: its recorded configuration is replayed with `--config`. Clip: `{run.get('clip')}`"
         )
+        if int(run.get("world_size") or 1) > 1:
+            st.warning(
+                f"This run used {int(run['world_size'])} processes (torchrun); the relaunch runs as one "
+                "process. For the same setup, run the command below under `torchrun --nproc_per_node=N`."
+            )
     else:
         st.caption(
             f"External script: its recorded command is re-executed in `{run.get('cwd')}` with "

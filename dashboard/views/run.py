@@ -47,6 +47,8 @@ def header(run: dict, runs: pd.DataFrame) -> None:
         names = dict(zip(runs["id"], runs["name"], strict=True))
         bits.append(f"relaunch of #{int(parent)} {names.get(int(parent), '')}")
     st.markdown(" · ".join(bits))
+    if state.can_stop(run) and st.button("Stop this run (SIGTERM)", key=f"stop_{int(run['id'])}"):
+        st.info(state.stop_recorded_run(run))
     if run["status"] == "crashed":
         st.warning(
             "This run stopped sending heartbeats while marked running: its process ended without closing the "

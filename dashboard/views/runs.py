@@ -23,6 +23,14 @@ def demo_spec():
 
 def start_page() -> None:
     st.title("Welcome to gradwatch")
+    if not state.db_path().parent.is_dir():
+        st.error(
+            f"The directory `{state.db_path().parent}` does not exist, so there is no database "
+            f"`{state.db_path().name}` in it.\n\n**How to fix:** check the path given with `--db` or "
+            "`$GRADWATCH_DB`, or create the directory first.",
+            icon=":material/error:",
+        )
+        return
     st.markdown(
         f"""
 No run has been recorded in `{state.db_path()}` yet.

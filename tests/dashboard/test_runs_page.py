@@ -88,3 +88,53 @@ def test_crashed_when_the_process_vanished(tmp_path, app):
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT status FROM runs").fetchone()[0] == "running"
     assert np.isnan(table["clip_rate"][0])
+
+
+def test_database_in_a_missing_directory(tmp_path, app):
+    db = tmp_path / "no" / "such" / "dir" / "gradwatch.db"
+    at = app(db).run()
+    assert not at.exception
+    assert "does not exist" in at.error[0].value and "How to fix" in at.error[0].value
+    assert not [b for b in at.button if b.key == "demo"]  # nothing to launch into
+    assert not (tmp_path / "no").exists()
+
+
+# A training process stand-in: records a running run, beats, and ends "stopped" on SIGTERM like the trainer.
+STOPPABLE = """
+import signal, sys, time
+from tracker.store import Store
+store = Store.open(sys.argv[1], create=True)
+run = store.create_run(name="long")
+writer = store.writer(run, heartbeat_every=0.5)
+def stop(*_):
+    writer.close(status="stopped")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+writer.add_step(step=0, norms=[], total_norm=1.0)
+writer.flush()
+print("ready", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_stop_a_running_run_from_its_page(tmp_path, app):
+    import subprocess
+    import sys
+
+    db = tmp_path / "gradwatch.db"
+    proc = subprocess.Popen([sys.executable, "-c", STOPPABLE, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        at = app(db).run().switch_page("views/run.py").run()
+        run_id = int(at.session_state["run_pick"])
+        at.button(key=f"stop_{run_id}").click().run()
+        assert any("Sent SIGTERM" in i.value for i in at.info)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with Store.open(db, readonly=True) as store:
+        run = store.run(run_id)
+    assert run["status"] == "stopped" and run["stop_requested_at"] is not None
