@@ -31,6 +31,7 @@ import torch
 from .cache import params_hash
 from .errors import CorpusLayoutError, CorpusNotFound
 from .features import SAMPLE_RATE, FeatureSpec, LogMel, to_sample_rate
+from .precompute import cached_features, compute_features
 from .synth_corpus import KEYWORDS
 
 __all__ = ["SPEECH_COMMANDS_CLASSES", "V1_WORDS", "V2_WORDS", "scan_speech_commands", "load_speech_commands"]
@@ -187,8 +188,6 @@ def _clip_waveform(root: Path, clip: Clip) -> np.ndarray:
 
 def load_speech_commands(root: Path, *, classes: int, seed: int, cache_dir: Path, spec: FeatureSpec):
     """``(features, targets, labels, None, info)`` per split, features cached by (file list, spec)."""
-    from .tasks import _features, cached_features
-
     labels, clips = scan_speech_commands(root, classes, seed)
     root = Path(root).expanduser().resolve()
     fingerprint = []
@@ -200,7 +199,9 @@ def load_speech_commands(root: Path, *, classes: int, seed: int, cache_dir: Path
     logmel = LogMel(spec)
 
     def compute():
-        return {s: _features((_clip_waveform(root, c) for c in clips[s]), logmel) for s in _SPLIT_NAMES}
+        return {
+            s: compute_features((_clip_waveform(root, c) for c in clips[s]), logmel) for s in _SPLIT_NAMES
+        }
 
     start = time.perf_counter()
     feats, seconds, hit = cached_features(folder, spec, compute)

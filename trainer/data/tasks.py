@@ -5,19 +5,20 @@ was loaded (``info``)."""
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import synth_corpus
-from .cache import default_cache_dir, locked
+from .cache import default_cache_dir
 from .datasets import KeywordDataset, SequenceDataset, collate_keywords, collate_sequences
 from .features import FeatureSpec, LogMel, SpecAugment, keyword_features, sequence_features
+from .precompute import cached_features, compute_features
+from .speech_commands import load_speech_commands
+from .transcripts import load_transcripts
 from .vocab import Vocabulary, digit_vocabulary
 
 __all__ = ["TASKS", "SOURCES", "Splits", "load_task"]
@@ -95,12 +96,8 @@ def load_task(
         if source == "builtin":
             loaded = _load_builtin(task, size, seed, cache, fspec)
         elif source == "speech_commands":
-            from .speech_commands import load_speech_commands
-
             loaded = load_speech_commands(Path(path), classes=classes, seed=seed, cache_dir=cache, spec=fspec)
         else:
-            from .transcripts import load_transcripts
-
             loaded = load_transcripts(Path(path), task=task, seed=seed, cache_dir=cache, spec=fspec)
     feats, targets, labels, vocabulary, info = loaded
 
@@ -143,7 +140,10 @@ def _load_builtin(task: str, size, seed: int, cache: Path, fspec: FeatureSpec):
     logmel = LogMel(fspec)
 
     def compute():
-        return {s: _features((splits[s].waveform(i) for i in range(len(splits[s]))), logmel) for s in SPLITS}
+        return {
+            s: compute_features((splits[s].waveform(i) for i in range(len(splits[s]))), logmel)
+            for s in SPLITS
+        }
 
     feats, feature_seconds, feature_hit = cached_features(folder, fspec, compute)
     if task == "keywords":
@@ -164,71 +164,3 @@ def _load_builtin(task: str, size, seed: int, cache: Path, fspec: FeatureSpec):
         seed=seed,
     )
     return feats, targets, labels, vocabulary, info
-
-
-def _features(waves: Iterable[np.ndarray], logmel: LogMel, chunk: int = 256):
-    """Log-mels of 16 kHz waveforms: one ``[N, n_mels, frames]`` tensor for fixed-size features (computed in
-    batches), else a list of ``[n_mels, T_i]``."""
-    fixed = logmel.spec.frames is not None
-    out, batch = [], []
-
-    def flush():
-        if not batch:
-            return
-        if fixed:  # equal lengths for 1 s clips; pad the odd short one so they stack
-            n = max(len(w) for w in batch)
-            x = torch.stack([torch.nn.functional.pad(torch.from_numpy(w), (0, n - len(w))) for w in batch])
-            out.append(logmel(x))
-        else:
-            out.extend(logmel(torch.from_numpy(w)) for w in batch)
-        batch.clear()
-
-    with torch.no_grad():
-        for w in waves:
-            batch.append(np.asarray(w, dtype=np.float32))
-            if len(batch) == chunk:
-                flush()
-        flush()
-    if fixed:
-        return torch.cat(out) if out else torch.zeros(0, logmel.spec.n_mels, logmel.spec.frames)
-    return out
-
-
-def cached_features(folder: Path, fspec: FeatureSpec, compute: Callable[[], dict]):
-    """``compute()`` once per (corpus folder, feature spec); stored as ``features-<key>.pt`` in ``folder``.
-
-    Returns ``(features per split, seconds spent computing (0 on a hit), hit)``. Variable-length features are
-    stored concatenated along time with their lengths (one tensor per split loads much faster than thousands).
-    """
-    path = folder / f"features-{fspec.key()}.pt"
-    with locked(folder, path.stem):
-        if path.exists():
-            return _unpack(torch.load(path, weights_only=True)), 0.0, True
-        start = time.perf_counter()
-        feats = compute()
-        seconds = round(time.perf_counter() - start, 3)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        torch.save(_pack(feats), tmp)
-        os.replace(tmp, path)
-    return feats, seconds, False
-
-
-def _pack(feats: dict) -> dict:
-    packed = {}
-    for s, f in feats.items():
-        if isinstance(f, torch.Tensor):
-            packed[s] = {"fixed": f}
-        else:
-            lengths = torch.tensor([x.shape[-1] for x in f], dtype=torch.long)
-            packed[s] = {"cat": torch.cat(f, dim=-1) if f else torch.zeros(0, 0), "lengths": lengths}
-    return packed
-
-
-def _unpack(packed: dict) -> dict:
-    out = {}
-    for s, p in packed.items():
-        if "fixed" in p:
-            out[s] = p["fixed"]
-        else:
-            out[s] = list(torch.split(p["cat"], p["lengths"].tolist(), dim=-1)) if len(p["lengths"]) else []
-    return out

@@ -29,6 +29,7 @@ import torch
 from .cache import params_hash
 from .errors import CorpusLayoutError, CorpusNotFound
 from .features import FeatureSpec, LogMel, to_sample_rate
+from .precompute import cached_features, compute_features
 from .speech_commands import read_audio
 from .vocab import character_vocabulary, digit_vocabulary
 
@@ -188,8 +189,6 @@ def _waveform(path: Path) -> np.ndarray:
 
 def load_transcripts(root: Path, *, task: str, seed: int, cache_dir: Path, spec: FeatureSpec):
     """``(features, targets, labels, vocabulary, info)`` per split, features cached by (file list, spec)."""
-    from .tasks import _features, cached_features
-
     splits = scan_transcripts(root, seed)
     root = Path(root).expanduser().resolve()
     if task == "digits":
@@ -214,7 +213,9 @@ def load_transcripts(root: Path, *, task: str, seed: int, cache_dir: Path, spec:
     logmel = LogMel(spec)
 
     def compute():
-        return {s: _features((_waveform(root / u.path) for u in splits[s]), logmel) for s in _SPLIT_NAMES}
+        return {
+            s: compute_features((_waveform(root / u.path) for u in splits[s]), logmel) for s in _SPLIT_NAMES
+        }
 
     start = time.perf_counter()
     feats, seconds, hit = cached_features(folder, spec, compute)
