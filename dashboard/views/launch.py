@@ -246,9 +246,10 @@ def jobs_panel() -> None:
             c1.markdown(f"**{job.spec.name}** — {job.state}" + (f" · pid {job.pid}" if job.pid else ""))
             if job.state in ("running", "queued"):
                 label = "Stop (SIGTERM)" if job.state == "running" else "Cancel"
-                if c2.button(label, key=f"stop_job_{len(launcher.jobs) - 1 - i}"):
-                    launcher.stop(job)
-                    st.rerun(scope="fragment")
+                # A callback runs before the rerun, so this very render already shows the new state.
+                c2.button(
+                    label, key=f"stop_job_{len(launcher.jobs) - 1 - i}", on_click=launcher.stop, args=(job,)
+                )
             if job.error:
                 st.error(job.error)
             tail = log_tail(job.log_path, max_lines=15)

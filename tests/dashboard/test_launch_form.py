@@ -100,3 +100,25 @@ def test_form_starts_from_the_recorded_clipping(launch, recorded):
     assert launch.number_input(key="clip_norm_c").value == 0.5
     launch.selectbox(key="launch_source").set_value(recorded.ids["base"]).run()
     assert launch.selectbox(key="clip_strategy").value == "none"
+
+
+def test_sweep_respects_the_limit_and_jobs_can_be_stopped_and_cancelled(launch, recorded):
+    launch.text_area(key="sweep_text").input("norm:1.0\nnorm:2.0").run()
+    launch.number_input(key="sweep_limit").set_value(1).run()
+    launch.button(key="sweep_go").click().run()
+    assert any("Queued 2 runs; 1 started." in s.value for s in launch.success)
+    states = [m.value for m in launch.markdown if m.value.startswith("**child · norm:")]
+    assert sorted(s.split(" — ")[1].split(" ·")[0] for s in states) == ["queued", "running"]
+    # Cancel the queued one (job 1), then stop the running one (job 0, SIGTERM): nothing is left to start.
+    assert launch.button(key="stop_job_1").label == "Cancel"
+    launch.button(key="stop_job_1").click().run()
+    assert launch.button(key="stop_job_0").label == "Stop (SIGTERM)"
+    launch.button(key="stop_job_0").click().run()
+    logs = sorted((recorded.path.parent / "gradwatch-logs").glob("*.log"))
+    assert len(logs) == 1 and "--clip norm:1.0" in logs[0].read_text().splitlines()[0]  # job 1 never ran
+    for _ in range(200):
+        launch.run()
+        states = [m.value for m in launch.markdown if m.value.startswith("**child · norm:")]
+        if not any("running" in s or "queued" in s for s in states):
+            break
+    assert any("cancelled" in s for s in states) and any("exited" in s for s in states), states
