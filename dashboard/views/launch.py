@@ -191,7 +191,7 @@ def single_launch(run: dict, trainer: bool) -> None:
         st.error(str(exc), icon=":material/warning:")
         return
     st.markdown("**Command**")
-    st.code(spec.display(), language="bash")
+    st.code(spec.display(), language="bash", wrap_lines=True)
     if st.button("Launch", type="primary", key="launch_go"):
         (job,) = state.launcher().submit([spec])
         if job.error:
@@ -229,7 +229,7 @@ def sweep_launch(run: dict, trainer: bool) -> None:
         st.error(str(exc), icon=":material/warning:")
         return
     st.markdown(f"**{len(specs)} commands**, at most {int(limit)} at a time")
-    st.code("\n".join(s.display() for s in specs), language="bash")
+    st.code("\n\n".join(s.display() for s in specs), language="bash", wrap_lines=True)
     if st.button(f"Launch sweep of {len(specs)}", type="primary", key="sweep_go"):
         sweep_id = f"sweep-{len(state.launcher().jobs)}"
         state.launcher().submit(specs, limit=int(limit), sweep=sweep_id)

@@ -47,7 +47,7 @@ and relaunches any run with other clipping.
 """
     )
     spec = demo_spec()
-    st.code(spec.display(), language="bash")
+    st.code(spec.display(), language="bash", wrap_lines=True)
     jobs = [j for j in state.launcher().jobs if j.spec.name == "demo"]
     # on_click runs before the rerun, so the button below is already disabled once the demo runs.
     st.button(
