@@ -338,7 +338,10 @@ class Launcher:
             if spec.config_file is not None:
                 Path(spec.config_file).parent.mkdir(parents=True, exist_ok=True)
                 Path(spec.config_file).write_text(json.dumps(spec.config or {}, indent=2, default=str))
-            env = {**os.environ, **spec.env}
+            # A GRADWATCH_CLIP exported in the dashboard's own shell would silently override the clip
+            # setting of every run it launches: only the spec's own environment may set these.
+            inherited = {k: v for k, v in os.environ.items() if k not in (CLIP_ENV, PARENT_ENV, RUN_ENV)}
+            env = {**inherited, **spec.env}
             with open(job.log_path, "ab") as log:
                 log.write(f"$ {spec.display()}\n".encode())
                 log.flush()

@@ -152,3 +152,15 @@ def test_single_launches_do_not_wait_for_each_other(tmp_path):
     for o in outs:
         (o / "release").write_text("")
     assert _wait(lambda: first.state == second.state == "exited")
+
+
+def test_the_dashboards_own_gradwatch_clip_does_not_leak_into_launches(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADWATCH_CLIP", "norm:9")
+    monkeypatch.setenv("GRADWATCH_PARENT_RUN", "99")
+    launcher = Launcher(tmp_path / "logs")
+    out, spec = _spec(tmp_path, 0)
+    launcher.submit([spec])
+    assert _wait(lambda: (out / "started").exists())
+    (out / "release").write_text("")
+    env = json.loads((out / "started").read_text())["env"]
+    assert "GRADWATCH_CLIP" not in env and "GRADWATCH_PARENT_RUN" not in env
