@@ -29,6 +29,7 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
             "clip_rate": runs["clip_rate"].astype(float),
             "parent": runs["parent_id"].astype("Int64"),
             "created": pd.to_datetime(runs["created_at"], unit="s", utc=True),
+            "duration_s": runs["duration_s"].astype(float),
         }
     )
     for name in FINAL_METRICS:
@@ -61,6 +62,7 @@ def column_config(table: pd.DataFrame) -> dict:
         ),
         "parent": st.column_config.NumberColumn("parent", format="%d", width="small"),
         "created": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        "duration_s": st.column_config.NumberColumn("duration", format="%.0f s"),
     }
     for name in FINAL_METRICS:
         if name in table:

@@ -138,3 +138,12 @@ def test_stop_a_running_run_from_its_page(tmp_path, app):
     with Store.open(db, readonly=True) as store:
         run = store.run(run_id)
     assert run["status"] == "stopped" and run["stop_requested_at"] is not None
+
+
+def test_duration_is_heartbeat_or_finish_minus_creation(recorded, app):
+    with Store.open(recorded.path, readonly=True) as store:
+        # Oracle: the raw timestamps of the run record (finished_at - created_at).
+        child = store.run(recorded.ids["child"])
+    at = app(recorded.path).run()
+    table = dataframe_with(at, "clip_rate").set_index("name")
+    assert table.loc["child", "duration_s"] == pytest.approx(child["finished_at"] - child["created_at"])
