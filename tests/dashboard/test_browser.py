@@ -80,3 +80,32 @@ def test_the_run_page_follows_a_running_run(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent: install it with `make browser`"
+)
+def test_select_a_row_and_compare_in_chromium(recorded, tmp_path):
+    from playwright.sync_api import sync_playwright
+    from screenshots import CHROMIUM_ARGS
+
+    with serve(recorded.path, tmp_path / "streamlit.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        grid = page.locator("[data-testid='stDataFrame']")
+        grid.wait_for(timeout=90_000)
+        page.wait_for_timeout(1000)
+        box = grid.bounding_box()
+        # The grid is a canvas: tick the first row's selection box (header row 35 px, rows 35 px).
+        page.mouse.click(box["x"] + 15, box["y"] + 35 + 17)
+        compare = page.get_by_role("button", name="Compare selected")
+        page.wait_for_function("b => !b.disabled", arg=compare.element_handle(), timeout=30_000)
+        compare.click()
+        page.wait_for_url("**/compare", timeout=30_000)
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+        picked = page.locator("[data-testid='stMultiSelect']").first.inner_text()
+        browser.close()
+    # Newest first: row 0 is "child"; its parent is added by lineage, not picked.
+    assert f"#{recorded.ids['child']} child" in picked and "base" not in picked
