@@ -152,9 +152,11 @@ def interleaved(
     for n in names:
         ratios = [t / b for t, b in zip(times[n], bare, strict=True)]
         vs_clip = [t / c for t, c in zip(times[n], clip, strict=True)]
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
         out[n] = dict(
             ms=statistics.median(times[n]) * 1e3,
             ratio=statistics.median(ratios),
+            iqr=(q1, q3),  # the spread of the per-round ratios: how much to trust a difference
             vs_clip=statistics.median(vs_clip),
         )
     return out
@@ -218,14 +220,16 @@ def host_side(model: nn.Module, batch, db: str, reps: int) -> dict[str, float]:
 def table(model_results: dict[str, dict], host: dict[str, dict]) -> str:
     names = list(next(iter(model_results.values())))
     lines = [
-        "| variant | " + " | ".join(f"{m} ms/step | {m} Δ vs bare" for m in model_results) + " |",
+        "| variant | " + " | ".join(f"{m} ms/step | {m} Δ vs bare [IQR]" for m in model_results) + " |",
         "|---|" + "---:|---:|" * len(model_results),
     ]
     for n in names:
         cells = []
         for res in model_results.values():
             r = res[n]
-            cells += [f"{r['ms']:.1f}", "—" if n == names[0] else f"{(r['ratio'] - 1) * 100:+.2f}%"]
+            lo, hi = ((x - 1) * 100 for x in r["iqr"])
+            delta = f"{(r['ratio'] - 1) * 100:+.2f}% [{lo:+.1f}, {hi:+.1f}]"
+            cells += [f"{r['ms']:.1f}", "—" if n == names[0] else delta]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += [
         "",
