@@ -22,6 +22,7 @@ import datetime
 import os
 import platform
 import re
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -35,17 +36,26 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- section:trainer:start -->", "<!-- section:trainer:end -->"
 
 
-def run_trainer(args: list[str], threads: int) -> tuple[float, str, str, int]:
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_trainer(args: list[str], threads: int) -> tuple[float, str, str, float]:
+    """Run the trainer; returns (wall seconds, stdout, stderr, CPU seconds of the process, all threads).
+
+    CPU time counts what the process computed, not the time it waited for a core: on a shared machine
+    it is the steadier measure of what the tracker adds."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env.pop("GRADWATCH_CLIP", None)
-    t0 = time.perf_counter()
+    cpu0, t0 = _children_cpu(), time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "trainer", *args], cwd=ROOT, env=env, capture_output=True, text=True
     )
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"trainer failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    return wall, proc.stdout, proc.stderr, proc.returncode
+    return wall, proc.stdout, proc.stderr, cpu
 
 
 def final_metrics(db: Path) -> dict[str, float]:
@@ -75,24 +85,31 @@ VARIANTS = {
 }
 
 
-def overhead(threads: int, rounds: int, steps: int, quick: bool) -> dict[str, list[float]]:
-    per_step: dict[str, list[float]] = {name: [] for name in VARIANTS}
+def overhead(
+    threads: int, rounds: int, steps: int, quick: bool
+) -> dict[tuple[str, int], dict[str, list[float]]]:
+    """Per (variant, steps): wall ms per training step and CPU seconds of the whole run, one per round.
+
+    Each variant runs with N and 2N steps: the CPU difference is the cost of N training steps alone,
+    without process start, imports, corpus loading, evaluation or the tracker's one-off set-up."""
+    runs = [(name, n, extra) for name, extra in VARIANTS.items() for n in (steps, 2 * steps)]
+    res = {(name, n): {"ms": [], "cpu": []} for name, n, _ in runs}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        # Both step counts stay within the first epoch (53 batches of the small corpus), so every run
+        # evaluates once, at its end.
         base = ["--task", "keywords", "--model", "seed-cnn", "--cache-dir", str(tmp / "corpora"), "--quiet",
-                "--max-steps", str(steps), "--epochs", "1000", "--db", str(tmp / "g.db")]  # fmt: skip
+                "--epochs", "1", "--db", str(tmp / "g.db")]  # fmt: skip
         if quick:
             base += ["--corpus-size", "tiny", "--batch-size", "8"]
         run_trainer([*base, "--no-track", "--max-steps", "1"], threads)  # generate the corpus once
         for r in range(rounds):
-            order = list(VARIANTS.items())
-            if r % 2:  # alternate the order too, so no variant always follows the same neighbour
-                order.reverse()
-            for name, extra in order:
-                _, out, _, _ = run_trainer([*base, *extra], threads)
-                ms = re.search(r"([0-9.]+) ms/step", out)
-                per_step[name].append(float(ms.group(1)))
-    return per_step
+            order = runs if r % 2 == 0 else runs[::-1]  # alternate, so no run always follows the same one
+            for name, n, extra in order:
+                _, out, _, cpu = run_trainer([*base, *extra, "--max-steps", str(n)], threads)
+                res[name, n]["ms"].append(float(re.search(r"([0-9.]+) ms/step", out).group(1)))
+                res[name, n]["cpu"].append(cpu)
+    return res
 
 
 def _pct(x: float | None) -> str:
@@ -143,20 +160,43 @@ def markdown(results: dict, args) -> str:
             "",
         ]
     if "overhead" in results:
-        o = results["overhead"]
-        base = statistics.median(o[next(iter(VARIANTS))])
+        o, n = results["overhead"], args.steps
+        names = list(VARIANTS)
+
+        def step_cpu(name):  # CPU seconds of one training step, per round: (2N run - N run) / N
+            return [(x - y) / n for x, y in zip(o[name, 2 * n]["cpu"], o[name, n]["cpu"], strict=True)]
+
+        def fixed_cpu(name):  # what the variant costs once per run beyond A, steps excluded
+            return [
+                (x - y) - n * (sx - sy)
+                for x, y, sx, sy in zip(o[name, n]["cpu"], o[names[0], n]["cpu"], step_cpu(name),
+                                        step_cpu(names[0]), strict=True)
+            ]  # fmt: skip
+
+        bare = statistics.median(step_cpu(names[0]))
+        a_ms = statistics.median(o[names[0], 2 * n]["ms"])
         lines += [
             "### Tracker cost inside the trainer",
             "",
-            f"keywords + seed-cnn, batch 64, {args.steps} steps per run, {args.rounds} interleaved rounds; "
-            "time per training step as the trainer reports it (evaluation excluded).",
+            f"keywords + seed-cnn, batch 64; every variant runs {n} and {2 * n} training steps, "
+            f"{args.rounds} interleaved rounds, medians. Wall: time per training step as the trainer reports "
+            f"it ({2 * n}-step runs, evaluation excluded). CPU per step: (CPU of the {2 * n}-step run "
+            f"− CPU of the {n}-step run) / {n}, CPU of the whole process with all its threads "
+            "(the tracker's writer included): steadier than wall time on a shared machine. "
+            "One-off: the rest of the CPU difference to A (importing the tracker, creating the database, "
+            "the writer thread).",
             "",
-            "| variant | median ms / training step | vs A |",
-            "|---|---|---|",
+            "| variant | wall ms / step: median (min–max) | wall vs A | CPU ms / step | vs A | one-off CPU |",
+            "|---|---|---|---|---|---|",
         ]
-        for name, values in o.items():
-            med = statistics.median(values)
-            lines.append(f"| {name} | {med:.1f} | {100 * (med / base - 1):+.1f}% |")
+        for name in names:
+            ms = o[name, 2 * n]["ms"]
+            cpu = statistics.median(step_cpu(name))
+            lines.append(
+                f"| {name} | {statistics.median(ms):.1f} ({min(ms):.1f}–{max(ms):.1f}) "
+                f"| {100 * (statistics.median(ms) / a_ms - 1):+.1f}% | {1000 * cpu:.1f} "
+                f"| {100 * (cpu / bare - 1):+.1f}% | {statistics.median(fixed_cpu(name)):+.2f} s |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -173,7 +213,9 @@ def main() -> int:
     p.add_argument("--only", choices=("keywords", "digits", "overhead"), action="append", help="parts to run")
     p.add_argument("--threads", type=int, default=2, help="torch threads per trainer process")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds for the overhead part")
-    p.add_argument("--steps", type=int, default=60, help="training steps per overhead run")
+    p.add_argument(
+        "--steps", type=int, default=24, help="training steps per overhead run (2x must fit an epoch)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny corpora: checks the script, not the figures")
     p.add_argument(
         "--write-docs", action="store_true", help="replace the trainer section of docs/benchmarks.md"
