@@ -72,7 +72,7 @@ def serve(db: Path, log: Path, timeout: float = 90.0):
             proc.wait()
 
 
-def capture(url: str, out_dir: Path, pages=PAGES, timeout_ms: int = 90_000, tabs=None, height=1000):
+def capture(url: str, out_dir: Path, pages=PAGES, timeout_ms=90_000, tabs=None, height=1000, settle_ms=1500):
     """Open each page, wait until it has rendered, save ``<page>.png``; returns per page the number of
     plotly charts and the text of any Streamlit error or exception shown. ``tabs`` maps a page to tab
     labels to click and save as ``<page>-<tab>.png`` too."""
@@ -90,7 +90,9 @@ def capture(url: str, out_dir: Path, pages=PAGES, timeout_ms: int = 90_000, tabs
                 if ready == ".js-plotly-plot":
                     # Plotly draws asynchronously: wait for the first trace's graphics, not just the div.
                     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=timeout_ms)
-                page.wait_for_timeout(1500)  # let the remaining charts and fonts settle before the picture
+                page.wait_for_timeout(
+                    settle_ms
+                )  # let the remaining charts and fonts settle before the picture
                 page.screenshot(path=str(out_dir / f"{name}.png"), full_page=True)
                 problems = page.locator("[data-testid='stException'], [data-testid='stAlertContentError']")
                 seen[name] = {

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.browser
 def test_every_page_renders_in_chromium(recorded, tmp_path):
     shots = tmp_path / "shots"
     with serve(recorded.path, tmp_path / "streamlit.log") as url:
-        seen = capture(url, shots)
+        seen = capture(url, shots, settle_ms=300)
     for name, info in seen.items():
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
         assert info["errors"] == [] or name == "run", (name, info["errors"])
