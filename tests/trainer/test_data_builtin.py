@@ -106,7 +106,7 @@ def test_second_load_is_a_cache_hit_without_synthesis(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
     on_disk = json.loads((folder / "manifest.json").read_text())
     assert on_disk["counts"] == manifest["counts"] and on_disk["generation_seconds"] > 0
-    assert on_disk["params"]["seed"] == 0 and on_disk["version"] == 1
+    assert on_disk["params"]["seed"] == 0 and on_disk["version"] == 2
     assert {"train.npz", "val.npz", "test.npz", "manifest.json"} <= set(mtimes)
 
 

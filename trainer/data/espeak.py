@@ -4,11 +4,11 @@ The shared library comes from the PyPI package ``espeakng-loader`` (it ships ``l
 including the ~100 voice variants in ``voices/!v``). eSpeak NG keeps global state (current voice, parameters,
 the callback), so one synthesis runs at a time per process: every call holds ``_LOCK``.
 
-Its output also depends on the utterances spoken before (static phase/flutter counters in the library survive
-``espeak_Terminate``; ``espeak_ng_SetRandSeed`` does not reset them): the same call twice gives waveforms
-a few samples apart. ``reset()`` unloads the library (``dlclose``) so the next call starts from the state of a
-fresh process; a corpus generator calls it before each speaker so that every speaker's audio depends only on
-its own parameters.
+Two things make its output vary between identical calls: initialisation seeds its random generator (breath
+noise) with the current time, so we seed it with 0 after every load; and static phase/flutter counters
+survive ``espeak_Terminate`` and carry over from one utterance to the next, so ``reset()`` unloads the
+library (``dlclose``) and the next call starts from the state of a fresh process. A corpus generator resets
+before each speaker, so every speaker's audio depends only on its own parameters.
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ def _library():
     rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data).encode(), 0)
     if rate <= 0:
         raise EspeakError(f"espeak_Initialize failed with {rate} (data path {data})")
+    # Initialisation seeds the library's own generator (breath noise of voices such as f2, whisper) with
+    # time(NULL): without a fixed seed the same call differs from one second to the next.
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    lib.espeak_ng_SetRandSeed(0)
     chunks: list[np.ndarray] = []
 
     def on_audio(wav, n, events):
