@@ -38,6 +38,7 @@ from workloads import WORKLOADS, build_workload  # noqa: E402
 
 START, END = "<!-- section:peers:start -->", "<!-- section:peers:end -->"
 REFERENCE = "gw_none"
+LOAD_AT_START: float | None = None
 CLOCK_TEXT = {
     "wall": "wall time",
     "cpu": "process CPU time (all threads of this process; wandb's separate wandb-core process not counted)",
@@ -223,6 +224,9 @@ def machine_description(device: torch.device, threads: int) -> list[str]:
     except OSError:
         pass
     lines = [f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {threads}"]
+    if LOAD_AT_START is not None:
+        # Other processes' load is why --clock cpu exists: say how busy the machine was.
+        lines[0] += f"; 1-min load average {LOAD_AT_START:.1f} at start, {os.getloadavg()[0]:.1f} at end"
     if device.type == "cuda":
         lines.append(f"GPU: {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})")
     versions = {"python": platform.python_version(), "torch": torch.__version__}
@@ -427,7 +431,9 @@ def write_section(path: Path, body: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global LOAD_AT_START
     args = parse_args(argv)
+    LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available here")
