@@ -258,6 +258,15 @@ def verdicts(model_results: dict[str, dict], host: dict[str, dict]) -> list[str]
             f"- {m}: clip=none every=1 adds {none:+.2f}% (target ≤ 1.5%: {ok_none}); "
             f"clip=norm:1.0 vs bare + clip_grad_norm_: {norm:+.2f}% (target ≤ 1%: {ok_norm})."
         )
+    for m, res in model_results.items():
+        h = host.get(m)
+        if h is not None:
+            floor = h["kernel"] / (res["bare step"]["ms"] * 1e3) * 100
+            out.append(
+                f"- {m}: the floor of any measuring, reading the gradients once (`_foreach_norm`), is "
+                f"{floor:.2f}% of the bare step; torch's own `get_total_norm` spends "
+                f"{h['torch'] - h['kernel']:.0f} µs beyond that kernel."
+            )
     for m, h in host.items():
         extra = h["beyond"]
         out.append(
