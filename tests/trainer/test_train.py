@@ -149,3 +149,13 @@ def test_bad_clip_from_the_environment_is_a_clean_error(corpus_cache, db_path, m
     assert main(tiny(corpus_cache, db_path, "--max-steps", "1")) == 2
     err = capsys.readouterr().err
     assert "norm:-1" in err and "Traceback" not in err
+
+
+def test_a_folder_in_the_wrong_layout_is_a_clean_error(tmp_path, db_path, capsys):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "notes.txt").write_text("not a Speech Commands folder")
+    argv = ["--data", "speech_commands", "--data-path", str(tmp_path / "corpus"), "--db", str(db_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "corpus") in err and "Traceback" not in err
+    assert not db_path.exists()  # nothing recorded for a run that could not start
