@@ -1,0 +1,32 @@
+"""``python -m trainer.data`` in a real subprocess: generation, cache hit, friendly errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.data", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.slow  # two interpreter starts with torch: ~5 s idle, ~15 s on a busy 2-core machine
+def test_generates_then_finds_the_corpus_in_the_cache(tmp_path):
+    first = run("--task", "keywords", "--size", "tiny", "--cache-dir", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "corpus generated" in first.stdout and "train     40 utterances, 4 speaker(s)" in first.stdout
+    second = run("--task", "keywords", "--size", "tiny", "--cache-dir", str(tmp_path))
+    assert second.returncode == 0 and "corpus found in cache" in second.stdout
+    assert "features read from cache" in second.stdout
+    assert str(tmp_path) in second.stdout
+
+
+def test_bad_path_and_bad_size_exit_2_without_traceback(tmp_path):
+    missing = run("--source", "speech_commands", "--path", str(tmp_path / "nope"))
+    assert (
+        missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    )
+    bad_size = run("--size", "huge", "--cache-dir", str(tmp_path))
+    assert bad_size.returncode == 2 and "size='huge'" in bad_size.stderr
