@@ -9,7 +9,9 @@ and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from trainer.config import (
     DATA_SOURCES,
@@ -152,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         g,
         "--config",
-        metavar="FILE",
-        help="replay a recorded run's config (JSON); explicit flags override it",
+        metavar="FILE|RUN_ID",
+        help="replay a recorded config: a JSON file, or the id of a run in --db (which then becomes "
+        "the parent run); explicit flags override it",
     )
     add(g, "--preset", choices=tuple(PRESETS), help=describe_presets())
     add(
@@ -183,13 +186,36 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]
     config_file = explicit.pop("config", None)
     preset = explicit.get("preset")
     try:
-        file_values = load_config_file(config_file) if config_file else None
+        file_values = None
+        if config_file is not None:
+            file_values, run_id = _recorded_config(config_file, explicit.get("db"))
+            if run_id is not None:  # relaunching a run of the database: that run is the parent
+                explicit.setdefault("parent_run", run_id)
         preset_vals = preset_values(preset) if preset else None
         cfg, warnings = resolve_config(explicit, file_values=file_values, preset_values=preset_vals)
         _check_clip(cfg.clip)
     except (ConfigError, ValueError, TypeError) as e:
         parser.error(str(e))
     return cfg, warnings
+
+
+def _recorded_config(ref: str, db: str | None) -> tuple[dict, int | None]:
+    """``--config FILE`` (JSON), or ``--config RUN_ID``: the config recorded for that run in the database
+    (``--db``, else ``$GRADWATCH_DB``, else ./gradwatch.db). Returns (settings, run id or None)."""
+    if not (ref.isdigit() and not Path(ref).exists()):
+        return load_config_file(ref), None
+    from tracker.store import Store, StoreError
+
+    path = db or os.environ.get("GRADWATCH_DB") or "gradwatch.db"
+    try:
+        with Store.open(path, readonly=True) as store:
+            run = store.run(int(ref))
+    except StoreError as e:
+        raise ConfigError(f"--config {ref}: {e}") from None
+    config = run.get("config")
+    if not isinstance(config, dict):
+        raise ConfigError(f"--config {ref}: run {ref} in {path} has no recorded config")
+    return config, int(ref)
 
 
 def _check_clip(spec: str) -> None:

@@ -137,6 +137,23 @@ def test_config_replay_records_parent_and_overrides(corpus_cache, db_path, tmp_p
     expected = dict(json.loads(parent_config), clip="zclip:2.5", parent_run=parent_id, run="child")
     assert json.loads(child_config) == expected
 
+    # --config RUN_ID reads the recorded config from the database; that run becomes the parent.
+    assert main(["--config", str(parent_id), "--db", str(db_path), "--clip", "none", "--run", "again"]) == 0
+    [(again_parent, again_config)] = query(db_path, "SELECT parent_id, config FROM runs WHERE name = 'again'")
+    assert again_parent == parent_id
+    assert json.loads(again_config) == dict(
+        json.loads(parent_config), clip="none", parent_run=parent_id, run="again"
+    )
+
+
+def test_config_run_id_that_is_not_in_the_database(db_path, corpus_cache, capsys):
+    assert main(tiny(corpus_cache, db_path, "--max-steps", "1", "--run", "only")) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", "999", "--db", str(db_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--config 999" in err and "Traceback" not in err
+
 
 def test_no_track_writes_nothing(corpus_cache, db_path, capsys):
     assert main(tiny(corpus_cache, db_path, "--max-steps", "2", "--no-track")) == 0
