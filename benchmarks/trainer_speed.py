@@ -74,7 +74,7 @@ def time_to_accuracy(preset: str, threads: int, quick: bool) -> dict:
             args += ["--corpus-size", "tiny", "--max-steps", "5"]
         wall, _, err, _ = run_trainer(args, threads)
         m = final_metrics(tmp / "g.db")
-    gen = re.search(r"corpus ready in ([0-9.]+) s", err)
+    gen = re.search(r"data ready in ([0-9.]+) s", err)
     return {"wall": wall, "generation": float(gen.group(1)) if gen else None, **m}
 
 
@@ -140,7 +140,7 @@ def markdown(results: dict, args) -> str:
         lines += [
             "### Keywords + seed-cnn (`--preset keywords`), first run: fresh corpus cache",
             "",
-            "| wall: generation + training + evaluation | corpus generation | test accuracy, held-out voices "
+            "| wall: generation + training + evaluation | data ready (generation + features) | test accuracy "
             "| ≥ 95% in ≤ 90 s |",
             "|---|---|---|---|",
             f"| {_secs(k['wall'])} | {_secs(k['generation'])} | {_pct(acc)} | {met} |",
@@ -153,7 +153,7 @@ def markdown(results: dict, args) -> str:
         lines += [
             "### Digits + crnn-ctc (`--preset digits`), first run: fresh corpus cache",
             "",
-            "| wall | corpus generation | test CER | test WER | ≤ 10% CER in ≤ 300 s |",
+            "| wall | data ready (generation + features) | test CER | test WER | ≤ 10% CER in ≤ 300 s |",
             "|---|---|---|---|---|",
             f"| {_secs(d['wall'])} | {_secs(d['generation'])} | {_pct(cer)} | {_pct(d.get('test_wer'))} "
             f"| {'met' if met else 'not met'} |",

@@ -196,6 +196,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
     splits = _load_data(cfg, rt)
+    data_seconds = time.perf_counter() - t_start
     train_loader, sampler, eval_loaders = _loaders(cfg, splits, rt)
     n_classes = len(splits.labels)
     model = build_model(
@@ -228,7 +229,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     tracker = _make_tracker(cfg, model, rt)
     stop = StopSignal(distributed=rt.distributed)
     if rt.is_main and not cfg.quiet:
-        _describe_start(cfg, splits, model, rt, total_steps)
+        _describe_start(cfg, splits, model, rt, total_steps, data_seconds)
     progress = Progress(total_steps, bar=sys.stderr.isatty(), quiet=cfg.quiet or not rt.is_main)
     status, error = "finished", None
     step, max_norm, metrics = 0, None, {}
@@ -331,13 +332,18 @@ def _epoch_line(epoch: int, metrics: dict) -> str:
     return f"epoch {epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
 
 
-def _describe_start(cfg, splits, model, rt, total_steps) -> None:
+def _describe_start(cfg, splits, model, rt, total_steps, data_seconds) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     info = getattr(splits, "info", {}) or {}
     sizes = "/".join(str(len(s)) for s in (splits.train, splits.val, splits.test))
     lines = [
         f"{cfg.task} · {cfg.model} ({n_params / 1e6:.2f}M params) · {cfg.data} data, train/val/test {sizes}"
-        + (f" (corpus ready in {info['generation_seconds']:.1f} s)" if "generation_seconds" in info else ""),
+        + f" · data ready in {data_seconds:.1f} s"
+        + (
+            ""
+            if info.get("cache_hit", True)
+            else f" (corpus generated in {info['generation_seconds']:.1f} s)"
+        ),
         f"{cfg.optimizer} lr {cfg.lr:g} · {total_steps} steps · clip {cfg.clip} · device {rt.device}"
         + (" + AMP" if rt.amp else "")
         + (f" × {rt.world_size} processes" if rt.distributed else ""),
