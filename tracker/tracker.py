@@ -13,10 +13,8 @@ import functools
 import math
 import operator
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,10 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from tracker.attach import Attachment
-from tracker.distributed import is_dtensor, like, local_tensor, rank_and_world_size, sharded_norms
+from tracker.distributed import is_dtensor, local_tensor, rank_and_world_size, sharded_norms
 from tracker.env import resolve_clip, resolve_db
+from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
-from tracker.norms import NormPlan, grad_norms, max_abs
+from tracker.lifetime import SigtermAsExit, exit_status
+from tracker.norms import NormPlan, grad_norms
 from tracker.null import NullTracker
 from tracker.outbox import Outbox
 from tracker.stats import StepStats
@@ -36,11 +36,9 @@ from tracker.stats import StepStats
 __all__ = ["CONFIG_KEY", "EXTRA_STATS", "NONFINITE_POLICIES", "GradTracker", "NonFiniteGradientError"]
 
 NONFINITE_POLICIES = ("record", "skip", "raise")
-EXTRA_STATS = ("weight_norm", "update_ratio", "max_abs")
 # Layout of the per-step scalar vector (one stack per clipped step, copied with everything else).
 _TOTAL, _AFTER, _COEF, _THRESHOLD, _CLIPPED, _N_CLIPPED = range(6)
 _N_SCALARS = 6
-_sigterm_received = False
 CONFIG_KEY = "_gradwatch"  # the tracker's own notes inside runs.config
 
 
@@ -132,11 +130,14 @@ class GradTracker:
         self._sharded = any(is_dtensor(p) for p in self._params)
         self._plan = NormPlan.for_tensors([local_tensor(p) for p in self._params])
         self._subset_plans: dict[tuple[int, ...], NormPlan] = {}
+        self._extra = (
+            ExtraStats(self.extra_stats, self._params, self._plan, self._sharded)
+            if self.extra_stats
+            else None
+        )
         self._step = 0
         # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions).
         self._pending: list[tuple[int, Tensor | None, Tensor, Any]] = []
-        self._update: tuple[dict[str, Any], list[Tensor], Tensor, Any] | None = None  # update_ratio
-        self._weight_copy: list[Tensor] | None = None
         self._hooks: list[Attachment] = []
         self._finished = False
         process_rank, world_size = rank_and_world_size()
@@ -147,7 +148,7 @@ class GradTracker:
         if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write
             self._open_run(run, config, choice, parent_id, world_size)
         atexit.register(self._at_exit)
-        self._previous_sigterm = self._install_sigterm() if handle_sigterm else None
+        self._sigterm = SigtermAsExit() if handle_sigterm else None
 
     def _open_run(self, run, config, choice, parent_id, world_size) -> None:
         from tracker.store import Store
@@ -198,11 +199,7 @@ class GradTracker:
 
         logged = step % self.every == 0
         # Extra statistics describe the gradients as measured (before clipping), like the norms.
-        extra = (
-            self._extra_tensors(grads, present)
-            if logged and self.extra_stats and self._writer is not None
-            else {}
-        )
+        extra = self._extra_stats(grads, present) if logged else {}
         skipped = False
         if self.nonfinite != "record" and not bool(torch.isfinite(norms).all()):  # one sync, documented
             if self.nonfinite == "raise":
@@ -228,10 +225,8 @@ class GradTracker:
             result = self.clip.clip_(local, norms, total, params=params, step=step, names=names)
         scalars = self._scalars(total, result) if result is not None else None
 
-        if (
-            skipped and not logged and self.extra_stats and self._writer is not None
-        ):  # skipped steps are always logged
-            extra = self._extra_tensors(grads, present)
+        if skipped and not logged:  # skipped steps are always logged
+            extra = self._extra_stats(grads, present)
         if not logged and not skipped:  # not logged: buffer on the device, no host sync
             self._pending.append((step, scalars, norms, present))
             if result is None:
@@ -278,7 +273,8 @@ class GradTracker:
             self._drain_pending()
         finally:
             self.detach()
-            self._restore_sigterm()
+            if self._sigterm is not None:
+                self._sigterm.remove()
             atexit.unregister(self._at_exit)
             if self._writer is not None:
                 self._writer.close(status=status, error=error)
@@ -357,13 +353,18 @@ class GradTracker:
         self._step += 1
         grads, present = self._grads()
         norms, total = self._measure(grads, present)
-        extra = self._extra_tensors(grads, present) if self.extra_stats and self._writer is not None else {}
+        extra = self._extra_stats(grads, present)
         self._record(step, total, None, norms, present, None, skipped=True, extra=extra)
 
     @staticmethod
     def _scalars(total: Tensor, r: Any) -> Tensor:
         parts = (total, r.total_norm_after, r.coef, r.threshold, r.clipped, r.n_clipped)
         return torch.stack([t.to(device=total.device, dtype=torch.float32) for t in parts])
+
+    def _extra_stats(self, grads: list[Tensor], present: Any) -> dict[str, Tensor]:
+        if self._extra is None or self._writer is None:  # nothing to record them into
+            return {}
+        return self._extra.measure(grads, present, present is self._all)
 
     def _layer_ids(self, present: Any) -> list[int]:
         return self.layers.ids if present is self._all else [self.layers.ids[i] for i in present]
@@ -418,8 +419,8 @@ class GradTracker:
                 extra=extra_lists or None,
                 time=time.time(),
             )
-            if "update_ratio" in self.extra_stats:
-                self._start_update(row, present)  # written once the optimizer step has happened
+            if self._extra is not None and self._extra.holds_rows:
+                self._extra.hold(row, present)  # written once the optimizer step has happened
             else:
                 self._writer.add_step(**row)
         return cur[_TOTAL], clipped, cur[_COEF], cur[_THRESHOLD]
@@ -456,89 +457,10 @@ class GradTracker:
             parts = [t for _, s, n, _ in self._pending for t in ((s, n) if s is not None else (n,))]
             self._write_pending(torch.cat(parts).tolist(), 0)
 
-    # ------------------------------------------------------------------ extra statistics (logged steps only)
-    def _extra_tensors(self, grads: list[Tensor], present: Any) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        if "weight_norm" in self.extra_stats or "update_ratio" in self.extra_stats:
-            params = self._params if present is self._all else [self._params[i] for i in present]
-            if self._sharded:
-                weights = sharded_norms(params)
-            else:
-                weights = grad_norms(params, self._plan if present is self._all else None)[0]
-            if "weight_norm" in self.extra_stats:
-                out["weight_norm"] = weights
-            if "update_ratio" in self.extra_stats:
-                # ||w_after - w_before|| / ||w_before||, completed at the next step() or finish(), once the
-                # optimizer has applied this step's update.
-                self._snapshot = (self._copy_weights(params, present), weights)
-        if "max_abs" in self.extra_stats:
-            out["max_abs"] = max_abs([local_tensor(g) for g in grads])  # before clipping, like the norms
-        return out
-
-    def _copy_weights(self, params: list[Tensor], present: Any) -> list[Tensor]:
-        # One buffer per parameter, allocated once and reused: a fresh copy per logged step would cost a
-        # large allocation (page faults, zeroing) every time, several times the copy itself.
-        if self._weight_copy is None:
-            self._weight_copy = [torch.empty_like(local_tensor(p)) for p in self._params]
-        buffers = self._weight_copy if present is self._all else [self._weight_copy[i] for i in present]
-        torch._foreach_copy_(buffers, [local_tensor(p).detach() for p in params])
-        return buffers
-
-    def _start_update(self, row: dict[str, Any], present: Any) -> None:
-        before, weights = self._snapshot
-        del self._snapshot
-        self._update = (row, before, weights, present)
-
     def _complete_update(self) -> None:
-        if self._update is None:
-            return
-        row, before, weights, present = self._update
-        self._update = None
-        with torch.no_grad():
-            after = [self._params[i] for i in present]
-            # In place: the buffer becomes w_before - w_after (its norm is the update's); no new memory.
-            torch._foreach_sub_(before, [local_tensor(a).detach() for a in after])
-            if self._sharded:
-                moved = sharded_norms([like(b, a) for a, b in zip(after, before, strict=True)])
-            else:
-                moved = grad_norms(before)[0]
-            ratio = (moved / weights).tolist()
-        row["extra"] = dict(row["extra"] or {}, update_ratio=[_finite_or_none(r) for r in ratio])
-        if self._writer is not None:
+        row = self._extra.complete() if self._extra is not None else None
+        if row is not None and self._writer is not None:
             self._writer.add_step(**row)
 
-    # ------------------------------------------------------------------ process lifetime
     def _at_exit(self) -> None:
-        # The interpreter sets sys.last_value for an uncaught exception before running atexit handlers.
-        last = getattr(sys, "last_value", None)
-        if _sigterm_received:
-            self.finish("stopped", error="SIGTERM")
-        elif last is None:
-            self.finish("finished")
-        elif isinstance(last, KeyboardInterrupt | SystemExit):
-            self.finish("stopped", error=type(last).__name__)
-        else:
-            self.finish("failed", error=f"{type(last).__name__}: {last}")
-
-    @staticmethod
-    def _install_sigterm() -> Any:
-        # The dashboard stops a run with SIGTERM. Raised as SystemExit, it unwinds the training loop so the
-        # run is closed as "stopped" (by __exit__ or atexit) instead of looking crashed. Only when nobody else
-        # handles SIGTERM, and only in the main thread (the only one allowed to set handlers).
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return None
-
-        def on_sigterm(signum, frame):
-            global _sigterm_received
-            _sigterm_received = True  # an uncaught SystemExit leaves no sys.last_value for _at_exit to see
-            raise SystemExit(128 + signum)
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-        return signal.SIG_DFL
-
-    def _restore_sigterm(self) -> None:
-        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
+        self.finish(*exit_status())

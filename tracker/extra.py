@@ -1,0 +1,84 @@
+"""Optional per-layer statistics beside the gradient norms: weight norm, update/weight ratio, max |g|.
+
+Computed on logged steps only. ``update_ratio`` = ||W_after - W_before|| / ||W_before|| needs the weights
+after the optimizer step, which happens after ``tracker.step()``: the weights are copied at the step, and the
+row is held back until the next ``step()`` (or ``finish()``) completes it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tracker.distributed import like, local_tensor, sharded_norms
+from tracker.norms import NormPlan, grad_norms, max_abs
+
+__all__ = ["EXTRA_STATS", "ExtraStats"]
+
+EXTRA_STATS = ("weight_norm", "update_ratio", "max_abs")
+
+
+class ExtraStats:
+    """The chosen statistics for one list of measured parameters; ``measure`` returns 1-D device tensors."""
+
+    def __init__(self, names: tuple[str, ...], params: list[Tensor], plan: NormPlan, sharded: bool):
+        self.names, self.params, self.plan, self.sharded = names, params, plan, sharded
+        self.holds_rows = "update_ratio" in names
+        self._copy: list[Tensor] | None = None  # one buffer per parameter, allocated once
+        self._snapshot: tuple[list[Tensor], Tensor] | None = None
+        self._held: tuple[dict[str, Any], list[Tensor], Tensor, Any] | None = None
+
+    @torch.no_grad()
+    def measure(self, grads: list[Tensor], present: Any, everything: bool) -> dict[str, Tensor]:
+        """``present``: positions of ``grads`` in ``params``; ``everything``: every parameter has a grad."""
+        out: dict[str, Tensor] = {}
+        if "weight_norm" in self.names or self.holds_rows:
+            params = self.params if everything else [self.params[i] for i in present]
+            if self.sharded:
+                weights = sharded_norms(params)
+            else:
+                weights = grad_norms(params, self.plan if everything else None)[0]
+            if "weight_norm" in self.names:
+                out["weight_norm"] = weights
+            if self.holds_rows:
+                self._snapshot = (self._copy_weights(params, present, everything), weights)
+        if "max_abs" in self.names:
+            out["max_abs"] = max_abs([local_tensor(g) for g in grads])  # before clipping, like the norms
+        return out
+
+    def _copy_weights(self, params: list[Tensor], present: Any, everything: bool) -> list[Tensor]:
+        # Reused buffers: a fresh copy per logged step would cost a large allocation (page faults, zeroing)
+        # every time, several times the copy itself.
+        if self._copy is None:
+            self._copy = [torch.empty_like(local_tensor(p)) for p in self.params]
+        buffers = self._copy if everything else [self._copy[i] for i in present]
+        torch._foreach_copy_(buffers, [local_tensor(p).detach() for p in params])
+        return buffers
+
+    def hold(self, row: dict[str, Any], present: Any) -> None:
+        """Keep the step's row until the optimizer has applied the update (see :meth:`complete`)."""
+        assert self._snapshot is not None, "measure() must run on the step whose row is held"
+        before, weights = self._snapshot
+        self._snapshot = None
+        self._held = (row, before, weights, present)
+
+    @torch.no_grad()
+    def complete(self) -> dict[str, Any] | None:
+        """The held row with ``update_ratio`` filled in from the current weights; None if nothing is held."""
+        if self._held is None:
+            return None
+        row, before, weights, present = self._held
+        self._held = None
+        after = [self.params[i] for i in present]
+        # In place: the buffer becomes w_before - w_after (its norm is the update's); no new memory.
+        torch._foreach_sub_(before, [local_tensor(a).detach() for a in after])
+        if self.sharded:
+            moved = sharded_norms([like(b, a) for a, b in zip(after, before, strict=True)])
+        else:
+            moved = grad_norms(before)[0]
+        ratio = (moved / weights).tolist()  # a weight of norm 0 gives inf/NaN: recorded as NULL
+        row["extra"] = dict(row["extra"] or {}, update_ratio=[r if math.isfinite(r) else None for r in ratio])
+        return row
