@@ -20,6 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The tracker reads these variables (tracker/env.py): one definition of the names on both sides.
+from tracker.env import CLIP_ENV, DB_ENV, PARENT_ENV, RUN_ENV
+
 __all__ = [
     "CLIP_ENV",
     "DB_ENV",
@@ -36,11 +39,6 @@ __all__ = [
     "stop_pid",
     "trainer_spec",
 ]
-
-CLIP_ENV = "GRADWATCH_CLIP"
-DB_ENV = "GRADWATCH_DB"
-PARENT_ENV = "GRADWATCH_PARENT_RUN"
-RUN_ENV = "GRADWATCH_RUN"
 
 
 @dataclass(frozen=True)

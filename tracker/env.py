@@ -3,6 +3,8 @@
 ``GRADWATCH_DB`` chooses the database when the program passes none. ``GRADWATCH_CLIP`` replaces whatever clip
 setting the program passes: this is how the dashboard relaunches anyone's script with other clipping and no
 code change, so the run records that the environment decided (``clip_source="env"``).
+``GRADWATCH_RUN`` and ``GRADWATCH_PARENT_RUN`` likewise replace the run name and the parent run id, so such a
+relaunch is recorded under the name the dashboard chose and linked to the run it came from.
 """
 
 from __future__ import annotations
@@ -12,10 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIP_ENV", "DB_ENV", "DEFAULT_DB", "ClipChoice", "resolve_clip", "resolve_db"]
+__all__ = [
+    "CLIP_ENV",
+    "DB_ENV",
+    "DEFAULT_DB",
+    "PARENT_ENV",
+    "RUN_ENV",
+    "ClipChoice",
+    "resolve_clip",
+    "resolve_db",
+    "resolve_parent",
+    "resolve_run_name",
+]
 
 DB_ENV = "GRADWATCH_DB"
 CLIP_ENV = "GRADWATCH_CLIP"
+RUN_ENV = "GRADWATCH_RUN"
+PARENT_ENV = "GRADWATCH_PARENT_RUN"
 DEFAULT_DB = "gradwatch.db"
 
 
@@ -24,6 +39,26 @@ def resolve_db(db: str | os.PathLike[str] | None) -> Path:
     if db is not None:
         return Path(db)
     return Path(os.environ.get(DB_ENV) or DEFAULT_DB)
+
+
+def resolve_run_name(run: str | None) -> str | None:
+    """``$GRADWATCH_RUN`` when set and non-empty (it wins, like ``GRADWATCH_CLIP``), else ``run``."""
+    return os.environ.get(RUN_ENV, "").strip() or run
+
+
+def resolve_parent(parent_id: int | None) -> int | None:
+    """``$GRADWATCH_PARENT_RUN`` when set and non-empty (it wins), else ``parent_id``.
+
+    Raises ``ValueError`` naming the variable when it is not a positive integer run id.
+    """
+    value = os.environ.get(PARENT_ENV, "").strip()
+    if not value:
+        return parent_id
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(
+            f"{PARENT_ENV}={value!r}: expected a run id (a positive integer), e.g. {PARENT_ENV}=3"
+        )
+    return int(value)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from tracker.attach import Attachment
 from tracker.distributed import is_dtensor, local_tensor, rank_and_world_size, sharded_norms
-from tracker.env import resolve_clip, resolve_db
+from tracker.env import resolve_clip, resolve_db, resolve_parent, resolve_run_name
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
 from tracker.lifetime import SigtermAsExit, exit_status
@@ -143,6 +143,8 @@ class GradTracker:
         process_rank, world_size = rank_and_world_size()
         self.is_writer = process_rank == rank
         self.db_path = resolve_db(db)
+        # The dashboard relaunches other people's scripts by environment: name and lineage come from it too.
+        run, parent_id = resolve_run_name(run), resolve_parent(parent_id)
         self.run_id: int | None = None
         self._store = self._writer = None
         if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write

@@ -161,5 +161,6 @@ def test_relaunch_an_external_script_with_gradwatch_clip(tmp_path, app, monkeypa
     child = _runs(db).iloc[1]
     assert child["status"] == "finished"
     assert child["clip"] == "norm:0.1" and child["clip_source"] == "env"
+    assert child["name"] == "mine-relaunched" and int(child["parent_id"]) == int(parent["id"])
     assert child["argv"] == [str(script), "0.01"] and child["cwd"] == str(REPO)
     assert child["clip_rate"] > 0  # loss * 100 gives norms far above 0.1

@@ -144,6 +144,26 @@ def test_bad_env_clip_names_the_variable(db_path, monkeypatch):
     assert not db_path.exists()
 
 
+def test_env_run_name_and_parent_override_the_arguments(db_path, monkeypatch):
+    # How the dashboard names and links a relaunch of a script it cannot pass arguments to.
+    parent = GradTracker(_model(), db=db_path, run="original")
+    parent.finish()
+    monkeypatch.setenv("GRADWATCH_RUN", "relaunched")
+    monkeypatch.setenv("GRADWATCH_PARENT_RUN", str(parent.run_id))
+    child = GradTracker(_model(), db=db_path, run="original", parent_id=None)
+    child.finish()
+    rows = _rows(db_path, "SELECT id, name, parent_id FROM runs ORDER BY id")
+    assert rows == [(parent.run_id, "original", None), (child.run_id, "relaunched", parent.run_id)]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5"])
+def test_bad_env_parent_names_the_variable(db_path, monkeypatch, value):
+    monkeypatch.setenv("GRADWATCH_PARENT_RUN", value)
+    with pytest.raises(ValueError, match="GRADWATCH_PARENT_RUN"):
+        GradTracker(_model(), db=db_path)
+    assert not db_path.exists()
+
+
 def test_db_defaults_to_env_then_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GRADWATCH_DB", str(tmp_path / "from-env.db"))
