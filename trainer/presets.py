@@ -28,13 +28,16 @@ PRESETS: dict[str, dict] = {
         "batch_size": 64,
     },
     "digits": {
-        "_about": "digit strings + crnn-ctc with SpecAugment, towards ≤10% CER on held-out voices",
+        "_about": "digit strings + crnn-ctc: SGD (momentum 0.9) at lr 0.5 with cosine decay, made stable by "
+        "global-norm clipping (norm:1.0), 5 epochs, towards ≤10% CER on held-out voices",
         "task": "digits",
         "model": "crnn-ctc",
-        "specaugment": True,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "lr": 0.5,
+        "lr_schedule": "cosine",
+        "clip": "norm:1.0",
         "epochs": 5,
-        "lr": 3e-3,
-        "warmup_steps": 100,
         "batch_size": 32,
     },
     "clipping-demo": {

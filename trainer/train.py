@@ -275,6 +275,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                         metrics = evaluate_now(("train", "val"), step=step, extra={"lr": lr})
                     if stop.requested() or step >= total_steps:
                         break
+                if stop.requested():  # stop promptly: no evaluation pass after a stop request
+                    break
                 extra = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
                 metrics = evaluate_now(("train", "val"), step=step, extra=extra)
                 if rt.is_main:
