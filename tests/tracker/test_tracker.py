@@ -4,11 +4,11 @@ import json
 import math
 import os
 import socket
-import sqlite3
 import sys
 
 import pytest
 import torch
+from sqlite_rows import rows as _rows
 from torch import nn
 
 from tracker import GradTracker, NullTracker, StepStats
@@ -27,14 +27,6 @@ def _batches(n, seed=1):
 def _loss(model, batch):
     x, y = batch
     return nn.functional.cross_entropy(model(x), y)
-
-
-def _rows(db, sql, *args):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
 
 
 def _oracle_run(batches, max_norm, lr=0.5):

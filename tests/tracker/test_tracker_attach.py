@@ -1,9 +1,8 @@
 """attach(): measuring and clipping from an optimizer step pre-hook, with a real GradScaler on CPU."""
 
-import sqlite3
-
 import pytest
 import torch
+from sqlite_rows import rows as _rows
 from torch import nn
 
 from tracker import GradTracker
@@ -17,14 +16,6 @@ def _model():
 def _data(n):
     g = torch.Generator().manual_seed(3)
     return [(torch.randn(6, 5, generator=g) * 4, torch.randint(0, 3, (6,), generator=g)) for _ in range(n)]
-
-
-def _rows(db, sql):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_attached_tracker_clips_like_clip_grad_norm_without_a_call_in_the_loop(db_path):

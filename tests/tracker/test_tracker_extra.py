@@ -1,20 +1,11 @@
 """Optional per-layer statistics (weight norm, update/weight ratio, max |g|) against direct torch formulas."""
 
-import sqlite3
-
 import pytest
 import torch
+from sqlite_rows import rows as _rows
 from torch import nn
 
 from tracker import GradTracker
-
-
-def _rows(db, sql):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.mark.parametrize("every", [1, 2])

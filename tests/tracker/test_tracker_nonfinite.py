@@ -1,9 +1,8 @@
 """Non-finite gradients under the three policies, with a NaN / Inf injected into a known layer."""
 
-import sqlite3
-
 import pytest
 import torch
+from sqlite_rows import rows as _rows
 from torch import nn
 
 from tracker import GradTracker, NonFiniteGradientError
@@ -14,14 +13,6 @@ BAD_STEP = 1
 def _model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-
-
-def _rows(db, sql):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def _train(model, tracker, steps=3, poison=float("nan")):

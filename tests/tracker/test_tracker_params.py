@@ -1,10 +1,10 @@
 """Tied, frozen and gradient-less parameters: what is measured, what is registered, what is counted."""
 
 import json
-import sqlite3
 
 import pytest
 import torch
+from sqlite_rows import rows as _rows
 from torch import nn
 
 from tracker import GradTracker
@@ -27,14 +27,6 @@ class TiedModel(nn.Module):
 
     def forward(self, tokens):
         return self.head(torch.tanh(self.hidden(self.frozen(self.embed(tokens)))))
-
-
-def _rows(db, sql):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_tied_frozen_and_unused_parameters(db_path):
