@@ -32,26 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout: this tree's tracker, however the env was installed
 
 from tracker import GradTracker  # noqa: E402
+from trainer.models import SeedCNN  # noqa: E402  (M1 is the trainer's seed CNN, layer for layer)
 
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- section:tracker:start -->", "<!-- section:tracker:end -->"
 
 
 # ---------------------------------------------------------------- models
-def seed_cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.AvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64 * 16 * 16, 512),
-        nn.ReLU(),
-        nn.Linear(512, 10),
-    )
-
-
 class Encoder(nn.Module):
     def __init__(self, layers: int = 12, d_model: int = 256):
         super().__init__()
@@ -79,7 +66,7 @@ def make_model(name: str, seq: int, batch_m2: int) -> tuple[nn.Module, tuple[tor
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     if name == "M1":
-        return seed_cnn(), (torch.randn(64, 1, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
+        return SeedCNN(), (torch.randn(64, 1, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
     return Encoder(), (
         torch.randn(batch_m2, seq, 256, generator=g),
         torch.randint(0, 10, (batch_m2,), generator=g),
