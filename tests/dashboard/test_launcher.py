@@ -10,7 +10,7 @@ from dashboard.launch import Launcher, LaunchSpec, external_spec, log_tail, trai
 
 # A stand-in for "somebody's training script": reports its argv and the gradwatch environment, then waits
 # for a release file (so the test controls when it ends) and exits 0; on SIGTERM it logs and exits 0 like
-# the trainer.
+# the trainer. It gives up after 5 minutes, so a failing test never leaves it running.
 SCRIPT = r"""
 import json, os, signal, sys, time
 from pathlib import Path
@@ -23,7 +23,10 @@ signal.signal(signal.SIGTERM, stop)
 env = {k: v for k, v in os.environ.items() if k.startswith("GRADWATCH_")}
 (out / "started").write_text(json.dumps({"argv": sys.argv, "cwd": os.getcwd(), "env": env}))
 print("training step 1", flush=True)
+deadline = time.monotonic() + 300
 while not (out / "release").exists():
+    if time.monotonic() > deadline:
+        sys.exit("never released")
     time.sleep(0.02)
 print("done", flush=True)
 """
