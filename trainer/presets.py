@@ -10,7 +10,7 @@ __all__ = ["PRESETS", "preset_values", "describe_presets"]
 
 PRESETS: dict[str, dict] = {
     "demo": {
-        "_about": "quick look: keywords + seed-cnn on a built-in corpus of 2 renditions per voice, 3 epochs; "
+        "_about": "quick look (~15 s): keywords + seed-cnn on a corpus of 2 renditions per voice, 3 epochs; "
         "what the dashboard's 'Launch a demo run' button starts",
         "task": "keywords",
         "model": "seed-cnn",
@@ -20,7 +20,7 @@ PRESETS: dict[str, dict] = {
         "batch_size": 64,
     },
     "keywords": {
-        "_about": "keywords + seed-cnn to ≥95% test accuracy on held-out voices (the issue's 90 s target)",
+        "_about": "keywords + seed-cnn to ≥95% test accuracy on held-out voices (~35 s on 2 CPU cores)",
         "task": "keywords",
         "model": "seed-cnn",
         "epochs": 5,
