@@ -29,13 +29,21 @@ def envelope_oracle(norms, layer, lo, hi):
 
 @pytest.mark.parametrize(
     "start,end,max_points",
-    [(None, None, 50), (None, None, 2000), (5, 2990, 37), (100, 130, 1000), (17, 2503, 300), (0, 2999, 3000)],
+    [
+        (None, None, 50),
+        (None, None, 2000),
+        (5, 2990, 37),
+        (100, 130, 1000),
+        (17, 2503, 300),
+        (0, 2999, 3000),
+        (2000, 9999, 64),  # past the last step: the envelope ends at the last step (blocks beyond: none)
+    ],
 )
 def test_envelope_is_exact_and_bounded(big, start, end, max_points):
     store, run_id, norms = big
     layers = [0, 3, 5]
     df = store.grad_norm_envelope(run_id, layers, start, end, max_points)
-    lo, hi = 0 if start is None else start, 2999 if end is None else end
+    lo, hi = 0 if start is None else start, 2999 if end is None else min(end, 2999)
     for layer in layers:
         part = df[df["layer_id"] == layer]
         assert 0 < len(part) <= max_points
@@ -170,3 +178,19 @@ def test_empty_run_reads_have_columns(store):
         store.layers(run_id),
     ):
         assert df.empty and len(df.columns) > 0
+
+
+def test_envelope_of_a_short_run_without_registered_layers_has_every_layer(store):
+    # Layers are found from grad_norms when the program never registered them (a short run has no
+    # complete 1024-step block to name them).
+    norms = make_norms(40, 3, seed=9)
+    run_id = store.create_run(name="no-layers")
+    with store.writer(run_id) as w:
+        for step, row in norms.items():
+            w.add_step(step=step, norms=row, layer_ids=[2, 5, 9])
+    df = store.grad_norm_envelope(run_id, max_points=10)
+    assert sorted(set(df["layer_id"])) == [2, 5, 9]
+    for lid, col in zip([2, 5, 9], range(3), strict=True):
+        assert df[df["layer_id"] == lid]["count"].sum() == 40
+        assert df[df["layer_id"] == lid]["norm_max"].max() == max(norms[s][col] for s in norms)
+    assert list(store.step_norms(run_id)["layer_id"]) == [2, 5, 9]

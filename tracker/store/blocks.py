@@ -1,19 +1,66 @@
-"""Pure functions that turn logged steps into grad_norms rows and grad_norm_blocks partial aggregates.
+"""grad_norms rows from logged steps, and the complete grad_norm_blocks a transaction must (re)compute.
 
-Kept apart from the writer thread so they can be tested against numpy. Aggregates are kept in column
-form (one list per statistic, aligned with the layer ids) so that the usual case — consecutive steps,
-the same layers, every norm finite — runs in C-level builtins (``zip(*rows)``, ``map(min, ...)``) with
-no Python loop per layer; NaN/Inf and missing layers take a per-value path.
+A block of ``size`` steps (``block = step // size``, steps ``[block * size, (block + 1) * size - 1]``) is
+*complete* once the run's last recorded step reaches its last step. The writer writes a block exactly once,
+in the transaction whose steps complete it, computed in SQL from what the file holds (size 16 from
+``grad_norms``, each larger size from the complete blocks of the next smaller one); a step that arrives
+again or out of order makes it recompute the complete blocks that hold it. Partial blocks are never
+written, so the aggregates cost nothing on the ~15 of 16 transactions that complete no block.
+The functions here only decide *which* steps; the SQL they feed lives next to them (the store is the only
+part that knows SQL) and is run by the writer.
 """
 
 import math
 from itertools import repeat
 
-__all__ = ["StepNorms", "norm_rows", "count_rows", "norm_blocks"]
+__all__ = [
+    "StepNorms",
+    "norm_rows",
+    "count_rows",
+    "block_ranges",
+    "LAYERS_WITH_ROWS",
+    "BLOCKS_FROM_ROWS",
+    "BLOCKS_FROM_BLOCKS",
+]
 
 # (step, norms, layer_ids): norms[i] is the L2 norm of layer layer_ids[i] (layer_ids None = 0..len-1);
 # a None norm means "no gradient this step" (no row); NaN is stored as NULL (SQLite has no NaN).
 StepNorms = tuple[int, list, list | None]
+
+# The layer ids that have grad_norms rows in run :run, as a loose index scan: one seek per layer on the
+# (run_id, layer_id, step) key instead of a scan of all the run's rows (SELECT DISTINCT would scan them).
+LAYERS_WITH_ROWS = """
+WITH RECURSIVE ids(id) AS (
+    SELECT (SELECT min(layer_id) FROM grad_norms WHERE run_id = :run)
+    UNION ALL
+    SELECT (SELECT min(layer_id) FROM grad_norms WHERE run_id = :run AND layer_id > ids.id)
+    FROM ids WHERE ids.id IS NOT NULL
+)
+SELECT id FROM ids WHERE id IS NOT NULL
+"""
+
+# Blocks of :size over steps [:lo, :hi] (whole blocks) from the raw rows, for the layers listed in {ids}
+# (an IN list: SQLite seeks each layer's range on the primary key). A block with no rows gets no row;
+# a block whose rows are all NULL (NaN) gets norm_count 0 and NULL min/max.
+BLOCKS_FROM_ROWS = """
+INSERT OR REPLACE INTO grad_norm_blocks
+    (run_id, size, layer_id, block, norm_min, norm_max, norm_sum, norm_count)
+SELECT :run, :size, layer_id, step / :size, min(norm), max(norm), total(norm), count(norm)
+FROM grad_norms
+WHERE run_id = :run AND layer_id IN {ids} AND step BETWEEN :lo AND :hi
+GROUP BY layer_id, step / :size
+"""
+
+# Blocks of :size from the complete blocks of the next smaller size :part (blocks [:b_lo, :b_hi] of it).
+BLOCKS_FROM_BLOCKS = """
+INSERT OR REPLACE INTO grad_norm_blocks
+    (run_id, size, layer_id, block, norm_min, norm_max, norm_sum, norm_count)
+SELECT :run, :size, layer_id, block / (:size / :part),
+       min(norm_min), max(norm_max), total(norm_sum), sum(norm_count)
+FROM grad_norm_blocks
+WHERE run_id = :run AND size = :part AND layer_id IN {ids} AND block BETWEEN :b_lo AND :b_hi
+GROUP BY layer_id, block / (:size / :part)
+"""
 
 
 def _is_clean(norms) -> bool:
@@ -22,54 +69,6 @@ def _is_clean(norms) -> bool:
         return math.isfinite(sum(norms))
     except TypeError:
         return False
-
-
-def _column_aggregate(seg, clean: bool):
-    """(mins, maxs, sums, counts) over the steps of ``seg``, one entry per layer; NaN/None left out."""
-    if clean:
-        cols = list(zip(*(n for _, n, _ in seg), strict=True))
-        return list(map(min, cols)), list(map(max, cols)), list(map(sum, cols)), [len(seg)] * len(cols)
-    width = len(seg[0][1])
-    mins, maxs, sums, counts = [None] * width, [None] * width, [0.0] * width, [0] * width
-    for _, norms, _ in seg:
-        for j, v in enumerate(norms):
-            if v is None or v != v:
-                continue
-            v = float(v)
-            if counts[j]:
-                mins[j] = min(mins[j], v)
-                maxs[j] = max(maxs[j], v)
-            else:
-                mins[j] = maxs[j] = v
-            sums[j] += v
-            counts[j] += 1
-    return mins, maxs, sums, counts
-
-
-def _merge(aggs: list):
-    """Merge column aggregates of the same layers (min/max None where the count is 0)."""
-    try:
-        return (
-            list(map(min, *(a[0] for a in aggs))),
-            list(map(max, *(a[1] for a in aggs))),
-            list(map(sum, zip(*(a[2] for a in aggs), strict=True))),
-            list(map(sum, zip(*(a[3] for a in aggs), strict=True))),
-        )
-    except TypeError:  # a None min/max (a layer with no finite norm in one part)
-        mins, maxs = [], []
-        for lo_parts, hi_parts in zip(
-            zip(*(a[0] for a in aggs), strict=True), zip(*(a[1] for a in aggs), strict=True), strict=True
-        ):
-            lo = [v for v in lo_parts if v is not None]
-            hi = [v for v in hi_parts if v is not None]
-            mins.append(min(lo) if lo else None)
-            maxs.append(max(hi) if hi else None)
-        return (
-            mins,
-            maxs,
-            list(map(sum, zip(*(a[2] for a in aggs), strict=True))),
-            list(map(sum, zip(*(a[3] for a in aggs), strict=True))),
-        )
 
 
 def norm_rows(run_id: int, payload: list[StepNorms]):
@@ -94,41 +93,26 @@ def count_rows(payload: list[StepNorms]) -> int:
     return sum(len(n) if _is_clean(n) else sum(v is not None for v in n) for _, n, _ in payload)
 
 
-def norm_blocks(run_id: int, payload: list[StepNorms], sizes: tuple[int, ...]) -> list[tuple]:
-    """grad_norm_blocks rows for ``payload`` (steps in any order): tuples (run_id, size, layer_id, block,
-    norm_min, norm_max, norm_sum, norm_count), one per (size, layer, block) touched, aggregating only
-    the given steps — partial blocks that the caller merges with what the file already holds.
-    ``sizes`` ascending, each a multiple of the first.
+def block_ranges(size: int, prev_last: int, new_last: int, rewritten=()) -> list[tuple[int, int]]:
+    """Step ranges ``(lo, hi)``, each made of whole blocks of ``size``, whose blocks a transaction must
+    (re)write when it moves the run's last step from ``prev_last`` (-1: none yet) to ``new_last`` and writes
+    again the steps ``rewritten`` (those <= prev_last): the blocks complete now that were not complete
+    before, and the blocks already complete that hold a rewritten step. Sorted, disjoint, adjacent ranges
+    merged. The newly complete blocks are one range whatever the jump (step 10 then step 1_000_000), so
+    no caller loops over empty blocks: SQL reads only the rows that exist in it.
     """
-    # (block, layer ids) -> list of column aggregates, at the smallest size
-    parts: dict[tuple[int, tuple], list] = {}
-    size0 = sizes[0]
-    seg: list = []
-    seg_key = None
-    clean_seg = True
-    for entry in payload:
-        step, norms, ids = entry
-        ids = tuple(range(len(norms))) if ids is None else tuple(ids)
-        key = (step // size0, ids)
-        if key != seg_key and seg:
-            parts.setdefault(seg_key, []).append(_column_aggregate(seg, clean_seg))
-            seg, clean_seg = [], True
-        seg_key = key
-        seg.append(entry)
-        clean_seg = clean_seg and _is_clean(norms)
-    if seg:
-        parts.setdefault(seg_key, []).append(_column_aggregate(seg, clean_seg))
+    ranges: list[tuple[int, int]] = []
 
-    level = {key: (aggs[0] if len(aggs) == 1 else _merge(aggs)) for key, aggs in parts.items()}
-    blocks: list[tuple] = []
-    for size in sizes:
-        if size != size0:
-            grouped: dict[tuple[int, tuple], list] = {}
-            for (block, ids), agg in level.items():
-                grouped.setdefault((block // (size // size0), ids), []).append(agg)
-            current = {key: (aggs[0] if len(aggs) == 1 else _merge(aggs)) for key, aggs in grouped.items()}
+    def add(lo: int, hi: int) -> None:
+        if ranges and ranges[-1][1] + 1 == lo:
+            ranges[-1] = (ranges[-1][0], hi)
         else:
-            current = level
-        for (block, ids), (mins, maxs, sums, counts) in current.items():
-            blocks.extend(zip(repeat(run_id), repeat(size), ids, repeat(block), mins, maxs, sums, counts))
-    return blocks
+            ranges.append((lo, hi))
+
+    # Complete before this transaction: its last step, (b + 1) * size - 1, was <= prev_last.
+    for b in sorted({s // size for s in rewritten if (s // size + 1) * size - 1 <= prev_last}):
+        add(b * size, b * size + size - 1)
+    first, end = (prev_last + 1) // size * size, (new_last + 1) // size * size  # newly complete: [first, end)
+    if first < end:
+        add(first, end - 1)
+    return ranges

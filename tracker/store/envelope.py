@@ -1,9 +1,12 @@
 """Min/max envelopes of per-layer norms over step buckets, read from grad_norm_blocks.
 
 A bucket is ``w`` consecutive steps, ``bucket = step // w``, with ``w`` a multiple of a block size so
-that whole blocks fall in one bucket; the partial blocks at the two ends of the range come from the raw
-rows, so every bucket is exact. The merge happens in SQL (one statement), and results are cached per
-query: on a live run only the buckets from the last (incomplete) one onwards are read again.
+that whole blocks fall in one bucket; only blocks wholly inside [lo, hi] are read, and the steps at the two
+ends of the range that no such block covers come from the raw rows, so every bucket is exact. The caller
+keeps hi <= the run's last step: the writer stores complete blocks only (a block wholly inside such a
+range is complete), and files of older versions hold exact partial blocks that no such range covers.
+The merge happens in SQL (one statement), and results are cached per query: on a live run only the
+buckets from the last (incomplete) one onwards are read again.
 """
 
 import math

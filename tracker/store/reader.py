@@ -2,7 +2,10 @@
 
 pandas is imported lazily so that the training side (tracker → store) does not need it. Large runs are
 read through ``grad_norm_blocks``: a 100k-step × 100-layer run draws from ~1% of its rows, with raw rows
-only for the partial blocks at the edges of the requested range, so the result is exact.
+for the steps at the edges of the requested range that no whole block covers, so the result is exact.
+Only blocks wholly inside [lo, hi] are read, with hi at most the run's last step: such a block is complete,
+and the writer adds a block in the same transaction as the step that completes it, so it is in the file
+even if the writer commits between our reads (blocks are only ever added).
 """
 
 import json
@@ -12,8 +15,8 @@ import sqlite3
 import time
 
 from . import envelope
+from .blocks import LAYERS_WITH_ROWS
 from .errors import RunNotFound
-from .schema import BLOCK_SIZES
 
 __all__ = ["Reads", "derive_status", "pid_alive"]
 
@@ -108,14 +111,8 @@ class Reads:
         if layer_ids is not None:
             return [int(i) for i in layer_ids]
         ids = [r[0] for r in self._fetch("SELECT id FROM layers WHERE run_id = ? ORDER BY id", (run_id,))[1]]
-        if not ids:  # layers never registered: the blocks name every layer that has rows
-            ids = [
-                r[0]
-                for r in self._fetch(
-                    "SELECT DISTINCT layer_id FROM grad_norm_blocks WHERE run_id = ? AND size = ? ORDER BY 1",
-                    (run_id, BLOCK_SIZES[-1]),
-                )[1]
-            ]
+        if not ids:  # layers never registered: every layer that has rows (one index seek per layer)
+            ids = [r[0] for r in self._fetch(LAYERS_WITH_ROWS, dict(run=run_id))[1]]
         return ids
 
     def _step_range(self, run_id: int, start, end):
@@ -128,7 +125,9 @@ class Reads:
         if lo is None:  # nothing recorded yet (the writer writes a steps row with every step's norms)
             return None
         lo = lo if start is None else int(start)
-        hi = hi if end is None else int(end)
+        # Never past the last recorded step: blocks beyond it are not complete, hence not in the file, and
+        # the envelope cache treats buckets below hi as final.
+        hi = hi if end is None else min(hi, int(end))
         return (lo, hi) if lo <= hi else None
 
     # ---- runs -----------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 The training thread only appends tuples to an unbounded ``queue.SimpleQueue`` (put never blocks; about a
 microsecond). The thread drains everything that is waiting, writes it in one ``BEGIN IMMEDIATE``
-transaction with ``executemany`` and keeps ``grad_norm_blocks`` up to date, and stamps
-``runs.heartbeat_at`` at least every ``heartbeat_every`` seconds so readers can tell a dead run.
+transaction with ``executemany``, adds the ``grad_norm_blocks`` that its steps complete (blocks.py), and
+stamps ``runs.heartbeat_at`` at least every ``heartbeat_every`` seconds so readers can tell a dead run.
 With ``max_queue`` set, items beyond it are dropped and counted in ``dropped`` (off by default: nothing is
 ever dropped unless asked). If the thread hits an error it stops, and the next call on the caller's side
 raises WriterFailed with the original error as its cause: errors are never swallowed.
@@ -16,7 +16,14 @@ import threading
 import time as _time
 from pathlib import Path
 
-from .blocks import count_rows, norm_blocks, norm_rows
+from .blocks import (
+    BLOCKS_FROM_BLOCKS,
+    BLOCKS_FROM_ROWS,
+    LAYERS_WITH_ROWS,
+    block_ranges,
+    count_rows,
+    norm_rows,
+)
 from .connection import connect, immediate
 from .errors import DatabaseLocked, WriterClosed, WriterFailed
 from .schema import BLOCK_SIZES
@@ -28,23 +35,8 @@ FINAL_STATUSES = ("finished", "failed", "stopped")
 
 _STEP, _CLIP, _NONFINITE, _METRICS, _FLUSH, _CLOSE = range(6)
 
-_UPSERT_BLOCK = """
-INSERT INTO grad_norm_blocks (run_id, size, layer_id, block, norm_min, norm_max, norm_sum, norm_count)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (run_id, size, layer_id, block) DO UPDATE SET
-    norm_min = coalesce(min(norm_min, excluded.norm_min), norm_min, excluded.norm_min),
-    norm_max = coalesce(max(norm_max, excluded.norm_max), norm_max, excluded.norm_max),
-    norm_sum = norm_sum + excluded.norm_sum,
-    norm_count = norm_count + excluded.norm_count
-"""
-# Exact recomputation from the raw rows, for blocks touched by steps that arrive out of order or twice.
-_RECOMPUTE_BLOCKS = """
-INSERT OR REPLACE INTO grad_norm_blocks
-SELECT run_id, :size, layer_id, step / :size, min(norm), max(norm), total(norm), count(norm)
-FROM grad_norms
-WHERE run_id = :run AND layer_id = :layer AND step BETWEEN :lo AND :hi
-GROUP BY step / :size
-"""
+# Layer ids per IN list in the block statements: below SQLite's old 999-variable limit.
+_IDS_PER_STATEMENT = 900
 
 
 class BackgroundWriter:
@@ -84,6 +76,12 @@ class BackgroundWriter:
         self._conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: ~100 B-tree append points stay cached
         row = self._conn.execute("SELECT max(step) FROM steps WHERE run_id = ?", (self.run_id,)).fetchone()
         self._last_step = row[0] if row[0] is not None else -1
+        # Every layer that may have rows in a block still to complete: those already in the file (a resumed
+        # run) and those this writer is handed; blocks are computed for all of them, so that a layer that
+        # stops getting gradients still gets its last blocks.
+        self._layers = {r[0] for r in self._conn.execute(LAYERS_WITH_ROWS, dict(run=self.run_id))}
+        self._dense = 0  # layer ids 0..n-1 (layer_ids=None) are in self._layers up to this n
+        self._block_sql: tuple | None = None  # (layer ids, [(rows sql, blocks sql, params)]) for those ids
         self._thread = threading.Thread(target=self._run, name=f"gradwatch-writer-{self.run_id}", daemon=True)
         self._thread.start()
         atexit.register(self._flush_at_exit)
@@ -319,12 +317,10 @@ class BackgroundWriter:
             else:
                 metrics.extend(item[1])
 
-        # Partial blocks are merged into the file's by an upsert, valid when every step is new; a step
-        # that arrives again or out of order gets its blocks recomputed from the raw rows instead.
-        in_order = all(a[0] < b[0] for a, b in zip(payload, payload[1:], strict=False)) and (
-            not payload or payload[0][0] > self._last_step
-        )
-        blocks = norm_blocks(run, payload, BLOCK_SIZES)
+        prev_last = self._last_step
+        new_last = max(prev_last, max(r[1] for r in steps)) if steps else prev_last
+        rewritten = [r[1] for r in steps if r[1] <= prev_last]  # again or out of order: recompute
+        self._note_layers(payload)
 
         for attempt in range(3):  # a lock held past the busy timeout is retried before giving up
             try:
@@ -338,10 +334,8 @@ class BackgroundWriter:
                         )
                     if stats:
                         c.executemany(f"INSERT OR REPLACE INTO grad_stats VALUES ({_q(6)})", stats)
-                    if in_order:
-                        c.executemany(_UPSERT_BLOCK, blocks)
-                    else:
-                        self._recompute_blocks(blocks)
+                    if new_last > prev_last or rewritten:
+                        self._write_blocks(prev_last, new_last, rewritten)
                     if clips:
                         c.executemany(f"INSERT OR REPLACE INTO clip_events VALUES ({_q(10)})", clips)
                     if nonfinite:
@@ -362,15 +356,55 @@ class BackgroundWriter:
                 if attempt == 2:
                     raise
         self.rows_written += count_rows(payload)
-        if payload:
-            self._last_step = max(self._last_step, max(p[0] for p in payload))
+        self._last_step = new_last
 
-    def _recompute_blocks(self, blocks: list[tuple]) -> None:
-        params = [
-            dict(size=size, run=self.run_id, layer=lid, lo=block * size, hi=(block + 1) * size - 1)
-            for _, size, lid, block, *_ in blocks
-        ]
-        self._conn.executemany(_RECOMPUTE_BLOCKS, params)
+    def _note_layers(self, payload) -> None:
+        for _, norms, ids in payload:
+            if ids is None:
+                if len(norms) > self._dense:
+                    self._layers.update(range(self._dense, len(norms)))
+                    self._dense = len(norms)
+            elif not self._layers.issuperset(ids):
+                self._layers.update(ids)
+
+    def _statements(self) -> list[tuple]:
+        """(rows sql, blocks sql, layer params) per chunk of the known layer ids; rebuilt when they change."""
+        ids = sorted(self._layers)
+        if self._block_sql is None or self._block_sql[0] != ids:
+            chunks = []
+            for start in range(0, len(ids), _IDS_PER_STATEMENT):
+                part = ids[start : start + _IDS_PER_STATEMENT]
+                names = "(" + ", ".join(f":l{i}" for i in range(len(part))) + ")"
+                params = {f"l{i}": lid for i, lid in enumerate(part)}
+                chunks.append(
+                    (BLOCKS_FROM_ROWS.format(ids=names), BLOCKS_FROM_BLOCKS.format(ids=names), params)
+                )
+            self._block_sql = (ids, chunks)
+        return self._block_sql[1]
+
+    def _write_blocks(self, prev_last: int, new_last: int, rewritten: list[int]) -> None:
+        """Write the blocks this transaction completes and recompute the complete ones it rewrote, in SQL
+        from the rows already in the file: size 16 from grad_norms, each larger size from the blocks of
+        the size before it (written just before, or complete and exact since an earlier transaction)."""
+        c, run = self._conn, self.run_id
+        for part, size in zip((None, *BLOCK_SIZES), BLOCK_SIZES, strict=False):
+            ranges = block_ranges(size, prev_last, new_last, rewritten)
+            for rows_sql, blocks_sql, layers in self._statements():
+                for lo, hi in ranges:
+                    if part is None:
+                        c.execute(rows_sql, dict(layers, run=run, size=size, lo=lo, hi=hi))
+                    else:
+                        c.execute(
+                            blocks_sql,
+                            dict(
+                                layers,
+                                run=run,
+                                size=size,
+                                part=part,
+                                b_lo=lo // part,
+                                b_hi=(hi + 1) // part - 1,
+                            ),
+                        )
 
 
 def _q(n: int) -> str:
