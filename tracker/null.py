@@ -23,7 +23,7 @@ class NullTracker:
     def __init__(self) -> None:
         self._step = 0
 
-    def step(self, loss: Any = None) -> StepStats:
+    def step(self, loss: Any = None, *, scaler: Any = None) -> StepStats:
         self._step += 1
         return StepStats(self._step - 1, None, False, 1.0, None, skipped=False, logged=False)
 

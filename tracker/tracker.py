@@ -70,6 +70,9 @@ def _check_options(every: Any, nonfinite: Any, extra_stats: Any, rank: Any) -> t
 
 
 _GRAD = operator.attrgetter("grad")
+_NO_EXTRA: dict[str, Tensor] = {}
+# Gradient dtypes whose norms come out of the fused kernel as float32 (low precision: accumulated in it).
+_FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _IS_NONE = functools.partial(operator.is_, None)
 
 
@@ -129,6 +132,10 @@ class GradTracker:
         self._all = range(len(self._params))
         self._sharded = any(is_dtensor(p) for p in self._params)
         self._plan = NormPlan.for_tensors([local_tensor(p) for p in self._params])
+        # The fast path of step(): one device, one float dtype, no sharding -> one fused kernel, one stack.
+        dtypes = {p.dtype for p in self._params}
+        self._fast = not self._sharded and len(self._plan.groups) == 1 and dtypes <= set(_FAST_DTYPES)
+        self._norm_dtype = torch.float32 if dtypes & {torch.float16, torch.bfloat16} else None
         self._subset_plans: dict[tuple[int, ...], NormPlan] = {}
         self._extra = (
             ExtraStats(self.extra_stats, self._params, self._plan, self._sharded)
@@ -137,7 +144,7 @@ class GradTracker:
         )
         self._step = 0
         # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions).
-        self._pending: list[tuple[int, Tensor | None, Tensor, Any]] = []
+        self._pending: list[tuple[int, Tensor | None, Tensor, Any, bool]] = []
         self._hooks: list[Attachment] = []
         self._finished = False
         process_rank, world_size = rank_and_world_size()
@@ -184,24 +191,48 @@ class GradTracker:
         self._writer = Outbox(self._store.writer(self.run_id))
 
     # ------------------------------------------------------------------ public verbs
-    @torch.no_grad()
-    def step(self, loss: Tensor | float | None = None) -> StepStats:
+    def step(self, loss: Tensor | float | None = None, *, scaler: Any = None) -> StepStats:
         """Measure the current gradients, apply the non-finite policy, clip them in place, and record.
 
         Call it after backward (and after ``scaler.unscale_``), right before ``optimizer.step()``.
         ``loss`` (tensor or number) is recorded on logged steps, in the same host copy as the norms.
+        ``scaler``: the ``torch.amp.GradScaler`` that will run this step. It skips the optimizer step when
+        the unscaled gradients hold inf/NaN, so such a step is then recorded as skipped (logged or not).
         """
+        # Grad mode off, as torch.no_grad() would, without its Python context manager: ~30 µs a step here.
+        if not torch.is_grad_enabled():
+            return self._measure_clip_record(loss, scaler)
+        torch._C._set_grad_enabled(False)
+        try:
+            return self._measure_clip_record(loss, scaler)
+        finally:
+            torch._C._set_grad_enabled(True)
+
+    def _measure_clip_record(self, loss: Tensor | float | None, scaler: Any) -> StepStats:
         if self._finished:
             raise RuntimeError("this GradTracker is finished; create a new one for a new run")
-        self._complete_update()
+        if self._extra is not None:
+            self._complete_update()
         step = self._step
-        self._step += 1
-        grads, present = self._grads()
-        norms, total = self._measure(grads, present)
+        self._step = step + 1
+        # This runs right after backward with the caches cold: every Python object touched costs a memory
+        # read, so the common case (every parameter has a gradient) takes as few steps as it can.
+        grads = list(map(_GRAD, self._params))
+        present: Any = self._all
+        # Not `None in grads`: that compares every tensor with None through Tensor.__eq__ (~30 µs each).
+        if any(map(_IS_NONE, grads)):
+            present = [i for i, g in enumerate(grads) if g is not None]
+            grads = [grads[i] for i in present]
+        if self._fast and present is self._all:
+            norms = torch.stack(torch._foreach_norm(grads, 2.0, dtype=self._norm_dtype))
+            total = torch.linalg.vector_norm(norms)
+        else:
+            norms, total = self._measure(grads, present)
+        scaled = scaler is not None and scaler.is_enabled()
 
         logged = step % self.every == 0
         # Extra statistics describe the gradients as measured (before clipping), like the norms.
-        extra = self._extra_stats(grads, present) if logged else {}
+        extra = self._extra_stats(grads, present) if logged else _NO_EXTRA
         skipped = False
         if self.nonfinite != "record" and not bool(torch.isfinite(norms).all()):  # one sync, documented
             if self.nonfinite == "raise":
@@ -230,12 +261,12 @@ class GradTracker:
         if skipped and not logged:  # skipped steps are always logged
             extra = self._extra_stats(grads, present)
         if not logged and not skipped:  # not logged: buffer on the device, no host sync
-            self._pending.append((step, scalars, norms, present))
+            self._pending.append((step, scalars, norms, present, scaled))
             if result is None:
                 return StepStats(step, total, False, 1.0, math.nan, skipped=False, logged=False)
             return StepStats(step, total, result.clipped, result.coef, result.threshold, False, logged=False)
         total_v, clipped, coef, threshold = self._record(
-            step, total, scalars, norms, present, loss, skipped=skipped, extra=extra
+            step, total, scalars, norms, present, loss, skipped=skipped, extra=extra, scaled=scaled
         )
         return StepStats(step, total_v, clipped, coef, threshold, skipped=skipped)
 
@@ -372,7 +403,9 @@ class GradTracker:
         return self.layers.ids if present is self._all else [self.layers.ids[i] for i in present]
 
     # ------------------------------------------------------------------ recording
-    def _record(self, step, total, scalars, norms, present, loss, *, skipped, extra) -> tuple[Any, ...]:
+    def _record(
+        self, step, total, scalars, norms, present, loss, *, skipped, extra, scaled=False
+    ) -> tuple[Any, ...]:
         """Copy this step (and the buffered ones) to the host in one transfer and hand it to the writer."""
         # Not clipped: only the total travels; after = before, coef 1 and "no threshold" are filled in here.
         parts = [scalars if scalars is not None else total.reshape(1), norms]
@@ -381,8 +414,10 @@ class GradTracker:
         )
         if loss_t is not None:
             parts.append(loss_t)
-        parts.extend(extra.values())
-        parts.extend(t for _, s, n, _ in self._pending for t in ((s, n) if s is not None else (n,)))
+        if extra:
+            parts.extend(extra.values())
+        if self._pending:
+            parts.extend(t for p in self._pending for t in ((p[1], p[2]) if p[1] is not None else (p[2],)))
         host = torch.cat(parts).tolist()  # the one device-to-host copy of this logged step
 
         pos = len(parts[0])
@@ -394,11 +429,12 @@ class GradTracker:
         extra_lists = {}
         for name, t in extra.items():
             extra_lists[name], pos = host[pos : pos + len(t)], pos + len(t)
-        self._write_pending(host, pos)
+        if self._pending:
+            self._write_pending(host, pos)
 
         clipped = len(cur) > _CLIPPED and cur[_CLIPPED] > 0.5
         if self._writer is not None:
-            ids = self._layer_ids(present)
+            ids = self.layers.ids if present is self._all else [self.layers.ids[i] for i in present]
             # One C-level sum instead of a Python test per layer: finite norms sum to a finite number.
             bad = [] if math.isfinite(sum(norm_list)) else _nonfinite(norm_list, ids)
             if bad:
@@ -415,7 +451,8 @@ class GradTracker:
                 clipped=clipped,
                 coef=cur[_COEF],
                 threshold=_finite_or_none(cur[_THRESHOLD]),
-                skipped=skipped,
+                # GradScaler skips the optimizer step when the unscaled gradients hold inf/NaN.
+                skipped=skipped or (scaled and bool(bad)),
                 nonfinite_count=len(bad),
                 first_nonfinite_layer=bad[0][0] if bad else None,
                 extra=extra_lists or None,
@@ -441,22 +478,43 @@ class GradTracker:
         )
 
     def _write_pending(self, host: list[float], pos: int) -> None:
-        """The buffered unlogged steps, now on the host: their clip events and non-finite layers."""
+        """The buffered unlogged steps, now on the host: their clip events and non-finite layers, and a
+        skipped step row for each one that a GradScaler skipped (inf/NaN under ``scaler=``)."""
         pending, self._pending = self._pending, []
         events = []
-        for step, s, n, present in pending:
+        for step, s, n, present, scaled in pending:
+            scalars = None
             if s is not None:
-                events.append(self._clip_event(step, host[pos : pos + _N_SCALARS], len(n)))
+                scalars = host[pos : pos + _N_SCALARS]
+                events.append(self._clip_event(step, scalars, len(n)))
                 pos += _N_SCALARS
             norms, pos = host[pos : pos + len(n)], pos + len(n)
-            if self._writer is not None and not math.isfinite(sum(norms)):
-                self._writer.add_nonfinite(step, _nonfinite(norms, self._layer_ids(present)))
+            if self._writer is None or math.isfinite(sum(norms)):
+                continue
+            ids = self._layer_ids(present)
+            bad = _nonfinite(norms, ids)
+            self._writer.add_nonfinite(step, bad)
+            if scaled:
+                total = scalars[_TOTAL] if scalars is not None else math.sqrt(sum(x * x for x in norms))
+                self._writer.add_step(
+                    step=step,
+                    norms=norms,
+                    layer_ids=ids,
+                    total_norm=total,
+                    total_norm_after=scalars[_AFTER] if scalars is not None else total,
+                    clipped=scalars is not None and scalars[_CLIPPED] > 0.5,
+                    coef=scalars[_COEF] if scalars is not None else 1.0,
+                    threshold=_finite_or_none(scalars[_THRESHOLD]) if scalars is not None else None,
+                    skipped=True,
+                    nonfinite_count=len(bad),
+                    first_nonfinite_layer=bad[0][0],
+                )
         if events and self._writer is not None:
             self._writer.add_clip_events(events)
 
     def _drain_pending(self) -> None:
         if self._pending:
-            parts = [t for _, s, n, _ in self._pending for t in ((s, n) if s is not None else (n,))]
+            parts = [t for p in self._pending for t in ((p[1], p[2]) if p[1] is not None else (p[2],))]
             self._write_pending(torch.cat(parts).tolist(), 0)
 
     def _complete_update(self) -> None:

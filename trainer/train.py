@@ -258,7 +258,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                     if not last_micro:
                         continue
                     scaler.unscale_(optimizer)  # clip and measure true gradients (no-op without AMP)
-                    stats = tracker.step(loss=accumulated)
+                    stats = tracker.step(loss=accumulated, scaler=scaler)
                     if not (cfg.nonfinite == "skip" and _truthy(getattr(stats, "skipped", False))):
                         scaler.step(optimizer)
                     scaler.update()

@@ -125,3 +125,43 @@ def test_attach_rejects_a_non_optimizer(db_path):
     with GradTracker(_model(), db=db_path) as tracker:
         with pytest.raises(ValueError, match="Optimizer"):
             tracker.attach(object())
+
+
+@pytest.mark.parametrize("every", [1, 2])  # step 3 is logged with every=1, not with every=2
+def test_manual_step_with_scaler_records_the_steps_the_scaler_skips(db_path, every):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    skipped_by_scaler = []  # the oracle: did GradScaler call optimizer.step()?
+    calls = []
+    opt.register_step_pre_hook(lambda *_: calls.append(1))
+    with GradTracker(model, db=db_path, every=every) as tracker:
+        for step, (x, y) in enumerate(_data(5)):
+            opt.zero_grad()
+            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+            if step == 3:
+                model[2].weight.grad[0, 0] = float("inf")
+            scaler.unscale_(opt)
+            tracker.step(scaler=scaler)
+            before = len(calls)
+            scaler.step(opt)
+            scaler.update()
+            skipped_by_scaler.append(len(calls) == before)
+    assert skipped_by_scaler == [False, False, False, True, False]
+    steps = _rows(db_path, "SELECT step, skipped, first_nonfinite_layer FROM steps ORDER BY step")
+    logged = [s for s in range(5) if s % every == 0 or skipped_by_scaler[s]]
+    assert [s for s, _, _ in steps] == logged
+    assert [(s, k) for s, k, _ in steps] == [(s, int(skipped_by_scaler[s])) for s in logged]
+    assert dict((s, f) for s, _, f in steps)[3] == 2  # model[2].weight is layer 2
+    assert _rows(db_path, "SELECT step, layer_id, has_inf FROM nonfinite") == [(3, 2, 1)]
+
+
+def test_manual_step_with_a_disabled_scaler_records_nothing_as_skipped(db_path):
+    model = _model()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    with GradTracker(model, db=db_path) as tracker:
+        x, y = _data(1)[0]
+        nn.functional.cross_entropy(model(x), y).backward()
+        model[0].bias.grad[0] = float("nan")
+        tracker.step(scaler=scaler)  # no scaler in force: the optimizer will step on these NaNs
+    assert _rows(db_path, "SELECT skipped, nonfinite_count FROM steps") == [(0, 1)]
