@@ -1,0 +1,38 @@
+"""Smoke test of benchmarks/tracker_overhead.py: a real subprocess on M1 with one tiny round.
+
+No timing is asserted (one round means nothing). What is checked: the script runs end to end with this
+tree's tracker, every variant gets a row with numbers, the host-side table has its model rows, and each
+target gets a verdict line.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "tracker_overhead.py"
+VARIANTS = [
+    "bare step",
+    "floor: + _foreach_norm",
+    "+ clip_grad_norm_(1.0)",
+    "tracker clip=none every=1",
+    "tracker clip=norm:1.0",
+    "tracker clip=none every=10",
+    "tracker extra_stats=True",
+]
+
+
+def test_tracker_overhead_runs_and_prints_every_variant(tmp_path):
+    args = ["--models", "M1", "--rounds", "2", "--per-round", "1", "--warmup", "0", "--host-reps", "3"]
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
+    for name in VARIANTS:
+        assert name in rows, f"no row for {name!r} in:\n{out.stdout}"
+        assert re.search(r"\| \d+\.\d \|", rows[name]), rows[name]  # ms/step is a number
+    assert re.search(r"^\| M1 \| 8 \| \d+ \|", out.stdout, re.M)  # host-side row: M1 has 8 tensors
+    for target in ("target ≤ 1.5%", "target ≤ 1%", "target ≤ 200 µs"):
+        assert target in out.stdout
