@@ -20,6 +20,7 @@ from .blocks import (
     BLOCKS_FROM_BLOCKS,
     BLOCKS_FROM_ROWS,
     LAYERS_WITH_ROWS,
+    ONE_BLOCK_FROM_ROWS,
     block_ranges,
     count_rows,
     norm_rows,
@@ -81,7 +82,7 @@ class BackgroundWriter:
         # stops getting gradients still gets its last blocks.
         self._layers = {r[0] for r in self._conn.execute(LAYERS_WITH_ROWS, dict(run=self.run_id))}
         self._dense = 0  # layer ids 0..n-1 (layer_ids=None) are in self._layers up to this n
-        self._block_sql: tuple | None = None  # (layer ids, [(rows sql, blocks sql, params)]) for those ids
+        self._block_sql: list | None = None  # statements for the layer ids in self._layers, see _statements
         self._thread = threading.Thread(target=self._run, name=f"gradwatch-writer-{self.run_id}", daemon=True)
         self._thread.start()
         atexit.register(self._flush_at_exit)
@@ -364,47 +365,48 @@ class BackgroundWriter:
                 if len(norms) > self._dense:
                     self._layers.update(range(self._dense, len(norms)))
                     self._dense = len(norms)
+                    self._block_sql = None
             elif not self._layers.issuperset(ids):
                 self._layers.update(ids)
+                self._block_sql = None
 
     def _statements(self) -> list[tuple]:
-        """(rows sql, blocks sql, layer params) per chunk of the known layer ids; rebuilt when they change."""
-        ids = sorted(self._layers)
-        if self._block_sql is None or self._block_sql[0] != ids:
-            chunks = []
+        """(rows sql, one-block rows sql, blocks sql, layer params) per chunk of the known layer ids."""
+        if self._block_sql is None:  # built again only when a new layer id shows up
+            ids = sorted(self._layers)
+            self._block_sql = []
             for start in range(0, len(ids), _IDS_PER_STATEMENT):
                 part = ids[start : start + _IDS_PER_STATEMENT]
                 names = "(" + ", ".join(f":l{i}" for i in range(len(part))) + ")"
-                params = {f"l{i}": lid for i, lid in enumerate(part)}
-                chunks.append(
-                    (BLOCKS_FROM_ROWS.format(ids=names), BLOCKS_FROM_BLOCKS.format(ids=names), params)
+                self._block_sql.append(
+                    (
+                        BLOCKS_FROM_ROWS.format(ids=names),
+                        ONE_BLOCK_FROM_ROWS.format(ids=names),
+                        BLOCKS_FROM_BLOCKS.format(ids=names),
+                        {f"l{i}": lid for i, lid in enumerate(part)},
+                    )
                 )
-            self._block_sql = (ids, chunks)
-        return self._block_sql[1]
+        return self._block_sql
 
     def _write_blocks(self, prev_last: int, new_last: int, rewritten: list[int]) -> None:
         """Write the blocks this transaction completes and recompute the complete ones it rewrote, in SQL
         from the rows already in the file: size 16 from grad_norms, each larger size from the blocks of
         the size before it (written just before, or complete and exact since an earlier transaction)."""
+        plan = [(size, block_ranges(size, prev_last, new_last, rewritten)) for size in BLOCK_SIZES]
+        if not plan[0][1]:  # nothing completed or rewritten at the smallest size: nothing at any size
+            return
         c, run = self._conn, self.run_id
-        for part, size in zip((None, *BLOCK_SIZES), BLOCK_SIZES, strict=False):
-            ranges = block_ranges(size, prev_last, new_last, rewritten)
-            for rows_sql, blocks_sql, layers in self._statements():
+        for rows_sql, one_sql, blocks_sql, layers in self._statements():
+            part = None
+            for size, ranges in plan:
                 for lo, hi in ranges:
                     if part is None:
-                        c.execute(rows_sql, dict(layers, run=run, size=size, lo=lo, hi=hi))
+                        sql = one_sql if hi - lo + 1 == size else rows_sql
+                        c.execute(sql, dict(layers, run=run, size=size, lo=lo, hi=hi))
                     else:
-                        c.execute(
-                            blocks_sql,
-                            dict(
-                                layers,
-                                run=run,
-                                size=size,
-                                part=part,
-                                b_lo=lo // part,
-                                b_hi=(hi + 1) // part - 1,
-                            ),
-                        )
+                        bounds = dict(b_lo=lo // part, b_hi=(hi + 1) // part - 1)
+                        c.execute(blocks_sql, dict(layers, run=run, size=size, part=part, **bounds))
+                part = size
 
 
 def _q(n: int) -> str:
