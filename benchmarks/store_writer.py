@@ -5,7 +5,11 @@ rows/s (first enqueue to flush() returning, i.e. committed in the file) and the 
 the caller thread. Repeats interleaved with a raw executemany baseline (no blocks, no thread) so the
 ratio is meaningful on a noisy machine; medians over the repeats.
 
-    .venv/bin/python benchmarks/store_writer.py [--steps 20000] [--layers 100] [--repeats 3]
+Then the usual case on a live run, small transactions (the tracker hands rows over about once a second):
+process CPU per step committed in transactions of 1, 10 and 100 steps, next to a bare executemany of the
+same steps and grad_norms rows in transactions of the same size.
+
+    .venv/bin/python benchmarks/store_writer.py [--steps 20000] [--layers 100] [--repeats 3] [--txn-steps 640]
 """
 
 import argparse
@@ -71,11 +75,57 @@ def raw_run(path: Path, steps: int, layers: int, rows_per_step: list[list[float]
     return steps * layers / total, steps * layers / cpu
 
 
+def txn_run(path: Path, layers: int, per_txn: int, steps: int, rows_per_step, writer: bool) -> float:
+    """Process CPU (µs) per step committed in transactions of ``per_txn`` steps: the BackgroundWriter
+    (enqueue outside the timing, then flush(): the thread's transaction) or a bare executemany."""
+    store = Store.open(path)
+    run_id = store.create_run(name="txn")
+    cpu = 0.0
+    if writer:
+        w = store.writer(run_id)
+        for start in range(0, steps, per_txn):
+            for step in range(start, start + per_txn):
+                w.add_step(
+                    step=step, norms=rows_per_step[step % len(rows_per_step)], total_norm=1.0, loss=0.5
+                )
+            c0 = time.process_time()
+            w.flush()
+            cpu += time.process_time() - c0
+        w.close()
+        store.close()
+        return cpu / steps * 1e6
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    for start in range(0, steps, per_txn):
+        span = range(start, start + per_txn)
+        c0 = time.process_time()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO steps (run_id, step, loss, total_norm) VALUES (?, ?, 0.5, 1.0)",
+            [(run_id, s) for s in span],
+        )
+        conn.executemany(
+            "INSERT INTO grad_norms VALUES (?, ?, ?, ?)",
+            [(run_id, i, s, v) for s in span for i, v in enumerate(rows_per_step[s % len(rows_per_step)])],
+        )
+        conn.execute("COMMIT")
+        cpu += time.process_time() - c0
+    conn.close()
+    return cpu / steps * 1e6
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20_000, help="logged steps per repeat")
     p.add_argument("--layers", type=int, default=100, help="parameter tensors (norm rows per step)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians reported)")
+    p.add_argument(
+        "--txn-steps",
+        type=int,
+        default=640,
+        help="steps per repeat in the small-transaction table (0: skip it)",
+    )
     args = p.parse_args(argv)
     rng = random.Random(0)
     rows_per_step = [[rng.lognormvariate(0, 1) for _ in range(args.layers)] for _ in range(64)]
@@ -109,6 +159,21 @@ def main(argv=None):
     print(
         "queue: unbounded SimpleQueue (put never blocks, nothing dropped); max_queue=N opts into drop+count"
     )
+    if args.txn_steps:
+        print(f"\nsmall transactions, {args.layers} layers, {args.txn_steps} steps per repeat")
+        print("| steps per transaction | writer CPU µs/step | bare executemany CPU µs/step | writer / bare |")
+        print("|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as tmp:
+            for per_txn in (1, 10, 100):
+                got = {True: [], False: []}
+                for r in range(args.repeats):  # interleaved: writer, bare, writer, bare, ...
+                    for writer in (True, False):
+                        db = Path(tmp) / f"t{per_txn}-{r}-{writer}.db"
+                        got[writer].append(
+                            txn_run(db, args.layers, per_txn, args.txn_steps, rows_per_step, writer)
+                        )
+                w, b = statistics.median(got[True]), statistics.median(got[False])
+                print(f"| {per_txn} | {w:.0f} | {b:.0f} | {w / b:.2f} |")
 
 
 if __name__ == "__main__":
