@@ -70,7 +70,6 @@ def _check_options(every: Any, nonfinite: Any, extra_stats: Any, rank: Any) -> t
 
 
 _GRAD = operator.attrgetter("grad")
-_NO_EXTRA: dict[str, Tensor] = {}
 # Gradient dtypes whose norms come out of the fused kernel as float32 (low precision: accumulated in it).
 _FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _IS_NONE = functools.partial(operator.is_, None)
@@ -89,6 +88,36 @@ def _default_run_name() -> str:
 
 def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+def _unclipped(total: float) -> list[float]:
+    """The scalar vector of a step that was not clipped: after = before, coef 1, no threshold."""
+    return [total, total, 1.0, math.nan]
+
+
+def _was_clipped(scalars: list[float]) -> bool:
+    return len(scalars) > _CLIPPED and scalars[_CLIPPED] > 0.5
+
+
+def _step_row(step, cur, norms, ids, bad, *, loss, skipped, extra=None) -> dict[str, Any]:
+    """The writer's ``add_step`` arguments for one step: ``cur`` its scalar vector, ``bad`` its non-finite
+    layers as :func:`_nonfinite` lists them."""
+    return dict(
+        step=step,
+        norms=norms,
+        layer_ids=ids,
+        total_norm=cur[_TOTAL],
+        total_norm_after=cur[_AFTER],
+        loss=loss,
+        clipped=_was_clipped(cur),
+        coef=cur[_COEF],
+        threshold=_finite_or_none(cur[_THRESHOLD]),
+        skipped=skipped,
+        nonfinite_count=len(bad),
+        first_nonfinite_layer=bad[0][0] if bad else None,
+        extra=extra or None,
+        time=time.time(),
+    )
 
 
 class GradTracker:
@@ -132,7 +161,7 @@ class GradTracker:
         self._all = range(len(self._params))
         self._sharded = any(is_dtensor(p) for p in self._params)
         self._plan = NormPlan.for_tensors([local_tensor(p) for p in self._params])
-        # The fast path of step(): one device, one float dtype, no sharding -> one fused kernel, one stack.
+        # The fast path of _measure(): one device, one float dtype, no sharding: one kernel, one stack.
         dtypes = {p.dtype for p in self._params}
         self._fast = not self._sharded and len(self._plan.groups) == 1 and dtypes <= set(_FAST_DTYPES)
         self._norm_dtype = torch.float32 if dtypes & {torch.float16, torch.bfloat16} else None
@@ -143,7 +172,7 @@ class GradTracker:
             else None
         )
         self._step = 0
-        # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions).
+        # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions, scaled).
         self._pending: list[tuple[int, Tensor | None, Tensor, Any, bool]] = []
         self._hooks: list[Attachment] = []
         self._finished = False
@@ -211,28 +240,16 @@ class GradTracker:
     def _measure_clip_record(self, loss: Tensor | float | None, scaler: Any) -> StepStats:
         if self._finished:
             raise RuntimeError("this GradTracker is finished; create a new one for a new run")
-        if self._extra is not None:
-            self._complete_update()
+        self._complete_update()
         step = self._step
-        self._step = step + 1
-        # This runs right after backward with the caches cold: every Python object touched costs a memory
-        # read, so the common case (every parameter has a gradient) takes as few steps as it can.
-        grads = list(map(_GRAD, self._params))
-        present: Any = self._all
-        # Not `None in grads`: that compares every tensor with None through Tensor.__eq__ (~30 µs each).
-        if any(map(_IS_NONE, grads)):
-            present = [i for i, g in enumerate(grads) if g is not None]
-            grads = [grads[i] for i in present]
-        if self._fast and present is self._all:
-            norms = torch.stack(torch._foreach_norm(grads, 2.0, dtype=self._norm_dtype))
-            total = torch.linalg.vector_norm(norms)
-        else:
-            norms, total = self._measure(grads, present)
+        self._step += 1
+        grads, present = self._grads()
+        norms, total = self._measure(grads, present)
         scaled = scaler is not None and scaler.is_enabled()
 
         logged = step % self.every == 0
         # Extra statistics describe the gradients as measured (before clipping), like the norms.
-        extra = self._extra_stats(grads, present) if logged else _NO_EXTRA
+        extra = self._extra_stats(grads, present) if logged else {}
         skipped = False
         if self.nonfinite != "record" and not bool(torch.isfinite(norms).all()):  # one sync, documented
             if self.nonfinite == "raise":
@@ -357,6 +374,11 @@ class GradTracker:
         return [grads[i] for i in present], present
 
     def _measure(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
+        if self._fast and present is self._all:
+            # The usual case, right after backward with the caches cold: every Python object touched is a
+            # memory read, so no regrouping and no plan, just the fused kernel and one stack.
+            norms = torch.stack(torch._foreach_norm(grads, 2.0, dtype=self._norm_dtype))
+            return norms, torch.linalg.vector_norm(norms)
         if self._sharded:
             norms = sharded_norms(grads)
             return norms, torch.linalg.vector_norm(norms)
@@ -414,14 +436,12 @@ class GradTracker:
         )
         if loss_t is not None:
             parts.append(loss_t)
-        if extra:
-            parts.extend(extra.values())
-        if self._pending:
-            parts.extend(t for p in self._pending for t in ((p[1], p[2]) if p[1] is not None else (p[2],)))
+        parts.extend(extra.values())
+        parts.extend(self._pending_parts())
         host = torch.cat(parts).tolist()  # the one device-to-host copy of this logged step
 
         pos = len(parts[0])
-        cur = host[:pos] if scalars is not None else [host[0], host[0], 1.0, math.nan]
+        cur = host[:pos] if scalars is not None else _unclipped(host[0])
         norm_list, pos = host[pos : pos + len(norms)], pos + len(norms)
         loss_v = float(loss) if isinstance(loss, int | float) else None
         if loss_t is not None:
@@ -429,40 +449,24 @@ class GradTracker:
         extra_lists = {}
         for name, t in extra.items():
             extra_lists[name], pos = host[pos : pos + len(t)], pos + len(t)
-        if self._pending:
-            self._write_pending(host, pos)
+        self._write_pending(host, pos)
 
-        clipped = len(cur) > _CLIPPED and cur[_CLIPPED] > 0.5
         if self._writer is not None:
-            ids = self.layers.ids if present is self._all else [self.layers.ids[i] for i in present]
+            ids = self._layer_ids(present)
             # One C-level sum instead of a Python test per layer: finite norms sum to a finite number.
             bad = [] if math.isfinite(sum(norm_list)) else _nonfinite(norm_list, ids)
             if bad:
                 self._writer.add_nonfinite(step, bad)
             if len(cur) == _N_SCALARS:
                 self._writer.add_clip_events([self._clip_event(step, cur, len(norm_list))])
-            row = dict(
-                step=step,
-                norms=norm_list,
-                layer_ids=ids,
-                total_norm=cur[_TOTAL],
-                total_norm_after=cur[_AFTER],
-                loss=loss_v,
-                clipped=clipped,
-                coef=cur[_COEF],
-                threshold=_finite_or_none(cur[_THRESHOLD]),
-                # GradScaler skips the optimizer step when the unscaled gradients hold inf/NaN.
-                skipped=skipped or (scaled and bool(bad)),
-                nonfinite_count=len(bad),
-                first_nonfinite_layer=bad[0][0] if bad else None,
-                extra=extra_lists or None,
-                time=time.time(),
-            )
+            # GradScaler skips the optimizer step when the unscaled gradients hold inf/NaN.
+            skipped = skipped or (scaled and bool(bad))
+            row = _step_row(step, cur, norm_list, ids, bad, loss=loss_v, skipped=skipped, extra=extra_lists)
             if self._extra is not None and self._extra.holds_rows:
                 self._extra.hold(row, present)  # written once the optimizer step has happened
             else:
                 self._writer.add_step(**row)
-        return cur[_TOTAL], clipped, cur[_COEF], cur[_THRESHOLD]
+        return cur[_TOTAL], _was_clipped(cur), cur[_COEF], cur[_THRESHOLD]
 
     def _clip_event(self, step: int, s: list[float], n_tensors: int) -> dict[str, Any]:
         return dict(
@@ -472,7 +476,7 @@ class GradTracker:
             norm_before=s[_TOTAL],
             norm_after=s[_AFTER],
             coef=s[_COEF],
-            clipped=s[_CLIPPED] > 0.5,
+            clipped=_was_clipped(s),
             n_clipped=int(s[_N_CLIPPED]),
             n_tensors=n_tensors,
         )
@@ -495,27 +499,18 @@ class GradTracker:
             bad = _nonfinite(norms, ids)
             self._writer.add_nonfinite(step, bad)
             if scaled:
-                total = scalars[_TOTAL] if scalars is not None else math.sqrt(sum(x * x for x in norms))
-                self._writer.add_step(
-                    step=step,
-                    norms=norms,
-                    layer_ids=ids,
-                    total_norm=total,
-                    total_norm_after=scalars[_AFTER] if scalars is not None else total,
-                    clipped=scalars is not None and scalars[_CLIPPED] > 0.5,
-                    coef=scalars[_COEF] if scalars is not None else 1.0,
-                    threshold=_finite_or_none(scalars[_THRESHOLD]) if scalars is not None else None,
-                    skipped=True,
-                    nonfinite_count=len(bad),
-                    first_nonfinite_layer=bad[0][0],
-                )
+                cur = scalars if scalars is not None else _unclipped(math.sqrt(sum(x * x for x in norms)))
+                self._writer.add_step(**_step_row(step, cur, norms, ids, bad, loss=None, skipped=True))
         if events and self._writer is not None:
             self._writer.add_clip_events(events)
 
+    def _pending_parts(self) -> list[Tensor]:
+        """The buffered steps' device tensors in host-copy order: per step its scalars (if clipped), norms."""
+        return [t for _, s, n, _, _ in self._pending for t in ((s, n) if s is not None else (n,))]
+
     def _drain_pending(self) -> None:
         if self._pending:
-            parts = [t for p in self._pending for t in ((p[1], p[2]) if p[1] is not None else (p[2],))]
-            self._write_pending(torch.cat(parts).tolist(), 0)
+            self._write_pending(torch.cat(self._pending_parts()).tolist(), 0)
 
     def _complete_update(self) -> None:
         row = self._extra.complete() if self._extra is not None else None
