@@ -74,6 +74,17 @@ def get_store():
         return None
 
 
+def recorded_runs():
+    """The runs table of this session's database (``data.runs``), or None when there is no database yet.
+
+    Raises the store's named errors, like :func:`get_store`.
+    """
+    from dashboard import data
+
+    store = get_store()
+    return None if store is None else data.runs(store, str(db_path()))
+
+
 def writable_store():
     """A short-lived writable Store (for ``request_stop``); the caller closes it."""
     from tracker.store import Store

@@ -79,9 +79,7 @@ def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
 
 
 def compare_page() -> None:
-    store = state.get_store()
-    db = str(state.db_path())
-    runs = data.runs(store, db) if store is not None else None
+    runs = state.recorded_runs()
     if runs is None or not len(runs):
         st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
         return
@@ -95,7 +93,7 @@ def compare_page() -> None:
         st.session_state["compare_pick"] = list(labels)[:2]
     picked = st.multiselect("Runs", list(labels), format_func=labels.get, key="compare_pick")
     lineage = st.checkbox("Add parents and children (relaunches)", value=True, key="compare_lineage")
-    ids = with_lineage(store, runs, picked) if lineage else list(picked)
+    ids = with_lineage(state.get_store(), runs, picked) if lineage else list(picked)
     added = [labels[i] for i in ids if i not in picked]
     if added:
         st.caption("Added by lineage: " + ", ".join(added))

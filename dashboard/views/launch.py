@@ -277,8 +277,7 @@ def running_runs_panel(own_pids: set[int]) -> None:
 
 
 def launch_page() -> None:
-    store = state.get_store()
-    runs = data.runs(store, str(state.db_path())) if store is not None else None
+    runs = state.recorded_runs()
     st.title("Launch")
     if runs is None or not len(runs):
         st.info("No recorded run to start from yet: launch the demo from the Runs page first.")

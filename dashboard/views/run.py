@@ -240,8 +240,7 @@ def live_panels(run_id: int) -> None:
 
 
 def run_page() -> None:
-    store = state.get_store()
-    runs = data.runs(store, str(state.db_path())) if store is not None else None
+    runs = state.recorded_runs()
     if runs is None or not len(runs):
         st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
         return

@@ -6,7 +6,7 @@ launches a small demo run, so a new user sees live gradients within seconds.
 
 import streamlit as st
 
-from dashboard import data, state, summary
+from dashboard import state, summary
 from dashboard.launch import trainer_spec
 
 STATUSES = ("running", "finished", "failed", "stopped", "crashed")
@@ -82,17 +82,15 @@ def _wait_for_demo() -> None:
         tail = log_tail(job.log_path, max_lines=8)
         if tail:
             st.code(tail, language="text")
-    store = state.get_store()
-    if store is not None and len(data.runs(store, str(state.db_path()))):
+    runs = state.recorded_runs()
+    if runs is not None and len(runs):
         if st.button("Open the demo run", key="open_demo"):
-            st.session_state["open_run"] = int(data.runs(store, str(state.db_path()))["id"].iloc[0])
+            st.session_state["open_run"] = int(runs["id"].iloc[0])
             st.switch_page("views/run.py")
 
 
 def runs_page() -> None:
-    store = state.get_store()
-    db = str(state.db_path())
-    runs = data.runs(store, db) if store is not None else None
+    runs = state.recorded_runs()
     if runs is None or not len(runs):
         start_page()
         return
