@@ -138,3 +138,14 @@ def open_tab(at, label: str):
     """Open a tab of the Run page (its tabs are lazy: only the open one renders), as a click would."""
     at.session_state["run_tab"] = label
     return at.run()
+
+
+def open_page(at, page: str, **requests):
+    """Start the app, put ``requests`` in its session state (what a click on another page would), switch
+    to ``page`` (e.g. ``views/run.py``) and check that it rendered without an exception."""
+    at.run()
+    for key, value in requests.items():
+        at.session_state[key] = value
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at

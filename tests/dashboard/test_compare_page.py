@@ -2,16 +2,12 @@
 
 import numpy as np
 import pytest
-from dashboard_helpers import dataframe_with, figure, trace, values
+from dashboard_helpers import dataframe_with, figure, open_page, trace, values
 
 
 @pytest.fixture
 def compare(recorded, app):
-    at = app(recorded.path).run()
-    at.session_state["compare_ids"] = [recorded.ids["base"]]
-    at.switch_page("views/compare.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(app(recorded.path), "views/compare.py", compare_ids=[recorded.ids["base"]])
 
 
 def _label(recorded, run):

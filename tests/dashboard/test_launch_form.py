@@ -2,16 +2,12 @@
 nothing (checked on disk: no log file, no replayed config)."""
 
 import pytest
-from dashboard_helpers import texts
+from dashboard_helpers import open_page, texts
 
 
 @pytest.fixture
 def launch(recorded, app):
-    at = app(recorded.path).run()
-    at.session_state["launch_from"] = recorded.ids["child"]
-    at.switch_page("views/launch.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(app(recorded.path), "views/launch.py", launch_from=recorded.ids["child"])
 
 
 def _nothing_launched(recorded):

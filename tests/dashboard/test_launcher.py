@@ -1,10 +1,11 @@
 """The launcher starts real processes from argument lists, logs, limits concurrency, stops with SIGTERM."""
 
+import functools
 import json
 import sys
-import time
 
 import pytest
+from polling import wait_for
 
 from dashboard.launch import Launcher, LaunchSpec, external_spec, log_tail, trainer_spec
 
@@ -31,14 +32,7 @@ while not (out / "release").exists():
 print("done", flush=True)
 """
 
-
-def _wait(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+_wait = functools.partial(wait_for, timeout=60.0, interval=0.02)
 
 
 def _spec(tmp_path, i, argv_extra=()):

@@ -10,6 +10,7 @@ from dashboard_helpers import (
     SPIKE_STEP,
     dataframe_with,
     figure,
+    open_page,
     open_tab,
     texts,
     trace,
@@ -19,11 +20,7 @@ from dashboard_helpers import (
 
 @pytest.fixture
 def run_page(recorded, app):
-    at = app(recorded.path).run()
-    at.session_state["open_run"] = recorded.ids["child"]
-    at.switch_page("views/run.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(app(recorded.path), "views/run.py", open_run=recorded.ids["child"])
 
 
 def test_header_and_lineage(run_page, recorded):

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+from polling import wait_for
+
 from tests.store.helpers import REPO, raw_sql
 from tracker.store import Store
 
@@ -21,15 +23,6 @@ while True:
 """
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_killed_process_is_crashed_and_heartbeat_advances(db_path):
     Store.open(db_path).close()
     proc = subprocess.Popen(
@@ -43,7 +36,8 @@ def test_killed_process_is_crashed_and_heartbeat_advances(db_path):
             assert wait_for(
                 lambda: (
                     raw_sql(db_path, "SELECT heartbeat_at FROM runs WHERE id = ?", (run_id,))[0][0] > first
-                )
+                ),
+                timeout=20,
             )
             proc.kill()
             proc.wait()
@@ -82,6 +76,7 @@ def test_idle_writer_still_beats(db_path):
         w.flush()
         first = raw_sql(db_path, "SELECT heartbeat_at FROM runs WHERE id = ?", (run_id,))[0][0]
         assert wait_for(
-            lambda: raw_sql(db_path, "SELECT heartbeat_at FROM runs WHERE id = ?", (run_id,))[0][0] > first
+            lambda: raw_sql(db_path, "SELECT heartbeat_at FROM runs WHERE id = ?", (run_id,))[0][0] > first,
+            timeout=20,
         )
         w.close()
