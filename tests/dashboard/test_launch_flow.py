@@ -3,25 +3,15 @@ subprocess into the same database; the new run then shows on the Runs page with 
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from dashboard_helpers import dataframe_with
+from polling import wait_for
 
 from tracker.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    return predicate()
 
 
 def _runs(db):
@@ -62,7 +52,7 @@ def test_relaunch_a_trainer_run_with_other_clipping(tmp_path, app):
         return len(child) > 0 and child["status"].iloc[0] in ("finished", "failed", "crashed")
 
     logs = tmp_path / "gradwatch-logs"
-    assert _wait_for(child_done, timeout=300), [p.read_text() for p in logs.glob("*.log")]
+    assert wait_for(child_done, timeout=300, interval=0.25), [p.read_text() for p in logs.glob("*.log")]
     runs = _runs(db)
     child = runs[runs["name"] == "relaunched"].iloc[0]
     assert child["status"] == "finished"
@@ -75,7 +65,12 @@ def test_relaunch_a_trainer_run_with_other_clipping(tmp_path, app):
     # The Launch page shows the job's log tail; the Runs page lists the new run with its parent.
     at.run()
     assert any("relaunched" in c.value and "finished" in c.value for c in at.code)
-    at.switch_page("views/runs.py").run()
+
+    def listed():  # the runs list is cached for up to LIVE_INTERVAL_S (2 s), as a user would see it too
+        at.switch_page("views/runs.py").run()
+        return "relaunched" in dataframe_with(at, "clip_rate")["name"].values
+
+    assert wait_for(listed, timeout=15, interval=0.5)
     table = dataframe_with(at, "clip_rate").set_index("name")
     assert table.loc["relaunched", "parent"] == parent_id
     assert table.loc["relaunched", "clip"] == "norm:0.05"
@@ -98,7 +93,7 @@ def test_demo_button_starts_the_trainer_and_stop_sends_sigterm(tmp_path, app):
     assert len(stop) == 1
     stop[0].click().run()
     # The process ends (the trainer stops cleanly on SIGTERM; before training starts, SIGTERM ends it).
-    assert _wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), timeout=60)
+    assert wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), timeout=60, interval=0.25)
     at.run()
     assert any("demo" in m.value and "exited" in m.value for m in at.markdown)
 
@@ -157,7 +152,9 @@ def test_relaunch_an_external_script_with_gradwatch_clip(tmp_path, app, monkeypa
         runs = _runs(db)
         return len(runs) == 2 and runs["status"].iloc[1] != "running"
 
-    assert _wait_for(done, timeout=300), [p.read_text() for p in (tmp_path / "gradwatch-logs").glob("*.log")]
+    assert wait_for(done, timeout=300, interval=0.25), [
+        p.read_text() for p in (tmp_path / "gradwatch-logs").glob("*.log")
+    ]
     child = _runs(db).iloc[1]
     assert child["status"] == "finished"
     assert child["clip"] == "norm:0.1" and child["clip_source"] == "env"
