@@ -46,6 +46,11 @@ class Outbox:
     def add_metrics(self, step: int, values: dict[str, float]) -> None:
         self._add(self.writer.add_metrics, (step, values), {})
 
+    def defer(self, build: Any, *args: Any) -> None:
+        """Queue ``build(writer, *args)``, called at the hand-off: it turns raw values into ``add_*`` calls on
+        the writer. The training thread then pays for an append, and the rows are built in one warm loop."""
+        self._add(build, (self.writer, *args), {})
+
     def handoff(self, now: float | None = None) -> None:
         items, self._items = self._items, []
         for method, args, kwargs in items:

@@ -99,7 +99,12 @@ def _was_clipped(scalars: list[float]) -> bool:
     return len(scalars) > _CLIPPED and scalars[_CLIPPED] > 0.5
 
 
-def _step_row(step, cur, norms, ids, bad, *, loss, skipped, extra=None) -> dict[str, Any]:
+def _pending_parts(pending: list) -> list[Tensor]:
+    """The buffered steps' device tensors in host-copy order: per step its scalars (if clipped), norms."""
+    return [t for _, s, n, _, _ in pending for t in ((s, n) if s is not None else (n,))]
+
+
+def _step_row(step, cur, norms, ids, bad, *, loss, skipped, extra=None, at=None) -> dict[str, Any]:
     """The writer's ``add_step`` arguments for one step: ``cur`` its scalar vector, ``bad`` its non-finite
     layers as :func:`_nonfinite` lists them."""
     return dict(
@@ -116,7 +121,7 @@ def _step_row(step, cur, norms, ids, bad, *, loss, skipped, extra=None) -> dict[
         nonfinite_count=len(bad),
         first_nonfinite_layer=bad[0][0] if bad else None,
         extra=extra or None,
-        time=time.time(),
+        time=time.time() if at is None else at,
     )
 
 
@@ -171,6 +176,7 @@ class GradTracker:
             if self.extra_stats
             else None
         )
+        self._holds_rows = self._extra is not None and self._extra.holds_rows
         self._step = 0
         # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions, scaled).
         self._pending: list[tuple[int, Tensor | None, Tensor, Any, bool]] = []
@@ -428,45 +434,67 @@ class GradTracker:
     def _record(
         self, step, total, scalars, norms, present, loss, *, skipped, extra, scaled=False
     ) -> tuple[Any, ...]:
-        """Copy this step (and the buffered ones) to the host in one transfer and hand it to the writer."""
-        # Not clipped: only the total travels; after = before, coef 1 and "no threshold" are filled in here.
+        """Copy this step (and the buffered ones) to the host in one transfer and queue it for the writer.
+
+        Only the copy and the values ``step()`` returns are worked out here. The rows are built by
+        :meth:`_write_step` when the outbox hands them over (about once a second): right after the norm
+        kernel has streamed every gradient through the caches, each Python object this thread touches is a
+        cache miss, so building ~150-layer rows here cost ~3x what it costs in the hand-off's warm loop.
+        """
+        # Not clipped: only the total travels; after = before, coef 1 and "no threshold" are filled in later.
         parts = [scalars if scalars is not None else total.reshape(1), norms]
-        loss_t = (
-            loss.detach().reshape(1).to(norms.device, torch.float32) if isinstance(loss, Tensor) else None
-        )
-        if loss_t is not None:
-            parts.append(loss_t)
+        has_loss = isinstance(loss, Tensor)
+        if has_loss:
+            parts.append(loss.detach().reshape(1).to(norms.device, torch.float32))
+            loss = None  # its value travels in the copy
         parts.extend(extra.values())
-        parts.extend(self._pending_parts())
+        pending, self._pending = self._pending, []
+        if pending:
+            parts.extend(_pending_parts(pending))
         host = torch.cat(parts).tolist()  # the one device-to-host copy of this logged step
 
-        pos = len(parts[0])
-        cur = host[:pos] if scalars is not None else _unclipped(host[0])
-        norm_list, pos = host[pos : pos + len(norms)], pos + len(norms)
+        if self._writer is not None:
+            args = (step, host, scalars is not None, present, has_loss, loss, tuple(extra), pending, skipped)
+            if self._holds_rows:  # held until the optimizer step has happened: built now, not deferred
+                self._write_step(self._writer, *args, scaled, time.time())
+            else:
+                self._writer.defer(self._write_step, *args, scaled, time.time())
+        if scalars is None:  # not clipped
+            return host[0], False, 1.0, math.nan
+        return host[_TOTAL], _was_clipped(host), host[_COEF], host[_THRESHOLD]
+
+    def _write_step(
+        self, sink, step, host, has_scalars, present, has_loss, loss, extra, pending, skipped, scaled, at
+    ) -> None:
+        """Turn one logged step's host copy (laid out by :meth:`_record`) into the writer's rows."""
+        pos = _N_SCALARS if has_scalars else 1
+        cur = host[:pos] if has_scalars else _unclipped(host[0])
+        n = len(present)
+        norm_list, pos = host[pos : pos + n], pos + n
         loss_v = float(loss) if isinstance(loss, int | float) else None
-        if loss_t is not None:
+        if has_loss:
             loss_v, pos = host[pos], pos + 1
         extra_lists = {}
-        for name, t in extra.items():
-            extra_lists[name], pos = host[pos : pos + len(t)], pos + len(t)
-        self._write_pending(host, pos)
+        for name in extra:
+            extra_lists[name], pos = host[pos : pos + n], pos + n
+        self._write_pending(sink, host, pos, pending)
 
-        if self._writer is not None:
-            ids = self._layer_ids(present)
-            # One C-level sum instead of a Python test per layer: finite norms sum to a finite number.
-            bad = [] if math.isfinite(sum(norm_list)) else _nonfinite(norm_list, ids)
-            if bad:
-                self._writer.add_nonfinite(step, bad)
-            if len(cur) == _N_SCALARS:
-                self._writer.add_clip_events([self._clip_event(step, cur, len(norm_list))])
-            # GradScaler skips the optimizer step when the unscaled gradients hold inf/NaN.
-            skipped = skipped or (scaled and bool(bad))
-            row = _step_row(step, cur, norm_list, ids, bad, loss=loss_v, skipped=skipped, extra=extra_lists)
-            if self._extra is not None and self._extra.holds_rows:
-                self._extra.hold(row, present)  # written once the optimizer step has happened
-            else:
-                self._writer.add_step(**row)
-        return cur[_TOTAL], _was_clipped(cur), cur[_COEF], cur[_THRESHOLD]
+        ids = self._layer_ids(present)
+        # One C-level sum instead of a Python test per layer: finite norms sum to a finite number.
+        bad = [] if math.isfinite(sum(norm_list)) else _nonfinite(norm_list, ids)
+        if bad:
+            sink.add_nonfinite(step, bad)
+        if has_scalars:
+            sink.add_clip_events([self._clip_event(step, cur, n)])
+        # GradScaler skips the optimizer step when the unscaled gradients hold inf/NaN.
+        skipped = skipped or (scaled and bool(bad))
+        row = _step_row(
+            step, cur, norm_list, ids, bad, loss=loss_v, skipped=skipped, extra=extra_lists, at=at
+        )
+        if self._holds_rows:
+            self._extra.hold(row, present)  # written once the optimizer step has happened
+        else:
+            sink.add_step(**row)
 
     def _clip_event(self, step: int, s: list[float], n_tensors: int) -> dict[str, Any]:
         return dict(
@@ -481,36 +509,32 @@ class GradTracker:
             n_tensors=n_tensors,
         )
 
-    def _write_pending(self, host: list[float], pos: int) -> None:
+    def _write_pending(self, sink, host: list[float], pos: int, pending: list) -> None:
         """The buffered unlogged steps, now on the host: their clip events and non-finite layers, and a
         skipped step row for each one that a GradScaler skipped (inf/NaN under ``scaler=``)."""
-        pending, self._pending = self._pending, []
         events = []
-        for step, s, n, present, scaled in pending:
+        for step, s, _norms, present, scaled in pending:
             scalars = None
             if s is not None:
                 scalars = host[pos : pos + _N_SCALARS]
-                events.append(self._clip_event(step, scalars, len(n)))
+                events.append(self._clip_event(step, scalars, len(present)))
                 pos += _N_SCALARS
-            norms, pos = host[pos : pos + len(n)], pos + len(n)
-            if self._writer is None or math.isfinite(sum(norms)):
+            norms, pos = host[pos : pos + len(present)], pos + len(present)
+            if math.isfinite(sum(norms)):
                 continue
             ids = self._layer_ids(present)
             bad = _nonfinite(norms, ids)
-            self._writer.add_nonfinite(step, bad)
+            sink.add_nonfinite(step, bad)
             if scaled:
                 cur = scalars if scalars is not None else _unclipped(math.sqrt(sum(x * x for x in norms)))
-                self._writer.add_step(**_step_row(step, cur, norms, ids, bad, loss=None, skipped=True))
-        if events and self._writer is not None:
-            self._writer.add_clip_events(events)
-
-    def _pending_parts(self) -> list[Tensor]:
-        """The buffered steps' device tensors in host-copy order: per step its scalars (if clipped), norms."""
-        return [t for _, s, n, _, _ in self._pending for t in ((s, n) if s is not None else (n,))]
+                sink.add_step(**_step_row(step, cur, norms, ids, bad, loss=None, skipped=True))
+        if events:
+            sink.add_clip_events(events)
 
     def _drain_pending(self) -> None:
-        if self._pending:
-            self._write_pending(torch.cat(self._pending_parts()).tolist(), 0)
+        pending, self._pending = self._pending, []
+        if pending and self._writer is not None:
+            self._write_pending(self._writer, torch.cat(_pending_parts(pending)).tolist(), 0, pending)
 
     def _complete_update(self) -> None:
         row = self._extra.complete() if self._extra is not None else None

@@ -5,6 +5,7 @@ import math
 import os
 import socket
 import sys
+import time
 
 import pytest
 import torch
@@ -292,3 +293,30 @@ def test_a_strategy_object_is_accepted_and_recorded_by_its_spec(db_path):
     for p, q in zip(model.parameters(), expected_model.parameters(), strict=True):
         torch.testing.assert_close(p, q)
     assert _rows(db_path, "SELECT clip, clip_source FROM runs") == [("norm:0.7", "argument")]
+
+
+def test_rows_built_at_the_hand_off_keep_the_step_time_and_values(db_path):
+    # step() only copies to the host; the rows are built when the outbox hands them over (within 1 s here,
+    # so everything waits for flush). They must carry the time of the step and the values of that moment,
+    # even though the gradients and the loss tensor change before the hand-off.
+    model = nn.Linear(2, 1, bias=True)
+    tracker = GradTracker(model, db=db_path)
+    times = []
+    for k in (1.0, 2.0):
+        model.weight.grad = torch.tensor([[3.0 * k, 4.0 * k]])
+        model.bias.grad = torch.tensor([12.0 * k])
+        loss = torch.tensor(k)
+        before = time.time()
+        tracker.step(loss=loss)
+        times.append((before, time.time()))
+        loss.fill_(-1.0)  # a loss tensor reused in place must not change what was recorded
+        model.weight.grad.fill_(100.0)
+    time.sleep(0.05)  # the hand-off happens clearly after the steps
+    flushed_at = time.time()
+    tracker.finish()
+    steps = _rows(db_path, "SELECT step, loss, total_norm, time FROM steps ORDER BY step")
+    assert [s[:3] for s in steps] == [(0, 1.0, 13.0), (1, 2.0, 26.0)]
+    for (_, _, _, at), (lo, hi) in zip(steps, times, strict=True):
+        assert lo <= at <= hi < flushed_at
+    norms = _rows(db_path, "SELECT step, layer_id, norm FROM grad_norms ORDER BY step, layer_id")
+    assert norms == [(0, 0, 5.0), (0, 1, 12.0), (1, 0, 10.0), (1, 1, 24.0)]
