@@ -1,21 +1,33 @@
 """Per-tensor gradient norms, fused and grouped by (device, dtype): the measuring half of the tracker.
 
 Pure functions plus one small cached plan. Nothing here syncs with the host: every result is a device tensor.
+
+On CUDA, ``torch._foreach_norm`` is one fused kernel over the whole list. On the CPU it is a C++ loop of
+per-tensor norms whose reduction runs at about half the memory bandwidth (measured: 1.56 ms for 38 MB where
+BLAS ``dot`` takes 0.78 ms, docs/benchmarks.md), and reading the gradients is most of what measuring costs.
+So for large float32/float64 CPU tensors the plan takes the squared norm as ``dot(g, g)`` and the square
+root of that; small ones, where the per-call Python cost would eat the gain, stay in the fused call.
+The result has the same overflow and NaN/Inf semantics (neither kernel rescales: an element of 1e20 gives
+an infinite float32 norm in both) and is closer to the float64 value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["NormPlan", "grad_norms", "max_abs", "nonfinite_flags", "tensor_norms"]
+__all__ = ["DOT_MIN_NUMEL", "NormPlan", "grad_norms", "max_abs", "nonfinite_flags", "tensor_norms"]
 
 # Low-precision norms are accumulated and returned in float32: a float16 gradient whose elements are all
 # finite can still have a norm above 65504, which would read as a spurious "inf" layer.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# From this many elements (128 KiB of float32) up, one Python-level dot() per tensor beats the foreach loop
+# on the CPU: measured break-even ~32k elements, 2x faster at 256k (docs/benchmarks.md, "CPU norm kernel").
+DOT_MIN_NUMEL = 32768
+_DOT_DTYPES = (torch.float32, torch.float64)
 
 
 def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
@@ -24,17 +36,54 @@ def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
     return list(torch._foreach_norm(tensors, ord, dtype=dtype))
 
 
+def _reads_with_dot(t: Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype in _DOT_DTYPES and t.numel() >= DOT_MIN_NUMEL
+
+
+def _squared_norm(t: Tensor) -> Tensor:
+    flat = (
+        t.view(-1) if t.is_contiguous() else t.reshape(-1)
+    )  # a gradient is contiguous unless its weight isn't
+    return torch.dot(flat, flat)
+
+
+@dataclass(frozen=True)
+class _DotSplit:
+    """Within one CPU group: the positions read with ``dot``, the rest, and how to put them back in order."""
+
+    dot: tuple[int, ...]
+    rest: tuple[int, ...]
+    order: Tensor  # cat([dot results, rest results])[order] is in group order
+
+    @classmethod
+    def for_group(cls, tensors: Sequence[Tensor]) -> _DotSplit | None:
+        dot = tuple(j for j, t in enumerate(tensors) if _reads_with_dot(t))
+        if not dot:
+            return None
+        rest = tuple(sorted(set(range(len(tensors))) - set(dot)))
+        return cls(dot, rest, torch.tensor(dot + rest).argsort())
+
+    def norms(self, tensors: Sequence[Tensor]) -> Tensor:
+        read = torch.stack([_squared_norm(tensors[j]) for j in self.dot]).sqrt_()
+        if self.rest:
+            rest = torch.stack(_foreach_norm([tensors[j] for j in self.rest], 2.0))
+            read = torch.cat([read, rest]).index_select(0, self.order)
+        return read.to(torch.float32)
+
+
 @dataclass(frozen=True)
 class NormPlan:
     """The grouping of a fixed list of tensors by (device, dtype), computed once and reused every step.
 
     ``groups`` holds, per group, the positions of its tensors in the original list. ``device`` is where the
-    stacked results live (the first tensor's device, as in ``torch.nn.utils.get_total_norm``).
+    stacked results live (the first tensor's device, as in ``torch.nn.utils.get_total_norm``). ``splits``
+    holds, per group, which of its tensors are large CPU ones read with ``dot`` (None: all in one fused call).
     """
 
     groups: tuple[tuple[int, ...], ...]
     size: int
     device: torch.device
+    splits: tuple[_DotSplit | None, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def for_tensors(cls, tensors: Sequence[Tensor]) -> NormPlan:
@@ -43,9 +92,9 @@ class NormPlan:
         by_key: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, t in enumerate(tensors):
             by_key.setdefault((t.device, t.dtype), []).append(i)
-        return cls(
-            groups=tuple(tuple(v) for v in by_key.values()), size=len(tensors), device=tensors[0].device
-        )
+        groups = tuple(tuple(v) for v in by_key.values())
+        splits = tuple(_DotSplit.for_group([tensors[i] for i in g]) for g in groups)
+        return cls(groups=groups, size=len(tensors), device=tensors[0].device, splits=splits)
 
     def apply(self, tensors: Sequence[Tensor], ord: float = 2.0) -> Tensor:
         """Per-tensor ``ord``-norms of ``tensors`` (same layout as the plan) as one 1-D float32 tensor."""
@@ -53,12 +102,19 @@ class NormPlan:
             return torch.zeros(0, dtype=torch.float32, device=self.device)
         if len(self.groups) == 1:
             # The common case (one device, one dtype): no regrouping, one fused kernel and one stack.
-            return torch.stack(_foreach_norm(list(tensors), ord)).to(torch.float32)
+            return self._group_norms(0, tensors, ord)
         ordered: list[Tensor | None] = [None] * self.size
-        for group in self.groups:
-            for i, n in zip(group, _foreach_norm([tensors[i] for i in group], ord), strict=True):
-                ordered[i] = n.to(self.device, torch.float32)
+        for k, group in enumerate(self.groups):
+            norms = self._group_norms(k, [tensors[i] for i in group], ord).to(self.device)
+            for i, n in zip(group, norms.unbind(), strict=True):
+                ordered[i] = n
         return torch.stack(ordered)  # type: ignore[arg-type]
+
+    def _group_norms(self, k: int, tensors: Sequence[Tensor], ord: float) -> Tensor:
+        split = self.splits[k] if self.splits else None
+        if split is not None and ord == 2.0:
+            return split.norms(tensors)
+        return torch.stack(_foreach_norm(list(tensors), ord)).to(torch.float32)
 
 
 def tensor_norms(tensors: Sequence[Tensor], ord: float = 2.0) -> Tensor:

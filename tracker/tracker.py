@@ -382,8 +382,12 @@ class GradTracker:
     def _measure(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
         if self._fast and present is self._all:
             # The usual case, right after backward with the caches cold: every Python object touched is a
-            # memory read, so no regrouping and no plan, just the fused kernel and one stack.
-            norms = torch.stack(torch._foreach_norm(grads, 2.0, dtype=self._norm_dtype))
+            # memory read, so no regrouping, just the fused kernel and one stack, or, for large CPU tensors,
+            # the plan's faster dot() reads (tracker/norms.py).
+            if self._plan.splits[0] is not None:
+                norms = self._plan.apply(grads)
+            else:
+                norms = torch.stack(torch._foreach_norm(grads, 2.0, dtype=self._norm_dtype))
             return norms, torch.linalg.vector_norm(norms)
         if self._sharded:
             norms = sharded_norms(grads)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tracker.norms import NormPlan, grad_norms, max_abs, nonfinite_flags, tensor_norms
+from tracker.norms import DOT_MIN_NUMEL, NormPlan, grad_norms, max_abs, nonfinite_flags, tensor_norms
 
 
 def _tensors(dtypes, seed=0):
@@ -68,3 +68,66 @@ def test_max_abs_and_inf_norm_match_amax():
 def test_empty_list():
     norms, total = grad_norms([])
     assert norms.numel() == 0 and total.item() == 0.0
+
+
+# ---- large CPU tensors: read with dot() (tracker/norms.py), checked against float64 norms and torch's own
+
+
+def _mixed_sizes(dtype=torch.float32, seed=0):
+    # Large and small tensors interleaved, so the dot() reads must be put back in the original order.
+    g = torch.Generator().manual_seed(seed)
+    sizes = [(DOT_MIN_NUMEL,), (3, 5), (256, 1024), (7,), (DOT_MIN_NUMEL - 1,), (2, 300, 300)]
+    return [torch.randn(s, generator=g, dtype=dtype) * (i + 1) for i, s in enumerate(sizes)]
+
+
+def test_plan_reads_only_large_cpu_float_tensors_with_dot():
+    grads = _mixed_sizes() + [torch.randn(DOT_MIN_NUMEL).to(torch.bfloat16)]
+    plan = NormPlan.for_tensors(grads)
+    assert plan.groups == ((0, 1, 2, 3, 4, 5), (6,))
+    assert plan.splits[0].dot == (0, 2, 5)  # the one just under the threshold stays in the fused call
+    assert plan.splits[1] is None  # bfloat16: the fused kernel, accumulating in float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_tensors_match_float64_norms_and_get_total_norm(dtype):
+    grads = _mixed_sizes(dtype)
+    norms, total = grad_norms(grads)
+    expected = torch.stack([torch.linalg.vector_norm(g.double()) for g in grads])
+    torch.testing.assert_close(norms.double(), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(total, torch.nn.utils.get_total_norm(grads).float(), rtol=1e-5, atol=0)
+
+
+def test_large_non_contiguous_tensor_is_read_whole():
+    base = torch.randn(400, 300)
+    grads = [
+        base.t(),
+        torch.randn(5),
+        torch.randn(300, 400)[:, ::2],
+    ]
+    norms, _ = grad_norms(grads)
+    expected = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+    torch.testing.assert_close(norms, expected, rtol=1e-5, atol=0)
+
+
+def test_large_tensors_have_torchs_nonfinite_and_overflow_semantics():
+    grads = _mixed_sizes()
+    grads[0][5] = float("nan")
+    grads[2][1, 2] = float("inf")
+    grads[5][0, 0, 0] = -float("inf")
+    grads.append(torch.full((DOT_MIN_NUMEL,), 1e20))  # finite elements, squares overflow float32
+    grads.append(torch.full((DOT_MIN_NUMEL,), 1e-25))  # squares underflow
+    norms, total = grad_norms(grads)
+    oracle = torch.stack([torch.linalg.vector_norm(g) for g in grads])  # torch's own, same dtype
+    assert torch.equal(torch.isnan(norms), torch.isnan(oracle))
+    assert torch.equal(torch.isinf(norms), torch.isinf(oracle))
+    assert nonfinite_flags(norms).tolist() == [True, False, True, False, False, True, True, False]
+    assert norms[-1].item() == oracle[-1].item() == 0.0
+    assert not torch.isfinite(total)
+
+
+def test_large_tensors_in_a_second_group_keep_their_places():
+    grads = [torch.randn(3), torch.randn(DOT_MIN_NUMEL, dtype=torch.float64), torch.randn(DOT_MIN_NUMEL)]
+    norms, _ = grad_norms(grads)
+    assert norms.dtype == torch.float32
+    expected = torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]).float()
+    torch.testing.assert_close(norms, expected, rtol=1e-6, atol=0)

@@ -15,9 +15,9 @@ from torch import nn
 from tracker import GradTracker, NullTracker, StepStats
 
 
-def _model(seed=0):
+def _model(seed=0, hidden=16):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    return nn.Sequential(nn.Linear(6, hidden), nn.Tanh(), nn.Linear(hidden, 3))
 
 
 def _batches(n, seed=1):
@@ -30,9 +30,9 @@ def _loss(model, batch):
     return nn.functional.cross_entropy(model(x), y)
 
 
-def _oracle_run(batches, max_norm, lr=0.5):
+def _oracle_run(batches, max_norm, lr=0.5, hidden=16):
     """The same loop with torch.nn.utils.clip_grad_norm_: final model, totals, pre-clip per-tensor norms."""
-    model = _model()
+    model = _model(hidden=hidden)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     totals, norms = [], []
     for batch in batches:
@@ -45,8 +45,8 @@ def _oracle_run(batches, max_norm, lr=0.5):
     return model, totals, norms
 
 
-def _tracked_run(batches, db, lr=0.5, **kwargs):
-    model = _model()
+def _tracked_run(batches, db, lr=0.5, hidden=16, **kwargs):
+    model = _model(hidden=hidden)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     stats = []
     with GradTracker(model, db=db, **kwargs) as tracker:
@@ -59,10 +59,12 @@ def _tracked_run(batches, db, lr=0.5, **kwargs):
     return model, stats, tracker
 
 
-def test_norm_clipping_matches_clip_grad_norm_and_is_recorded(db_path):
+# hidden=8192: the first weight (49,152 elements) is large enough for the CPU dot() reads of tracker.norms.
+@pytest.mark.parametrize("hidden", [16, 8192], ids=["small-tensors", "large-tensor"])
+def test_norm_clipping_matches_clip_grad_norm_and_is_recorded(db_path, hidden):
     batches = _batches(6)
-    expected_model, totals, norms = _oracle_run(batches, 1.0)
-    model, stats, tracker = _tracked_run(batches, db_path, clip="norm:1.0", run="oracle")
+    expected_model, totals, norms = _oracle_run(batches, 1.0, hidden=hidden)
+    model, stats, tracker = _tracked_run(batches, db_path, clip="norm:1.0", run="oracle", hidden=hidden)
 
     for p, q in zip(model.parameters(), expected_model.parameters(), strict=True):
         torch.testing.assert_close(p, q)
