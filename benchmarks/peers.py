@@ -31,12 +31,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+from docs_section import replace_section  # noqa: E402
 from peer_outputs import CAPABILITIES, capabilities, probe  # noqa: E402
 from peer_variants import VARIANTS, make_variants  # noqa: E402
 from timing import CLOCKS, Trainee, amortised_step_s, bootstrap_ratio, interleave  # noqa: E402
 from workloads import WORKLOADS, build_workload  # noqa: E402
 
-START, END = "<!-- section:peers:start -->", "<!-- section:peers:end -->"
 REFERENCE = "gw_none"
 LOAD_AT_START: float | None = None
 CLOCK_TEXT = {
@@ -421,15 +421,6 @@ def render(results, matrix, args, device) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{path} has no peers section: expected the markers {START} and {END}")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{START}\n{body}{END}{tail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     global LOAD_AT_START
     args = parse_args(argv)
@@ -452,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     body = render(results, matrix, args, device)
     print(body)
     if not args.no_docs:
-        write_section(Path(args.docs), body)
+        replace_section(Path(args.docs), "peers", body)
         _log(f"wrote the peers section of {args.docs}")
     return 0
 

@@ -30,7 +30,6 @@ import operator
 import os
 import platform
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -44,13 +43,14 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout: this tree's tracker, however the env was installed
 
+from docs_section import replace_section  # noqa: E402
+
 from tracker import GradTracker  # noqa: E402
 from tracker.norms import NormPlan  # noqa: E402
 from trainer.models import SeedCNN  # noqa: E402  (M1 is the trainer's seed CNN, layer for layer)
 
 DOC = ROOT / "docs" / "benchmarks.md"
 CLIP = "+ clip_grad_norm_(1.0)"  # the reference of the clip=norm:1.0 target
-START, END = "<!-- section:tracker:start -->", "<!-- section:tracker:end -->"
 
 
 # ---------------------------------------------------------------- models
@@ -435,16 +435,6 @@ def verdicts(model_results: dict[str, dict], host: dict[str, dict]) -> list[str]
     return out
 
 
-def write_section(body: str) -> None:
-    text = DOC.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{DOC} has no {START} ... {END} section")
-    new = re.sub(
-        re.escape(START) + r".*?" + re.escape(END), lambda _: f"{START}\n{body}\n{END}", text, flags=re.S
-    )
-    DOC.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -538,7 +528,7 @@ def main(argv: list[str] | None = None) -> None:
                 *lines,
             ]
         )
-        write_section(body)
+        replace_section(DOC, "tracker", body)
         print(f"\nwrote the tracker section of {DOC.relative_to(ROOT)}")
 
 

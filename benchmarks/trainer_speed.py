@@ -31,9 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from docs_section import replace_section  # benchmarks/ is on sys.path when a script here runs
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- section:trainer:start -->", "<!-- section:trainer:end -->"
 
 
 def _children_cpu() -> float:
@@ -201,13 +202,6 @@ def markdown(results: dict, args) -> str:
     return "\n".join(lines)
 
 
-def write_docs(section: str) -> None:
-    text = DOCS.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOCS.write_text(f"{head}{START}\n{section}\n{END}{tail}")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=("keywords", "digits", "overhead"), action="append", help="parts to run")
@@ -233,7 +227,7 @@ def main() -> int:
     section = markdown(results, args)
     print(section)
     if args.write_docs:
-        write_docs(section)
+        replace_section(DOCS, "trainer", section)
     return 0
 
 

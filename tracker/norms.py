@@ -3,12 +3,12 @@
 Pure functions plus one small cached plan. Nothing here syncs with the host: every result is a device tensor.
 
 On CUDA, ``torch._foreach_norm`` is one fused kernel over the whole list. On the CPU it is a C++ loop of
-per-tensor norms whose reduction runs at about half the memory bandwidth (measured: 1.56 ms for 38 MB where
-BLAS ``dot`` takes 0.78 ms, docs/benchmarks.md), and reading the gradients is most of what measuring costs.
-So for large float32/float64 CPU tensors the plan takes the squared norm as ``dot(g, g)`` and the square
-root of that; small ones, where the per-call Python cost would eat the gain, stay in the fused call.
-The result has the same overflow and NaN/Inf semantics (neither kernel rescales: an element of 1e20 gives
-an infinite float32 norm in both) and is closer to the float64 value.
+per-tensor norms whose reduction runs at about half the memory bandwidth, and reading the gradients is most
+of what measuring costs there. So for large float32/float64 CPU tensors the plan takes the squared norm as
+BLAS ``dot(g, g)``, about twice as fast (docs/benchmarks.md, "CPU norm read"), and the square root of that;
+small ones, where the per-call Python cost would eat the gain, stay in the fused call. The result has the
+same overflow and NaN/Inf semantics (neither kernel rescales: an element of 1e20 gives an infinite float32
+norm in both) and is closer to the float64 value.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["DOT_MIN_NUMEL", "NormPlan", "grad_norms", "max_abs", "nonfinite_flag
 # finite can still have a norm above 65504, which would read as a spurious "inf" layer.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # From this many elements (128 KiB of float32) up, one Python-level dot() per tensor beats the foreach loop
-# on the CPU: measured break-even ~32k elements, 2x faster at 256k (docs/benchmarks.md, "CPU norm kernel").
+# on the CPU: measured break-even ~32k elements, 2x faster at 256k (docs/benchmarks.md, "CPU norm read").
 DOT_MIN_NUMEL = 32768
 _DOT_DTYPES = (torch.float32, torch.float64)
 
@@ -41,9 +41,8 @@ def _reads_with_dot(t: Tensor) -> bool:
 
 
 def _squared_norm(t: Tensor) -> Tensor:
-    flat = (
-        t.view(-1) if t.is_contiguous() else t.reshape(-1)
-    )  # a gradient is contiguous unless its weight isn't
+    # A gradient is laid out like its weight: contiguous unless the weight is not (channels_last, say).
+    flat = t.view(-1) if t.is_contiguous() else t.reshape(-1)
     return torch.dot(flat, flat)
 
 
@@ -101,7 +100,7 @@ class NormPlan:
         if self.size == 0:
             return torch.zeros(0, dtype=torch.float32, device=self.device)
         if len(self.groups) == 1:
-            # The common case (one device, one dtype): no regrouping, one fused kernel and one stack.
+            # The common case (one device, one dtype): no regrouping.
             return self._group_norms(0, tensors, ord)
         ordered: list[Tensor | None] = [None] * self.size
         for k, group in enumerate(self.groups):
