@@ -183,6 +183,12 @@ class GradTracker:
         self._hooks: list[Attachment] = []
         self._finished = False
         process_rank, world_size = rank_and_world_size()
+        if rank >= world_size:  # no process would write: the run would silently record nothing
+            raise ValueError(
+                f"rank={rank} but there {'is' if world_size == 1 else 'are'} {world_size} process"
+                f"{'' if world_size == 1 else 'es'} (ranks 0 to {world_size - 1}); "
+                "pass the rank of the process that should write, usually 0"
+            )
         self.is_writer = process_rank == rank
         self.db_path = resolve_db(db)
         # The dashboard relaunches other people's scripts by environment: name and lineage come from it too.

@@ -130,7 +130,7 @@ def test_dtensor_norms_are_global_not_local(tmp_path):
         assert got["norms"] == pytest.approx(expected, rel=1e-5)
 
 
-# ---------------------------------------------------------------- DDP and FSDP2: rank 0 records, all clip
+# ---------------------------------------------------------------- DDP and FSDP2: one rank records, all clip
 DDP_STEPS = 3
 
 
@@ -146,7 +146,7 @@ def _ddp_batches():
     ]
 
 
-def _data_parallel_worker(out_dir: str, wrapper: str) -> None:
+def _data_parallel_worker(out_dir: str, wrapper: str, writer: str) -> None:
     import torch.distributed as dist
 
     from tracker import GradTracker
@@ -163,7 +163,7 @@ def _data_parallel_worker(out_dir: str, wrapper: str) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     totals = []
     with GradTracker(
-        model, db=os.path.join(out_dir, "gradwatch.db"), clip="norm:1.0", run=wrapper
+        model, db=os.path.join(out_dir, "gradwatch.db"), clip="norm:1.0", run=wrapper, rank=int(writer)
     ) as tracker:
         for x, y in _ddp_batches():
             shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)  # equal shards
@@ -179,11 +179,12 @@ def _data_parallel_worker(out_dir: str, wrapper: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("wrapper", ["ddp", "fsdp2"])
-def test_rank0_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrapper):
+# The DDP run has rank 1 write (GradTracker(rank=1)), the FSDP2 run the default rank 0.
+@pytest.mark.parametrize("wrapper, writer", [("ddp", 1), ("fsdp2", 0)])
+def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrapper, writer):
     import sqlite3
 
-    _launch("data_parallel", tmp_path, wrapper)
+    _launch("data_parallel", tmp_path, wrapper, str(writer))
     # Oracle: one process on the full batches with torch's clip_grad_norm_.
     replica = _ddp_model()
     opt = torch.optim.SGD(replica.parameters(), lr=0.5)
@@ -197,7 +198,8 @@ def test_rank0_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrapper):
     assert any(t > 1.0 for t in totals)  # clipping really happened
 
     results = [json.loads((tmp_path / f"{wrapper}-{r}.json").read_text()) for r in range(WORLD)]
-    assert results[0]["run_id"] == 1 and results[1]["run_id"] is None  # only rank 0 opened the database
+    # Only the writer rank opened the database.
+    assert [res["run_id"] for res in results] == [1 if r == writer else None for r in range(WORLD)]
     for res in results:
         assert res["totals"] == pytest.approx(totals, rel=1e-5)
         for got, want in zip(res["params"], replica.parameters(), strict=True):

@@ -88,3 +88,11 @@ def test_gradient_appearing_later_is_measured_from_then_on(db_path):
     assert stats.total_norm == pytest.approx(expected, rel=1e-6)
     counts = _rows(db_path, "SELECT step, count(*) FROM grad_norms GROUP BY step ORDER BY step")
     assert counts == [(0, 2), (1, 4)]
+
+
+def test_writer_rank_outside_the_process_group_is_refused_before_anything_is_written(tmp_path):
+    # Without a process group there is one process, rank 0: rank=1 would mean nobody ever writes.
+    db = tmp_path / "gradwatch.db"
+    with pytest.raises(ValueError, match=r"rank=1 but there is 1 process \(ranks 0 to 0\)"):
+        GradTracker(nn.Linear(2, 2), db=str(db), rank=1)
+    assert not db.exists()
