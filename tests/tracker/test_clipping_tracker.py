@@ -1,12 +1,17 @@
 """Clipping end to end: a real GradTracker trains a small model into a real SQLite file, and the recorded
-clip events are checked against the published rules recomputed from the recorded pre-clip norms."""
+clip events are checked against the published rules recomputed from the recorded pre-clip norms. The
+per-tensor and unit-wise strategies (layer, value, agc) train next to an oracle copy clipped by torch's own
+functions or the published formula written out here."""
 
+import copy
 import math
 import sqlite3
+from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
+from sqlite_rows import rows as _rows
 
 from tracker import GradTracker
 
@@ -87,3 +92,133 @@ def test_scheduled_norm_threshold_is_recorded_per_step(db_path):
         assert threshold == pytest.approx(c, rel=1e-6)
         assert bool(clipped) == (n > c)
         assert after == pytest.approx(min(n, c), rel=1e-4)
+
+
+# ---------------------------------------------------------------- per-tensor and unit-wise strategies
+# A tiny model with every kind of tensor AGC distinguishes: a conv weight [out, in, kh, kw], Linear weights,
+# biases (vectors: one unit each), a zero-initialised bias (the 1e-3 floor on ||W||) and a final classifier
+# `fc` that the paper leaves unclipped. An oracle copy trains next to it with the clipping done in the test.
+EXCLUDED = ("fc.weight", "fc.bias")  # what "exclude=fc" must skip
+
+
+def _net():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        OrderedDict(
+            conv=torch.nn.Conv2d(1, 3, 3),
+            act=torch.nn.Tanh(),
+            flat=torch.nn.Flatten(),
+            fc1=torch.nn.Linear(27, 8),
+            act1=torch.nn.Tanh(),
+            fc=torch.nn.Linear(8, 3),
+        )
+    )
+    torch.nn.init.zeros_(net.fc1.bias)
+    return net
+
+
+def _layer_oracle_(model, c):
+    """clip_grad_norm_ on each tensor alone; (n tensors clipped, smallest coefficient)."""
+    n_clipped, coef = 0, 1.0
+    for p in model.parameters():
+        norm = torch.nn.utils.clip_grad_norm_(p, c).item()
+        n_clipped += norm > c
+        coef = min(coef, c / (norm + 1e-6) if norm > c else 1.0)
+    return n_clipped, coef
+
+
+def _value_oracle_(model, c):
+    """clip_grad_value_; n = tensors with an element outside [-c, c], coef = ||g|| after / ||g|| before."""
+    n_clipped = sum(bool((p.grad.abs() > c).any()) for p in model.parameters())
+    before = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    torch.nn.utils.clip_grad_value_(model.parameters(), c)
+    after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    return n_clipped, after / before
+
+
+def _agc_oracle_(model, clipping, excluded=()):
+    """Brock et al. 2021 unit-wise, in float64: a unit is a row along dim 0, or the whole tensor when it is a
+    vector once size-1 dims are squeezed; max_norm = L * max(||W_i||, 1e-3); G_i scaled to max_norm when
+    ||G_i|| > max_norm. Returns (tensors with a clipped unit, smallest unit coefficient)."""
+    n_clipped, coef = 0, 1.0
+    for name, p in model.named_parameters():
+        if name in excluded:
+            continue
+        vector_like = sum(s != 1 for s in p.shape) <= 1
+        rows = 1 if vector_like else p.shape[0]
+        g = p.grad.double().reshape(rows, -1)
+        w = p.detach().double().reshape(rows, -1)
+        g_norm = torch.linalg.vector_norm(g, dim=1)
+        max_norm = clipping * torch.linalg.vector_norm(w, dim=1).clamp(min=1e-3)
+        hit = g_norm > max_norm
+        unit_coef = torch.where(hit, max_norm / g_norm.clamp(min=1e-6), 1.0)
+        p.grad.copy_((g * unit_coef[:, None]).reshape(p.shape))
+        n_clipped += bool(hit.any())
+        coef = min(coef, unit_coef.min().item())
+    return n_clipped, coef
+
+
+def _train_against(db, clip, oracle_, steps=5):
+    """Train with GradTracker(clip=...) and an oracle copy clipped by ``oracle_(model)`` side by side; the
+    clipped gradients must match every step, and every recorded clip event (every=2: logged steps and
+    buffered ones) the oracle's norms, coefficient and count. Returns the clip events."""
+    model = _net()
+    oracle = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    oracle_opt = torch.optim.SGD(oracle.parameters(), lr=0.3)
+    g = torch.Generator().manual_seed(3)
+    expected = []
+    with GradTracker(model, db=db, run="per-tensor", clip=clip, every=2) as tracker:
+        for _ in range(steps):
+            x, y = torch.randn(16, 1, 5, 5, generator=g), torch.randint(0, 3, (16,), generator=g)
+            for m, o in ((model, opt), (oracle, oracle_opt)):
+                o.zero_grad()
+                torch.nn.functional.cross_entropy(m(x), y).backward()
+            tracker.step()
+            before = torch.nn.utils.get_total_norm([p.grad for p in oracle.parameters()]).item()
+            n_clipped, coef = oracle_(oracle)
+            after = torch.nn.utils.get_total_norm([p.grad for p in oracle.parameters()]).item()
+            expected.append((before, after, coef, n_clipped))
+            for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7)
+            opt.step()
+            oracle_opt.step()
+        spec = tracker.clip.spec
+    for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    events = _rows(
+        db,
+        "SELECT step, strategy, threshold, norm_before, norm_after, coef, clipped, n_clipped, n_tensors "
+        "FROM clip_events ORDER BY step",
+    )
+    assert [e[0] for e in events] == list(range(steps))  # one event per step, logged or not
+    assert _rows(db, "SELECT clip FROM runs") == [(spec,)]
+    assert {e[1] for e in events} == {spec}  # clip_events.strategy holds the canonical spec, as runs.clip
+    n_tensors = len(list(model.parameters()))
+    for (_, _, _, before, after, coef, clipped, n, n_t), (e_before, e_after, e_coef, e_n) in zip(
+        events, expected, strict=True
+    ):
+        assert before == pytest.approx(e_before, rel=1e-5)
+        assert after == pytest.approx(e_after, rel=1e-4)
+        assert coef == pytest.approx(e_coef, rel=1e-4)
+        assert (n, bool(clipped), n_t) == (e_n, e_n > 0, n_tensors)
+    # The data must exercise the rule: tensors clipped at some steps, and never all of them at every step.
+    assert any(e[3] > 0 for e in expected) and any(e[3] < n_tensors for e in expected)
+    return events
+
+
+def test_layer_clipping_matches_clip_grad_norm_per_tensor_and_is_recorded(db_path):
+    events = _train_against(db_path, "layer:0.15", lambda m: _layer_oracle_(m, 0.15))
+    assert all(e[2] == pytest.approx(0.15, rel=1e-7) for e in events)  # stored from float32
+
+
+def test_value_clipping_matches_clip_grad_value_and_is_recorded(db_path):
+    events = _train_against(db_path, "value:0.06", lambda m: _value_oracle_(m, 0.06))
+    assert all(e[2] == pytest.approx(0.06, rel=1e-7) for e in events)
+
+
+@pytest.mark.parametrize("exclude", [False, True], ids=["all-layers", "exclude-classifier"])
+def test_agc_matches_the_unitwise_formula_and_is_recorded(db_path, exclude):
+    spec = "agc:0.16,exclude=fc" if exclude else "agc:0.16"
+    events = _train_against(db_path, spec, lambda m: _agc_oracle_(m, 0.16, EXCLUDED if exclude else ()))
+    assert all(e[2] == pytest.approx(0.16, rel=1e-7) for e in events)  # the clipping factor L

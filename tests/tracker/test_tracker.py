@@ -92,14 +92,53 @@ def test_norm_clipping_matches_clip_grad_norm_and_is_recorded(db_path, hidden):
     for step, layer_id, norm in recorded:
         assert norm == pytest.approx(norms[step][layer_id], rel=1e-5)
     events = _rows(
-        db_path, "SELECT step, strategy, threshold, norm_before, norm_after, clipped FROM clip_events"
+        db_path,
+        "SELECT step, strategy, threshold, norm_before, norm_after, clipped, coef, n_clipped, n_tensors "
+        "FROM clip_events ORDER BY step",
     )
-    assert len(events) == 6
-    for step, strategy, threshold, before, after, was_clipped in events:
+    assert [e[0] for e in events] == list(range(6))
+    for step, strategy, threshold, before, after, was_clipped, coef, n_clipped, n_tensors in events:
         assert strategy == "norm:1.0" and threshold == 1.0
         assert before == pytest.approx(totals[step], rel=1e-6)
         assert after == pytest.approx(min(totals[step], 1.0), rel=1e-5)
         assert bool(was_clipped) == clipped[step]
+        # clip_grad_norm_'s min(1, C / (N + 1e-6)), except exactly 1 when N <= C (docs/clipping.md, norm:C).
+        if clipped[step]:
+            assert coef == pytest.approx(min(1.0, 1.0 / (totals[step] + 1e-6)), rel=1e-6)
+        else:
+            assert coef == 1.0
+        assert (n_clipped, n_tensors) == (4 if clipped[step] else 0, 4)  # global: all tensors or none
+
+
+def test_norm_clipping_at_the_threshold_leaves_the_gradients_exact(db_path):
+    # docs/clipping.md: when N <= C the coefficient is exactly 1 (torch's C / (N + 1e-6) is just below 1).
+    # N = ||(3, 4, 12)|| = 13 = C at step 0; twice that at step 1, clipped as clip_grad_norm_ clips it.
+    model = nn.Linear(2, 1, bias=True)
+    oracle = nn.Linear(2, 1, bias=True)
+    with GradTracker(model, db=db_path, clip="norm:13") as tracker:
+        for k in (1.0, 2.0):
+            for m in (model, oracle):
+                m.weight.grad = torch.tensor([[3.0 * k, 4.0 * k]])
+                m.bias.grad = torch.tensor([12.0 * k])
+            stats = tracker.step()
+            if k == 1.0:
+                assert not stats.clipped and stats.coef == 1.0
+                assert torch.equal(model.weight.grad, oracle.weight.grad)
+                assert torch.equal(model.bias.grad, oracle.bias.grad)
+            else:
+                torch.nn.utils.clip_grad_norm_(oracle.parameters(), 13.0)
+                torch.testing.assert_close(model.weight.grad, oracle.weight.grad)
+                torch.testing.assert_close(model.bias.grad, oracle.bias.grad)
+    events = _rows(
+        db_path,
+        "SELECT step, norm_before, norm_after, coef, clipped, n_clipped, n_tensors FROM clip_events "
+        "ORDER BY step",
+    )
+    assert events[0] == (0, 13.0, 13.0, 1.0, 0, 0, 2)
+    step, before, after, coef, clipped, n_clipped, n_tensors = events[1]
+    assert (step, before, clipped, n_clipped, n_tensors) == (1, 26.0, 1, 2, 2)
+    assert coef == pytest.approx(13.0 / (26.0 + 1e-6), rel=1e-6)
+    assert after == pytest.approx(13.0, rel=1e-6)
 
 
 def test_run_records_how_to_relaunch_it(db_path):
@@ -129,7 +168,8 @@ def test_env_clip_overrides_the_argument_and_is_recorded(db_path, monkeypatch):
         torch.testing.assert_close(p, q)
     clip, source, config = _rows(db_path, "SELECT clip, clip_source, config FROM runs")[0]
     assert (clip, source) == ("norm:0.5", "env")
-    assert "none" in json.dumps(json.loads(config))  # the spec the program asked for is kept
+    # The spec the program asked for is kept under the tracker's own key (tracker.CONFIG_KEY), and only it.
+    assert json.loads(config) == {"_gradwatch": {"requested_clip": "none"}}
 
 
 def test_bad_env_clip_names_the_variable(db_path, monkeypatch):
