@@ -14,6 +14,7 @@ import math
 import operator
 import os
 import socket
+import struct
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -86,8 +87,20 @@ def _default_run_name() -> str:
     return f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+def _threshold(x: float) -> float | None:
+    """A float32 threshold as the shortest decimal that is the same float32 (0.15, not 0.15000000596...), so
+    that ``WHERE threshold = 0.15`` finds what ``clip="norm:0.15"`` recorded; None when there is none."""
+    if not math.isfinite(x):
+        return None
+    exact = struct.pack("<f", x)
+    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
+        short = float(f"{x:.{digits}g}")
+        try:
+            if struct.pack("<f", short) == exact:
+                return short
+        except OverflowError:  # rounded up past float32's largest value
+            continue
+    return x
 
 
 def _unclipped(total: float) -> list[float]:
@@ -116,7 +129,7 @@ def _step_row(step, cur, norms, ids, bad, *, loss, skipped, extra=None, at=None)
         loss=loss,
         clipped=_was_clipped(cur),
         coef=cur[_COEF],
-        threshold=_finite_or_none(cur[_THRESHOLD]),
+        threshold=_threshold(cur[_THRESHOLD]),
         skipped=skipped,
         nonfinite_count=len(bad),
         first_nonfinite_layer=bad[0][0] if bad else None,
@@ -510,7 +523,7 @@ class GradTracker:
         return dict(
             step=step,
             strategy=self.clip.spec,
-            threshold=_finite_or_none(s[_THRESHOLD]),
+            threshold=_threshold(s[_THRESHOLD]),
             norm_before=s[_TOTAL],
             norm_after=s[_AFTER],
             coef=s[_COEF],

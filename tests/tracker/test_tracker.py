@@ -362,3 +362,22 @@ def test_rows_built_at_the_hand_off_keep_the_step_time_and_values(db_path):
         assert lo <= at <= hi < flushed_at
     norms = _rows(db_path, "SELECT step, layer_id, norm FROM grad_norms ORDER BY step, layer_id")
     assert norms == [(0, 0, 5.0), (0, 1, 12.0), (1, 0, 10.0), (1, 1, 24.0)]
+
+
+def test_thresholds_are_recorded_as_the_decimal_the_user_wrote(db_path):
+    # Thresholds live in float32 on the device; 0.15 there is 0.15000000596... Recorded as 0.15, so that
+    # SQL equality on the configured value finds the run's rows.
+    batches = _batches(3)
+    _tracked_run(batches, db_path, clip="norm:0.15", run="decimal")
+    assert {r[0] for r in _rows(db_path, "SELECT threshold FROM steps")} == {0.15}
+    assert _rows(db_path, "SELECT count(*) FROM clip_events WHERE threshold = 0.15") == [(3,)]
+
+
+@pytest.mark.parametrize("value", [0.15, 1e-3, 123456.789, 3.4028234663852886e38, 1e-45, 7.0])
+def test_recorded_threshold_is_the_same_float32(value):
+    from tracker.tracker import _threshold
+
+    x = torch.tensor(value, dtype=torch.float32).item()  # what the device holds
+    short = _threshold(x)
+    assert torch.tensor(short, dtype=torch.float32).item() == x  # oracle: torch's own float32 rounding
+    assert len(repr(short)) <= len(repr(x))
