@@ -225,24 +225,29 @@ class GradTracker:
             notes["tied"] = self.layers.aliases  # alias name -> the layer name it is recorded under
         if notes:
             cfg[CONFIG_KEY] = notes
-        self._store = Store.open(self.db_path, create=True)
-        self.run_id = self._store.create_run(
-            name=run or _default_run_name(),
-            config=cfg,
-            clip=self.clip.spec,
-            clip_source=choice.source,
-            parent_id=parent_id,
-            argv=list(sys.argv),
-            cwd=os.getcwd(),
-            python=sys.executable,
-            pid=os.getpid(),
-            host=socket.gethostname(),
-            every=self.every,
-            nonfinite=self.nonfinite,
-            world_size=world_size,
-        )
-        self._store.add_layers(self.run_id, self.layers.rows)
-        self._writer = Outbox(self._store.writer(self.run_id))
+        store = Store.open(self.db_path, create=True)
+        try:
+            self.run_id = store.create_run(
+                name=run or _default_run_name(),
+                config=cfg,
+                clip=self.clip.spec,
+                clip_source=choice.source,
+                parent_id=parent_id,
+                argv=list(sys.argv),
+                cwd=os.getcwd(),
+                python=sys.executable,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                every=self.every,
+                nonfinite=self.nonfinite,
+                world_size=world_size,
+            )
+            store.add_layers(self.run_id, self.layers.rows)
+        except BaseException:
+            store.close()  # the run cannot be recorded: the caller gets the error, no connection stays open
+            raise
+        self._store = store
+        self._writer = Outbox(store.writer(self.run_id))
 
     # ------------------------------------------------------------------ public verbs
     def step(self, loss: Tensor | float | None = None, *, scaler: Any = None) -> StepStats:

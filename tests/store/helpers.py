@@ -1,10 +1,13 @@
 """Helpers for the store tests: seeded data, a run written through the real writer, oracle reads."""
 
+import os
 import random
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tracker.store import Store
 
@@ -60,3 +63,32 @@ def run_python(code: str, *args, timeout: float = 60, **kw) -> subprocess.Comple
         check=False,
         **kw,
     )
+
+
+# Root ignores permission bits: it holds CAP_DAC_OVERRIDE (write anything) and CAP_DAC_READ_SEARCH (read
+# anything). A child that drops both is held to the mode bits like anyone (as the owner of the test files,
+# uid 0), and can still run this venv's interpreter under /root, which user nobody cannot even reach.
+# They go from the permitted set too: as root, access(2) (os.access) consults that set, not the effective one.
+WITHOUT_ROOT_OVERRIDES = """
+import ctypes, os
+if os.geteuid() == 0:
+    class _Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class _Sets(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _header, _sets = _Header(0x20080522, 0), (_Sets * 2)()  # _LINUX_CAPABILITY_VERSION_3: 2 x 32 bits
+    if _libc.capget(ctypes.byref(_header), _sets) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    for _name in ("effective", "permitted", "inheritable"):  # CAP_DAC_OVERRIDE = 1, CAP_DAC_READ_SEARCH = 2
+        setattr(_sets[0], _name, getattr(_sets[0], _name) & ~(1 << 1 | 1 << 2))
+    if _libc.capset(ctypes.byref(_header), _sets) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+"""
+
+
+def run_without_root_overrides(code: str, *args) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (repository importable) held to file permissions, as root too."""
+    if os.geteuid() == 0 and sys.platform != "linux":
+        pytest.skip("as root, permission bits can only be made to apply here through Linux capabilities")
+    return run_python(WITHOUT_ROOT_OVERRIDES + code, *args)

@@ -4,17 +4,16 @@ import os
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.store.helpers import run_without_root_overrides
 from tracker.store import (
     DatabaseLocked,
     DatabaseNotFound,
     DirectoryNotFound,
     ForeignDatabase,
     NotADatabase,
-    ReadOnlyLocation,
     ReadOnlyStore,
     SchemaTooNew,
     Store,
@@ -83,10 +82,14 @@ def test_newer_schema_is_refused(db_path):
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
+    before = db_path.read_bytes()
     with pytest.raises(SchemaTooNew, match="schema version 99.*Upgrade gradwatch"):
         Store.open(db_path)
+    assert db_path.read_bytes() == before
+    assert [p.name for p in db_path.parent.iterdir()] == [db_path.name]  # no -wal / -shm left behind
     with pytest.raises(SchemaTooNew):
-        Store.open(db_path, readonly=True)
+        Store.open(db_path, readonly=True)  # (a read-only connection leaves SQLite's empty -wal / -shm)
+    assert db_path.read_bytes() == before
 
 
 def test_readonly_store_refuses_writes_and_does_not_change_the_file(db_path):
@@ -135,27 +138,42 @@ def test_database_locked_by_another_process(db_path):
         assert s.runs().empty
 
 
+OPEN_STORE = """
+import sys
+from tracker.store import Store
+try:
+    with Store.open(sys.argv[1]) as store:
+        store.create_run(name="unprivileged")
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+else:
+    print("recorded")
+"""
+
+
 def test_readonly_location(tmp_path):
-    if os.geteuid() != 0:
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o555)
-        try:
-            with pytest.raises(ReadOnlyLocation, match="not writable"):
-                Store.open(locked / "gw.db")
-            assert list(locked.iterdir()) == []
-        finally:
-            locked.chmod(0o755)
-        return
-    # As root, permission bits do not stop writes (and an unprivileged user cannot reach this venv's
-    # interpreter under /root); a directory that refuses even root is the honest stand-in: sysfs.
-    probe = Path("/sys/gradwatch-probe")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
     try:
-        probe.open("w").close()
-    except OSError:
-        pass
-    else:
-        probe.unlink()
-        pytest.skip("no directory on this machine refuses writes from root")
-    with pytest.raises(ReadOnlyLocation, match="not writable"):
-        Store.open(Path("/sys/gradwatch-test.db"))
-    assert not Path("/sys/gradwatch-test.db").exists()
+        out = run_without_root_overrides(OPEN_STORE, locked / "gw.db")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("ReadOnlyLocation: ") and "is not writable by this user" in out.stdout
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+def test_readonly_database_file_is_refused_without_leaving_files(tmp_path):
+    path = tmp_path / "gw.db"
+    Store.open(path).close()
+    path.chmod(0o444)
+    before = path.read_bytes()
+    out = run_without_root_overrides(OPEN_STORE, path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (
+        f"ReadOnlyLocation: Cannot open {path} for writing: {path} is read-only for this user. "
+        "Fix the permissions (e.g. chmod u+w) or record into a writable location."
+    )
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gw.db"]

@@ -1,14 +1,17 @@
 """Several processes write runs into one file at once while a reader reads it: nothing lost, no errors."""
 
+import sqlite3
 import subprocess
 import sys
-import time
+from contextlib import closing
+
+import pandas as pd
 
 from tests.store.helpers import REPO, raw_sql
 from tracker.store import Store
 
 WRITER = """
-import random, sys
+import random, sys, time
 from tracker.store import Store
 path, name, steps, layers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(name)
@@ -21,9 +24,52 @@ for step in range(steps):
     w.add_metrics(step, {"train_loss": 1.0 / (step + 1)})
     if step % 25 == 24:
         w.flush()  # many small transactions, interleaved with the other processes'
+        time.sleep(0.01)  # and time for the reader to see the run half-written
 w.close("finished")
 print(run_id)
 """
+
+
+# One statement, so one snapshot of the file: per run, its steps and the rows that commit with them.
+SNAPSHOT = """
+SELECT r.id, r.status,
+       (SELECT count(*) FROM steps s WHERE s.run_id = r.id),
+       (SELECT max(step) FROM steps s WHERE s.run_id = r.id),
+       (SELECT count(*) FROM grad_norms g WHERE g.run_id = r.id),
+       (SELECT count(*) FROM grad_norm_blocks b WHERE b.run_id = r.id AND b.size = 16)
+FROM runs r ORDER BY r.id
+"""
+
+
+def check_snapshot(conn, seen: dict, *, steps: int, layers: int) -> None:
+    """What the writer commits together is seen together, and no read goes back in time."""
+    for run_id, status, n, last, n_norms, n_blocks in conn.execute(SNAPSHOT).fetchall():
+        assert n == (0 if last is None else last + 1), (run_id, n, last)  # steps 0..last, no gap
+        assert n_norms == n * layers, (run_id, n, n_norms)  # a step's row and its norms: one transaction
+        assert n_blocks == n // 16 * layers, (run_id, n, n_blocks)  # a block with the step completing it
+        assert status == "running" or n == steps, (run_id, status, n)  # final status with the last rows
+        assert n >= seen.get(run_id, 0), (run_id, n, seen)
+        seen[run_id] = n
+
+
+def check_store_reads(reader, read_up_to: dict, *, layers: int) -> None:
+    """The dashboard's incremental reads through the Store: gap-free, and exact while writers commit."""
+    runs = reader.runs()
+    for run_id, n_steps, last_step in zip(runs["id"], runs["n_steps"], runs["last_step"], strict=True):
+        run_id, done = int(run_id), read_up_to.get(int(run_id), -1)
+        assert n_steps == (0 if pd.isna(last_step) else last_step + 1)
+        assert n_steps >= done + 1
+        new = reader.steps(run_id, after_step=done)["step"].tolist()
+        assert new == list(range(done + 1, done + 1 + len(new)))
+        if new:  # read after the steps rows: each of those steps has all its norms
+            norms = reader.grad_norms(run_id, start=new[0], end=new[-1])
+            assert len(norms) == len(new) * layers
+            read_up_to[run_id] = new[-1]
+        env = reader.grad_norm_envelope(run_id, [0, 1], max_points=50)
+        if not env.empty:  # exact: each step from 0 to the read's last one counted once (no NaN norms here)
+            counts = env.groupby("layer_id")["count"].sum()
+            assert counts.tolist() == [env["step_end"].max() + 1] * 2
+            assert env["step_end"].max() >= read_up_to.get(run_id, -1)
 
 
 def test_concurrent_writers_and_a_reader(db_path):
@@ -39,19 +85,24 @@ def test_concurrent_writers_and_a_reader(db_path):
         )
         for i in range(n)
     ]
-    reads = 0
-    with Store.open(db_path, readonly=True) as reader:
-        while any(p.poll() is None for p in procs):
-            runs = reader.runs()
-            for run_id in runs["id"]:
-                reader.steps(int(run_id), after_step=steps - 50)
-                reader.grad_norm_envelope(int(run_id), [0, 1], max_points=50)
-            reads += 1
-            time.sleep(0.01)
+    reads_mid_run, seen, read_up_to = 0, {}, {}
+    try:
+        with (
+            Store.open(db_path, readonly=True) as reader,
+            closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn,
+        ):
+            while any(p.poll() is None for p in procs):
+                check_snapshot(conn, seen, steps=steps, layers=layers)
+                check_store_reads(reader, read_up_to, layers=layers)
+                reads_mid_run += any(0 < k < steps for k in seen.values())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    assert reads > 0
+    assert reads_mid_run > 0  # the checks above ran while runs were half-written, not only before or after
     rows = raw_sql(
         db_path,
         "SELECT r.name, r.status, (SELECT count(*) FROM steps s WHERE s.run_id = r.id),"

@@ -30,8 +30,17 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 _BUSY, _LOCKED, _READONLY, _CANTOPEN, _CORRUPT, _NOTADB = 5, 6, 8, 14, 11, 26
 
 
-def preflight(path: Path, *, create: bool) -> None:
-    """Refuse paths that cannot hold a gradwatch database, before SQLite opens them (reads only)."""
+def preflight(path: Path, *, create: bool, write: bool | None = None) -> None:
+    """Refuse paths that cannot hold a gradwatch database, before SQLite opens them (reads only).
+
+    ``write`` (default: ``create``): the store will write, so an existing file must be writable, and so must
+    its directory unless the ``-wal``/``-shm`` files SQLite keeps beside it already exist and are writable.
+    Checked here because SQLite opens an unwritable file read-only without a word, and its first read then
+    creates ``-wal``/``-shm`` files with the database's read-only mode, which keep refusing writes after the
+    user has fixed the database's own permissions.
+    """
+    if write is None:
+        write = create
     if path.is_dir():
         raise NotADatabase(
             f"{path} is a directory; pass a database file path such as {path / 'gradwatch.db'}."
@@ -50,6 +59,8 @@ def preflight(path: Path, *, create: bool) -> None:
                 f"{path} is not an SQLite database (it starts with {head[:8]!r}); gradwatch left it "
                 "untouched. Check the path, or choose a new file name for the database."
             )
+        if write:
+            _check_writable(path)
         return
     parent = path.parent
     if not parent.is_dir():
@@ -68,6 +79,19 @@ def preflight(path: Path, *, create: bool) -> None:
         raise ReadOnlyLocation(
             f"Cannot create {path}: the directory {parent} is not writable by this user. "
             "Choose a writable location for the database (e.g. your home or working directory)."
+        )
+
+
+def _check_writable(path: Path) -> None:
+    sides = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    blocked = [p for p in (path, *sides) if p.exists() and not os.access(p, os.W_OK)]
+    if not os.access(path.parent, os.W_OK) and not all(p.exists() for p in sides):
+        blocked.append(path.parent)  # SQLite must create -wal/-shm there
+    if blocked:
+        names = ", ".join(str(p) for p in blocked)
+        raise ReadOnlyLocation(
+            f"Cannot open {path} for writing: {names} {'is' if len(blocked) == 1 else 'are'} read-only for "
+            "this user. Fix the permissions (e.g. chmod u+w) or record into a writable location."
         )
 
 

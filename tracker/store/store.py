@@ -92,8 +92,9 @@ class Store(Reads):
         """Open (and with ``create``, make) a gradwatch database.
 
         create: make the file and its tables when missing (default: True unless readonly).
-        readonly: open with SQLite's read-only mode: never creates or changes anything, not even the
-            journal mode; writes raise ReadOnlyStore. What a dashboard should use.
+        readonly: open with SQLite's read-only mode: never changes the database, not even the journal mode
+            (SQLite may create the empty -wal/-shm files WAL readers share); writes raise ReadOnlyStore.
+            What a dashboard should use.
         busy_timeout: seconds to wait for another connection's lock before DatabaseLocked.
         stale_after: seconds without a heartbeat after which a "running" run is reported as "crashed".
         """
@@ -106,7 +107,7 @@ class Store(Reads):
                 f"busy_timeout={busy_timeout!r}, stale_after={stale_after!r}; accepted: >= 0, > 0"
             )
         path = Path(path)
-        preflight(path, create=create)
+        preflight(path, create=create, write=not readonly)
         if create and not path.exists():
             _create_file(path, busy_timeout)
         mode = "ro" if readonly else ("rwc" if create else "rw")

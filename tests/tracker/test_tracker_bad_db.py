@@ -1,0 +1,159 @@
+"""GradTracker(model, db=...) with a database it must not use: the store's named error, a message that says
+what is wrong and what to do, and the user's file as it was, byte for byte."""
+
+import os
+import re
+import sqlite3
+
+import pytest
+import torch
+from sqlite_rows import rows
+from torch import nn
+
+from tests.store.helpers import run_without_root_overrides
+from tracker import GradTracker
+from tracker.store import DirectoryNotFound, ForeignDatabase, NotADatabase, SchemaTooNew, Store
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Linear(3, 2)
+
+
+def _files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_missing_directory(tmp_path):
+    db = tmp_path / "runs" / "gw.db"
+    with pytest.raises(DirectoryNotFound) as info:
+        GradTracker(_model(), db=db, run="r")
+    message = str(info.value)
+    assert f"directory {tmp_path / 'runs'} does not exist" in message
+    assert f"mkdir -p {tmp_path / 'runs'}" in message  # what to do about it
+    assert _files(tmp_path) == []  # nothing created, not even the directory
+
+
+def test_not_a_database_is_left_untouched(tmp_path):
+    db = tmp_path / "notes.db"
+    garbage = os.urandom(4096)
+    db.write_bytes(garbage)
+    with pytest.raises(NotADatabase, match=re.escape(f"{db} is not an SQLite database")) as info:
+        GradTracker(_model(), db=db, run="r")
+    assert "left it untouched" in str(info.value) and "choose a new file name" in str(info.value)
+    assert db.read_bytes() == garbage
+    assert _files(tmp_path) == ["notes.db"]  # no -wal / -shm / -journal left behind
+
+
+def test_database_of_another_application_is_left_untouched(tmp_path):
+    db = tmp_path / "shop.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO customers (name) VALUES ('Ada')")
+    conn.commit()
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(
+        ForeignDatabase, match=re.escape(f"{db} is an SQLite database of another application")
+    ) as info:
+        GradTracker(_model(), db=db, run="r")
+    assert "customers" in str(info.value) and "pass a new file name" in str(info.value)
+    assert db.read_bytes() == before
+    assert _files(tmp_path) == ["shop.db"]
+    assert rows(db, "PRAGMA journal_mode") == [("delete",)]  # not switched to WAL
+    assert rows(db, "SELECT name FROM customers") == [("Ada",)]
+
+
+def test_newer_schema_is_left_untouched(tmp_path):
+    db = tmp_path / "gw.db"
+    Store.open(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(SchemaTooNew, match=re.escape(f"{db} has schema version 99")) as info:
+        GradTracker(_model(), db=db, run="r")
+    assert "Upgrade gradwatch" in str(info.value) and "record into a new file" in str(info.value)
+    assert db.read_bytes() == before
+    assert _files(tmp_path) == ["gw.db"]
+    assert rows(db, "SELECT count(*) FROM runs") == [(0,)]
+
+
+# ---- read-only databases: opened in a child that the permission bits apply to, as root too -------------
+RECORD = """
+import sys
+import torch
+from tracker import GradTracker
+model = torch.nn.Linear(3, 2)
+try:
+    tracker = GradTracker(model, db=sys.argv[1], run=sys.argv[2], handle_sigterm=False)
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+else:
+    with tracker:
+        model(torch.ones(1, 3)).sum().backward()
+        tracker.step()
+    print("recorded")
+"""
+
+
+def _recorded(db, run: str) -> None:
+    """A real gradwatch database with one finished run of one step, closed (no -wal / -shm)."""
+    model = _model()
+    with GradTracker(model, db=db, run=run, handle_sigterm=False) as tracker:
+        model(torch.ones(1, 3)).sum().backward()
+        tracker.step()
+
+
+def _lock(db, what: str) -> None:
+    if what in ("file", "both"):
+        db.chmod(0o444)
+    if what in ("directory", "both"):
+        db.parent.chmod(0o555)
+
+
+def _unlock(db) -> None:
+    db.parent.chmod(0o755)
+    db.chmod(0o644)
+
+
+@pytest.mark.parametrize("what", ["file", "directory", "both"])
+def test_readonly_database_is_refused_and_left_untouched(tmp_path, what):
+    db = tmp_path / "gw.db"
+    _recorded(db, "first")
+    before = db.read_bytes()
+    _lock(db, what)
+    try:
+        out = run_without_root_overrides(RECORD, db, "second")
+    finally:
+        _unlock(db)
+    assert out.returncode == 0, out.stderr
+    blocked = {"file": f"{db} is", "directory": f"{tmp_path} is", "both": f"{db}, {tmp_path} are"}[what]
+    assert out.stdout.strip() == (
+        f"ReadOnlyLocation: Cannot open {db} for writing: {blocked} read-only for this user. "
+        "Fix the permissions (e.g. chmod u+w) or record into a writable location."
+    )
+    assert db.read_bytes() == before
+    assert _files(tmp_path) == ["gw.db"]  # no -wal/-shm left behind
+    assert rows(db, "SELECT name, status FROM runs") == [("first", "finished")]
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_fixing_the_permissions_as_told_is_enough(tmp_path, what):
+    db = tmp_path / "gw.db"
+    _recorded(db, "first")
+    _lock(db, what)
+    try:
+        refused = run_without_root_overrides(RECORD, db, "second")
+    finally:
+        _unlock(db)  # what the message asks for
+    assert refused.stdout.startswith("ReadOnlyLocation: "), (refused.stdout, refused.stderr)
+    assert _files(tmp_path) == ["gw.db"]  # nothing of the refused attempt remains
+    out = run_without_root_overrides(RECORD, db, "third")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "recorded", out.stdout
+    runs = rows(
+        db, "SELECT r.name, r.status, count(s.step) FROM runs r JOIN steps s ON s.run_id = r.id GROUP BY r.id"
+    )
+    assert runs == [("first", "finished", 1), ("third", "finished", 1)]
