@@ -241,3 +241,59 @@ def check_envelope(reader, run_id, norms):
             np.testing.assert_equal(
                 [row.norm_min, row.norm_max], [vals.min(), vals.max()] if len(vals) else [math.nan] * 2
             )
+
+
+# ---- blocks aggregated from the payload (blocks.blocks_in_memory) and the ranges left to SQL
+
+
+def test_blocks_in_memory_are_numpys_for_the_blocks_only_the_payload_fills():
+    from tracker.store.blocks import blocks_in_memory
+
+    norms = make_norms(100, 3, seed=11, nonfinite_every=40)  # steps 39 and 79 hold a NaN and an Inf
+    payload = [(s, norms[s], None) for s in range(20, 100)]  # the file already holds steps 0..19
+    rows, covered = blocks_in_memory(7, payload, 16, prev_last=19, new_last=99)
+    # Block 1 (16..31) has rows in the file, block 6 (96..111) is not complete, 2 and 4 hold a NaN step.
+    assert covered == {3, 5}
+    oracle = blocks_oracle({s: norms[s] for s in range(48, 96)}, 16)
+    got = {(lid, b): (mn, mx, sm, n) for run, size, lid, b, mn, mx, sm, n in rows}
+    assert {r[:2] for r in rows} == {(7, 16)}
+    assert_blocks_equal(got, {k: v for k, v in oracle.items() if k[1] in covered})
+
+
+@pytest.mark.parametrize(
+    "payload, why",
+    [
+        ([(s, [1.0, 2.0], None) for s in [*range(16), 5]], "a step twice"),
+        ([(s, [1.0, 2.0], None if s else [0, 1]) for s in range(16)], "the same layers, named two ways"),
+        ([(s, [1.0, 2.0] if s else [1.0], None) for s in range(16)], "a layer missing at one step"),
+        ([(s, [1.0, None], None) for s in range(16)], "a layer without gradient"),
+    ],
+)
+def test_blocks_in_memory_leave_doubtful_blocks_to_sql(payload, why):
+    from tracker.store.blocks import blocks_in_memory
+
+    assert blocks_in_memory(1, payload, 16, prev_last=-1, new_last=16) == ([], set()), why
+
+
+def _blocks_of(ranges, size):
+    return {b for lo, hi in ranges for b in range(lo // size, hi // size + 1)}
+
+
+def test_without_blocks_is_the_set_difference_and_never_walks_empty_blocks():
+    from tracker.store.blocks import without_blocks
+
+    rng = random.Random(3)
+    for _ in range(300):
+        size = rng.choice([4, 16])
+        ranges, start = [], rng.randrange(3)
+        for _ in range(rng.randrange(1, 4)):
+            lo = start + rng.randrange(3)
+            hi = lo + rng.randrange(1, 6)
+            ranges.append((lo * size, hi * size + size - 1))
+            start = hi + 2
+        covered = {rng.randrange(20) for _ in range(rng.randrange(8))}
+        out = without_blocks(ranges, size, covered)
+        assert _blocks_of(out, size) == _blocks_of(ranges, size) - covered
+        assert all(lo % size == 0 and (hi + 1) % size == 0 and lo <= hi for lo, hi in out)
+    huge = without_blocks([(16, 16 * 10**13 - 1)], 16, {1, 5})
+    assert huge == [(32, 79), (96, 16 * 10**13 - 1)]

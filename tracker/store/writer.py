@@ -19,11 +19,14 @@ from pathlib import Path
 from .blocks import (
     BLOCKS_FROM_BLOCKS,
     BLOCKS_FROM_ROWS,
+    INSERT_BLOCKS,
     LAYERS_WITH_ROWS,
     ONE_BLOCK_FROM_ROWS,
     block_ranges,
+    blocks_in_memory,
     count_rows,
     norm_rows,
+    without_blocks,
 )
 from .connection import connect, immediate
 from .errors import DatabaseLocked, WriterClosed, WriterFailed
@@ -336,7 +339,7 @@ class BackgroundWriter:
                     if stats:
                         c.executemany(f"INSERT OR REPLACE INTO grad_stats VALUES ({_q(6)})", stats)
                     if new_last > prev_last or rewritten:
-                        self._write_blocks(prev_last, new_last, rewritten)
+                        self._write_blocks(payload, prev_last, new_last, rewritten)
                     if clips:
                         c.executemany(f"INSERT OR REPLACE INTO clip_events VALUES ({_q(10)})", clips)
                     if nonfinite:
@@ -388,14 +391,20 @@ class BackgroundWriter:
                 )
         return self._block_sql
 
-    def _write_blocks(self, prev_last: int, new_last: int, rewritten: list[int]) -> None:
-        """Write the blocks this transaction completes and recompute the complete ones it rewrote, in SQL
-        from the rows already in the file: size 16 from grad_norms, each larger size from the blocks of
-        the size before it (written just before, or complete and exact since an earlier transaction)."""
+    def _write_blocks(self, payload, prev_last: int, new_last: int, rewritten: list[int]) -> None:
+        """Write the blocks this transaction completes and recompute the complete ones it rewrote: size 16
+        from the payload when its steps alone fill a block (blocks_in_memory), else in SQL from the rows
+        already in the file; each larger size in SQL from the blocks of the size before it (written just
+        before, or complete and exact since an earlier transaction)."""
         plan = [(size, block_ranges(size, prev_last, new_last, rewritten)) for size in BLOCK_SIZES]
         if not plan[0][1]:  # nothing completed or rewritten at the smallest size: nothing at any size
             return
         c, run = self._conn, self.run_id
+        smallest = BLOCK_SIZES[0]
+        rows, covered = blocks_in_memory(run, payload, smallest, prev_last, new_last)
+        if rows:
+            c.executemany(INSERT_BLOCKS, rows)
+            plan[0] = (smallest, without_blocks(plan[0][1], smallest, covered))
         for rows_sql, one_sql, blocks_sql, layers in self._statements():
             part = None
             for size, ranges in plan:
