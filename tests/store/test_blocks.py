@@ -297,3 +297,34 @@ def test_without_blocks_is_the_set_difference_and_never_walks_empty_blocks():
         assert all(lo % size == 0 and (hi + 1) % size == 0 and lo <= hi for lo, hi in out)
     huge = without_blocks([(16, 16 * 10**13 - 1)], 16, {1, 5})
     assert huge == [(32, 79), (96, 16 * 10**13 - 1)]
+
+
+def _comparable(rows):
+    return sorted((r[:3], "nan" if r[3] != r[3] else r[3]) for r in rows)  # NaN != NaN
+
+
+def test_norm_rows_are_the_payloads_rows_in_any_grouping():
+    from tracker.store.blocks import norm_rows
+
+    rng = random.Random(5)
+    payload = []
+    for step in range(60):
+        norms = [rng.random() for _ in range(4)]
+        if step % 13 == 5:
+            norms[1] = None  # no gradient: no row
+        if step % 17 == 3:
+            norms[2] = float("nan")  # stored as NULL
+        ids = [10, 11, 12, 13] if step >= 40 else None  # the same 4 layers under other ids from step 40
+        payload.append((step, norms, ids))
+    payload += [(7, [0.5] * 4, None), (61, [0.25] * 3, None)]  # a rewrite, then fewer layers
+    naive = [
+        (9, lid, step, v)
+        for step, norms, ids in payload
+        for lid, v in zip(ids or range(len(norms)), norms, strict=True)
+        if v is not None
+    ]
+    got = list(norm_rows(9, payload))
+    assert _comparable(got) == _comparable(naive)
+    # executemany's INSERT OR REPLACE keeps the last row of a (layer, step): the rewrite of step 7 must
+    # come after the first step 7.
+    assert [r for r in got if r[2] == 7][-4:] == [(9, lid, 7, 0.5) for lid in range(4)]
