@@ -260,6 +260,16 @@ def test_blocks_in_memory_are_numpys_for_the_blocks_only_the_payload_fills():
     assert_blocks_equal(got, {k: v for k, v in oracle.items() if k[1] in covered})
 
 
+def test_blocks_in_memory_of_sparse_steps_and_a_jump():
+    from tracker.store.blocks import blocks_in_memory
+
+    norms = {s: [float(s), 1.0 / (s + 1)] for s in [*range(0, 200, 10), 10**12]}  # every=10, then a jump
+    rows, covered = blocks_in_memory(1, [(s, v, None) for s, v in norms.items()], 16, -1, 10**12)
+    assert covered == {s // 16 for s in norms if s < 10**12}  # the jump's own block is not complete
+    got = {(lid, b): (mn, mx, sm, n) for run, size, lid, b, mn, mx, sm, n in rows}
+    assert_blocks_equal(got, blocks_oracle({s: v for s, v in norms.items() if s < 10**12}, 16, 10**12))
+
+
 @pytest.mark.parametrize(
     "payload, why",
     [
