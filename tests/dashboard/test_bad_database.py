@@ -7,6 +7,8 @@ import sqlite3
 import pytest
 from dashboard_helpers import texts
 
+from tests.store.helpers import foreign_database
+
 PAGES = ("views/runs.py", "views/run.py", "views/compare.py", "views/launch.py")
 
 
@@ -44,10 +46,7 @@ def test_truncated_sqlite_file(recorded, app):
 
 
 def test_foreign_sqlite_database(tmp_path, app):
-    db = tmp_path / "other.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
-        conn.execute("INSERT INTO customers (name) VALUES ('Ada')")
+    db = foreign_database(tmp_path / "other.db")
     before = _digest(db)
     at = app(db).run()
     _assert_message_on_every_page(at, "not one written by gradwatch", "customers")

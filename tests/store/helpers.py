@@ -92,3 +92,23 @@ def run_without_root_overrides(code: str, *args) -> subprocess.CompletedProcess:
     if os.geteuid() == 0 and sys.platform != "linux":
         pytest.skip("as root, permission bits can only be made to apply here through Linux capabilities")
     return run_python(WITHOUT_ROOT_OVERRIDES + code, *args)
+
+
+def foreign_database(path: Path) -> Path:
+    """An SQLite file of another application (a ``customers`` table, one row), closed, journal "delete"."""
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO customers (name) VALUES ('Ada')")
+    conn.commit()
+    conn.close()
+    return path
+
+
+def newer_schema_database(path: Path) -> Path:
+    """A gradwatch file whose schema version (99) is newer than this gradwatch's, closed."""
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    return path

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.store.helpers import run_without_root_overrides
+from tests.store.helpers import foreign_database, newer_schema_database, run_without_root_overrides
 from tracker.store import (
     DatabaseLocked,
     DatabaseNotFound,
@@ -60,12 +60,7 @@ def test_a_directory_is_not_a_database(tmp_path):
 
 
 def test_foreign_sqlite_database_is_refused_and_unchanged(tmp_path):
-    path = tmp_path / "shop.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
-    conn.execute("INSERT INTO customers (name) VALUES ('Ada')")
-    conn.commit()
-    conn.close()
+    path = foreign_database(tmp_path / "shop.db")
     before = path.read_bytes()
     for kw in ({}, {"readonly": True}):
         with pytest.raises(ForeignDatabase, match="customers"):
@@ -77,11 +72,7 @@ def test_foreign_sqlite_database_is_refused_and_unchanged(tmp_path):
 
 
 def test_newer_schema_is_refused(db_path):
-    Store.open(db_path).close()
-    conn = sqlite3.connect(db_path)
-    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    newer_schema_database(db_path)
     before = db_path.read_bytes()
     with pytest.raises(SchemaTooNew, match="schema version 99.*Upgrade gradwatch"):
         Store.open(db_path)

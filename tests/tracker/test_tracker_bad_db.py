@@ -3,16 +3,15 @@ what is wrong and what to do, and the user's file as it was, byte for byte."""
 
 import os
 import re
-import sqlite3
 
 import pytest
 import torch
 from sqlite_rows import rows
 from torch import nn
 
-from tests.store.helpers import run_without_root_overrides
+from tests.store.helpers import foreign_database, newer_schema_database, run_without_root_overrides
 from tracker import GradTracker
-from tracker.store import DirectoryNotFound, ForeignDatabase, NotADatabase, SchemaTooNew, Store
+from tracker.store import DirectoryNotFound, ForeignDatabase, NotADatabase, SchemaTooNew
 
 
 def _model():
@@ -46,12 +45,7 @@ def test_not_a_database_is_left_untouched(tmp_path):
 
 
 def test_database_of_another_application_is_left_untouched(tmp_path):
-    db = tmp_path / "shop.db"
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
-    conn.execute("INSERT INTO customers (name) VALUES ('Ada')")
-    conn.commit()
-    conn.close()
+    db = foreign_database(tmp_path / "shop.db")
     before = db.read_bytes()
     with pytest.raises(
         ForeignDatabase, match=re.escape(f"{db} is an SQLite database of another application")
@@ -65,12 +59,7 @@ def test_database_of_another_application_is_left_untouched(tmp_path):
 
 
 def test_newer_schema_is_left_untouched(tmp_path):
-    db = tmp_path / "gw.db"
-    Store.open(db).close()
-    conn = sqlite3.connect(db)
-    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    db = newer_schema_database(tmp_path / "gw.db")
     before = db.read_bytes()
     with pytest.raises(SchemaTooNew, match=re.escape(f"{db} has schema version 99")) as info:
         GradTracker(_model(), db=db, run="r")
