@@ -82,12 +82,12 @@ class NormPlan:
     groups: tuple[tuple[int, ...], ...]
     size: int
     device: torch.device
-    splits: tuple[_DotSplit | None, ...] = field(default=(), compare=False, repr=False)
+    splits: tuple[_DotSplit | None, ...] = field(compare=False, repr=False)
 
     @classmethod
     def for_tensors(cls, tensors: Sequence[Tensor]) -> NormPlan:
         if not tensors:
-            return cls(groups=(), size=0, device=torch.device("cpu"))
+            return cls(groups=(), size=0, device=torch.device("cpu"), splits=())
         by_key: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, t in enumerate(tensors):
             by_key.setdefault((t.device, t.dtype), []).append(i)
@@ -110,7 +110,7 @@ class NormPlan:
         return torch.stack(ordered)  # type: ignore[arg-type]
 
     def _group_norms(self, k: int, tensors: Sequence[Tensor], ord: float) -> Tensor:
-        split = self.splits[k] if self.splits else None
+        split = self.splits[k]
         if split is not None and ord == 2.0:
             return split.norms(tensors)
         return torch.stack(_foreach_norm(list(tensors), ord)).to(torch.float32)

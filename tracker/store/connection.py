@@ -30,17 +30,15 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 _BUSY, _LOCKED, _READONLY, _CANTOPEN, _CORRUPT, _NOTADB = 5, 6, 8, 14, 11, 26
 
 
-def preflight(path: Path, *, create: bool, write: bool | None = None) -> None:
+def preflight(path: Path, *, create: bool, write: bool) -> None:
     """Refuse paths that cannot hold a gradwatch database, before SQLite opens them (reads only).
 
-    ``write`` (default: ``create``): the store will write, so an existing file must be writable, and so must
+    ``write``: the store will write, so an existing file must be writable, and so must
     its directory unless the ``-wal``/``-shm`` files SQLite keeps beside it already exist and are writable.
     Checked here because SQLite opens an unwritable file read-only without a word, and its first read then
     creates ``-wal``/``-shm`` files with the database's read-only mode, which keep refusing writes after the
     user has fixed the database's own permissions.
     """
-    if write is None:
-        write = create
     if path.is_dir():
         raise NotADatabase(
             f"{path} is a directory; pass a database file path such as {path / 'gradwatch.db'}."
