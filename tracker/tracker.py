@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import inspect
 import math
 import operator
 import os
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from tracker.attach import Attachment
-from tracker.distributed import is_dtensor, local_tensor, rank_and_world_size, sharded_norms
+from tracker.distributed import Shards, is_dtensor, local_tensor, rank_and_world_size, sharded_norms
 from tracker.env import resolve_clip, resolve_db, resolve_parent, resolve_run_name
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
@@ -80,6 +81,15 @@ def _nonfinite(norms: list[float], ids: list[int]) -> list[tuple[int, bool, bool
     """(layer id, has NaN, has Inf) per non-finite norm. A tensor holding both NaN and Inf has a NaN norm,
     so it reads as has_nan only."""
     return [(ids[i], math.isnan(x), math.isinf(x)) for i, x in enumerate(norms) if not math.isfinite(x)]
+
+
+def _takes_shards(strategy: Any) -> bool:
+    """Does ``strategy.clip_`` accept ``shards=`` (the built-in ones do; a user's may not)?"""
+    try:
+        params = inspect.signature(strategy.clip_).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a C callable): do not pass it
+        return False
+    return any(p.name == "shards" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _default_run_name() -> str:
@@ -184,6 +194,10 @@ class GradTracker:
         self._fast = not self._sharded and len(self._plan.groups) == 1 and dtypes <= set(_FAST_DTYPES)
         self._norm_dtype = torch.float32 if dtypes & {torch.float16, torch.bfloat16} else None
         self._subset_plans: dict[tuple[int, ...], NormPlan] = {}
+        # FSDP2: the layout of the shards, fixed for the run; FSDP2 lays gradients out like their parameters.
+        self._shards = Shards.of(self._params) if self._sharded else None
+        self._subset_shards: dict[tuple[int, ...], Shards | None] = {}
+        self._clip_takes_shards = _takes_shards(self.clip)
         self._extra = (
             ExtraStats(self.extra_stats, self._params, self._plan, self._sharded)
             if self.extra_stats
@@ -302,7 +316,10 @@ class GradTracker:
                 local = [local_tensor(g) for g in grads]
                 params = [local_tensor(self._params[i]) for i in present]
                 names = [self.layers.names[i] for i in present]
-            result = self.clip.clip_(local, norms, total, params=params, step=step, names=names)
+            kwargs = {}
+            if self._sharded and self._clip_takes_shards:
+                kwargs["shards"] = self._shards_of(present)
+            result = self.clip.clip_(local, norms, total, params=params, step=step, names=names, **kwargs)
         scalars = self._scalars(total, result) if result is not None else None
 
         if skipped and not logged:  # skipped steps are always logged
@@ -414,7 +431,7 @@ class GradTracker:
                 norms = torch.stack(torch._foreach_norm(grads, 2.0, dtype=self._norm_dtype))
             return norms, torch.linalg.vector_norm(norms)
         if self._sharded:
-            norms = sharded_norms(grads)
+            norms = sharded_norms(grads, self._shards_of(present))
             return norms, torch.linalg.vector_norm(norms)
         if present is self._all:
             return grad_norms(grads, self._plan)
@@ -423,6 +440,14 @@ class GradTracker:
         if plan is None:
             plan = self._subset_plans[key] = NormPlan.for_tensors(grads)
         return grad_norms(grads, plan)
+
+    def _shards_of(self, present: Any) -> Shards | None:
+        if present is self._all or self._shards is None:
+            return self._shards
+        key = tuple(present)
+        if key not in self._subset_shards:
+            self._subset_shards[key] = self._shards.select(present)
+        return self._subset_shards[key]
 
     def _drop_grads(self) -> None:
         # Skipping = every gradient set to None: torch's optimizers leave a parameter without a gradient

@@ -130,6 +130,142 @@ def test_dtensor_norms_are_global_not_local(tmp_path):
         assert got["norms"] == pytest.approx(expected, rel=1e-5)
 
 
+# ---------------------------------------------------------------- strategies on local shards
+# name -> (shape, placement, gradient scale). Units: rows, or the whole tensor when vector-like. "b" and "row"
+# are vector-like tensors split across ranks; "s1" splits every row; "u" is uneven (3 + 2 rows); "rep" is
+# replicated and small (nothing beyond the value threshold); "head" is what agc's exclude= leaves alone.
+SHARDED = {
+    "w": ((6, 5), "shard0", 1.0),
+    "b": ((6,), "shard0", 1.0),
+    "u": ((5, 4), "shard0", 0.3),
+    "s1": ((4, 6), "shard1", 1.0),
+    "row": ((1, 8), "shard1", 0.5),
+    "rep": ((3, 3), "replicate", 0.05),
+    "head.weight": ((2, 6), "shard0", 1.0),
+}
+SHARDED_SPECS = ["value:0.8", "agc:2.0", "agc:2.0,exclude=head", "norm:2.0@p=3", "norm:2.0@p=inf"]
+NOISE_SPEC = "norm:1e9+noise(0.01)"  # never clips: what changes is the noise
+
+
+def _sharded_fulls():
+    g = torch.Generator().manual_seed(99)
+    grads = {n: torch.randn(shape, generator=g) * scale for n, (shape, _, scale) in SHARDED.items()}
+    params = {n: torch.randn(shape, generator=g) * 0.2 for n, (shape, _, _) in SHARDED.items()}
+    return grads, params
+
+
+def _sharded_clip_worker(out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
+
+    from tracker.clipping import parse_clip
+    from tracker.distributed import Shards, rank_and_world_size, sharded_norms
+
+    dist.init_process_group("gloo")
+    rank, world = rank_and_world_size()
+    mesh = init_device_mesh("cpu", (world,))
+    placement = {"shard0": Shard(0), "shard1": Shard(1), "replicate": Replicate()}
+    fulls, full_params = _sharded_fulls()
+    out = {}
+    for spec in [*SHARDED_SPECS, NOISE_SPEC]:
+        grads = [distribute_tensor(fulls[n].clone(), mesh, [placement[SHARDED[n][1]]]) for n in SHARDED]
+        params = [distribute_tensor(full_params[n], mesh, [placement[SHARDED[n][1]]]) for n in SHARDED]
+        norms = sharded_norms(grads)
+        shards = Shards.of(grads)
+        local = [g.to_local() for g in grads]  # views: clipping them in place clips the DTensors
+        r = parse_clip(spec).clip_(
+            local,
+            norms,
+            torch.linalg.vector_norm(norms),
+            params=[p.to_local() for p in params],
+            names=list(SHARDED),
+            step=3,
+            shards=shards,
+        )
+        out[spec] = {
+            "full": [g.full_tensor().tolist() for g in grads],
+            "local": [g.tolist() for g in local],
+            "result": [r.threshold.item(), r.coef.item(), r.total_norm_after.item(), r.clipped.item()],
+            "n_clipped": r.n_clipped.item(),
+            "shard_index": [shards.shard_index(i) for i in range(len(local))],
+        }
+    with open(os.path.join(out_dir, f"sharded-{rank}.json"), "w") as fh:
+        json.dump(out, fh)
+    _leave(dist)
+
+
+@pytest.mark.slow
+def test_strategies_on_local_shards_do_and_record_what_one_process_would(tmp_path):
+    import numpy as np
+
+    from tests.tracker.agc_oracle import oracle
+    from tracker.clipping import parse_clip
+
+    _launch("sharded_clip", tmp_path)
+    ranks = [json.loads((tmp_path / f"sharded-{r}.json").read_text()) for r in range(WORLD)]
+    fulls, full_params = _sharded_fulls()
+    names = list(SHARDED)
+    for spec in SHARDED_SPECS:
+        # The oracles see the full tensors: torch's own functions, and the numpy AGC rule.
+        params = [torch.nn.Parameter(full_params[n].clone()) for n in names]
+        for p, n in zip(params, names, strict=True):
+            p.grad = fulls[n].clone()
+        if spec.startswith("value"):
+            torch.nn.utils.clip_grad_value_(params, 0.8)
+        elif spec.startswith("norm"):
+            p_norm = float(spec.split("@p=")[1])
+            expected_measured = torch.nn.utils.clip_grad_norm_(params, 2.0, norm_type=p_norm).item()
+            assert expected_measured > 2.0  # the test clips
+        else:
+            for p, n in zip(params, names, strict=True):
+                if not (spec.endswith("exclude=head") and n.startswith("head")):
+                    p.grad = torch.from_numpy(
+                        oracle(p.detach().double().numpy(), p.grad.double().numpy(), 2.0)
+                    ).float()
+        expected = [p.grad for p in params]
+        changed = [not torch.equal(e, fulls[n]) for e, n in zip(expected, names, strict=True)]
+        assert 0 < sum(changed) < len(names) or spec.startswith("norm")  # some tensors clipped, some not
+        # One process with the full tensors, through the unsharded path, for coef (tested elsewhere).
+        one = [fulls[n].clone() for n in names]
+        norms = torch.stack([torch.linalg.vector_norm(g) for g in one])
+        single = parse_clip(spec).clip_(
+            one,
+            norms,
+            torch.linalg.vector_norm(norms),
+            params=[full_params[n] for n in names],
+            names=names,
+            step=3,
+        )
+        for got in ranks:
+            res = got[spec]
+            for g, e, n in zip(res["full"], expected, names, strict=True):
+                torch.testing.assert_close(torch.tensor(g), e, rtol=1e-5, atol=1e-6, msg=f"{spec} {n}")
+            threshold, coef, after, clipped = res["result"]
+            assert after == pytest.approx(
+                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(e) for e in expected])).item(),
+                rel=1e-5,
+            )
+            assert coef == pytest.approx(single.coef.item(), rel=1e-5)
+            assert clipped is True
+            assert res["n_clipped"] == (sum(changed) if not spec.startswith("norm") else len(names))
+            assert not np.isnan(threshold)
+
+    # Noise: each shard of a split tensor draws its own; a replicated tensor gets the same on every rank.
+    noise = [
+        [np.array(g) - fulls[n].numpy() for g, n in zip(got[NOISE_SPEC]["full"], names, strict=True)]
+        for got in ranks
+    ]
+    for i in range(len(names)):
+        np.testing.assert_allclose(noise[0][i], noise[1][i], atol=1e-6)  # both ranks see one full tensor
+        assert np.abs(noise[0][i]).max() > 1e-3  # noise was added everywhere
+    w = noise[0][names.index("w")]
+    assert not np.allclose(w[:3], w[3:])  # rank 0's rows and rank 1's rows: different draws
+    rep = names.index("rep")
+    assert ranks[0][NOISE_SPEC]["local"][rep] == ranks[1][NOISE_SPEC]["local"][rep]
+    assert [got[NOISE_SPEC]["shard_index"][rep] for got in ranks] == [0, 0]
+    assert [got[NOISE_SPEC]["shard_index"][0] for got in ranks] == [0, 1]
+
+
 # ---------------------------------------------------------------- DDP and FSDP2: one rank records, all clip
 DDP_STEPS = 3
 
@@ -146,7 +282,7 @@ def _ddp_batches():
     ]
 
 
-def _data_parallel_worker(out_dir: str, wrapper: str, writer: str) -> None:
+def _data_parallel_worker(out_dir: str, wrapper: str, writer: str, spec: str) -> None:
     import torch.distributed as dist
 
     from tracker import GradTracker
@@ -163,7 +299,7 @@ def _data_parallel_worker(out_dir: str, wrapper: str, writer: str) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     totals = []
     with GradTracker(
-        model, db=os.path.join(out_dir, "gradwatch.db"), clip="norm:1.0", run=wrapper, rank=int(writer)
+        model, db=os.path.join(out_dir, "gradwatch.db"), clip=spec, run=wrapper, rank=int(writer)
     ) as tracker:
         for x, y in _ddp_batches():
             shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)  # equal shards
@@ -179,23 +315,34 @@ def _data_parallel_worker(out_dir: str, wrapper: str, writer: str) -> None:
 
 
 @pytest.mark.slow
-# The DDP run has rank 1 write (GradTracker(rank=1)), the FSDP2 run the default rank 0.
-@pytest.mark.parametrize("wrapper, writer", [("ddp", 1), ("fsdp2", 0)])
-def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrapper, writer):
+# The DDP run has rank 1 write (GradTracker(rank=1)), the FSDP2 runs the default rank 0. value: clipping that
+# reads the (sharded) gradient values themselves, so what it records must be reduced over the shards.
+@pytest.mark.parametrize(
+    "wrapper, writer, spec", [("ddp", 1, "norm:1.0"), ("fsdp2", 0, "norm:1.0"), ("fsdp2", 0, "value:0.1")]
+)
+def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrapper, writer, spec):
     import sqlite3
 
-    _launch("data_parallel", tmp_path, wrapper, str(writer))
-    # Oracle: one process on the full batches with torch's clip_grad_norm_.
+    _launch("data_parallel", tmp_path, wrapper, str(writer), spec)
+    # Oracle: one process on the full batches with torch's clip_grad_norm_ or clip_grad_value_.
     replica = _ddp_model()
     opt = torch.optim.SGD(replica.parameters(), lr=0.5)
-    totals, norms = [], []
+    totals, norms, events = [], [], []
     for x, y in _ddp_batches():
         opt.zero_grad()
         torch.nn.functional.cross_entropy(replica(x), y).backward()
-        norms.append([torch.linalg.vector_norm(p.grad).item() for p in replica.parameters()])
-        totals.append(torch.nn.utils.clip_grad_norm_(replica.parameters(), 1.0).item())
+        grads = [p.grad for p in replica.parameters()]
+        norms.append([torch.linalg.vector_norm(g).item() for g in grads])
+        if spec == "norm:1.0":
+            totals.append(torch.nn.utils.clip_grad_norm_(replica.parameters(), 1.0).item())
+        else:
+            totals.append(torch.nn.utils.get_total_norm(grads).item())
+            n_beyond = sum(bool((g.abs() > 0.1).any()) for g in grads)
+            torch.nn.utils.clip_grad_value_(replica.parameters(), 0.1)
+            events.append((torch.nn.utils.get_total_norm(grads).item(), n_beyond))
         opt.step()
-    assert any(t > 1.0 for t in totals)  # clipping really happened
+    assert any(t > 1.0 for t in totals) or events  # clipping really happened
+    assert all(0 < n < 4 for _, n in events)  # value: some tensors clamped, not all
 
     results = [json.loads((tmp_path / f"{wrapper}-{r}.json").read_text()) for r in range(WORLD)]
     # Only the writer rank opened the database.
@@ -215,6 +362,9 @@ def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrappe
         recorded = con.execute("SELECT step, total_norm FROM steps ORDER BY step").fetchall()
         per_layer = con.execute("SELECT step, layer_id, norm FROM grad_norms").fetchall()
         names = [r[0] for r in con.execute("SELECT name FROM layers ORDER BY id")]
+        recorded_events = con.execute(
+            "SELECT norm_after, n_clipped FROM clip_events ORDER BY step"
+        ).fetchall()
     finally:
         con.close()
     assert [t for _, t in recorded] == pytest.approx(totals, rel=1e-5)
@@ -222,12 +372,20 @@ def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrappe
     assert len(per_layer) == DDP_STEPS * 4
     for step, layer, norm in per_layer:
         assert norm == pytest.approx(norms[step][layer], rel=1e-5)
+    if events:  # the full tensors' norm after and count of clamped tensors, not one shard's
+        assert [a for a, _ in recorded_events] == pytest.approx([a for a, _ in events], rel=1e-5)
+        assert [n for _, n in recorded_events] == [n for _, n in events]
 
 
 if __name__ == "__main__":
     mode, out_dir = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
-    {"dtensor": _dtensor_worker, "data_parallel": _data_parallel_worker}[mode](out_dir, *sys.argv[3:])
+    workers = {
+        "dtensor": _dtensor_worker,
+        "data_parallel": _data_parallel_worker,
+        "sharded_clip": _sharded_clip_worker,
+    }
+    workers[mode](out_dir, *sys.argv[3:])
     # Everything is written and closed. Skip interpreter finalization: gloo/DTensor objects torn down
     # there can abort the process (SIGABRT, "terminate called without an active exception", ~1 run in 10
     # on this machine even after the barrier), which says nothing about what these tests check.

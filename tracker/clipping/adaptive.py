@@ -126,7 +126,7 @@ class AutoClip(Strategy):
             self._history = torch.cat([self._history, torch.full_like(self._history, math.nan)])
             self._sorted.grow(capacity)
 
-    def _clip(self, grads, norms, total_norm, *, params, step, names) -> ClipResult:
+    def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         total = total_norm.to(torch.float32)
         self._ready(total.device)
         slot = self.count if self.window is None else self.count % self.window
@@ -199,7 +199,7 @@ class ZClip(Strategy):
     def _base_spec(self) -> str:
         return f"zclip:{fmt_num(self.z_thresh)},alpha={fmt_num(self.alpha)},warmup={self.warmup}"
 
-    def _clip(self, grads, norms, total_norm, *, params, step, names) -> ClipResult:
+    def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         total = total_norm.to(torch.float32)
         g = _finite_or_nan(total)
         if self.count < self.warmup:

@@ -23,10 +23,17 @@ from torch import Tensor
 
 from .base import ClipResult, ClipSpecError, Strategy, fmt_num, require_positive, scalar_like
 
-__all__ = ["AGC", "unitwise_norm"]
+__all__ = ["AGC", "unit_dims", "unitwise_norm"]
 
 _PARAM_EPS = 1e-3  # the paper's floor on the weight norm, so zero-initialised units can still move
 _GRAD_EPS = 1e-6  # the reference code's floor on the gradient norm in the division
+
+
+def unit_dims(shape: Sequence[int]) -> tuple[int, ...]:
+    """The dims one unit's norm reduces over: all of them for a vector-like shape, else every dim but 0."""
+    if sum(1 for s in shape if s != 1) <= 1:
+        return tuple(range(len(shape)))
+    return tuple(range(1, len(shape)))
 
 
 def unitwise_norm(x: Tensor) -> Tensor:
@@ -34,6 +41,12 @@ def unitwise_norm(x: Tensor) -> Tensor:
     if sum(1 for s in x.shape if s != 1) <= 1:
         return torch.linalg.vector_norm(x, dtype=torch.float32)
     return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True, dtype=torch.float32)
+
+
+def _unit_squares(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    # Squared, not the norm: squares of a unit split across shards add up. (dim=() would reduce every dim.)
+    sq = x.to(torch.float32).square()
+    return sq.sum(dim=dims, keepdim=True) if dims else sq
 
 
 class AGC(Strategy):
@@ -63,7 +76,7 @@ class AGC(Strategy):
     def _excluded(self, name: str) -> bool:
         return any(name == e or name.startswith(e + ".") for e in self.exclude)
 
-    def _clip(self, grads, norms, total_norm, *, params, step, names) -> ClipResult:
+    def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         total = total_norm.to(torch.float32)
         if params is None or len(params) != len(grads):
             got = "none" if params is None else len(params)
@@ -74,23 +87,48 @@ class AGC(Strategy):
             raise ValueError(
                 f"agc with exclude={','.join(self.exclude)} needs names= (parameter names matching grads)"
             )
+        if not grads:
+            zero = torch.zeros((), dtype=torch.int64, device=total.device)
+            one = torch.ones_like(total)
+            return ClipResult(scalar_like(self.clipping, total), one, total, zero.bool(), zero)
         skip = [self._excluded(n) for n in names] if self.exclude else [False] * len(grads)
-        ones = torch.ones_like(total)
-        min_coefs, hits, sq_after = [ones], [], []
-        for g, p, n_g, excluded in zip(grads, params, norms.to(total.device), skip, strict=True):
-            if excluded or g.numel() == 0:  # (0 units: nothing to clip, and min() would fail)
-                sq_after.append(n_g.to(torch.float32) ** 2)
+        # With shards, a unit's extent comes from the full tensor's shape; the local shard may hold one row.
+        shapes = shards.shapes if shards is not None else [tuple(g.shape) for g in grads]
+        dims = [() if excluded else unit_dims(shape) for shape, excluded in zip(shapes, skip, strict=True)]
+        g_local = [_unit_squares(g, d) for g, d in zip(grads, dims, strict=True)]
+        p_sq = [_unit_squares(p.detach(), d) for p, d in zip(params, dims, strict=True)]
+        g_sq = g_local
+        if shards is not None:  # units split across ranks (vector-like shards): their squares add up
+            g_sq, p_sq = shards.sum_units(g_local, dims), shards.sum_units(p_sq, dims)
+        one = torch.ones(1, device=total.device)
+        min_coefs, hits, sq_after = [], [], []
+        for g, g2, local2, p2, excluded in zip(grads, g_sq, g_local, p_sq, skip, strict=True):
+            if excluded:
+                min_coefs.append(one[0])
+                hits.append(one[0] < 0)
+                sq_after.append(one[0] * 0)
                 continue
-            g_norm = unitwise_norm(g)
-            max_norm = unitwise_norm(p.detach()).clamp(min=_PARAM_EPS) * self.clipping
+            g_norm = g2.sqrt()
+            max_norm = p2.sqrt().clamp(min=_PARAM_EPS) * self.clipping
             hit = torch.isfinite(g_norm) & (g_norm > max_norm)
             coef = torch.where(hit, max_norm / g_norm.clamp(min=_GRAD_EPS), 1.0)
             g.mul_(coef.to(g.dtype))
-            min_coefs.append(coef.min().to(total.device))
+            # (a 1 joins the units: a shard can hold none of them)
+            min_coefs.append(torch.cat([coef.reshape(-1).to(total.device), one]).min())
             hits.append(hit.any().to(total.device))
-            # A unit's norm scales by its own coefficient: the tensor's norm after needs no new read.
-            sq_after.append(((g_norm * coef) ** 2).sum().to(total.device))
-        n = torch.stack(hits).sum() if hits else torch.zeros((), dtype=torch.int64, device=total.device)
-        after = torch.stack(sq_after).sum().sqrt() if sq_after else total
-        coef = torch.stack(min_coefs).min()
+            # A unit's norm scales by its own coefficient: the tensor's norm after needs no new read. The
+            # local squares, not the unit's: summed over the shards below, they give the full tensor's.
+            sq_after.append((local2 * coef.square()).sum().to(total.device))
+        mins, hit_any, squares = torch.stack(min_coefs), torch.stack(hits), torch.stack(sq_after)
+        if shards is not None:
+            mins = shards.reduce(mins, "min")
+            hit_any = shards.reduce(hit_any.to(torch.float32), "max").bool()
+            squares = shards.reduce(squares)
+        if any(skip):  # left alone: their norms before are their norms after
+            # (a mask made on the device: torch.tensor(skip, device=...) would be a synchronising copy)
+            excluded = torch.stack([one[0] > 0 if e else one[0] < 0 for e in skip])
+            squares = torch.where(excluded, norms.to(total.device, torch.float32).square(), squares)
+        n = hit_any.sum()
+        after = squares.sum().sqrt()
+        coef = mins.min()
         return ClipResult(scalar_like(self.clipping, total), coef, after, n > 0, n)

@@ -11,10 +11,13 @@ import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from tracker.distributed import Shards
 
 __all__ = [
     "ClipResult",
@@ -62,7 +65,9 @@ class ClipStrategy(Protocol):
     """The interface the tracker relies on. Any object with these members can be passed as ``clip=``.
 
     The built-in strategies also have ``noise`` (a GradientNoise or None, applied inside ``clip_``); it is
-    optional for other implementations, so it is not part of the protocol.
+    optional for other implementations, so it is not part of the protocol. Nor is the ``shards=`` keyword of
+    the built-in ``clip_``: the tracker passes it (FSDP2 only) to a ``clip_`` that accepts it; one that does
+    not gets the local shards and the global norms, which is enough for a strategy that only scales.
     """
 
     name: str
@@ -147,7 +152,7 @@ class Strategy:
     def _base_spec(self) -> str:
         raise NotImplementedError
 
-    def _clip(self, grads, norms, total_norm, *, params, step, names) -> ClipResult:
+    def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         raise NotImplementedError
 
     @torch.no_grad()
@@ -160,10 +165,16 @@ class Strategy:
         params: Sequence[Tensor] | None = None,
         step: int = 0,
         names: Sequence[str] | None = None,
+        shards: Shards | None = None,
     ) -> ClipResult:
         """Clip ``grads`` in place, then add noise if configured. ``norms``/``total_norm`` are the pre-clip L2
         norms already measured by the tracker (measure once). ``params`` and ``names`` match ``grads`` one to
-        one; only ``agc`` needs them. ``step`` is the 0-based optimizer step (schedules, noise, seeding)."""
+        one; only ``agc`` needs them. ``step`` is the 0-based optimizer step (schedules, noise, seeding).
+
+        ``shards``: when ``grads`` (and ``params``) are the local shards of sharded tensors (FSDP2), their
+        layout (:class:`tracker.distributed.Shards`, given by the tracker), while ``norms`` are already the
+        global ones. The strategies that read gradient values then reduce what they read over the shards, so
+        that every rank takes the same decision and records what one process would; a collective."""
         grads = list(grads)
         given = step
         try:
@@ -173,9 +184,11 @@ class Strategy:
             step = -1
         if step < 0:
             raise ValueError(f"step must be a non-negative integer, got {given!r}")
-        result = self._clip(grads, norms, total_norm, params=params, step=step, names=names)
+        if shards is not None and len(shards) != len(grads):
+            raise ValueError(f"shards describes {len(shards)} tensors, grads has {len(grads)}")
+        result = self._clip(grads, norms, total_norm, params=params, step=step, names=names, shards=shards)
         if self.noise is not None:
-            self.noise.apply_(grads, step)
+            self.noise.apply_(grads, step, shards)
         return result
 
     def state_dict(self) -> dict[str, Any]:

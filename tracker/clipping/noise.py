@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .base import ClipSpecError, fmt_num
+
+if TYPE_CHECKING:
+    from tracker.distributed import Shards
 
 __all__ = ["GradientNoise"]
 
@@ -49,22 +53,33 @@ class GradientNoise:
         """Standard deviation of the noise at 0-based step ``step``."""
         return math.sqrt(self.eta / (1.0 + step) ** self.gamma)
 
-    def _generator(self, device: torch.device, step: int) -> torch.Generator:
+    def _generator(self, device: torch.device, seed: int) -> torch.Generator:
         gen = self._generators.get(device)
         if gen is None:
             gen = self._generators[device] = torch.Generator(device=device)
         # Reseeding is a host-side operation, also for CUDA generators.
-        gen.manual_seed((self.seed * _SEED_STRIDE + step) % (2**63))
+        gen.manual_seed(seed % (2**63))
         return gen
 
     @torch.no_grad()
-    def apply_(self, grads: Sequence[Tensor], step: int) -> None:
-        """Add N(0, sigma(step)^2) to every element of every gradient, in place."""
+    def apply_(self, grads: Sequence[Tensor], step: int, shards: Shards | None = None) -> None:
+        """Add N(0, sigma(step)^2) to every element of every gradient, in place.
+
+        ``shards`` (FSDP2: ``grads`` are local shards): each tensor then draws from its own seed, and each
+        shard of a split tensor from a different one. Drawn in one stream per device as without shards,
+        every rank would add the same noise to its part of a tensor (the parts' noise perfectly
+        correlated) and the stream would drift apart between ranks after the first uneven shard, so a
+        replicated tensor would get different noise on different ranks.
+        """
         sigma = self.sigma(step)
+        base = self.seed * _SEED_STRIDE + step
         seeded: set[torch.device] = set()
-        for g in grads:
-            if g.device not in seeded:
-                gen = self._generator(g.device, step)
+        for i, g in enumerate(grads):
+            if shards is not None:
+                seed = (base * _SEED_STRIDE + i + 1) * _SEED_STRIDE + shards.shard_index(i)
+                gen = self._generator(g.device, seed)
+            elif g.device not in seeded:
+                gen = self._generator(g.device, base)
                 seeded.add(g.device)
             else:
                 gen = self._generators[g.device]

@@ -43,7 +43,7 @@ class NoClip(Strategy):
     def _base_spec(self) -> str:
         return "none"
 
-    def _clip(self, grads, norms, total_norm, *, params, step, names) -> ClipResult:
+    def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         total = total_norm.to(torch.float32)
         zero = torch.zeros((), dtype=torch.int64, device=total.device)
         return ClipResult(scalar_like(math.nan, total), torch.ones_like(total), total, zero.bool(), zero)
@@ -66,7 +66,7 @@ class ValueClip(Strategy):
     def _base_spec(self) -> str:
         return f"value:{self.threshold.spec}"
 
-    def _clip(self, grads, norms, total_norm, *, params, step, names) -> ClipResult:
+    def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         c = self.threshold.at(step)
         total = total_norm.to(torch.float32)
         if not grads:
@@ -79,7 +79,11 @@ class ValueClip(Strategy):
         for tensors, _ in group_by_device(grads):
             torch._foreach_clamp_min_(tensors, -c)
             torch._foreach_clamp_max_(tensors, c)
-        after = torch.linalg.vector_norm(tensor_norms(grads).to(total.device))
+        squares = tensor_norms(grads).to(total.device).square()
+        if shards is not None:  # a tensor changed if any of its shards did; its norm adds up over them
+            changed = shards.reduce(changed.to(torch.float32), "max").bool()
+            squares = shards.reduce(squares)
+        after = squares.sum().sqrt()
         ok = torch.isfinite(total) & (total > 0)
         coef = torch.where(ok, after / torch.where(ok, total, 1.0), 1.0).clamp(max=1.0)
         n = changed.sum()
@@ -120,13 +124,18 @@ class NormClip(Strategy):
         )
         return f"norm:{self.threshold.spec}{p}"
 
-    def _clip(self, grads, norms, total_norm, *, params, step, names) -> ClipResult:
+    def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         total = total_norm.to(torch.float32)
         threshold = scalar_like(self.threshold.at(step), total)
         if self.norm_type == 2.0 or not grads:
             return global_result(grads, total, threshold)
         p = self.norm_type
-        measured = torch.linalg.vector_norm(tensor_norms(grads, p).to(total.device), p)
+        per_tensor = tensor_norms(grads, p).to(total.device)
+        if shards is not None:  # the local shards' p-norms: a max over shards, or a sum of p-th powers
+            per_tensor = (
+                shards.reduce(per_tensor, "max") if math.isinf(p) else shards.reduce(per_tensor**p) ** (1 / p)
+            )
+        measured = torch.linalg.vector_norm(per_tensor, p)
         result = global_result(grads, measured, threshold)
         # Global scaling scales every norm by the same coefficient, so the L2 norm after needs no new read.
         return ClipResult(
@@ -150,7 +159,7 @@ class LayerClip(Strategy):
     def _base_spec(self) -> str:
         return f"layer:{self.threshold.spec}"
 
-    def _clip(self, grads, norms, total_norm, *, params, step, names) -> ClipResult:
+    def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         c = self.threshold.at(step)
         total = total_norm.to(torch.float32)
         norms = norms.to(torch.float32)
@@ -192,6 +201,6 @@ class RandomClip(Strategy):
         u = random.Random(self.seed * 1_000_003 + step).random()
         return self.low + (self.high - self.low) * u
 
-    def _clip(self, grads, norms, total_norm, *, params, step, names) -> ClipResult:
+    def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         total = total_norm.to(torch.float32)
         return global_result(grads, total, scalar_like(self.threshold_at(step), total))
