@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tracker.distributed import like, local_tensor, sharded_norms
+from tracker.distributed import Shards, like, local_tensor, sharded_norms
 from tracker.norms import NormPlan, grad_norms, max_abs
 
 __all__ = ["EXTRA_STATS", "ExtraStats"]
@@ -32,8 +32,11 @@ class ExtraStats:
         self._held: tuple[dict[str, Any], list[Tensor], Tensor, Any] | None = None
 
     @torch.no_grad()
-    def measure(self, grads: list[Tensor], present: Any, everything: bool) -> dict[str, Tensor]:
-        """``present``: positions of ``grads`` in ``params``; ``everything``: every parameter has a grad."""
+    def measure(
+        self, grads: list[Tensor], present: Any, everything: bool, shards: Shards | None = None
+    ) -> dict[str, Tensor]:
+        """``present``: positions of ``grads`` in ``params``; ``everything``: every parameter has a grad;
+        ``shards``: the layout of ``grads`` when they are sharded (FSDP2), for the statistics of values."""
         out: dict[str, Tensor] = {}
         if "weight_norm" in self.names or self.holds_rows:
             params = self.params if everything else [self.params[i] for i in present]
@@ -46,7 +49,8 @@ class ExtraStats:
             if self.holds_rows:
                 self._snapshot = (self._copy_weights(params, present, everything), weights)
         if "max_abs" in self.names:
-            out["max_abs"] = max_abs([local_tensor(g) for g in grads])  # before clipping, like the norms
+            largest = max_abs([local_tensor(g) for g in grads])  # before clipping, like the norms
+            out["max_abs"] = shards.reduce(largest, "max") if shards is not None else largest
         return out
 
     def _copy_weights(self, params: list[Tensor], present: Any, everything: bool) -> list[Tensor]:

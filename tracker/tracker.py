@@ -476,9 +476,11 @@ class GradTracker:
         return torch.stack([t.to(device=total.device, dtype=torch.float32) for t in parts])
 
     def _extra_stats(self, grads: list[Tensor], present: Any) -> dict[str, Tensor]:
-        if self._extra is None or self._writer is None:  # nothing to record them into
+        # Not measured on a rank that does not write, unless sharded: their norms are then collectives that
+        # every rank must join (the writer would wait forever for the others).
+        if self._extra is None or (self._writer is None and not self._sharded):
             return {}
-        return self._extra.measure(grads, present, present is self._all)
+        return self._extra.measure(grads, present, present is self._all, self._shards_of(present))
 
     def _layer_ids(self, present: Any) -> list[int]:
         return self.layers.ids if present is self._all else [self.layers.ids[i] for i in present]
@@ -512,6 +514,8 @@ class GradTracker:
                 self._write_step(self._writer, *args, scaled, time.time())
             else:
                 self._writer.defer(self._write_step, *args, scaled, time.time())
+        elif self._holds_rows and self._sharded:  # no row here, but update_ratio's collective to join later
+            self._extra.hold({"extra": None}, present)
         if scalars is None:  # not clipped
             return host[0], False, 1.0, math.nan
         return host[_TOTAL], _was_clipped(host), host[_COEF], host[_THRESHOLD]

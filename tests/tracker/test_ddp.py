@@ -299,7 +299,12 @@ def _data_parallel_worker(out_dir: str, wrapper: str, writer: str, spec: str) ->
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     totals = []
     with GradTracker(
-        model, db=os.path.join(out_dir, "gradwatch.db"), clip=spec, run=wrapper, rank=int(writer)
+        model,
+        db=os.path.join(out_dir, "gradwatch.db"),
+        clip=spec,
+        run=wrapper,
+        rank=int(writer),
+        extra_stats=True if spec.startswith("value") else False,
     ) as tracker:
         for x, y in _ddp_batches():
             shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)  # equal shards
@@ -327,12 +332,14 @@ def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrappe
     # Oracle: one process on the full batches with torch's clip_grad_norm_ or clip_grad_value_.
     replica = _ddp_model()
     opt = torch.optim.SGD(replica.parameters(), lr=0.5)
-    totals, norms, events = [], [], []
+    totals, norms, events, stats = [], [], [], []
     for x, y in _ddp_batches():
         opt.zero_grad()
         torch.nn.functional.cross_entropy(replica(x), y).backward()
         grads = [p.grad for p in replica.parameters()]
         norms.append([torch.linalg.vector_norm(g).item() for g in grads])
+        largest_before = [g.abs().max().item() for g in grads]
+        before = [p.detach().clone() for p in replica.parameters()]
         if spec == "norm:1.0":
             totals.append(torch.nn.utils.clip_grad_norm_(replica.parameters(), 1.0).item())
         else:
@@ -340,7 +347,15 @@ def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrappe
             n_beyond = sum(bool((g.abs() > 0.1).any()) for g in grads)
             torch.nn.utils.clip_grad_value_(replica.parameters(), 0.1)
             events.append((torch.nn.utils.get_total_norm(grads).item(), n_beyond))
+        largest = largest_before
         opt.step()
+        # extra_stats: max |g| before clipping, weight norm before the update, |update| / |weight|
+        stats.append(
+            [
+                (m, w.norm().item(), ((w - p.detach()).norm() / w.norm()).item())
+                for m, w, p in zip(largest, before, replica.parameters(), strict=True)
+            ]
+        )
     assert any(t > 1.0 for t in totals) or events  # clipping really happened
     assert all(0 < n < 4 for _, n in events)  # value: some tensors clamped, not all
 
@@ -365,6 +380,9 @@ def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrappe
         recorded_events = con.execute(
             "SELECT norm_after, n_clipped FROM clip_events ORDER BY step"
         ).fetchall()
+        recorded_stats = con.execute(
+            "SELECT step, layer_id, max_abs, weight_norm, update_ratio FROM grad_stats"
+        ).fetchall()
     finally:
         con.close()
     assert [t for _, t in recorded] == pytest.approx(totals, rel=1e-5)
@@ -375,6 +393,10 @@ def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrappe
     if events:  # the full tensors' norm after and count of clamped tensors, not one shard's
         assert [a for a, _ in recorded_events] == pytest.approx([a for a, _ in events], rel=1e-5)
         assert [n for _, n in recorded_events] == [n for _, n in events]
+        # extra statistics of sharded tensors: the largest |g| and the weight norm of the full tensor
+        assert len(recorded_stats) == DDP_STEPS * 4
+        for step, layer, *recorded in recorded_stats:
+            assert recorded == pytest.approx(stats[step][layer], rel=1e-4)
 
 
 if __name__ == "__main__":
