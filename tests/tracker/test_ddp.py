@@ -60,6 +60,17 @@ def _launch(mode: str, tmp_path, *extra: str, timeout: float = 120.0) -> None:
         assert p.returncode == 0, f"rank {rank} failed:\n{out}"
 
 
+def _report(dist, out_dir: str, name: str, result) -> None:
+    """A worker's last act: its result as JSON for the test process, then leave the group."""
+    with open(os.path.join(out_dir, f"{name}-{dist.get_rank()}.json"), "w") as fh:
+        json.dump(result, fh)
+    _leave(dist)
+
+
+def _reports(tmp_path, name: str) -> list:
+    return [json.loads((tmp_path / f"{name}-{r}.json").read_text()) for r in range(WORLD)]
+
+
 def _leave(dist) -> None:
     # Both ranks reach the barrier before either tears gloo down: a rank destroying its group while the other
     # still talks to it can abort with "terminate called without an active exception" (seen here ~1 run in 3).
@@ -108,17 +119,14 @@ def _dtensor_worker(out_dir: str) -> None:
     norms = sharded_norms(tensors)
     plain = torch.linalg.vector_norm(tensors[2]).item()
     result = {"norms": norms.tolist(), "plain": plain}
-    with open(os.path.join(out_dir, f"dtensor-{rank}.json"), "w") as fh:
-        json.dump(result, fh)
-    _leave(dist)
+    _report(dist, out_dir, "dtensor", result)
 
 
 @pytest.mark.slow
 def test_dtensor_norms_are_global_not_local(tmp_path):
     _launch("dtensor", tmp_path)
     f = _dtensor_fulls()
-    for rank in range(WORLD):
-        got = json.loads((tmp_path / f"dtensor-{rank}.json").read_text())
+    for got in _reports(tmp_path, "dtensor"):
         expected = [
             torch.linalg.vector_norm(f["even"]).item(),
             torch.linalg.vector_norm(f["uneven"]).item(),
@@ -189,9 +197,7 @@ def _sharded_clip_worker(out_dir: str) -> None:
             "n_clipped": r.n_clipped.item(),
             "shard_index": [shards.shard_index(i) for i in range(len(local))],
         }
-    with open(os.path.join(out_dir, f"sharded-{rank}.json"), "w") as fh:
-        json.dump(out, fh)
-    _leave(dist)
+    _report(dist, out_dir, "sharded", out)
 
 
 @pytest.mark.slow
@@ -202,7 +208,7 @@ def test_strategies_on_local_shards_do_and_record_what_one_process_would(tmp_pat
     from tracker.clipping import parse_clip
 
     _launch("sharded_clip", tmp_path)
-    ranks = [json.loads((tmp_path / f"sharded-{r}.json").read_text()) for r in range(WORLD)]
+    ranks = _reports(tmp_path, "sharded")
     fulls, full_params = _sharded_fulls()
     names = list(SHARDED)
     for spec in SHARDED_SPECS:
@@ -314,9 +320,7 @@ def _data_parallel_worker(out_dir: str, wrapper: str, writer: str, spec: str) ->
             opt.step()
     full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
     result = {"run_id": tracker.run_id, "totals": totals, "params": [p.tolist() for p in full]}
-    with open(os.path.join(out_dir, f"{wrapper}-{rank}.json"), "w") as fh:
-        json.dump(result, fh)
-    _leave(dist)
+    _report(dist, out_dir, wrapper, result)
 
 
 @pytest.mark.slow
@@ -359,7 +363,7 @@ def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrappe
     assert any(t > 1.0 for t in totals) or events  # clipping really happened
     assert all(0 < n < 4 for _, n in events)  # value: some tensors clamped, not all
 
-    results = [json.loads((tmp_path / f"{wrapper}-{r}.json").read_text()) for r in range(WORLD)]
+    results = _reports(tmp_path, wrapper)
     # Only the writer rank opened the database.
     assert [res["run_id"] for res in results] == [1 if r == writer else None for r in range(WORLD)]
     for res in results:
