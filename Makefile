@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: dashboard test lint venv bench browser clean
+.PHONY: dashboard test lint venv bench browser clean device-wheels
 
 $(STAMP): requirements/base.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,10 @@ bench: $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Wheels for benchmarks/device_check.sh: what the lent GPU machine's image (Python 3.12, torch, no network)
+# lacks to import the tracker. Pure-Python wheels, versions from the lock file.
+device-wheels:
+	python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 -d .whl \
+	  $$(grep -E '^(sqlite-utils|sqlite-fts4|click-default-group)==' requirements/base.lock)

@@ -21,6 +21,13 @@ gradients, stack the norms, copy them once).
 
     .venv/bin/python benchmarks/tracker_overhead.py            # prints the tables
     .venv/bin/python benchmarks/tracker_overhead.py --write    # and refreshes docs/benchmarks.md
+
+``--device cuda`` runs the same on a GPU (benchmarks/device_check.sh). Every timed stretch then ends with a
+``torch.cuda.synchronize()``, wall time is the clock, and there is no "direct cost" column: the host time
+inside an asynchronous call says nothing about what it costs the GPU, and a logged step's one host copy
+waits for the whole backward, so only the side-by-side ratios are reported. The host-side micro benchmark
+synchronises before each timed call: its "beyond the kernel" then also holds the norm kernels' GPU time
+and the copy's latency (an upper bound).
 """
 
 from __future__ import annotations
@@ -71,7 +78,8 @@ class Tiny(nn.Module):
     def __init__(self, like: nn.Module):
         super().__init__()
         self.ps = nn.ParameterList([nn.Parameter(torch.randn(4)) for _ in like.parameters()])
-        self.batch = (torch.zeros(1), torch.zeros(1, dtype=torch.long))
+        self.to(DEVICE)
+        self.batch = (torch.zeros(1, device=DEVICE), torch.zeros(1, dtype=torch.long, device=DEVICE))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([p.sum() for p in self.ps]).sum().reshape(1, 1).expand(1, 10) + x[:, None]
@@ -86,13 +94,27 @@ MODELS = ("M1", *M2_BATCHES)
 
 
 def make_model(name: str, batch: tuple[int, int] | None = None):
-    """(model, (inputs, targets)) of ``name`` (one of MODELS); ``batch`` = (batch, tokens) overrides M2's."""
+    """(model, (inputs, targets)) of ``name`` (one of MODELS) on DEVICE; ``batch`` = (batch, tokens)
+    overrides M2's."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     if name == "M1":
-        return SeedCNN(), (torch.randn(64, 1, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
-    b, seq = batch or M2_BATCHES[name]
-    return Encoder(), (torch.randn(b, seq, 256, generator=g), torch.randint(0, 10, (b,), generator=g))
+        model, x = SeedCNN(), torch.randn(64, 1, 32, 32, generator=g)
+    else:
+        b, seq = batch or M2_BATCHES[name]
+        model, x = Encoder(), torch.randn(b, seq, 256, generator=g)
+    y = torch.randint(0, 10, (x.shape[0],), generator=g)
+    return model.to(DEVICE), (x.to(DEVICE), y.to(DEVICE))
+
+
+# Where the models train: "cpu" or "cuda" (--device).
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    """Wait for the GPU's queued work, so that a clock read after it counts that work (no-op on CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 # ---------------------------------------------------------------- step variants
@@ -148,8 +170,11 @@ def variants(
     hooks.update({n: t.step for n, t in owners.items()})
     if only is not None:
         hooks = {n: h for n, h in hooks.items() if n in only}
-    direct = {n: Direct(h, owners.get(n)) for n, h in hooks.items() if h is not None}
-    return {n: step(direct[n] if n in direct else None) for n in hooks}, owners, direct
+    # On a GPU the time inside a call is launch time, or, for a copy to the host, the backward's: no direct
+    # cost there.
+    on_cpu = DEVICE.type == "cpu"
+    direct = {n: Direct(h, owners.get(n)) for n, h in hooks.items() if h is not None and on_cpu}
+    return {n: step(direct.get(n, hooks[n])) for n in hooks}, owners, direct
 
 
 class Direct:
@@ -205,11 +230,13 @@ def interleaved(
         for n in order:
             fn, tracker, d = fns[n], trackers.get(n), direct.get(n)
             c0 = d.total() if d is not None else 0.0
+            sync()
             t0 = CLOCK()
             for _ in range(per_round):
                 fn()
             if tracker is not None:
                 tracker.flush()
+            sync()
             if r >= warmup:
                 times[n].append((CLOCK() - t0) / per_round)
                 if d is not None:
@@ -297,22 +324,29 @@ def host_side(model: nn.Module, batch, db: str, reps: int, per_handoff: int = 10
     grads_of = operator.attrgetter("grad")
     own_kernels = bare_kernels(logged._plan, grads)
     t_kernel, t_own, t_logged, t_handoff, t_writer, t_quiet, t_torch, t_min = [], [], [], [], [], [], [], []
+    # Each timed call ends with sync(): on a GPU its kernels' time is then inside, as it is on the CPU.
     for rep in range(1, reps + 1):
         torch._foreach_norm(grads)  # the same cache state as before the timed kernel below
+        sync()
         t = THREAD_CLOCK()
         torch.stack(torch._foreach_norm(list(map(grads_of, params)))).tolist()  # "minimal"
         t_min.append(THREAD_CLOCK() - t)
         t = THREAD_CLOCK()
         torch.nn.utils.get_total_norm(grads)  # what clip_grad_norm_ pays to measure, for reference
+        sync()
         t0 = THREAD_CLOCK()
         t_torch.append(t0 - t)
         torch._foreach_norm(grads)
+        sync()
         t1 = THREAD_CLOCK()
         own_kernels()
+        sync()
         t1b = THREAD_CLOCK()
         logged.step()
+        sync()
         t2 = THREAD_CLOCK()
         quiet.step()
+        sync()
         t_quiet.append(THREAD_CLOCK() - t2)
         t_kernel.append(t1 - t0)
         t_own.append(t1b - t1)
@@ -397,18 +431,37 @@ def verdicts(model_results: dict[str, dict], host: dict[str, dict]) -> list[str]
     for m, res in model_results.items():
         r_none, r_norm = res["tracker clip=none every=1"], res["tracker clip=norm:1.0"]
         none, norm = (r_none["ratio"] - 1) * 100, (r_norm["vs_clip"] - 1) * 100
+        direct = "direct" in r_none  # not on a GPU (see the module's docstring)
         out.append(
             f"- {m}: clip=none every=1 adds {none:+.2f}% side by side (target ≤ 1.5%: "
-            f"{verdict(r_none['ci'], 1.5)}); its direct cost is {(r_none['direct'] - 1) * 100:+.2f}% "
-            f"(target ≤ 1.5%: {verdict(r_none['direct_ci'], 1.5)}). "
-            f"clip=norm:1.0 vs bare + clip_grad_norm_: {norm:+.2f}% side by side "
-            f"(target ≤ 1%: {verdict(r_norm['vs_clip_ci'], 1.0)}), "
-            f"{(r_norm['direct_vs_clip'] - 1) * 100:+.2f}% in direct costs "
-            f"(target ≤ 1%: {verdict(r_norm['direct_vs_clip_ci'], 1.0)})."
+            f"{verdict(r_none['ci'], 1.5)})"
+            + (
+                f"; its direct cost is {(r_none['direct'] - 1) * 100:+.2f}% "
+                f"(target ≤ 1.5%: {verdict(r_none['direct_ci'], 1.5)})"
+                if direct
+                else ""
+            )
+            + f". clip=norm:1.0 vs bare + clip_grad_norm_: {norm:+.2f}% side by side "
+            f"(target ≤ 1%: {verdict(r_norm['vs_clip_ci'], 1.0)})"
+            + (
+                f", {(r_norm['direct_vs_clip'] - 1) * 100:+.2f}% in direct costs "
+                f"(target ≤ 1%: {verdict(r_norm['direct_vs_clip_ci'], 1.0)})"
+                if direct
+                else ""
+            )
+            + "."
         )
     for m, res in model_results.items():
         reads = {name: res[name] for name in (TORCH_READ, OWN_READ)}
         none = res["tracker clip=none every=1"]
+        if "direct" not in none:
+            out.append(
+                f"- {m}: reading every gradient once costs {(reads[TORCH_READ]['ratio'] - 1) * 100:+.2f}% "
+                f"side by side with torch's fused kernel, {(reads[OWN_READ]['ratio'] - 1) * 100:+.2f}% with "
+                f"the tracker's; the tracker with clip=none every=1 costs "
+                f"{(none['ratio'] / reads[OWN_READ]['ratio'] - 1) * 100:+.2f}% on top of its own read."
+            )
+            continue
         pct = {name: ((r["ratio"] - 1) * 100, (r["direct"] - 1) * 100) for name, r in reads.items()}
         out.append(
             f"- {m}: reading every gradient once costs, side by side / in direct cost, "
@@ -435,6 +488,17 @@ def verdicts(model_results: dict[str, dict], host: dict[str, dict]) -> list[str]
     return out
 
 
+DIRECT_TEXT = (
+    "Direct cost: the wall time inside the variant's call before `optimizer.step()` plus, for a tracker, its "
+    "writer thread's CPU time, over the bare step of the same round (exact sums, so far less noisy; it "
+    "leaves out indirect costs such as evicted caches, which Δ includes)."
+)
+GPU_TEXT = (
+    "No direct cost on a GPU: the time inside an asynchronous call is not what it costs. Every stretch of "
+    "steps ends with `torch.cuda.synchronize()`."
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -457,11 +521,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="only the variants the targets are judged on (no every=10 nor extra_stats): more rounds",
     )
-    ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="CPU time (default) or wall time")
+    ap.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="cpu", help="CPU time (default) or wall time (cuda: wall)"
+    )
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the models train")
     ap.add_argument("--write", action="store_true", help="write the results into docs/benchmarks.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    global CLOCK, THREAD_CLOCK
+    global CLOCK, THREAD_CLOCK, DEVICE
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: torch sees no CUDA device here")
+        args.clock = "wall"  # CPU time would count spinning in synchronize, and miss the GPU's work
+    DEVICE = torch.device(args.device)
     CLOCK, THREAD_CLOCK = CLOCKS[args.clock]
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -506,12 +578,15 @@ def main(argv: list[str] | None = None) -> None:
         machine = (
             f"{platform.machine()}, {os.cpu_count()} CPU cores visible, torch.set_num_threads({args.threads})"
         )
+        if DEVICE.type == "cuda":
+            machine += f"; GPU: {torch.cuda.get_device_name(DEVICE)}"
         cmd = "python benchmarks/tracker_overhead.py " + " ".join(sys.argv[1:])
         body = "\n".join(
             [
-                "## Tracker overhead (issue: tracker)",
+                "## Tracker overhead (issue: tracker)" + (", on a GPU" if DEVICE.type == "cuda" else ""),
                 "",
-                f"Machine: {machine}; Python {platform.python_version()}, torch {torch.__version__}; CPU.",
+                f"Machine: {machine}; Python {platform.python_version()}, torch {torch.__version__}; "
+                f"{DEVICE.type.upper()}.",
                 f"Command: `{cmd.strip()}` ({args.rounds} interleaved rounds × {args.per_round} steps per "
                 f"variant{f' ({args.m2_rounds} for M2)' if args.m2_rounds else ''}, {args.warmup} warm-up "
                 f"rounds; Adam; M2 batch {'×'.join(map(str, M2_BATCHES['M2']))} tokens, M2-small "
@@ -519,17 +594,16 @@ def main(argv: list[str] | None = None) -> None:
                 f"Clock: {clock_text}. Δ is the median over rounds of (variant step time / bare step time "
                 "in the same round) − 1; the bracket is a bootstrap 95% confidence interval of that median "
                 "(rounds resampled). A target is met or missed only when the whole interval is on one side. "
-                "Direct cost: the wall time inside the variant's call before `optimizer.step()` plus, for a "
-                "tracker, its writer thread's CPU time, over the bare step of the same round (exact sums, so "
-                "far less noisy; it leaves out indirect costs such as evicted caches, which Δ includes).",
+                + (DIRECT_TEXT if DEVICE.type == "cpu" else GPU_TEXT),
                 "",
                 body_table,
                 "",
                 *lines,
             ]
         )
-        replace_section(DOC, "tracker", body)
-        print(f"\nwrote the tracker section of {DOC.relative_to(ROOT)}")
+        section = "tracker" if DEVICE.type == "cpu" else "tracker-gpu"
+        replace_section(DOC, section, body)
+        print(f"\nwrote the {section} section of {DOC.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

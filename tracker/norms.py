@@ -3,10 +3,11 @@
 Pure functions plus one small cached plan. Nothing here syncs with the host: every result is a device tensor.
 
 On CUDA, ``torch._foreach_norm`` is one fused kernel over the whole list. On the CPU it is a C++ loop of
-per-tensor norms whose reduction runs at about half the memory bandwidth, and reading the gradients is most
-of what measuring costs there. So for large float32/float64 CPU tensors the plan takes the squared norm as
-BLAS ``dot(g, g)``, about twice as fast (docs/benchmarks.md, "CPU norm read"), and the square root of that;
-small ones, where the per-call Python cost would eat the gain, stay in the fused call. The result has the
+per-tensor norms, each reduced on one thread, and reading the gradients is most of what measuring costs
+there. BLAS ``dot(g, g)`` reads a large tensor with every intra-op thread (``torch.get_num_threads()``), so
+for large float32/float64 CPU tensors the plan takes the squared norm that way and the square root of that:
+about twice as fast with 2 threads, ~1.1x with 1 (docs/benchmarks.md, "CPU norm read"). Small ones, where
+the per-call Python cost would eat the gain, stay in the fused call. The result has the
 same overflow and NaN/Inf semantics (neither kernel rescales: an element of 1e20 gives an infinite float32
 norm in both) and is closer to the float64 value.
 """
@@ -25,7 +26,8 @@ __all__ = ["DOT_MIN_NUMEL", "NormPlan", "grad_norms", "max_abs", "nonfinite_flag
 # finite can still have a norm above 65504, which would read as a spurious "inf" layer.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # From this many elements (128 KiB of float32) up, one Python-level dot() per tensor beats the foreach loop
-# on the CPU: measured break-even ~32k elements, 2x faster at 256k (docs/benchmarks.md, "CPU norm read").
+# on the CPU with 2 threads: measured break-even ~32k elements, 2x faster at 256k; with 1 thread break-even
+# is ~64k and the gain ~1.1x, the loss below it under 10% (docs/benchmarks.md, "CPU norm read").
 DOT_MIN_NUMEL = 32768
 _DOT_DTYPES = (torch.float32, torch.float64)
 
