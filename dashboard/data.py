@@ -78,36 +78,54 @@ def layers(store, db: str, run_id: int) -> pd.DataFrame:
     return _layers(db, int(run_id), store).sort_values("id").reset_index(drop=True)
 
 
-def incremental(kind: str, db: str, run_id: int, fetch, *, key=("step",)) -> pd.DataFrame:
+def incremental(kind: str, db: str, run_id: int, fetch, *, key=("step",), generation=None) -> pd.DataFrame:
     """All rows of one run's series, reading only rows after the last step seen by this session.
 
     ``fetch(after_step)`` returns the new rows. The last step is fetched again each time (and duplicates
     dropped on ``key``) because a metric can be logged at a step after that step's first rows were read.
+    ``generation``: the run's ``resumed_at``; when it changes, the run was continued from a checkpoint and
+    its rows from that step on were replaced, so everything is read again.
     """
     cache = st.session_state.setdefault("_incremental", {})
     slot = cache.get((kind, db, run_id))
-    if slot is None:
+    if slot is None or slot[2] != generation:
         frame = fetch(-1)
     else:
-        old, last = slot
+        old, last, _ = slot
         new = fetch(last - 1)
         frame = old if not len(new) else pd.concat([old, new], ignore_index=True)
         if len(new):
             frame = frame.drop_duplicates(subset=list(key), keep="last").reset_index(drop=True)
     last = int(frame["step"].max()) if len(frame) else -1
-    cache[(kind, db, run_id)] = (frame, last)
+    cache[(kind, db, run_id)] = (frame, last, generation)
     return frame
 
 
-def steps(store, db: str, run_id: int) -> pd.DataFrame:
-    """Per-step rows: step, total_norm (pre-clip), total_norm_after, loss, clipped, threshold, ..."""
-    return incremental("steps", db, run_id, lambda after: store.steps(run_id, after_step=after))
+def generation(runs: pd.DataFrame, run_id: int):
+    """The run's ``resumed_at`` in a ``runs()`` frame (None: never resumed, or a file without the column)."""
+    if "resumed_at" not in runs:
+        return None
+    value = runs.loc[runs["id"] == run_id, "resumed_at"]
+    return None if value.empty or pd.isna(value.iloc[0]) else float(value.iloc[0])
 
 
-def metrics(store, db: str, run_id: int) -> pd.DataFrame:
+def steps(store, db: str, run_id: int, generation=None) -> pd.DataFrame:
+    """Per-step rows: step, total_norm (pre-clip), total_norm_after, loss, clipped, threshold, ...
+    ``generation``: see :func:`incremental`."""
+    return incremental(
+        "steps", db, run_id, lambda after: store.steps(run_id, after_step=after), generation=generation
+    )
+
+
+def metrics(store, db: str, run_id: int, generation=None) -> pd.DataFrame:
     """Long format: step, name, value."""
     return incremental(
-        "metrics", db, run_id, lambda after: store.metrics([run_id], after_step=after), key=("step", "name")
+        "metrics",
+        db,
+        run_id,
+        lambda after: store.metrics([run_id], after_step=after),
+        key=("step", "name"),
+        generation=generation,
     )
 
 

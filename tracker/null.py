@@ -33,6 +33,9 @@ class NullTracker:
     def flush(self) -> None:
         pass
 
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # nothing recorded, nothing to resume
+
     def finish(self, status: str = "finished", error: str | None = None) -> None:
         pass
 

@@ -83,6 +83,33 @@ def _nonfinite(norms: list[float], ids: list[int]) -> list[tuple[int, bool, bool
     return [(ids[i], math.isnan(x), math.isinf(x)) for i, x in enumerate(norms) if not math.isfinite(x)]
 
 
+_STATE_VERSION = 1
+_STATE_KEYS = {"version", "run_id", "step", "clip", "clip_state"}
+
+
+def _check_resume(state: Any, clip_spec: str) -> dict[str, Any]:
+    """A ``state_dict()`` to resume from, checked before anything is opened."""
+    if not isinstance(state, Mapping) or set(state) != _STATE_KEYS:
+        got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(
+            f"resume must be what GradTracker.state_dict() returned (keys {sorted(_STATE_KEYS)}), got {got}"
+        )
+    if state["version"] != _STATE_VERSION:
+        raise ValueError(f"resume: state version {state['version']!r}; this gradwatch reads {_STATE_VERSION}")
+    step, run_id = state["step"], state["run_id"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"resume: step {step!r} is not an int >= 0")
+    if run_id is not None and (isinstance(run_id, bool) or not isinstance(run_id, int)):
+        raise ValueError(f"resume: run_id {run_id!r} is not an int")
+    if state["clip"] != clip_spec:
+        raise ValueError(
+            f"resume: the run was recorded with clip={state['clip']!r} but this tracker clips with "
+            f"{clip_spec!r} (from clip= or $GRADWATCH_CLIP). One run holds one strategy: resume with the "
+            "same clip, or start a new run (parent_id= links it to this one) to change it."
+        )
+    return dict(state)
+
+
 def _takes_shards(strategy: Any) -> bool:
     """Does ``strategy.clip_`` accept ``shards=`` (the built-in ones do; a user's may not)?"""
     try:
@@ -175,6 +202,7 @@ class GradTracker:
         extra_stats: bool | str | Iterable[str] = False,
         parent_id: int | None = None,
         handle_sigterm: bool = True,
+        resume: Mapping[str, Any] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -182,6 +210,7 @@ class GradTracker:
         self.every, self.nonfinite, self.rank = every, nonfinite, rank
         choice = resolve_clip(clip)  # GRADWATCH_CLIP, when set, wins over the argument
         self.clip = choice.strategy
+        resumed = _check_resume(resume, self.clip.spec) if resume is not None else None
         # "none" without noise changes nothing: skip the call and its few tensor allocations per step.
         self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None
         self.layers = TrackedParameters(model)
@@ -205,6 +234,9 @@ class GradTracker:
         )
         self._holds_rows = self._extra is not None and self._extra.holds_rows
         self._step = 0
+        if resumed is not None:
+            self._step = resumed["step"]
+            self.clip.load_state_dict(resumed["clip_state"])  # AutoClip's history, ZClip's statistics
         # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions, scaled).
         self._pending: list[tuple[int, Tensor | None, Tensor, Any, bool]] = []
         self._hooks: list[Attachment] = []
@@ -223,12 +255,28 @@ class GradTracker:
         self.run_id: int | None = None
         self._store = self._writer = None
         if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write
-            self._open_run(run, config, choice, parent_id, world_size)
+            self._open_run(run, config, choice, parent_id, world_size, resumed)
         atexit.register(self._at_exit)
         self._sigterm = SigtermAsExit() if handle_sigterm else None
 
-    def _open_run(self, run, config, choice, parent_id, world_size) -> None:
+    def _open_run(self, run, config, choice, parent_id, world_size, resumed) -> None:
         from tracker.store import Store
+
+        if resumed is not None:
+            if resumed["run_id"] is None:
+                raise ValueError(
+                    "resume: this state has no run id: it was saved by a process that does not write "
+                    "(another rank). Save tracker.state_dict() on the rank that writes (rank=...)."
+                )
+            store = Store.open(self.db_path, create=False)
+            try:
+                store.resume_run(resumed["run_id"], from_step=resumed["step"], layers=self.layers.rows)
+            except BaseException:
+                store.close()
+                raise
+            self.run_id, self._store = resumed["run_id"], store
+            self._writer = Outbox(store.writer(self.run_id))
+            return
 
         cfg = dict(config or {})
         # The runs table has no columns for these; they go under one reserved config key, only when present.
@@ -333,6 +381,25 @@ class GradTracker:
             step, total, scalars, norms, present, loss, skipped=skipped, extra=extra, scaled=scaled
         )
         return StepStats(step, total_v, clipped, coef, threshold, skipped=skipped)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What to save in a checkpoint to continue this run from it: ``GradTracker(..., resume=state)``.
+
+        Call it where the model and optimizer states are saved, after ``optimizer.step()``. It holds the run
+        id, the next step, the clip spec and the clip strategy's state (AutoClip's history, ZClip's
+        statistics: CPU tensors and ints, ``torch.save``-able). It also writes out what is buffered and
+        waits for it, so that everything recorded before the checkpoint is in the file when it returns.
+        """
+        if not self._finished:
+            self._complete_update()
+            self.flush()
+        return {
+            "version": _STATE_VERSION,
+            "run_id": self.run_id,
+            "step": self._step,
+            "clip": self.clip.spec,
+            "clip_state": self.clip.state_dict(),
+        }
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Record scalar metrics (``{"val_acc": 0.91}``) at ``step``, by default the last measured step."""

@@ -32,8 +32,8 @@ def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
         store = state.get_store()
         db = str(state.db_path())
         runs = data.runs(store, db)
-        steps = {labels[i]: data.steps(store, db, i) for i in ids}
-        metrics = {labels[i]: data.metrics(store, db, i) for i in ids}
+        steps = {labels[i]: data.steps(store, db, i, data.generation(runs, i)) for i in ids}
+        metrics = {labels[i]: data.metrics(store, db, i, data.generation(runs, i)) for i in ids}
     except StoreError as exc:
         state.show_store_error(exc)
         return

@@ -201,8 +201,9 @@ def live_panels(run_id: int) -> None:
         db = str(state.db_path())
         runs = data.runs(store, db)
         run = runs[runs["id"] == run_id].iloc[0].to_dict()
-        steps = data.steps(store, db, run_id)
-        metrics = data.metrics(store, db, run_id)
+        gen = data.generation(runs, run_id)  # changes when the run is continued from a checkpoint
+        steps = data.steps(store, db, run_id, gen)
+        metrics = data.metrics(store, db, run_id, gen)
         layers = data.layers(store, db, run_id)
     except StoreError as exc:
         state.show_store_error(exc)

@@ -2,6 +2,7 @@
 the rows after the last step they have seen."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -73,6 +74,35 @@ def test_live_refresh_reads_only_new_rows(tmp_path, app):
         np.testing.assert_allclose(y, 1.0 + np.arange(15))
         assert at.session_state["_incremental"][key][1] == 14
         assert at.toggle(key=f"live_{run}").value is True  # a running run is live by default
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_a_resumed_run_is_read_again_from_its_checkpoint(tmp_path, app):
+    path = tmp_path / "resumed.db"
+    store = Store.open(path, create=True)
+    run = store.create_run(name="resumable", clip="none")
+    layers = [dict(id=0, name="w", shape=[1])]
+    store.add_layers(run, layers)
+    writer = store.writer(run)
+    for step in range(10):
+        writer.add_step(step=step, norms=[1.0 + step], total_norm=1.0 + step, loss=1.0)
+    writer.close(status="failed", error="preempted")
+    try:
+        at = app(path).run().switch_page("views/run.py").run()
+        y = values(trace(figure(at, "global_norm"), "global norm (pre-clip)")["y"])
+        np.testing.assert_allclose(y, 1.0 + np.arange(10))
+        # Continued from a checkpoint at step 4: steps 4..9 of the failed attempt are gone, 4..6 redone.
+        store.resume_run(run, from_step=4, layers=layers)
+        writer = store.writer(run)
+        for step in range(4, 7):
+            writer.add_step(step=step, norms=[100.0 + step], total_norm=100.0 + step, loss=1.0)
+        writer.flush()
+        time.sleep(2.1)  # the runs list is cached for 2 s (the live fragment's period)
+        at.run()
+        y = values(trace(figure(at, "global_norm"), "global norm (pre-clip)")["y"])
+        np.testing.assert_allclose(y, [1.0, 2.0, 3.0, 4.0, 104.0, 105.0, 106.0])
     finally:
         writer.close()
         store.close()

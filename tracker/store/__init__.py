@@ -1,6 +1,7 @@
 """The SQLite store of gradwatch: schema, background writer, read queries (the only SQL in the project)."""
 
 from .errors import (
+    CannotResume,
     DatabaseLocked,
     DatabaseNotFound,
     DirectoryNotFound,
@@ -38,6 +39,7 @@ __all__ = [
     "DatabaseLocked",
     "ReadOnlyStore",
     "RunNotFound",
+    "CannotResume",
     "WriterClosed",
     "WriterFailed",
 ]

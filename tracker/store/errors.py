@@ -16,6 +16,7 @@ __all__ = [
     "DatabaseLocked",
     "ReadOnlyStore",
     "RunNotFound",
+    "CannotResume",
     "WriterClosed",
     "WriterFailed",
 ]
@@ -66,6 +67,10 @@ class RunNotFound(StoreError, KeyError):
 
     def __str__(self):  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class CannotResume(StoreError):
+    """A run cannot be continued: its process is still alive, or the model is not the one it recorded."""
 
 
 class WriterClosed(StoreError):

@@ -115,6 +115,13 @@ class Reads:
             ids = [r[0] for r in self._fetch(LAYERS_WITH_ROWS, dict(run=run_id))[1]]
         return ids
 
+    def _generation(self, run_id: int):
+        """When the run was last resumed (None: never; also in files that predate the column). What a cache
+        of a run's rows holds is valid for one generation: resuming deletes the rows of the steps it redoes.
+        """
+        columns, rows = self._fetch("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return dict(zip(columns, rows[0], strict=True)).get("resumed_at") if rows else None
+
     def _step_range(self, run_id: int, start, end):
         # Two subqueries: SQLite answers a lone min() or max() with one index seek, both together by a scan.
         lo, hi = self._fetch(
@@ -146,9 +153,10 @@ class Reads:
             run_ids = [int(i) for i in ([run_ids] if isinstance(run_ids, int) else run_ids)]
             where, params = f" WHERE id IN {_in(run_ids)}", tuple(run_ids)
         df = self._frame("SELECT * FROM runs" + where + " ORDER BY id", params)
+        generations = df["resumed_at"] if "resumed_at" in df else [None] * len(df)
         summary = [
-            self._run_summary(int(rid), st in _FINAL_STATUSES)
-            for rid, st in zip(df["id"], df["status"], strict=True)
+            self._run_summary(int(rid), st in _FINAL_STATUSES, None if pd.isna(gen) else gen)
+            for rid, st, gen in zip(df["id"], df["status"], generations, strict=True)
         ]
         extra = pd.DataFrame.from_records(
             summary,
@@ -175,9 +183,11 @@ class Reads:
             df["final_" + name] = df["id"].map(by_name[name]).astype(float)
         return df
 
-    def _run_summary(self, run_id: int, final: bool) -> tuple:
+    def _run_summary(self, run_id: int, final: bool, generation=None) -> tuple:
         with self._lock:
-            state = self._summaries.get(run_id)
+            gen, state = self._summaries.get(run_id, (None, None))
+            if gen != generation:  # resumed since: the rows counted so far may be gone
+                state = None
             if state is None or not state[-1]:
                 su, n, last, s_sum, s_cnt, cu, ev, ev_sum, _, _ = state or (
                     -1,
@@ -198,7 +208,7 @@ class Reads:
                     cu if cmx is None else cmx, ev + de, ev_sum + des, first_nf,
                     final,  # frozen: a finished run's rows were all committed with its status
                 )  # fmt: skip
-                self._summaries[run_id] = state
+                self._summaries[run_id] = (generation, state)
         _, n, last, s_sum, s_cnt, _, ev, ev_sum, first_nf, _ = state
         rate = ev_sum / ev if ev else (s_sum / s_cnt if s_cnt else float("nan"))
         return n, last, ev, rate, first_nf
@@ -254,7 +264,7 @@ class Reads:
             return pd.DataFrame(columns=columns)
         lo, hi = rng
         w = envelope.bucket_width(lo, hi, max_points)
-        key = ("steps", run_id, start, end, max_points)
+        key = ("steps", run_id, self._generation(run_id), start, end, max_points)
         cached = self._envelopes.get(key, w, lo, hi)
         first = lo if cached is None else cached[1]
         fresh = self._frame(
@@ -304,7 +314,7 @@ class Reads:
             return pd.DataFrame(columns=envelope.COLUMNS)
         lo, hi = rng
         w = envelope.plan(lo, hi, max_points)
-        key = ("norms", run_id, tuple(ids), start, end, max_points)
+        key = ("norms", run_id, self._generation(run_id), tuple(ids), start, end, max_points)
         cached = self._envelopes.get(key, w, lo, hi)
         first = lo if cached is None else cached[1]
         # A tail read starts on a bucket edge, a multiple of w and so of the block size.

@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS runs (
     heartbeat_at      REAL,
     finished_at       REAL,
     error             TEXT,
-    stop_requested_at REAL
+    stop_requested_at REAL,
+    resumed_at        REAL,
+    resumed_from_step INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_parent ON runs (parent_id);
 CREATE TABLE IF NOT EXISTS layers (

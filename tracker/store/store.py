@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import resume
 from .connection import connect, immediate, preflight, translate
 from .envelope import EnvelopeCache
 from .errors import DatabaseLocked, DatabaseNotFound, ReadOnlyStore, RunNotFound
@@ -248,6 +249,26 @@ class Store(Reads):
             self._require_run(run_id)
             if rows:
                 db["layers"].insert_all(rows, replace=True)
+
+    def resume_run(self, run_id: int, *, from_step: int, layers, pid: int | None = None) -> None:
+        """Continue run ``run_id`` from a checkpoint taken before step ``from_step``: mark it running for
+        this process (``pid``, default this one) and delete what it recorded at steps >= ``from_step``
+        (those steps are trained again; tracker/store/resume.py says why). ``layers``: the rows
+        ``add_layers`` took, which must be the ones the run recorded.
+
+        Raises RunNotFound, CannotResume (its process is alive, or another model) or ValueError."""
+        layers = list(layers)
+        with self._write("resume a run"):
+            resume.resume_run(
+                self._conn,
+                int(run_id),
+                from_step=from_step,
+                layers=layers,
+                path=str(self.path),
+                stale_after=self.stale_after,
+                pid=os.getpid() if pid is None else pid,
+            )
+        self.clear_cache()
 
     def writer(self, run_id: int, **options) -> BackgroundWriter:
         """A BackgroundWriter for this run (options: busy_timeout, heartbeat_every, max_queue, batch_rows)."""

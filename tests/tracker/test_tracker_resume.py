@@ -1,0 +1,235 @@
+"""Continuing a run from a checkpoint: GradTracker(resume=tracker.state_dict()).
+
+The oracle is the same training run done without interruption: a run whose process is killed after its
+checkpoint, then continued from that checkpoint in another process, must leave the same rows in the file
+(and the same weights) as one that never stopped. The killed attempt is a real subprocess that dies with
+os._exit, as a preempted job would: no finish(), no flush at exit.
+"""
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from tracker import GradTracker
+from tracker.store import CannotResume, DatabaseNotFound, RunNotFound, Store
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLIP = "autoclip:50,window=8+noise(0.001)"  # stateful (history) and step-seeded noise
+CHECKPOINT, KILLED_AFTER, END = 20, 36, 31  # the killed attempt ran past where the resumed one ends
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _batch(step):
+    g = torch.Generator().manual_seed(step)
+    return torch.randn(8, 6, generator=g) * 3, torch.randint(0, 3, (8,), generator=g)
+
+
+def _train(tracker, model, opt, steps):
+    for step in steps:
+        x, y = _batch(step)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        tracker.step(loss=loss)
+        opt.step()
+        tracker.log({"acc": step / 100})
+
+
+def _tracker(model, db, **kw):
+    return GradTracker(model, db=db, run="resumable", clip=CLIP, extra_stats=True, handle_sigterm=False, **kw)
+
+
+def _killed_attempt(db, checkpoint):
+    """Run in a subprocess: train, save a checkpoint after CHECKPOINT steps, go on, then die unannounced."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    tracker = _tracker(model, db)
+    _train(tracker, model, opt, range(CHECKPOINT))
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "gradwatch": tracker.state_dict()}, checkpoint
+    )
+    _train(tracker, model, opt, range(CHECKPOINT, KILLED_AFTER))
+    tracker.flush()  # its rows past the checkpoint are in the file...
+    os._exit(3)  # ...and it dies like a preempted job: status stays "running", the pid goes away
+
+
+TABLES = {
+    "steps": "step, loss, total_norm, total_norm_after, clipped, coef, threshold, skipped, nonfinite_count",
+    "grad_norms": "layer_id, step, norm",
+    "grad_stats": "layer_id, step, weight_norm, update_ratio, max_abs",
+    "grad_norm_blocks": "size, layer_id, block, norm_min, norm_max, norm_sum, norm_count",
+    "clip_events": "step, strategy, threshold, norm_before, norm_after, coef, clipped, n_clipped, n_tensors",
+    "metrics": "name, step, value",
+}
+
+
+def _contents(db, run_id):
+    con = sqlite3.connect(db)
+    try:
+        return {
+            table: con.execute(
+                f"SELECT {cols} FROM {table} WHERE run_id = ? ORDER BY {cols}", (run_id,)
+            ).fetchall()
+            for table, cols in TABLES.items()
+        }
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumed_from_its_checkpoint_records_what_an_uninterrupted_run_does(tmp_path):
+    # The oracle: END steps without interruption.
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with _tracker(model, tmp_path / "straight.db") as tracker:
+        _train(tracker, model, opt, range(END))
+    expected = _contents(tmp_path / "straight.db", tracker.run_id)
+    expected_weights = [p.detach().clone() for p in model.parameters()]
+
+    db, checkpoint = tmp_path / "resumed.db", tmp_path / "ckpt.pt"
+    killed = subprocess.run(
+        [sys.executable, __file__, str(db), str(checkpoint)],
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == 3, killed.stderr
+    with Store.open(db, readonly=True) as store:
+        before = store.runs()
+    # (its last step's row waits for its update ratio, which came with the next step: it never came)
+    assert before["status"].tolist() == ["crashed"] and before["last_step"].tolist() == [KILLED_AFTER - 2]
+
+    state = torch.load(checkpoint)
+    assert state["gradwatch"]["step"] == CHECKPOINT
+    model = _model()
+    model.load_state_dict(state["model"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt.load_state_dict(state["opt"])
+    with _tracker(model, db, resume=state["gradwatch"]) as tracker:
+        assert tracker.run_id == state["gradwatch"]["run_id"] and tracker.step_count == CHECKPOINT
+        _train(tracker, model, opt, range(CHECKPOINT, END))
+
+    got = _contents(db, tracker.run_id)
+    for table in TABLES:
+        assert len(got[table]) == len(expected[table]), table  # nothing left of steps END..KILLED_AFTER-1
+        for g, e in zip(got[table], expected[table], strict=True):
+            for a, b in zip(g, e, strict=True):
+                assert a == b if isinstance(b, str) or b is None else a == pytest.approx(b, rel=1e-6), (
+                    table,
+                    g,
+                    e,
+                )
+    assert any(b[0] == 16 for b in got["grad_norm_blocks"])  # block 0 survived; block 1 went with its steps
+    assert all(b[2] == 0 for b in got["grad_norm_blocks"])
+    for p, q in zip(model.parameters(), expected_weights, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    with Store.open(db, readonly=True) as store:
+        run = store.runs().iloc[0]
+    assert run["status"] == "finished" and run["resumed_from_step"] == CHECKPOINT
+    assert run["pid"] == os.getpid() and run["resumed_at"] >= run["created_at"]
+
+
+def _finished_run(db):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with _tracker(model, db) as tracker:
+        _train(tracker, model, opt, range(5))
+    return tracker.state_dict(), _contents(db, tracker.run_id)
+
+
+def test_state_dict_holds_the_run_the_next_step_and_the_clip_state(db_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with _tracker(model, db_path) as tracker:
+        _train(tracker, model, opt, range(3))
+        state = tracker.state_dict()
+        # Everything recorded before the checkpoint is already in the file.
+        assert len(_contents(db_path, tracker.run_id)["steps"]) == 3
+    assert state["run_id"] == tracker.run_id and state["step"] == 3 and state["clip"] == tracker.clip.spec
+    assert state["clip_state"]["count"] == 3
+    assert GradTracker(model, enabled=False).state_dict() == {}
+
+
+def test_a_finished_run_can_be_continued(db_path):
+    state, before = _finished_run(db_path)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with _tracker(model, db_path, resume=state) as tracker:
+        _train(tracker, model, opt, range(5, 7))
+    after = _contents(db_path, tracker.run_id)
+    assert [r[0] for r in after["steps"]] == list(range(7))
+    assert after["steps"][:5] == before["steps"]  # rows before the checkpoint are kept as they were
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(clip="norm:1.0"), ValueError, "recorded with clip="),
+        (dict(model="wider"), CannotResume, "another model"),
+        (dict(state=lambda s: {**s, "run_id": 99}), RunNotFound, "run 99 is not in"),
+        (dict(state=lambda s: {**s, "run_id": None}), ValueError, "no run id"),
+        (dict(state=lambda s: {**s, "step": -1}), ValueError, "step -1"),
+        (dict(state=lambda s: {"step": 3}), ValueError, "state_dict"),
+        (dict(state=lambda s: {}), ValueError, "state_dict"),
+    ],
+)
+def test_a_run_that_cannot_be_resumed_is_refused_and_left_as_it_was(db_path, change, error, match):
+    state, before = _finished_run(db_path)
+    state = change.get("state", lambda s: s)(state)
+    model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 3)) if "model" in change else _model()
+    kw = dict(
+        db=db_path, run="resumable", clip=change.get("clip", CLIP), extra_stats=True, handle_sigterm=False
+    )
+    with pytest.raises(error, match=match):
+        GradTracker(model, resume=state, **kw)
+    assert _contents(db_path, 1) == before
+    with Store.open(db_path, readonly=True) as store:
+        assert store.runs()["status"].tolist() == ["finished"]
+
+
+def test_a_run_whose_process_is_alive_is_not_resumed(db_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with _tracker(model, db_path) as live:
+        _train(live, model, opt, range(3))
+        state = live.state_dict()
+        with pytest.raises(CannotResume, match=f"still running \\(pid {os.getpid()}"):
+            _tracker(_model(), db_path, resume=state)
+        assert len(_contents(db_path, live.run_id)["steps"]) == 3
+
+
+def test_resuming_needs_the_database_that_recorded_the_run(tmp_path):
+    state, _ = _finished_run(tmp_path / "a.db")
+    with pytest.raises(DatabaseNotFound):
+        _tracker(_model(), tmp_path / "b.db", resume=state)
+    assert not (tmp_path / "b.db").exists()
+
+
+def test_a_reader_opened_before_the_resume_counts_the_resumed_run_afresh(db_path):
+    state, _ = _finished_run(db_path)
+    with Store.open(db_path, readonly=True) as reader:  # a dashboard, open all along
+        assert reader.runs()["n_steps"].tolist() == [5]
+        envelope = reader.grad_norm_envelope(1, max_points=10)
+        state = {**state, "step": 2}  # a checkpoint from before step 2
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with _tracker(model, db_path, resume=state) as tracker:
+            _train(tracker, model, opt, range(2, 3))
+        runs = reader.runs()
+        assert runs["n_steps"].tolist() == [3] and runs["last_step"].tolist() == [2]
+        again = reader.grad_norm_envelope(1, max_points=10)
+        assert len(again) < len(envelope) and again["step"].max() == 2
+
+
+if __name__ == "__main__":
+    _killed_attempt(sys.argv[1], sys.argv[2])

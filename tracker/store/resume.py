@@ -1,0 +1,131 @@
+"""Reopening a recorded run to continue it from a checkpoint: the checks, and the rows it takes back.
+
+A training job restarted from a checkpoint taken at step k trains steps k, k+1, ... again. What the run had
+recorded at those steps belongs to the attempt that was abandoned (it ran on past the checkpoint, then
+crashed or was preempted): left in place, the charts would show two timelines at once, and an attempt that
+ends before the old one did would keep the old tail forever. So resuming deletes every row at a step >= k,
+and every aggregate block that holds one (they are recomputed when the resumed run completes them again),
+in the same transaction that marks the run running again. Rows before k are kept as they are.
+
+Readers that cache a run's rows (``Store.runs()`` counts, envelopes, the dashboard's incremental frames)
+compare ``runs.resumed_at`` with the value they cached under, and read the run afresh when it changed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .errors import CannotResume, RunNotFound
+from .reader import derive_status
+
+__all__ = ["RESUME_COLUMNS", "ensure_resume_columns", "resume_run"]
+
+# Nullable columns of runs added after files of schema version 1 existed: a file made before them gets them
+# when a run in it is first resumed (older gradwatch versions ignore them; docs/schema.md, version policy).
+RESUME_COLUMNS = {"resumed_at": "REAL", "resumed_from_step": "INTEGER"}
+
+# Tables with rows keyed by (run, step): (table, whether its key leads with layer_id, so that a delete per
+# layer is a range scan instead of a scan of all the run's rows).
+_STEP_TABLES = (
+    ("steps", False),
+    ("clip_events", False),
+    ("nonfinite", False),
+    ("metrics", False),
+    ("grad_norms", True),
+    ("grad_stats", True),
+)
+
+
+def ensure_resume_columns(conn: sqlite3.Connection) -> None:
+    """Add the resume columns to ``runs`` where the file predates them. The caller holds a write lock."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    for name, kind in RESUME_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+
+
+def _layer_rows(conn: sqlite3.Connection, run_id: int) -> dict[int, tuple[str, list[int]]]:
+    rows = conn.execute("SELECT id, name, shape FROM layers WHERE run_id = ?", (run_id,)).fetchall()
+    return {int(i): (name, json.loads(shape)) for i, name, shape in rows}
+
+
+def _check_layers(recorded: dict[int, tuple[str, list[int]]], given: Iterable[Mapping[str, Any]], run: int):
+    given_map = {int(g["id"]): (str(g["name"]), [int(d) for d in g.get("shape", [])]) for g in given}
+    if given_map == recorded:
+        return
+    differ = [
+        f"{i}: recorded {recorded.get(i, ('(none)', []))[0]} {recorded.get(i, (None, '-'))[1]}, "
+        f"now {given_map.get(i, ('(none)', []))[0]} {given_map.get(i, (None, '-'))[1]}"
+        for i in sorted(set(recorded) | set(given_map))
+        if recorded.get(i) != given_map.get(i)
+    ]
+    shown = "; ".join(differ[:5]) + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
+    raise CannotResume(
+        f"run {run} was recorded for another model: its parameter tensors differ ({shown}). Resume it with "
+        "the model it recorded, or start a new run."
+    )
+
+
+def resume_run(
+    conn: sqlite3.Connection,
+    run_id: int,
+    *,
+    from_step: int,
+    layers: Iterable[Mapping[str, Any]],
+    path: str,
+    stale_after: float,
+    pid: int,
+    host: str | None = None,
+) -> None:
+    """Mark run ``run_id`` running again for a process that continues it at ``from_step``; delete what it
+    recorded at steps >= ``from_step``. The caller holds a write transaction (BEGIN IMMEDIATE).
+
+    Raises RunNotFound (no such run), CannotResume (its process is still alive, or ``layers`` are not the
+    ones it recorded) and ValueError (a bad ``from_step``).
+    """
+    if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 0:
+        raise ValueError(f"from_step={from_step!r}; accepted: an int >= 0")
+    row = conn.execute("SELECT status, heartbeat_at, pid, host FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise RunNotFound(
+            f"run {run_id} is not in {path}: resume a run in the database that recorded it (db=...)."
+        )
+    host = socket.gethostname() if host is None else host
+    status, heartbeat, old_pid, old_host = row
+    now = time.time()
+    shown = derive_status(
+        status, heartbeat, old_pid, old_host, now=now, stale_after=stale_after, this_host=host
+    )
+    if shown == "running":
+        raise CannotResume(
+            f"run {run_id} is still running (pid {old_pid} on {old_host}, heartbeat {now - heartbeat:.0f} s "
+            f"ago): two processes would write one run. Stop that process first, or wait until the run shows "
+            f"as crashed ({stale_after:.0f} s without a heartbeat)."
+        )
+    _check_layers(_layer_rows(conn, run_id), layers, run_id)
+    ensure_resume_columns(conn)
+    layer_ids = [r[0] for r in conn.execute("SELECT id FROM layers WHERE run_id = ?", (run_id,))]
+    for table, by_layer in _STEP_TABLES:
+        if by_layer:
+            conn.executemany(
+                f"DELETE FROM {table} WHERE run_id = ? AND layer_id = ? AND step >= ?",
+                [(run_id, i, from_step) for i in layer_ids],
+            )
+        else:
+            conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND step >= ?", (run_id, from_step))
+    # A block holds steps block*size .. (block+1)*size - 1: it goes when its last step is >= from_step.
+    conn.execute(
+        "DELETE FROM grad_norm_blocks WHERE run_id = ? AND (block + 1) * size - 1 >= ?", (run_id, from_step)
+    )
+    conn.execute(
+        """UPDATE runs SET status = 'running', heartbeat_at = :now, pid = :pid, host = :host,
+               finished_at = NULL, error = NULL, stop_requested_at = NULL,
+               resumed_at = :now, resumed_from_step = :step
+           WHERE id = :run""",
+        dict(now=now, pid=pid, host=host, step=from_step, run=run_id),
+    )
