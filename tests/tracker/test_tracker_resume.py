@@ -28,6 +28,11 @@ def _model():
     return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
 
 
+def _trainee(momentum=0.0):
+    model = _model()
+    return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+
+
 def _batch(step):
     g = torch.Generator().manual_seed(step)
     return torch.randn(8, 6, generator=g) * 3, torch.randint(0, 3, (8,), generator=g)
@@ -50,8 +55,7 @@ def _tracker(model, db, **kw):
 
 def _killed_attempt(db, checkpoint):
     """Run in a subprocess: train, save a checkpoint after CHECKPOINT steps, go on, then die unannounced."""
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model, opt = _trainee(momentum=0.9)
     tracker = _tracker(model, db)
     _train(tracker, model, opt, range(CHECKPOINT))
     torch.save(
@@ -88,8 +92,7 @@ def _contents(db, run_id):
 @pytest.mark.slow
 def test_a_killed_run_resumed_from_its_checkpoint_records_what_an_uninterrupted_run_does(tmp_path):
     # The oracle: END steps without interruption.
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model, opt = _trainee(momentum=0.9)
     with _tracker(model, tmp_path / "straight.db") as tracker:
         _train(tracker, model, opt, range(END))
     expected = _contents(tmp_path / "straight.db", tracker.run_id)
@@ -111,9 +114,8 @@ def test_a_killed_run_resumed_from_its_checkpoint_records_what_an_uninterrupted_
 
     state = torch.load(checkpoint)
     assert state["gradwatch"]["step"] == CHECKPOINT
-    model = _model()
+    model, opt = _trainee(momentum=0.9)
     model.load_state_dict(state["model"])
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     opt.load_state_dict(state["opt"])
     with _tracker(model, db, resume=state["gradwatch"]) as tracker:
         assert tracker.run_id == state["gradwatch"]["run_id"] and tracker.step_count == CHECKPOINT
@@ -140,16 +142,14 @@ def test_a_killed_run_resumed_from_its_checkpoint_records_what_an_uninterrupted_
 
 
 def _finished_run(db):
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = _trainee()
     with _tracker(model, db) as tracker:
         _train(tracker, model, opt, range(5))
     return tracker.state_dict(), _contents(db, tracker.run_id)
 
 
 def test_state_dict_holds_the_run_the_next_step_and_the_clip_state(db_path):
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = _trainee()
     with _tracker(model, db_path) as tracker:
         _train(tracker, model, opt, range(3))
         state = tracker.state_dict()
@@ -162,8 +162,7 @@ def test_state_dict_holds_the_run_the_next_step_and_the_clip_state(db_path):
 
 def test_a_finished_run_can_be_continued(db_path):
     state, before = _finished_run(db_path)
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = _trainee()
     with _tracker(model, db_path, resume=state) as tracker:
         _train(tracker, model, opt, range(5, 7))
     after = _contents(db_path, tracker.run_id)
@@ -198,8 +197,7 @@ def test_a_run_that_cannot_be_resumed_is_refused_and_left_as_it_was(db_path, cha
 
 
 def test_a_run_whose_process_is_alive_is_not_resumed(db_path):
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = _trainee()
     with _tracker(model, db_path) as live:
         _train(live, model, opt, range(3))
         state = live.state_dict()
@@ -221,8 +219,7 @@ def test_a_reader_opened_before_the_resume_counts_the_resumed_run_afresh(db_path
         assert reader.runs()["n_steps"].tolist() == [5]
         envelope = reader.grad_norm_envelope(1, max_points=10)
         state = {**state, "step": 2}  # a checkpoint from before step 2
-        model = _model()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model, opt = _trainee()
         with _tracker(model, db_path, resume=state) as tracker:
             _train(tracker, model, opt, range(2, 3))
         runs = reader.runs()
