@@ -46,6 +46,9 @@ def header(run: dict, runs: pd.DataFrame) -> None:
     if parent is not None and not pd.isna(parent):
         names = dict(zip(runs["id"], runs["name"], strict=True))
         bits.append(f"relaunch of #{int(parent)} {names.get(int(parent), '')}")
+    resumed = run.get("resumed_from_step")
+    if resumed is not None and not pd.isna(resumed):  # continued from a checkpoint (GradTracker(resume=...))
+        bits.append(f"resumed from step {int(resumed)}")
     st.markdown(" · ".join(bits))
     if state.can_stop(run) and st.button("Stop this run (SIGTERM)", key=f"stop_{int(run['id'])}"):
         st.info(state.stop_recorded_run(run))

@@ -103,6 +103,7 @@ def test_a_resumed_run_is_read_again_from_its_checkpoint(tmp_path, app):
         at.run()
         y = values(trace(figure(at, "global_norm"), "global norm (pre-clip)")["y"])
         np.testing.assert_allclose(y, [1.0, 2.0, 3.0, 4.0, 104.0, 105.0, 106.0])
+        assert any("resumed from step 4" in m.value for m in at.markdown)
     finally:
         writer.close()
         store.close()
