@@ -214,6 +214,7 @@ class GradTracker:
         # "none" without noise changes nothing: skip the call and its few tensor allocations per step.
         self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None
         self.layers = TrackedParameters(model)
+        self._model: nn.Module | None = model  # until the first step with missing gradients is explained
         self._params = self.layers.params
         self._all = range(len(self._params))
         self._sharded = any(is_dtensor(p) for p in self._params)
@@ -485,7 +486,27 @@ class GradTracker:
         if not any(map(_IS_NONE, grads)):
             return grads, self._all
         present = [i for i, g in enumerate(grads) if g is not None]
+        if self._model is not None:
+            self._check_not_replaced(self._model)
         return [grads[i] for i in present], present
+
+    def _check_not_replaced(self, model: nn.Module) -> None:
+        """Once, the first time gradients are missing: are the tensors we measure still the model's?
+
+        ``fully_shard`` (FSDP2) and module surgery replace parameter objects. A tracker made before that holds
+        the old ones, which never get a gradient again: every step would record nothing, silently.
+        """
+        self._model = None
+        current = {id(p) for p in model.parameters()}
+        gone = [name for name, p in zip(self.layers.names, self._params, strict=True) if id(p) not in current]
+        if gone:
+            shown = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+            raise RuntimeError(
+                f"{len(gone)} of the {len(self._params)} parameters this GradTracker measures are no longer "
+                f"the model's ({shown}): they were replaced after the tracker was created (fully_shard, "
+                "to_empty, a swapped module), so they never get gradients. Create the GradTracker after "
+                "wrapping or changing the model."
+            )
 
     def _measure(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
         if self._fast and present is self._all:

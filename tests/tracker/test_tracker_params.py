@@ -96,3 +96,27 @@ def test_writer_rank_outside_the_process_group_is_refused_before_anything_is_wri
     with pytest.raises(ValueError, match=r"rank=1 but there is 1 process \(ranks 0 to 0\)"):
         GradTracker(nn.Linear(2, 2), db=str(db), rank=1)
     assert not db.exists()
+
+
+def test_parameters_replaced_after_the_tracker_was_made_are_an_error_not_an_empty_record(db_path):
+    # What fully_shard (FSDP2) or module surgery does: new Parameter objects, the tracker holds the old ones.
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    with pytest.raises(
+        RuntimeError, match=r"2 of the 4 parameters .* \(2\.weight, 2\.bias\).*after wrapping"
+    ):
+        with GradTracker(model, db=db_path) as tracker:
+            model[2] = nn.Linear(8, 2)
+            model(torch.randn(3, 4)).sum().backward()
+            tracker.step()
+    assert _rows(db_path, "SELECT status, count(*) FROM runs") == [("failed", 1)]
+    assert _rows(db_path, "SELECT count(*) FROM steps") == [(0,)]
+
+
+def test_an_unused_branch_is_not_mistaken_for_replaced_parameters(db_path):
+    model = TiedModel()
+    with GradTracker(model, db=db_path) as tracker:
+        for _ in range(2):
+            model.zero_grad(set_to_none=True)
+            model(torch.tensor([[1, 2, 3]])).sum().backward()
+            tracker.step()  # `unused` has no gradient: recorded as missing, no error
+    assert _rows(db_path, "SELECT count(*) FROM steps") == [(2,)]
