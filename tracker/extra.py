@@ -31,6 +31,10 @@ class ExtraStats:
         self._snapshot: tuple[list[Tensor], Tensor] | None = None
         self._held: tuple[dict[str, Any], list[Tensor], Tensor, Any] | None = None
 
+    def replan(self, plan: NormPlan) -> None:
+        """The parameters moved or changed dtype: a new plan, and weight copies made afresh."""
+        self.plan, self._copy = plan, None
+
     @torch.no_grad()
     def measure(
         self, grads: list[Tensor], present: Any, everything: bool, shards: Shards | None = None

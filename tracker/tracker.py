@@ -218,12 +218,7 @@ class GradTracker:
         self._params = self.layers.params
         self._all = range(len(self._params))
         self._sharded = any(is_dtensor(p) for p in self._params)
-        self._plan = NormPlan.for_tensors([local_tensor(p) for p in self._params])
-        # The fast path of _measure(): one device, one float dtype, no sharding: one kernel, one stack.
-        dtypes = {p.dtype for p in self._params}
-        self._fast = not self._sharded and len(self._plan.groups) == 1 and dtypes <= set(_FAST_DTYPES)
-        self._norm_dtype = torch.float32 if dtypes & {torch.float16, torch.bfloat16} else None
-        self._subset_plans: dict[tuple[int, ...], NormPlan] = {}
+        self._plan_layout()
         # FSDP2: the layout of the shards, fixed for the run; FSDP2 lays gradients out like their parameters.
         self._shards = Shards.of(self._params) if self._sharded else None
         self._subset_shards: dict[tuple[int, ...], Shards | None] = {}
@@ -233,6 +228,8 @@ class GradTracker:
             if self.extra_stats
             else None
         )
+        self._first = self._params[0] if self._params else None
+        self._layout = (self._first.device, self._first.dtype) if self._first is not None else None
         self._holds_rows = self._extra is not None and self._extra.holds_rows
         self._step = 0
         if resumed is not None:
@@ -508,7 +505,27 @@ class GradTracker:
                 "wrapping or changing the model."
             )
 
+    def _plan_layout(self) -> None:
+        """What depends on the parameters' devices and dtypes: the grouping plans and the fast path."""
+        self._plan = NormPlan.for_tensors([local_tensor(p) for p in self._params])
+        # The fast path of _measure(): one device, one float dtype, no sharding: one kernel, one stack.
+        dtypes = {p.dtype for p in self._params}
+        self._fast = not self._sharded and len(self._plan.groups) == 1 and dtypes <= set(_FAST_DTYPES)
+        self._norm_dtype = torch.float32 if dtypes & {torch.float16, torch.bfloat16} else None
+        self._subset_plans: dict[tuple[int, ...], NormPlan] = {}
+
+    def _check_layout(self) -> None:
+        # A model moved or cast after the tracker was made (model.cuda(), model.half()): plan again. The
+        # parameters move together, so the first one stands for all (one compare per step).
+        first = self._first
+        if first is not None and (first.device, first.dtype) != self._layout:
+            self._layout = (first.device, first.dtype)
+            self._plan_layout()
+            if self._extra is not None:
+                self._extra.replan(self._plan)
+
     def _measure(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
+        self._check_layout()
         if self._fast and present is self._all:
             # The usual case, right after backward with the caches cold: every Python object touched is a
             # memory read, so no regrouping, just the fused kernel and one stack, or, for large CPU tensors,

@@ -120,3 +120,26 @@ def test_an_unused_branch_is_not_mistaken_for_replaced_parameters(db_path):
             model(torch.tensor([[1, 2, 3]])).sum().backward()
             tracker.step()  # `unused` has no gradient: recorded as missing, no error
     assert _rows(db_path, "SELECT count(*) FROM steps") == [(2,)]
+
+
+@pytest.mark.parametrize("cast", ["half", "bfloat16", "double"])
+def test_a_model_cast_after_the_tracker_was_made_is_measured_in_its_new_dtype(db_path, cast):
+    # 256x256 = 65,536 elements: a tensor the CPU plan reads with dot() while it is float32. After .half() a
+    # gradient of norm ~300 has a sum of squares beyond float16's 65,504: it must still read as finite.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 2))
+    with GradTracker(model, db=db_path, extra_stats=("weight_norm",)) as tracker:
+        getattr(model, cast)()
+        for p in model.parameters():
+            p.grad = (torch.rand(p.shape) + 0.6).to(p.dtype)  # |g| ~ 1.1: the big layer's norm ~ 280
+        stats = tracker.step()
+    expected = [torch.linalg.vector_norm(p.grad.double()).item() for p in model.parameters()]
+    assert expected[0] > 256
+    got = [n for (n,) in _rows(db_path, "SELECT norm FROM grad_norms ORDER BY layer_id")]
+    rel = 1e-2 if cast != "double" else 1e-6
+    assert got == pytest.approx(expected, rel=rel)
+    assert stats.total_norm == pytest.approx(sum(e * e for e in expected) ** 0.5, rel=rel)
+    weights = [w for (w,) in _rows(db_path, "SELECT weight_norm FROM grad_stats ORDER BY layer_id")]
+    assert weights == pytest.approx(
+        [torch.linalg.vector_norm(p.double()).item() for p in model.parameters()], rel=rel
+    )
