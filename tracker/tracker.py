@@ -18,6 +18,7 @@ import socket
 import struct
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -215,6 +216,7 @@ class GradTracker:
         self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None
         self.layers = TrackedParameters(model)
         self._model: nn.Module | None = model  # until the first step with missing gradients is explained
+        self._warned_no_grads = False
         self._params = self.layers.params
         self._all = range(len(self._params))
         self._sharded = any(is_dtensor(p) for p in self._params)
@@ -485,6 +487,15 @@ class GradTracker:
         present = [i for i, g in enumerate(grads) if g is not None]
         if self._model is not None:
             self._check_not_replaced(self._model)
+        if not present and self._params and not self._warned_no_grads:
+            self._warned_no_grads = True
+            warnings.warn(
+                f"GradTracker.step() at step {self._step - 1}: none of the {len(self._params)} "
+                "parameters has a gradient, so this step records a global norm of 0 and no layer norms. "
+                "Call step() after loss.backward() and before optimizer.zero_grad(), or use "
+                "attach(optimizer). (Said once.)",
+                stacklevel=4,
+            )
         return [grads[i] for i in present], present
 
     def _check_not_replaced(self, model: nn.Module) -> None:

@@ -1,6 +1,7 @@
 """Tied, frozen and gradient-less parameters: what is measured, what is registered, what is counted."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -143,3 +144,18 @@ def test_a_model_cast_after_the_tracker_was_made_is_measured_in_its_new_dtype(db
     assert weights == pytest.approx(
         [torch.linalg.vector_norm(p.double()).item() for p in model.parameters()], rel=rel
     )
+
+
+def test_a_step_without_any_gradient_warns_once(db_path):
+    model = nn.Linear(4, 2)
+    with GradTracker(model, db=db_path) as tracker:
+        with pytest.warns(
+            UserWarning, match=r"none of the 2 parameters has a gradient.*before optimizer\.zero_grad"
+        ):
+            tracker.step()  # the classic slip: after zero_grad(), or before backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tracker.step()  # said once
+            model(torch.randn(3, 4)).sum().backward()
+            tracker.step()
+    assert _rows(db_path, "SELECT step, total_norm > 0 FROM steps ORDER BY step") == [(0, 0), (1, 0), (2, 1)]
