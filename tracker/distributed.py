@@ -12,6 +12,7 @@ what they record and decide is what one process holding the full tensors would.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,15 @@ from torch import Tensor
 
 from tracker.norms import NormPlan
 
-__all__ = ["Shards", "is_dtensor", "like", "local_tensor", "rank_and_world_size", "sharded_norms"]
+__all__ = [
+    "Shards",
+    "accepts_shards",
+    "is_dtensor",
+    "like",
+    "local_tensor",
+    "rank_and_world_size",
+    "sharded_norms",
+]
 
 try:  # DTensor is part of torch >= 2.4; keep the import soft so a trimmed build still imports us.
     from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
@@ -192,3 +201,12 @@ def sharded_norms(grads: Sequence[Tensor], shards: Shards | None = None) -> Tens
     squared = NormPlan.for_tensors(local).apply(local).square()
     shards = Shards.of(grads) if shards is None else shards
     return (shards.reduce(squared) if shards is not None else squared).sqrt()
+
+
+def accepts_shards(strategy: Any) -> bool:
+    """Does ``strategy.clip_`` accept ``shards=`` (the built-in ones do; a user's may not)?"""
+    try:
+        params = inspect.signature(strategy.clip_).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a C callable): do not pass it
+        return False
+    return any(p.name == "shards" or p.kind is p.VAR_KEYWORD for p in params)

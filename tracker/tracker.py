@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import inspect
 import math
 import operator
 import os
@@ -26,7 +25,15 @@ import torch
 from torch import Tensor, nn
 
 from tracker.attach import Attachment
-from tracker.distributed import Shards, is_dtensor, local_tensor, rank_and_world_size, sharded_norms
+from tracker.checkpoint import STATE_VERSION, check_state
+from tracker.distributed import (
+    Shards,
+    accepts_shards,
+    is_dtensor,
+    local_tensor,
+    rank_and_world_size,
+    sharded_norms,
+)
 from tracker.env import resolve_clip, resolve_db, resolve_parent, resolve_run_name
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
@@ -82,42 +89,6 @@ def _nonfinite(norms: list[float], ids: list[int]) -> list[tuple[int, bool, bool
     """(layer id, has NaN, has Inf) per non-finite norm. A tensor holding both NaN and Inf has a NaN norm,
     so it reads as has_nan only."""
     return [(ids[i], math.isnan(x), math.isinf(x)) for i, x in enumerate(norms) if not math.isfinite(x)]
-
-
-_STATE_VERSION = 1
-_STATE_KEYS = {"version", "run_id", "step", "clip", "clip_state"}
-
-
-def _check_resume(state: Any, clip_spec: str) -> dict[str, Any]:
-    """A ``state_dict()`` to resume from, checked before anything is opened."""
-    if not isinstance(state, Mapping) or set(state) != _STATE_KEYS:
-        got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-        raise ValueError(
-            f"resume must be what GradTracker.state_dict() returned (keys {sorted(_STATE_KEYS)}), got {got}"
-        )
-    if state["version"] != _STATE_VERSION:
-        raise ValueError(f"resume: state version {state['version']!r}; this gradwatch reads {_STATE_VERSION}")
-    step, run_id = state["step"], state["run_id"]
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"resume: step {step!r} is not an int >= 0")
-    if run_id is not None and (isinstance(run_id, bool) or not isinstance(run_id, int)):
-        raise ValueError(f"resume: run_id {run_id!r} is not an int")
-    if state["clip"] != clip_spec:
-        raise ValueError(
-            f"resume: the run was recorded with clip={state['clip']!r} but this tracker clips with "
-            f"{clip_spec!r} (from clip= or $GRADWATCH_CLIP). One run holds one strategy: resume with the "
-            "same clip, or start a new run (parent_id= links it to this one) to change it."
-        )
-    return dict(state)
-
-
-def _takes_shards(strategy: Any) -> bool:
-    """Does ``strategy.clip_`` accept ``shards=`` (the built-in ones do; a user's may not)?"""
-    try:
-        params = inspect.signature(strategy.clip_).parameters.values()
-    except (TypeError, ValueError):  # no signature to read (a C callable): do not pass it
-        return False
-    return any(p.name == "shards" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _default_run_name() -> str:
@@ -211,7 +182,7 @@ class GradTracker:
         self.every, self.nonfinite, self.rank = every, nonfinite, rank
         choice = resolve_clip(clip)  # GRADWATCH_CLIP, when set, wins over the argument
         self.clip = choice.strategy
-        resumed = _check_resume(resume, self.clip.spec) if resume is not None else None
+        resumed = check_state(resume, self.clip.spec) if resume is not None else None
         # "none" without noise changes nothing: skip the call and its few tensor allocations per step.
         self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None
         self.layers = TrackedParameters(model)
@@ -224,7 +195,7 @@ class GradTracker:
         # FSDP2: the layout of the shards, fixed for the run; FSDP2 lays gradients out like their parameters.
         self._shards = Shards.of(self._params) if self._sharded else None
         self._subset_shards: dict[tuple[int, ...], Shards | None] = {}
-        self._clip_takes_shards = _takes_shards(self.clip)
+        self._clip_takes_shards = accepts_shards(self.clip)
         self._extra = (
             ExtraStats(self.extra_stats, self._params, self._plan, self._sharded)
             if self.extra_stats
@@ -394,7 +365,7 @@ class GradTracker:
             self._complete_update()
             self.flush()
         return {
-            "version": _STATE_VERSION,
+            "version": STATE_VERSION,
             "run_id": self.run_id,
             "step": self._step,
             "clip": self.clip.spec,
