@@ -14,7 +14,6 @@ import math
 import operator
 import os
 import socket
-import struct
 import sys
 import time
 import warnings
@@ -41,14 +40,12 @@ from tracker.lifetime import SigtermAsExit, exit_status
 from tracker.norms import NormPlan, grad_norms
 from tracker.null import NullTracker
 from tracker.outbox import Outbox
+from tracker.rows import COEF, THRESHOLD, TOTAL, RowBuilder, pending_parts, was_clipped
 from tracker.stats import StepStats
 
 __all__ = ["CONFIG_KEY", "EXTRA_STATS", "NONFINITE_POLICIES", "GradTracker", "NonFiniteGradientError"]
 
 NONFINITE_POLICIES = ("record", "skip", "raise")
-# Layout of the per-step scalar vector (one stack per clipped step, copied with everything else).
-_TOTAL, _AFTER, _COEF, _THRESHOLD, _CLIPPED, _N_CLIPPED = range(6)
-_N_SCALARS = 6
 CONFIG_KEY = "_gradwatch"  # the tracker's own notes inside runs.config
 
 
@@ -85,66 +82,9 @@ _FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _IS_NONE = functools.partial(operator.is_, None)
 
 
-def _nonfinite(norms: list[float], ids: list[int]) -> list[tuple[int, bool, bool]]:
-    """(layer id, has NaN, has Inf) per non-finite norm. A tensor holding both NaN and Inf has a NaN norm,
-    so it reads as has_nan only."""
-    return [(ids[i], math.isnan(x), math.isinf(x)) for i, x in enumerate(norms) if not math.isfinite(x)]
-
-
 def _default_run_name() -> str:
     script = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0] or "python"
     return f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _threshold(x: float) -> float | None:
-    """A float32 threshold as the shortest decimal that is the same float32 (0.15, not 0.15000000596...), so
-    that ``WHERE threshold = 0.15`` finds what ``clip="norm:0.15"`` recorded; None when there is none."""
-    if not math.isfinite(x):
-        return None
-    exact = struct.pack("<f", x)
-    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
-        short = float(f"{x:.{digits}g}")
-        try:
-            if struct.pack("<f", short) == exact:
-                return short
-        except OverflowError:  # rounded up past float32's largest value
-            continue
-    return x
-
-
-def _unclipped(total: float) -> list[float]:
-    """The scalar vector of a step that was not clipped: after = before, coef 1, no threshold."""
-    return [total, total, 1.0, math.nan]
-
-
-def _was_clipped(scalars: list[float]) -> bool:
-    return len(scalars) > _CLIPPED and scalars[_CLIPPED] > 0.5
-
-
-def _pending_parts(pending: list) -> list[Tensor]:
-    """The buffered steps' device tensors in host-copy order: per step its scalars (if clipped), norms."""
-    return [t for _, s, n, _, _ in pending for t in ((s, n) if s is not None else (n,))]
-
-
-def _step_row(step, cur, norms, ids, bad, *, loss, skipped, extra=None, at=None) -> dict[str, Any]:
-    """The writer's ``add_step`` arguments for one step: ``cur`` its scalar vector, ``bad`` its non-finite
-    layers as :func:`_nonfinite` lists them."""
-    return dict(
-        step=step,
-        norms=norms,
-        layer_ids=ids,
-        total_norm=cur[_TOTAL],
-        total_norm_after=cur[_AFTER],
-        loss=loss,
-        clipped=_was_clipped(cur),
-        coef=cur[_COEF],
-        threshold=_threshold(cur[_THRESHOLD]),
-        skipped=skipped,
-        nonfinite_count=len(bad),
-        first_nonfinite_layer=bad[0][0] if bad else None,
-        extra=extra or None,
-        time=time.time() if at is None else at,
-    )
 
 
 class GradTracker:
@@ -204,6 +144,7 @@ class GradTracker:
         self._first = self._params[0] if self._params else None
         self._layout = (self._first.device, self._first.dtype) if self._first is not None else None
         self._holds_rows = self._extra is not None and self._extra.holds_rows
+        self._rows = RowBuilder(self.layers.ids, self._all, self.clip.spec, self._extra)
         self._step = 0
         if resumed is not None:
             self._step = resumed["step"]
@@ -569,9 +510,6 @@ class GradTracker:
             return {}
         return self._extra.measure(grads, present, present is self._all, self._shards_of(present))
 
-    def _layer_ids(self, present: Any) -> list[int]:
-        return self.layers.ids if present is self._all else [self.layers.ids[i] for i in present]
-
     # ------------------------------------------------------------------ recording
     def _record(
         self, step, total, scalars, norms, present, loss, *, skipped, extra, scaled=False
@@ -579,9 +517,10 @@ class GradTracker:
         """Copy this step (and the buffered ones) to the host in one transfer and queue it for the writer.
 
         Only the copy and the values ``step()`` returns are worked out here. The rows are built by
-        :meth:`_write_step` when the outbox hands them over (about once a second): right after the norm
-        kernel has streamed every gradient through the caches, each Python object this thread touches is a
-        cache miss, so building ~150-layer rows here cost ~3x what it costs in the hand-off's warm loop.
+        ``RowBuilder.write_step`` (tracker/rows.py) when the outbox hands them over (about once a second):
+        right after the norm kernel has streamed every gradient through the caches, each Python object this
+        thread touches is a cache miss, so building ~150-layer rows here cost ~3x what it costs in the
+        hand-off's warm loop.
         """
         # Not clipped: only the total travels; after = before, coef 1 and "no threshold" are filled in later.
         parts = [scalars if scalars is not None else total.reshape(1), norms]
@@ -592,93 +531,25 @@ class GradTracker:
         parts.extend(extra.values())
         pending, self._pending = self._pending, []
         if pending:
-            parts.extend(_pending_parts(pending))
+            parts.extend(pending_parts(pending))
         host = torch.cat(parts).tolist()  # the one device-to-host copy of this logged step
 
         if self._writer is not None:
             args = (step, host, scalars is not None, present, has_loss, loss, tuple(extra), pending, skipped)
             if self._holds_rows:  # held until the optimizer step has happened: built now, not deferred
-                self._write_step(self._writer, *args, scaled, time.time())
+                self._rows.write_step(self._writer, *args, scaled, time.time())
             else:
-                self._writer.defer(self._write_step, *args, scaled, time.time())
+                self._writer.defer(self._rows.write_step, *args, scaled, time.time())
         elif self._holds_rows and self._sharded:  # no row here, but update_ratio's collective to join later
             self._extra.hold({"extra": None}, present)
         if scalars is None:  # not clipped
             return host[0], False, 1.0, math.nan
-        return host[_TOTAL], _was_clipped(host), host[_COEF], host[_THRESHOLD]
-
-    def _write_step(
-        self, sink, step, host, has_scalars, present, has_loss, loss, extra, pending, skipped, scaled, at
-    ) -> None:
-        """Turn one logged step's host copy (laid out by :meth:`_record`) into the writer's rows."""
-        pos = _N_SCALARS if has_scalars else 1
-        cur = host[:pos] if has_scalars else _unclipped(host[0])
-        n = len(present)
-        norm_list, pos = host[pos : pos + n], pos + n
-        loss_v = float(loss) if isinstance(loss, int | float) else None
-        if has_loss:
-            loss_v, pos = host[pos], pos + 1
-        extra_lists = {}
-        for name in extra:
-            extra_lists[name], pos = host[pos : pos + n], pos + n
-        self._write_pending(sink, host, pos, pending)
-
-        ids = self._layer_ids(present)
-        # One C-level sum instead of a Python test per layer: finite norms sum to a finite number.
-        bad = [] if math.isfinite(sum(norm_list)) else _nonfinite(norm_list, ids)
-        if bad:
-            sink.add_nonfinite(step, bad)
-        if has_scalars:
-            sink.add_clip_events([self._clip_event(step, cur, n)])
-        # GradScaler skips the optimizer step when the unscaled gradients hold inf/NaN.
-        skipped = skipped or (scaled and bool(bad))
-        row = _step_row(
-            step, cur, norm_list, ids, bad, loss=loss_v, skipped=skipped, extra=extra_lists, at=at
-        )
-        if self._holds_rows:
-            self._extra.hold(row, present)  # written once the optimizer step has happened
-        else:
-            sink.add_step(**row)
-
-    def _clip_event(self, step: int, s: list[float], n_tensors: int) -> dict[str, Any]:
-        return dict(
-            step=step,
-            strategy=self.clip.spec,
-            threshold=_threshold(s[_THRESHOLD]),
-            norm_before=s[_TOTAL],
-            norm_after=s[_AFTER],
-            coef=s[_COEF],
-            clipped=_was_clipped(s),
-            n_clipped=int(s[_N_CLIPPED]),
-            n_tensors=n_tensors,
-        )
-
-    def _write_pending(self, sink, host: list[float], pos: int, pending: list) -> None:
-        """The buffered unlogged steps, now on the host: their clip events and non-finite layers, and a
-        skipped step row for each one that a GradScaler skipped (inf/NaN under ``scaler=``)."""
-        events = []
-        for step, s, _norms, present, scaled in pending:
-            scalars = None
-            if s is not None:
-                scalars = host[pos : pos + _N_SCALARS]
-                events.append(self._clip_event(step, scalars, len(present)))
-                pos += _N_SCALARS
-            norms, pos = host[pos : pos + len(present)], pos + len(present)
-            if math.isfinite(sum(norms)):
-                continue
-            ids = self._layer_ids(present)
-            bad = _nonfinite(norms, ids)
-            sink.add_nonfinite(step, bad)
-            if scaled:
-                cur = scalars if scalars is not None else _unclipped(math.sqrt(sum(x * x for x in norms)))
-                sink.add_step(**_step_row(step, cur, norms, ids, bad, loss=None, skipped=True))
-        if events:
-            sink.add_clip_events(events)
+        return host[TOTAL], was_clipped(host), host[COEF], host[THRESHOLD]
 
     def _drain_pending(self) -> None:
         pending, self._pending = self._pending, []
         if pending and self._writer is not None:
-            self._write_pending(self._writer, torch.cat(_pending_parts(pending)).tolist(), 0, pending)
+            self._rows.write_pending(self._writer, torch.cat(pending_parts(pending)).tolist(), 0, pending)
 
     def _complete_update(self) -> None:
         row = self._extra.complete() if self._extra is not None else None

@@ -375,9 +375,9 @@ def test_thresholds_are_recorded_as_the_decimal_the_user_wrote(db_path):
 
 @pytest.mark.parametrize("value", [0.15, 1e-3, 123456.789, 3.4028234663852886e38, 1e-45, 7.0])
 def test_recorded_threshold_is_the_same_float32(value):
-    from tracker.tracker import _threshold
+    from tracker.rows import short_threshold
 
     x = torch.tensor(value, dtype=torch.float32).item()  # what the device holds
-    short = _threshold(x)
+    short = short_threshold(x)
     assert torch.tensor(short, dtype=torch.float32).item() == x  # oracle: torch's own float32 rounding
     assert len(repr(short)) <= len(repr(x))
