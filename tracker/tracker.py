@@ -82,6 +82,22 @@ _FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _IS_NONE = functools.partial(operator.is_, None)
 
 
+def _resume_when_stale(store: Any, run_id: int, step: int, layers: list) -> None:
+    """``store.resume_run``, waiting while the run's old process on another host may just have died: a job
+    restarted on a new node within seconds of losing the old one finds its heartbeat still fresh. Only the
+    heartbeat can tell from here, and it goes stale within ``stale_after`` if that process is gone."""
+    from tracker.store import RunStillRunning
+
+    deadline = time.monotonic() + store.stale_after + 5.0
+    while True:
+        try:
+            return store.resume_run(run_id, from_step=step, layers=layers)
+        except RunStillRunning as e:
+            if not e.elsewhere or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def _default_run_name() -> str:
     script = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0] or "python"
     return f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -182,7 +198,7 @@ class GradTracker:
                 )
             store = Store.open(self.db_path, create=False)
             try:
-                store.resume_run(resumed["run_id"], from_step=resumed["step"], layers=self.layers.rows)
+                _resume_when_stale(store, resumed["run_id"], resumed["step"], self.layers.rows)
             except BaseException:
                 store.close()
                 raise

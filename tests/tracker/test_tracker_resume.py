@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -230,3 +231,22 @@ def test_a_reader_opened_before_the_resume_counts_the_resumed_run_afresh(db_path
 
 if __name__ == "__main__":
     _killed_attempt(sys.argv[1], sys.argv[2])
+
+
+def test_a_run_last_seen_on_another_host_is_waited_for_until_its_heartbeat_is_stale(db_path):
+    # A job restarted on a new node right after the old node died: the old heartbeat is still fresh.
+    state, before = _finished_run(db_path)
+    con = sqlite3.connect(db_path)
+    con.execute(  # as the dead process left it: running, 28 s after its last heartbeat (stale after 30 s)
+        "UPDATE runs SET status = 'running', host = 'node-7', pid = 4242, heartbeat_at = ?, "
+        "finished_at = NULL",
+        (time.time() - 28.0,),
+    )
+    con.commit()
+    con.close()
+    t0 = time.monotonic()
+    with _tracker(_model(), db_path, resume={**state, "step": 3}) as tracker:
+        waited = time.monotonic() - t0
+    assert 1.0 < waited < 15.0  # waited for the heartbeat to go stale, not for the full 30 s
+    assert tracker.run_id == 1
+    assert [r[0] for r in _contents(db_path, 1)["steps"]] == [0, 1, 2]

@@ -10,6 +10,7 @@ from .errors import (
     ReadOnlyLocation,
     ReadOnlyStore,
     RunNotFound,
+    RunStillRunning,
     SchemaTooNew,
     SchemaTooOld,
     StoreError,
@@ -40,6 +41,7 @@ __all__ = [
     "ReadOnlyStore",
     "RunNotFound",
     "CannotResume",
+    "RunStillRunning",
     "WriterClosed",
     "WriterFailed",
 ]

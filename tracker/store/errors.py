@@ -17,6 +17,7 @@ __all__ = [
     "ReadOnlyStore",
     "RunNotFound",
     "CannotResume",
+    "RunStillRunning",
     "WriterClosed",
     "WriterFailed",
 ]
@@ -71,6 +72,15 @@ class RunNotFound(StoreError, KeyError):
 
 class CannotResume(StoreError):
     """A run cannot be continued: its process is still alive, or the model is not the one it recorded."""
+
+
+class RunStillRunning(CannotResume):
+    """The run's process still shows signs of life. ``elsewhere``: it ran on another host, so only its
+    heartbeat tells, and a process that died there shows as crashed once the heartbeat is stale."""
+
+    def __init__(self, message: str, *, elsewhere: bool):
+        super().__init__(message)
+        self.elsewhere = elsewhere
 
 
 class WriterClosed(StoreError):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import CannotResume, RunNotFound
+from .errors import CannotResume, RunNotFound, RunStillRunning
 from .reader import derive_status
 
 __all__ = ["RESUME_COLUMNS", "ensure_resume_columns", "resume_run"]
@@ -102,10 +102,11 @@ def resume_run(
         status, heartbeat, old_pid, old_host, now=now, stale_after=stale_after, this_host=host
     )
     if shown == "running":
-        raise CannotResume(
+        raise RunStillRunning(
             f"run {run_id} is still running (pid {old_pid} on {old_host}, heartbeat {now - heartbeat:.0f} s "
             f"ago): two processes would write one run. Stop that process first, or wait until the run shows "
-            f"as crashed ({stale_after:.0f} s without a heartbeat)."
+            f"as crashed ({stale_after:.0f} s without a heartbeat).",
+            elsewhere=old_host != host,
         )
     _check_layers(_layer_rows(conn, run_id), layers, run_id)
     ensure_resume_columns(conn)
