@@ -165,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bar and no per-epoch lines (the summary is still printed)",
     )
+    add(
+        g,
+        "--checkpoint",
+        metavar="PATH",
+        help="after every epoch, save the model, optimizer, schedule, random state and the tracker's state "
+        "to PATH (replaced atomically)",
+    )
+    add(
+        g,
+        "--resume",
+        action="store_true",
+        help="if --checkpoint PATH exists, continue from it: the same run in the database, from the next "
+        "epoch (what it recorded after the checkpoint is replaced); otherwise start afresh",
+    )
     return parser
 
 

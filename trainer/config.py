@@ -48,7 +48,8 @@ SOURCE_TASKS = {
 }
 # Keys of a recorded config that a replay does not take over: a relaunch is a new run with its own
 # name and its own lineage (given with --parent-run), and --config itself is not a setting.
-NOT_REPLAYED = frozenset({"run", "parent_run", "config", "preset"})
+# A relaunch must not continue (or overwrite) the original's checkpoint either.
+NOT_REPLAYED = frozenset({"run", "parent_run", "config", "preset", "checkpoint", "resume"})
 
 
 class ConfigError(ValueError):
@@ -100,6 +101,8 @@ class TrainConfig:
     # run
     preset: str | None = None
     quiet: bool = False
+    checkpoint: str | None = None
+    resume: bool = False
 
     def to_dict(self) -> dict:
         """The JSON-able dict recorded in ``runs.config`` (keys = CLI dest names)."""
@@ -163,6 +166,8 @@ def _fill_defaults(cfg: TrainConfig) -> None:
         cfg.db = str(Path(cfg.db).expanduser())
     if cfg.cache_dir is not None:
         cfg.cache_dir = str(Path(cfg.cache_dir).expanduser())
+    if cfg.checkpoint is not None:
+        cfg.checkpoint = str(Path(cfg.checkpoint).expanduser())
 
 
 def _choice(cfg: TrainConfig, name: str, accepted) -> None:
@@ -241,6 +246,14 @@ def validate(cfg: TrainConfig) -> None:
             f"--no-track turns the tracker off, and with it clipping; --clip {cfg.clip!r} would be ignored. "
             "Use --clip none with --no-track, or keep tracking (--every N records less often)"
         )
+    if cfg.resume and cfg.checkpoint is None:
+        raise ConfigError("--resume continues from a checkpoint file: give it with --checkpoint PATH")
+    if cfg.checkpoint is not None:
+        path = Path(cfg.checkpoint)
+        if not path.parent.is_dir():
+            raise ConfigError(f"--checkpoint {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"--checkpoint {str(path)!r} is a folder; give a file path (e.g. run.ckpt)")
     if cfg.db is not None and not Path(cfg.db).parent.is_dir():
         raise ConfigError(f"--db {cfg.db!r}: the folder {str(Path(cfg.db).parent)!r} does not exist")
     if cfg.model == "conformer-ctc" and cfg.hidden_size % 4:

@@ -17,6 +17,7 @@ import time
 import torch
 from torch import nn
 
+from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
 from trainer.evaluate import TextUnits, batch_loss, evaluate
 from trainer.models import build_model
@@ -119,7 +120,7 @@ def _by_length(dataset, indices: list[int]):
     return Subset(dataset, indices)
 
 
-def _make_tracker(cfg: TrainConfig, model: nn.Module, rt: Runtime):
+def _make_tracker(cfg: TrainConfig, model: nn.Module, rt: Runtime, resume: dict | None = None):
     from tracker import GradTracker
 
     kwargs = dict(
@@ -135,6 +136,8 @@ def _make_tracker(cfg: TrainConfig, model: nn.Module, rt: Runtime):
     )
     if cfg.db is not None:
         kwargs["db"] = cfg.db
+    if resume and not cfg.no_track:  # the state of a tracking run ({} from a --no-track one)
+        kwargs["resume"] = resume
     from tracker.store.errors import StoreError
 
     try:
@@ -224,24 +227,34 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
         lambda s: lr_factor(s, warmup=cfg.warmup_steps, total=total_steps, schedule=cfg.lr_schedule),
     )
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
+    saved = _load_checkpoint(cfg, model, optimizer, scheduler, scaler) if cfg.resume else None
+    start_epoch, step, max_norm, metrics = 0, 0, None, {}
+    if saved is not None:
+        start_epoch, step = saved["epoch"], saved["step"]
+        max_norm, metrics = saved["max_norm"], saved["metrics"]
 
     # Measure and record the inner model: DDP's "module." prefix is not part of the layer names.
-    tracker = _make_tracker(cfg, model, rt)
+    tracker = _make_tracker(cfg, model, rt, resume=saved["gradwatch"] if saved else None)
     stop = StopSignal(distributed=rt.distributed)
     if rt.is_main and not cfg.quiet:
         _describe_start(cfg, splits, model, rt, total_steps, data_seconds)
     progress = Progress(total_steps, bar=sys.stderr.isatty(), quiet=cfg.quiet or not rt.is_main)
     status, error = "finished", None
-    step, max_norm, metrics = 0, None, {}
     evaluate_now = Evaluator(model, eval_loaders, kind=kind, rt=rt, text=text, tracker=tracker)
+    loader_generator = getattr(train_loader, "generator", None)  # the shuffle's, when not a sampler's
+    if saved is not None:  # last: building the model and the data above drew from the global generator
+        ckpt.restore_random_state(saved["random"], loader_generator)
+        if rt.is_main and not cfg.quiet:
+            print(f"resumed from {cfg.checkpoint}: epoch {start_epoch}, step {step}", file=sys.stderr)
     t_loop = time.perf_counter()
     try:
         with stop.installed():
-            for epoch in range(cfg.epochs):
+            for epoch in range(start_epoch, cfg.epochs):
                 if sampler is not None:
                     sampler.set_epoch(epoch)
                 model.train()
                 accumulated = torch.zeros((), device=rt.device)
+                complete = True  # every batch of the epoch taken: what a checkpoint may be saved after
                 for i, batch in enumerate(train_loader):
                     group_start = i - i % cfg.grad_accum
                     group_size = min(cfg.grad_accum, micro_per_epoch - group_start)
@@ -273,7 +286,10 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                     if cfg.eval_every and step % cfg.eval_every == 0:
                         lr = scheduler.get_last_lr()[0]
                         metrics = evaluate_now(("train", "val"), step=step, extra={"lr": lr})
-                    if stop.requested() or step >= total_steps:
+                    # The epoch's last batch ends the loop itself: the sampler then finishes its pass (and
+                    # draws what it draws at the end), so a checkpoint there is a true epoch boundary.
+                    if stop.requested() or (step >= total_steps and i + 1 < micro_per_epoch):
+                        complete = False
                         break
                 if stop.requested():  # stop promptly: no evaluation pass after a stop request
                     break
@@ -281,6 +297,23 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                 metrics = evaluate_now(("train", "val"), step=step, extra=extra)
                 if rt.is_main:
                     progress.write(_epoch_line(epoch + 1, metrics))
+                if cfg.checkpoint is not None and rt.is_main and complete:
+                    ckpt.save(
+                        cfg.checkpoint,
+                        dict(
+                            config=cfg.to_dict(),
+                            epoch=epoch + 1,
+                            step=step,
+                            max_norm=max_norm,
+                            metrics=metrics,
+                            model=model.state_dict(),
+                            optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(),
+                            scaler=scaler.state_dict(),
+                            gradwatch=tracker.state_dict(),  # also flushes: the file has every step so far
+                            random=ckpt.random_state(loader_generator),
+                        ),
+                    )
                 if stop.requested() or step >= total_steps:
                     break
             if stop.requested():
@@ -315,6 +348,22 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
             flush=True,
         )
     return stop.exit_code
+
+
+def _load_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, scaler) -> dict | None:
+    """``--resume``: the checkpoint at ``--checkpoint`` loaded into the training state, or None (no file)."""
+    try:
+        saved = ckpt.load(cfg.checkpoint)
+        if saved is None:
+            return None
+        ckpt.check_compatible(saved["config"], cfg.to_dict(), cfg.checkpoint)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise TrainingError(f"--resume: {e}") from None
+    return saved
 
 
 def _finish_failed(tracker, error: BaseException) -> None:

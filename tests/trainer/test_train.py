@@ -176,3 +176,69 @@ def test_a_folder_in_the_wrong_layout_is_a_clean_error(tmp_path, db_path, capsys
     err = capsys.readouterr().err
     assert str(tmp_path / "corpus") in err and "Traceback" not in err
     assert not db_path.exists()  # nothing recorded for a run that could not start
+
+
+def _rows(db, sql):
+    return query(db, sql)
+
+
+def test_a_run_stopped_after_its_checkpoint_and_resumed_records_what_an_uninterrupted_run_does(
+    corpus_cache, tmp_path, capsys
+):
+    # Constant LR: the first process trains 1 of the 2 epochs, and a cosine schedule depends on the total.
+    common = ["--task", "keywords", "--epochs", "2", "--lr-schedule", "constant", "--clip", "autoclip:50",
+              "--optimizer", "sgd", "--lr", "0.02", "--extra-stats"]  # fmt: skip
+    straight, resumed, ck = tmp_path / "straight.db", tmp_path / "resumed.db", tmp_path / "run.ckpt"
+    assert main([*tiny(corpus_cache, straight, *common), "--run", "straight"]) == 0
+    first = [a if a != "2" or common[i - 1] != "--epochs" else "1" for i, a in enumerate(common)]
+    assert main([*tiny(corpus_cache, resumed, *first), "--run", "resumable", "--checkpoint", str(ck)]) == 0
+    assert ck.exists() and not (tmp_path / "run.ckpt.tmp").exists()
+    assert main([*tiny(corpus_cache, resumed, *common), "--checkpoint", str(ck), "--resume"]) == 0
+    assert "resumed from" not in capsys.readouterr().err  # --quiet
+
+    [(run_id, name, status, resumed_from)] = query(
+        resumed, "SELECT id, name, status, resumed_from_step FROM runs"
+    )
+    assert (name, status) == ("resumable", "finished") and resumed_from > 0
+    for sql in (
+        "SELECT step, loss, total_norm, total_norm_after, clipped, coef, threshold FROM steps ORDER BY step",
+        "SELECT step, layer_id, norm FROM grad_norms ORDER BY step, layer_id",
+        "SELECT step, layer_id, weight_norm, update_ratio, max_abs FROM grad_stats ORDER BY step, layer_id",
+        "SELECT step, norm_before, norm_after, threshold, n_clipped FROM clip_events ORDER BY step",
+    ):
+        want, got = query(straight, sql), query(resumed, sql)
+        assert len(got) == len(want), sql
+        for g, w in zip(got, want, strict=True):
+            assert g == pytest.approx(w, rel=1e-5, abs=1e-7), sql
+    metrics = "SELECT step, name, value FROM metrics ORDER BY step, name"
+    # The first process also evaluated on the test split when its single epoch ended.
+    extra = [r for r in query(resumed, metrics) if r[0] == resumed_from - 1 and r[1].startswith("test_")]
+    assert extra
+    got = [r for r in query(resumed, metrics) if r not in extra]
+    want = query(straight, metrics)
+    assert [r[:2] for r in got] == [r[:2] for r in want]
+    assert [r[2] for r in got] == pytest.approx([r[2] for r in want], rel=1e-5)
+
+
+def test_resume_errors_are_clean_and_a_missing_checkpoint_starts_afresh(
+    corpus_cache, db_path, tmp_path, capsys
+):
+    ck = tmp_path / "run.ckpt"
+    with pytest.raises(SystemExit) as exc:
+        main(tiny(corpus_cache, db_path, "--resume"))
+    assert exc.value.code == 2 and "--resume continues from a checkpoint" in capsys.readouterr().err
+    # No file yet: a first start (the usual restart script passes --resume every time).
+    assert main(tiny(corpus_cache, db_path, "--epochs", "1", "--checkpoint", str(ck), "--resume")) == 0
+    assert query(db_path, "SELECT count(*), max(resumed_from_step) FROM runs") == [(1, None)]
+    capsys.readouterr()
+    assert main(tiny(corpus_cache, db_path, "--epochs", "1", "--batch-size", "4", "--checkpoint", str(ck),
+                     "--resume")) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "other settings (--batch-size 8 → 4)" in err and "Traceback" not in err
+    ck.write_bytes(b"not a checkpoint")
+    assert main(tiny(corpus_cache, db_path, "--epochs", "1", "--checkpoint", str(ck), "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the checkpoint" in err and "Traceback" not in err
+    assert query(db_path, "SELECT count(*), max(status) FROM runs") == [
+        (1, "finished")
+    ]  # nothing else started

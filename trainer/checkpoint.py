@@ -1,0 +1,94 @@
+"""Epoch checkpoints: what ``--checkpoint PATH`` saves after every epoch and ``--resume`` continues from.
+
+A checkpoint holds everything the next epoch depends on: the weights, the optimizer, LR schedule and AMP
+scaler states, the random state (global torch RNG, CUDA's, and the shuffling generator of the training
+loader), the step and epoch counters, and the tracker's ``state_dict()`` so the same run in the database
+goes on (``GradTracker(..., resume=...)``). Resumed at an epoch boundary, training then takes the same
+steps as a run that never stopped (tested: the database rows and weights match).
+
+The file is written to ``PATH.tmp`` and renamed over ``PATH``: a job killed while saving leaves the previous
+checkpoint whole. It is read with ``torch.load(weights_only=True)``: tensors, numbers and strings only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["FORMAT", "MUST_MATCH", "check_compatible", "load", "random_state", "restore_random_state", "save"]
+
+FORMAT = "gradwatch-trainer-checkpoint-1"
+# Settings a checkpoint cannot be continued under when they differ: its tensors or its batches would not
+# fit. Others (epochs, eval cadence, --every, ...) may change between the two processes.
+MUST_MATCH = (
+    "task",
+    "data",
+    "corpus_size",
+    "data_seed",
+    "model",
+    "hidden_size",
+    "num_layers",
+    "rnn_type",
+    "optimizer",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "clip",
+)
+
+
+def random_state(loader_generator: torch.Generator | None) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if loader_generator is not None:
+        state["loader"] = loader_generator.get_state()
+    return state
+
+
+def restore_random_state(state: dict[str, Any], loader_generator: torch.Generator | None) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if loader_generator is not None and "loader" in state:
+        loader_generator.set_state(state["loader"])
+
+
+def save(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (a temporary file renamed over it)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **checkpoint}, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The checkpoint at ``path``; None when there is no file (a first start). Raises ValueError when the
+    file is not a trainer checkpoint or cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: pickle, zip or torch errors
+        raise ValueError(f"cannot read the checkpoint {str(path)!r}: {e}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a checkpoint of this trainer (no {FORMAT!r} marker)")
+    return checkpoint
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str) -> None:
+    """ValueError naming every setting in MUST_MATCH that differs between the checkpoint and this run."""
+    differ = [
+        f"--{k.replace('_', '-')} {saved.get(k)!r} → {current.get(k)!r}"
+        for k in MUST_MATCH
+        if saved.get(k) != current.get(k)
+    ]
+    if differ:
+        raise ValueError(
+            f"the checkpoint {path!r} was saved with other settings ({'; '.join(differ)}). Continue it with "
+            "the settings it was saved with, or start a new run with another --checkpoint path."
+        )
