@@ -15,8 +15,13 @@ STATE_VERSION = 1
 STATE_KEYS = {"version", "run_id", "step", "clip", "clip_state"}
 
 
-def check_state(state: Any, clip_spec: str) -> dict[str, Any]:
-    """A ``state_dict()`` to resume from, checked before any file is opened (ValueError says what is off)."""
+def check_state(state: Any, clip_spec: str, *, relaunch: bool = False) -> dict[str, Any]:
+    """A ``state_dict()`` to resume from, checked before any file is opened (ValueError says what is off).
+
+    Returns it with ``"fork"`` added: True when the program continues from the checkpoint as a *new* run
+    (``relaunch``: the dashboard relaunched it, ``$GRADWATCH_PARENT_RUN`` is set; or ``$GRADWATCH_CLIP``
+    asks for another strategy than the run's), False when it continues the recorded run itself.
+    """
     if not isinstance(state, Mapping) or set(state) != STATE_KEYS:
         got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(
@@ -29,10 +34,11 @@ def check_state(state: Any, clip_spec: str) -> dict[str, Any]:
         raise ValueError(f"resume: step {step!r} is not an int >= 0")
     if run_id is not None and (isinstance(run_id, bool) or not isinstance(run_id, int)):
         raise ValueError(f"resume: run_id {run_id!r} is not an int")
-    if state["clip"] != clip_spec:
+    same_clip = state["clip"] == clip_spec
+    if not same_clip and not relaunch:
         raise ValueError(
             f"resume: the run was recorded with clip={state['clip']!r} but this tracker clips with "
-            f"{clip_spec!r} (from clip= or $GRADWATCH_CLIP). One run holds one strategy: resume with the "
-            "same clip, or start a new run (parent_id= links it to this one) to change it."
+            f"{clip_spec!r}. One run holds one strategy: resume with the same clip, or start a new run "
+            "(parent_id= links it to this one) to change it."
         )
-    return dict(state)
+    return {**state, "fork": relaunch}

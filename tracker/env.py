@@ -21,6 +21,7 @@ __all__ = [
     "PARENT_ENV",
     "RUN_ENV",
     "ClipChoice",
+    "is_relaunch",
     "resolve_clip",
     "resolve_db",
     "resolve_parent",
@@ -44,6 +45,11 @@ def resolve_db(db: str | os.PathLike[str] | None) -> Path:
 def resolve_run_name(run: str | None) -> str | None:
     """``$GRADWATCH_RUN`` when set and non-empty (it wins, like ``GRADWATCH_CLIP``), else ``run``."""
     return os.environ.get(RUN_ENV, "").strip() or run
+
+
+def is_relaunch() -> bool:
+    """Whether this process was started as a relaunch of a recorded run (``$GRADWATCH_PARENT_RUN`` set)."""
+    return bool(os.environ.get(PARENT_ENV, "").strip())
 
 
 def resolve_parent(parent_id: int | None) -> int | None:

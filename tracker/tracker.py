@@ -33,7 +33,7 @@ from tracker.distributed import (
     rank_and_world_size,
     sharded_norms,
 )
-from tracker.env import resolve_clip, resolve_db, resolve_parent, resolve_run_name
+from tracker.env import is_relaunch, resolve_clip, resolve_db, resolve_parent, resolve_run_name
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
 from tracker.lifetime import SigtermAsExit, exit_status
@@ -138,7 +138,12 @@ class GradTracker:
         self.every, self.nonfinite, self.rank = every, nonfinite, rank
         choice = resolve_clip(clip)  # GRADWATCH_CLIP, when set, wins over the argument
         self.clip = choice.strategy
-        resumed = check_state(resume, self.clip.spec) if resume is not None else None
+        resumed = None
+        if resume is not None:
+            # Relaunched with other settings from outside (the dashboard's relaunch sets these variables): a
+            # program that resumes from its checkpoint then starts a new run there instead of continuing it.
+            relaunch = is_relaunch() or (choice.source == "env" and resume.get("clip") != self.clip.spec)
+            resumed = check_state(resume, self.clip.spec, relaunch=relaunch)
         # "none" without noise changes nothing: skip the call and its few tensor allocations per step.
         self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None
         self.layers = TrackedParameters(model)
@@ -164,7 +169,8 @@ class GradTracker:
         self._step = 0
         if resumed is not None:
             self._step = resumed["step"]
-            self.clip.load_state_dict(resumed["clip_state"])  # AutoClip's history, ZClip's statistics
+            if resumed["clip"] == self.clip.spec:  # (a fork to another strategy starts that one afresh)
+                self.clip.load_state_dict(resumed["clip_state"])  # AutoClip's history, ZClip's statistics
         # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions, scaled).
         self._pending: list[tuple[int, Tensor | None, Tensor, Any, bool]] = []
         self._hooks: list[Attachment] = []
@@ -190,7 +196,12 @@ class GradTracker:
     def _open_run(self, run, config, choice, parent_id, world_size, resumed) -> None:
         from tracker.store import Store
 
-        if resumed is not None:
+        notes: dict[str, Any] = {}
+        if resumed is not None and resumed["fork"]:
+            # A new run from the checkpoint: steps numbered on from it, linked to the run it started from.
+            parent_id = parent_id if parent_id is not None else resumed["run_id"]
+            notes["resumed_from"] = {"run_id": resumed["run_id"], "step": resumed["step"]}
+        elif resumed is not None:
             if resumed["run_id"] is None:
                 raise ValueError(
                     "resume: this state has no run id: it was saved by a process that does not write "
@@ -208,7 +219,6 @@ class GradTracker:
 
         cfg = dict(config or {})
         # The runs table has no columns for these; they go under one reserved config key, only when present.
-        notes: dict[str, Any] = {}
         if choice.source == "env":
             notes["requested_clip"] = choice.requested  # what the program asked for before GRADWATCH_CLIP
         if self.layers.aliases:

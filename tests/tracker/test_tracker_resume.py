@@ -6,6 +6,7 @@ checkpoint, then continued from that checkpoint in another process, must leave t
 os._exit, as a preempted job would: no finish(), no flush at exit.
 """
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from tracker import GradTracker
+from tracker.clipping import parse_clip
 from tracker.store import CannotResume, DatabaseNotFound, RunNotFound, Store
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -250,3 +252,53 @@ def test_a_run_last_seen_on_another_host_is_waited_for_until_its_heartbeat_is_st
     assert 1.0 < waited < 15.0  # waited for the heartbeat to go stale, not for the full 30 s
     assert tracker.run_id == 1
     assert [r[0] for r in _contents(db_path, 1)["steps"]] == [0, 1, 2]
+
+
+def _runs(db):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(
+            "SELECT id, name, clip, parent_id, status, config FROM runs ORDER BY id"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"GRADWATCH_CLIP": "norm:0.5"},  # another strategy from outside: a new run from the checkpoint
+        {"GRADWATCH_PARENT_RUN": "1", "GRADWATCH_RUN": "relaunched"},  # the dashboard's relaunch, same clip
+    ],
+)
+def test_a_relaunch_of_a_program_that_resumes_starts_a_new_run_from_the_checkpoint(db_path, monkeypatch, env):
+    state, before = _finished_run(db_path)
+    state = {**state, "step": 3}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    model, opt = _trainee()
+    with _tracker(model, db_path, resume=state) as tracker:
+        _train(tracker, model, opt, range(3, 6))
+    assert _contents(db_path, 1) == before  # the original run is left as it was
+    ((_, name, clip, parent, status, config),) = _runs(db_path)[1:]
+    assert (
+        parent == 1
+        and status == "finished"
+        and json.loads(config)["_gradwatch"]["resumed_from"]
+        == {
+            "run_id": 1,
+            "step": 3,
+        }
+    )
+    assert clip == parse_clip(env.get("GRADWATCH_CLIP", CLIP)).spec
+    assert [r[0] for r in _contents(db_path, tracker.run_id)["steps"]] == [3, 4, 5]  # numbered on
+
+
+def test_the_same_clip_from_the_environment_still_resumes_in_place(db_path, monkeypatch):
+    state, _ = _finished_run(db_path)
+    monkeypatch.setenv("GRADWATCH_CLIP", CLIP)  # e.g. set in every job script
+    model, opt = _trainee()
+    with _tracker(model, db_path, resume={**state, "step": 3}) as tracker:
+        _train(tracker, model, opt, range(3, 4))
+    assert tracker.run_id == 1 and len(_runs(db_path)) == 1
+    assert [r[0] for r in _contents(db_path, 1)["steps"]] == [0, 1, 2, 3]
