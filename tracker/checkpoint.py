@@ -19,8 +19,9 @@ def check_state(state: Any, clip_spec: str, *, relaunch: bool = False) -> dict[s
     """A ``state_dict()`` to resume from, checked before any file is opened (ValueError says what is off).
 
     Returns it with ``"fork"`` added: True when the program continues from the checkpoint as a *new* run
-    (``relaunch``: the dashboard relaunched it, ``$GRADWATCH_PARENT_RUN`` is set; or ``$GRADWATCH_CLIP``
-    asks for another strategy than the run's), False when it continues the recorded run itself.
+    (``relaunch``: the dashboard relaunched it, ``$GRADWATCH_PARENT_RUN`` is set; a ``parent_id`` was
+    given; or ``$GRADWATCH_CLIP`` asks for another strategy than the run's), False when it continues the
+    recorded run itself.
     """
     if not isinstance(state, Mapping) or set(state) != STATE_KEYS:
         got = sorted(state) if isinstance(state, Mapping) else type(state).__name__

@@ -142,7 +142,12 @@ class GradTracker:
         if resume is not None:
             # Relaunched with other settings from outside (the dashboard's relaunch sets these variables): a
             # program that resumes from its checkpoint then starts a new run there instead of continuing it.
-            relaunch = is_relaunch() or (choice.source == "env" and resume.get("clip") != self.clip.spec)
+            # So does an explicit parent_id: "a new run from that checkpoint", e.g. to try other clipping.
+            relaunch = (
+                is_relaunch()
+                or parent_id is not None
+                or (choice.source == "env" and resume.get("clip") != self.clip.spec)
+            )
             resumed = check_state(resume, self.clip.spec, relaunch=relaunch)
         # "none" without noise changes nothing: skip the call and its few tensor allocations per step.
         self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None

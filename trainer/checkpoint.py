@@ -81,14 +81,24 @@ def load(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str) -> None:
-    """ValueError naming every setting in MUST_MATCH that differs between the checkpoint and this run."""
+    """ValueError naming every setting in MUST_MATCH that differs between the checkpoint and this run.
+
+    ``--clip`` may differ for a new run (``--parent-run ID``): the tracker then starts a run of its own from
+    the checkpoint, linked to its parent, instead of continuing the recorded one."""
+    fork = current.get("parent_run") is not None
+    keys = [k for k in MUST_MATCH if not (fork and k == "clip")]
     differ = [
         f"--{k.replace('_', '-')} {saved.get(k)!r} → {current.get(k)!r}"
-        for k in MUST_MATCH
+        for k in keys
         if saved.get(k) != current.get(k)
     ]
     if differ:
+        hint = (
+            " (another --clip from this checkpoint: add --parent-run ID to start a new run from it)"
+            if saved.get("clip") != current.get("clip") and not fork
+            else ""
+        )
         raise ValueError(
-            f"the checkpoint {path!r} was saved with other settings ({'; '.join(differ)}). Continue it with "
-            "the settings it was saved with, or start a new run with another --checkpoint path."
+            f"the checkpoint {path!r} was saved with other settings ({'; '.join(differ)}){hint}. Continue it "
+            "with the settings it was saved with, or start a new run with another --checkpoint path."
         )

@@ -242,3 +242,24 @@ def test_resume_errors_are_clean_and_a_missing_checkpoint_starts_afresh(
     assert query(db_path, "SELECT count(*), max(status) FROM runs") == [
         (1, "finished")
     ]  # nothing else started
+
+
+def test_a_new_run_from_a_checkpoint_may_clip_otherwise(corpus_cache, db_path, tmp_path, capsys):
+    # An A/B from epoch 1: the same checkpoint (a copy, so the original stays), another clip, a new run.
+    ck, fork = tmp_path / "run.ckpt", tmp_path / "fork.ckpt"
+    assert main(tiny(corpus_cache, db_path, "--epochs", "1", "--checkpoint", str(ck), "--run", "base")) == 0
+    before = query(db_path, "SELECT step, total_norm FROM steps WHERE run_id = 1 ORDER BY step")
+    fork.write_bytes(ck.read_bytes())
+    argv = tiny(corpus_cache, db_path, "--epochs", "2", "--checkpoint", str(fork), "--resume")
+    assert main([*argv, "--clip", "norm:0.5"]) == 2  # continuing run 1 with another clip: refused
+    assert "add --parent-run ID to start a new run" in capsys.readouterr().err
+    assert main([*argv, "--clip", "norm:0.5", "--parent-run", "1", "--run", "fork"]) == 0
+    runs = query(db_path, "SELECT id, name, parent_id, clip, status, config FROM runs ORDER BY id")
+    assert [r[:5] for r in runs] == [
+        (1, "base", None, "none", "finished"),
+        (2, "fork", 1, "norm:0.5", "finished"),
+    ]
+    assert json.loads(runs[1][5])["_gradwatch"]["resumed_from"] == {"run_id": 1, "step": len(before)}
+    assert query(db_path, "SELECT step, total_norm FROM steps WHERE run_id = 1 ORDER BY step") == before
+    steps = [s for (s,) in query(db_path, "SELECT step FROM steps WHERE run_id = 2 ORDER BY step")]
+    assert steps == list(range(len(before), 2 * len(before)))  # numbered on from the checkpoint
