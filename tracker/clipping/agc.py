@@ -44,9 +44,11 @@ def unitwise_norm(x: Tensor) -> Tensor:
 
 
 def _unit_squares(x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    # Squared, not the norm: squares of a unit split across shards add up. (dim=() would reduce every dim.)
-    sq = x.to(torch.float32).square()
-    return sq.sum(dim=dims, keepdim=True) if dims else sq
+    # Squared norms, because the squares of a unit split across shards add up. vector_norm reads x once
+    # with no full-size temporary (x.square().sum() would allocate one per tensor), in float32 for float16.
+    if not dims:  # a 0-d tensor: its own unit (vector_norm's dim=() would mean every dim anyway)
+        return x.to(torch.float32).square()
+    return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32).square()
 
 
 class AGC(Strategy):
@@ -95,8 +97,12 @@ class AGC(Strategy):
         # With shards, a unit's extent comes from the full tensor's shape; the local shard may hold one row.
         shapes = shards.shapes if shards is not None else [tuple(g.shape) for g in grads]
         dims = [() if excluded else unit_dims(shape) for shape, excluded in zip(shapes, skip, strict=True)]
-        g_local = [_unit_squares(g, d) for g, d in zip(grads, dims, strict=True)]
-        p_sq = [_unit_squares(p.detach(), d) for p, d in zip(params, dims, strict=True)]
+        # (an excluded tensor is never read: a 0-d placeholder stands in for it)
+        blank = torch.zeros((), device=total.device)
+        g_local = [blank if e else _unit_squares(g, d) for g, d, e in zip(grads, dims, skip, strict=True)]
+        p_sq = [
+            blank if e else _unit_squares(w.detach(), d) for w, d, e in zip(params, dims, skip, strict=True)
+        ]
         g_sq = g_local
         if shards is not None:  # units split across ranks (vector-like shards): their squares add up
             g_sq, p_sq = shards.sum_units(g_local, dims), shards.sum_units(p_sq, dims)
