@@ -36,6 +36,8 @@ __all__ = [
     "log_tail",
     "parse_sweep",
     "relaunch_spec",
+    "resume_checkpoint",
+    "resume_spec",
     "stop_pid",
     "trainer_spec",
 ]
@@ -170,6 +172,48 @@ def relaunch_spec(
             f"(got options {sorted(overrides)!r})"
         )
     return external_spec(run, name=name, db=db, clip=clip)
+
+
+def _config(run: Mapping) -> dict:
+    config = run.get("config") or {}
+    return json.loads(config) if isinstance(config, str) else dict(config)
+
+
+def resume_checkpoint(run: Mapping) -> str | None:
+    """The checkpoint a trainer run can be continued from: its ``--checkpoint`` file, when the run is not
+    running and the file exists (None otherwise)."""
+    if run.get("status") == "running" or not is_trainer_run(run):
+        return None
+    path = _config(run).get("checkpoint")
+    if not path:
+        return None
+    if not os.path.isabs(path) and run.get("cwd"):
+        path = os.path.join(str(run["cwd"]), path)
+    return path if os.path.isfile(path) else None
+
+
+def resume_spec(run: Mapping, *, db: str | os.PathLike, config_dir: str | os.PathLike) -> LaunchSpec:
+    """The command that continues a stopped, failed or crashed trainer run from its checkpoint: the same run
+    (``--checkpoint PATH --resume``, no parent), its recorded config replayed. Raises ValueError when the
+    run has no checkpoint to continue from."""
+    checkpoint = resume_checkpoint(run)
+    if checkpoint is None:
+        raise ValueError(f"run {run.get('id')!r} has no checkpoint file to resume from")
+    name = str(run.get("name") or f"run-{run.get('id')}")
+    recorded = _config(run)
+    skip = {"config", "clip", "db", "run", "parent_run", "checkpoint", "resume"}  # given as flags below
+    config = {k: v for k, v in recorded.items() if k not in skip}
+    return trainer_spec(
+        name=name,
+        db=db,
+        # As given to the trainer (the checkpoint compares settings as given), not the canonical runs.clip.
+        clip=recorded.get("clip") or run.get("clip") or "none",
+        config=config,
+        config_file=Path(config_dir) / f"{_safe(name)}-resume-{time.strftime('%Y%m%d-%H%M%S')}.json",
+        overrides={"checkpoint": checkpoint, "resume": True},
+        python=sys.executable,
+        cwd=run.get("cwd") if run.get("cwd") and os.path.isdir(run["cwd"]) else os.getcwd(),
+    )
 
 
 def external_spec(run: Mapping, *, name: str, db: str | os.PathLike, clip: str) -> LaunchSpec:

@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data, state
+from dashboard.launch import resume_checkpoint, resume_spec
 from dashboard.suggest import suggest_threshold
 from tracker.store import StoreError
 
@@ -52,6 +53,19 @@ def header(run: dict, runs: pd.DataFrame) -> None:
     st.markdown(" · ".join(bits))
     if state.can_stop(run) and st.button("Stop this run (SIGTERM)", key=f"stop_{int(run['id'])}"):
         st.info(state.stop_recorded_run(run))
+    checkpoint = resume_checkpoint(run)
+    if checkpoint is not None and st.button(
+        "Resume from its checkpoint",
+        key=f"resume_{int(run['id'])}",
+        help=f"python -m trainer ... --checkpoint {checkpoint} --resume: this run goes on from the epoch the "
+        "checkpoint ends (what it recorded after that is replaced)",
+    ):
+        spec = resume_spec(run, db=state.db_path(), config_dir=state.log_dir())
+        [job] = state.launcher().submit([spec])
+        if job.error:
+            st.error(f"Could not start: {job.error}")
+        else:
+            st.info(f"Resuming run #{int(run['id'])} from {checkpoint} (pid {job.pid}; log: {job.log_path}).")
     if run["status"] == "crashed":
         st.warning(
             "This run stopped sending heartbeats while marked running: its process ended without closing the "

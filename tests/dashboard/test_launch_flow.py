@@ -161,3 +161,51 @@ def test_relaunch_an_external_script_with_gradwatch_clip(tmp_path, app, monkeypa
     assert child["name"] == "mine-relaunched" and int(child["parent_id"]) == int(parent["id"])
     assert child["argv"] == [str(script), "0.01"] and child["cwd"] == str(REPO)
     assert child["clip_rate"] > 0  # loss * 100 gives norms far above 0.1
+
+
+@pytest.mark.slow
+def test_resume_a_failed_trainer_run_from_its_checkpoint(tmp_path, app):
+    import json
+    import sqlite3
+
+    db, cache, ck = tmp_path / "gradwatch.db", tmp_path / "corpus", tmp_path / "first.ckpt"
+    first = subprocess.run(
+        [sys.executable, "-m", "trainer", "--corpus-size", "tiny", "--epochs", "1", "--batch-size", "16",
+         "--db", str(db), "--cache-dir", str(cache), "--run", "first", "--quiet", "--checkpoint", str(ck)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    steps_per_epoch = int(_runs(db)["n_steps"].iloc[0])
+    # As a job killed during its second of two epochs leaves it: failed, its config asking for 2 epochs.
+    con = sqlite3.connect(db)
+    config = json.loads(con.execute("SELECT config FROM runs").fetchone()[0])
+    con.execute(
+        "UPDATE runs SET status = 'failed', error = 'killed', config = ?",
+        (json.dumps({**config, "epochs": 2}),),
+    )
+    con.commit()
+    con.close()
+
+    at = app(db).run().switch_page("views/run.py").run()
+    assert not at.exception
+    at.button(key="resume_1").click().run()
+    assert not at.exception and any("Resuming run #1" in s.value for s in at.info)
+
+    def resumed():
+        run = _runs(db).iloc[0]
+        return (
+            run["status"] in ("finished", "failed", "crashed")
+            and run["resumed_at"] is not None
+            and (
+                run["resumed_at"] == run["resumed_at"]  # not NaN
+            )
+        )
+
+    logs = tmp_path / "gradwatch-logs"
+    assert wait_for(resumed, timeout=300, interval=0.25), [p.read_text() for p in logs.glob("*.log")]
+    runs = _runs(db)
+    assert len(runs) == 1  # the same run went on, no new one
+    run = runs.iloc[0]
+    assert run["status"] == "finished", (run["error"], [p.read_text() for p in logs.glob("*.log")])
+    assert run["resumed_from_step"] == steps_per_epoch
+    assert run["n_steps"] == 2 * steps_per_epoch and run["last_step"] == 2 * steps_per_epoch - 1

@@ -161,3 +161,26 @@ def test_the_dashboards_own_gradwatch_clip_does_not_leak_into_launches(tmp_path,
     (out / "release").write_text("")
     env = json.loads((out / "started").read_text())["env"]
     assert "GRADWATCH_CLIP" not in env and "GRADWATCH_PARENT_RUN" not in env
+
+
+def test_resume_is_offered_for_a_stopped_trainer_run_with_its_checkpoint_file(tmp_path):
+    from dashboard.launch import resume_checkpoint, resume_spec
+
+    (tmp_path / "ck").write_bytes(b"x")
+    config = {"checkpoint": "ck", "clip": "norm:1", "epochs": 3, "run": "r", "db": "old.db", "resume": False}
+    run = dict(id=4, name="r", status="crashed", clip="norm:1.0", cwd=str(tmp_path), config=config,
+               argv=json.dumps(["/x/trainer/__main__.py", "--checkpoint", "ck"]))  # fmt: skip
+    assert resume_checkpoint(run) == str(tmp_path / "ck")  # relative to the run's working directory
+    spec = resume_spec(run, db=tmp_path / "g.db", config_dir=tmp_path / "cfg")
+    argv = list(spec.argv)
+    assert argv[argv.index("--checkpoint") + 1] == str(tmp_path / "ck") and "--resume" in argv
+    assert argv[argv.index("--clip") + 1] == "norm:1"  # as the trainer was given it, not the canonical spec
+    assert "--parent-run" not in argv and spec.parent_id is None  # the same run goes on
+    assert spec.config == {"epochs": 3}  # the rest of the recorded config, replayed
+    # Not offered: a running run, another program, no checkpoint setting, a missing file.
+    assert resume_checkpoint({**run, "status": "running"}) is None
+    assert resume_checkpoint({**run, "argv": json.dumps(["train.py"])}) is None
+    assert resume_checkpoint({**run, "config": {}}) is None
+    assert resume_checkpoint({**run, "config": {**config, "checkpoint": "gone"}}) is None
+    with pytest.raises(ValueError, match="no checkpoint"):
+        resume_spec({**run, "status": "running"}, db="g.db", config_dir=tmp_path)
