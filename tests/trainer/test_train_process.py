@@ -90,3 +90,30 @@ def test_ddp_with_two_cpu_processes_writes_one_coherent_run(tmp_path):
     metrics = {n for (n,) in query(db, "SELECT DISTINCT name FROM metrics")}
     assert {"val_acc", "test_acc", "train_loss"} <= metrics
     assert out.count("run 'ddp'") == 1  # one summary, from rank 0
+
+
+@pytest.mark.slow
+def test_ddp_run_resumed_from_its_checkpoint_on_every_rank(tmp_path):
+    # Rank 0 saves the checkpoint (with the tracker's state); both ranks load it and go on as one run.
+    db, cache, ck = tmp_path / "g.db", tmp_path / "cache", tmp_path / "ddp.ckpt"
+    for epochs, more in (("1", ()), ("2", ("--resume",))):
+        extra = (
+            "--clip",
+            "autoclip:50",
+            "--run-name",
+            "ddp",
+            "--checkpoint",
+            str(ck),
+            "--epochs",
+            epochs,
+            *more,
+        )
+        args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "trainer", *tiny_argv(cache, db, *extra)]  # fmt: skip
+        proc = start(args)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    [(status, resumed_from, world_size)] = query(db, "SELECT status, resumed_from_step, world_size FROM runs")
+    assert (status, world_size) == ("finished", 2) and resumed_from > 0
+    steps = [s for (s,) in query(db, "SELECT step FROM steps ORDER BY step")]
+    assert steps == list(range(2 * resumed_from))  # the second epoch numbered on from the first
