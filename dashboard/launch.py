@@ -148,11 +148,7 @@ def relaunch_spec(
     recorded argv, Python and working directory, with the clip setting passed through ``GRADWATCH_CLIP``.
     """
     if is_trainer_run(run):
-        config = run.get("config") or {}
-        if isinstance(config, str):
-            config = json.loads(config)
-        # The run's own lineage and destination are set by the new command line, not replayed.
-        config = {k: v for k, v in config.items() if k not in {"config", "clip", "db", "run", "parent_run"}}
+        config = _replayed(_config(run))
         config_file = Path(config_dir) / f"{_safe(name)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
         return trainer_spec(
             name=name,
@@ -164,7 +160,7 @@ def relaunch_spec(
             overrides=overrides,
             # The dashboard's own interpreter: it has the trainer installed (the recorded one may be gone).
             python=sys.executable,
-            cwd=run.get("cwd") if run.get("cwd") and os.path.isdir(run["cwd"]) else os.getcwd(),
+            cwd=_run_cwd(run),
         )
     if overrides:
         raise ValueError(
@@ -177,6 +173,21 @@ def relaunch_spec(
 def _config(run: Mapping) -> dict:
     config = run.get("config") or {}
     return json.loads(config) if isinstance(config, str) else dict(config)
+
+
+# Set by the new command line, not replayed: the run's own lineage and destination, and the checkpoint
+# flags (a relaunch is a new run; a resume passes them explicitly).
+_NOT_REPLAYED = {"config", "clip", "db", "run", "parent_run", "checkpoint", "resume"}
+
+
+def _replayed(config: Mapping) -> dict:
+    return {k: v for k, v in config.items() if k not in _NOT_REPLAYED}
+
+
+def _run_cwd(run: Mapping) -> str:
+    """The run's working directory when it still exists, else the dashboard's."""
+    cwd = run.get("cwd")
+    return str(cwd) if cwd and os.path.isdir(cwd) else os.getcwd()
 
 
 def resume_checkpoint(run: Mapping) -> str | None:
@@ -201,18 +212,16 @@ def resume_spec(run: Mapping, *, db: str | os.PathLike, config_dir: str | os.Pat
         raise ValueError(f"run {run.get('id')!r} has no checkpoint file to resume from")
     name = str(run.get("name") or f"run-{run.get('id')}")
     recorded = _config(run)
-    skip = {"config", "clip", "db", "run", "parent_run", "checkpoint", "resume"}  # given as flags below
-    config = {k: v for k, v in recorded.items() if k not in skip}
     return trainer_spec(
         name=name,
         db=db,
         # As given to the trainer (the checkpoint compares settings as given), not the canonical runs.clip.
         clip=recorded.get("clip") or run.get("clip") or "none",
-        config=config,
+        config=_replayed(recorded),
         config_file=Path(config_dir) / f"{_safe(name)}-resume-{time.strftime('%Y%m%d-%H%M%S')}.json",
         overrides={"checkpoint": checkpoint, "resume": True},
         python=sys.executable,
-        cwd=run.get("cwd") if run.get("cwd") and os.path.isdir(run["cwd"]) else os.getcwd(),
+        cwd=_run_cwd(run),
     )
 
 

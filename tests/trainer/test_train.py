@@ -178,10 +178,6 @@ def test_a_folder_in_the_wrong_layout_is_a_clean_error(tmp_path, db_path, capsys
     assert not db_path.exists()  # nothing recorded for a run that could not start
 
 
-def _rows(db, sql):
-    return query(db, sql)
-
-
 def test_a_run_stopped_after_its_checkpoint_and_resumed_records_what_an_uninterrupted_run_does(
     corpus_cache, tmp_path, capsys
 ):

@@ -58,15 +58,19 @@ def _check_layers(recorded: dict[int, tuple[str, list[int]]], given: Iterable[Ma
     given_map = {int(g["id"]): (str(g["name"]), [int(d) for d in g.get("shape", [])]) for g in given}
     if given_map == recorded:
         return
+
+    def shown(layers, i):
+        name, shape = layers.get(i, ("(none)", "-"))
+        return f"{name} {shape}"
+
     differ = [
-        f"{i}: recorded {recorded.get(i, ('(none)', []))[0]} {recorded.get(i, (None, '-'))[1]}, "
-        f"now {given_map.get(i, ('(none)', []))[0]} {given_map.get(i, (None, '-'))[1]}"
+        f"{i}: recorded {shown(recorded, i)}, now {shown(given_map, i)}"
         for i in sorted(set(recorded) | set(given_map))
         if recorded.get(i) != given_map.get(i)
     ]
-    shown = "; ".join(differ[:5]) + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
+    listed = "; ".join(differ[:5]) + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
     raise CannotResume(
-        f"run {run} was recorded for another model: its parameter tensors differ ({shown}). Resume it with "
+        f"run {run} was recorded for another model: its parameter tensors differ ({listed}). Resume it with "
         "the model it recorded, or start a new run."
     )
 
@@ -108,9 +112,10 @@ def resume_run(
             f"as crashed ({stale_after:.0f} s without a heartbeat).",
             elsewhere=old_host != host,
         )
-    _check_layers(_layer_rows(conn, run_id), layers, run_id)
+    recorded = _layer_rows(conn, run_id)
+    _check_layers(recorded, layers, run_id)
     ensure_resume_columns(conn)
-    layer_ids = [r[0] for r in conn.execute("SELECT id FROM layers WHERE run_id = ?", (run_id,))]
+    layer_ids = list(recorded)
     for table, by_layer in _STEP_TABLES:
         if by_layer:
             conn.executemany(
