@@ -177,7 +177,7 @@ def _config(run: Mapping) -> dict:
 
 # Set by the new command line, not replayed: the run's own lineage and destination, and the checkpoint
 # flags (a relaunch is a new run; a resume passes them explicitly).
-_NOT_REPLAYED = {"config", "clip", "db", "run", "parent_run", "checkpoint", "resume"}
+_NOT_REPLAYED = {"config", "clip", "db", "run", "parent_run", "checkpoint", "checkpoint_every", "resume"}
 
 
 def _replayed(config: Mapping) -> dict:
@@ -219,7 +219,9 @@ def resume_spec(run: Mapping, *, db: str | os.PathLike, config_dir: str | os.Pat
         clip=recorded.get("clip") or run.get("clip") or "none",
         config=_replayed(recorded),
         config_file=Path(config_dir) / f"{_safe(name)}-resume-{time.strftime('%Y%m%d-%H%M%S')}.json",
-        overrides={"checkpoint": checkpoint, "resume": True},
+        # Saving as often as the run did: --checkpoint-every is only valid with --checkpoint.
+        overrides={"checkpoint": checkpoint, "resume": True}
+        | ({"checkpoint_every": recorded["checkpoint_every"]} if recorded.get("checkpoint_every") else {}),
         python=sys.executable,
         cwd=_run_cwd(run),
     )

@@ -1,10 +1,17 @@
-"""Epoch checkpoints: what ``--checkpoint PATH`` saves after every epoch and ``--resume`` continues from.
+"""Checkpoints: what ``--checkpoint PATH`` saves and ``--resume`` continues from.
 
-A checkpoint holds everything the next epoch depends on: the weights, the optimizer, LR schedule and AMP
-scaler states, the random state (global torch RNG, CUDA's, and the shuffling generator of the training
-loader), the step and epoch counters, and the tracker's ``state_dict()`` so the same run in the database
-goes on (``GradTracker(..., resume=...)``). Resumed at an epoch boundary, training then takes the same
-steps as a run that never stopped (tested: the database rows and weights match).
+A checkpoint is saved after every epoch, every ``--checkpoint-every`` optimizer steps, and when training
+stops early (a stop request, ``--max-steps``). It holds everything the steps after it depend on: the
+weights, the optimizer, LR schedule and AMP scaler states, the random state, the position in the data
+(``epoch``, and ``batch``: how many of that epoch's micro-batches were taken) and the tracker's
+``state_dict()`` so the same run in the database goes on (``GradTracker(..., resume=...)``). Resumed,
+training takes the same steps as a run that never stopped (tested: the database rows and weights match).
+
+The position is exact without reading the data again: ``random["loader"]`` is the shuffling generator's
+state at the start of the epoch, so the resumed epoch draws the same order, and its first ``batch``
+batches of indices are skipped before any sample is loaded. ``random["torch"]`` (and ``"cuda"``) is the
+global state at the save: mid-epoch it is restored after the epoch's loader iterator is made, which is
+when the uninterrupted run had made it.
 
 The file is written to ``PATH.tmp`` and renamed over ``PATH``: a job killed while saving leaves the previous
 checkpoint whole. It is read with ``torch.load(weights_only=True)``: tensors, numbers and strings only.
@@ -18,7 +25,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["FORMAT", "MUST_MATCH", "check_compatible", "load", "random_state", "restore_random_state", "save"]
+__all__ = [
+    "FORMAT",
+    "MUST_MATCH",
+    "check_compatible",
+    "load",
+    "random_state",
+    "restore_global_state",
+    "restore_loader_state",
+    "save",
+]
 
 FORMAT = "gradwatch-trainer-checkpoint-1"
 # Settings a checkpoint cannot be continued under when they differ: its tensors or its batches would not
@@ -40,21 +56,26 @@ MUST_MATCH = (
 )
 
 
-def random_state(loader_generator: torch.Generator | None) -> dict[str, Any]:
+def random_state(loader_state: torch.Tensor | None) -> dict[str, Any]:
+    """The global random state now, and ``loader_state``: the shuffling generator's state at the start of
+    the epoch the checkpoint resumes in (None: the loader's order does not come from a generator)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    if loader_generator is not None:
-        state["loader"] = loader_generator.get_state()
+    if loader_state is not None:
+        state["loader"] = loader_state
     return state
 
 
-def restore_random_state(state: dict[str, Any], loader_generator: torch.Generator | None) -> None:
+def restore_loader_state(state: dict[str, Any], loader_generator: torch.Generator | None) -> None:
+    if loader_generator is not None and "loader" in state:
+        loader_generator.set_state(state["loader"])
+
+
+def restore_global_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    if loader_generator is not None and "loader" in state:
-        loader_generator.set_state(state["loader"])
 
 
 def save(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:

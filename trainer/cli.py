@@ -169,15 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
         g,
         "--checkpoint",
         metavar="PATH",
-        help="after every epoch, save the model, optimizer, schedule, random state and the tracker's state "
-        "to PATH (replaced atomically)",
+        help="after every epoch, and when training stops early (a stop request, --max-steps), save the "
+        "model, optimizer, schedule, random state, position in the data and the tracker's state to PATH "
+        "(replaced atomically)",
+    )
+    add(
+        g,
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="with --checkpoint: also save every N optimizer steps within an epoch",
     )
     add(
         g,
         "--resume",
         action="store_true",
-        help="if --checkpoint PATH exists, continue from it: the same run in the database, from the next "
-        "epoch (what it recorded after the checkpoint is replaced); otherwise start afresh",
+        help="if --checkpoint PATH exists, continue from it: the same run in the database, from where the "
+        "checkpoint was saved (what it recorded after that is replaced); otherwise start afresh",
     )
     return parser
 

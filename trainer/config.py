@@ -49,7 +49,9 @@ SOURCE_TASKS = {
 # Keys of a recorded config that a replay does not take over: a relaunch is a new run with its own
 # name and its own lineage (given with --parent-run), and --config itself is not a setting.
 # A relaunch must not continue (or overwrite) the original's checkpoint either.
-NOT_REPLAYED = frozenset({"run", "parent_run", "config", "preset", "checkpoint", "resume"})
+NOT_REPLAYED = frozenset(
+    {"run", "parent_run", "config", "preset", "checkpoint", "checkpoint_every", "resume"}
+)
 
 
 class ConfigError(ValueError):
@@ -102,6 +104,7 @@ class TrainConfig:
     preset: str | None = None
     quiet: bool = False
     checkpoint: str | None = None
+    checkpoint_every: int | None = None
     resume: bool = False
 
     def to_dict(self) -> dict:
@@ -246,8 +249,11 @@ def validate(cfg: TrainConfig) -> None:
             f"--no-track turns the tracker off, and with it clipping; --clip {cfg.clip!r} would be ignored. "
             "Use --clip none with --no-track, or keep tracking (--every N records less often)"
         )
+    _number(cfg, "checkpoint_every", kind=int, low=1, optional=True)
     if cfg.resume and cfg.checkpoint is None:
         raise ConfigError("--resume continues from a checkpoint file: give it with --checkpoint PATH")
+    if cfg.checkpoint_every is not None and cfg.checkpoint is None:
+        raise ConfigError("--checkpoint-every N saves to a checkpoint file: give it with --checkpoint PATH")
     if cfg.checkpoint is not None:
         path = Path(cfg.checkpoint)
         if not path.parent.is_dir():

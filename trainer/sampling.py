@@ -7,11 +7,12 @@ batches keeps every epoch's order random while batching utterances of similar le
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["BucketBatchSampler"]
+__all__ = ["BucketBatchSampler", "SkippableBatches"]
 
 
 class BucketBatchSampler:
@@ -43,3 +44,31 @@ class BucketBatchSampler:
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         for i in torch.randperm(len(batches), generator=g).tolist():
             yield batches[i]
+
+
+class SkippableBatches:
+    """A batch sampler whose next pass can start ``k`` batches in, without loading the skipped ones.
+
+    A checkpoint saved mid-epoch resumes at its position this way: the epoch's order is drawn as it was
+    (the same generator state), and its first ``k`` batches of indices are dropped before the loader
+    reads a sample, so neither the data nor augmentation draws from the random state.
+    """
+
+    def __init__(self, batches):
+        self.batches = batches
+        self._skip = 0
+
+    def skip_next_pass(self, k: int) -> None:
+        self._skip = k
+
+    def set_epoch(self, epoch: int) -> None:
+        inner = getattr(self.batches, "sampler", self.batches)  # a BatchSampler's, or a batch sampler's own
+        if hasattr(inner, "set_epoch"):
+            inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self._skip = self._skip, 0
+        return itertools.islice(iter(self.batches), skip, None)

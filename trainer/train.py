@@ -23,7 +23,7 @@ from trainer.evaluate import TextUnits, batch_loss, evaluate
 from trainer.models import build_model
 from trainer.progress import Progress, format_summary
 from trainer.runtime import Runtime, StopSignal
-from trainer.sampling import BucketBatchSampler
+from trainer.sampling import BucketBatchSampler, SkippableBatches
 
 __all__ = ["TrainingError", "run_training", "make_optimizer", "lr_factor"]
 
@@ -80,19 +80,22 @@ def _load_data(cfg: TrainConfig, rt: Runtime):
 
 
 def _loaders(cfg: TrainConfig, splits, rt: Runtime):
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
     common = dict(collate_fn=splits.collate, pin_memory=rt.device.type == "cuda")
+    generator = None
     if rt.distributed:
         sampler = DistributedSampler(splits.train, shuffle=True, seed=cfg.seed)
-        train = DataLoader(splits.train, batch_size=cfg.batch_size, sampler=sampler, **common)
+        batches = BatchSampler(sampler, cfg.batch_size, drop_last=False)
     elif splits.kind == "sequence" and hasattr(splits.train, "lengths"):
-        sampler = BucketBatchSampler(splits.train.lengths(), cfg.batch_size, seed=cfg.seed)
-        train = DataLoader(splits.train, batch_sampler=sampler, **common)
+        batches = BucketBatchSampler(splits.train.lengths(), cfg.batch_size, seed=cfg.seed)
     else:
-        sampler = None
-        g = torch.Generator().manual_seed(cfg.seed)
-        train = DataLoader(splits.train, batch_size=cfg.batch_size, shuffle=True, generator=g, **common)
+        # What DataLoader(shuffle=True, generator=g) builds, spelled out so that a pass can skip batches.
+        generator = torch.Generator().manual_seed(cfg.seed)
+        shuffled = RandomSampler(splits.train, generator=generator)
+        batches = BatchSampler(shuffled, cfg.batch_size, drop_last=False)
+    batches = SkippableBatches(batches)
+    train = DataLoader(splits.train, batch_sampler=batches, generator=generator, **common)
     # The generalisation gap needs the training score measured like the validation score: eval mode,
     # no augmentation, on a fixed subset of the training set as large as the validation set.
     train_eval_set = splits.train
@@ -107,7 +110,7 @@ def _loaders(cfg: TrainConfig, splits, rt: Runtime):
         "test": _by_length(splits.test, list(range(len(splits.test)))),
     }
     eval_bs = max(cfg.batch_size, 64)
-    return train, sampler, {k: DataLoader(v, batch_size=eval_bs, **common) for k, v in subsets.items()}
+    return train, batches, {k: DataLoader(v, batch_size=eval_bs, **common) for k, v in subsets.items()}
 
 
 def _by_length(dataset, indices: list[int]):
@@ -200,7 +203,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     t_start = time.perf_counter()
     splits = _load_data(cfg, rt)
     data_seconds = time.perf_counter() - t_start
-    train_loader, sampler, eval_loaders = _loaders(cfg, splits, rt)
+    train_loader, batches, eval_loaders = _loaders(cfg, splits, rt)
     n_classes = len(splits.labels)
     model = build_model(
         cfg.model,
@@ -228,9 +231,9 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     )
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
     saved = _load_checkpoint(cfg, model, optimizer, scheduler, scaler) if cfg.resume else None
-    start_epoch, step, max_norm, metrics = 0, 0, None, {}
+    start_epoch, start_batch, step, max_norm, metrics = 0, 0, 0, None, {}
     if saved is not None:
-        start_epoch, step = saved["epoch"], saved["step"]
+        start_epoch, start_batch, step = saved["epoch"], saved.get("batch", 0), saved["step"]
         max_norm, metrics = saved["max_norm"], saved["metrics"]
 
     # Measure and record the inner model: DDP's "module." prefix is not part of the layer names.
@@ -242,20 +245,55 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     status, error = "finished", None
     evaluate_now = Evaluator(model, eval_loaders, kind=kind, rt=rt, text=text, tracker=tracker)
     loader_generator = getattr(train_loader, "generator", None)  # the shuffle's, when not a sampler's
+    epoch_order = None  # the shuffle generator's state at the start of the current epoch
+
+    def save_checkpoint(epoch: int, batch: int) -> None:
+        """At ``batch`` micro-batches into ``epoch`` (0: at its start); on the main process only."""
+        if cfg.checkpoint is None or not rt.is_main:
+            return
+        at_start = batch == 0 and loader_generator is not None
+        ckpt.save(
+            cfg.checkpoint,
+            dict(
+                config=cfg.to_dict(),
+                epoch=epoch,
+                batch=batch,
+                step=step,
+                max_norm=max_norm,
+                metrics=metrics,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict(),
+                gradwatch=tracker.state_dict(),  # also flushes: the file has every step so far
+                random=ckpt.random_state(loader_generator.get_state() if at_start else epoch_order),
+            ),
+        )
+
     if saved is not None:  # last: building the model and the data above drew from the global generator
-        ckpt.restore_random_state(saved["random"], loader_generator)
+        ckpt.restore_loader_state(saved["random"], loader_generator)
+        if start_batch == 0:
+            ckpt.restore_global_state(saved["random"])
         if rt.is_main and not cfg.quiet:
-            print(f"resumed from {cfg.checkpoint}: epoch {start_epoch}, step {step}", file=sys.stderr)
+            print(
+                f"resumed from {cfg.checkpoint}: epoch {start_epoch}, batch {start_batch}, step {step}",
+                file=sys.stderr,
+            )
     t_loop = time.perf_counter()
     try:
         with stop.installed():
             for epoch in range(start_epoch, cfg.epochs):
-                if sampler is not None:
-                    sampler.set_epoch(epoch)
+                batches.set_epoch(epoch)
+                epoch_order = loader_generator.get_state() if loader_generator is not None else None
+                first = start_batch if epoch == start_epoch else 0
+                batches.skip_next_pass(first)
+                epoch_batches = iter(train_loader)  # draws the epoch's order (and the loader's base seed)
+                if first:  # mid-epoch: the global state as it was after the uninterrupted run got here
+                    ckpt.restore_global_state(saved["random"])
                 model.train()
                 accumulated = torch.zeros((), device=rt.device)
-                complete = True  # every batch of the epoch taken: what a checkpoint may be saved after
-                for i, batch in enumerate(train_loader):
+                taken = micro_per_epoch  # micro-batches of this epoch taken when the loop below ends
+                for i, batch in enumerate(epoch_batches, start=first):
                     group_start = i - i % cfg.grad_accum
                     group_size = min(cfg.grad_accum, micro_per_epoch - group_start)
                     last_micro = i - group_start == group_size - 1
@@ -289,31 +327,22 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                     # The epoch's last batch ends the loop itself: the sampler then finishes its pass (and
                     # draws what it draws at the end), so a checkpoint there is a true epoch boundary.
                     if stop.requested() or (step >= total_steps and i + 1 < micro_per_epoch):
-                        complete = False
+                        taken = i + 1
                         break
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and i + 1 < micro_per_epoch:
+                        save_checkpoint(epoch, i + 1)
+                if stop.requested() or taken < micro_per_epoch:
+                    # Cut short by a stop or --max-steps: a --resume goes on from here. Saved before the
+                    # evaluation below, whose loaders draw from the global random state.
+                    save_checkpoint(epoch, taken)
                 if stop.requested():  # stop promptly: no evaluation pass after a stop request
                     break
                 extra = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
                 metrics = evaluate_now(("train", "val"), step=step, extra=extra)
                 if rt.is_main:
                     progress.write(_epoch_line(epoch + 1, metrics))
-                if cfg.checkpoint is not None and rt.is_main and complete:
-                    ckpt.save(
-                        cfg.checkpoint,
-                        dict(
-                            config=cfg.to_dict(),
-                            epoch=epoch + 1,
-                            step=step,
-                            max_norm=max_norm,
-                            metrics=metrics,
-                            model=model.state_dict(),
-                            optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(),
-                            scaler=scaler.state_dict(),
-                            gradwatch=tracker.state_dict(),  # also flushes: the file has every step so far
-                            random=ckpt.random_state(loader_generator),
-                        ),
-                    )
+                if taken == micro_per_epoch:
+                    save_checkpoint(epoch + 1, 0)
                 if stop.requested() or step >= total_steps:
                     break
             if stop.requested():

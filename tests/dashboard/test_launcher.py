@@ -184,3 +184,7 @@ def test_resume_is_offered_for_a_stopped_trainer_run_with_its_checkpoint_file(tm
     assert resume_checkpoint({**run, "config": {**config, "checkpoint": "gone"}}) is None
     with pytest.raises(ValueError, match="no checkpoint"):
         resume_spec({**run, "status": "running"}, db="g.db", config_dir=tmp_path)
+    # A run that saved every N steps goes on saving as often (--checkpoint-every needs --checkpoint).
+    spec = resume_spec({**run, "config": {**config, "checkpoint_every": 50}}, db="g.db", config_dir=tmp_path)
+    argv = list(spec.argv)
+    assert argv[argv.index("--checkpoint-every") + 1] == "50" and spec.config == {"epochs": 3}

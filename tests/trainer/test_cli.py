@@ -48,6 +48,8 @@ BAD = [
     (["--preset", "nope"], "--preset"),
     (["--sc-variant", "11"], "--sc-variant"),
     (["--no-such-flag"], "unrecognized arguments"),
+    (["--checkpoint-every", "10"], "--checkpoint PATH"),
+    (["--checkpoint", "x.ckpt", "--checkpoint-every", "0"], "--checkpoint-every"),
 ]
 
 

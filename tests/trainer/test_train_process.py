@@ -96,24 +96,63 @@ def test_ddp_with_two_cpu_processes_writes_one_coherent_run(tmp_path):
 def test_ddp_run_resumed_from_its_checkpoint_on_every_rank(tmp_path):
     # Rank 0 saves the checkpoint (with the tracker's state); both ranks load it and go on as one run.
     db, cache, ck = tmp_path / "g.db", tmp_path / "cache", tmp_path / "ddp.ckpt"
-    for epochs, more in (("1", ()), ("2", ("--resume",))):
-        extra = (
-            "--clip",
-            "autoclip:50",
-            "--run-name",
-            "ddp",
-            "--checkpoint",
-            str(ck),
-            "--epochs",
-            epochs,
-            *more,
-        )
+    # The first process stops mid-epoch (--max-steps 2): the second goes on from that batch.
+    for more in (("--max-steps", "2"), ("--resume",)):
+        extra = ("--clip", "autoclip:50", "--run-name", "ddp", "--checkpoint", str(ck), "--epochs", "2")
+        extra += more
         args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "trainer", *tiny_argv(cache, db, *extra)]  # fmt: skip
         proc = start(args)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
     [(status, resumed_from, world_size)] = query(db, "SELECT status, resumed_from_step, world_size FROM runs")
-    assert (status, world_size) == ("finished", 2) and resumed_from > 0
+    assert (status, world_size, resumed_from) == ("finished", 2, 2)
     steps = [s for (s,) in query(db, "SELECT step FROM steps ORDER BY step")]
-    assert steps == list(range(2 * resumed_from))  # the second epoch numbered on from the first
+    assert len(steps) > 3 and steps == list(range(len(steps)))  # numbered on from the first process
+
+
+def test_a_killed_then_stopped_run_resumes_mid_epoch_to_what_an_uninterrupted_run_records(tmp_path):
+    # Crash (SIGKILL) after a --checkpoint-every save, resume, stop (SIGTERM: saves where it stopped),
+    # resume to the end: every row equals a run that was never interrupted. 10 steps an epoch, so the
+    # interruptions land mid-epoch. All four are processes with the same thread count (sums in one order).
+    cache, straight, db, ck = (tmp_path / name for name in ("cache", "straight.db", "g.db", "r.ckpt"))
+    common = ("--epochs", "3", "--batch-size", "4", "--lr-schedule", "constant", "--clip", "zclip:2.0",
+              "--optimizer", "sgd", "--lr", "0.02", "--extra-stats", "--quiet", "--run", "r")  # fmt: skip
+    trainer = [sys.executable, "-m", "trainer", *tiny_argv(cache, db, *common), "--checkpoint", str(ck)]
+    proc = start([*trainer, "--checkpoint-every", "3"])
+    wait_for_steps(proc, db, 4)  # a step is recorded after the save before it (state_dict() flushes)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert ck.exists()
+    killed_at = query(db, "SELECT COUNT(*) FROM steps")[0][0]
+    proc = start([*trainer, "--resume"])
+    wait_for_steps(proc, db, killed_at + 2)  # past where the killed process got
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped" in out, err[-2000:]
+    [(status, stopped_at)] = query(db, "SELECT status, (SELECT COUNT(*) FROM steps) FROM runs")
+    assert status == "stopped" and 0 < stopped_at < 30
+    uninterrupted = [sys.executable, "-m", "trainer", *tiny_argv(cache, straight, *common)]
+    for argv in ([*trainer, "--resume"], uninterrupted):
+        proc = start(argv)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    assert query(db, "SELECT status, resumed_from_step FROM runs") == [("finished", stopped_at)]
+    assert query(straight, "SELECT COUNT(*) FROM steps") == [(30,)]
+    for sql in (
+        "SELECT step, loss, total_norm, total_norm_after, clipped, coef, threshold FROM steps ORDER BY step",
+        "SELECT step, layer_id, norm FROM grad_norms ORDER BY step, layer_id",
+        "SELECT step, layer_id, weight_norm, update_ratio, max_abs FROM grad_stats ORDER BY step, layer_id",
+        "SELECT step, norm_before, norm_after, threshold FROM clip_events ORDER BY step",
+    ):
+        want, got = query(straight, sql), query(db, sql)
+        assert len(got) == len(want), sql
+        for g, w in zip(got, want, strict=True):  # NULL where no threshold is in force (ZClip warm-up)
+            assert [x is None for x in g] == [x is None for x in w], sql
+            g, w = [x for x in g if x is not None], [x for x in w if x is not None]
+            assert g == pytest.approx(w, rel=1e-5), sql
+    # Evaluations happen at epoch ends only, the same in both.
+    metrics = "SELECT step, name, value FROM metrics ORDER BY step, name"
+    want, got = query(straight, metrics), query(db, metrics)
+    assert [r[:2] for r in got] == [r[:2] for r in want]
+    assert [r[2] for r in got] == pytest.approx([r[2] for r in want], rel=1e-5)
