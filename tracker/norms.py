@@ -25,6 +25,7 @@ __all__ = ["DOT_MIN_NUMEL", "NormPlan", "grad_norms", "max_abs", "nonfinite_flag
 # Low-precision norms are accumulated and returned in float32: a float16 gradient whose elements are all
 # finite can still have a norm above 65504, which would read as a spurious "inf" layer.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_FLOAT32_OUT = (torch.float32, *_LOW_PRECISION)
 # From this many elements (128 KiB of float32) up, one Python-level dot() per tensor beats the foreach loop
 # on the CPU with 2 threads: measured break-even ~32k elements, 2x faster at 256k; with 1 thread break-even
 # is ~64k and the gain ~1.1x, the loss below it under 10% (docs/benchmarks.md, "CPU norm read").
@@ -34,7 +35,9 @@ _DOT_DTYPES = (torch.float32, torch.float64)
 
 def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
     # torch has no public per-tensor fused norm; torch.nn.utils.get_total_norm uses this same kernel.
-    dtype = torch.float32 if tensors[0].dtype in _LOW_PRECISION else None
+    # float32 accumulation asked for even for float32 groups (same bits, same speed, measured): a tensor
+    # cast to float16 after the plan was made then still cannot overflow its norm.
+    dtype = torch.float32 if tensors[0].dtype in _FLOAT32_OUT else None
     return list(torch._foreach_norm(tensors, ord, dtype=dtype))
 
 
@@ -43,6 +46,8 @@ def _reads_with_dot(t: Tensor) -> bool:
 
 
 def _squared_norm(t: Tensor) -> Tensor:
+    if t.dtype not in _DOT_DTYPES:  # cast to low precision after the plan was made: dot() would overflow
+        return torch.linalg.vector_norm(t, dtype=torch.float32).square()
     # A gradient is laid out like its weight: contiguous unless the weight is not (channels_last, say).
     flat = t.view(-1) if t.is_contiguous() else t.reshape(-1)
     return torch.dot(flat, flat)

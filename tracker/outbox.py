@@ -7,10 +7,18 @@ competing with training for the GIL). So rows are collected in a list (~1 µs pe
 together at most every ``interval`` seconds (default 1 s: the dashboard polls about that often); the writer
 then wakes once and commits them in one transaction. ``flush()``/``close()`` hand over whatever is left.
 A step slower than ``interval`` is handed over at once, so slow training is never delayed.
+
+Training also pauses (a validation pass, a checkpoint, a data stall) with rows still collected. A small
+daemon thread hands those over when nothing has been handed over for ``2 * interval``: a pause never hides
+rows from the dashboard, and a process killed during one loses nothing it had recorded. It waits on an
+event between checks and never fires while steps keep handing over themselves. What it hands over was
+built from host values only (the deferred row builders read Python lists), and a lock keeps hand-offs from
+the two threads whole and in order.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -27,6 +35,20 @@ class Outbox:
         self.interval = interval
         self._items: list[tuple[Any, tuple, dict]] = []
         self._last = time.monotonic()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._watch: threading.Thread | None = None
+        if interval > 0:
+            self._watch = threading.Thread(target=self._watch_pauses, name="gradwatch-outbox", daemon=True)
+            self._watch.start()
+
+    def _watch_pauses(self) -> None:
+        while not self._closed.wait(self.interval):
+            if self._items and time.monotonic() - self._last >= 2 * self.interval:
+                try:
+                    self.handoff()
+                except Exception:  # noqa: BLE001 - the training thread's next hand-off or flush() reports it
+                    pass
 
     def _add(self, method: Any, args: tuple, kwargs: dict) -> None:
         self._items.append((method, args, kwargs))
@@ -52,10 +74,13 @@ class Outbox:
         self._add(build, (self.writer, *args), {})
 
     def handoff(self, now: float | None = None) -> None:
-        items, self._items = self._items, []
-        for method, args, kwargs in items:
-            method(*args, **kwargs)
-        self._last = time.monotonic() if now is None else now
+        with self._lock:
+            if self._closed.is_set() and threading.current_thread() is self._watch:
+                return  # closed meanwhile: close() handed everything over
+            items, self._items = self._items, []
+            for method, args, kwargs in items:
+                method(*args, **kwargs)
+            self._last = time.monotonic() if now is None else now
 
     def flush(self) -> None:
         self.handoff()
@@ -65,7 +90,9 @@ class Outbox:
         try:
             self.handoff()
         finally:
-            self.writer.close(status=status, error=error)
+            self._closed.set()
+            with self._lock:  # a hand-off by the watcher in progress ends before the writer closes
+                self.writer.close(status=status, error=error)
 
     @property
     def pending(self) -> int:

@@ -69,11 +69,47 @@ def _check_options(every: Any, nonfinite: Any, extra_stats: Any, rank: Any) -> t
         return ()
     if extra_stats is True:
         return EXTRA_STATS
+    if not isinstance(extra_stats, str | Iterable):
+        raise ValueError(f"extra_stats={extra_stats!r}; accepted: True, False or a subset of {EXTRA_STATS}")
     names = (extra_stats,) if isinstance(extra_stats, str) else tuple(extra_stats)
     bad = [n for n in names if n not in EXTRA_STATS]
     if bad:
         raise ValueError(f"extra_stats: unknown {bad}; accepted: True, False or a subset of {EXTRA_STATS}")
     return tuple(n for n in EXTRA_STATS if n in names)
+
+
+def _check_run_options(run: Any, parent_id: Any, config: Any) -> None:
+    """What the run record takes, checked before the database is opened (a bad value touches no file)."""
+    if run is not None and (not isinstance(run, str) or (run and not run.strip())):
+        raise ValueError(f"run={run!r}; accepted: a non-empty string (the run's name) or None")
+    if parent_id is not None and (
+        isinstance(parent_id, bool) or not isinstance(parent_id, int) or parent_id < 1
+    ):
+        raise ValueError(f"parent_id={parent_id!r}; accepted: the id of a recorded run (an int >= 1) or None")
+    if config is not None and not isinstance(config, Mapping):
+        hint = " (for argparse arguments: config=vars(args))" if hasattr(config, "__dict__") else ""
+        raise ValueError(
+            f"config must be a mapping of names to JSON-able values, got {type(config).__name__}{hint}"
+        )
+
+
+def _as_number(loss: Any) -> float:
+    try:
+        return float(loss)
+    except (TypeError, ValueError):
+        raise ValueError(f"loss must be a tensor or a number, got {type(loss).__name__}: {loss!r}") from None
+
+
+# Subsets of parameters with a gradient seen recently, each with its plan. A model whose subset changes
+# every step (mixture of experts, layer drop) would otherwise grow the cache without bound.
+_SUBSETS_KEPT = 64
+
+
+def _remember(cache: dict, key: tuple[int, ...], value: Any) -> Any:
+    if len(cache) >= _SUBSETS_KEPT:
+        del cache[next(iter(cache))]  # the oldest
+    cache[key] = value
+    return value
 
 
 _GRAD = operator.attrgetter("grad")
@@ -191,6 +227,7 @@ class GradTracker:
         self.db_path = resolve_db(db)
         # The dashboard relaunches other people's scripts by environment: name and lineage come from it too.
         run, parent_id = resolve_run_name(run), resolve_parent(parent_id)
+        _check_run_options(run, parent_id, config)
         self.run_id: int | None = None
         self._store = self._writer = None
         if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write
@@ -288,6 +325,8 @@ class GradTracker:
         skipped = False
         if self.nonfinite != "record" and not bool(torch.isfinite(norms).all()):  # one sync, documented
             if self.nonfinite == "raise":
+                if not logged:  # the offending step is recorded whole, as a logged one
+                    extra = self._extra_stats(grads, present)
                 self._record(step, total, None, norms, present, loss, skipped=False, extra=extra)
                 self.flush()
                 bad = [
@@ -346,6 +385,8 @@ class GradTracker:
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Record scalar metrics (``{"val_acc": 0.91}``) at ``step``, by default the last measured step."""
+        if self._finished:
+            raise RuntimeError("this GradTracker is finished: log() before finish(), or create a new one")
         if not isinstance(metrics, Mapping):
             raise ValueError(f"metrics must be a mapping of name -> number, got {type(metrics).__name__}")
         clean: dict[str, float] = {}
@@ -372,6 +413,10 @@ class GradTracker:
 
     def finish(self, status: str = "finished", error: str | None = None) -> None:
         """Close the run as ``finished`` (default), ``failed`` or ``stopped``; a second call does nothing."""
+        from tracker.store import FINAL_STATUSES
+
+        if status not in FINAL_STATUSES:  # before anything closes: finish() can be called again
+            raise ValueError(f"status={status!r}; accepted: {', '.join(FINAL_STATUSES)}")
         if self._finished:
             return
         self._finished = True
@@ -465,7 +510,6 @@ class GradTracker:
         # The fast path of _measure(): one device, one float dtype, no sharding: one kernel, one stack.
         dtypes = {p.dtype for p in self._params}
         self._fast = not self._sharded and len(self._plan.groups) == 1 and dtypes <= set(_FAST_DTYPES)
-        self._norm_dtype = torch.float32 if dtypes & {torch.float16, torch.bfloat16} else None
         self._subset_plans: dict[tuple[int, ...], NormPlan] = {}
 
     def _check_layout(self) -> None:
@@ -487,7 +531,9 @@ class GradTracker:
             if self._plan.splits[0] is not None:
                 norms = self._plan.apply(grads)
             else:
-                norms = torch.stack(torch._foreach_norm(grads, 2.0, dtype=self._norm_dtype))
+                # float32 accumulation whatever the dtypes (for float32, the same bits at the same speed): a
+                # part of the model cast to float16 after the plan was made cannot overflow its norm.
+                norms = torch.stack(torch._foreach_norm(grads, 2.0, dtype=torch.float32))
             return norms, torch.linalg.vector_norm(norms)
         if self._sharded:
             norms = sharded_norms(grads, self._shards_of(present))
@@ -497,7 +543,7 @@ class GradTracker:
         key = tuple(present)
         plan = self._subset_plans.get(key)
         if plan is None:
-            plan = self._subset_plans[key] = NormPlan.for_tensors(grads)
+            plan = _remember(self._subset_plans, key, NormPlan.for_tensors(grads))
         return grad_norms(grads, plan)
 
     def _shards_of(self, present: Any) -> Shards | None:
@@ -505,7 +551,7 @@ class GradTracker:
             return self._shards
         key = tuple(present)
         if key not in self._subset_shards:
-            self._subset_shards[key] = self._shards.select(present)
+            _remember(self._subset_shards, key, self._shards.select(present))
         return self._subset_shards[key]
 
     def _drop_grads(self) -> None:
@@ -559,6 +605,8 @@ class GradTracker:
         if has_loss:
             parts.append(loss.detach().reshape(1).to(norms.device, torch.float32))
             loss = None  # its value travels in the copy
+        elif loss is not None:
+            loss = _as_number(loss)  # a numpy scalar, say: recorded like a float
         parts.extend(extra.values())
         pending, self._pending = self._pending, []
         if pending:

@@ -1,5 +1,6 @@
 """GradTracker end to end on a real SQLite file, against torch's own clipping and norms (the oracles)."""
 
+import argparse
 import json
 import math
 import os
@@ -7,8 +8,10 @@ import socket
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+from polling import wait_for
 from sqlite_rows import rows as _rows
 from torch import nn
 
@@ -285,6 +288,14 @@ def test_disabled_tracker_does_nothing_with_the_same_methods(db_path):
         (dict(extra_stats=("weight_norm", "hessian")), "hessian"),
         (dict(clip="norm:abc"), "abc"),
         (dict(clip=3.0), "spec"),
+        (dict(extra_stats=1), "extra_stats=1"),
+        (dict(run=123), "run=123"),
+        (dict(run="   "), "non-empty"),
+        (dict(parent_id="abc"), "parent_id='abc'"),
+        (dict(parent_id=-1), "parent_id=-1"),
+        (dict(parent_id=True), "parent_id=True"),
+        (dict(config=[1, 2]), "got list"),
+        (dict(config=argparse.Namespace(lr=0.1)), r"config=vars\(args\)"),
     ],
 )
 def test_bad_options_raise_value_error_naming_them(db_path, kwargs, match):
@@ -293,12 +304,47 @@ def test_bad_options_raise_value_error_naming_them(db_path, kwargs, match):
     assert not db_path.exists()
 
 
-def test_step_after_finish_is_an_error(db_path):
+def test_step_and_log_after_finish_are_errors(db_path):
     tracker = GradTracker(_model(), db=db_path)
     tracker.finish()
     tracker.finish()  # idempotent
     with pytest.raises(RuntimeError, match="finished"):
         tracker.step()
+    with pytest.raises(RuntimeError, match="finished"):
+        tracker.log({"test_acc": 0.9})  # not silently dropped
+
+
+def test_finish_with_a_bad_status_changes_nothing_and_can_be_retried(db_path):
+    model = _model()
+    tracker = GradTracker(model, db=db_path)
+    with pytest.raises(ValueError, match="'complete'; accepted: finished, failed, stopped"):
+        tracker.finish("complete")
+    _loss(model, _batches(1)[0]).backward()
+    tracker.step()  # still open
+    tracker.finish("stopped")
+    assert _rows(db_path, "SELECT status, (SELECT COUNT(*) FROM steps) FROM runs") == [("stopped", 1)]
+
+
+def test_config_is_stored_as_json_sqlite_can_read(db_path):
+    # Python's json writes NaN/Infinity, which SQLite's json_extract rejects: the file must stay queryable.
+    config = {"dropout": math.nan, "max_norm": math.inf, "lr": np.float32(0.5), "steps": np.int64(3), 7: "x"}
+    GradTracker(_model(), db=db_path, config=config).finish()
+    got = _rows(
+        db_path,
+        "SELECT json_valid(config), json_extract(config, '$.dropout'), json_extract(config, '$.max_norm'), "
+        "json_extract(config, '$.lr'), json_extract(config, '$.steps'), json_extract(config, '$.\"7\"') "
+        "FROM runs",
+    )
+    assert got == [(1, None, None, 0.5, 3, "x")]
+
+
+@pytest.mark.parametrize("loss", [np.float32(2.5), np.float64(2.5), 2.5, torch.tensor(2.5), np.int64(2)])
+def test_a_loss_of_any_number_type_is_recorded(db_path, loss):
+    model = _model()
+    with GradTracker(model, db=db_path) as tracker:
+        _loss(model, _batches(1)[0]).backward()
+        tracker.step(loss=loss)
+    assert _rows(db_path, "SELECT loss FROM steps") == [(float(loss),)]
 
 
 def test_total_norm_math_oracle_for_a_known_gradient(db_path):
@@ -381,3 +427,24 @@ def test_recorded_threshold_is_the_same_float32(value):
     short = short_threshold(x)
     assert torch.tensor(short, dtype=torch.float32).item() == x  # oracle: torch's own float32 rounding
     assert len(repr(short)) <= len(repr(x))
+
+
+def test_rows_reach_the_file_while_training_pauses(db_path):
+    # Twenty quick steps, then a long pause (a validation pass, say): nothing calls the tracker, yet the rows
+    # must reach the file (a dashboard shows them; a process killed during the pause keeps them).
+    model = nn.Linear(4, 4)
+    tracker = GradTracker(model, db=db_path, run="pause")
+    for i in range(20):
+        model(torch.randn(2, 4)).sum().backward()
+        tracker.step(loss=float(i))
+        model.zero_grad()
+
+    def steps_in_file():
+        return _rows(db_path, "SELECT COUNT(*) FROM steps")[0][0] == 20
+
+    try:
+        assert wait_for(steps_in_file, timeout=10.0, interval=0.1)
+        n_layers = len(list(model.parameters()))
+        assert _rows(db_path, "SELECT COUNT(*) FROM grad_norms") == [(20 * n_layers,)]
+    finally:
+        tracker.finish()

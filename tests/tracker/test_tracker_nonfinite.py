@@ -147,6 +147,21 @@ def test_raise_names_the_first_bad_layer_and_records_the_step(db_path):
     ]
 
 
+def test_raise_on_an_unlogged_step_with_update_ratios_records_the_step_and_raises(db_path):
+    # The update ratio holds a logged step's row until the optimizer step; an unlogged step that raises
+    # must be measured and recorded whole all the same, and the error be the documented one.
+    model = _model()
+    with pytest.raises(NonFiniteGradientError, match="step 1"):
+        with GradTracker(model, db=db_path, nonfinite="raise", every=5, extra_stats=True) as tracker:
+            _train(model, tracker)
+    assert _rows(db_path, "SELECT step, first_nonfinite_layer FROM steps ORDER BY step") == [
+        (0, None),
+        (1, 2),
+    ]
+    n_layers = len(list(model.parameters()))
+    assert _rows(db_path, "SELECT COUNT(*) FROM grad_stats WHERE step = 1") == [(n_layers,)]
+
+
 def test_nan_on_an_unlogged_step_is_still_recorded(db_path):
     model = _model()
     with GradTracker(model, db=db_path, every=2) as tracker:

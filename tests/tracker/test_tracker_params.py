@@ -146,6 +146,34 @@ def test_a_model_cast_after_the_tracker_was_made_is_measured_in_its_new_dtype(db
     )
 
 
+def test_a_part_of_the_model_cast_to_float16_later_is_not_read_as_inf(db_path):
+    # Only the head is cast after the tracker was made (the first parameter, which stands for the layout,
+    # is not): its finite gradient, whose sum of squares is beyond float16's range, must stay finite.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(256, 256))
+    with GradTracker(model, db=db_path, nonfinite="skip") as tracker:
+        model[1].half()
+        for p in model.parameters():
+            p.grad = (torch.rand(p.shape) + 0.6).to(p.dtype)
+        stats = tracker.step()
+    expected = [torch.linalg.vector_norm(p.grad.double()).item() for p in model.parameters()]
+    assert expected[2] > 256 and not stats.skipped
+    got = [n for (n,) in _rows(db_path, "SELECT norm FROM grad_norms ORDER BY layer_id")]
+    assert got == pytest.approx(expected, rel=1e-3)
+    assert _rows(db_path, "SELECT COUNT(*) FROM nonfinite") == [(0,)]
+
+
+def test_a_parameter_subset_that_changes_every_step_keeps_a_bounded_cache(db_path):
+    # Mixture of experts: which parameters have a gradient changes from step to step.
+    experts = nn.ModuleList(nn.Linear(2, 2, bias=False) for _ in range(12))
+    with GradTracker(experts, db=db_path, every=1000) as tracker:
+        for k in range(300):
+            for i, e in enumerate(experts):
+                e.weight.grad = torch.ones(2, 2) if (k >> i) & 1 or i == 11 else None
+            tracker.step()
+            assert len(tracker._subset_plans) <= 64
+
+
 def test_a_step_without_any_gradient_warns_once(db_path):
     model = nn.Linear(4, 2)
     with GradTracker(model, db=db_path) as tracker:

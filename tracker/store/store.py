@@ -14,7 +14,9 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from . import resume
 from .connection import connect, immediate, preflight, translate
@@ -54,6 +56,30 @@ def _create_file(path: Path, busy_timeout: float) -> None:
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
             leftover.unlink(missing_ok=True)
+
+
+def config_json(config: Mapping[str, Any]) -> str:
+    """``runs.config`` as strict JSON: SQLite's ``json_extract`` rejects Python's NaN/Infinity literals, so
+    non-finite numbers are stored as null. Keys become strings; numpy scalars and 0-d tensors their
+    number; other values JSON has no type for, their str()."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, Mapping):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    def default(x: Any) -> Any:  # a numpy scalar or a 0-d tensor is its number; anything else its str()
+        try:
+            value = x.item()
+        except Exception:  # noqa: BLE001 - no .item(), or not a single value
+            return str(x)
+        return clean(value) if isinstance(value, int | float | bool) else str(x)
+
+    return json.dumps(clean(config), sort_keys=True, default=default, allow_nan=False)
 
 
 class Store(Reads):
@@ -205,7 +231,7 @@ class Store(Reads):
         row = dict(
             name=name,
             status="running",
-            config=json.dumps(config or {}, sort_keys=True, default=str),
+            config=config_json(config or {}),
             clip=clip,
             clip_source=clip_source,
             parent_id=parent_id,
