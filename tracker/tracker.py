@@ -190,23 +190,8 @@ class GradTracker:
         self.layers = TrackedParameters(model)
         self._model: nn.Module | None = model  # until the first step with missing gradients is explained
         self._warned_no_grads = False
-        self._params = self.layers.params
-        self._all = range(len(self._params))
-        self._sharded = any(is_dtensor(p) for p in self._params)
-        self._plan_layout()
-        # FSDP2: the layout of the shards, fixed for the run; FSDP2 lays gradients out like their parameters.
-        self._shards = Shards.of(self._params) if self._sharded else None
-        self._subset_shards: dict[tuple[int, ...], Shards | None] = {}
         self._clip_takes_shards = accepts_shards(self.clip)
-        self._extra = (
-            ExtraStats(self.extra_stats, self._params, self._plan, self._sharded)
-            if self.extra_stats
-            else None
-        )
-        self._first = self._params[0] if self._params else None
-        self._layout = (self._first.device, self._first.dtype) if self._first is not None else None
-        self._holds_rows = self._extra is not None and self._extra.holds_rows
-        self._rows = RowBuilder(self.layers.ids, self._all, self.clip.spec, self._extra)
+        self._measure_params()
         self._step = 0
         if resumed is not None:
             self._step = resumed["step"]
@@ -267,6 +252,10 @@ class GradTracker:
             notes["tied"] = self.layers.aliases  # alias name -> the layer name it is recorded under
         if notes:
             cfg[CONFIG_KEY] = notes
+        if parent_id is not None and not os.path.exists(self.db_path):  # no file holds it: create none
+            from tracker.store import RunNotFound
+
+            raise RunNotFound(f"parent_id={parent_id}: no such run, {self.db_path} does not exist")
         store = Store.open(self.db_path, create=True)
         try:
             self.run_id = store.create_run(
@@ -468,6 +457,9 @@ class GradTracker:
 
     # ------------------------------------------------------------------ measuring
     def _grads(self) -> tuple[list[Tensor], Any]:
+        # Unfrozen since the last step? One C-level pass over the frozen parameters (none: free).
+        if self._frozen and not all(map(_IS_NONE, map(_GRAD, self._frozen))):
+            self._take_unfrozen()
         grads = list(map(_GRAD, self._params))
         # Not `None in grads`: that compares every tensor with None through Tensor.__eq__ (~30 µs each).
         if not any(map(_IS_NONE, grads)):
@@ -485,6 +477,36 @@ class GradTracker:
                 stacklevel=4,
             )
         return [grads[i] for i in present], present
+
+    def _measure_params(self) -> None:
+        """Everything that depends on which parameters are measured: at the start, and again when frozen
+        parameters get gradients (unfrozen during fine-tuning)."""
+        self._params = self.layers.params
+        self._frozen = self.layers.frozen
+        self._all = range(len(self._params))
+        self._sharded = any(is_dtensor(p) for p in self._params)
+        self._plan_layout()
+        # FSDP2: the layout of the shards; FSDP2 lays gradients out like their parameters.
+        self._shards = Shards.of(self._params) if self._sharded else None
+        self._subset_shards: dict[tuple[int, ...], Shards | None] = {}
+        self._extra = (
+            ExtraStats(self.extra_stats, self._params, self._plan, self._sharded)
+            if self.extra_stats
+            else None
+        )
+        self._first = self._params[0] if self._params else None
+        self._layout = (self._first.device, self._first.dtype) if self._first is not None else None
+        self._holds_rows = self._extra is not None and self._extra.holds_rows
+        self._rows = RowBuilder(self.layers.ids, self._all, self.clip.spec, self._extra)
+
+    def _take_unfrozen(self) -> None:
+        """Frozen parameters got gradients: measure and clip them from this step on, like torch's
+        ``clip_grad_norm_(model.parameters())`` would. Rare (an unfreezing schedule), so it may sync."""
+        self._drain_pending()  # buffered steps are laid out by the old list: turn them into rows first
+        moved = self.layers.take_unfrozen()
+        self._measure_params()
+        if self._store is not None:
+            self._store.add_layers(self.run_id, [self.layers.rows[i] for i in moved])  # trainable = 1
 
     def _check_not_replaced(self, model: nn.Module) -> None:
         """Once, the first time gradients are missing: are the tensors we measure still the model's?

@@ -194,6 +194,18 @@ def test_env_run_name_and_parent_override_the_arguments(db_path, monkeypatch):
     assert rows == [(parent.run_id, "original", None), (child.run_id, "relaunched", parent.run_id)]
 
 
+def test_a_parent_run_that_does_not_exist_is_refused_and_creates_no_file(db_path):
+    from tracker.store import RunNotFound
+
+    with pytest.raises(RunNotFound, match="parent_id=5"):
+        GradTracker(_model(), db=db_path, parent_id=5)
+    assert not db_path.exists()  # a failed start leaves no empty database behind
+    GradTracker(_model(), db=db_path).finish()
+    with pytest.raises(RunNotFound, match="parent_id=5: no such run"):
+        GradTracker(_model(), db=db_path, parent_id=5)
+    assert _rows(db_path, "SELECT COUNT(*) FROM runs") == [(1,)]
+
+
 @pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5"])
 def test_bad_env_parent_names_the_variable(db_path, monkeypatch, value):
     monkeypatch.setenv("GRADWATCH_PARENT_RUN", value)

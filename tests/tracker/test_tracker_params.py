@@ -1,5 +1,6 @@
 """Tied, frozen and gradient-less parameters: what is measured, what is registered, what is counted."""
 
+import copy
 import json
 import warnings
 
@@ -89,6 +90,44 @@ def test_gradient_appearing_later_is_measured_from_then_on(db_path):
     assert stats.total_norm == pytest.approx(expected, rel=1e-6)
     counts = _rows(db_path, "SELECT step, count(*) FROM grad_norms GROUP BY step ORDER BY step")
     assert counts == [(0, 2), (1, 4)]
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_parameters_unfrozen_later_are_measured_and_clipped_from_then_on(db_path, every):
+    # Fine-tuning: a backbone frozen when the tracker is made, unfrozen at step 2. From then on the tracker
+    # must clip like torch's clip_grad_norm_ over the model's parameters, and record the new layers.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    oracle = copy.deepcopy(model)
+    for m in (model, oracle):
+        m[0].requires_grad_(False)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_oracle = torch.optim.SGD(oracle.parameters(), lr=0.1)
+    totals = []
+    with GradTracker(model, db=db_path, clip="norm:0.5", every=every, extra_stats=True) as tracker:
+        for step in range(5):
+            if step == 2:
+                for m in (model, oracle):
+                    m[0].requires_grad_(True)
+            for m, o in ((model, opt), (oracle, opt_oracle)):
+                o.zero_grad()
+                (m(x) ** 2).sum().backward()
+            stats = tracker.step()
+            totals.append(torch.nn.utils.clip_grad_norm_(oracle.parameters(), 0.5).item())
+            opt.step()
+            opt_oracle.step()
+            assert float(stats.total_norm) == pytest.approx(totals[-1], rel=1e-5)
+    for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert _rows(db_path, "SELECT id, trainable FROM layers ORDER BY id") == [(0, 1), (1, 1), (2, 1), (3, 1)]
+    counts = dict(_rows(db_path, "SELECT step, count(*) FROM grad_norms GROUP BY step"))
+    assert counts == {s: 2 if s < 2 else 4 for s in range(5) if s % every == 0}
+    recorded = [t for (t,) in _rows(db_path, "SELECT total_norm FROM steps ORDER BY step")]
+    assert recorded == pytest.approx([t for s, t in enumerate(totals) if s % every == 0], rel=1e-5)
+    # Every clip decision, the buffered ones of unlogged steps included, survived the change of layout.
+    events = [n for (n,) in _rows(db_path, "SELECT norm_before FROM clip_events ORDER BY step")]
+    assert events == pytest.approx(totals, rel=1e-5)
 
 
 def test_writer_rank_outside_the_process_group_is_refused_before_anything_is_written(tmp_path):
