@@ -28,31 +28,54 @@ def exit_status() -> tuple[str, str | None]:
     return "failed", f"{type(last).__name__}: {last}"
 
 
+# The trackers alive at once share one handler: how many hold it now, and what the first of them replaced
+# (put back when the last one goes). Only main-thread code installs and restores; the lock keeps the count
+# right when a tracker is finished from another thread.
+_lock = threading.Lock()
+_holders = 0
+_replaced: Any = signal.SIG_DFL
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    global _sigterm_received
+    _sigterm_received = True
+    raise SystemExit(128 + signum)
+
+
 class SigtermAsExit:
     """While installed, SIGTERM raises SystemExit(143) in the main thread.
 
     The dashboard stops a run with SIGTERM; raised as SystemExit, it unwinds the training loop so the run is
     closed as "stopped" (by the tracker's __exit__ or atexit) instead of looking crashed. Installed only when
     nobody else handles SIGTERM, and only from the main thread (the only one allowed to set handlers).
+    Several trackers alive at once (a GAN's two models) share the handler: it stays while any of them holds
+    it, and the last one removed, in whatever order, puts back the handler that was there before the first.
     """
 
     def __init__(self) -> None:
+        global _holders, _replaced
         self.installed = False
         if threading.current_thread() is not threading.main_thread():
             return
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        self.installed = True
-
-    @staticmethod
-    def _on_sigterm(signum: int, frame: Any) -> None:
-        global _sigterm_received
-        _sigterm_received = True
-        raise SystemExit(128 + signum)
+        with _lock:
+            current = signal.getsignal(signal.SIGTERM)
+            if current is not _on_sigterm:  # (when it is ours, another tracker installed it: join)
+                if current is not signal.SIG_DFL:  # somebody else handles (or ignores) SIGTERM: theirs wins
+                    return
+                signal.signal(signal.SIGTERM, _on_sigterm)
+                _replaced = current
+            _holders += 1
+            self.installed = True
 
     def remove(self) -> None:
-        if self.installed and threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGTERM) is self._on_sigterm:  # nobody replaced it since
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        global _holders
+        with _lock:
+            if not self.installed:
+                return
             self.installed = False
+            _holders -= 1
+            # Removed from another thread, the last holder cannot restore the handler; it stays, as it did
+            # before the count (and a later tracker joins it and restores it when it goes).
+            if _holders == 0 and threading.current_thread() is threading.main_thread():
+                if signal.getsignal(signal.SIGTERM) is _on_sigterm:  # nobody replaced it since
+                    signal.signal(signal.SIGTERM, _replaced)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.tracker.agc_oracle import oracle
+from tracker import GradTracker
 from tracker.clipping import parse_clip, unitwise_norm
 
 # name -> shape: Linear [out, in], conv [out, in, kh, kw], bias, a one-output head and a one-input column.
@@ -20,12 +21,12 @@ LAYERS = {
 }
 
 
-def make(seed=0, grad_scale=1.0):
+def make(seed=0, grad_scale=1.0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     names, params = [], []
     for name, shape in LAYERS.items():
-        p = torch.nn.Parameter(torch.randn(shape, generator=g) * 0.1)
-        p.grad = torch.randn(shape, generator=g) * grad_scale
+        p = torch.nn.Parameter(torch.randn(shape, generator=g, dtype=dtype) * 0.1)
+        p.grad = torch.randn(shape, generator=g, dtype=dtype) * grad_scale
         names.append(name)
         params.append(p)
     params[1].data.zero_()  # a zero-initialised bias: the 1e-3 floor on ||W|| is what lets it move
@@ -54,6 +55,56 @@ def test_agc_matches_the_unitwise_formula(clipping):
     after = np.sqrt(sum((e**2).sum() for e in expected))
     assert float(r.total_norm_after) == pytest.approx(after, rel=1e-5)
     assert 0.0 < float(r.coef) <= 1.0
+
+
+def to_numpy(t):
+    """float64 or complex128, for the oracle."""
+    return t.detach().to(torch.complex128 if t.is_complex() else torch.float64).numpy()
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128, torch.float64])
+@pytest.mark.parametrize("clipping", [0.01, 0.16, 100.0])
+def test_agc_matches_the_unitwise_formula_for_complex_and_float64(dtype, clipping):
+    # Complex units are measured by the moduli |z| of their elements (torch.linalg.vector_norm's norm of a
+    # complex tensor, numpy's np.abs in the oracle). These dtypes used to crash: vector_norm refuses
+    # dtype=float32 for complex and for float64 input.
+    names, params = make(seed=1, dtype=dtype)
+    expected = [oracle(to_numpy(p), to_numpy(p.grad), clipping) for p in params]
+    originals = [p.grad.clone() for p in params]
+    r = clip(f"agc:{clipping}", names, params)
+    for p, e in zip(params, expected, strict=True):
+        assert p.grad.dtype == dtype
+        np.testing.assert_allclose(to_numpy(p.grad), e, rtol=1e-5, atol=1e-8)
+    changed = [not torch.equal(p.grad, g0) for p, g0 in zip(params, originals, strict=True)]
+    assert int(r.n_clipped) == sum(changed) and bool(r.clipped) == any(changed)
+    if clipping < 1:  # (so that the test compares something that was clipped)
+        assert any(changed)
+    after = np.sqrt(sum((np.abs(e) ** 2).sum() for e in expected))
+    assert float(r.total_norm_after) == pytest.approx(after, rel=1e-5)
+
+
+def test_complex_agc_through_the_tracker(db_path):
+    # The failing case as reported: a complex weight next to a real bias, trained through GradTracker.
+    class Complex(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, 4, dtype=torch.cfloat))
+            self.b = torch.nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            return (self.w @ x).abs().pow(2).sum() + self.b.pow(2).sum()
+
+    torch.manual_seed(0)
+    model = Complex()
+    with GradTracker(model, db=db_path, run="complex", clip="agc:0.01") as tracker:
+        for _ in range(3):
+            model(torch.randn(4, dtype=torch.cfloat)).backward()
+            expected = [oracle(to_numpy(p), to_numpy(p.grad), 0.01) for p in model.parameters()]
+            stats = tracker.step()
+            for p, e in zip(model.parameters(), expected, strict=True):
+                np.testing.assert_allclose(to_numpy(p.grad), e, rtol=1e-5, atol=1e-8)
+            model.zero_grad()
+    assert stats.clipped and 0.0 < stats.coef < 1.0
 
 
 def test_agc_reported_coef_is_the_smallest_unit_coefficient():
@@ -107,3 +158,16 @@ def test_unitwise_norm_shapes():
     assert unitwise_norm(torch.ones(7)).shape == ()
     assert unitwise_norm(torch.ones(1, 7)).shape == ()  # squeezes to a vector: one unit
     assert float(unitwise_norm(torch.full((4, 1), 2.0))) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 2, 2), (5, 7), (7,), (1, 7), ()])
+def test_unitwise_norm_of_complex_is_the_norm_of_the_moduli(shape):
+    x = torch.randn(shape, dtype=torch.complex128)
+    got = unitwise_norm(x)
+    assert got.dtype == torch.float32 and got.shape == unitwise_norm(x.real).shape
+    a = np.abs(x.numpy())
+    vector_like = sum(1 for s in shape if s != 1) <= 1
+    want = np.sqrt((a**2).sum()) if vector_like else np.sqrt((a**2).reshape(shape[0], -1).sum(1))
+    np.testing.assert_allclose(got.double().numpy().reshape(np.shape(want)), want, rtol=1e-6)
+    # A lazily conjugated tensor (x.conj()) has the same moduli.
+    torch.testing.assert_close(unitwise_norm(x.conj()), got)

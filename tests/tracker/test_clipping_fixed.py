@@ -3,11 +3,13 @@ run on a copy of the same gradients, or against the formula written out here."""
 
 import math
 import random
+import sqlite3
 
 import numpy as np
 import pytest
 import torch
 
+from tracker import GradTracker
 from tracker.clipping import LayerClip, NormClip, Schedule, parse_clip
 
 SHAPES = [(8, 5), (8,), (4, 3, 3, 3), (1, 7), ()]
@@ -179,6 +181,57 @@ def test_scheduled_threshold_is_used_at_each_step(kind):
         assert as_float(r.threshold) == pytest.approx(c, rel=1e-6)
         for p, o in zip(params, oracle, strict=True):
             torch.testing.assert_close(p.grad, o.grad, rtol=1e-6, atol=0)
+
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+@pytest.mark.parametrize("kind", ["value", "norm", "layer"])
+def test_a_schedule_growing_past_the_float32_range_stops_there(kind):
+    # step(1,2,1) is 2**t: above FLOAT32_MAX from t = 128 on, and too large for a Python float (OverflowError)
+    # from t = 1024 on. Either used to crash the step; now the threshold stays at FLOAT32_MAX: no finite
+    # gradient is beyond it, so nothing is clipped, exactly as torch does with that max_norm / clip_value.
+    strategy = parse_clip(f"{kind}:step(1,2,1)")
+    for step in [127, 128, 129, 1023, 1024, 1025, 10**9]:
+        params = make_params(scale=1e3, seed=step % 1000)
+        before = [p.grad.clone() for p in params]
+        oracle = clone(params)
+        r, norms, total = run(strategy, params, step=step)
+        threshold = as_float(r.threshold)
+        assert threshold == (2.0**step if step < 128 else FLOAT32_MAX), step
+        assert math.isfinite(threshold)
+        if kind == "value":
+            torch.nn.utils.clip_grad_value_(oracle, threshold)
+        elif kind == "norm":
+            torch.nn.utils.clip_grad_norm_(oracle, threshold)
+        else:
+            for o in oracle:
+                torch.nn.utils.clip_grad_norm_([o], threshold)
+        for p, o, b in zip(params, oracle, before, strict=True):
+            assert torch.equal(p.grad, b) and torch.equal(p.grad, o.grad)
+        assert not bool(r.clipped) and int(r.n_clipped) == 0
+        # (value's coef is its norm after over the norm before: a new read, equal up to rounding)
+        assert as_float(r.coef) == pytest.approx(1.0, rel=1e-6)
+        assert as_float(r.total_norm_after) == pytest.approx(as_float(total), rel=1e-6)
+
+
+def test_a_growing_schedule_through_the_tracker_records_a_finite_threshold(db_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    with GradTracker(model, db=db_path, run="grow", clip="norm:step(1,2,1)", every=50) as tracker:
+        for t in range(131):  # past t = 128, where 2**t leaves the float32 range
+            model(torch.randn(4, 2)).sum().backward()
+            grads = [p.grad.clone() for p in model.parameters()]
+            stats = tracker.step()
+            if t >= 128:  # (the first steps' thresholds 1, 2, 4... may clip)
+                assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
+            model.zero_grad()
+    assert float(stats.threshold) == FLOAT32_MAX
+    with sqlite3.connect(db_path) as conn:
+        thresholds = [t for (t,) in conn.execute("SELECT threshold FROM clip_events ORDER BY step")]
+    # (the store keeps the shortest decimal of the float32 value: 3.4028235e+38 for FLOAT32_MAX)
+    assert len(thresholds) == 131 and all(math.isfinite(t) for t in thresholds)
+    assert thresholds == pytest.approx([2.0**t for t in range(128)] + [FLOAT32_MAX] * 3, rel=1e-7)
 
 
 def test_mixed_dtypes_are_clipped_like_torch():

@@ -1,6 +1,7 @@
 """The clip spec grammar: canonical round trips, helpful errors, validate_clip for forms."""
 
 import pytest
+import torch
 
 from tracker.clipping import (
     AGC,
@@ -147,6 +148,58 @@ def test_bad_specs_name_the_problem(spec, fragments):
     for fragment in fragments:
         assert fragment in message
     assert validate_clip(spec) == message
+
+
+# torch.finfo(torch.float32).max written out: thresholds become float32 tensors, which cannot hold more.
+FLOAT32_MAX = "3.4028234663852886e+38"
+
+TOO_LARGE = {
+    "norm:3.5e38": ("threshold", "3.5e+38"),
+    "value:1e39": ("threshold", "1e+39"),
+    "layer:1e40": ("threshold", "1e+40"),
+    "norm:1e300@p=inf": ("threshold", "1e+300"),
+    "random:1-1e39": ("random upper bound HI", "1e+39"),
+    "random:1e39-1e40": ("random lower bound LO", "1e+39"),
+    "agc:1e39": ("agc clipping factor L", "1e+39"),
+    "norm:linear(1e39,1,10)": ("linear(): threshold", "1e+39"),
+    "value:cosine(1,1e39,10)": ("cosine(): threshold", "1e+39"),
+    "layer:step(1e39,0.5,10)": ("step(): threshold", "1e+39"),
+    "norm:warmup(1e39,10)": ("warmup(): threshold", "1e+39"),
+    "norm:1+noise(1e39)": ("noise eta", "1e+39"),
+}
+
+
+@pytest.mark.parametrize("spec, what_and_value", TOO_LARGE.items())
+def test_numbers_above_the_float32_range_are_rejected(spec, what_and_value):
+    # Accepted, they crashed tracker.step() with a torch overflow error when the threshold tensor was made.
+    what, value = what_and_value
+    with pytest.raises(ClipSpecError) as info:
+        parse_clip(spec)
+    message = str(info.value)
+    assert message.startswith(f"invalid clip spec {spec!r}: ")
+    assert f"{what} must be at most {FLOAT32_MAX} (the largest finite float32), got {value}" in message
+    assert validate_clip(spec) == message
+
+
+def test_the_float32_limit_itself_is_accepted():
+    assert float(FLOAT32_MAX) == torch.finfo(torch.float32).max
+    for spec in [f"norm:{FLOAT32_MAX}", f"random:1-{FLOAT32_MAX}", f"value:linear(1,{FLOAT32_MAX},10)"]:
+        assert validate_clip(spec) is None, spec
+    # A step factor is not a threshold: a schedule that grows past the limit is capped at it instead.
+    assert validate_clip("norm:step(1,1e300,1)") is None
+
+
+def test_constructors_reject_thresholds_above_the_float32_range():
+    for make in (
+        lambda: NormClip(1e39),
+        lambda: LayerClip(1e39),
+        lambda: ValueClip(1e39),
+        lambda: RandomClip(1.0, 1e39),
+        lambda: AGC(1e39),
+        lambda: GradientNoise(1e39),
+    ):
+        with pytest.raises(ClipSpecError, match="the largest finite float32"):
+            make()
 
 
 def test_error_examples_match_the_strategy():

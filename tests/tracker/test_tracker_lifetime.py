@@ -94,3 +94,90 @@ def test_sigterm_from_the_dashboard_marks_the_run_stopped(tmp_path, db_path):
     assert proc.returncode == 128 + signal.SIGTERM, err
     status, error, n_steps = _run_row(db_path)
     assert status == "stopped" and error == "SIGTERM" and n_steps >= 2
+
+
+# Two trackers alive at once (a GAN's generator and discriminator), finished in the order given by argv[3]:
+# "12" finishes the one made first, then the other; "21" the other way round. Modes:
+#   one-left: only the first of the order is finished; SIGTERM must still stop the run left open.
+#   none-left: both are finished; SIGTERM must meet the handler that was there before the trackers.
+#   user-handler: as none-left, with the script's own handler installed before the trackers.
+TWO_TRACKERS = textwrap.dedent(
+    """
+    import signal, sys, time, torch
+    from tracker import GradTracker
+
+    mode, db, order = sys.argv[1], sys.argv[2], sys.argv[3]
+    if mode == "user-handler":
+        def own(signum, frame):
+            print("own handler", flush=True)
+            sys.exit(7)
+        signal.signal(signal.SIGTERM, own)
+    before = signal.getsignal(signal.SIGTERM)
+    models = {"1": torch.nn.Linear(3, 1), "2": torch.nn.Linear(3, 1)}
+    trackers = {k: GradTracker(m, db=db, run=f"t{k}") for k, m in models.items()}
+    first, second = order
+    trackers[first].finish()
+    if mode != "one-left":
+        trackers[second].finish()
+        assert signal.getsignal(signal.SIGTERM) is before, signal.getsignal(signal.SIGTERM)
+    print("READY", flush=True)
+    while True:
+        models[second](torch.ones(2, 3)).sum().backward()
+        if mode == "one-left":
+            trackers[second].step()
+        time.sleep(0.01)
+    """
+)
+
+
+def _sigterm_after_ready(tmp_path, db_path, *args):
+    script = tmp_path / "two.py"
+    script.write_text(TWO_TRACKERS)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args[:1], str(db_path), *args[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        line = proc.stdout.readline().strip()
+        if line == "READY":
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert line == "READY", err
+    return proc.returncode, out, err
+
+
+def _runs(db):
+    con = sqlite3.connect(db)
+    try:
+        return {n: (s, e) for n, s, e in con.execute("SELECT name, status, error FROM runs")}
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("order", ["12", "21"])
+def test_sigterm_stops_the_run_left_when_another_tracker_finished(tmp_path, db_path, order):
+    # Used to fail: finishing one tracker reset SIGTERM to the default for the process, so the run still
+    # open was killed (exit -15) and stayed "running".
+    code, _, err = _sigterm_after_ready(tmp_path, db_path, "one-left", order)
+    assert code == 128 + signal.SIGTERM, err
+    finished, left = f"t{order[0]}", f"t{order[1]}"
+    assert _runs(db_path) == {finished: ("finished", None), left: ("stopped", "SIGTERM")}
+
+
+@pytest.mark.parametrize("order", ["12", "21"])
+def test_finishing_every_tracker_puts_back_the_default(tmp_path, db_path, order):
+    # (the script asserts that the handler is SIG_DFL again; SIGTERM then kills the process as by default)
+    code, _, err = _sigterm_after_ready(tmp_path, db_path, "none-left", order)
+    assert code == -signal.SIGTERM, err
+    assert _runs(db_path) == {"t1": ("finished", None), "t2": ("finished", None)}
+
+
+def test_a_handler_installed_before_the_trackers_is_left_to_handle_sigterm(tmp_path, db_path):
+    code, out, err = _sigterm_after_ready(tmp_path, db_path, "user-handler", "21")
+    assert code == 7 and "own handler" in out, err
+    assert _runs(db_path) == {"t1": ("finished", None), "t2": ("finished", None)}

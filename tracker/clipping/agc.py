@@ -9,7 +9,8 @@ Without Normalization", arXiv:2102.06171, section 4.1), unit-wise as in the auth
 
 A unit is one output row: the slice along dim 0 of a PyTorch weight (Linear ``[out, in]``, Conv
 ``[out, in, kh, kw]``: every dim but 0 is reduced). Tensors that are scalars or vectors once size-1 dims are
-squeezed (biases, gains, a ``[1, n]`` weight) are one unit, as ``unitwise_norm`` treats them.
+squeezed (biases, gains, a ``[1, n]`` weight) are one unit, as ``unitwise_norm`` treats them. Complex
+tensors are clipped by the moduli of their elements: ||G_i|| is the L2 norm of |G_i|.
 The paper does not clip the final classifier layer: ``exclude=NAME`` skips parameters named NAME or
 ``NAME.<anything>`` (module prefix): ``exclude=fc2`` skips ``fc2.weight`` and ``fc2.bias``, not ``fc20``.
 """
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import ClipResult, ClipSpecError, Strategy, fmt_num, require_positive, scalar_like
+from .base import ClipResult, ClipSpecError, Strategy, fmt_num, require_threshold, scalar_like
 
 __all__ = ["AGC", "unit_dims", "unitwise_norm"]
 
@@ -37,18 +38,32 @@ def unit_dims(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def unitwise_norm(x: Tensor) -> Tensor:
-    """L2 norm per output unit, broadcastable against ``x`` (a 0-d tensor for vector-like tensors)."""
+    """L2 norm per output unit in float32, broadcastable against ``x`` (a 0-d tensor for vector-like tensors).
+    Complex elements count with their modulus |z|."""
     if sum(1 for s in x.shape if s != 1) <= 1:
-        return torch.linalg.vector_norm(x, dtype=torch.float32)
-    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True, dtype=torch.float32)
+        return _float32_norm(x, tuple(range(x.ndim)), keepdim=False)
+    return _float32_norm(x, tuple(range(1, x.ndim)), keepdim=True)
 
 
 def _unit_squares(x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    # Squared norms, because the squares of a unit split across shards add up. vector_norm reads x once
-    # with no full-size temporary (x.square().sum() would allocate one per tensor), in float32 for float16.
-    if not dims:  # a 0-d tensor: its own unit (vector_norm's dim=() would mean every dim anyway)
+    # Squared norms, because the squares of a unit split across shards add up.
+    if not dims and not x.is_complex():  # a 0-d tensor: its own unit
         return x.to(torch.float32).square()
-    return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32).square()
+    return _float32_norm(x, dims, keepdim=True).square()
+
+
+def _float32_norm(x: Tensor, dims: tuple[int, ...], *, keepdim: bool) -> Tensor:
+    # vector_norm reads x once with no full-size temporary (x.square().sum() would allocate one per tensor),
+    # in float32 for float16/bfloat16. It refuses dtype=float32 for float64 input (it will not narrow on the
+    # way in): float64 is reduced in float64, then narrowed. It refuses it for complex input too (it wants a
+    # complex dtype): as |z|^2 = re^2 + im^2, a complex unit's norm is that of its real view over the unit's
+    # dims and the trailing (re, im) dim. The view is no copy (a lazily conjugated tensor is resolved first).
+    if x.is_complex():
+        norm = _float32_norm(torch.view_as_real(x.resolve_conj()), (*dims, -1), keepdim=keepdim)
+        return norm.squeeze(-1) if keepdim else norm
+    if x.dtype == torch.float64:
+        return torch.linalg.vector_norm(x, dim=dims, keepdim=keepdim).to(torch.float32)
+    return torch.linalg.vector_norm(x, dim=dims, keepdim=keepdim, dtype=torch.float32)
 
 
 class AGC(Strategy):
@@ -64,7 +79,7 @@ class AGC(Strategy):
 
     def __init__(self, clipping: float, exclude: Sequence[str] = ()) -> None:
         super().__init__()
-        self.clipping = require_positive(clipping, "agc clipping factor L")
+        self.clipping = require_threshold(clipping, "agc clipping factor L")
         if isinstance(exclude, str):
             exclude = (exclude,)
         for e in exclude:

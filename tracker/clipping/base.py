@@ -23,12 +23,15 @@ __all__ = [
     "ClipResult",
     "ClipSpecError",
     "ClipStrategy",
+    "FLOAT32_MAX",
     "Strategy",
     "fmt_num",
     "global_result",
     "group_by_device",
     "parse_number",
+    "require_below_float32_max",
     "require_positive",
+    "require_threshold",
     "scalar_like",
     "scale_",
     "scale_each_",
@@ -36,6 +39,11 @@ __all__ = [
 
 # The same epsilon as torch.nn.utils.clip_grad_norm_: coef = threshold / (norm + 1e-6).
 NORM_EPS = 1e-6
+
+# Thresholds become float32 tensors (scalar_like), and torch refuses a Python float above this one ("value
+# cannot be converted to type float without overflow"). No finite float32 norm exceeds it, so a threshold
+# of FLOAT32_MAX never clips.
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 class ClipSpecError(ValueError):
@@ -254,3 +262,19 @@ def require_positive(value: float, what: str) -> float:
     ):
         raise ClipSpecError(f"{what} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def require_below_float32_max(value: float, what: str) -> float:
+    """A number that a float32 tensor can hold: at most FLOAT32_MAX (checked where a spec or option enters,
+    so that the mistake is reported there and not as a torch overflow inside ``tracker.step()``)."""
+    if value > FLOAT32_MAX:
+        raise ClipSpecError(
+            f"{what} must be at most {fmt_num(FLOAT32_MAX)} (the largest finite float32), "
+            f"got {fmt_num(value)}"
+        )
+    return float(value)
+
+
+def require_threshold(value: float, what: str) -> float:
+    """Constructor-side check of a fixed threshold: a finite number > 0 and at most FLOAT32_MAX."""
+    return require_below_float32_max(require_positive(value, what), what)

@@ -7,6 +7,9 @@ A schedule is a Python float per step, so using one costs no device work and no 
     cosine(a, b, steps)      b + (a - b) * (1 + cos(pi * min(t, steps) / steps)) / 2   then b
     step(a, factor, every)   a * factor ** floor(t / every)
     warmup(a, steps)         a * min(1, (t + 1) / steps)      (never 0: step 0 already has a / steps)
+
+Thresholds written in a schedule are at most FLOAT32_MAX; a ``step`` schedule with factor > 1 that grows past
+it stays there (a threshold that never clips) instead of overflowing.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .base import ClipSpecError, fmt_num, parse_number
+from .base import FLOAT32_MAX, ClipSpecError, fmt_num, parse_number, require_below_float32_max
 
 __all__ = ["SCHEDULE_FORMS", "Schedule", "parse_schedule"]
 
@@ -36,7 +39,11 @@ class Schedule:
         _validate(self.kind, self.args)
 
     def at(self, step: int) -> float:
-        """The threshold at 0-based optimizer step ``step``."""
+        """The threshold at 0-based optimizer step ``step``, at most FLOAT32_MAX (it becomes a float32
+        tensor; only a growing ``step`` schedule gets there)."""
+        return min(self._formula(step), FLOAT32_MAX)
+
+    def _formula(self, step: int) -> float:
         a = self.args[0]
         if self.kind == "constant":
             return a
@@ -48,7 +55,10 @@ class Schedule:
             return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * min(step, n) / n))
         if self.kind == "step":
             factor, every = self.args[1], self.args[2]
-            return a * factor ** (step // every)
+            try:
+                return a * factor ** (step // every)
+            except OverflowError:  # float ** int raises where float * float would give inf
+                return math.inf
         return a * min(1.0, (step + 1) / self.args[1])  # warmup
 
     @property
@@ -75,6 +85,7 @@ def _validate(kind: str, args: tuple[float, ...]) -> None:
     if kind == "constant":
         if len(args) != 1 or not (math.isfinite(args[0]) and args[0] > 0):
             raise ClipSpecError(f"threshold must be a finite number > 0, got {args[0] if args else None!r}")
+        require_below_float32_max(args[0], "threshold")
         return
     if kind not in _ARITY:
         raise ClipSpecError(f"unknown schedule {kind!r}; accepted: {SCHEDULE_FORMS}")
@@ -89,6 +100,8 @@ def _validate(kind: str, args: tuple[float, ...]) -> None:
         elif not (math.isfinite(x) and x > 0):
             what = "factor" if (kind == "step" and i == 1) else "threshold"
             raise ClipSpecError(f"{kind}(): {what} must be a finite number > 0, got {fmt_num(x)}")
+        elif not (kind == "step" and i == 1):  # a factor may be large: the growth is capped in at()
+            require_below_float32_max(x, f"{kind}(): threshold")
 
 
 def parse_schedule(text: str) -> Schedule:

@@ -20,7 +20,7 @@ from .base import (
     fmt_num,
     global_result,
     group_by_device,
-    require_positive,
+    require_threshold,
     scalar_like,
     scale_each_,
 )
@@ -32,7 +32,7 @@ __all__ = ["LayerClip", "NoClip", "NormClip", "RandomClip", "ValueClip"]
 def _schedule(threshold: float | Schedule, what: str) -> Schedule:
     if isinstance(threshold, Schedule):
         return threshold
-    return Schedule("constant", (require_positive(threshold, what),))
+    return Schedule("constant", (require_threshold(threshold, what),))
 
 
 class NoClip(Strategy):
@@ -184,8 +184,8 @@ class RandomClip(Strategy):
 
     def __init__(self, low: float, high: float, seed: int = 0) -> None:
         super().__init__()
-        self.low = require_positive(low, "random lower bound LO")
-        self.high = require_positive(high, "random upper bound HI")
+        self.low = require_threshold(low, "random lower bound LO")
+        self.high = require_threshold(high, "random upper bound HI")
         if self.high < self.low:
             raise ClipSpecError(f"random bounds must satisfy LO <= HI, got {low!r}-{high!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -199,7 +199,8 @@ class RandomClip(Strategy):
     def threshold_at(self, step: int) -> float:
         """The threshold drawn for 0-based ``step``."""
         u = random.Random(self.seed * 1_000_003 + step).random()
-        return self.low + (self.high - self.low) * u
+        # (min: rounding must not carry a draw past HI, which was checked to fit a float32 threshold)
+        return min(self.low + (self.high - self.low) * u, self.high)
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         total = total_norm.to(torch.float32)
