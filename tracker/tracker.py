@@ -545,6 +545,23 @@ class GradTracker:
                 self._extra.replan(self._plan)
 
     def _measure(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
+        try:
+            return self._measure_dense(grads, present)
+        except NotImplementedError:  # free on the usual path: only a failed kernel looks at the layouts
+            at = zip(self._positions(present), grads, strict=True)
+            sparse = [self.layers.names[i] for i, g in at if g.is_sparse]
+            if not sparse:
+                raise
+            raise TypeError(
+                f"sparse gradients cannot be measured or clipped ({', '.join(sparse)}): torch's norm "
+                "kernels, and with them clip_grad_norm_, do not take them. Use nn.Embedding(sparse=False) "
+                "(dense gradients), or create the GradTracker on a module without the sparse parameters."
+            ) from None
+
+    def _positions(self, present: Any) -> Iterable[int]:
+        return range(len(self._params)) if present is self._all else present
+
+    def _measure_dense(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
         self._check_layout()
         if self._fast and present is self._all:
             # The usual case, right after backward with the caches cold: every Python object touched is a
