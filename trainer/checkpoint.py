@@ -4,8 +4,9 @@ A checkpoint is saved after every epoch, every ``--checkpoint-every`` optimizer 
 stops early (a stop request, ``--max-steps``). It holds everything the steps after it depend on: the
 weights, the optimizer, LR schedule and AMP scaler states, the random state, the position in the data
 (``epoch``, and ``batch``: how many of that epoch's micro-batches were taken) and the tracker's
-``state_dict()`` so the same run in the database goes on (``GradTracker(..., resume=...)``). Resumed,
-training takes the same steps as a run that never stopped (tested: the database rows and weights match).
+``state_dict()`` so the same run in the database goes on (``GradTracker(..., resume=...)``). Resumed with the
+same settings, training takes the same steps as a run that never stopped (tested: the database rows and
+weights match); a grown ``--epochs`` / ``--max-steps`` also moves the end of a decaying LR schedule.
 
 The position is exact without reading the data again: ``random["loader"]`` is the shuffling generator's
 state at the start of the epoch, so the resumed epoch draws the same order, and its first ``batch``
@@ -37,23 +38,43 @@ __all__ = [
 ]
 
 FORMAT = "gradwatch-trainer-checkpoint-1"
-# Settings a checkpoint cannot be continued under when they differ: its tensors or its batches would not
-# fit. Others (epochs, eval cadence, --every, ...) may change between the two processes.
+# Settings a checkpoint cannot be continued under when they differ, checked before anything is loaded so that
+# the refusal names them. Others (epochs and max_steps, which may grow; eval cadence, --every, device...)
+# may change between the two processes.
 MUST_MATCH = (
+    # the data: other tensors or other batches
     "task",
     "data",
+    "data_path",
+    "sc_variant",
     "corpus_size",
     "data_seed",
+    "specaugment",
+    # the model's tensors and forward pass
     "model",
     "hidden_size",
     "num_layers",
     "rnn_type",
+    "dropout",
+    # the optimizer and LR schedule: their restored states carry the saved values, so a change would be
+    # silently ignored (the LR restored from the checkpoint, not --lr)
     "optimizer",
+    "lr",
+    "lr_schedule",
+    "warmup_steps",
+    "weight_decay",
+    "momentum",
+    # the batches and their order
     "batch_size",
     "grad_accum",
     "seed",
+    # what the recorded run is: a run holds one clipping strategy (a fork may differ), and a --no-track
+    # checkpoint has no recorded run to continue (nor does a tracked run go on unrecorded)
     "clip",
+    "no_track",
 )
+# Compared only where the setting is used.
+_ONLY_WITH = {"momentum": ("optimizer", "sgd")}
 
 
 def random_state(loader_state: torch.Tensor | None) -> dict[str, Any]:
@@ -95,10 +116,25 @@ def load(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: pickle, zip or torch errors
-        raise ValueError(f"cannot read the checkpoint {str(path)!r}: {e}") from None
+        raise ValueError(f"cannot read the checkpoint {str(path)!r}: {_why_unreadable(path, e)}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a checkpoint of this trainer (no {FORMAT!r} marker)")
     return checkpoint
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """What went wrong, in words: torch's own message is a bare key (``174812789``) for some foreign files,
+    and for others advises ``weights_only=False``, which a checkpoint of this trainer never needs."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if size == 0:
+        what = "the file is empty"
+    elif head != b"PK\x03\x04":  # torch.save writes a zip archive
+        what = "it is not a checkpoint (not a file written by torch.save)"
+    else:
+        what = "the file is truncated or corrupt (a copy cut short, or a disk error)"
+    return f"{what}; {size} bytes, torch.load raised {type(error).__name__}"
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str) -> None:
@@ -107,19 +143,41 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str) 
     ``--clip`` may differ for a new run (``--parent-run ID``): the tracker then starts a run of its own from
     the checkpoint, linked to its parent, instead of continuing the recorded one."""
     fork = current.get("parent_run") is not None
-    keys = [k for k in MUST_MATCH if not (fork and k == "clip")]
+    keys = [k for k in MUST_MATCH if not (fork and k == "clip") and (_used(k, saved) or _used(k, current))]
     differ = [
-        f"--{k.replace('_', '-')} {saved.get(k)!r} → {current.get(k)!r}"
+        f"--{k.replace('_', '-')} {_shown(saved.get(k))} → {_shown(current.get(k))}"
         for k in keys
-        if saved.get(k) != current.get(k)
+        if _comparable(k, saved.get(k)) != _comparable(k, current.get(k))
     ]
     if differ:
-        hint = (
-            " (another --clip from this checkpoint: add --parent-run ID to start a new run from it)"
-            if saved.get("clip") != current.get("clip") and not fork
-            else ""
-        )
+        hint = ""
+        if saved.get("clip") != current.get("clip") and not fork:
+            hint = " (another --clip from this checkpoint: add --parent-run ID to start a new run from it)"
+        if saved.get("no_track") != current.get("no_track"):
+            hint += (
+                " (tracking must match: a checkpoint saved with --no-track has no recorded run to continue, "
+                "and a recorded run cannot go on unrecorded)"
+            )
         raise ValueError(
             f"the checkpoint {path!r} was saved with other settings ({'; '.join(differ)}){hint}. Continue it "
             "with the settings it was saved with, or start a new run with another --checkpoint path."
         )
+
+
+def _used(key: str, config: dict[str, Any]) -> bool:
+    if key not in _ONLY_WITH:
+        return True
+    other, value = _ONLY_WITH[key]
+    return config.get(other) == value
+
+
+def _comparable(key: str, value: Any) -> Any:
+    # The trainer records data_path absolute; one recorded relative (by an older trainer) is taken from the
+    # folder the resume runs in, as the dashboard's resume does (in the run's own folder).
+    if key == "data_path" and isinstance(value, str):
+        return os.path.realpath(os.path.expanduser(value))
+    return value
+
+
+def _shown(value: Any) -> str:
+    return {True: "on", False: "off"}[value] if isinstance(value, bool) else repr(value)

@@ -19,6 +19,7 @@ from trainer.config import (
     LR_SCHEDULES,
     NONFINITE_POLICIES,
     OPTIMIZERS,
+    SC_VARIANTS,
     TASKS,
     ConfigError,
     TrainConfig,
@@ -77,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(g, "--data", choices=DATA_SOURCES, help="builtin: eSpeak-generated corpus; or a real corpus on disk")
     add(g, "--data-path", metavar="DIR", help="corpus folder for --data speech_commands|transcripts")
-    add(g, "--cache-dir", metavar="DIR", help="where built-in corpora are cached (default: $GRADWATCH_CACHE)")
+    add(
+        g,
+        "--cache-dir",
+        metavar="DIR",
+        help="where generated corpora and the features of every corpus are cached "
+        "(default: $GRADWATCH_CACHE/corpora, else ~/.cache/gradwatch/corpora)",
+    )
     add(
         g,
         "--corpus-size",
@@ -90,9 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
         g,
         "--data-seed",
         type=int,
-        help="seed of the built-in corpus (voices, split, noise) and of Speech Commands' silence picks",
+        help="seed of the built-in corpus (voices, split, noise), of Speech Commands' silence and unknown "
+        "picks and of a transcripts folder's speaker split",
     )
-    add(g, "--sc-variant", type=int, choices=(10, 12, 35), help="Speech Commands classes: 10, 12 or 35")
+    add(
+        g,
+        "--sc-variant",
+        type=int,
+        choices=SC_VARIANTS,
+        help="Speech Commands classes: 10 core words; 12 (+ _silence_, _unknown_); 30 (v0.01) or 35 (v0.02) "
+        "words",
+    )
 
     g = parser.add_argument_group("model", _compat_table())
     add(
@@ -156,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         metavar="FILE|RUN_ID",
         help="replay a recorded config: a JSON file, or the id of a run in --db (which then becomes "
-        "the parent run); explicit flags override it",
+        "the parent run, and the new run is written to that database); explicit flags override it",
     )
     add(g, "--preset", choices=tuple(PRESETS), help=describe_presets())
     add(
@@ -210,9 +225,12 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]
     try:
         file_values = None
         if config_file is not None:
-            file_values, run_id = _recorded_config(config_file, explicit.get("db"))
-            if run_id is not None:  # relaunching a run of the database: that run is the parent
+            file_values, run_id, source_db = _recorded_config(config_file, explicit.get("db"))
+            if run_id is not None:
+                # Relaunching a run of a database: that run is the parent, and the new run goes into the
+                # same database (the one it was read from), unless --db says otherwise.
                 explicit.setdefault("parent_run", run_id)
+                explicit.setdefault("db", source_db)
         preset_vals = preset_values(preset) if preset else None
         cfg, warnings = resolve_config(explicit, file_values=file_values, preset_values=preset_vals)
         _check_clip(cfg.clip)
@@ -221,11 +239,12 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]
     return cfg, warnings
 
 
-def _recorded_config(ref: str, db: str | None) -> tuple[dict, int | None]:
+def _recorded_config(ref: str, db: str | None) -> tuple[dict, int | None, str | None]:
     """``--config FILE`` (JSON), or ``--config RUN_ID``: the config recorded for that run in the database
-    (``--db``, else ``$GRADWATCH_DB``, else ./gradwatch.db). Returns (settings, run id or None)."""
+    (``--db``, else ``$GRADWATCH_DB``, else ./gradwatch.db). Returns (settings, run id, database path),
+    the last two None for a file."""
     if not (ref.isdigit() and not Path(ref).exists()):
-        return load_config_file(ref), None
+        return load_config_file(ref), None, None
     from tracker.store import Store, StoreError
 
     path = db or os.environ.get("GRADWATCH_DB") or "gradwatch.db"
@@ -237,7 +256,7 @@ def _recorded_config(ref: str, db: str | None) -> tuple[dict, int | None]:
     config = run.get("config")
     if not isinstance(config, dict):
         raise ConfigError(f"--config {ref}: run {ref} in {path} has no recorded config")
-    return config, int(ref)
+    return config, int(ref), path
 
 
 def _check_clip(spec: str) -> None:

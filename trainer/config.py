@@ -2,7 +2,9 @@
 
 Resolution order (later wins): built-in defaults < ``--config FILE`` < ``--preset NAME`` < flags
 given explicitly on the command line. The resolved config is what the run records in
-``runs.config``, so ``python -m trainer --config <that JSON> --clip <new>`` replays it exactly.
+``runs.config``, so ``python -m trainer --config <that JSON> --clip <new>`` replays it: every setting but
+those of NOT_REPLAYED (a relaunch's own name, lineage, checkpoint and database). Values read from a file are
+checked against the fields' types (``check_types``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import math
 import os
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from trainer.models import MODEL_DEFAULTS, MODEL_TASKS, MODELS
 __all__ = [
     "TASKS",
     "DATA_SOURCES",
+    "SC_VARIANTS",
     "OPTIMIZERS",
     "LR_SCHEDULES",
     "DEVICES",
@@ -28,6 +32,7 @@ __all__ = [
     "NOT_REPLAYED",
     "TrainConfig",
     "ConfigError",
+    "check_types",
     "load_config_file",
     "resolve_config",
 ]
@@ -38,7 +43,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 NONFINITE_POLICIES = ("record", "skip", "raise")
-SC_VARIANTS = (10, 12, 35)
+SC_VARIANTS = (10, 12, 30, 35)  # 30: every word of Speech Commands v0.01
 DEFAULT_MODEL = {"keywords": "seed-cnn", "digits": "crnn-ctc", "characters": "crnn-ctc"}
 # Which data sources can feed which task.
 SOURCE_TASKS = {
@@ -48,9 +53,11 @@ SOURCE_TASKS = {
 }
 # Keys of a recorded config that a replay does not take over: a relaunch is a new run with its own
 # name and its own lineage (given with --parent-run), and --config itself is not a setting.
-# A relaunch must not continue (or overwrite) the original's checkpoint either.
+# A relaunch must not continue (or overwrite) the original's checkpoint either. Nor does it take over the
+# recorded ``db``: that path was relative to wherever the original ran, and a relaunch by run id writes to
+# the database it read the run from (trainer.cli sets it).
 NOT_REPLAYED = frozenset(
-    {"run", "parent_run", "config", "preset", "checkpoint", "checkpoint_every", "resume"}
+    {"run", "parent_run", "config", "preset", "checkpoint", "checkpoint_every", "resume", "db"}
 )
 
 
@@ -113,6 +120,18 @@ class TrainConfig:
 
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+# The JSON types each field takes (``str | None`` -> (str, NoneType)), for checking values read from a file:
+# argparse types the flags, but a config file can hold anything.
+_FIELD_TYPES = {
+    name: typing.get_args(hint) or (hint,) for name, hint in typing.get_type_hints(TrainConfig).items()
+}
+_TYPE_NAMES = {
+    bool: ("true", "false"),
+    int: ("an integer",),
+    float: ("a number",),
+    str: ("a string",),
+    type(None): ("null",),
+}
 
 
 def load_config_file(path: str | os.PathLike) -> dict:
@@ -143,16 +162,39 @@ def resolve_config(
     warnings: list[str] = []
     merged: dict = {}
     if file_values:
-        unknown = sorted(set(file_values) - FIELDS)
+        from tracker.tracker import CONFIG_KEY  # the tracker's own notes in runs.config: not a setting
+
+        unknown = sorted(set(file_values) - FIELDS - {CONFIG_KEY})
         if unknown:
             warnings.append(f"ignoring unknown keys in the config file: {', '.join(unknown)}")
-        merged.update({k: v for k, v in file_values.items() if k in FIELDS and k not in NOT_REPLAYED})
+        replayed = {k: v for k, v in file_values.items() if k in FIELDS and k not in NOT_REPLAYED}
+        check_types(replayed)
+        merged.update(replayed)
     merged.update(preset_values or {})
     merged.update(explicit)
     cfg = TrainConfig(**merged)
     _fill_defaults(cfg)
     validate(cfg)
     return cfg, warnings
+
+
+def check_types(values: dict) -> None:
+    """ConfigError naming the first key whose value is not of its field's JSON type (``"no"`` for a bool,
+    ``5`` for a path). A bool is not taken for a number, nor an integer-valued float for an int."""
+    for key, value in values.items():
+        accepted = _FIELD_TYPES[key]
+        if not any(_is_a(value, t) for t in accepted):
+            names = [name for t in accepted for name in _TYPE_NAMES[t]]
+            wanted = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+            raise ConfigError(f"--config: the value of {key!r} must be {wanted}, got {json.dumps(value)}")
+
+
+def _is_a(value, t: type) -> bool:
+    if t is bool or isinstance(value, bool):
+        return t is bool and isinstance(value, bool)
+    if t is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, t)
 
 
 def _fill_defaults(cfg: TrainConfig) -> None:
@@ -169,6 +211,8 @@ def _fill_defaults(cfg: TrainConfig) -> None:
         cfg.db = str(Path(cfg.db).expanduser())
     if cfg.cache_dir is not None:
         cfg.cache_dir = str(Path(cfg.cache_dir).expanduser())
+    if cfg.data_path is not None:  # absolute: a checkpoint compares it, a relaunch may run elsewhere
+        cfg.data_path = str(Path(cfg.data_path).expanduser().resolve())
     if cfg.checkpoint is not None:
         cfg.checkpoint = str(Path(cfg.checkpoint).expanduser())
 

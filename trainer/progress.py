@@ -23,19 +23,24 @@ class Progress:
     lines; ``quiet=True`` silences both.
     """
 
-    def __init__(self, total: int, *, bar: bool, quiet: bool = False):
+    def __init__(self, total: int, *, bar: bool, quiet: bool = False, initial: int = 0):
+        # Counted over this process's steps (from ``initial``, the step a resumed run goes on from), like
+        # the largest norm and the time in the summary: one process's figures, never mixed with the run's.
         self.logged = 0
         self.clipped = 0
+        self.max_norm: float | None = None
         self.quiet = quiet
         self.bar = None
         if bar and not quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True)
+            self.bar = tqdm(
+                total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True
+            )
 
     @property
     def clip_rate(self) -> float | None:
-        """Fraction of logged steps on which clipping changed the gradients."""
+        """Fraction of this process's logged steps on which clipping changed the gradients."""
         return self.clipped / self.logged if self.logged else None
 
     def update(self, step: int, stats, loss) -> None:
@@ -44,6 +49,8 @@ class Progress:
         if total_norm is not None:  # a logged step: everything in stats is on the host already
             self.logged += 1
             self.clipped += bool(getattr(stats, "clipped", False))
+            if self.max_norm is None or total_norm > self.max_norm or math.isnan(total_norm):
+                self.max_norm = total_norm
         if self.bar is None:
             return
         if total_norm is not None:
@@ -84,25 +91,45 @@ def format_summary(
     run_id: int | None,
     db: str | None,
     steps: int,
+    first_step: int = 0,
     seconds: float,
     train_seconds: float,
     metrics: dict[str, float],
     clip: str,
+    logged: int,
     clip_rate: float | None,
     max_norm: float | None,
 ) -> str:
-    """The one-screen summary printed at the end of a run."""
+    """The one-screen summary printed at the end of a run.
+
+    ``steps`` is the step the run has reached, ``first_step`` the one this process started at (a resumed
+    run's checkpoint step). The time, the clip rate and the largest norm are all this process's, over its
+    ``steps - first_step`` steps (``logged`` of them logged): a resumed or forked run says so.
+    """
+    ran = steps - first_step
+    timing = (
+        f" (training steps {train_seconds:.1f} s, {1000 * train_seconds / ran:.1f} ms/step)" if ran else ""
+    )
+    here = " of this process" if first_step else ""
+    if not first_step:
+        work = f"  {steps} optimizer steps in {seconds:.1f} s{timing}"
+    elif ran:
+        work = (
+            f"  resumed at step {first_step}: {ran} optimizer steps in this process (steps {first_step}–"
+            f"{steps - 1}) in {seconds:.1f} s{timing}"
+        )
+    else:
+        work = f"  resumed at step {first_step}: no optimizer steps left to take ({seconds:.1f} s)"
+    clipping = (
+        f"no logged steps{here}"
+        if clip_rate is None
+        else f"clipped on {100 * clip_rate:.1f}% of the {logged} logged steps{here}"
+    )
     lines = [
         "",
         f"run {run_name!r}" + (f" (id {run_id})" if run_id is not None else "") + f": {status}",
-        f"  {steps} optimizer steps in {seconds:.1f} s"
-        + (
-            f" (training steps {train_seconds:.1f} s, {1000 * train_seconds / steps:.1f} ms/step)"
-            if steps
-            else ""
-        ),
-        f"  clipping {clip}: "
-        + ("no logged steps" if clip_rate is None else f"clipped on {100 * clip_rate:.1f}% of logged steps")
+        work,
+        f"  clipping {clip}: {clipping}"
         + ("" if max_norm is None else f", largest global grad norm {max_norm:.3g}"),
     ]
     order = ["train", "val", "test"]

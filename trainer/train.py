@@ -231,17 +231,21 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     )
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
     saved = _load_checkpoint(cfg, model, optimizer, scheduler, scaler) if cfg.resume else None
-    start_epoch, start_batch, step, max_norm, metrics = 0, 0, 0, None, {}
+    start_epoch, start_batch, step, metrics = 0, 0, 0, {}
     if saved is not None:
         start_epoch, start_batch, step = saved["epoch"], saved.get("batch", 0), saved["step"]
-        max_norm, metrics = saved["max_norm"], saved["metrics"]
+        metrics = saved["metrics"]
+    first_step = step  # where this process starts: its summary covers its own steps
 
     # Measure and record the inner model: DDP's "module." prefix is not part of the layer names.
     tracker = _make_tracker(cfg, model, rt, resume=saved["gradwatch"] if saved else None)
+    run_name = cfg.run
+    if saved is not None and saved["gradwatch"].get("run_id") == getattr(tracker, "run_id", None):
+        run_name = saved["config"]["run"]  # the same run goes on, under the name it was recorded with
     stop = StopSignal(distributed=rt.distributed)
     if rt.is_main and not cfg.quiet:
         _describe_start(cfg, splits, model, rt, total_steps, data_seconds)
-    progress = Progress(total_steps, bar=sys.stderr.isatty(), quiet=cfg.quiet or not rt.is_main)
+    progress = Progress(total_steps, bar=sys.stderr.isatty(), quiet=cfg.quiet or not rt.is_main, initial=step)
     status, error = "finished", None
     evaluate_now = Evaluator(model, eval_loaders, kind=kind, rt=rt, text=text, tracker=tracker)
     loader_generator = getattr(train_loader, "generator", None)  # the shuffle's, when not a sampler's
@@ -259,7 +263,6 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                 epoch=epoch,
                 batch=batch,
                 step=step,
-                max_norm=max_norm,
                 metrics=metrics,
                 model=model.state_dict(),
                 optimizer=optimizer.state_dict(),
@@ -317,9 +320,6 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                     scheduler.step()
                     step += 1
                     progress.update(step, stats, accumulated)
-                    norm = getattr(stats, "total_norm", None)
-                    if isinstance(norm, float) and (max_norm is None or norm > max_norm or math.isnan(norm)):
-                        max_norm = norm
                     accumulated = torch.zeros((), device=rt.device)
                     if cfg.eval_every and step % cfg.eval_every == 0:
                         lr = scheduler.get_last_lr()[0]
@@ -337,7 +337,9 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                     save_checkpoint(epoch, taken)
                 if stop.requested():  # stop promptly: no evaluation pass after a stop request
                     break
-                extra = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+                extra = {"lr": scheduler.get_last_lr()[0]}
+                if taken == micro_per_epoch:  # `epoch` counts completed epochs, not one cut by --max-steps
+                    extra["epoch"] = epoch + 1
                 metrics = evaluate_now(("train", "val"), step=step, extra=extra)
                 if rt.is_main:
                     progress.write(_epoch_line(epoch + 1, metrics))
@@ -363,16 +365,18 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
         print(
             format_summary(
                 status=status,
-                run_name=cfg.run,
+                run_name=run_name,
                 run_id=getattr(tracker, "run_id", None),
                 db=None if cfg.no_track else str(getattr(tracker, "db_path", cfg.db)),
                 steps=step,
+                first_step=first_step,
                 seconds=time.perf_counter() - t_start,
                 train_seconds=train_seconds,
                 metrics={k: v for k, v in metrics.items() if k not in ("epoch", "lr")},
                 clip=getattr(getattr(tracker, "clip", None), "spec", cfg.clip),
+                logged=progress.logged,
                 clip_rate=progress.clip_rate,
-                max_norm=max_norm,
+                max_norm=progress.max_norm,
             ),
             flush=True,
         )
@@ -412,6 +416,17 @@ def _epoch_line(epoch: int, metrics: dict) -> str:
     return f"epoch {epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
 
 
+def _data_work(info: dict) -> str:
+    """What loading the data spent its time on, from what the loader reports: only the built-in corpora are
+    generated, and every source may compute its features (a cache hit does neither)."""
+    done = []
+    if info.get("cache_hit") is False and "generation_seconds" in info:
+        done.append(f"corpus generated in {info['generation_seconds']:.1f} s")
+    if info.get("feature_cache_hit") is False and "feature_seconds" in info:
+        done.append(f"features computed in {info['feature_seconds']:.1f} s")
+    return f" ({', '.join(done)})" if done else ""
+
+
 def _describe_start(cfg, splits, model, rt, total_steps, data_seconds) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     info = getattr(splits, "info", {}) or {}
@@ -419,11 +434,7 @@ def _describe_start(cfg, splits, model, rt, total_steps, data_seconds) -> None:
     lines = [
         f"{cfg.task} · {cfg.model} ({n_params / 1e6:.2f}M params) · {cfg.data} data, train/val/test {sizes}"
         + f" · data ready in {data_seconds:.1f} s"
-        + (
-            ""
-            if info.get("cache_hit", True)
-            else f" (corpus generated in {info['generation_seconds']:.1f} s)"
-        ),
+        + _data_work(info),
         f"{cfg.optimizer} lr {cfg.lr:g} · {total_steps} steps · clip {cfg.clip} · device {rt.device}"
         + (" + AMP" if rt.amp else "")
         + (f" × {rt.world_size} processes" if rt.distributed else ""),

@@ -85,9 +85,11 @@ def test_config_replay_reproduces_the_recorded_config_with_overrides(tmp_path):
 
     replayed, warnings = parse_config(["--config", str(path), "--clip", "zclip:2.5", "--parent-run", "4"])
     assert warnings == []
-    expected = dict(recorded.to_dict(), clip="zclip:2.5", parent_run=4)
+    # A relaunch is a new run: its name is generated afresh, and its database is --db, $GRADWATCH_DB or
+    # ./gradwatch.db (the recorded path was relative to the original's folder); everything else is replayed
+    # or overridden.
+    expected = dict(recorded.to_dict(), clip="zclip:2.5", parent_run=4, db=None)
     got = replayed.to_dict()
-    # A relaunch is a new run: its name is generated afresh; everything else is replayed or overridden.
     assert got.pop("run") != "first"
     expected.pop("run")
     assert got == expected
@@ -112,10 +114,74 @@ def test_run_record_with_config_key_and_unknown_keys_warn(tmp_path):
 
 def test_not_replayed_keys_are_not_taken_from_the_file(tmp_path):
     path = tmp_path / "run.json"
-    path.write_text(json.dumps({"run": "old", "parent_run": 2, "preset": "demo", "epochs": 3}))
+    path.write_text(
+        json.dumps({"run": "old", "parent_run": 2, "preset": "demo", "epochs": 3, "db": "old.db"})
+    )
     cfg, _ = parse_config(["--config", str(path)])
     assert cfg.run != "old" and cfg.parent_run is None and cfg.preset is None and cfg.epochs == 3
-    assert {"run", "parent_run", "preset"} <= NOT_REPLAYED
+    assert cfg.db is None
+    assert {"run", "parent_run", "preset", "db"} <= NOT_REPLAYED
+
+
+def test_the_trackers_own_notes_in_a_recorded_config_are_not_unknown_keys(tmp_path):
+    # A forked run's config holds "_gradwatch" (resumed_from), written by the tracker: relaunching is normal.
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"epochs": 2, "_gradwatch": {"resumed_from": {"run_id": 1, "step": 5}}}))
+    cfg, warnings = parse_config(["--config", str(path)])
+    assert cfg.epochs == 2 and warnings == []
+
+
+WRONG_TYPES = [
+    ({"specaugment": "no"}, "'specaugment' must be true or false, got \"no\""),
+    ({"no_track": "false"}, "'no_track' must be true or false, got \"false\""),
+    ({"amp": 1}, "'amp' must be true, false or null"),
+    ({"cache_dir": 5}, "'cache_dir' must be a string or null, got 5"),
+    ({"data_path": ["corpus"]}, "'data_path' must be a string or null"),
+    ({"epochs": 2.0}, "'epochs' must be an integer, got 2.0"),
+    ({"lr": True}, "'lr' must be a number, got true"),
+    ({"sc_variant": "12"}, "'sc_variant' must be an integer"),
+    ({"clip": None}, "'clip' must be a string, got null"),
+    ({"corpus_size": 1.5}, "'corpus_size' must be a string, an integer or null"),
+]
+
+
+@pytest.mark.parametrize(("values", "needle"), WRONG_TYPES, ids=[next(iter(v)) for v, _ in WRONG_TYPES])
+def test_config_file_values_of_the_wrong_type_exit_2_naming_the_key(values, needle, tmp_path, capsys):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(SystemExit) as exc:
+        parse_config(["--config", str(path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_config_file_values_of_the_right_types_are_taken(tmp_path):
+    path = tmp_path / "run.json"
+    values = {"specaugment": True, "amp": None, "lr": 1, "corpus_size": "tiny", "cache_dir": "c", "db": 5}
+    path.write_text(json.dumps(values))  # db is not replayed: its value is not looked at
+    cfg, _ = parse_config(["--config", str(path)])
+    assert (cfg.specaugment, cfg.amp, cfg.lr, cfg.corpus_size, cfg.db) == (True, None, 1, "tiny", None)
+
+
+def test_the_speech_commands_variants_are_the_loaders(tmp_path):
+    # Every variant trainer.data can load, 30 (v0.01's words) included, and no other.
+    from trainer.config import SC_VARIANTS
+    from trainer.data.speech_commands import SPEECH_COMMANDS_CLASSES
+
+    assert SC_VARIANTS == SPEECH_COMMANDS_CLASSES
+    argv = ["--data", "speech_commands", "--data-path", str(tmp_path)]
+    assert parse_config([*argv, "--sc-variant", "30"])[0].sc_variant == 30
+
+
+def test_help_gives_the_real_default_cache_folder(tmp_path, monkeypatch, capsys):
+    from trainer.data.cache import default_cache_dir
+
+    monkeypatch.setenv("GRADWATCH_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "corpora"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "$GRADWATCH_CACHE/corpora" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

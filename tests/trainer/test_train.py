@@ -2,6 +2,7 @@
 SQLite file with sqlite3 (not through our own store)."""
 
 import json
+import math
 import sqlite3
 
 import pytest
@@ -80,15 +81,8 @@ def test_every_task_and_model_trains_and_is_recorded(task, model, corpus_cache, 
     }
     scores = {"train_acc", "val_acc", "test_acc"} if task == "keywords" else {
         "train_cer", "val_cer", "test_cer", "val_wer", "test_wer"}  # fmt: skip
-    assert {
-        "train_loss",
-        "val_loss",
-        "test_loss",
-        "gen_gap",
-        "gen_gap_loss",
-        "lr",
-        "epoch",
-    } | scores <= metric_names
+    # (`epoch` only once one is complete: test_epoch_is_logged_for_completed_epochs_only)
+    assert {"train_loss", "val_loss", "test_loss", "gen_gap", "gen_gap_loss", "lr"} | scores <= metric_names
     gap = dict(query(db_path, "SELECT name, value FROM metrics WHERE run_id = ? AND step = 2", run_id))
     assert gap["gen_gap_loss"] == pytest.approx(gap["val_loss"] - gap["train_loss"])
     if task == "keywords":
@@ -119,16 +113,10 @@ def test_config_replay_records_parent_and_overrides(corpus_cache, db_path, tmp_p
     recorded = tmp_path / "run.json"
     recorded.write_text(parent_config)
 
-    argv = [
-        "--config",
-        str(recorded),
-        "--clip",
-        "zclip:2.5",
-        "--parent-run",
-        str(parent_id),
-        "--run",
-        "child",
-    ]
+    # --db as the dashboard gives it: a file's recorded db is not replayed (it was relative to the original's
+    # folder); without --db the new run would go to $GRADWATCH_DB or ./gradwatch.db.
+    argv = ["--config", str(recorded), "--clip", "zclip:2.5", "--parent-run", str(parent_id),
+            "--run", "child", "--db", str(db_path)]  # fmt: skip
     assert main(argv) == 0
     [(child_parent, child_config, clip)] = query(
         db_path, "SELECT parent_id, config, clip FROM runs WHERE name = 'child'"
@@ -144,6 +132,35 @@ def test_config_replay_records_parent_and_overrides(corpus_cache, db_path, tmp_p
     assert json.loads(again_config) == dict(
         json.loads(parent_config), clip="none", parent_run=parent_id, run="again"
     )
+
+
+def test_relaunch_by_run_id_writes_to_the_database_it_read_the_run_from(
+    corpus_cache, tmp_path, monkeypatch, capsys
+):
+    # The original recorded a relative --db; the relaunch reads run 1 from $GRADWATCH_DB, another file.
+    monkeypatch.chdir(tmp_path)
+    assert main(tiny(corpus_cache, "runs.db", "--max-steps", "1", "--run", "orig")) == 0
+    (tmp_path / "other.db").write_bytes((tmp_path / "runs.db").read_bytes())
+    monkeypatch.setenv("GRADWATCH_DB", str(tmp_path / "other.db"))
+    assert main(["--config", "1", "--clip", "norm:2", "--max-steps", "1", "--run", "child", "--quiet"]) == 0
+    assert query(tmp_path / "other.db", "SELECT id, name, parent_id FROM runs") == [
+        (1, "orig", None),
+        (2, "child", 1),  # its parent is the run it was read from, in the same file
+    ]
+    assert query(tmp_path / "runs.db", "SELECT name FROM runs") == [("orig",)]
+    assert f"database: {tmp_path / 'other.db'}" in capsys.readouterr().out
+
+
+def test_epoch_is_logged_for_completed_epochs_only(corpus_cache, db_path):
+    from trainer.data import load_task
+
+    per_epoch = math.ceil(len(load_task("keywords", size="tiny", cache_dir=corpus_cache).train) / 8)
+    # Stopped by --max-steps two steps into the second epoch: evaluated there, but that epoch is not complete.
+    argv = tiny(corpus_cache, db_path, "--epochs", "3", "--max-steps", str(per_epoch + 2))
+    assert main(argv) == 0
+    sql = "SELECT step, value FROM metrics WHERE name = ? ORDER BY step"
+    assert query(db_path, sql, "epoch") == [(per_epoch - 1, 1.0)]
+    assert [s for s, _ in query(db_path, sql, "val_loss")] == [per_epoch - 1, per_epoch + 1]
 
 
 def test_config_run_id_that_is_not_in_the_database(db_path, corpus_cache, capsys):
@@ -234,7 +251,7 @@ def test_resume_errors_are_clean_and_a_missing_checkpoint_starts_afresh(
     ck.write_bytes(b"not a checkpoint")
     assert main(tiny(corpus_cache, db_path, "--epochs", "1", "--checkpoint", str(ck), "--resume")) == 2
     err = capsys.readouterr().err
-    assert "cannot read the checkpoint" in err and "Traceback" not in err
+    assert "cannot read the checkpoint" in err and "it is not a checkpoint" in err and "Traceback" not in err
     assert query(db_path, "SELECT count(*), max(status) FROM runs") == [
         (1, "finished")
     ]  # nothing else started

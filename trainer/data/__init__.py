@@ -22,7 +22,8 @@ API (the trainer uses only this)::
     splits.n_mels       # input mel bands
     splits.collate      # collate_fn for DataLoader (see below)
     splits.vocabulary   # sequence tasks: Vocabulary with encode(text), decode(ids), ctc_greedy(frame_ids)
-    splits.info         # counts per split, voices per split, generation_seconds, cache_path, cache_hit, ...
+    splits.info         # counts and voices per split, cache_path, cache_hit, feature_cache_hit,
+                        # feature_seconds, generation_seconds (built-in corpora only), ...
 
 Items and batches:
 - classification: item ``(x[1, n_mels, frames] float32, y int)``; batch ``(x[B, 1, n_mels, frames], y[B])``.

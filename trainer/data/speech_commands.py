@@ -212,7 +212,8 @@ def load_speech_commands(root: Path, *, classes: int, seed: int, cache_dir: Path
         voices={s: sorted({c.speaker for c in clips[s]} - {SILENCE}) for s in _SPLIT_NAMES},
         split_rule="lists" if (root / "validation_list.txt").exists() else "hash",
         cache_path=str(folder),
-        cache_hit=hit,
+        cache_hit=hit,  # the features are all a real corpus caches
+        feature_cache_hit=hit,
         feature_seconds=seconds,
         load_seconds=round(time.perf_counter() - start, 3),
         seed=seed,

@@ -223,7 +223,8 @@ def load_transcripts(root: Path, *, task: str, seed: int, cache_dir: Path, spec:
         path=str(root),
         voices={s: sorted({u.speaker for u in splits[s]}) for s in _SPLIT_NAMES},
         cache_path=str(folder),
-        cache_hit=hit,
+        cache_hit=hit,  # the features are all a real corpus caches
+        feature_cache_hit=hit,
         feature_seconds=seconds,
         load_seconds=round(time.perf_counter() - start, 3),
         seed=seed,

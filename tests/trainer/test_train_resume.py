@@ -1,0 +1,131 @@
+"""--resume beyond the row-for-row equality of test_train.py: the settings a checkpoint cannot take are
+refused before anything is loaded or recorded, an unreadable file is explained, and the summary of a resumed
+or forked process covers that process's steps (checked against the database with sqlite3)."""
+
+import shutil
+import sqlite3
+
+import pytest
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer.cli import main
+
+
+@pytest.fixture(scope="module")
+def corpus_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("corpora")
+
+
+def tiny(corpus_cache, db, *extra):
+    return ["--corpus-size", "tiny", "--cache-dir", str(corpus_cache), "--db", str(db), "--batch-size", "8",
+            "--quiet", *extra]  # fmt: skip
+
+
+def query(db, sql, *args):
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def summary_of_this_process(db, run_id, first_step):
+    """What the summary must say, from the recorded steps of this process (step >= first_step)."""
+    sql = "SELECT step, total_norm, clipped FROM steps WHERE run_id = ? AND step >= ? ORDER BY step"
+    rows = query(db, sql, run_id, first_step)
+    steps = [s for s, _, _ in rows]
+    assert steps == list(range(first_step, first_step + len(rows)))
+    rate = 100 * sum(c for _, _, c in rows) / len(rows)
+    return [
+        f"resumed at step {first_step}: {len(rows)} optimizer steps in this process "
+        f"(steps {first_step}–{steps[-1]})",
+        f"clipped on {rate:.1f}% of the {len(rows)} logged steps of this process, "
+        f"largest global grad norm {max(n for _, n, _ in rows):.3g}",
+    ]
+
+
+def test_the_summary_of_a_resumed_or_forked_process_covers_its_own_steps(corpus_cache, tmp_path, capsys):
+    db, ck, fork = tmp_path / "g.db", tmp_path / "run.ckpt", tmp_path / "fork.ckpt"
+    common = ["--task", "keywords", "--epochs", "2", "--clip", "norm:2", "--checkpoint"]
+    assert main(tiny(corpus_cache, db, *common, str(ck), "--max-steps", "3", "--run", "base")) == 0
+    shutil.copy(ck, fork)
+    capsys.readouterr()
+    # The same run, continued: the time, clip rate and largest norm are those of steps 3 onwards.
+    assert main(tiny(corpus_cache, db, *common, str(ck), "--resume")) == 0
+    out = capsys.readouterr().out
+    assert "run 'base' (id 1): finished" in out  # the run's recorded name, not one generated for this process
+    for line in summary_of_this_process(db, 1, 3):
+        assert line in out, out
+    # A new run from the same checkpoint: nothing of its parent's steps (0-2) in its summary.
+    assert main(tiny(corpus_cache, db, *common, str(fork), "--resume", "--clip", "norm:0.5",
+                     "--parent-run", "1", "--run", "fork")) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert query(db, "SELECT id, parent_id FROM runs WHERE name = 'fork'") == [(2, 1)]
+    assert "run 'fork' (id 2): finished" in out
+    for line in summary_of_this_process(db, 2, 3):
+        assert line in out, out
+
+
+def test_settings_a_checkpoint_cannot_take_are_refused_naming_them(corpus_cache, tmp_path, capsys):
+    # The optimizer and schedule states restored from the file carry the LR, momentum and weight decay: a
+    # change would be silently ignored. The data and the model's forward pass must match too.
+    db, ck = tmp_path / "g.db", tmp_path / "run.ckpt"
+    base = ["--task", "keywords", "--optimizer", "sgd", "--lr", "0.01", "--checkpoint", str(ck)]
+    assert main(tiny(corpus_cache, db, *base, "--epochs", "1")) == 0
+    state = "SELECT status, (SELECT COUNT(*) FROM steps), (SELECT COUNT(*) FROM metrics) FROM runs"
+    recorded = query(db, state)
+    resume = [*base, "--epochs", "2", "--resume"]
+    for change, named in [
+        (["--lr", "0.02"], "--lr 0.01 → 0.02"),
+        (["--lr-schedule", "constant"], "--lr-schedule 'cosine' → 'constant'"),
+        (["--warmup-steps", "2"], "--warmup-steps 0 → 2"),
+        (["--weight-decay", "0.1"], "--weight-decay 0.0 → 0.1"),
+        (["--momentum", "0.5"], "--momentum 0.9 → 0.5"),
+        (["--dropout", "0.2"], "--dropout 0.0 → 0.2"),
+        (["--specaugment"], "--specaugment off → on"),
+    ]:
+        capsys.readouterr()
+        assert main(tiny(corpus_cache, db, *resume, *change)) == 2, change
+        err = capsys.readouterr().err
+        assert named in err and "Traceback" not in err, err
+    assert query(db, state) == recorded  # refused before the run was touched
+    # --epochs (and --max-steps) may grow.
+    assert main(tiny(corpus_cache, db, *resume)) == 0
+    assert query(db, "SELECT resumed_from_step FROM runs") == [(recorded[0][1],)]
+
+
+def test_tracking_must_match_across_a_resume(corpus_cache, tmp_path, capsys):
+    # A --no-track checkpoint has no recorded run to continue: tracked from there, the steps would be numbered
+    # from 0 while the metrics are logged at the checkpoint's step. The other way, a run would stop recording.
+    untracked, tracked = tmp_path / "nt.ckpt", tmp_path / "t.ckpt"
+    db = tmp_path / "g.db"
+    assert main(tiny(corpus_cache, db, "--no-track", "--epochs", "1", "--checkpoint", str(untracked))) == 0
+    assert not db.exists()
+    assert main(tiny(corpus_cache, db, "--epochs", "2", "--checkpoint", str(untracked), "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "--no-track on → off" in err and "tracking must match" in err and "Traceback" not in err
+    assert not db.exists()  # refused before a run was created
+    assert main(tiny(corpus_cache, db, "--epochs", "1", "--checkpoint", str(tracked))) == 0
+    assert main(tiny(corpus_cache, db, "--no-track", "--epochs", "2", "--checkpoint", str(tracked),
+                     "--resume")) == 2  # fmt: skip
+    assert "--no-track off → on" in capsys.readouterr().err
+    assert query(db, "SELECT status, resumed_from_step FROM runs") == [("finished", None)]
+    # With the same setting it goes on: here untracked, from the checkpoint's epoch.
+    assert main(tiny(corpus_cache, db, "--no-track", "--epochs", "2", "--checkpoint", str(untracked),
+                     "--resume")) == 0  # fmt: skip
+
+
+def test_an_unreadable_checkpoint_is_explained(tmp_path):
+    path = tmp_path / "run.ckpt"
+    ckpt.save(path, {"model": {"w": torch.arange(5000.0)}})
+    whole = path.read_bytes()
+    for content, why in [
+        (b"", "the file is empty"),
+        (b"not a checkpoint at all", "it is not a checkpoint (not a file written by torch.save)"),
+        (whole[: len(whole) // 2], "the file is truncated or corrupt"),
+    ]:
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match="cannot read the checkpoint") as exc:
+            ckpt.load(path)
+        assert why in str(exc.value) and f"{len(content)} bytes" in str(exc.value)
+        assert "weights_only" not in str(exc.value)  # torch's advice to load it unsafely is not for us
+    path.write_bytes(whole)
+    assert torch.equal(ckpt.load(path)["model"]["w"], torch.arange(5000.0))
