@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import signal
 import sys
 import time
 
@@ -358,7 +359,9 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
         train_seconds = time.perf_counter() - t_loop - evaluate_now.seconds
         progress.close()
         if error is None:
-            tracker.finish(status)
+            # A stop request is recorded like the tracker records a signal it handles itself: by name.
+            reason = signal.Signals(stop.signum).name if status == "stopped" and stop.signum else None
+            tracker.finish(status, error=reason)
         else:
             _finish_failed(tracker, error)
     if rt.is_main:

@@ -59,8 +59,8 @@ def test_signal_finishes_the_step_and_marks_the_run_stopped(sig, code, tmp_path)
     assert proc.returncode == code, err[-2000:]
     assert "Traceback" not in err
     assert "stopped" in out
-    [(status, n_steps)] = query(db, "SELECT status, (SELECT COUNT(*) FROM steps) FROM runs")
-    assert status == "stopped"
+    [(status, error, n_steps)] = query(db, "SELECT status, error, (SELECT COUNT(*) FROM steps) FROM runs")
+    assert (status, error) == ("stopped", sig.name)  # schema.md: the signal that ended it
     # Every recorded step is complete: a norm for every layer (the step in flight was finished).
     n_layers = query(db, "SELECT COUNT(*) FROM layers")[0][0]
     assert query(db, "SELECT COUNT(*) FROM grad_norms")[0][0] == n_steps * n_layers
