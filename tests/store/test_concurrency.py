@@ -168,3 +168,43 @@ def test_one_store_shared_by_threads_while_a_run_writes(db_path):
         assert reader.run(run_id)["n_steps"] == 800
         assert len(reader.steps(run_id)) == 800
         reader.close()
+
+
+HOLDER = """
+import sys
+from tracker.store import Store
+store = Store.open(sys.argv[1])
+store.create_run(name=sys.argv[2])
+print("ready", flush=True)
+sys.stdin.readline()  # until told to go: then the last writer's connection closes as the process exits
+"""
+
+
+def test_a_reader_stays_current_when_its_process_opens_the_file_again_and_the_last_writer_exits(tmp_path):
+    # POSIX file locks belong to the process: closing ANY descriptor of the file drops all of them. A reader
+    # whose locks were dropped that way looks absent to the last writer, which then deletes the WAL on exit
+    # under the reader: every later commit would be invisible to it (a frozen dashboard).
+    db = tmp_path / "g.db"
+    Store.open(db).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db), "first"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "ready"
+    reader = Store.open(db, readonly=True)
+    try:
+        assert list(reader.runs()["name"]) == ["first"]
+        Store.open(db).close()  # e.g. the dashboard's stop request, or a second tracker in this process
+        Store.open(db, readonly=True).close()
+        holder.communicate("go\n", timeout=60)
+        subprocess.run(
+            [sys.executable, "-c", "import sys; from tracker.store import Store; "
+             "Store.open(sys.argv[1]).create_run(name='second')", str(db)],
+            cwd=REPO, check=True, timeout=60,
+        )  # fmt: skip
+        assert list(reader.runs()["name"]) == ["first", "second"]
+    finally:
+        reader.close()

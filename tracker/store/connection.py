@@ -1,8 +1,14 @@
 """Opening SQLite files safely, and turning sqlite3's errors into the store's named errors.
 
-Checks happen before SQLite touches the file, so a wrong path never gets overwritten or half-converted:
-the header of an existing file is read with plain Python first, and a missing file is created only
-when asked (URI mode ``rwc``); ``ro`` and ``rw`` never create anything.
+Checks happen before the store's connection opens the file, so a wrong path never gets overwritten or
+half-converted: an existing file is first read by a read-only SQLite connection (which tells SQLite from
+anything else and changes nothing), and a missing file is created only when asked (URI mode ``rwc``);
+``ro`` and ``rw`` never create anything.
+
+Never with plain ``open()``: POSIX file locks belong to the process, and closing *any* descriptor of a file
+drops all of them, including those of every SQLite connection this process holds on it. A dashboard's
+long-lived reader would then look absent to the last writer, which deletes the WAL on exit under it: the
+reader sees no later commit. SQLite's own connections share one lock table per file and defer such closes.
 """
 
 import contextlib
@@ -22,9 +28,8 @@ from .errors import (
     StoreError,
 )
 
-__all__ = ["SQLITE_HEADER", "preflight", "connect", "immediate", "translate"]
+__all__ = ["preflight", "connect", "immediate", "translate"]
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 # Primary result codes (sqlite3.h); extended codes keep them in the low byte.
 _BUSY, _LOCKED, _READONLY, _CANTOPEN, _CORRUPT, _NOTADB = 5, 6, 8, 14, 11, 26
@@ -44,21 +49,18 @@ def preflight(path: Path, *, create: bool, write: bool) -> None:
             f"{path} is a directory; pass a database file path such as {path / 'gradwatch.db'}."
         )
     if path.exists():
-        try:
-            with open(path, "rb") as f:
-                head = f.read(len(SQLITE_HEADER))
-        except PermissionError:
+        if not os.access(path, os.R_OK):
             raise ReadOnlyLocation(
                 f"{path} cannot be read by this user; fix its permissions or choose another file."
-            ) from None
-        # An empty file is a valid empty database (e.g. made by `touch`); anything else must be SQLite.
-        if head and head != SQLITE_HEADER:
-            raise NotADatabase(
-                f"{path} is not an SQLite database (it starts with {head[:8]!r}); gradwatch left it "
-                "untouched. Check the path, or choose a new file name for the database."
             )
         if write:
             _check_writable(path)
+        # An empty file is a valid empty database (e.g. made by `touch`); anything else must be SQLite.
+        if not _is_sqlite(path):
+            raise NotADatabase(
+                f"{path} is not an SQLite database; gradwatch left it untouched. Check the path, or choose "
+                "a new file name for the database."
+            )
         return
     parent = path.parent
     if not parent.is_dir():
@@ -78,6 +80,19 @@ def preflight(path: Path, *, create: bool, write: bool) -> None:
             f"Cannot create {path}: the directory {parent} is not writable by this user. "
             "Choose a writable location for the database (e.g. your home or working directory)."
         )
+
+
+def _is_sqlite(path: Path) -> bool:
+    """Whether SQLite reads ``path`` as a database (its header); False only for "not a database". Other
+    failures (a lock held, a corrupt page) are left to the store's own connection to report."""
+    conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=0)
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()  # reads the header and page 1
+    except sqlite3.DatabaseError as e:
+        return getattr(e, "sqlite_errorcode", None) != _NOTADB and "not a database" not in str(e)
+    finally:
+        conn.close()
+    return True
 
 
 def _check_writable(path: Path) -> None:
