@@ -1,7 +1,8 @@
 """Plotly figure builders: pure functions of DataFrames, no Streamlit and no database.
 
-Every series is reduced to at most ``max_points`` points with the spike-keeping min/max envelope, and drawn
-with WebGL (``Scattergl``) once it is large, so a 100k-step run renders as fast as a 1k-step one.
+Every series is reduced to at most ``max_points`` points with the spike-keeping min/max envelope (markers
+of steps, such as NaN/Inf steps, are sampled evenly over the whole run), and drawn with WebGL
+(``Scattergl``) once it is large, so a 100k-step run renders as fast as a 1k-step one.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def _scatter(x, y, **kwargs):
 def _line(x, y, max_points, **kwargs):
     xs, ys = minmax_envelope(np.asarray(x), np.asarray(y, dtype=float), max_points)
     return _scatter(xs, ys, mode="lines", **kwargs)
+
+
+def _spread(x: np.ndarray, max_points: int) -> np.ndarray:
+    """At most ``max_points`` of ``x``, evenly spaced over all of it (the first and the last kept)."""
+    if len(x) <= max_points:
+        return x
+    return x[np.unique(np.linspace(0, len(x) - 1, max_points).round().astype(int))]
 
 
 def module_of(name: str) -> str:
@@ -96,7 +104,7 @@ def global_norm_figure(
             # A NaN/Inf norm cannot be plotted (the line has a gap there): mark those steps at the top.
             finite = steps["total_norm"][np.isfinite(steps["total_norm"].astype(float))]
             top = float(finite.max()) if len(finite) else 1.0
-            x = bad["step"].to_numpy()[:max_points]
+            x = _spread(bad["step"].to_numpy(), max_points)
             fig.add_trace(
                 _scatter(
                     x,
@@ -135,25 +143,64 @@ def layer_norms_figure(norms: pd.DataFrame, *, max_points: int = MAX_POINTS) -> 
     return fig
 
 
-def heatmap_figure(heat: pd.DataFrame) -> go.Figure:
-    """Layer x step heatmap of log10 gradient norm.
+# Drawn over the heatmap's cells that held a non-finite gradient (no colour can say NaN or Inf).
+_MARKS = {
+    "NaN": dict(color="red", symbol="x", size=9),
+    "Inf": dict(color="orange", symbol="triangle-up", size=9),
+}
+
+
+def _norm_text(log10_norm: float) -> str:
+    if np.isnan(log10_norm):
+        return "—"
+    if np.isposinf(log10_norm):
+        return "Inf"
+    return "0" if np.isneginf(log10_norm) else f"{10.0**log10_norm:.4g}"
+
+
+def heatmap_figure(heat: pd.DataFrame, marks: pd.DataFrame | None = None) -> go.Figure:
+    """Layer x step heatmap of log10 gradient norm (the maximum of each step bucket).
 
     ``heat`` is long format: ``name``, ``step`` (bucket start) and ``log10_norm``; layers keep their order of
-    first appearance (model order).
+    first appearance (model order). A zero norm (log10 = -inf) is drawn one decade below the smallest
+    non-zero norm, so it is the darkest cell, not a blank one; a blank cell is a bucket with nothing
+    recorded, or only NaN. ``marks`` (``name``, ``step``, ``kind`` NaN or Inf) are drawn as markers over their
+    cells.
     """
     names = list(dict.fromkeys(heat["name"]))
-    table = heat.pivot_table(index="name", columns="step", values="log10_norm", aggfunc="max").reindex(names)
+    table = heat.pivot_table(
+        index="name", columns="step", values="log10_norm", aggfunc="max", dropna=False
+    ).reindex(names)
+    z = table.to_numpy(dtype=float)
+    finite = z[np.isfinite(z)]
+    zero = np.isneginf(z)
+    floor = (finite.min() if len(finite) else 0.0) - 1.0
+    shown = np.where(zero, floor, np.where(np.isfinite(z), z, np.nan))
     fig = go.Figure(
         go.Heatmap(
-            z=table.to_numpy(),
+            z=shown,
             x=table.columns.to_numpy(),
             y=names,
+            customdata=[[_norm_text(v) for v in row] for row in z],
             colorscale="Viridis",
             colorbar=dict(title="log10 ‖g‖"),
-            hovertemplate="step %{x}<br>%{y}<br>log10 norm %{z:.2f}<extra></extra>",
+            hovertemplate="step %{x}<br>%{y}<br>max norm %{customdata}<extra></extra>",
+            showlegend=False,
         )
     )
+    for kind, group in (marks if marks is not None else pd.DataFrame(columns=["kind"])).groupby("kind"):
+        fig.add_trace(
+            go.Scatter(
+                x=group["step"].to_numpy(),
+                y=group["name"].to_numpy(),
+                mode="markers",
+                name=f"{kind} gradient",
+                marker=_MARKS.get(str(kind), {}),
+                hovertemplate=f"step %{{x}}<br>%{{y}}<br>{kind} gradient<extra></extra>",
+            )
+        )
     fig.update_layout(
+        showlegend=len(fig.data) > 1,  # the markers' names; plotly hides a legend of one entry
         title="log10 gradient norm, layer × step",
         xaxis_title="step",
         yaxis=dict(autorange="reversed"),

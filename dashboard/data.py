@@ -19,6 +19,7 @@ __all__ = [
     "db_key",
     "flow",
     "heatmap",
+    "heatmap_marks",
     "incremental",
     "layer_norms",
     "layers",
@@ -109,21 +110,32 @@ def generation(runs: pd.DataFrame, run_id: int):
     return None if value.empty or pd.isna(value.iloc[0]) else float(value.iloc[0])
 
 
+def _numbers(frame: pd.DataFrame, text=()) -> pd.DataFrame:
+    """``frame`` with its columns, except ``text``, as numbers: a read whose rows all hold NULL (a NaN norm or
+    loss) gives an object column of None, which would turn the whole series into objects once appended."""
+    objects = [c for c in frame.columns if frame[c].dtype == object and c not in text]
+    return frame.astype({c: float for c in objects}) if objects else frame
+
+
 def steps(store, db: str, run_id: int, generation=None) -> pd.DataFrame:
-    """Per-step rows: step, total_norm (pre-clip), total_norm_after, loss, clipped, threshold, ...
-    ``generation``: see :func:`incremental`."""
+    """Per-step rows: step, total_norm (pre-clip), total_norm_after, loss, clipped, threshold, ... all
+    numbers, NaN for NULL (a NaN norm or loss). ``generation``: see :func:`incremental`."""
     return incremental(
-        "steps", db, run_id, lambda after: store.steps(run_id, after_step=after), generation=generation
+        "steps",
+        db,
+        run_id,
+        lambda after: _numbers(store.steps(run_id, after_step=after)),
+        generation=generation,
     )
 
 
 def metrics(store, db: str, run_id: int, generation=None) -> pd.DataFrame:
-    """Long format: step, name, value."""
+    """Long format: step, name, value (a number, NaN for NULL)."""
     return incremental(
         "metrics",
         db,
         run_id,
-        lambda after: store.metrics([run_id], after_step=after),
+        lambda after: _numbers(store.metrics([run_id], after_step=after), text=("name",)),
         key=("step", "name"),
         generation=generation,
     )
@@ -164,6 +176,38 @@ def heatmap(store, run_id: int, layer_frame: pd.DataFrame, max_columns: int) -> 
     with np.errstate(divide="ignore", invalid="ignore"):
         log10 = np.log10(frame["norm_max"].astype(float))
     return frame.assign(name=frame["layer_id"].map(names), log10_norm=log10)
+
+
+@st.cache_data(ttl=2, show_spinner=False, max_entries=64)
+def _nonfinite_cells(db: str, run_id: int, _store) -> pd.DataFrame:
+    events = _store.nonfinite(run_id)
+    return events.drop_duplicates(subset=["layer_id", "step"])[["layer_id", "step", "has_nan", "has_inf"]]
+
+
+def heatmap_marks(store, run_id: int, heat: pd.DataFrame) -> pd.DataFrame:
+    """The heatmap cells that held a NaN or Inf gradient: ``name``, ``step`` (bucket start, as in ``heat``),
+    ``kind`` (``NaN``, or ``Inf`` when the bucket had Inf but no NaN), from the store's non-finite events
+    (a bucket's maximum leaves NaN out, so the heatmap alone cannot show them)."""
+    empty = pd.DataFrame({"name": pd.Series(dtype=object), "step": pd.Series(dtype=int), "kind": []})
+    if not len(heat):
+        return empty
+    events = _nonfinite_cells(db_key(store), int(run_id), store)
+    events = events[events["layer_id"].isin(set(heat["layer_id"]))]
+    if not len(events):
+        return empty
+    starts = np.sort(heat["step"].unique())
+    bucket = starts[np.clip(np.searchsorted(starts, events["step"].to_numpy(), side="right") - 1, 0, None)]
+    names = dict(zip(heat["layer_id"], heat["name"], strict=True))
+    marks = pd.DataFrame(
+        {
+            "name": events["layer_id"].map(names).to_numpy(),
+            "step": bucket,
+            "nan": events["has_nan"].astype(bool).to_numpy(),
+        }
+    )
+    # NaN wins in a bucket that had both: it is the one that poisons training.
+    marks = marks.groupby(["name", "step"], sort=False, as_index=False)["nan"].any()
+    return marks.assign(kind=np.where(marks.pop("nan"), "NaN", "Inf"))
 
 
 def db_key(store) -> str:

@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from dashboard.text import code_span, escape_markdown
+
 __all__ = ["DEFAULT_DB", "friendly_error", "resolve_db_path"]
 
 DEFAULT_DB = "gradwatch.db"
@@ -73,9 +75,10 @@ def friendly_error(path: str | os.PathLike, exc: BaseException) -> str:
     for cls in type(exc).__mro__:
         if cls.__name__ in _HINTS:
             what, fix = _HINTS[cls.__name__]
-            return f"The database `{path}` {what}\n\n**How to fix:** {fix}\n\n_Details: {exc}_"
+            details = escape_markdown(exc)
+            return f"The database {code_span(path)} {what}\n\n**How to fix:** {fix}\n\n_Details: {details}_"
     return (
-        f"The database `{path}` could not be read: {type(exc).__name__}: {exc}\n\n"
+        f"The database {code_span(path)} could not be read: {type(exc).__name__}: {escape_markdown(exc)}\n\n"
         "**How to fix:** check that the file is a gradwatch database "
         "and that no other program is rewriting it."
     )

@@ -8,6 +8,8 @@ stopping is an explicit SIGTERM, which the trainer and the tracker turn into a c
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shlex
@@ -31,10 +33,12 @@ __all__ = [
     "Job",
     "LaunchSpec",
     "Launcher",
+    "RESUMABLE",
     "external_spec",
     "is_trainer_run",
     "log_tail",
     "parse_sweep",
+    "record_stop",
     "relaunch_spec",
     "resume_checkpoint",
     "resume_spec",
@@ -55,6 +59,7 @@ class LaunchSpec:
     clip: str | None = None
     config_file: str | None = None  # written just before starting (trainer relaunches)
     config: Mapping | None = None
+    resumes: int | None = None  # the run this command continues from its checkpoint (resume_spec)
 
     def display(self) -> str:
         """The exact command, as a user would type it in a POSIX shell (for display only; we never run it)."""
@@ -83,7 +88,8 @@ def trainer_spec(
     """``python -m trainer [--config F] [--<dest> v ...] --clip SPEC --db DB --run NAME [--parent-run ID]``.
 
     ``overrides`` maps trainer option dest names (as recorded in ``runs.config``) to values; ``True`` gives a
-    bare flag, ``False``/``None`` are left out.
+    bare flag, ``False``/``None`` are left out (to unset a replayed value, set it to None in ``config``, as
+    :func:`relaunch_spec` does).
     """
     argv: list[str] = [python, "-m", "trainer"]
     if config_file is not None:
@@ -146,18 +152,23 @@ def relaunch_spec(
 
     Trainer runs replay their recorded config through ``--config``; any other script is re-executed with its
     recorded argv, Python and working directory, with the clip setting passed through ``GRADWATCH_CLIP``.
+    An override of None removes the recorded value (``max_steps: None``: no step limit): it is written as
+    null into the replayed config, since the trainer has no flag that unsets an option.
+    The result depends only on the arguments, so the command a page shows is the one its button runs.
     """
     if is_trainer_run(run):
-        config = _replayed(_config(run))
-        config_file = Path(config_dir) / f"{_safe(name)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        overrides = dict(overrides or {})
+        unset = {dest: None for dest, value in overrides.items() if value is None}
+        config = _replayed(_config(run)) | unset
+        flags = {dest: value for dest, value in overrides.items() if value is not None}
         return trainer_spec(
             name=name,
             db=db,
             clip=clip,
             config=config,
-            config_file=config_file,
+            config_file=_config_file(config_dir, name, config),
             parent_id=int(run["id"]),
-            overrides=overrides,
+            overrides=flags,
             # The dashboard's own interpreter: it has the trainer installed (the recorded one may be gone).
             python=sys.executable,
             cwd=_run_cwd(run),
@@ -184,16 +195,29 @@ def _replayed(config: Mapping) -> dict:
     return {k: v for k, v in config.items() if k not in _NOT_REPLAYED}
 
 
+def _config_file(config_dir: str | os.PathLike, name: str, config: Mapping, kind: str = "") -> Path:
+    """Where the replayed config is written: named after its content, not the time, so the command shown
+    before a click and the one run by it are the same (the same content is the same file)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return Path(config_dir) / f"{_safe(name)}-{kind}{digest}.json"
+
+
 def _run_cwd(run: Mapping) -> str:
     """The run's working directory when it still exists, else the dashboard's."""
     cwd = run.get("cwd")
     return str(cwd) if cwd and os.path.isdir(cwd) else os.getcwd()
 
 
+# A run that ended early can be continued. A finished one cannot: resuming it would train its last epoch
+# again and rewrite its resumed_from_step.
+RESUMABLE = ("stopped", "failed", "crashed")
+
+
 def resume_checkpoint(run: Mapping) -> str | None:
-    """The checkpoint a trainer run can be continued from: its ``--checkpoint`` file, when the run is not
-    running and the file exists (None otherwise)."""
-    if run.get("status") == "running" or not is_trainer_run(run):
+    """The checkpoint a trainer run can be continued from: its ``--checkpoint`` file, when the run is
+    stopped, failed or crashed and the file exists (None otherwise)."""
+    if run.get("status") not in RESUMABLE or not is_trainer_run(run):
         return None
     path = _config(run).get("checkpoint")
     if not path:
@@ -212,19 +236,21 @@ def resume_spec(run: Mapping, *, db: str | os.PathLike, config_dir: str | os.Pat
         raise ValueError(f"run {run.get('id')!r} has no checkpoint file to resume from")
     name = str(run.get("name") or f"run-{run.get('id')}")
     recorded = _config(run)
-    return trainer_spec(
+    config = _replayed(recorded)
+    spec = trainer_spec(
         name=name,
         db=db,
         # As given to the trainer (the checkpoint compares settings as given), not the canonical runs.clip.
         clip=recorded.get("clip") or run.get("clip") or "none",
-        config=_replayed(recorded),
-        config_file=Path(config_dir) / f"{_safe(name)}-resume-{time.strftime('%Y%m%d-%H%M%S')}.json",
+        config=config,
+        config_file=_config_file(config_dir, name, config, "resume-"),
         # Saving as often as the run did: --checkpoint-every is only valid with --checkpoint.
         overrides={"checkpoint": checkpoint, "resume": True}
         | ({"checkpoint_every": recorded["checkpoint_every"]} if recorded.get("checkpoint_every") else {}),
         python=sys.executable,
         cwd=_run_cwd(run),
     )
+    return dataclasses.replace(spec, resumes=int(run["id"]))
 
 
 def external_spec(run: Mapping, *, name: str, db: str | os.PathLike, clip: str) -> LaunchSpec:
@@ -293,6 +319,42 @@ def log_tail(path: str | os.PathLike, max_lines: int = 40, max_bytes: int = 64_0
     # tqdm redraws with carriage returns: keep only the last state of each line.
     lines = [line.rsplit("\r", 1)[-1] for line in data.decode("utf-8", "replace").splitlines()]
     return "\n".join(lines[-max_lines:])
+
+
+# Run in a child process: opening a Store reads the file's header with a plain open() and close(), and closing
+# any descriptor of a file drops every POSIX lock this process holds on it, those of the dashboard's cached
+# read-only connection included. A training process that closes after that finds no other reader, deletes
+# the WAL and the -shm under that connection, which from then on never sees a new row.
+_RECORD_STOP = """
+import sys
+from tracker.store import Store, StoreError
+try:
+    with Store.open(sys.argv[1], create=False) as store:
+        store.request_stop(int(sys.argv[2]))
+except StoreError as exc:
+    sys.exit(str(exc))
+"""
+
+
+def record_stop(db: str | os.PathLike, run_id: int, *, timeout: float = 60.0) -> str | None:
+    """Record a stop request for ``run_id`` (``runs.stop_requested_at``) from a short-lived child process,
+    never in this one (see ``_RECORD_STOP``). Returns None when recorded, else why it was not."""
+    repo = Path(__file__).resolve().parents[1]  # makes `tracker` importable without an installed package
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _RECORD_STOP, str(db), str(int(run_id))],
+            cwd=repo,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        return lines[-1] if lines else f"exit code {done.returncode}"
+    return None
 
 
 def stop_pid(pid: int) -> bool:

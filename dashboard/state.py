@@ -3,6 +3,8 @@
 Set up once in the entry point (``streamlit_app.py``) and read by every page through these functions.
 The Store is cached per file (``st.cache_resource``): its connection is opened with
 ``check_same_thread=False`` because Streamlit runs every rerun and fragment on its own thread.
+It is the only Store this process opens on the file: the one write (a stop request) is made by a child
+process (``launch.record_stop`` says why).
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import streamlit as st
 
 from dashboard.db import friendly_error, resolve_db_path
 from dashboard.launch import Launcher
+from dashboard.text import code_span, escape_markdown
 
 __all__ = [
     "LIVE_INTERVAL_S",
     "db_path",
+    "explain_missing_directory",
     "get_store",
     "launcher",
     "log_dir",
     "can_stop",
     "show_store_error",
     "stop_recorded_run",
-    "writable_store",
 ]
 
 LIVE_INTERVAL_S = 2.0  # a step written by a trainer shows within this (plus one read) in an open page
@@ -85,11 +88,19 @@ def recorded_runs():
     return None if store is None else data.runs(store, str(db_path()))
 
 
-def writable_store():
-    """A short-lived writable Store (for ``request_stop``); the caller closes it."""
-    from tracker.store import Store
-
-    return Store.open(db_path(), create=False)
+def explain_missing_directory() -> bool:
+    """When the database's directory does not exist, say so with how to fix it and return True (a page then
+    has nothing else to show: no run can be recorded or launched there)."""
+    path = db_path()
+    if path.parent.is_dir():
+        return False
+    st.error(
+        f"The directory {code_span(path.parent)} does not exist, so there is no database "
+        f"{code_span(path.name)} in it.\n\n**How to fix:** check the path given with `--db` or "
+        "`$GRADWATCH_DB`, or create the directory first.",
+        icon=":material/error:",
+    )
+    return True
 
 
 @st.cache_resource(show_spinner=False)
@@ -120,16 +131,15 @@ def can_stop(run: dict) -> bool:
 
 def stop_recorded_run(run: dict) -> str:
     """SIGTERM the run's process and record the request; returns what happened, for the page to show."""
-    from dashboard.launch import stop_pid
+    from dashboard.launch import record_stop, stop_pid
 
     pid = int(run["pid"])
     if not stop_pid(pid):
         return f"Process {pid} is already gone; the run will show as crashed."
-    try:
-        with writable_store() as store:
-            store.request_stop(int(run["id"]))
-    except Exception as exc:  # the signal was sent; the record is a courtesy (the file may be read-only)
-        return f"Sent SIGTERM to {pid} (could not record the request: {exc})."
+    # The signal was sent; the record is a courtesy (the file may be read-only).
+    problem = record_stop(db_path(), int(run["id"]))
+    if problem:
+        return f"Sent SIGTERM to {pid} (could not record the request: {escape_markdown(problem)})."
     return f"Sent SIGTERM to {pid}: the run finishes its step, flushes and ends as stopped."
 
 

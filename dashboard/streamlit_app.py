@@ -7,6 +7,7 @@ corrupt, foreign, too-new or locked database) into a message with how to fix it,
 import streamlit as st
 
 from dashboard import state
+from dashboard.text import code_span
 from tracker.store import StoreError
 
 st.set_page_config(page_title="gradwatch", page_icon=":material/monitoring:", layout="wide")
@@ -18,7 +19,7 @@ pages = [
     st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:"),
 ]
 page = st.navigation(pages)
-st.sidebar.caption(f"Database: `{state.db_path()}`")
+st.sidebar.caption(f"Database: {code_span(state.db_path())}")
 
 try:
     page.run()

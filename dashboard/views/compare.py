@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data, state, summary
+from dashboard.text import escape_markdown
 from tracker.store import StoreError
 
 
@@ -81,7 +82,8 @@ def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
 def compare_page() -> None:
     runs = state.recorded_runs()
     if runs is None or not len(runs):
-        st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
+        if not state.explain_missing_directory():
+            st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
         return
     st.title("Compare runs")
     labels = data.run_labels(runs)
@@ -96,7 +98,7 @@ def compare_page() -> None:
     ids = with_lineage(state.get_store(), runs, picked) if lineage else list(picked)
     added = [labels[i] for i in ids if i not in picked]
     if added:
-        st.caption("Added by lineage: " + ", ".join(added))
+        st.caption("Added by lineage: " + ", ".join(escape_markdown(label) for label in added))
     if not ids:
         st.info("Pick at least one run.")
         return

@@ -1,8 +1,9 @@
 """Launch: relaunch a recorded run with other clipping (and other trainer options), or a sweep of clip
 settings with a concurrency limit; watch the logs; stop runs with SIGTERM.
 
-Every clip spec is validated by the tracker's own parser before anything starts, and the exact command is
-shown first. Processes are started with argument lists (never a shell) and log to files next to the
+Every clip spec is validated by the tracker's own parser, and the trainer options by the trainer's rules
+(``dashboard/options.py``), before anything starts; the exact command is shown first, and is the one the
+button runs. Processes are started with argument lists (never a shell) and log to files next to the
 database.
 """
 
@@ -14,22 +15,10 @@ import streamlit as st
 from dashboard import data, state
 from dashboard.clipform import STRATEGIES, build_spec, form_values
 from dashboard.launch import is_trainer_run, log_tail, parse_sweep, relaunch_spec
+from dashboard.options import MODEL_OPTIONS, OPTIONS
+from dashboard.options import option_errors as _option_errors
+from dashboard.text import code_span, escape_markdown
 from tracker.clipping import parse_clip, validate_clip
-
-# Trainer options offered in the form (dest names, as recorded in runs.config); others replay unchanged.
-OPTIONS = {
-    "lr": ("Learning rate", float),
-    "max_steps": ("Max steps (0: no limit)", int),
-    "epochs": ("Epochs", int),
-    "batch_size": ("Batch size", int),
-    "optimizer": ("Optimizer", ("adam", "adamw", "sgd")),
-    "model": ("Model", ("seed-cnn", "resnet-kws", "crnn-ctc", "conformer-ctc")),
-    "weight_decay": ("Weight decay", float),
-    "seed": ("Seed", int),
-}
-# Options whose recorded value belongs to the model: dropped when the model changes, so the new model's
-# own defaults apply.
-MODEL_OPTIONS = ("dropout", "hidden_size", "num_layers", "rnn_type")
 
 
 def _consume_prefill(runs: pd.DataFrame) -> None:
@@ -113,7 +102,8 @@ def _help() -> str:
 
 
 def option_inputs(config: dict, prefix: str) -> dict:
-    """Widgets for the trainer options, prefilled from the recorded config; returns only changed values."""
+    """Widgets for the trainer options, prefilled from the recorded config; returns only changed values
+    (``max_steps: None`` when 0 removes a recorded limit)."""
     changed = {}
     cols = st.columns(4)
     for i, (dest, (label, kind)) in enumerate(OPTIONS.items()):
@@ -141,17 +131,20 @@ def option_inputs(config: dict, prefix: str) -> dict:
     return changed
 
 
-def option_errors(changed: dict) -> list[str]:
-    errors = []
-    for dest in ("lr", "weight_decay"):
-        if dest in changed and not changed[dest] >= 0:
-            errors.append(f"{OPTIONS[dest][0]} must be >= 0, got {changed[dest]!r}")
-    for dest in ("epochs", "batch_size"):
-        if dest in changed and changed[dest] < 1:
-            errors.append(f"{OPTIONS[dest][0]} must be >= 1, got {changed[dest]!r}")
-    if changed.get("max_steps") is not None and changed["max_steps"] < 0:
-        errors.append(f"Max steps must be >= 0, got {changed['max_steps']!r}")
-    return errors
+def option_errors(changed: dict, config: dict) -> list[str]:
+    """What the trainer would refuse among the changed options (its own rules: ``dashboard.options``)."""
+    return _option_errors(changed, config)
+
+
+def _config_note(overrides: dict) -> None:
+    """Say what the replayed config file changes that the command line does not show."""
+    unset = [dest for dest, value in overrides.items() if value is None]
+    if unset:
+        st.caption(
+            "Set to null in the replayed config file (the trainer has no flag for it): "
+            + ", ".join(code_span(dest) for dest in unset)
+            + (" — no step limit." if "max_steps" in unset else ".")
+        )
 
 
 def _spec_for(run: dict, clip: str, name: str, overrides: dict):
@@ -174,7 +167,7 @@ def single_launch(run: dict, trainer: bool) -> None:
     if trainer:
         with st.expander("Trainer options (changed values are passed as flags)", expanded=True):
             overrides = option_inputs(data.config_of(run), "opt")
-            option_problems = option_errors(overrides)
+            option_problems = option_errors(overrides, data.config_of(run))
             for problem in option_problems:
                 st.error(problem, icon=":material/warning:")
     auto_name = f"{run['name']} · {clip or ''}"
@@ -192,13 +185,15 @@ def single_launch(run: dict, trainer: bool) -> None:
         return
     st.markdown("**Command**")
     st.code(spec.display(), language="bash", wrap_lines=True)
+    _config_note(overrides)
     if st.button("Launch", type="primary", key="launch_go"):
         (job,) = state.launcher().submit([spec])
         if job.error:
-            st.error(f"Could not start: {job.error}")
+            st.error(f"Could not start: {escape_markdown(job.error)}")
         else:
             st.success(
-                f"Started `{spec.name}` (pid {job.pid}). Its run appears on the Runs page in a moment."
+                f"Started {code_span(spec.name)} (pid {job.pid}). "
+                "Its run appears on the Runs page in a moment."
             )
 
 
@@ -216,7 +211,7 @@ def sweep_launch(run: dict, trainer: bool) -> None:
     if trainer:
         with st.expander("Trainer options for every run of the sweep"):
             overrides = option_inputs(data.config_of(run), "sweep_opt")
-            for problem in option_errors(overrides):
+            for problem in option_errors(overrides, data.config_of(run)):
                 st.error(problem, icon=":material/warning:")
                 return
     if not text.strip():
@@ -230,6 +225,7 @@ def sweep_launch(run: dict, trainer: bool) -> None:
         return
     st.markdown(f"**{len(specs)} commands**, at most {int(limit)} at a time")
     st.code("\n\n".join(s.display() for s in specs), language="bash", wrap_lines=True)
+    _config_note(overrides)
     if st.button(f"Launch sweep of {len(specs)}", type="primary", key="sweep_go"):
         sweep_id = f"sweep-{len(state.launcher().jobs)}"
         state.launcher().submit(specs, limit=int(limit), sweep=sweep_id)
@@ -243,7 +239,10 @@ def jobs_panel() -> None:
     for i, job in enumerate(reversed(launcher.jobs)):
         with st.container(border=True):
             c1, c2 = st.columns([5, 1])
-            c1.markdown(f"**{job.spec.name}** — {job.state}" + (f" · pid {job.pid}" if job.pid else ""))
+            c1.markdown(
+                f"**{escape_markdown(job.spec.name)}** — {job.state}"
+                + (f" · pid {job.pid}" if job.pid else "")
+            )
             if job.state in ("running", "queued"):
                 label = "Stop (SIGTERM)" if job.state == "running" else "Cancel"
                 # A callback runs before the rerun, so this very render already shows the new state.
@@ -251,10 +250,10 @@ def jobs_panel() -> None:
                     label, key=f"stop_job_{len(launcher.jobs) - 1 - i}", on_click=launcher.stop, args=(job,)
                 )
             if job.error:
-                st.error(job.error)
+                st.error(escape_markdown(job.error))
             tail = log_tail(job.log_path, max_lines=15)
             if tail:
-                with st.expander(f"Log: `{job.log_path}`", expanded=job.state == "running"):
+                with st.expander(f"Log: {code_span(job.log_path)}", expanded=job.state == "running"):
                     st.code(tail, language="text")
     running_runs_panel(launcher.running_pids())
 
@@ -271,7 +270,7 @@ def running_runs_panel(own_pids: set[int]) -> None:
     st.subheader("Other runs running on this machine")
     for row in running:
         c1, c2 = st.columns([5, 1])
-        c1.markdown(f"#{int(row['id'])} **{row['name']}** · pid {int(row['pid'])}")
+        c1.markdown(f"#{int(row['id'])} **{escape_markdown(row['name'])}** · pid {int(row['pid'])}")
         if c2.button("Stop (SIGTERM)", key=f"stop_run_{int(row['id'])}"):
             st.info(state.stop_recorded_run(row))
 
@@ -280,6 +279,8 @@ def launch_page() -> None:
     runs = state.recorded_runs()
     st.title("Launch")
     if runs is None or not len(runs):
+        if state.explain_missing_directory():
+            return
         st.info("No recorded run to start from yet: launch the demo from the Runs page first.")
         st.fragment(jobs_panel, run_every=state.LIVE_INTERVAL_S)()
         return
@@ -293,7 +294,8 @@ def launch_page() -> None:
     trainer = is_trainer_run(run)
     if trainer:
         st.caption(
-            f"Trainer run: its recorded configuration is replayed with `--config`. Clip: `{run.get('clip')}`"
+            "Trainer run: its recorded configuration is replayed with `--config`. "
+            f"Clip: {code_span(run.get('clip'))}"
         )
         if int(run.get("world_size") or 1) > 1:
             st.warning(
@@ -302,8 +304,9 @@ def launch_page() -> None:
             )
     else:
         st.caption(
-            f"External script: its recorded command is re-executed in `{run.get('cwd')}` with "
-            f"`GRADWATCH_CLIP` set (recorded clip `{run.get('clip')}`). Only the clipping can be changed."
+            f"External script: its recorded command is re-executed in {code_span(run.get('cwd'))} with "
+            f"`GRADWATCH_CLIP` set (recorded clip {code_span(run.get('clip'))}). Only the clipping can be "
+            "changed."
         )
     single, sweep = st.tabs(["Single run", "Sweep"])
     with single:

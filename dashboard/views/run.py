@@ -2,9 +2,11 @@
 
 Global norm with the threshold and clip events; per-layer norms; a layer x step heatmap; gradient flow at a
 chosen step; loss and metrics; non-finite events; a suggested clipping threshold that prefills Launch.
-The panels re-render every couple of seconds in a fragment (pause it to zoom: a re-render resets zoom) and
-read only the rows after the last step they have seen.
+The status line, its Stop and Resume buttons and the panels re-render every couple of seconds in a fragment
+(pause it to zoom: a re-render resets zoom) and read only the rows after the last step they have seen.
 """
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -13,11 +15,13 @@ import streamlit as st
 from dashboard import charts, data, state
 from dashboard.launch import resume_checkpoint, resume_spec
 from dashboard.suggest import suggest_threshold
+from dashboard.text import code_span, escape_markdown
 from tracker.store import StoreError
 
 TOP_K = 8  # layers shown by default: the largest by max norm so far
 HEATMAP_COLUMNS = 200
 TAB_KEY = "run_tab"
+RERUN_APP = "_run_rerun_app"  # set by a callback in the live fragment that changed state outside it
 
 
 def pick_run(runs: pd.DataFrame) -> dict:
@@ -38,44 +42,107 @@ def pick_run(runs: pd.DataFrame) -> dict:
     return runs[runs["id"] == choice].iloc[0].to_dict()
 
 
-def header(run: dict, runs: pd.DataFrame) -> None:
-    st.title(f"#{int(run['id'])} {run['name']}")
+def header(run: dict) -> None:
+    """What does not change while the run trains: its name and recorded configuration."""
+    st.title(f"#{int(run['id'])} {escape_markdown(run['name'])}")
+    with st.expander("Configuration and command"):
+        st.json(data.config_of(run), expanded=False)
+        st.caption(
+            f"argv: {code_span(run.get('argv'))} · cwd: {code_span(run.get('cwd'))} · "
+            f"python: {code_span(run.get('python'))}"
+        )
+
+
+def status_panel(run: dict, runs: pd.DataFrame) -> None:
+    """Status, lineage, Stop and Resume, and why the run ended: part of the live fragment, so a run that
+    finishes while its page is open stops saying "running" and offering Stop."""
     parent = run.get("parent_id")
-    bits = [f"status **{run['status']}**", f"clip `{run.get('clip') or 'none'}`"]
+    bits = [f"status **{run['status']}**", f"clip {code_span(run.get('clip') or 'none')}"]
     if run.get("clip_source") == "env":
         bits.append("(set by `GRADWATCH_CLIP`)")
     if parent is not None and not pd.isna(parent):
         names = dict(zip(runs["id"], runs["name"], strict=True))
-        bits.append(f"relaunch of #{int(parent)} {names.get(int(parent), '')}")
+        bits.append(f"relaunch of #{int(parent)} {escape_markdown(names.get(int(parent), ''))}")
     resumed = run.get("resumed_from_step")
     if resumed is not None and not pd.isna(resumed):  # continued from a checkpoint (GradTracker(resume=...))
         bits.append(f"resumed from step {int(resumed)}")
     st.markdown(" · ".join(bits))
-    if state.can_stop(run) and st.button("Stop this run (SIGTERM)", key=f"stop_{int(run['id'])}"):
-        st.info(state.stop_recorded_run(run))
+    run_id = int(run["id"])
+    if state.can_stop(run) and st.button("Stop this run (SIGTERM)", key=f"stop_{run_id}"):
+        _notify(run, "info", state.stop_recorded_run(run))
     checkpoint = resume_checkpoint(run)
-    if checkpoint is not None and st.button(
-        "Resume from its checkpoint",
-        key=f"resume_{int(run['id'])}",
-        help=f"python -m trainer ... --checkpoint {checkpoint} --resume: this run goes on from the epoch the "
-        "checkpoint ends (what it recorded after that is replaced)",
-    ):
-        spec = resume_spec(run, db=state.db_path(), config_dir=state.log_dir())
-        [job] = state.launcher().submit([spec])
-        if job.error:
-            st.error(f"Could not start: {job.error}")
-        else:
-            st.info(f"Resuming run #{int(run['id'])} from {checkpoint} (pid {job.pid}; log: {job.log_path}).")
+    resuming = [
+        j for j in state.launcher().jobs if j.spec.resumes == run_id and j.state in ("running", "queued")
+    ]
+    if checkpoint is not None and not resuming:
+        st.button(
+            "Resume from its checkpoint",
+            key=f"resume_{run_id}",
+            help=f"python -m trainer ... --checkpoint {checkpoint} --resume: this run goes on from where the "
+            "checkpoint was saved (what it recorded after that is replaced)",
+            on_click=_resume,
+            args=(run, checkpoint),
+        )
+    _show_notice(run)
     if run["status"] == "crashed":
         st.warning(
             "This run stopped sending heartbeats while marked running: its process ended without closing the "
             "run (killed, out of memory, machine restarted). The data up to the last heartbeat is shown."
         )
     if run["status"] == "failed" and run.get("error"):
-        st.error(f"The run failed: {run['error']}")
-    with st.expander("Configuration and command"):
-        st.json(data.config_of(run), expanded=False)
-        st.caption(f"argv: `{run.get('argv')}` · cwd: `{run.get('cwd')}` · python: `{run.get('python')}`")
+        st.error(f"The run failed: {escape_markdown(run['error'])}")
+
+
+def _notice_key(run_id: int) -> str:
+    return f"run_notice_{run_id}"
+
+
+def _notify(run: dict, kind: str, text: str, job=None) -> None:
+    """Keep a message about an action on ``run`` until its status changes (the status then says it all)."""
+    st.session_state[_notice_key(int(run["id"]))] = dict(kind=kind, text=text, status=run["status"], job=job)
+
+
+def _show_notice(run: dict) -> None:
+    key = _notice_key(int(run["id"]))
+    notice = st.session_state.get(key)
+    if notice is None:
+        return
+    if notice["status"] != run["status"]:
+        del st.session_state[key]
+        return
+    kind, text, job = notice["kind"], notice["text"], notice["job"]
+    if job is not None:
+        text += f" Job: {job.state}."
+        if job.state.startswith("exited ("):  # a non-zero exit: the run did not go on
+            kind = "error"
+    (st.error if kind == "error" else st.info)(text)
+
+
+def _resume(run: dict, checkpoint: str) -> None:
+    """Resume button callback: start the trainer on the checkpoint, then follow the run live (a callback may
+    set the live toggle, which lives outside the fragment; the fragment then reruns the whole page)."""
+    try:
+        spec = resume_spec(run, db=state.db_path(), config_dir=state.log_dir())
+    except ValueError as exc:
+        _notify(run, "error", escape_markdown(exc))
+        return
+    [job] = state.launcher().submit([spec])
+    if job.error:
+        _notify(run, "error", f"Could not start: {escape_markdown(job.error)}")
+        return
+    _notify(
+        run,
+        "info",
+        f"Resuming run #{int(run['id'])} from {code_span(checkpoint)} (pid {job.pid}; "
+        f"log: {code_span(job.log_path)}).",
+        job,
+    )
+    st.session_state[_live_key(int(run["id"]))] = True
+    st.session_state[RERUN_APP] = True
+
+
+def _live_key(run_id: int) -> str:
+    return f"live_{run_id}"
 
 
 def global_norm_panel(steps: pd.DataFrame) -> None:
@@ -117,7 +184,8 @@ def heatmap_panel(store, run_id: int, layers: pd.DataFrame) -> None:
     if not len(heat):
         st.info("No per-layer norms recorded yet.")
         return
-    st.plotly_chart(charts.heatmap_figure(heat), key="heatmap")
+    marks = data.heatmap_marks(store, run_id, heat)
+    st.plotly_chart(charts.heatmap_figure(heat, marks), key="heatmap")
 
 
 def flow_panel(store, run_id: int, steps: pd.DataFrame) -> None:
@@ -161,7 +229,8 @@ def nonfinite_panel(store, run_id: int) -> None:
     # Within a step, layers are in model order: the first row of the first step is where it started.
     first = events.iloc[0]
     st.error(
-        f"First non-finite gradient at step {int(first['step'])}, first offending layer: `{first['name']}` "
+        f"First non-finite gradient at step {int(first['step'])}, "
+        f"first offending layer: {code_span(first['name'])} "
         f"({'NaN' if first['has_nan'] else 'Inf'}). {events['step'].nunique():,} steps had non-finite layers."
     )
     st.dataframe(events, hide_index=True, key="nonfinite_table")
@@ -212,7 +281,19 @@ def _prefill_launch(run: dict, spec: str) -> None:
     st.switch_page("views/launch.py")
 
 
+def _number_text(value) -> str:
+    """A metric's value: 4 significant digits, ``NaN``/``Inf`` spelt out (SQLite stores NaN as NULL)."""
+    value = float("nan") if value is None else float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Inf" if value > 0 else "-Inf"
+    return f"{value:.4g}"
+
+
 def live_panels(run_id: int) -> None:
+    if st.session_state.pop(RERUN_APP, False):
+        st.rerun()  # the whole page: a callback changed the live toggle, which is outside this fragment
     try:
         store = state.get_store()
         db = str(state.db_path())
@@ -225,18 +306,23 @@ def live_panels(run_id: int) -> None:
     except StoreError as exc:
         state.show_store_error(exc)
         return
+    status_panel(run, runs)
     # The store's clip rate counts every clip decision, also those of steps not logged (every > 1).
     clipped = run.get("clip_rate")
     clipped = float("nan") if clipped is None or pd.isna(clipped) else float(clipped)
     m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("Status", run["status"])
     m2.metric("Steps recorded", f"{len(steps):,}")
-    m3.metric("Last loss", f"{steps['loss'].dropna().iloc[-1]:.4g}" if steps["loss"].notna().any() else "—")
+    # The latest step's loss, NaN included: the last finite one would hide a run that has diverged.
+    has_loss = "loss" in steps and steps["loss"].notna().any()
+    m3.metric("Last loss", _number_text(steps["loss"].iloc[-1]) if has_loss else "—")
     m4.metric("Clip rate", "—" if np.isnan(clipped) else f"{clipped:.1%}")
-    last_norm = steps["total_norm"].iloc[-1] if len(steps) else float("nan")
-    m5.metric("Last global norm", f"{last_norm:.4g}" if len(steps) else "—")
+    m5.metric("Last global norm", _number_text(steps["total_norm"].iloc[-1]) if len(steps) else "—")
     if not len(steps):
-        st.info("Waiting for the first recorded step…")
+        if run["status"] == "running":
+            st.info("Waiting for the first recorded step…")
+        else:
+            st.info(f"This run recorded no step: it ended ({run['status']}) before its first logged step.")
         return
 
     panels = {
@@ -260,17 +346,16 @@ def live_panels(run_id: int) -> None:
 def run_page() -> None:
     runs = state.recorded_runs()
     if runs is None or not len(runs):
-        st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
+        if not state.explain_missing_directory():
+            st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
         return
     run = pick_run(runs)
-    header(run, runs)
-    live_default = run["status"] == "running"
-    live = st.toggle(
-        "Live updates",
-        value=live_default,
-        key=f"live_{run['id']}",
-        help="Pause to zoom: a refresh resets zoom.",
-    )
+    header(run)
+    key = _live_key(int(run["id"]))
+    # Live by default for a running run; set once per run, so a refresh keeps the user's choice, and a
+    # Resume turns it on (a toggle given value= as well would warn when a callback sets it).
+    st.session_state.setdefault(key, run["status"] == "running")
+    live = st.toggle("Live updates", key=key, help="Pause to zoom: a refresh resets zoom.")
     interval = state.LIVE_INTERVAL_S if live else None
     st.fragment(live_panels, run_every=interval)(int(run["id"]))
 

@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import state, summary
 from dashboard.launch import trainer_spec
+from dashboard.text import code_span
 
 STATUSES = ("running", "finished", "failed", "stopped", "crashed")
 
@@ -23,17 +24,11 @@ def demo_spec():
 
 def start_page() -> None:
     st.title("Welcome to gradwatch")
-    if not state.db_path().parent.is_dir():
-        st.error(
-            f"The directory `{state.db_path().parent}` does not exist, so there is no database "
-            f"`{state.db_path().name}` in it.\n\n**How to fix:** check the path given with `--db` or "
-            "`$GRADWATCH_DB`, or create the directory first.",
-            icon=":material/error:",
-        )
+    if state.explain_missing_directory():
         return
     st.markdown(
         f"""
-No run has been recorded in `{state.db_path()}` yet.
+No run has been recorded in {code_span(state.db_path())} yet.
 
 gradwatch records, at every optimizer step, the L2 norm of each layer's gradient, the global norm, every
 clipping decision and any NaN/Inf, into this SQLite file. This dashboard shows them live, compares runs,
@@ -41,7 +36,7 @@ and relaunches any run with other clipping.
 
 * **Try it now:** the button below trains the seed CNN on the built-in spoken-keyword corpus (generated
   offline with eSpeak NG) with `norm:1.0` clipping, about 20 seconds on two CPU cores.
-* **Your own script:** wrap your loop with `GradTracker(model, db="{state.db_path().name}")`
+* **Your own script:** wrap your loop with {code_span(f'GradTracker(model, db="{state.db_path().name}")')}
   and call `tracker.step()` right before `optimizer.step()`.
 * **Another database:** `streamlit run dashboard -- --db PATH` (or set `$GRADWATCH_DB`).
 """
@@ -121,7 +116,9 @@ def runs_page() -> None:
     st.session_state["selected_runs"] = selected
 
     b1, b2, b3, _ = st.columns([1, 1, 1, 3])
-    if b1.button("Open run", disabled=len(selected) != 1, key="open_run"):
+    # Not key="open_run": that is the session-state request the Run page reads, written just below (a
+    # widget's own key cannot be written once the widget exists).
+    if b1.button("Open run", disabled=len(selected) != 1, key="open_selected_run"):
         st.session_state["open_run"] = selected[0]
         st.switch_page("views/run.py")
     if b2.button("Compare selected", disabled=len(selected) < 1, key="compare_runs"):

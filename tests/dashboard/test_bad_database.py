@@ -3,6 +3,8 @@ traceback; and the file is left untouched."""
 
 import hashlib
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from dashboard_helpers import texts
@@ -61,20 +63,37 @@ def test_newer_schema(recorded, app):
     _assert_message_on_every_page(at, "newer version of gradwatch", "schema version 99")
 
 
-def test_locked_database(recorded, app):
-    holder = sqlite3.connect(recorded.path, isolation_level=None)
+# Another program holding the file, e.g. a `sqlite3` shell: it takes its lock, says so, and keeps it until
+# told to go (a line on stdin).
+HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+if sys.argv[2] == "exclusive mode":
+    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+conn.execute("BEGIN EXCLUSIVE")
+conn.execute("UPDATE runs SET name = name")
+print("holding", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.parametrize("lock", ["exclusive mode", "exclusive transaction"])
+def test_locked_database(recorded, app, lock):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(recorded.path), lock], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        # An exclusive lock (what a `sqlite3` shell in a write transaction with locking_mode=EXCLUSIVE holds):
-        # even WAL readers are shut out.
-        holder.execute("PRAGMA locking_mode = EXCLUSIVE")
-        holder.execute("BEGIN EXCLUSIVE")
-        holder.execute("UPDATE runs SET name = name")
+        assert holder.stdout.readline().strip() == "holding"
         at = app(recorded.path).run()
         assert not at.exception
-        assert "is locked by another process" in texts(at, "error")
+        if lock == "exclusive mode":
+            # PRAGMA locking_mode = EXCLUSIVE and a write: even WAL readers are shut out.
+            assert "is locked by another process" in texts(at, "error")
+        else:
+            # A write transaction alone (even BEGIN EXCLUSIVE) does not block readers of a WAL file.
+            assert not at.error and at.title[0].value == "Runs"
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        holder.communicate("\n", timeout=60)
     # Once the lock is gone the same session reads normally.
     at.run()
     assert not at.error and at.title[0].value == "Runs"

@@ -26,20 +26,25 @@ def test_every_page_renders_in_chromium(recorded, tmp_path):
     assert all("non-finite" in e for e in seen["run"]["errors"])
 
 
-# A training process stand-in that records a step every 0.1 s through the real store writer.
+# A training process stand-in that records a step every 0.1 s through the real store writer, and finishes
+# the run when the file argv[2] appears.
 WRITER = """
-import math, sys, time
+import math, os, sys, time
 from tracker.store import Store
 store = Store.open(sys.argv[1], create=True)
 run = store.create_run(name="live", clip="norm:1.0")
 store.add_layers(run, [dict(id=i, name=f"block{i}.weight", shape=[8]) for i in range(4)])
 writer = store.writer(run, heartbeat_every=0.5)
 for step in range(100_000):
+    if os.path.exists(sys.argv[2]):
+        break
     norms = [1.0 + 0.1 * i + 0.05 * math.sin(step / 5) for i in range(4)]
     total = math.sqrt(sum(n * n for n in norms))
     writer.add_step(step=step, norms=norms, total_norm=total, loss=1 / (1 + step))
     writer.flush()
     time.sleep(0.1)
+writer.close(status="finished")
+store.close()
 """
 
 
@@ -54,8 +59,8 @@ def test_the_run_page_follows_a_running_run(tmp_path):
     from playwright.sync_api import sync_playwright
     from screenshots import CHROMIUM_ARGS, REPO
 
-    db = tmp_path / "gradwatch.db"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], cwd=REPO)
+    db, finish = tmp_path / "gradwatch.db", tmp_path / "finish"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(finish)], cwd=REPO)
     try:
         deadline = time.monotonic() + 60
         while not db.exists() and time.monotonic() < deadline:
@@ -76,6 +81,12 @@ def test_the_run_page_follows_a_running_run(tmp_path):
             )
             assert page.locator("[data-testid='stException']").count() == 0
             page.screenshot(path=str(tmp_path / "live.png"))
+            # The status line and its Stop button are live too: once the run finishes, they say so.
+            stop = page.get_by_role("button", name="Stop this run (SIGTERM)")
+            assert stop.count() == 1 and page.get_by_text("status running").count() == 1
+            finish.touch()
+            page.get_by_text("status finished").wait_for(timeout=60_000)
+            assert stop.count() == 0
             browser.close()
     finally:
         writer.kill()
@@ -109,3 +120,45 @@ def test_select_a_row_and_compare_in_chromium(recorded, tmp_path):
         browser.close()
     # Newest first: row 0 is "child"; its parent is added by lineage, not picked.
     assert f"#{recorded.ids['child']} child" in picked and "base" not in picked
+
+
+# Names with Markdown, LaTeX, Streamlit directives and HTML in them.
+PARENT_NAME = "`base` *x* <b>y</b>"
+CHILD_NAME = "$a$ **b** :red[c] _d_ [e](f) # g \\"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent: install it with `make browser`"
+)
+def test_run_names_are_shown_as_typed(tmp_path):
+    from playwright.sync_api import sync_playwright
+    from screenshots import CHROMIUM_ARGS
+
+    from tracker.store import Store
+
+    db = tmp_path / "gradwatch.db"
+    with Store.open(db, create=True) as store:
+        parent = store.create_run(name=PARENT_NAME)
+        store.writer(parent).close()
+        child = store.create_run(name=CHILD_NAME, parent_id=parent)
+        writer = store.writer(child)
+        writer.add_step(step=0, norms=[], total_norm=1.0)
+        writer.close(status="failed", error="ValueError: *bad* $x$")
+    with serve(db, tmp_path / "streamlit.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/run")  # the newest run: the child
+        title = page.locator("h1 [data-heading-text]").first
+        title.wait_for(timeout=90_000)
+        main = page.locator("[data-testid='stMain']")
+        main.get_by_text("relaunch of").wait_for(timeout=60_000)
+        heading, text = title.inner_text(), main.inner_text()
+        rendered = main.locator(
+            ".katex, h1 strong, h1 em, h1 code, [data-testid='stMarkdownContainer'] em"
+        ).count()
+        browser.close()
+    assert heading == f"#{child} {CHILD_NAME}"
+    assert f"relaunch of #{parent} {PARENT_NAME}" in text
+    assert "The run failed: ValueError: *bad* $x$" in text
+    assert rendered == 0  # no formula, no emphasis, no code made from a name

@@ -107,3 +107,30 @@ def test_a_resumed_run_is_read_again_from_its_checkpoint(tmp_path, app):
     finally:
         writer.close()
         store.close()
+
+
+def test_a_run_whose_norms_became_nan_keeps_its_page_across_refreshes(tmp_path, app):
+    path = tmp_path / "diverged.db"
+    store = Store.open(path, create=True)
+    run = store.create_run(name="diverged", clip="none")
+    store.add_layers(run, [dict(id=0, name="w", shape=[1])])
+    writer = store.writer(run)
+    for step in range(6):  # diverged at step 3: NaN norms and loss from then on (stored as NULL)
+        value = math.nan if step >= 3 else 1.0 + step
+        writer.add_step(step=step, norms=[value], total_norm=value, loss=value / 2)
+    writer.flush()
+    try:
+        at = app(path).run().switch_page("views/run.py").run()
+        # The first render, then live refreshes: they read rows from the last step seen, all NULL here.
+        for _ in range(3):
+            assert not at.exception, [e.value for e in at.exception]
+            shown = {m.label: m.value for m in at.metric}
+            # The latest values, NaN included (the last finite loss would hide the divergence).
+            assert shown["Last global norm"] == "NaN" and shown["Last loss"] == "NaN"
+            assert shown["Steps recorded"] == "6"
+            at.run()
+        y = values(trace(figure(at, "global_norm"), "global norm (pre-clip)")["y"])
+        np.testing.assert_allclose(y, [1.0, 2.0, 3.0, np.nan, np.nan, np.nan])
+    finally:
+        writer.close()
+        store.close()

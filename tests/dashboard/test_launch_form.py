@@ -1,8 +1,15 @@
 """The Launch form: the exact command is shown before launching; bad values give an inline error and start
 nothing (checked on disk: no log file, no replayed config)."""
 
+import json
+import shlex
+import time
+from pathlib import Path
+
 import pytest
 from dashboard_helpers import open_page, texts
+
+from tracker.store import Store
 
 
 @pytest.fixture
@@ -59,9 +66,19 @@ def test_negative_threshold_in_the_strategy_form(launch, recorded):
     assert launch.button(key="launch_go").disabled and _nothing_launched(recorded)
 
 
-def test_bad_trainer_option(launch, recorded):
-    launch.number_input(key="opt_lr").set_value(-0.1).run()
-    assert "Learning rate must be >= 0" in texts(launch, "error")
+@pytest.mark.parametrize(
+    "widget, value, message",
+    [
+        ("opt_lr", -0.1, "Learning rate (--lr) must be > 0, got -0.1"),
+        ("opt_lr", 0.0, "Learning rate (--lr) must be > 0, got 0.0"),  # the trainer refuses lr 0
+        ("opt_seed", -1, "Seed (--seed) must be ≥ 0, got -1"),
+        ("opt_model", "crnn-ctc", "Model 'crnn-ctc' cannot learn task 'keywords'"),
+    ],
+)
+def test_bad_trainer_option(launch, recorded, widget, value, message):
+    kind = launch.selectbox if widget == "opt_model" else launch.number_input
+    kind(key=widget).set_value(value).run()
+    assert message in texts(launch, "error")
     assert launch.button(key="launch_go").disabled and _nothing_launched(recorded)
 
 
@@ -103,7 +120,7 @@ def test_sweep_respects_the_limit_and_jobs_can_be_stopped_and_cancelled(launch, 
     launch.number_input(key="sweep_limit").set_value(1).run()
     launch.button(key="sweep_go").click().run()
     assert any("Queued 2 runs; 1 started." in s.value for s in launch.success)
-    states = [m.value for m in launch.markdown if m.value.startswith("**child · norm:")]
+    states = [m.value for m in launch.markdown if m.value.startswith("**child · norm\\:")]
     assert sorted(s.split(" — ")[1].split(" ·")[0] for s in states) == ["queued", "running"]
     # Cancel the queued one (job 1), then stop the running one (job 0, SIGTERM): nothing is left to start.
     assert launch.button(key="stop_job_1").label == "Cancel"
@@ -114,7 +131,36 @@ def test_sweep_respects_the_limit_and_jobs_can_be_stopped_and_cancelled(launch, 
     assert len(logs) == 1 and "--clip norm:1.0" in logs[0].read_text().splitlines()[0]  # job 1 never ran
     for _ in range(200):
         launch.run()
-        states = [m.value for m in launch.markdown if m.value.startswith("**child · norm:")]
+        states = [m.value for m in launch.markdown if m.value.startswith("**child · norm\\:")]
         if not any("running" in s or "queued" in s for s in states):
             break
     assert any("cancelled" in s for s in states) and any("exited" in s for s in states), states
+
+
+def test_the_command_shown_is_the_one_launched_and_max_steps_0_lifts_the_limit(tmp_path, app):
+    db = tmp_path / "gradwatch.db"
+    config = {"task": "keywords", "model": "seed-cnn", "lr": 0.001, "epochs": 1, "batch_size": 8,
+              "max_steps": 30, "optimizer": "adam", "weight_decay": 0.0, "seed": 0}  # fmt: skip
+    with Store.open(db, create=True) as store:
+        run = store.create_run(name="capped", config=config, argv=["-m", "trainer"], cwd=str(tmp_path))
+        store.writer(run).close()
+    at = open_page(app(db), "views/launch.py", launch_from=run)
+    at.number_input(key="opt_max_steps").set_value(0).run()
+    [shown] = [c.value for c in at.code if "-m trainer" in c.value]
+    assert "--max-steps" not in shown
+    assert any("`max_steps`" in c.value and "no step limit" in c.value for c in at.caption)
+    time.sleep(1.1)  # the user reads the command, then clicks
+    at.button(key="launch_go").click().run()
+    try:
+        [log] = (tmp_path / "gradwatch-logs").glob("*.log")
+        assert log.read_text().splitlines()[0] == f"$ {shown}"
+        argv = shlex.split(shown)
+        replayed = json.loads(Path(argv[argv.index("--config") + 1]).read_text())
+        assert replayed["max_steps"] is None and replayed["lr"] == 0.001  # no limit; the rest as recorded
+    finally:
+        at.button(key="stop_job_0").click().run()  # SIGTERM: nothing is left running
+        for _ in range(200):
+            if not any(" — running" in m.value for m in at.markdown):
+                break
+            time.sleep(0.1)
+            at.run()

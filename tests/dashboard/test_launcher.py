@@ -177,8 +177,11 @@ def test_resume_is_offered_for_a_stopped_trainer_run_with_its_checkpoint_file(tm
     assert argv[argv.index("--clip") + 1] == "norm:1"  # as the trainer was given it, not the canonical spec
     assert "--parent-run" not in argv and spec.parent_id is None  # the same run goes on
     assert spec.config == {"epochs": 3}  # the rest of the recorded config, replayed
-    # Not offered: a running run, another program, no checkpoint setting, a missing file.
+    assert resume_checkpoint({**run, "status": "stopped"}) == resume_checkpoint({**run, "status": "failed"})
+    # Not offered: a running run, a finished one (it would train its last epoch again), another program, no
+    # checkpoint setting, a missing file.
     assert resume_checkpoint({**run, "status": "running"}) is None
+    assert resume_checkpoint({**run, "status": "finished"}) is None
     assert resume_checkpoint({**run, "argv": json.dumps(["train.py"])}) is None
     assert resume_checkpoint({**run, "config": {}}) is None
     assert resume_checkpoint({**run, "config": {**config, "checkpoint": "gone"}}) is None
@@ -188,3 +191,40 @@ def test_resume_is_offered_for_a_stopped_trainer_run_with_its_checkpoint_file(tm
     spec = resume_spec({**run, "config": {**config, "checkpoint_every": 50}}, db="g.db", config_dir=tmp_path)
     argv = list(spec.argv)
     assert argv[argv.index("--checkpoint-every") + 1] == "50" and spec.config == {"epochs": 3}
+
+
+def _trainer_run(**config):
+    return dict(id=3, name="kws", status="finished", cwd="/", argv=json.dumps(["-m", "trainer"]),
+                config={"task": "keywords", "lr": 0.001, "max_steps": 30, **config})  # fmt: skip
+
+
+def test_a_relaunch_command_does_not_change_between_reruns(tmp_path):
+    import time
+
+    from dashboard.launch import relaunch_spec
+
+    def spec(**config):
+        return relaunch_spec(_trainer_run(**config), name="kws b", db=tmp_path / "g.db", clip="norm:1",
+                             config_dir=tmp_path / "logs", overrides={"lr": 0.01})  # fmt: skip
+
+    first = spec()
+    time.sleep(1.1)  # a page shows the command, the user clicks a second later: the same command runs
+    assert spec().argv == first.argv and spec().display() == first.display()
+    assert spec(batch_size=8).config_file != first.config_file  # another config, another file
+
+
+def test_max_steps_none_removes_the_recorded_limit(tmp_path):
+    from dashboard.launch import relaunch_spec
+
+    spec = relaunch_spec(_trainer_run(), name="x", db=tmp_path / "g.db", clip="none", config_dir=tmp_path,
+                         overrides={"max_steps": None, "lr": 0.01})  # fmt: skip
+    # The trainer has no flag that unsets an option: the replayed config says null, and no flag is passed.
+    assert spec.config["max_steps"] is None and "--max-steps" not in spec.argv
+    assert spec.argv[spec.argv.index("--lr") + 1] == "0.01"
+
+
+def test_record_stop_reports_what_went_wrong(tmp_path):
+    from dashboard.launch import record_stop
+
+    problem = record_stop(tmp_path / "missing.db", 1)
+    assert problem and "does not exist" in problem

@@ -1,5 +1,9 @@
 """The Run page draws what the store holds: checked against the values the fixture wrote."""
 
+import math
+import os
+import signal
+
 import numpy as np
 import pytest
 from dashboard_helpers import (
@@ -16,6 +20,8 @@ from dashboard_helpers import (
     trace,
     values,
 )
+
+from tracker.store import Store
 
 
 @pytest.fixture
@@ -120,3 +126,76 @@ def test_pause_toggle(run_page, recorded):
     assert toggle.value is False  # a finished run does not refresh
     toggle.set_value(True).run()
     assert not run_page.exception and figure(run_page, "global_norm")
+
+
+def test_a_finished_run_without_steps_says_so(tmp_path, app):
+    db = tmp_path / "empty-run.db"
+    with Store.open(db, create=True) as store:
+        run = store.create_run(name="nothing")
+        store.writer(run).close(status="finished")
+    at = app(db).run().switch_page("views/run.py").run()
+    assert not at.exception
+    assert "recorded no step" in texts(at, "info") and "Waiting" not in texts(at, "info")
+
+
+def test_heatmap_draws_zero_norms_and_marks_nan_and_inf(tmp_path, app):
+    db = tmp_path / "odd-norms.db"
+    names = ["a.weight", "b.weight", "c.weight"]
+    norms = np.full((10, 3), 2.0)
+    norms[2, 0], norms[4, 1], norms[6, 2] = 0.0, math.inf, math.nan
+    with Store.open(db, create=True) as store:
+        run = store.create_run(name="odd")
+        store.add_layers(run, [dict(id=i, name=n, shape=[2]) for i, n in enumerate(names)])
+        writer = store.writer(run)
+        for step, row in enumerate(norms):
+            writer.add_step(step=step, norms=row.tolist(), total_norm=float(np.sqrt((row**2).sum())))
+        writer.add_nonfinite(4, [(1, False, True)])  # as the tracker records them
+        writer.add_nonfinite(6, [(2, True, False)])
+        writer.close()
+    at = open_page(app(db), "views/run.py")
+    fig = figure(open_tab(at, "Heatmap"), "heatmap")
+    z = values(fig["data"][0]["z"]).reshape(3, 10)
+    assert z[0, 2] == pytest.approx(np.log10(2.0) - 1)  # zero: drawn, a decade below the smallest norm
+    assert np.isnan(z[1, 4]) and np.isnan(z[2, 6])  # no colour for them: marked instead
+    np.testing.assert_allclose(z[~np.isnan(z) & (np.arange(10) != 2)], np.log10(2.0))
+    for kind, layer, step in (("NaN", "c.weight", 6), ("Inf", "b.weight", 4)):
+        marks = trace(fig, f"{kind} gradient")
+        assert values(marks["x"]).tolist() == [step] and list(marks["y"]) == [layer]
+
+
+def _trainer_run(store, tmp_path, name: str, status: str) -> int:
+    checkpoint = tmp_path / f"{name}.ckpt"
+    checkpoint.write_bytes(b"not a real checkpoint")
+    run = store.create_run(
+        name=name,
+        config={"task": "keywords", "epochs": 2, "checkpoint": str(checkpoint), "clip": "none"},
+        argv=["-m", "trainer", "--checkpoint", str(checkpoint)],
+        cwd=str(tmp_path),
+    )
+    store.writer(run).close(status=status)
+    return run
+
+
+def test_resume_is_offered_for_a_stopped_run_only_and_then_follows_it_live(tmp_path, app):
+    db = tmp_path / "gradwatch.db"
+    with Store.open(db, create=True) as store:
+        finished = _trainer_run(store, tmp_path, "finished-one", "finished")
+        stopped = _trainer_run(store, tmp_path, "stopped-one", "stopped")
+    at = open_page(app(db), "views/run.py", open_run=finished)
+    assert not [b for b in at.button if b.label == "Resume from its checkpoint"]  # it would train again
+    at.session_state["open_run"] = stopped
+    at.run()
+    assert at.toggle(key=f"live_{stopped}").value is False  # a stopped run does not refresh
+    at.button(key=f"resume_{stopped}").click().run()
+    pid = None
+    try:
+        assert not at.exception, [e.value for e in at.exception]
+        notice = texts(at, "info")
+        assert f"Resuming run #{stopped}" in notice
+        pid = int(notice.split("(pid ")[1].split(";")[0])
+        # The page now follows the run live, and offers no second resume while this one starts.
+        assert at.toggle(key=f"live_{stopped}").value is True
+        assert not [b for b in at.button if b.label == "Resume from its checkpoint"]
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)

@@ -37,6 +37,19 @@ def test_filter_by_text_and_status(recorded, app):
     assert dataframe_with(at, "clip_rate").empty
 
 
+def test_open_the_selected_run(recorded, app):
+    at = app(recorded.path).run()
+    rows = dataframe_with(at, "clip_rate")["name"].tolist()
+    # What a click on the row's selection box sends.
+    at.session_state["runs_table"] = {"selection": {"rows": [rows.index("base")], "columns": []}}
+    at.run()
+    [button] = [b for b in at.button if b.label == "Open run"]
+    assert not button.disabled
+    button.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == f"#{recorded.ids['base']} base"
+
+
 def test_selected_runs_go_to_compare(recorded, app):
     at = app(recorded.path).run()
     at.session_state["compare_ids"] = [recorded.ids["child"]]
@@ -96,6 +109,11 @@ def test_database_in_a_missing_directory(tmp_path, app):
     assert not at.exception
     assert "does not exist" in at.error[0].value and "How to fix" in at.error[0].value
     assert not [b for b in at.button if b.key == "demo"]  # nothing to launch into
+    # Every page says what is wrong, not "no run recorded yet".
+    for page in ("views/run.py", "views/compare.py", "views/launch.py"):
+        at.switch_page(page).run()
+        assert not at.exception and not at.info, (page, [i.value for i in at.info])
+        assert f"`{db.parent}` does not exist" in at.error[0].value and "How to fix" in at.error[0].value
     assert not (tmp_path / "no").exists()
 
 
