@@ -149,3 +149,25 @@ def open_page(at, page: str, **requests):
     at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+# A training process stand-in for the Stop tests: records a running run and, on SIGTERM, ends it "stopped"
+# and closes its connections, as the trainer does (the last connection to close checkpoints and deletes
+# the WAL). Prints "ready" once its first step is in the file.
+STOPPABLE = """
+import signal, sys, time
+from tracker.store import Store
+store = Store.open(sys.argv[1], create=True)
+run = store.create_run(name="long")
+writer = store.writer(run, heartbeat_every=0.5)
+def stop(*_):
+    writer.close(status="stopped")
+    store.close()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+writer.add_step(step=0, norms=[], total_norm=1.0)
+writer.flush()
+print("ready", flush=True)
+while True:
+    time.sleep(0.1)
+"""

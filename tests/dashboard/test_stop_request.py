@@ -1,4 +1,5 @@
-"""Stopping a run from the dashboard records the request without costing the dashboard its view of the file.
+"""Stopping a run from its page: SIGTERM to the process, the request recorded, the run ends "stopped", and
+the dashboard keeps its view of the file.
 
 The dashboard reads through one cached read-only connection. A Store opened and closed in the same process
 (to write the stop request) used to drop that connection's POSIX locks: the training process, exiting after
@@ -12,27 +13,7 @@ import subprocess
 import sys
 
 import streamlit as st
-from dashboard_helpers import dataframe_with, texts
-
-# A training process stand-in: records a running run and, on SIGTERM, ends it "stopped" and closes its
-# connections, as the tracker does (the last connection to close checkpoints and deletes the WAL).
-STOPPABLE = """
-import signal, sys, time
-from tracker.store import Store
-store = Store.open(sys.argv[1], create=True)
-run = store.create_run(name="long")
-writer = store.writer(run, heartbeat_every=0.5)
-def stop(*_):
-    writer.close(status="stopped")
-    store.close()
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
-writer.add_step(step=0, norms=[], total_norm=1.0)
-writer.flush()
-print("ready", flush=True)
-while True:
-    time.sleep(0.1)
-"""
+from dashboard_helpers import STOPPABLE, dataframe_with, texts
 
 # Another process records a whole run afterwards.
 LATER = """

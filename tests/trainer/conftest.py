@@ -58,3 +58,9 @@ def speech_commands_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def transcripts_dir(tmp_path_factory):
     return write_transcripts(tmp_path_factory.mktemp("transcripts"))
+
+
+@pytest.fixture(scope="session")
+def corpus_cache(tmp_path_factory):
+    """One cache of tiny built-in corpora for every trainer test (generation takes well under a second)."""
+    return tmp_path_factory.mktemp("corpora")

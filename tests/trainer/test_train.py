@@ -3,10 +3,11 @@ SQLite file with sqlite3 (not through our own store)."""
 
 import json
 import math
-import sqlite3
 
 import pytest
 import torch
+from sqlite_rows import rows as query
+from trainer_args import tiny
 
 from tracker.clipping import parse_clip
 from trainer.cli import build_parser, main
@@ -20,22 +21,6 @@ CASES = [
 ]
 # Output size and input bands of the built-in corpora: 10 keywords on 32 mels; 10 digits + blank on 40 mels.
 SHAPES = {"keywords": dict(n_classes=10, n_mels=32), "digits": dict(n_classes=11, n_mels=40)}
-
-
-@pytest.fixture(scope="session")
-def corpus_cache(tmp_path_factory):
-    """One cache of tiny built-in corpora for every test here (generation takes well under a second)."""
-    return tmp_path_factory.mktemp("corpora")
-
-
-def tiny(corpus_cache, db, *extra):
-    return ["--corpus-size", "tiny", "--cache-dir", str(corpus_cache), "--db", str(db), "--batch-size", "8",
-            "--quiet", *extra]  # fmt: skip
-
-
-def query(db, sql, *args):
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, args).fetchall()
 
 
 def cli_dests():

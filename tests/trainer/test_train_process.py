@@ -10,17 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlite_rows import rows as query
+from trainer_args import tiny
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def query(db, sql, *args):
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, args).fetchall()
-
-
-def tiny_argv(cache, db, *extra):
-    return ["--corpus-size", "tiny", "--cache-dir", str(cache), "--db", str(db), "--batch-size", "8", *extra]
 
 
 def start(args, **kw):
@@ -52,7 +45,8 @@ def wait_for_steps(proc, db, n, timeout=120.0):
 )
 def test_signal_finishes_the_step_and_marks_the_run_stopped(sig, code, tmp_path):
     db = tmp_path / "g.db"
-    proc = start([sys.executable, "-m", "trainer", *tiny_argv(tmp_path / "cache", db, "--epochs", "500")])
+    argv = tiny(tmp_path / "cache", db, "--epochs", "500", quiet=False)
+    proc = start([sys.executable, "-m", "trainer", *argv])
     wait_for_steps(proc, db, 3)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
@@ -72,7 +66,7 @@ def test_ddp_with_two_cpu_processes_writes_one_coherent_run(tmp_path):
     cache = tmp_path / "cache"
     extra = ("--max-steps", "3", "--clip", "norm:1.0", "--run-name", "ddp")
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "-m", "trainer", *tiny_argv(cache, db, *extra)]  # fmt: skip
+            "-m", "trainer", *tiny(cache, db, *extra, quiet=False)]  # fmt: skip
     proc = start(args)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
@@ -101,7 +95,7 @@ def test_ddp_run_resumed_from_its_checkpoint_on_every_rank(tmp_path):
         extra = ("--clip", "autoclip:50", "--run-name", "ddp", "--checkpoint", str(ck), "--epochs", "2")
         extra += more
         args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "trainer", *tiny_argv(cache, db, *extra)]  # fmt: skip
+                "-m", "trainer", *tiny(cache, db, *extra, quiet=False)]  # fmt: skip
         proc = start(args)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
@@ -117,8 +111,8 @@ def test_a_killed_then_stopped_run_resumes_mid_epoch_to_what_an_uninterrupted_ru
     # interruptions land mid-epoch. All four are processes with the same thread count (sums in one order).
     cache, straight, db, ck = (tmp_path / name for name in ("cache", "straight.db", "g.db", "r.ckpt"))
     common = ("--epochs", "3", "--batch-size", "4", "--lr-schedule", "constant", "--clip", "zclip:2.0",
-              "--optimizer", "sgd", "--lr", "0.02", "--extra-stats", "--quiet", "--run", "r")  # fmt: skip
-    trainer = [sys.executable, "-m", "trainer", *tiny_argv(cache, db, *common), "--checkpoint", str(ck)]
+              "--optimizer", "sgd", "--lr", "0.02", "--extra-stats", "--run", "r")  # fmt: skip
+    trainer = [sys.executable, "-m", "trainer", *tiny(cache, db, *common), "--checkpoint", str(ck)]
     proc = start([*trainer, "--checkpoint-every", "3"])
     wait_for_steps(proc, db, 4)  # a step is recorded after the save before it (state_dict() flushes)
     proc.kill()
@@ -132,7 +126,7 @@ def test_a_killed_then_stopped_run_resumes_mid_epoch_to_what_an_uninterrupted_ru
     assert proc.returncode == 0 and "stopped" in out, err[-2000:]
     [(status, stopped_at)] = query(db, "SELECT status, (SELECT COUNT(*) FROM steps) FROM runs")
     assert status == "stopped" and 0 < stopped_at < 30
-    uninterrupted = [sys.executable, "-m", "trainer", *tiny_argv(cache, straight, *common)]
+    uninterrupted = [sys.executable, "-m", "trainer", *tiny(cache, straight, *common)]
     for argv in ([*trainer, "--resume"], uninterrupted):
         proc = start(argv)
         _, err = proc.communicate(timeout=300)

@@ -2,9 +2,9 @@
 conftest.py): a first run, which computes the features, and checkpoints that belong to one corpus."""
 
 import shutil
-import sqlite3
 
 import pytest
+from sqlite_rows import rows as query
 
 from trainer.cli import main
 
@@ -12,11 +12,6 @@ from trainer.cli import main
 def real(data, path, cache, db, *extra):
     return ["--data", data, "--data-path", str(path), "--cache-dir", str(cache), "--db", str(db),
             "--batch-size", "8", *extra]  # fmt: skip
-
-
-def query(db, sql, *args):
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, args).fetchall()
 
 
 @pytest.mark.parametrize(

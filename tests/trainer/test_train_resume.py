@@ -3,28 +3,14 @@ refused before anything is loaded or recorded, an unreadable file is explained, 
 or forked process covers that process's steps (checked against the database with sqlite3)."""
 
 import shutil
-import sqlite3
 
 import pytest
 import torch
+from sqlite_rows import rows as query
+from trainer_args import tiny
 
 from trainer import checkpoint as ckpt
 from trainer.cli import main
-
-
-@pytest.fixture(scope="module")
-def corpus_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("corpora")
-
-
-def tiny(corpus_cache, db, *extra):
-    return ["--corpus-size", "tiny", "--cache-dir", str(corpus_cache), "--db", str(db), "--batch-size", "8",
-            "--quiet", *extra]  # fmt: skip
-
-
-def query(db, sql, *args):
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, args).fetchall()
 
 
 def summary_of_this_process(db, run_id, first_step):
