@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from sqlite_rows import rows as query
-from trainer_args import tiny
+from trainer_args import assert_same_records, tiny
 
 from tracker.clipping import parse_clip
 from trainer.cli import build_parser, main
@@ -198,16 +198,7 @@ def test_a_run_stopped_after_its_checkpoint_and_resumed_records_what_an_uninterr
         resumed, "SELECT id, name, status, resumed_from_step FROM runs"
     )
     assert (name, status) == ("resumable", "finished") and resumed_from > 0
-    for sql in (
-        "SELECT step, loss, total_norm, total_norm_after, clipped, coef, threshold FROM steps ORDER BY step",
-        "SELECT step, layer_id, norm FROM grad_norms ORDER BY step, layer_id",
-        "SELECT step, layer_id, weight_norm, update_ratio, max_abs FROM grad_stats ORDER BY step, layer_id",
-        "SELECT step, norm_before, norm_after, threshold, n_clipped FROM clip_events ORDER BY step",
-    ):
-        want, got = query(straight, sql), query(resumed, sql)
-        assert len(got) == len(want), sql
-        for g, w in zip(got, want, strict=True):
-            assert g == pytest.approx(w, rel=1e-5, abs=1e-7), sql
+    assert_same_records(straight, resumed)
     metrics = "SELECT step, name, value FROM metrics ORDER BY step, name"
     # The first process also evaluated on the test split when its single epoch ended.
     extra = [r for r in query(resumed, metrics) if r[0] == resumed_from - 1 and r[1].startswith("test_")]

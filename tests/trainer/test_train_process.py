@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlite_rows import rows as query
-from trainer_args import tiny
+from trainer_args import assert_same_records, tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,18 +133,7 @@ def test_a_killed_then_stopped_run_resumes_mid_epoch_to_what_an_uninterrupted_ru
         assert proc.returncode == 0, err[-2000:]
     assert query(db, "SELECT status, resumed_from_step FROM runs") == [("finished", stopped_at)]
     assert query(straight, "SELECT COUNT(*) FROM steps") == [(30,)]
-    for sql in (
-        "SELECT step, loss, total_norm, total_norm_after, clipped, coef, threshold FROM steps ORDER BY step",
-        "SELECT step, layer_id, norm FROM grad_norms ORDER BY step, layer_id",
-        "SELECT step, layer_id, weight_norm, update_ratio, max_abs FROM grad_stats ORDER BY step, layer_id",
-        "SELECT step, norm_before, norm_after, threshold FROM clip_events ORDER BY step",
-    ):
-        want, got = query(straight, sql), query(db, sql)
-        assert len(got) == len(want), sql
-        for g, w in zip(got, want, strict=True):  # NULL where no threshold is in force (ZClip warm-up)
-            assert [x is None for x in g] == [x is None for x in w], sql
-            g, w = [x for x in g if x is not None], [x for x in w if x is not None]
-            assert g == pytest.approx(w, rel=1e-5), sql
+    assert_same_records(straight, db)
     # Evaluations happen at epoch ends only, the same in both.
     metrics = "SELECT step, name, value FROM metrics ORDER BY step, name"
     want, got = query(straight, metrics), query(db, metrics)
