@@ -163,20 +163,26 @@ def test_schedule_endpoints():
     assert Schedule("warmup", (3.0, 10.0)).at(0) == pytest.approx(0.3)
 
 
+def torch_clipped(kind: str, params, threshold: float):
+    """Copies of ``params`` clipped by torch's own functions: the oracle of value, norm and layer."""
+    oracle = clone(params)
+    if kind == "value":
+        torch.nn.utils.clip_grad_value_(oracle, threshold)
+    elif kind == "norm":
+        torch.nn.utils.clip_grad_norm_(oracle, threshold)
+    else:
+        for o in oracle:
+            torch.nn.utils.clip_grad_norm_([o], threshold)
+    return oracle
+
+
 @pytest.mark.parametrize("kind", ["value", "norm", "layer"])
 def test_scheduled_threshold_is_used_at_each_step(kind):
     strategy = parse_clip(f"{kind}:linear(2,0.2,10)")
     for step in (0, 5, 10, 20):
         c = 2 + (0.2 - 2) * min(step, 10) / 10
         params = make_params(scale=1.0, seed=step)
-        oracle = clone(params)
-        if kind == "value":
-            torch.nn.utils.clip_grad_value_(oracle, c)
-        elif kind == "norm":
-            torch.nn.utils.clip_grad_norm_(oracle, c)
-        else:
-            for o in oracle:
-                torch.nn.utils.clip_grad_norm_([o], c)
+        oracle = torch_clipped(kind, params, c)
         r, _, _ = run(strategy, params, step=step)
         assert as_float(r.threshold) == pytest.approx(c, rel=1e-6)
         for p, o in zip(params, oracle, strict=True):
@@ -195,18 +201,12 @@ def test_a_schedule_growing_past_the_float32_range_stops_there(kind):
     for step in [127, 128, 129, 1023, 1024, 1025, 10**9]:
         params = make_params(scale=1e3, seed=step % 1000)
         before = [p.grad.clone() for p in params]
-        oracle = clone(params)
+        unclipped = clone(params)
         r, norms, total = run(strategy, params, step=step)
         threshold = as_float(r.threshold)
         assert threshold == (2.0**step if step < 128 else FLOAT32_MAX), step
         assert math.isfinite(threshold)
-        if kind == "value":
-            torch.nn.utils.clip_grad_value_(oracle, threshold)
-        elif kind == "norm":
-            torch.nn.utils.clip_grad_norm_(oracle, threshold)
-        else:
-            for o in oracle:
-                torch.nn.utils.clip_grad_norm_([o], threshold)
+        oracle = torch_clipped(kind, unclipped, threshold)
         for p, o, b in zip(params, oracle, before, strict=True):
             assert torch.equal(p.grad, b) and torch.equal(p.grad, o.grad)
         assert not bool(r.clipped) and int(r.n_clipped) == 0
