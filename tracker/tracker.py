@@ -118,7 +118,7 @@ _FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _IS_NONE = functools.partial(operator.is_, None)
 
 
-def _resume_when_stale(store: Any, run_id: int, step: int, layers: list) -> None:
+def _resume_when_stale(store: Any, run_id: int, step: int, layers: list, config: dict | None) -> None:
     """``store.resume_run``, waiting while the run's old process on another host may just have died: a job
     restarted on a new node within seconds of losing the old one finds its heartbeat still fresh. Only the
     heartbeat can tell from here, and it goes stale within ``stale_after`` if that process is gone."""
@@ -127,7 +127,7 @@ def _resume_when_stale(store: Any, run_id: int, step: int, layers: list) -> None
     deadline = time.monotonic() + store.stale_after + 5.0
     while True:
         try:
-            return store.resume_run(run_id, from_step=step, layers=layers)
+            return store.resume_run(run_id, from_step=step, layers=layers, config=config, keep=(CONFIG_KEY,))
         except RunStillRunning as e:
             if not e.elsewhere or time.monotonic() > deadline:
                 raise
@@ -236,7 +236,10 @@ class GradTracker:
                 )
             store = Store.open(self.db_path, create=False)
             try:
-                _resume_when_stale(store, resumed["run_id"], resumed["step"], self.layers.rows)
+                # The continuing process's config replaces the recorded one (its --epochs may have grown):
+                # what a relaunch replays. The tracker's own notes (a fork's origin, say) are kept.
+                cfg = None if config is None else self._config_with_notes(config, choice, {})
+                _resume_when_stale(store, resumed["run_id"], resumed["step"], self.layers.rows, cfg)
             except BaseException:
                 store.close()
                 raise
@@ -244,14 +247,7 @@ class GradTracker:
             self._writer = Outbox(store.writer(self.run_id))
             return
 
-        cfg = dict(config or {})
-        # The runs table has no columns for these; they go under one reserved config key, only when present.
-        if choice.source == "env":
-            notes["requested_clip"] = choice.requested  # what the program asked for before GRADWATCH_CLIP
-        if self.layers.aliases:
-            notes["tied"] = self.layers.aliases  # alias name -> the layer name it is recorded under
-        if notes:
-            cfg[CONFIG_KEY] = notes
+        cfg = self._config_with_notes(config, choice, notes)
         if parent_id is not None and not os.path.exists(self.db_path):  # no file holds it: create none
             from tracker.store import RunNotFound
 
@@ -279,6 +275,17 @@ class GradTracker:
             raise
         self._store = store
         self._writer = Outbox(store.writer(self.run_id))
+
+    def _config_with_notes(self, config, choice, notes: dict[str, Any]) -> dict[str, Any]:
+        cfg = dict(config or {})
+        # The runs table has no columns for these; they go under one reserved config key, only when present.
+        if choice.source == "env":
+            notes["requested_clip"] = choice.requested  # what the program asked for before GRADWATCH_CLIP
+        if self.layers.aliases:
+            notes["tied"] = self.layers.aliases  # alias name -> the layer name it is recorded under
+        if notes:
+            cfg[CONFIG_KEY] = notes
+        return cfg
 
     # ------------------------------------------------------------------ public verbs
     def step(self, loss: Tensor | float | None = None, *, scaler: Any = None) -> StepStats:

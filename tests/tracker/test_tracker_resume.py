@@ -173,6 +173,30 @@ def test_a_finished_run_can_be_continued(db_path):
     assert after["steps"][:5] == before["steps"]  # rows before the checkpoint are kept as they were
 
 
+def test_the_continuing_process_config_replaces_the_recorded_one_and_the_trackers_notes_stay(db_path):
+    # A restart that trains longer records its own settings: a relaunch replays what the run last ran
+    # with. A process that passes no config leaves the recorded one alone.
+    from sqlite_rows import rows
+
+    def config():
+        return json.loads(rows(db_path, "SELECT config FROM runs")[0][0])
+
+    model, opt = _trainee()
+    with _tracker(model, db_path, config={"epochs": 1, "lr": 0.1}) as tracker:
+        _train(tracker, model, opt, range(2))
+    noted = {"epochs": 1, "lr": 0.1, "_gradwatch": {"origin": "kept"}}
+    with sqlite3.connect(db_path) as conn:  # a note of the tracker's, as a fork records its origin
+        conn.execute("UPDATE runs SET config = ?", (json.dumps(noted),))
+    state = tracker.state_dict()
+    model, opt = _trainee()
+    with _tracker(model, db_path, resume=state, config={"epochs": 3, "lr": 0.1}) as tracker:
+        _train(tracker, model, opt, range(2, 3))
+    assert config() == {"epochs": 3, "lr": 0.1, "_gradwatch": {"origin": "kept"}}
+    with _tracker(model, db_path, resume=tracker.state_dict()) as tracker:
+        pass
+    assert config() == {"epochs": 3, "lr": 0.1, "_gradwatch": {"origin": "kept"}}
+
+
 @pytest.mark.parametrize(
     "change, error, match",
     [

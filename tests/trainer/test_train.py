@@ -198,6 +198,8 @@ def test_a_run_stopped_after_its_checkpoint_and_resumed_records_what_an_uninterr
         resumed, "SELECT id, name, status, resumed_from_step FROM runs"
     )
     assert (name, status) == ("resumable", "finished") and resumed_from > 0
+    # What the run last ran with, for a relaunch to replay: the second process's --epochs.
+    assert json.loads(query(resumed, "SELECT config FROM runs")[0][0])["epochs"] == 2
     assert_same_records(straight, resumed)
     metrics = "SELECT step, name, value FROM metrics ORDER BY step, name"
     # The first process also evaluated on the test split when its single epoch ended.

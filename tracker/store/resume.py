@@ -17,7 +17,7 @@ import json
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .errors import CannotResume, RunNotFound, RunStillRunning
@@ -85,22 +85,26 @@ def resume_run(
     stale_after: float,
     pid: int,
     host: str | None = None,
+    config: Callable[[str], str] | None = None,
 ) -> None:
     """Mark run ``run_id`` running again for a process that continues it at ``from_step``; delete what it
     recorded at steps >= ``from_step``. The caller holds a write transaction (BEGIN IMMEDIATE).
+    ``config``: given the recorded ``runs.config`` text, the new one (the continuing process's settings).
 
     Raises RunNotFound (no such run), CannotResume (its process is still alive, or ``layers`` are not the
     ones it recorded) and ValueError (a bad ``from_step``).
     """
     if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 0:
         raise ValueError(f"from_step={from_step!r}; accepted: an int >= 0")
-    row = conn.execute("SELECT status, heartbeat_at, pid, host FROM runs WHERE id = ?", (run_id,)).fetchone()
+    row = conn.execute(
+        "SELECT status, heartbeat_at, pid, host, config FROM runs WHERE id = ?", (run_id,)
+    ).fetchone()
     if row is None:
         raise RunNotFound(
             f"run {run_id} is not in {path}: resume a run in the database that recorded it (db=...)."
         )
     host = socket.gethostname() if host is None else host
-    status, heartbeat, old_pid, old_host = row
+    status, heartbeat, old_pid, old_host, old_config = row
     now = time.time()
     shown = derive_status(
         status, heartbeat, old_pid, old_host, now=now, stale_after=stale_after, this_host=host
@@ -131,7 +135,14 @@ def resume_run(
     conn.execute(
         """UPDATE runs SET status = 'running', heartbeat_at = :now, pid = :pid, host = :host,
                finished_at = NULL, error = NULL, stop_requested_at = NULL,
-               resumed_at = :now, resumed_from_step = :step
+               resumed_at = :now, resumed_from_step = :step, config = :config
            WHERE id = :run""",
-        dict(now=now, pid=pid, host=host, step=from_step, run=run_id),
+        dict(
+            now=now,
+            pid=pid,
+            host=host,
+            step=from_step,
+            run=run_id,
+            config=old_config if config is None else config(old_config),
+        ),
     )

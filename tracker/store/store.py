@@ -6,6 +6,7 @@ each BackgroundWriter opens its own.
 """
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -56,6 +57,18 @@ def _create_file(path: Path, busy_timeout: float) -> None:
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
             leftover.unlink(missing_ok=True)
+
+
+def _merged_config(new: Mapping[str, Any], keep: tuple[str, ...], recorded: str | None) -> str:
+    try:
+        old = json.loads(recorded or "{}")
+    except ValueError:
+        old = {}
+    merged = dict(new)
+    for key in keep:
+        if isinstance(old, dict) and isinstance(old.get(key), dict):
+            merged[key] = {**old[key], **(new.get(key) or {})}
+    return config_json(merged)
 
 
 def config_json(config: Mapping[str, Any]) -> str:
@@ -276,11 +289,22 @@ class Store(Reads):
             if rows:
                 db["layers"].insert_all(rows, replace=True)
 
-    def resume_run(self, run_id: int, *, from_step: int, layers, pid: int | None = None) -> None:
+    def resume_run(
+        self,
+        run_id: int,
+        *,
+        from_step: int,
+        layers,
+        pid: int | None = None,
+        config: Mapping[str, Any] | None = None,
+        keep: tuple[str, ...] = (),
+    ) -> None:
         """Continue run ``run_id`` from a checkpoint taken before step ``from_step``: mark it running for
         this process (``pid``, default this one) and delete what it recorded at steps >= ``from_step``
         (those steps are trained again; tracker/store/resume.py says why). ``layers``: the rows
-        ``add_layers`` took, which must be the ones the run recorded.
+        ``add_layers`` took, which must be the ones the run recorded. ``config``: the continuing process's
+        settings, which replace ``runs.config`` (it may have grown its epochs, say); the recorded values of
+        the object keys in ``keep`` are kept under the new ones.
 
         Raises RunNotFound, CannotResume (its process is alive, or another model) or ValueError."""
         layers = list(layers)
@@ -293,6 +317,7 @@ class Store(Reads):
                 path=str(self.path),
                 stale_after=self.stale_after,
                 pid=os.getpid() if pid is None else pid,
+                config=None if config is None else functools.partial(_merged_config, config, keep),
             )
         self.clear_cache()
 
