@@ -7,6 +7,8 @@ of steps, such as NaN/Inf steps, are sampled evenly over the whole run), and dra
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -30,6 +32,13 @@ WEBGL_FROM = 1000  # points; below this SVG is crisper and cheaper than a WebGL 
 
 # Layout shared by every chart: uirevision keeps legend toggles across live refreshes.
 _LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), uirevision="keep", legend=dict(orientation="h", y=-0.2))
+
+
+def _label(text) -> str:
+    """A recorded name (layer, metric, run) as a legend shows it: plotly renders a subset of HTML in legend
+    and hover text (<b>, <a href>, <br>), so a run named "<b>x</b>" would lose its tags; entities show as
+    typed."""
+    return html.escape(str(text), quote=False)
 
 
 def _scatter(x, y, **kwargs):
@@ -130,7 +139,7 @@ def layer_norms_figure(norms: pd.DataFrame, *, max_points: int = MAX_POINTS) -> 
     for name, group in norms.groupby("name", sort=False):
         group = group.sort_values("step")
         module = module_of(str(name))
-        common = dict(name=str(name), legendgroup=module, legendgrouptitle_text=module)
+        common = dict(name=_label(name), legendgroup=module, legendgrouptitle_text=_label(module))
         if "norm" in group:
             fig.add_trace(_line(group["step"], group["norm"], max_points, **common))
         else:
@@ -246,7 +255,7 @@ def metric_figure(
     for key, group in frame.groupby(color, sort=False):
         group = group.sort_values("step")
         mode = "lines+markers" if len(group) <= 50 else "lines"
-        trace = _line(group["step"], group[y], max_points, name=str(key))
+        trace = _line(group["step"], group[y], max_points, name=_label(key))
         trace.mode = mode
         fig.add_trace(trace)
     fig.update_layout(title=title, xaxis_title="step", **_LAYOUT)
@@ -264,7 +273,7 @@ def overlay_figure(
         if y not in frame or frame[y].isna().all():
             continue
         frame = frame.sort_values("step")  # NaN rows stay: a gap marks a non-finite step
-        trace = _line(frame["step"], frame[y], max_points, name=label)
+        trace = _line(frame["step"], frame[y], max_points, name=_label(label))
         if len(frame) <= 50:
             trace.mode = "lines+markers"
         fig.add_trace(trace)

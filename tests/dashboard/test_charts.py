@@ -1,10 +1,12 @@
 """The figure builders, on frames shaped like the store's: what a reader of the chart is told is what the
 frame holds."""
 
+import html
+
 import numpy as np
 import pandas as pd
 
-from dashboard.charts import global_norm_figure
+from dashboard.charts import global_norm_figure, layer_norms_figure, metric_figure, overlay_figure
 
 
 def _trace(fig, prefix: str):
@@ -32,3 +34,15 @@ def test_every_nan_step_is_marked_when_they_are_few():
                           "nonfinite_count": [0, 1, 0, 1]})  # fmt: skip
     marks = _trace(global_norm_figure(steps), "NaN/Inf gradients")
     assert list(marks.x) == [1, 3] and list(marks.y) == [2.0, 2.0]  # at the largest finite norm
+
+
+def test_recorded_names_are_shown_as_typed_in_legends():
+    # plotly renders <b>, <i>, <a href> and <br> in legend and hover text: a run named "<b>x</b>" would
+    # show as a bold x. Escaped, the browser shows the characters typed (entities are decoded by plotly).
+    name = "<b>run</b> & <a href='http://e.com'>x</a>"
+    frame = pd.DataFrame({"step": [0, 1], "value": [1.0, 2.0], "name": [name, name]})
+    assert [t.name for t in metric_figure(frame, title="m").data] == [html.escape(name, quote=False)]
+    overlay = overlay_figure({name: frame}, "value", title="o")
+    assert [t.name for t in overlay.data] == [html.escape(name, quote=False)]
+    layers = pd.DataFrame({"step": [0, 1], "norm": [1.0, 2.0], "name": ["enc.<i>w</i>"] * 2})
+    assert [t.name for t in layer_norms_figure(layers).data] == ["enc.&lt;i&gt;w&lt;/i&gt;"]
