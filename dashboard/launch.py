@@ -216,8 +216,11 @@ RESUMABLE = ("stopped", "failed", "crashed")
 
 def resume_checkpoint(run: Mapping) -> str | None:
     """The checkpoint a trainer run can be continued from: its ``--checkpoint`` file, when the run is
-    stopped, failed or crashed and the file exists (None otherwise)."""
+    stopped, failed or crashed and the file exists (None otherwise). Not for a run of several processes
+    (torchrun): the dashboard starts one, and the trainer refuses a checkpoint saved by another count."""
     if run.get("status") not in RESUMABLE or not is_trainer_run(run):
+        return None
+    if int(run.get("world_size") or 1) > 1:
         return None
     path = _config(run).get("checkpoint")
     if not path:

@@ -118,7 +118,9 @@ _FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _IS_NONE = functools.partial(operator.is_, None)
 
 
-def _resume_when_stale(store: Any, run_id: int, step: int, layers: list, config: dict | None) -> None:
+def _resume_when_stale(
+    store: Any, run_id: int, step: int, layers: list, config: dict | None, settings: dict
+) -> None:
     """``store.resume_run``, waiting while the run's old process on another host may just have died: a job
     restarted on a new node within seconds of losing the old one finds its heartbeat still fresh. Only the
     heartbeat can tell from here, and it goes stale within ``stale_after`` if that process is gone."""
@@ -127,7 +129,9 @@ def _resume_when_stale(store: Any, run_id: int, step: int, layers: list, config:
     deadline = time.monotonic() + store.stale_after + 5.0
     while True:
         try:
-            return store.resume_run(run_id, from_step=step, layers=layers, config=config, keep=(CONFIG_KEY,))
+            return store.resume_run(
+                run_id, from_step=step, layers=layers, config=config, keep=(CONFIG_KEY,), settings=settings
+            )
         except RunStillRunning as e:
             if not e.elsewhere or time.monotonic() > deadline:
                 raise
@@ -239,7 +243,10 @@ class GradTracker:
                 # The continuing process's config replaces the recorded one (its --epochs may have grown):
                 # what a relaunch replays. The tracker's own notes (a fork's origin, say) are kept.
                 cfg = None if config is None else self._config_with_notes(config, choice, {})
-                _resume_when_stale(store, resumed["run_id"], resumed["step"], self.layers.rows, cfg)
+                settings = dict(every=self.every, nonfinite=self.nonfinite, world_size=world_size)
+                _resume_when_stale(store, resumed["run_id"], resumed["step"], self.layers.rows, cfg, settings)
+                # Which layers are trainable is this process's model's, not the abandoned attempt's.
+                store.add_layers(resumed["run_id"], self.layers.rows)
             except BaseException:
                 store.close()
                 raise
@@ -554,7 +561,9 @@ class GradTracker:
     def _measure(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
         try:
             return self._measure_dense(grads, present)
-        except NotImplementedError:  # free on the usual path: only a failed kernel looks at the layouts
+        # Free on the usual path: only a failed kernel looks at the layouts. (Sparse tensors fail in the
+        # fused norm with NotImplementedError, in the large tensors' dot() read with RuntimeError.)
+        except (NotImplementedError, RuntimeError):
             at = zip(self._positions(present), grads, strict=True)
             sparse = [self.layers.names[i] for i, g in at if g.is_sparse]
             if not sparse:

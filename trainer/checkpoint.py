@@ -30,8 +30,10 @@ __all__ = [
     "FORMAT",
     "MUST_MATCH",
     "check_compatible",
+    "check_world_size",
     "load",
     "random_state",
+    "rank_random_state",
     "restore_global_state",
     "restore_loader_state",
     "save",
@@ -86,6 +88,30 @@ def random_state(loader_state: torch.Tensor | None) -> dict[str, Any]:
     if loader_state is not None:
         state["loader"] = loader_state
     return state
+
+
+def rank_random_state(saved: dict[str, Any], rank: int) -> dict[str, Any]:
+    """This process's random state in ``saved``: its own under DDP (``random_per_rank``, one per rank: only
+    rank 0 evaluates, and evaluation draws from the global generator), else the one saved."""
+    per_rank = saved.get("random_per_rank")
+    return per_rank[rank] if per_rank and rank < len(per_rank) else saved["random"]
+
+
+def check_world_size(saved: dict[str, Any], world_size: int, path: str) -> None:
+    """ValueError when the checkpoint was saved by another number of processes: its position in the data
+    counts batches of one process's shard, and its random states are per process."""
+    saved_size = int(saved.get("world_size", 1))
+    if saved_size != world_size:
+        how = (
+            f"torchrun --nproc_per_node={saved_size} -m trainer ... --resume"
+            if saved_size > 1
+            else "python -m trainer ... --resume (one process)"
+        )
+        raise ValueError(
+            f"the checkpoint {path!r} was saved by {saved_size} process{'es' if saved_size > 1 else ''}, and "
+            f"this is {world_size}: its position in the data and random states are per process. Continue "
+            f"it as it ran: {how}."
+        )
 
 
 def restore_loader_state(state: dict[str, Any], loader_generator: torch.Generator | None) -> None:

@@ -71,6 +71,16 @@ class Runtime:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
+    def gather(self, obj):
+        """Every process's ``obj``, in rank order (a one-item list without DDP); a collective under DDP."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist

@@ -231,7 +231,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
         lambda s: lr_factor(s, warmup=cfg.warmup_steps, total=total_steps, schedule=cfg.lr_schedule),
     )
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
-    saved = _load_checkpoint(cfg, model, optimizer, scheduler, scaler) if cfg.resume else None
+    saved = _load_checkpoint(cfg, rt, model, optimizer, scheduler, scaler) if cfg.resume else None
     start_epoch, start_batch, step, metrics = 0, 0, 0, {}
     if saved is not None:
         start_epoch, start_batch, step = saved["epoch"], saved.get("batch", 0), saved["step"]
@@ -253,10 +253,16 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     epoch_order = None  # the shuffle generator's state at the start of the current epoch
 
     def save_checkpoint(epoch: int, batch: int) -> None:
-        """At ``batch`` micro-batches into ``epoch`` (0: at its start); on the main process only."""
-        if cfg.checkpoint is None or not rt.is_main:
+        """At ``batch`` micro-batches into ``epoch`` (0: at its start). Every process calls it at the same
+        point; the main one writes the file."""
+        if cfg.checkpoint is None:
             return
         at_start = batch == 0 and loader_generator is not None
+        random = ckpt.random_state(loader_generator.get_state() if at_start else epoch_order)
+        # Each process's own generator: only the main one evaluates, and evaluation draws from it.
+        every_rank = rt.gather(random)
+        if not rt.is_main:
+            return
         ckpt.save(
             cfg.checkpoint,
             dict(
@@ -270,11 +276,14 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                 scheduler=scheduler.state_dict(),
                 scaler=scaler.state_dict(),
                 gradwatch=tracker.state_dict(),  # also flushes: the file has every step so far
-                random=ckpt.random_state(loader_generator.get_state() if at_start else epoch_order),
+                random=random,
+                random_per_rank=every_rank,
+                world_size=rt.world_size,
             ),
         )
 
     if saved is not None:  # last: building the model and the data above drew from the global generator
+        saved["random"] = ckpt.rank_random_state(saved, rt.rank)
         ckpt.restore_loader_state(saved["random"], loader_generator)
         if start_batch == 0:
             ckpt.restore_global_state(saved["random"])
@@ -287,6 +296,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     try:
         with stop.installed():
             for epoch in range(start_epoch, cfg.epochs):
+                if step >= total_steps:  # resumed where --max-steps had ended it: nothing left to train
+                    break
                 batches.set_epoch(epoch)
                 epoch_order = loader_generator.get_state() if loader_generator is not None else None
                 first = start_batch if epoch == start_epoch else 0
@@ -386,13 +397,14 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
     return stop.exit_code
 
 
-def _load_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, scaler) -> dict | None:
+def _load_checkpoint(cfg: TrainConfig, rt: Runtime, model, optimizer, scheduler, scaler) -> dict | None:
     """``--resume``: the checkpoint at ``--checkpoint`` loaded into the training state, or None (no file)."""
     try:
         saved = ckpt.load(cfg.checkpoint)
         if saved is None:
             return None
         ckpt.check_compatible(saved["config"], cfg.to_dict(), cfg.checkpoint)
+        ckpt.check_world_size(saved, rt.world_size, cfg.checkpoint)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

@@ -185,6 +185,7 @@ def test_resume_is_offered_for_a_stopped_trainer_run_with_its_checkpoint_file(tm
     assert resume_checkpoint({**run, "argv": json.dumps(["train.py"])}) is None
     assert resume_checkpoint({**run, "config": {}}) is None
     assert resume_checkpoint({**run, "config": {**config, "checkpoint": "gone"}}) is None
+    assert resume_checkpoint({**run, "world_size": 2}) is None  # torchrun's: resumed with torchrun
     with pytest.raises(ValueError, match="no checkpoint"):
         resume_spec({**run, "status": "running"}, db="g.db", config_dir=tmp_path)
     # A run that saved every N steps goes on saving as often (--checkpoint-every needs --checkpoint).

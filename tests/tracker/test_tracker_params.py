@@ -228,9 +228,10 @@ def test_a_step_without_any_gradient_warns_once(db_path):
     assert _rows(db_path, "SELECT step, total_norm > 0 FROM steps ORDER BY step") == [(0, 0), (1, 0), (2, 1)]
 
 
-def test_sparse_gradients_are_a_clear_error_naming_the_layer(db_path):
+@pytest.mark.parametrize("rows", [10, 100_000])  # the large one is read with dot() on the CPU
+def test_sparse_gradients_are_a_clear_error_naming_the_layer(db_path, rows):
     # torch's own clip_grad_norm_ fails on them with a dispatcher error; ours says what and what to do.
-    model = nn.ModuleDict({"emb": nn.Embedding(10, 4, sparse=True), "out": nn.Linear(4, 1)})
+    model = nn.ModuleDict({"emb": nn.Embedding(rows, 4, sparse=True), "out": nn.Linear(4, 1)})
     with pytest.raises(NotImplementedError):
         model["out"](model["emb"](torch.tensor([1, 2]))).sum().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -197,6 +197,24 @@ def test_the_continuing_process_config_replaces_the_recorded_one_and_the_tracker
     assert config() == {"epochs": 3, "lr": 0.1, "_gradwatch": {"origin": "kept"}}
 
 
+def test_a_resume_records_the_continuing_process_settings_and_trainable_layers(db_path):
+    # The run's columns describe what it runs with now: a restart with another every= or nonfinite=, and a
+    # model whose first layer the restart froze (layers.trainable is the current model's).
+    from sqlite_rows import rows
+
+    model, opt = _trainee()
+    with _tracker(model, db_path) as tracker:
+        _train(tracker, model, opt, range(2))
+    state = tracker.state_dict()
+    model, opt = _trainee()
+    model[0].requires_grad_(False)
+    with _tracker(model, db_path, resume=state, every=2, nonfinite="skip") as tracker:
+        _train(tracker, model, opt, range(2, 4))
+    assert rows(db_path, "SELECT every, nonfinite FROM runs") == [(2, "skip")]
+    trainable = [t for (t,) in rows(db_path, "SELECT trainable FROM layers ORDER BY id")]
+    assert trainable == [0, 0] + [1] * (len(trainable) - 2)
+
+
 @pytest.mark.parametrize(
     "change, error, match",
     [

@@ -115,3 +115,20 @@ def test_an_unreadable_checkpoint_is_explained(tmp_path):
         assert "weights_only" not in str(exc.value)  # torch's advice to load it unsafely is not for us
     path.write_bytes(whole)
     assert torch.equal(ckpt.load(path)["model"]["w"], torch.arange(5000.0))
+
+
+def test_a_run_ended_by_max_steps_and_resumed_again_trains_nothing_more(corpus_cache, tmp_path):
+    # A restart script passes the same command, --resume included, every time.
+    db, ck = tmp_path / "g.db", tmp_path / "r.ckpt"
+    for _ in range(3):
+        assert main(tiny(corpus_cache, db, "--max-steps", "3", "--checkpoint", str(ck), "--resume")) == 0
+        assert query(db, "SELECT COUNT(*), MAX(step) FROM steps") == [(3, 2)]
+
+
+def test_a_checkpoint_of_another_number_of_processes_is_refused():
+    # Its batch position counts one process's shard, and its random states are per process.
+    with pytest.raises(ValueError, match=r"saved by 2 processes, and this is 1.*torchrun --nproc_per_node=2"):
+        ckpt.check_world_size({"world_size": 2}, 1, "r.ckpt")
+    with pytest.raises(ValueError, match=r"saved by 1 process, and this is 2"):
+        ckpt.check_world_size({}, 2, "r.ckpt")  # an older checkpoint: one process
+    ckpt.check_world_size({"world_size": 2}, 2, "r.ckpt")

@@ -86,10 +86,12 @@ def resume_run(
     pid: int,
     host: str | None = None,
     config: Callable[[str], str] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> None:
     """Mark run ``run_id`` running again for a process that continues it at ``from_step``; delete what it
     recorded at steps >= ``from_step``. The caller holds a write transaction (BEGIN IMMEDIATE).
     ``config``: given the recorded ``runs.config`` text, the new one (the continuing process's settings).
+    ``settings``: new values of the run's ``every``, ``nonfinite`` and ``world_size`` columns.
 
     Raises RunNotFound (no such run), CannotResume (its process is still alive, or ``layers`` are not the
     ones it recorded) and ValueError (a bad ``from_step``).
@@ -135,9 +137,13 @@ def resume_run(
     conn.execute(
         """UPDATE runs SET status = 'running', heartbeat_at = :now, pid = :pid, host = :host,
                finished_at = NULL, error = NULL, stop_requested_at = NULL,
-               resumed_at = :now, resumed_from_step = :step, config = :config
+               resumed_at = :now, resumed_from_step = :step, config = :config,
+               every = COALESCE(:every, every), nonfinite = COALESCE(:nonfinite, nonfinite),
+               world_size = COALESCE(:world_size, world_size)
            WHERE id = :run""",
         dict(
+            {k: None for k in ("every", "nonfinite", "world_size")},
+            **{k: v for k, v in (settings or {}).items() if k in ("every", "nonfinite", "world_size")},
             now=now,
             pid=pid,
             host=host,

@@ -298,13 +298,15 @@ class Store(Reads):
         pid: int | None = None,
         config: Mapping[str, Any] | None = None,
         keep: tuple[str, ...] = (),
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         """Continue run ``run_id`` from a checkpoint taken before step ``from_step``: mark it running for
         this process (``pid``, default this one) and delete what it recorded at steps >= ``from_step``
         (those steps are trained again; tracker/store/resume.py says why). ``layers``: the rows
         ``add_layers`` took, which must be the ones the run recorded. ``config``: the continuing process's
         settings, which replace ``runs.config`` (it may have grown its epochs, say); the recorded values of
-        the object keys in ``keep`` are kept under the new ones.
+        the object keys in ``keep`` are kept under the new ones. ``settings``: the continuing process's
+        ``every``, ``nonfinite`` and ``world_size`` (the run's columns), where they may have changed.
 
         Raises RunNotFound, CannotResume (its process is alive, or another model) or ValueError."""
         layers = list(layers)
@@ -318,6 +320,7 @@ class Store(Reads):
                 stale_after=self.stale_after,
                 pid=os.getpid() if pid is None else pid,
                 config=None if config is None else functools.partial(_merged_config, config, keep),
+                settings=settings,
             )
         self.clear_cache()
 
