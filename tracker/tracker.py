@@ -564,7 +564,7 @@ class GradTracker:
         # Free on the usual path: only a failed kernel looks at the layouts. (Sparse tensors fail in the
         # fused norm with NotImplementedError, in the large tensors' dot() read with RuntimeError.)
         except (NotImplementedError, RuntimeError):
-            at = zip(self._positions(present), grads, strict=True)
+            at = zip(present, grads, strict=True)  # positions: a range when every tensor has a gradient
             sparse = [self.layers.names[i] for i, g in at if g.is_sparse]
             if not sparse:
                 raise
@@ -573,9 +573,6 @@ class GradTracker:
                 "kernels, and with them clip_grad_norm_, do not take them. Use nn.Embedding(sparse=False) "
                 "(dense gradients), or create the GradTracker on a module without the sparse parameters."
             ) from None
-
-    def _positions(self, present: Any) -> Iterable[int]:
-        return range(len(self._params)) if present is self._all else present
 
     def _measure_dense(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
         self._check_layout()
