@@ -51,12 +51,21 @@ def test_large_run_is_downsampled_keeping_spikes(large, app):
     assert np.nanmax(values(heat["z"])) == pytest.approx(math.log10(1e4))
 
 
+# One layer, "w": the smallest run a global-norm chart can be drawn from.
+ONE_LAYER = [dict(id=0, name="w", shape=[1])]
+
+
+def _one_layer_run(path, name):
+    """(store, run id, writer) of a new running run of ONE_LAYER in a new file at ``path``."""
+    store = Store.open(path, create=True)
+    run = store.create_run(name=name, clip="none")
+    store.add_layers(run, ONE_LAYER)
+    return store, run, store.writer(run)
+
+
 def test_live_refresh_reads_only_new_rows(tmp_path, app):
     path = tmp_path / "live.db"
-    store = Store.open(path, create=True)
-    run = store.create_run(name="live", clip="none")
-    store.add_layers(run, [dict(id=0, name="w", shape=[1])])
-    writer = store.writer(run)
+    store, run, writer = _one_layer_run(path, "live")
     for step in range(10):
         writer.add_step(step=step, norms=[1.0 + step], total_norm=1.0 + step, loss=1.0)
     writer.flush()
@@ -81,11 +90,7 @@ def test_live_refresh_reads_only_new_rows(tmp_path, app):
 
 def test_a_resumed_run_is_read_again_from_its_checkpoint(tmp_path, app):
     path = tmp_path / "resumed.db"
-    store = Store.open(path, create=True)
-    run = store.create_run(name="resumable", clip="none")
-    layers = [dict(id=0, name="w", shape=[1])]
-    store.add_layers(run, layers)
-    writer = store.writer(run)
+    store, run, writer = _one_layer_run(path, "resumable")
     for step in range(10):
         writer.add_step(step=step, norms=[1.0 + step], total_norm=1.0 + step, loss=1.0)
     writer.close(status="failed", error="preempted")
@@ -94,7 +99,7 @@ def test_a_resumed_run_is_read_again_from_its_checkpoint(tmp_path, app):
         y = values(trace(figure(at, "global_norm"), "global norm (pre-clip)")["y"])
         np.testing.assert_allclose(y, 1.0 + np.arange(10))
         # Continued from a checkpoint at step 4: steps 4..9 of the failed attempt are gone, 4..6 redone.
-        store.resume_run(run, from_step=4, layers=layers)
+        store.resume_run(run, from_step=4, layers=ONE_LAYER)
         writer = store.writer(run)
         for step in range(4, 7):
             writer.add_step(step=step, norms=[100.0 + step], total_norm=100.0 + step, loss=1.0)
@@ -111,10 +116,7 @@ def test_a_resumed_run_is_read_again_from_its_checkpoint(tmp_path, app):
 
 def test_a_run_whose_norms_became_nan_keeps_its_page_across_refreshes(tmp_path, app):
     path = tmp_path / "diverged.db"
-    store = Store.open(path, create=True)
-    run = store.create_run(name="diverged", clip="none")
-    store.add_layers(run, [dict(id=0, name="w", shape=[1])])
-    writer = store.writer(run)
+    store, run, writer = _one_layer_run(path, "diverged")
     for step in range(6):  # diverged at step 3: NaN norms and loss from then on (stored as NULL)
         value = math.nan if step >= 3 else 1.0 + step
         writer.add_step(step=step, norms=[value], total_norm=value, loss=value / 2)
