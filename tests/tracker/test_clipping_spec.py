@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+from sqlite_rows import rows
 
+from tracker import GradTracker
 from tracker.clipping import (
     AGC,
     CLIP_SPEC_HELP,
@@ -187,6 +189,26 @@ def test_the_float32_limit_itself_is_accepted():
         assert validate_clip(spec) is None, spec
     # A step factor is not a threshold: a schedule that grows past the limit is capped at it instead.
     assert validate_clip("norm:step(1,1e300,1)") is None
+
+
+@pytest.mark.parametrize("clip", ["norm", "value", "layer", "agc"])
+def test_the_float32_limit_as_the_store_prints_it_is_accepted(tmp_path, clip):
+    # The store keeps float32 values as their shortest decimal; for FLOAT32_MAX that is 3.4028235e+38, a
+    # hair above it as a float64. A threshold read back from a run and pasted into a spec must be accepted.
+    model = torch.nn.Linear(3, 2)
+    with GradTracker(model, db=tmp_path / "g.db", run="limit", clip=f"{clip}:{FLOAT32_MAX}") as tracker:
+        model(torch.randn(4, 3)).sum().backward()
+        tracker.step()
+    [(recorded,)] = rows(tmp_path / "g.db", "SELECT threshold FROM clip_events")
+    assert recorded == 3.4028235e38 > torch.finfo(torch.float32).max
+    for spec in [f"{clip}:{recorded!r}", f"random:1-{recorded!r}", f"norm:linear(1,{recorded!r},10)"]:
+        assert validate_clip(spec) is None, spec
+    assert validate_clip(f"norm:1+noise({recorded!r})") is None
+    with GradTracker(model, db=tmp_path / "g.db", run="pasted", clip=f"{clip}:{recorded!r}") as tracker:
+        model(torch.randn(4, 3)).sum().backward()
+        assert float(tracker.step().threshold) == torch.finfo(torch.float32).max
+    # The next float64 up rounds to inf in float32: still refused.
+    assert validate_clip("norm:3.40282357e+38") is not None
 
 
 def test_constructors_reject_thresholds_above_the_float32_range():

@@ -44,6 +44,10 @@ NORM_EPS = 1e-6
 # cannot be converted to type float without overflow"). No finite float32 norm exceeds it, so a threshold
 # of FLOAT32_MAX never clips.
 FLOAT32_MAX = torch.finfo(torch.float32).max
+# Numbers below this one round to FLOAT32_MAX in float32 (it is the midpoint to 2**128, which rounds up).
+# The store keeps float32 values as their shortest decimal, 3.4028235e+38 for FLOAT32_MAX, a hair above it as
+# a float64: a threshold read back from a run and pasted into a spec must still be accepted.
+_ROUNDS_TO_FLOAT32_MAX = 2.0**128 - 2.0**103
 
 
 class ClipSpecError(ValueError):
@@ -267,6 +271,8 @@ def require_positive(value: float, what: str) -> float:
 def require_below_float32_max(value: float, what: str) -> float:
     """A number that a float32 tensor can hold: at most FLOAT32_MAX (checked where a spec or option enters,
     so that the mistake is reported there and not as a torch overflow inside ``tracker.step()``)."""
+    if FLOAT32_MAX < value < _ROUNDS_TO_FLOAT32_MAX:
+        return FLOAT32_MAX
     if value > FLOAT32_MAX:
         raise ClipSpecError(
             f"{what} must be at most {fmt_num(FLOAT32_MAX)} (the largest finite float32), "

@@ -33,7 +33,7 @@ class GradientNoise:
     def __init__(self, eta: float, gamma: float = 0.55, seed: int = 0) -> None:
         if isinstance(eta, bool) or not isinstance(eta, int | float) or not (math.isfinite(eta) and eta > 0):
             raise ClipSpecError(f"noise eta must be a finite number > 0, got {eta!r}")
-        require_below_float32_max(eta, "noise eta")
+        eta = require_below_float32_max(eta, "noise eta")
         if (
             isinstance(gamma, bool)
             or not isinstance(gamma, int | float)
