@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from tracker.attach import Attachment
 from tracker.checkpoint import STATE_VERSION, check_state
+from tracker.clipping import ClipSpecError
 from tracker.distributed import (
     Shards,
     accepts_shards,
@@ -192,6 +193,13 @@ class GradTracker:
         # "none" without noise changes nothing: skip the call and its few tensor allocations per step.
         self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None
         self.layers = TrackedParameters(model)
+        bind_names = getattr(self.clip, "bind_names", None)  # (a strategy of the user's own may lack it)
+        if bind_names is not None:
+            try:
+                bind_names([row["name"] for row in self.layers.rows], self.layers.aliases)
+            except ClipSpecError as e:
+                origin = " (from GRADWATCH_CLIP)" if choice.source == "env" else ""
+                raise ClipSpecError(f"clip {self.clip.spec!r}{origin}: {e}") from None
         self._model: nn.Module | None = model  # until the first step with missing gradients is explained
         self._warned_no_grads = False
         self._clip_takes_shards = accepts_shards(self.clip)

@@ -131,6 +131,57 @@ def test_exclude_skips_module_prefix_only():
             assert not torch.equal(p.grad, before[n]), n  # fc2.weight is not part of module fc
 
 
+class _TiedHead(torch.nn.Module):
+    """An embedding whose matrix is also the output layer (weight tying): recorded once, as embed.weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(6, 4)
+        self.body = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 6, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(self.embed(x))))
+
+
+def test_exclude_reaches_a_tied_head_by_its_alias(tmp_path):
+    # The paper leaves the classifier unclipped; with the head tied to the embedding the tensor is recorded
+    # as embed.weight, and exclude=head must still leave it alone (it used to clip every tensor).
+    torch.manual_seed(0)
+    model = _TiedHead()
+    tracker = GradTracker(model, db=tmp_path / "g.db", run="tied", clip="agc:0.001,exclude=head")
+    model(torch.tensor([[0, 1, 2, 3, 4, 5]])).pow(2).sum().mul(100).backward()
+    before = {n: p.grad.detach().numpy().astype(np.float64) for n, p in model.named_parameters()}
+    weights = {n: p.detach().numpy().astype(np.float64) for n, p in model.named_parameters()}
+    tracker.step()
+    tracker.finish()
+    after = dict(model.named_parameters())
+    assert torch.equal(after["embed.weight"].grad, torch.from_numpy(before["embed.weight"]).float())
+    for name in ("body.weight", "body.bias"):
+        expected = oracle(weights[name], before[name], 0.001)
+        assert not np.allclose(expected, before[name]), name  # the oracle clips them: a real check
+        np.testing.assert_allclose(after[name].grad.numpy(), expected, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("env", [False, True])
+def test_an_exclude_matching_no_parameter_is_refused(tmp_path, monkeypatch, env):
+    # A typo used to be ignored: every tensor, the head too, was clipped without a word.
+    spec = "agc:0.01,exclude=bdy"
+    if env:
+        monkeypatch.setenv("GRADWATCH_CLIP", spec)
+    with pytest.raises(ValueError) as info:
+        GradTracker(_TiedHead(), db=tmp_path / "g.db", run="typo", clip="none" if env else spec)
+    message = str(info.value)
+    assert message.startswith(f"clip {spec!r}{' (from GRADWATCH_CLIP)' if env else ''}: agc exclude=bdy")
+    assert "matches no parameter" in message and "top-level modules: body, embed, head" in message
+    assert not (tmp_path / "g.db").exists()  # refused before any file was made
+    # A module prefix, a full name and an alias of a tied tensor are all names the model has.
+    monkeypatch.delenv("GRADWATCH_CLIP", raising=False)
+    for spec in ("agc:0.01,exclude=body", "agc:0.01,exclude=body.bias", "agc:0.01,exclude=head.weight"):
+        GradTracker(_TiedHead(), db=tmp_path / "ok.db", run="ok", clip=spec).finish()
+
+
 def test_exclude_needs_names_and_agc_needs_params():
     names, params = make()
     grads = [p.grad for p in params]

@@ -17,7 +17,7 @@ The paper does not clip the final classifier layer: ``exclude=NAME`` skips param
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -86,12 +86,31 @@ class AGC(Strategy):
             if not isinstance(e, str) or not e or any(c in e for c in ",+ "):
                 raise ClipSpecError(f"agc exclude must be a parameter name or module prefix, got {e!r}")
         self.exclude = tuple(exclude)
+        self._excluded_tied: frozenset[str] = frozenset()  # recorded names excluded through a tied alias
 
     def _base_spec(self) -> str:
         return f"agc:{fmt_num(self.clipping)}" + "".join(f",exclude={e}" for e in self.exclude)
 
-    def _excluded(self, name: str) -> bool:
+    def _matches(self, name: str) -> bool:
         return any(name == e or name.startswith(e + ".") for e in self.exclude)
+
+    def _excluded(self, name: str) -> bool:
+        return name in self._excluded_tied or self._matches(name)
+
+    def bind_names(self, names: Sequence[str], aliases: Mapping[str, str]) -> None:
+        """Refuses an ``exclude`` that matches no parameter (a typo would silently clip the head), and
+        excludes a tied tensor by any of its names: with ``head.weight`` tied to ``embed.weight`` the tensor
+        is recorded as ``embed.weight``, and ``exclude=head`` must still leave it alone."""
+        every = [*names, *aliases]
+        for e in self.exclude:
+            if not any(n == e or n.startswith(e + ".") for n in every):
+                prefixes = sorted({n.split(".")[0] for n in every})
+                raise ClipSpecError(
+                    f"agc exclude={e} matches no parameter of this model; give a parameter name or a module "
+                    f"prefix as named_parameters() spells it (top-level modules: {', '.join(prefixes[:12])}"
+                    f"{', ...' if len(prefixes) > 12 else ''})"
+                )
+        self._excluded_tied = frozenset(aliases[a] for a in aliases if self._matches(a))
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         total = total_norm.to(torch.float32)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -166,6 +166,11 @@ class Strategy:
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         raise NotImplementedError
+
+    def bind_names(self, names: Sequence[str], aliases: Mapping[str, str]) -> None:
+        """Told by the tracker, once, the model's parameter names (``named_parameters()``, each tensor once)
+        and ``aliases`` (a tied tensor's other names -> the name it is recorded under), so that a strategy
+        taking names can refuse one matching no parameter. Raises ClipSpecError; the default accepts all."""
 
     @torch.no_grad()
     def clip_(
