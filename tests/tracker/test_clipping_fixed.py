@@ -215,6 +215,27 @@ def test_a_schedule_growing_past_the_float32_range_stops_there(kind):
         assert as_float(r.total_norm_after) == pytest.approx(as_float(total), rel=1e-6)
 
 
+FLOAT32_TINY = torch.finfo(torch.float32).tiny
+
+
+@pytest.mark.parametrize("kind", ["value", "norm", "layer"])
+def test_a_schedule_decaying_past_the_float32_range_stops_there(kind):
+    # step(1,0.5,1) is 2**-t: below the smallest normal float32 from t = 127 on, 0 in float32 from t = 150
+    # on. It used to clip with a threshold of 0, wiping the gradients; it now stays at FLOAT32_TINY, and
+    # clips exactly as torch does with that max_norm / clip_value.
+    strategy = parse_clip(f"{kind}:step(1,0.5,1)")
+    for step in [100, 126, 127, 150, 10**6]:
+        params = make_params(scale=1e-3, seed=step % 1000)
+        unclipped = clone(params)
+        r, _, _ = run(strategy, params, step=step)
+        threshold = as_float(r.threshold)
+        assert threshold == (2.0**-step if step < 127 else FLOAT32_TINY), step
+        oracle = torch_clipped(kind, unclipped, threshold)
+        for p, o in zip(params, oracle, strict=True):
+            torch.testing.assert_close(p.grad, o.grad, rtol=1e-6, atol=0)
+            assert p.grad.abs().sum() > 0, step  # clipped hard, but not to nothing
+
+
 def test_a_growing_schedule_through_the_tracker_records_a_finite_threshold(db_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 2)
@@ -316,7 +337,7 @@ class TestNonFinite:
 
     def test_finite_gradients_never_become_nan(self):
         params = make_params(scale=1e-30)  # tiny but finite norms
-        for spec in ["norm:1", "layer:1e-35", "value:1e-40", "agc:0.01", "autoclip:1", "random:1e-35-1e-34"]:
+        for spec in ["norm:1", "layer:1e-35", "value:2e-38", "agc:0.01", "autoclip:1", "random:1e-35-1e-34"]:
             run(spec, params)
             assert all(torch.isfinite(p.grad).all() for p in params), spec
 

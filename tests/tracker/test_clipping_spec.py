@@ -41,6 +41,12 @@ CANONICAL = {
     "zclip": "zclip:2.5,alpha=0.97,warmup=25",
     "zclip:3": "zclip:3.0,alpha=0.97,warmup=25",
     "zclip:,alpha=0.9,warmup=10": "zclip:2.5,alpha=0.9,warmup=10",
+    # The README's autoclip[:P][,window=N]: options straight after the name, the default P kept.
+    "autoclip,window=1000": "autoclip:10.0,window=1000",
+    "zclip ,warmup=10": "zclip:2.5,alpha=0.97,warmup=10",
+    # Seeds are integers, exactly: past 2**53 a float would have changed them.
+    "random:0.5-2,seed=9007199254740993": "random:0.5-2.0,seed=9007199254740993",
+    "none+noise(0.3,seed=18446744073709551617)": "none+noise(0.3,0.55,seed=18446744073709551617)",
     "random:0.5-2": "random:0.5-2.0",
     "random: 1e-3 - 2 ,seed=7": "random:0.001-2.0,seed=7",
     "norm:linear(5,1,1000)": "norm:linear(5.0,1.0,1000)",
@@ -137,6 +143,11 @@ BAD = {
     "norm:1+jitter(1)": ["+noise("],
     "norm:1+noise(1)+noise(1)": ["at most one"],
     "none:1": ["takes no arguments"],
+    "none,1": ["takes no arguments"],
+    "norm1": ["not of the form NAME or NAME:ARGS", "expected e.g. 'norm:1.0'"],
+    "autoclip;5": ["not of the form NAME or NAME:ARGS", "expected e.g. 'autoclip:10'"],
+    "layer:1@p=inf": ["'@p=' (the norm type) is an option of norm only", "expected e.g. 'layer:1.0'"],
+    "value:1@p=2": ["'@p=' (the norm type) is an option of norm only", "expected e.g. 'value:0.5'"],
 }
 
 
@@ -169,6 +180,35 @@ TOO_LARGE = {
     "norm:warmup(1e39,10)": ("warmup(): threshold", "1e+39"),
     "norm:1+noise(1e39)": ("noise eta", "1e+39"),
 }
+
+
+# torch.finfo(torch.float32).tiny: below it a threshold is subnormal or 0 in float32, and wipes the gradients.
+FLOAT32_TINY = "1.1754943508222875e-38"
+
+TOO_SMALL = {
+    "norm:1e-50": ("threshold", "1e-50"),
+    "value:1e-46": ("threshold", "1e-46"),
+    "layer:1e-39": ("threshold", "1e-39"),
+    "random:1e-50-2": ("random lower bound LO", "1e-50"),
+    "random:1e-50-2e-50": ("random lower bound LO", "1e-50"),
+    "agc:1e-40": ("agc clipping factor L", "1e-40"),
+    "norm:linear(1,1e-39,10)": ("linear(): threshold", "1e-39"),
+    "norm:warmup(1e-45,10)": ("warmup(): threshold", "1e-45"),
+}
+
+
+@pytest.mark.parametrize("spec, what_and_value", TOO_SMALL.items())
+def test_numbers_below_the_normal_float32_range_are_rejected(spec, what_and_value):
+    # Accepted, they became a float32 threshold of 0 (or a subnormal one) that zeroed every gradient.
+    what, value = what_and_value
+    message = validate_clip(spec)
+    assert message.startswith(f"invalid clip spec {spec!r}: ")
+    assert f"{what} must be at least {FLOAT32_TINY} (the smallest normal float32), got {value}" in message
+    assert float(FLOAT32_TINY) == torch.finfo(torch.float32).tiny
+    if "2e-50" not in spec:
+        assert validate_clip(spec.replace(value, FLOAT32_TINY)) is None
+    # (noise's eta is a variance, not a threshold: a tiny one is merely no noise)
+    assert validate_clip("norm:1+noise(1e-50)") is None
 
 
 @pytest.mark.parametrize("spec, what_and_value", TOO_LARGE.items())

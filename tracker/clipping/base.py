@@ -24,11 +24,13 @@ __all__ = [
     "ClipSpecError",
     "ClipStrategy",
     "FLOAT32_MAX",
+    "FLOAT32_TINY",
     "Strategy",
     "fmt_num",
     "global_result",
     "group_by_device",
     "parse_number",
+    "require_above_float32_tiny",
     "require_below_float32_max",
     "require_positive",
     "require_threshold",
@@ -48,6 +50,8 @@ FLOAT32_MAX = torch.finfo(torch.float32).max
 # The store keeps float32 values as their shortest decimal, 3.4028235e+38 for FLOAT32_MAX, a hair above it as
 # a float64: a threshold read back from a run and pasted into a spec must still be accepted.
 _ROUNDS_TO_FLOAT32_MAX = 2.0**128 - 2.0**103
+# The smallest normal float32: a threshold stays a normal number, so clipping by it is exact (and not 0).
+FLOAT32_TINY = torch.finfo(torch.float32).tiny
 
 
 class ClipSpecError(ValueError):
@@ -286,6 +290,17 @@ def require_below_float32_max(value: float, what: str) -> float:
     return float(value)
 
 
+def require_above_float32_tiny(value: float, what: str) -> float:
+    """A threshold a float32 tensor holds at full precision: at least FLOAT32_TINY. Below it a threshold is
+    subnormal (or rounds to 0, or is flushed to 0 where denormals are off) and would wipe the gradients."""
+    if value < FLOAT32_TINY:
+        raise ClipSpecError(
+            f"{what} must be at least {fmt_num(FLOAT32_TINY)} (the smallest normal float32), "
+            f"got {fmt_num(value)}"
+        )
+    return float(value)
+
+
 def require_threshold(value: float, what: str) -> float:
-    """Constructor-side check of a fixed threshold: a finite number > 0 and at most FLOAT32_MAX."""
-    return require_below_float32_max(require_positive(value, what), what)
+    """Constructor-side check of a fixed threshold: a finite number in [FLOAT32_TINY, FLOAT32_MAX]."""
+    return require_below_float32_max(require_above_float32_tiny(require_positive(value, what), what), what)

@@ -8,8 +8,9 @@ A schedule is a Python float per step, so using one costs no device work and no 
     step(a, factor, every)   a * factor ** floor(t / every)
     warmup(a, steps)         a * min(1, (t + 1) / steps)      (never 0: step 0 already has a / steps)
 
-Thresholds written in a schedule are at most FLOAT32_MAX; a ``step`` schedule with factor > 1 that grows past
-it stays there (a threshold that never clips) instead of overflowing.
+Thresholds written in a schedule are between FLOAT32_TINY (the smallest normal float32) and FLOAT32_MAX; a
+schedule that grows past the top stays there (a threshold that never clips) instead of overflowing, and one
+that decays past the bottom stays there instead of reaching 0, which would wipe the gradients.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import math
 import re
 from dataclasses import dataclass
 
-from .base import FLOAT32_MAX, ClipSpecError, fmt_num, parse_number, require_below_float32_max
+from .base import (
+    FLOAT32_MAX,
+    FLOAT32_TINY,
+    ClipSpecError,
+    fmt_num,
+    parse_number,
+    require_above_float32_tiny,
+    require_below_float32_max,
+)
 
 __all__ = ["SCHEDULE_FORMS", "Schedule", "parse_schedule"]
 
@@ -39,9 +48,9 @@ class Schedule:
         _validate(self.kind, self.args)
 
     def at(self, step: int) -> float:
-        """The threshold at 0-based optimizer step ``step``, at most FLOAT32_MAX (it becomes a float32
-        tensor; only a growing ``step`` schedule gets there)."""
-        return min(self._formula(step), FLOAT32_MAX)
+        """The threshold at 0-based optimizer step ``step``, within [FLOAT32_TINY, FLOAT32_MAX] (it becomes a
+        float32 tensor; only a ``step`` schedule or a ``warmup`` from a tiny threshold reaches an end)."""
+        return min(max(self._formula(step), FLOAT32_TINY), FLOAT32_MAX)
 
     def _formula(self, step: int) -> float:
         a = self.args[0]
@@ -85,7 +94,7 @@ def _validate(kind: str, args: tuple[float, ...]) -> None:
     if kind == "constant":
         if len(args) != 1 or not (math.isfinite(args[0]) and args[0] > 0):
             raise ClipSpecError(f"threshold must be a finite number > 0, got {args[0] if args else None!r}")
-        require_below_float32_max(args[0], "threshold")
+        require_below_float32_max(require_above_float32_tiny(args[0], "threshold"), "threshold")
         return
     if kind not in _ARITY:
         raise ClipSpecError(f"unknown schedule {kind!r}; accepted: {SCHEDULE_FORMS}")
@@ -101,7 +110,9 @@ def _validate(kind: str, args: tuple[float, ...]) -> None:
             what = "factor" if (kind == "step" and i == 1) else "threshold"
             raise ClipSpecError(f"{kind}(): {what} must be a finite number > 0, got {fmt_num(x)}")
         elif not (kind == "step" and i == 1):  # a factor may be large: the growth is capped in at()
-            require_below_float32_max(x, f"{kind}(): threshold")
+            require_below_float32_max(
+                require_above_float32_tiny(x, f"{kind}(): threshold"), f"{kind}(): threshold"
+            )
 
 
 def parse_schedule(text: str) -> Schedule:

@@ -2,8 +2,8 @@
 
     spec      := strategy [ "+" noise ]
     strategy  := "none" | "value:" T | "norm:" T [ "@p=" P ] | "layer:" T
-               | "agc:" L { ",exclude=" NAME }        | "autoclip:" [P] [ ",window=" N ]
-               | "zclip:" [Z] [ ",alpha=" A ] [ ",warmup=" N ]   | "random:" LO "-" HI [ ",seed=" S ]
+               | "agc:" L { ",exclude=" NAME }        | "autoclip" [ ":" [P] ] [ ",window=" N ]
+               | "zclip" [ ":" [Z] ] [ ",alpha=" A ] [ ",warmup=" N ] | "random:" LO "-" HI [ ",seed=" S ]
     T         := number | "linear(" a "," b "," steps ")" | "cosine(" a "," b "," steps ")"
                | "step(" a "," factor "," every ")" | "warmup(" a "," steps ")"
     noise     := "noise(" eta [ "," gamma ] [ ",seed=" S ] ")"
@@ -25,8 +25,8 @@ from .strategies import LayerClip, NoClip, NormClip, RandomClip, ValueClip
 __all__ = ["ACCEPTED", "CLIP_SPEC_HELP", "EXAMPLES", "parse_clip", "validate_clip"]
 
 ACCEPTED = (
-    "none, value:C, norm:C[@p=P], layer:C, agc:L[,exclude=NAME], autoclip:[P][,window=N], "
-    "zclip:[Z][,alpha=A][,warmup=N], random:LO-HI[,seed=S]; C may be a schedule "
+    "none, value:C, norm:C[@p=P], layer:C, agc:L[,exclude=NAME], autoclip[:P][,window=N], "
+    "zclip[:Z][,alpha=A][,warmup=N], random:LO-HI[,seed=S]; C may be a schedule "
     f"({SCHEDULE_FORMS}); append +noise(eta[,gamma][,seed=S]) for gradient noise"
 )
 
@@ -55,10 +55,12 @@ Gradient clipping spec (examples):
   norm:linear(5,1,1000)      scheduled: linear|cosine(a,b,steps), step(a,factor,every), warmup(a,steps)
   norm:1.0+noise(0.01)       add annealed Gaussian noise after clipping: var = eta/(1+t)^0.55"""
 
-_HEAD = re.compile(r"^\s*([A-Za-z]+)\s*(?::(.*))?$", re.DOTALL)
+# NAME, NAME:ARGS, and NAME,OPTIONS for a strategy whose positional value has a default ("autoclip,window=N").
+_HEAD = re.compile(r"^\s*([A-Za-z]+)\s*(?:(?::|(?=,))(.*))?$", re.DOTALL)
 # "+" starts the noise part only when followed by a letter: "1e+3" stays a number.
 _PLUS = re.compile(r"\+(?=\s*[A-Za-z])")
 _NUM = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_DIGITS = re.compile(r"\+?\d+")
 _RANGE = re.compile(rf"\s*({_NUM})\s*-\s*({_NUM})\s*")
 _NOISE = re.compile(r"^\s*noise\s*\((.*)\)\s*$", re.IGNORECASE)
 
@@ -95,7 +97,9 @@ def validate_clip(spec: object) -> str | None:
 
 
 def _name_of(spec: str) -> str:
-    m = _HEAD.match(_PLUS.split(spec)[0])
+    m = re.match(
+        r"\s*([A-Za-z]+)", spec
+    )  # (also from a malformed spec: "autoclip;5" gets autoclip's example)
     return m.group(1).lower() if m else ""
 
 
@@ -158,6 +162,8 @@ def _check(
 
 
 def _int(text: str, what: str) -> int:
+    if _DIGITS.fullmatch(text.strip()):  # exactly: a 64-bit seed is past what a float holds (2**53)
+        return int(text)
     value = parse_number(text, what)
     if not value.is_integer():
         raise ClipSpecError(f"{what} {text.strip()!r} is not an integer")
@@ -173,6 +179,8 @@ def _none(args: str) -> Strategy:
 def _threshold_builder(cls, name: str):
     def build(args: str) -> Strategy:
         norm_type = 2.0
+        if name != "norm" and "@" in args:
+            raise ClipSpecError(f"'@p=' (the norm type) is an option of norm only, got {args!r} for {name}")
         if name == "norm" and "@" in args:
             args, _, p = args.partition("@")
             key, eq, value = p.partition("=")
