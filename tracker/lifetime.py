@@ -7,7 +7,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["SigtermAsExit", "exit_status"]
+__all__ = ["SigtermAsExit", "exit_status", "stop_reason"]
 
 _sigterm_received = False
 
@@ -26,6 +26,14 @@ def exit_status() -> tuple[str, str | None]:
     if isinstance(last, KeyboardInterrupt | SystemExit):
         return "stopped", type(last).__name__
     return "failed", f"{type(last).__name__}: {last}"
+
+
+def stop_reason(exc_type: type[BaseException]) -> str:
+    """``runs.error`` for a KeyboardInterrupt or SystemExit unwinding a ``with GradTracker(...)`` block: the
+    signal's name when it is the SystemExit our SIGTERM handler raised, as at exit (``exit_status``)."""
+    if _sigterm_received and issubclass(exc_type, SystemExit):
+        return "SIGTERM"
+    return exc_type.__name__
 
 
 # The trackers alive at once share one handler: how many hold it now, and what the first of them replaced

@@ -37,7 +37,7 @@ from tracker.distributed import (
 from tracker.env import is_relaunch, resolve_clip, resolve_db, resolve_parent, resolve_run_name
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
-from tracker.lifetime import SigtermAsExit, exit_status
+from tracker.lifetime import SigtermAsExit, exit_status, stop_reason
 from tracker.norms import NormPlan, grad_norms
 from tracker.null import NullTracker
 from tracker.outbox import Outbox
@@ -140,7 +140,9 @@ def _resume_when_stale(
 
 
 def _default_run_name() -> str:
-    script = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0] or "python"
+    script = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0]
+    if not script or script.startswith("-"):  # python -c "...", python - < file: no script to name it by
+        script = "python"
     return f"{script}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -472,7 +474,7 @@ class GradTracker:
         if exc_type is None:
             self.finish("finished")
         elif issubclass(exc_type, KeyboardInterrupt | SystemExit):
-            self.finish("stopped", error=exc_type.__name__)
+            self.finish("stopped", error=stop_reason(exc_type))
         else:
             self.finish("failed", error=f"{exc_type.__name__}: {exc}")
         return False  # never swallow the exception

@@ -4,6 +4,7 @@ import argparse
 import json
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -192,6 +193,19 @@ def test_env_run_name_and_parent_override_the_arguments(db_path, monkeypatch):
     child.finish()
     rows = _rows(db_path, "SELECT id, name, parent_id FROM runs ORDER BY id")
     assert rows == [(parent.run_id, "original", None), (child.run_id, "relaunched", parent.run_id)]
+
+
+@pytest.mark.parametrize(
+    "argv0, script",
+    [("/home/me/train_kws.py", "train_kws"), ("-c", "python"), ("-", "python"), ("", "python")],
+)
+def test_a_run_without_a_name_is_named_by_its_script_and_time(db_path, monkeypatch, argv0, script):
+    # (`python -c ...` used to name its runs "-c-<time>")
+    monkeypatch.delenv("GRADWATCH_RUN", raising=False)
+    monkeypatch.setattr(sys, "argv", [argv0])
+    GradTracker(_model(), db=db_path).finish()
+    [(name,)] = _rows(db_path, "SELECT name FROM runs")
+    assert re.fullmatch(rf"{script}-\d{{8}}-\d{{6}}", name), name
 
 
 def test_a_parent_run_that_does_not_exist_is_refused_and_creates_no_file(db_path):

@@ -18,6 +18,14 @@ SCRIPT = textwrap.dedent(
 
     mode, db = sys.argv[1], sys.argv[2]
     model = torch.nn.Linear(3, 1)
+    if mode == "sigterm-with":  # the documented `with` form: its __exit__ closes the run, not atexit
+        with GradTracker(model, db=db, run=mode) as tracker:
+            for i in range(10**9):
+                model(torch.ones(2, 3)).sum().backward()
+                tracker.step()
+                if i == 1:
+                    print("READY", flush=True)
+                time.sleep(0.01)
     tracker = GradTracker(model, db=db, run=mode)  # no `with`, no finish(): the tracker must cope
     for _ in range(2):
         model(torch.ones(2, 3)).sum().backward()
@@ -75,11 +83,13 @@ def test_status_at_interpreter_exit(tmp_path, db_path, mode, code, status, error
     assert (got_error is None) if error is None else (error in got_error)
 
 
-def test_sigterm_from_the_dashboard_marks_the_run_stopped(tmp_path, db_path):
+@pytest.mark.parametrize("mode", ["sigterm", "sigterm-with"])
+def test_sigterm_from_the_dashboard_marks_the_run_stopped(tmp_path, db_path, mode):
+    # (inside `with`, the run used to be closed with error "SystemExit")
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), "sigterm", str(db_path)],
+        [sys.executable, str(script), mode, str(db_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
