@@ -197,6 +197,11 @@ def _is_a(value, t: type) -> bool:
     return isinstance(value, t)
 
 
+def default_run_name(cfg: TrainConfig) -> str:
+    """``<task>-<model>-<clip>-<YYYYmmdd-HHMMSS>``: the name of a run started without ``--run``."""
+    return f"{cfg.task}-{cfg.model}-{cfg.clip}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def _fill_defaults(cfg: TrainConfig) -> None:
     if cfg.model is None and cfg.task in DEFAULT_MODEL:
         cfg.model = DEFAULT_MODEL[cfg.task]
@@ -205,8 +210,10 @@ def _fill_defaults(cfg: TrainConfig) -> None:
         for key in ("dropout", "hidden_size", "num_layers", "rnn_type"):
             if getattr(cfg, key) is None and key in d:
                 setattr(cfg, key, d[key])
-    if cfg.run is None:
-        cfg.run = f"{cfg.task}-{cfg.model}-{cfg.clip}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # A --resume that continues its run takes the run's recorded name from the checkpoint (train.py): a name
+    # made up here, with this process's time in it, would change with every restart.
+    if cfg.run is None and not (cfg.resume and cfg.parent_run is None):
+        cfg.run = default_run_name(cfg)
     if cfg.db is not None:
         cfg.db = str(Path(cfg.db).expanduser())
     if cfg.cache_dir is not None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from trainer import checkpoint as ckpt
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, default_run_name
 from trainer.evaluate import TextUnits, batch_loss, evaluate
 from trainer.models import build_model
 from trainer.progress import Progress, format_summary
@@ -237,6 +237,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
         start_epoch, start_batch, step = saved["epoch"], saved.get("batch", 0), saved["step"]
         metrics = saved["metrics"]
     first_step = step  # where this process starts: its summary covers its own steps
+    if cfg.run is None:  # --resume without --run: the name the checkpoint's run was recorded with
+        cfg.run = (saved or {}).get("config", {}).get("run") or default_run_name(cfg)
 
     # Measure and record the inner model: DDP's "module." prefix is not part of the layer names.
     tracker = _make_tracker(cfg, model, rt, resume=saved["gradwatch"] if saved else None)

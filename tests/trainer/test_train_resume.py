@@ -125,6 +125,23 @@ def test_a_run_ended_by_max_steps_and_resumed_again_trains_nothing_more(corpus_c
         assert query(db, "SELECT COUNT(*), MAX(step) FROM steps") == [(3, 2)]
 
 
+def test_a_resume_without_run_keeps_the_recorded_name(corpus_cache, tmp_path, capsys, monkeypatch):
+    # The name made up for a run started without --run has the time in it; each restart used to make up a
+    # new one, recorded in runs.config and printed in the summary, while runs.name kept the first.
+    db, ck = tmp_path / "g.db", tmp_path / "r.ckpt"
+    clock = iter(range(10**6))  # every process in a new second, however fast they run
+    monkeypatch.setattr("trainer.config.time.strftime", lambda fmt: f"20261130-{next(clock):06d}")
+    for max_steps in (1, 2, 3):
+        assert main(tiny(corpus_cache, db, "--max-steps", str(max_steps), "--checkpoint", str(ck), "--resume",
+                         quiet=False)) == 0  # fmt: skip
+        [(name, in_config)] = query(db, "SELECT name, json_extract(config, '$.run') FROM runs")
+        assert in_config == name and name.startswith("keywords-"), (name, in_config)
+        assert f"run {name!r} (id 1): finished" in capsys.readouterr().out
+        if max_steps == 1:
+            first = name
+        assert name == first
+
+
 def test_a_checkpoint_of_another_number_of_processes_is_refused():
     # Its batch position counts one process's shard, and its random states are per process.
     with pytest.raises(ValueError, match=r"saved by 2 processes, and this is 1.*torchrun --nproc_per_node=2"):
