@@ -44,6 +44,7 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 NONFINITE_POLICIES = ("record", "skip", "raise")
 SC_VARIANTS = (10, 12, 30, 35)  # 30: every word of Speech Commands v0.01
+CORPUS_SIZES = ("tiny", "small", "full")  # the built-in corpus's named sizes; an int is repetitions per voice
 DEFAULT_MODEL = {"keywords": "seed-cnn", "digits": "crnn-ctc", "characters": "crnn-ctc"}
 # Which data sources can feed which task.
 SOURCE_TASKS = {
@@ -277,6 +278,11 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"--data {cfg.data} needs --data-path pointing at the corpus folder")
         if not Path(cfg.data_path).expanduser().is_dir():
             raise ConfigError(f"--data-path {cfg.data_path!r} is not an existing folder")
+    if isinstance(cfg.corpus_size, str) and cfg.corpus_size not in CORPUS_SIZES:
+        raise ConfigError(
+            f"--corpus-size {cfg.corpus_size!r} is not accepted; choose one of: {', '.join(CORPUS_SIZES)}, "
+            "or a number of repetitions per voice"
+        )
     if cfg.corpus_size is not None and not isinstance(cfg.corpus_size, str):
         _number(cfg, "corpus_size", kind=int, low=1)
     _number(cfg, "lr", low=0, low_open=True)

@@ -47,6 +47,8 @@ BAD = [
     (["--config", "/no/such/config.json"], "config file not found"),
     (["--preset", "nope"], "--preset"),
     (["--sc-variant", "11"], "--sc-variant"),
+    (["--corpus-size", "huge"], "--corpus-size 'huge' is not accepted; choose one of: tiny, small, full"),
+    (["--corpus-size", "0"], "--corpus-size must be ≥ 1"),
     (["--no-such-flag"], "unrecognized arguments"),
     (["--checkpoint-every", "10"], "--checkpoint PATH"),
     (["--checkpoint", "x.ckpt", "--checkpoint-every", "0"], "--checkpoint-every"),
@@ -199,3 +201,10 @@ def test_model_defaults_are_resolved_into_the_config():
     assert cfg.model == "crnn-ctc" and cfg.hidden_size == 128 and cfg.rnn_type == "gru"
     cfg, _ = parse_config(["--task", "keywords"])
     assert cfg.model == "seed-cnn" and cfg.dropout == 0.0
+
+
+def test_the_named_corpus_sizes_are_those_the_builtin_corpus_has():
+    from trainer.config import CORPUS_SIZES
+    from trainer.data.synth_corpus import SIZES
+
+    assert {task: set(sizes) for task, sizes in SIZES.items()} == {task: set(CORPUS_SIZES) for task in SIZES}
