@@ -16,6 +16,12 @@ class Attachment:
     GradScaler does not call ``optimizer.step()`` when it found inf/NaN, so no optimizer hook can see that
     step. Given the scaler, we wrap this one instance's ``step``: if the optimizer was not called during it,
     the scaler skipped it, and the tracker records a skipped step.
+
+    A fused optimizer (``fused=True``) is the exception: GradScaler calls it on every step with the gradients
+    still scaled and lets its kernel unscale them and skip on inf (``optimizer.grad_scale``/``found_inf``).
+    The hook then unscales them in place first, as ``scaler.unscale_`` would, and clears ``grad_scale`` so
+    the kernel does not divide again: the tracker measures and clips the gradients the update will use, and
+    a step with inf/NaN, which the kernel skips, is recorded as skipped.
     """
 
     def __init__(self, tracker: Any, optimizer: torch.optim.Optimizer, scaler: Any = None):
@@ -28,21 +34,29 @@ class Attachment:
         self.tracker, self.optimizer, self.scaler = tracker, optimizer, scaler
         self._calls = 0
         self._pre = optimizer.register_step_pre_hook(self._before_step)
+        self._wrapper = self._wrapped = None
         if scaler is not None:
-            scaler.step = self._wrap_scaler_step(scaler.step)
+            # (another attachment may have wrapped it already: a GAN's two trackers share one scaler)
+            self._wrapped = scaler.step
+            self._wrapper = scaler.step = self._wrap_scaler_step(self._wrapped)
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._calls += 1
-        self.tracker.step()
+        scaler = None
+        if self.scaler is not None and isinstance(getattr(optimizer, "grad_scale", None), torch.Tensor):
+            _unscale_for_fused(optimizer)
+            scaler = self.scaler  # inf/NaN now means the kernel skips the step: record it as skipped
+        self.tracker._attached_step(self, scaler=scaler)
 
     def _wrap_scaler_step(self, original: Any) -> Any:
         def step(optimizer, *args, **kwargs):
             calls = self._calls
             out = original(optimizer, *args, **kwargs)
             if optimizer is self.optimizer and self._calls == calls and self._pre is not None:
-                self.tracker._record_skipped_by_scaler()
+                self.tracker._attached_step(self, skipped=True)
             return out
 
+        step.attachment = self  # (lets a removal further up the chain skip this one once it is removed)
         return step
 
     def drop_grads(self) -> None:
@@ -54,7 +68,33 @@ class Attachment:
     def remove(self) -> None:
         if self._pre is not None:
             self._pre.remove()
-            self._pre = None
-            if self.scaler is not None and "step" in vars(self.scaler):
-                del self.scaler.step  # back to the class's method
+            self._pre = None  # (our wrapper, if still in a chain, now passes straight through)
+            if self.scaler is not None and vars(self.scaler).get("step") is self._wrapper:
+                # On top: put back what we wrapped (the class's method, or another attachment's wrapper),
+                # leaving out the wrappers of attachments removed while under ours. Under another
+                # attachment's wrapper, we stay in its chain as a pass-through until it goes.
+                below = self._wrapped
+                while getattr(below, "attachment", None) is not None and below.attachment._pre is None:
+                    below = below.attachment._wrapped
+                if getattr(below, "__self__", None) is self.scaler:
+                    del self.scaler.step
+                else:
+                    self.scaler.step = below
         self.tracker._forget(self)
+
+
+@torch.no_grad()
+def _unscale_for_fused(optimizer: torch.optim.Optimizer) -> None:
+    """Divide the gradients by ``optimizer.grad_scale`` in place and set it to None (GradScaler's contract
+    with fused optimizers: it sets both attributes before the step and deletes them after)."""
+    scale = optimizer.grad_scale
+    grads: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and not p.grad.is_sparse:
+                grads.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+    for (device, _), tensors in grads.items():
+        inv = scale.double().reciprocal().float().to(device)
+        found = torch.zeros(1, device=device)  # (GradScaler already knows; this kernel just also checks)
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, inv)
+    optimizer.grad_scale = None

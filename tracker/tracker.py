@@ -214,6 +214,7 @@ class GradTracker:
         # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions, scaled).
         self._pending: list[tuple[int, Tensor | None, Tensor, Any, bool]] = []
         self._hooks: list[Attachment] = []
+        self._round: set[Attachment] = set()  # the attached optimizers that stepped in the current round
         self._finished = False
         process_rank, world_size = rank_and_world_size()
         if rank >= world_size:  # no process would write: the run would silently record nothing
@@ -337,7 +338,11 @@ class GradTracker:
         extra = self._extra_stats(grads, present) if logged else {}
         skipped = False
         if self.nonfinite != "record" and not bool(torch.isfinite(norms).all()):  # one sync, documented
-            if self.nonfinite == "raise":
+            if scaled:
+                # A GradScaler's routine overflow: it skips this optimizer step and lowers its scale. As under
+                # attach(scaler=), the step is recorded as skipped, unclipped; the policy is the scaler's.
+                skipped = True
+            elif self.nonfinite == "raise":
                 if not logged:  # the offending step is recorded whole, as a logged one
                     extra = self._extra_stats(grads, present)
                 self._record(step, total, None, norms, present, loss, skipped=False, extra=extra)
@@ -348,8 +353,9 @@ class GradTracker:
                     if not math.isfinite(x)
                 ]
                 raise NonFiniteGradientError(step, bad)
-            skipped = True
-            self._drop_grads()
+            else:
+                skipped = True
+                self._drop_grads()
 
         result = None
         if self._clipping and not skipped:
@@ -452,6 +458,7 @@ class GradTracker:
         Returns a handle: ``handle.remove()`` detaches (``finish()`` detaches everything)."""
         handle = Attachment(self, optimizer, scaler)
         self._hooks.append(handle)
+        self._round = set()
         return handle
 
     def detach(self) -> None:
@@ -461,6 +468,29 @@ class GradTracker:
     def _forget(self, handle: Attachment) -> None:
         if handle in self._hooks:
             self._hooks.remove(handle)
+        self._round = set()
+
+    def _attached_step(self, handle: Attachment, *, skipped: bool = False, scaler: Any = None) -> None:
+        """An attached optimizer is about to step (or its GradScaler skipped it).
+
+        Several optimizers on one model (Muon for the matrices, AdamW for the rest) step one after the
+        other on the same gradients: one optimizer step of the run is the round in which each attached
+        optimizer steps once. It is measured and clipped (all tracked gradients, so for every optimizer)
+        right before the first of them; the others then step on the clipped gradients. A round ends when
+        every attached optimizer has stepped, or when one steps a second time.
+        """
+        new_round = not self._round or handle in self._round
+        if new_round:
+            self._round = set()
+        self._round.add(handle)
+        if len(self._round) >= len(self._hooks):
+            self._round = set()
+        if not new_round:
+            return
+        if skipped:
+            self._record_skipped_by_scaler()
+        else:
+            self.step(scaler=scaler)
 
     @property
     def step_count(self) -> int:

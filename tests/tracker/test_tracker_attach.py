@@ -65,13 +65,17 @@ def _amp_loop(model, opt, scaler, data, poison_step):
     for step, (x, y) in enumerate(data):
         opt.zero_grad()
         scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
-        if step == poison_step:
+        if poison_step is not None and step == poison_step:
             model[0].weight.grad[1, 1] = float("inf")
         scaler.step(opt)
         scaler.update()
 
 
-def test_grad_scaler_steps_are_measured_unscaled_and_its_skips_recorded(db_path):
+# fused=True: GradScaler calls the optimizer on every step, its gradients still scaled, and the fused kernel
+# unscales and skips on inf itself; the hook used to measure and clip the scaled gradients (1024 times too
+# large here) and to record the kernel's skip as a step taken.
+@pytest.mark.parametrize("fused", [False, True])
+def test_grad_scaler_steps_are_measured_unscaled_and_its_skips_recorded(db_path, fused):
     data = _data(4)
     # Oracle: the same loop without AMP. The scale is a power of two, so unscaled grads match exactly.
     oracle = _model()
@@ -85,7 +89,7 @@ def test_grad_scaler_steps_are_measured_unscaled_and_its_skips_recorded(db_path)
             opt_o.step()
 
     model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, fused=fused)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     with GradTracker(model, db=db_path) as tracker:
         tracker.attach(opt, scaler=scaler)
@@ -165,3 +169,107 @@ def test_manual_step_with_a_disabled_scaler_records_nothing_as_skipped(db_path):
         model[0].bias.grad[0] = float("nan")
         tracker.step(scaler=scaler)  # no scaler in force: the optimizer will step on these NaNs
     assert _rows(db_path, "SELECT skipped, nonfinite_count FROM steps") == [(0, 1)]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_clipping_under_a_grad_scaler_is_clip_grad_norm_on_the_unscaled_gradients(db_path, fused):
+    data = _data(4)
+    oracle = _model()
+    opt_o = torch.optim.Adam(oracle.parameters(), lr=0.05)
+    for x, y in data:
+        opt_o.zero_grad()
+        nn.functional.cross_entropy(oracle(x), y).backward()
+        torch.nn.utils.clip_grad_norm_(oracle.parameters(), 0.5)
+        opt_o.step()
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with GradTracker(model, db=db_path, clip="norm:0.5") as tracker:
+        tracker.attach(opt, scaler=scaler)
+        _amp_loop(model, opt, scaler, data, poison_step=None)
+    for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert _rows(db_path, "SELECT count(*), sum(clipped) FROM steps") == [(4, 4)]
+
+
+def test_one_scaler_shared_by_two_trackers_survives_either_being_removed(db_path):
+    # A GAN: two models, two optimizers, two trackers, one GradScaler. Removing the attachment made second
+    # used to delete the scaler's wrapper of the first too, which then missed the scaler's skips.
+    models = [_model(), _model()]
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    trackers = [GradTracker(m, db=db_path, run=f"t{i}") for i, m in enumerate(models)]
+    handles = [t.attach(o, scaler=scaler) for t, o in zip(trackers, opts, strict=True)]
+    for it, (x, y) in enumerate(_data(6)):
+        if it == 2:
+            handles[0].remove()  # the one wrapped first, under the other's wrapper
+        for k, (m, o) in enumerate(zip(models, opts, strict=True)):
+            o.zero_grad()
+            scaler.scale(nn.functional.cross_entropy(m(x), y)).backward()
+            if it == 4 and k == 1:
+                m[0].weight.grad[0, 0] = float("inf")
+            scaler.step(o)
+        scaler.update()
+    for t in trackers:
+        t.finish()
+    assert "step" not in vars(scaler)  # both gone: the class's own method again
+    rows = _rows(db_path, "SELECT r.name, s.step, s.skipped FROM steps s JOIN runs r ON r.id = s.run_id")
+    assert [(s, k) for n, s, k in rows if n == "t0"] == [(0, 0), (1, 0)]
+    assert [(s, k) for n, s, k in rows if n == "t1"] == [(s, int(s == 4)) for s in range(6)]
+
+
+def test_several_optimizers_on_one_model_make_one_step_each_round(db_path):
+    # Muon for the matrices and AdamW for the rest, say: one measurement and one clip per round, before the
+    # first optimizer steps; both then step on the clipped gradients, as after one clip_grad_norm_ call.
+    data = _data(4)
+    oracle = _model()
+    matrices_o = [p for p in oracle.parameters() if p.ndim == 2]
+    rest_o = [p for p in oracle.parameters() if p.ndim != 2]
+    opts_o = [torch.optim.SGD(matrices_o, lr=0.2, momentum=0.9), torch.optim.AdamW(rest_o, lr=0.05)]
+    totals = []
+    for x, y in data:
+        oracle.zero_grad()
+        nn.functional.cross_entropy(oracle(x), y).backward()
+        totals.append(torch.nn.utils.clip_grad_norm_(oracle.parameters(), 0.3).item())
+        for o in opts_o:
+            o.step()
+    model = _model()
+    matrices = [p for p in model.parameters() if p.ndim == 2]
+    rest = [p for p in model.parameters() if p.ndim != 2]
+    opts = [torch.optim.SGD(matrices, lr=0.2, momentum=0.9), torch.optim.AdamW(rest, lr=0.05)]
+    with GradTracker(model, db=db_path, clip="norm:0.3") as tracker:
+        for o in opts:
+            tracker.attach(o)
+        for x, y in data:
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            for o in opts:
+                o.step()
+        assert tracker.step_count == 4
+    for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    steps = _rows(db_path, "SELECT step, total_norm FROM steps ORDER BY step")
+    assert [s for s, _ in steps] == [0, 1, 2, 3]
+    assert [n for _, n in steps] == pytest.approx(totals, rel=1e-6)
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "raise"])
+def test_a_scaler_overflow_under_a_manual_step_is_the_scalers_skip_whatever_the_policy(db_path, nonfinite):
+    # GradScaler overflows are routine (its scale is calibrated by them): with scaler= the step is recorded
+    # as skipped, as under attach(scaler=), instead of raising NonFiniteGradientError (policy raise).
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with GradTracker(model, db=db_path, nonfinite=nonfinite) as tracker:
+        for step, (x, y) in enumerate(_data(3)):
+            opt.zero_grad()
+            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+            if step == 1:
+                model[2].weight.grad[0, 0] = float("inf")
+            scaler.unscale_(opt)
+            stats = tracker.step(scaler=scaler)
+            assert stats.skipped == (step == 1)
+            scaler.step(opt)
+            scaler.update()
+    assert scaler.get_scale() == 2.0**9
+    assert _rows(db_path, "SELECT step, skipped FROM steps ORDER BY step") == [(0, 0), (1, 1), (2, 0)]
