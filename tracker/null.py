@@ -37,7 +37,10 @@ class NullTracker:
         return {}  # nothing recorded, nothing to resume
 
     def finish(self, status: str = "finished", error: str | None = None) -> None:
-        pass
+        from tracker.store import FINAL_STATUSES
+
+        if status not in FINAL_STATUSES:  # as GradTracker.finish: a mistake shows with tracking off too
+            raise ValueError(f"status={status!r}; accepted: {', '.join(FINAL_STATUSES)}")
 
     def attach(self, optimizer: Any, *, scaler: Any = None) -> NullTracker:
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import inspect
 import math
 import operator
 import os
@@ -77,6 +78,20 @@ def _check_options(every: Any, nonfinite: Any, extra_stats: Any, rank: Any) -> t
     if bad:
         raise ValueError(f"extra_stats: unknown {bad}; accepted: True, False or a subset of {EXTRA_STATS}")
     return tuple(n for n in EXTRA_STATS if n in names)
+
+
+def _check_disabled(cls: type, model: Any, kwargs: dict[str, Any]) -> None:
+    """The arguments of a disabled tracker, checked as an enabled one checks them (no file is looked at), so
+    that a script run with tracking off does not fail only once it is turned on."""
+    inspect.signature(cls.__init__).bind(None, model, **kwargs)  # TypeError for an unknown keyword
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_options(
+        kwargs.get("every", 1), kwargs.get("nonfinite", "record"), kwargs.get("extra_stats", False),
+        kwargs.get("rank", 0),
+    )  # fmt: skip
+    resolve_clip(kwargs.get("clip", "none"))  # (GRADWATCH_CLIP too, as an enabled tracker reads it)
+    _check_run_options(kwargs.get("run"), kwargs.get("parent_id"), kwargs.get("config"))
 
 
 def _check_run_options(run: Any, parent_id: Any, config: Any) -> None:
@@ -155,6 +170,7 @@ class GradTracker:
 
     def __new__(cls, model: nn.Module | None = None, *, enabled: bool = True, **kwargs: Any):
         if not enabled:
+            _check_disabled(cls, model, kwargs)
             return NullTracker()
         return super().__new__(cls)
 

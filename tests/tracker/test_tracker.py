@@ -324,10 +324,22 @@ def test_disabled_tracker_does_nothing_with_the_same_methods(db_path):
         (dict(config=argparse.Namespace(lr=0.1)), r"config=vars\(args\)"),
     ],
 )
-def test_bad_options_raise_value_error_naming_them(db_path, kwargs, match):
+@pytest.mark.parametrize("enabled", [True, False])  # off, too: a script must not fail only once it is on
+def test_bad_options_raise_value_error_naming_them(db_path, kwargs, match, enabled):
     with pytest.raises(ValueError, match=match):
-        GradTracker(_model(), db=db_path, **kwargs)
+        GradTracker(_model(), db=db_path, enabled=enabled, **kwargs)
     assert not db_path.exists()
+
+
+def test_a_disabled_tracker_refuses_what_an_enabled_one_refuses(db_path):
+    with pytest.raises(TypeError, match="bogus"):
+        GradTracker(_model(), db=db_path, enabled=False, bogus=1)
+    with pytest.raises(ValueError, match="torch.nn.Module"):
+        GradTracker("model", enabled=False)
+    tracker = GradTracker(_model(), db=db_path, enabled=False)
+    with pytest.raises(ValueError, match="status='bogus'; accepted: "):
+        tracker.finish("bogus")
+    tracker.finish("stopped")
 
 
 def test_step_and_log_after_finish_are_errors(db_path):
