@@ -33,16 +33,7 @@ class TrackedParameters:
                 continue
             first[id(p)] = name
             layer_id = len(self.rows)
-            self.rows.append(
-                dict(
-                    id=layer_id,
-                    name=name,
-                    shape=list(p.shape),
-                    numel=p.numel(),
-                    dtype=str(p.dtype).removeprefix("torch."),
-                    trainable=p.requires_grad,
-                )
-            )
+            self.rows.append(_row(layer_id, name, p))
             if p.requires_grad:
                 self.params.append(p)
                 self.ids.append(layer_id)
@@ -68,5 +59,63 @@ class TrackedParameters:
             self.rows[i]["trainable"] = True
         return moved
 
+    def rescan(self, model: nn.Module) -> list[int]:
+        """Take in what was registered on the model since (a head added, a module swapped for another);
+        returns the ids of the layers whose rows are new or changed.
+
+        A new name is a new layer (ids go on from the last). A name whose tensor was replaced keeps its layer
+        id, with the new tensor's row. Either is measured when it requires grad, else frozen until it gets a
+        gradient. A tensor no longer in the model (a module removed, or now tied to another) is no longer
+        measured; its row stays, as its recorded norms do.
+        """
+        ids_by_name = {row["name"]: row["id"] for row in self.rows}
+        now = dict(zip(self.ids, self.params, strict=True)) | dict(
+            zip(self.frozen_ids, self.frozen, strict=True)
+        )
+        measured = set(self.ids)
+        changed: list[int] = []
+        seen: dict[int, nn.Parameter] = {}
+        first: dict[int, str] = {}
+        aliases: dict[str, str] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if id(p) in first:
+                aliases[name] = first[id(p)]
+                continue
+            first[id(p)] = name
+            layer_id = ids_by_name.get(name)
+            if layer_id is None:
+                layer_id = len(self.rows)
+                self.rows.append(_row(layer_id, name, p))
+                changed.append(layer_id)
+            elif now.get(layer_id) is not p:
+                self.rows[layer_id] = _row(layer_id, name, p)
+                changed.append(layer_id)
+            seen[layer_id] = p
+        self.aliases = aliases
+        self.ids, self.params, self.frozen_ids, self.frozen = [], [], [], []
+        for layer_id in sorted(seen):
+            p = seen[layer_id]
+            if (layer_id in measured and layer_id not in changed) or (
+                layer_id in changed and p.requires_grad
+            ):
+                self.ids.append(layer_id)
+                self.params.append(p)
+            else:
+                self.frozen_ids.append(layer_id)
+                self.frozen.append(p)
+        self.names = [self.rows[i]["name"] for i in self.ids]
+        return changed
+
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def _row(layer_id: int, name: str, p: nn.Parameter) -> dict[str, Any]:
+    return dict(
+        id=layer_id,
+        name=name,
+        shape=list(p.shape),
+        numel=p.numel(),
+        dtype=str(p.dtype).removeprefix("torch."),
+        trainable=p.requires_grad,
+    )

@@ -44,6 +44,7 @@ from tracker.null import NullTracker
 from tracker.outbox import Outbox
 from tracker.rows import COEF, THRESHOLD, TOTAL, RowBuilder, pending_parts, was_clipped
 from tracker.stats import StepStats
+from tracker.watch import ModelWatch
 
 __all__ = ["CONFIG_KEY", "EXTRA_STATS", "NONFINITE_POLICIES", "GradTracker", "NonFiniteGradientError"]
 
@@ -211,14 +212,10 @@ class GradTracker:
         # "none" without noise changes nothing: skip the call and its few tensor allocations per step.
         self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None
         self.layers = TrackedParameters(model)
-        bind_names = getattr(self.clip, "bind_names", None)  # (a strategy of the user's own may lack it)
-        if bind_names is not None:
-            try:
-                bind_names([row["name"] for row in self.layers.rows], self.layers.aliases)
-            except ClipSpecError as e:
-                origin = " (from GRADWATCH_CLIP)" if choice.source == "env" else ""
-                raise ClipSpecError(f"clip {self.clip.spec!r}{origin}: {e}") from None
-        self._model: nn.Module | None = model  # until the first step with missing gradients is explained
+        self._clip_origin = " (from GRADWATCH_CLIP)" if choice.source == "env" else ""
+        self._bind_names()
+        self._model = model
+        self._watch = ModelWatch(model)  # a head added or a module swapped later is taken in at the next step
         self._warned_no_grads = False
         self._clip_takes_shards = accepts_shards(self.clip)
         self._measure_params()
@@ -459,6 +456,7 @@ class GradTracker:
             self._complete_update()
             self._drain_pending()
         finally:
+            self._watch.close()
             self.detach()
             if self._sigterm is not None:
                 self._sigterm.remove()
@@ -527,6 +525,8 @@ class GradTracker:
 
     # ------------------------------------------------------------------ measuring
     def _grads(self) -> tuple[list[Tensor], Any]:
+        if self._watch.changed:  # a parameter or module assigned to the model since the last step
+            self._take_changes()
         # Unfrozen since the last step? One C-level pass over the frozen parameters (none: free).
         if self._frozen and not all(map(_IS_NONE, map(_GRAD, self._frozen))):
             self._take_unfrozen()
@@ -535,7 +535,7 @@ class GradTracker:
         if not any(map(_IS_NONE, grads)):
             return grads, self._all
         present = [i for i, g in enumerate(grads) if g is not None]
-        if self._model is not None:
+        if tuple(present) not in self._subset_plans:  # missing gradients not seen before: explained?
             self._check_not_replaced(self._model)
         if not present and self._params and not self._warned_no_grads:
             self._warned_no_grads = True
@@ -569,6 +569,25 @@ class GradTracker:
         self._holds_rows = self._extra is not None and self._extra.holds_rows
         self._rows = RowBuilder(self.layers.ids, self._all, self.clip.spec, self._extra)
 
+    def _bind_names(self) -> None:
+        bind_names = getattr(self.clip, "bind_names", None)  # (a strategy of the user's own may lack it)
+        if bind_names is not None:
+            try:
+                bind_names([row["name"] for row in self.layers.rows], self.layers.aliases)
+            except ClipSpecError as e:
+                raise ClipSpecError(f"clip {self.clip.spec!r}{self._clip_origin}: {e}") from None
+
+    def _take_changes(self) -> None:
+        """Parameters or modules were assigned to the model since the last step: measure and clip what it
+        holds now, as ``clip_grad_norm_(model.parameters())`` would (docs/tracker.md). Rare; it may sync."""
+        self._drain_pending()  # buffered steps are laid out by the old list: turn them into rows first
+        changed = self.layers.rescan(self._model)
+        self._watch.rearm(self._model)
+        self._bind_names()
+        self._measure_params()
+        if changed and self._store is not None:
+            self._store.add_layers(self.run_id, [self.layers.rows[i] for i in changed])
+
     def _take_unfrozen(self) -> None:
         """Frozen parameters got gradients: measure and clip them from this step on, like torch's
         ``clip_grad_norm_(model.parameters())`` would. Rare (an unfreezing schedule), so it may sync."""
@@ -579,12 +598,12 @@ class GradTracker:
             self._store.add_layers(self.run_id, [self.layers.rows[i] for i in moved])  # trainable = 1
 
     def _check_not_replaced(self, model: nn.Module) -> None:
-        """Once, the first time gradients are missing: are the tensors we measure still the model's?
+        """Each time a new set of gradients is missing: are the tensors we measure still the model's?
 
-        ``fully_shard`` (FSDP2) and module surgery replace parameter objects. A tracker made before that holds
-        the old ones, which never get a gradient again: every step would record nothing, silently.
+        ``fully_shard`` (FSDP2) replaces parameter objects without the registration hooks ModelWatch sees
+        (so does writing to ``module._parameters``). A tracker made before that holds the old ones, which
+        never get a gradient again: every step would record nothing, silently.
         """
-        self._model = None
         current = {id(p) for p in model.parameters()}
         gone = [name for name, p in zip(self.layers.names, self._params, strict=True) if id(p) not in current]
         if gone:

@@ -138,18 +138,94 @@ def test_writer_rank_outside_the_process_group_is_refused_before_anything_is_wri
     assert not db.exists()
 
 
+def _swap_without_hooks(linear: nn.Linear) -> None:
+    # What fully_shard (FSDP2) does: new Parameter objects written into _parameters, past the registration
+    # hooks that tell the tracker the model changed.
+    fresh = nn.Linear(linear.in_features, linear.out_features)
+    linear._parameters["weight"], linear._parameters["bias"] = fresh.weight, fresh.bias
+
+
 def test_parameters_replaced_after_the_tracker_was_made_are_an_error_not_an_empty_record(db_path):
-    # What fully_shard (FSDP2) or module surgery does: new Parameter objects, the tracker holds the old ones.
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
     with pytest.raises(
         RuntimeError, match=r"2 of the 4 parameters .* \(2\.weight, 2\.bias\).*after wrapping"
     ):
         with GradTracker(model, db=db_path) as tracker:
-            model[2] = nn.Linear(8, 2)
+            _swap_without_hooks(model[2])
             model(torch.randn(3, 4)).sum().backward()
             tracker.step()
     assert _rows(db_path, "SELECT status, count(*) FROM runs") == [("failed", 1)]
     assert _rows(db_path, "SELECT count(*) FROM steps") == [(0,)]
+
+
+def test_the_replaced_check_is_not_spent_by_an_unused_branch(db_path):
+    # It used to run once, the first time a gradient was missing: an auxiliary layer unused at step 0 spent
+    # it, and parameters replaced later were silently never measured again.
+    model = nn.ModuleDict(dict(body=nn.Linear(4, 4), aux=nn.Linear(4, 1), head=nn.Linear(4, 2)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # (holds the parameters of the start)
+    with pytest.raises(RuntimeError, match=r"2 of the 6 parameters .* \(head\.weight, head\.bias\)"):
+        with GradTracker(model, db=db_path) as tracker:
+            for step in range(4):
+                if step == 2:
+                    _swap_without_hooks(model["head"])
+                opt.zero_grad(set_to_none=True)
+                model["head"](model["body"](torch.randn(3, 4))).sum().backward()  # aux: no gradient
+                tracker.step()
+                opt.step()
+    assert _rows(db_path, "SELECT count(*) FROM steps") == [(2,)]
+
+
+def test_a_head_added_or_a_module_swapped_later_is_measured_and_clipped_like_torch(db_path):
+    # Fine-tuning code adds a head or swaps a module after the tracker exists; they used to be left out of
+    # the measurement, the global norm and the clipping without a word.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    oracle = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(5, 4, generator=g) * 3 for _ in range(6)]
+    totals = []
+    with GradTracker(model, db=db_path, clip="norm:0.5") as tracker:
+        for step, x in enumerate(batches):
+            for m in (model, oracle):
+                if step == 2:  # a new head: the model's ids go on from the last layer
+                    torch.manual_seed(7)
+                    m.append(nn.Linear(3, 2))
+                if step == 4:  # the first layer swapped: same names, new tensors
+                    torch.manual_seed(8)
+                    m[0] = nn.Linear(4, 8)
+                m.zero_grad(set_to_none=True)
+                m(x).pow(2).sum().backward()
+            totals.append(torch.nn.utils.clip_grad_norm_(oracle.parameters(), 0.5).item())
+            stats = tracker.step()
+            for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+                torch.testing.assert_close(p.grad, q.grad)
+            assert float(stats.total_norm) == pytest.approx(totals[-1], rel=1e-5)
+            with torch.no_grad():  # (one SGD step on both, so the later steps differ)
+                for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+                    p -= 0.1 * p.grad
+                    q -= 0.1 * q.grad
+    layers = _rows(db_path, "SELECT id, name, shape FROM layers ORDER BY id")
+    assert layers == [(0, "0.weight", "[8, 4]"), (1, "0.bias", "[8]"), (2, "2.weight", "[3, 8]"),
+                      (3, "2.bias", "[3]"), (4, "3.weight", "[2, 3]"), (5, "3.bias", "[2]")]  # fmt: skip
+    per_step = _rows(db_path, "SELECT step, count(*) FROM grad_norms GROUP BY step ORDER BY step")
+    assert per_step == [(0, 4), (1, 4), (2, 6), (3, 6), (4, 6), (5, 6)]
+    assert [n for (n,) in _rows(db_path, "SELECT total_norm FROM steps ORDER BY step")] == pytest.approx(
+        totals, rel=1e-5
+    )
+
+
+def test_assigning_the_same_parameter_again_changes_nothing(db_path):
+    # Weights tied again in forward (self.head.weight = self.embed.weight every call) must not make the
+    # tracker look at the model again: no new layers, nothing re-planned.
+    model = TiedModel()
+    with GradTracker(model, db=db_path) as tracker:
+        plan = tracker._plan
+        for _ in range(2):
+            model.head.weight = model.embed.weight
+            model(torch.tensor([[1, 2, 3]])).sum().backward()
+            tracker.step()
+        assert tracker._plan is plan and not tracker._watch.changed
+    assert _rows(db_path, "SELECT count(*) FROM layers") == [(len(list(TiedModel().named_parameters())),)]
 
 
 def test_an_unused_branch_is_not_mistaken_for_replaced_parameters(db_path):

@@ -1,0 +1,60 @@
+"""Noticing that a model changed after the tracker was made: a head added, a module swapped for another.
+
+torch calls global registration hooks whenever a parameter or a submodule is assigned to any module. We keep
+the ids of the model's modules and raise a flag when one of them gets a parameter or submodule it did not
+hold; the tracker reads the flag (one attribute) at each step and looks at the model again only then.
+Re-assigning the same object (weights tied again in ``forward``) raises nothing.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from torch import nn
+from torch.nn.modules.module import (
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
+
+__all__ = ["ModelWatch"]
+
+
+class ModelWatch:
+    """``changed`` becomes True when a module of ``model`` is given a new parameter or submodule."""
+
+    def __init__(self, model: nn.Module):
+        self.changed = False
+        self.rearm(model)
+        ref = weakref.ref(self)  # the hooks are global: they must not keep the tracker alive
+
+        def on_parameter(module: nn.Module, name: str, param: Any) -> None:
+            watch = ref()
+            if watch is not None and id(module) in watch._modules:
+                if module._parameters.get(name) is not param:  # (called before it is stored)
+                    watch.changed = True
+
+        def on_module(module: nn.Module, name: str, submodule: Any) -> None:
+            watch = ref()
+            if watch is not None and id(module) in watch._modules:
+                if module._modules.get(name) is not submodule:
+                    watch.changed = True
+
+        handles = [
+            register_module_parameter_registration_hook(on_parameter),
+            register_module_module_registration_hook(on_module),
+        ]
+        self._finalizer = weakref.finalize(self, _remove, handles)
+
+    def rearm(self, model: nn.Module) -> None:
+        """Watch the modules ``model`` has now; lower the flag."""
+        self._modules = {id(m) for m in model.modules()}
+        self.changed = False
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _remove(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
