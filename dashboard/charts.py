@@ -25,10 +25,16 @@ __all__ = [
     "metric_figure",
     "module_of",
     "overlay_figure",
+    "RUN_COLORS",
+    "run_colors",
 ]
 
 MAX_POINTS = 2000  # per trace, after downsampling
 WEBGL_FROM = 1000  # points; below this SVG is crisper and cheaper than a WebGL context
+# plotly's default qualitative palette (plotly.colors.qualitative.Plotly), given explicitly so that a run's
+# colour does not depend on which traces a chart happens to have.
+RUN_COLORS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880",
+              "#FF97FF", "#FECB52")  # fmt: skip
 
 # Layout shared by every chart: uirevision keeps legend toggles across live refreshes.
 _LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), uirevision="keep", legend=dict(orientation="h", y=-0.2))
@@ -264,19 +270,60 @@ def metric_figure(
     return fig
 
 
+def run_colors(labels) -> dict[str, str]:
+    """One colour per run for a whole page, by the run's position in ``labels`` (plotly's palette, cycled),
+    so that a run missing from one chart shifts no other run's colour on it."""
+    return {label: RUN_COLORS[i % len(RUN_COLORS)] for i, label in enumerate(labels)}
+
+
 def overlay_figure(
-    series: dict[str, pd.DataFrame], y: str, *, title: str, log_y: bool = False, max_points: int = MAX_POINTS
+    series: dict[str, pd.DataFrame],
+    y: str,
+    *,
+    title: str,
+    log_y: bool = False,
+    max_points: int = MAX_POINTS,
+    colors: dict[str, str] | None = None,
 ) -> go.Figure:
-    """Overlay one column of several runs, aligned by step: ``series`` maps a run label to its frame."""
+    """Overlay one column of several runs, aligned by step: ``series`` maps a run label to its frame.
+
+    ``colors`` maps a label to its colour (:func:`run_colors`). A NaN or Inf value is a gap in its run's
+    line; those steps are marked ▼ at the top of the chart in the run's colour, so a run whose values are
+    all NaN still shows (as markers only).
+    """
     fig = go.Figure()
+    colors = colors or {}
+    nonfinite, tops = [], []
     for label, frame in series.items():
-        if y not in frame or frame[y].isna().all():
+        if y not in frame or not len(frame):
             continue
         frame = frame.sort_values("step")  # NaN rows stay: a gap marks a non-finite step
-        trace = _line(frame["step"], frame[y], max_points, name=_label(label))
-        if len(frame) <= 50:
-            trace.mode = "lines+markers"
-        fig.add_trace(trace)
+        vals = frame[y].astype(float).to_numpy()
+        finite = np.isfinite(vals)
+        color = colors.get(label)
+        if finite.any():
+            tops.append(float(vals[finite].max()))
+            style = dict(line=dict(color=color)) if color else {}
+            trace = _line(frame["step"], vals, max_points, name=_label(label), legendgroup=str(label),
+                          **style)  # fmt: skip
+            if len(frame) <= 50:
+                trace.mode = "lines+markers"
+            fig.add_trace(trace)
+        if not finite.all():
+            nonfinite.append((label, frame["step"].to_numpy()[~finite], color))
+    top = max(tops) if tops else 1.0
+    for label, steps, color in nonfinite:
+        x = _spread(steps, max_points)
+        fig.add_trace(
+            _scatter(
+                x,
+                np.full(len(x), top),
+                mode="markers",
+                name=f"{_label(label)}: NaN/Inf ({len(steps):,} steps)",
+                legendgroup=str(label),
+                marker=dict(color=color or "black", symbol="triangle-down", size=9),
+            )
+        )
     fig.update_layout(title=title, xaxis_title="step", **_LAYOUT)
     if log_y:
         fig.update_yaxes(type="log")

@@ -23,6 +23,7 @@ __all__ = [
     "incremental",
     "layer_norms",
     "layers",
+    "logged_loss",
     "metrics",
     "nonfinite",
     "run_labels",
@@ -127,6 +128,16 @@ def steps(store, db: str, run_id: int, generation=None) -> pd.DataFrame:
         lambda after: _numbers(store.steps(run_id, after_step=after)),
         generation=generation,
     )
+
+
+def logged_loss(steps: pd.DataFrame) -> pd.DataFrame:
+    """The steps that have a loss: SQLite stores a NaN loss as NULL, like a loss never passed, so a NULL
+    loss counts as NaN only at a step whose gradients were non-finite (a NaN loss gives NaN gradients);
+    elsewhere the step had no loss."""
+    if "loss" not in steps:
+        return steps.iloc[0:0]
+    nonfinite = steps["nonfinite_count"].fillna(0) > 0 if "nonfinite_count" in steps else False
+    return steps[steps["loss"].notna() | nonfinite]
 
 
 def metrics(store, db: str, run_id: int, generation=None) -> pd.DataFrame:

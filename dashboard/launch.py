@@ -262,6 +262,7 @@ def external_spec(run: Mapping, *, name: str, db: str | os.PathLike, clip: str) 
     if not argv:
         raise ValueError(f"run {run.get('id')!r} has no recorded command (argv) to re-execute")
     python = run.get("python") or sys.executable
+    _check_recorded_command(run, python, argv)
     env = {
         CLIP_ENV: clip,
         DB_ENV: str(db),
@@ -276,6 +277,33 @@ def external_spec(run: Mapping, *, name: str, db: str | os.PathLike, clip: str) 
         parent_id=int(run["id"]),
         clip=clip,
     )
+
+
+def _check_recorded_command(run: Mapping, python: str, argv: list) -> None:
+    """Raise ValueError, saying what is missing and how to fix it, when the recorded command cannot run
+    again: its working folder, its Python or its script (``argv[0]``, a ``.py`` path, resolved against the
+    recorded working folder) is gone. Python would otherwise start and exit at once with code 2."""
+    cwd = run.get("cwd")
+    if cwd and not os.path.isdir(cwd):
+        raise ValueError(
+            f"The recorded working folder {cwd} of run #{run.get('id')} no longer exists, so its command "
+            "cannot be run there again. Restore that folder (with the script in it) and reload this page, "
+            "or relaunch a run recorded where the script now lives."
+        )
+    if os.path.isabs(python) and not os.path.exists(python):
+        raise ValueError(
+            f"The recorded Python {python} of run #{run.get('id')} no longer exists (a deleted virtual "
+            "environment?). Recreate it at that path, or relaunch a run recorded with an existing Python."
+        )
+    script = str(argv[0])
+    if script.endswith(".py"):
+        path = script if os.path.isabs(script) or not cwd else os.path.join(str(cwd), script)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"The recorded script {script} of run #{run.get('id')} no longer exists ({path} is missing), "
+                "so Python would exit at once. Put the script back at that path, or relaunch a run recorded "
+                "where the script now lives."
+            )
 
 
 def parse_sweep(text: str, validate) -> list[str]:
@@ -391,6 +419,11 @@ class Job:
         if code is None:
             return "running"
         return "exited" if code == 0 else f"exited ({code})"
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has ended (None before)."""
+        return self.popen.poll() if self.popen is not None else None
 
     @property
     def pid(self) -> int | None:

@@ -28,6 +28,7 @@ __all__ = [
     "log_dir",
     "can_stop",
     "show_store_error",
+    "stop_job",
     "stop_recorded_run",
 ]
 
@@ -141,6 +142,30 @@ def stop_recorded_run(run: dict) -> str:
     if problem:
         return f"Sent SIGTERM to {pid} (could not record the request: {escape_markdown(problem)})."
     return f"Sent SIGTERM to {pid}: the run finishes its step, flushes and ends as stopped."
+
+
+def job_run(job) -> dict | None:
+    """The recorded run a running job is training: the run it resumes, else the running run recorded with
+    the job's pid on this machine (the newest one). None when there is none (yet), or no database."""
+    if job.state != "running":
+        return None
+    runs = recorded_runs()
+    if runs is None:
+        return None
+    rows = [r for r in runs.to_dict("records") if can_stop(r) and int(r["pid"]) == job.pid]
+    resumed = [r for r in rows if job.spec.resumes is not None and int(r["id"]) == job.spec.resumes]
+    return (resumed or rows or [None])[0]  # runs() lists the newest first
+
+
+def stop_job(job) -> str | None:
+    """Stop a job launched from this dashboard. When its run is known this is the Run page's Stop
+    (:func:`stop_recorded_run`: SIGTERM, and the request recorded in ``runs.stop_requested_at``); else
+    SIGTERM alone (a job whose run is not recorded yet), or cancel a queued job. Returns what happened."""
+    run = job_run(job)
+    if run is not None:
+        return stop_recorded_run(run)
+    launcher().stop(job)
+    return None
 
 
 def show_store_error(exc: BaseException) -> None:

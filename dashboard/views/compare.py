@@ -5,6 +5,7 @@ A relaunch's parent and children are added automatically, so "what did changing 
 click away from either run.
 """
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -28,24 +29,64 @@ def with_lineage(store, runs: pd.DataFrame, ids: list[int]) -> list[int]:
     return out
 
 
+def missing_note(series: dict[str, pd.DataFrame], y: str, labels: list[str]) -> str | None:
+    """Which of ``labels`` a chart of ``y`` cannot draw as a line, and why (None when every one is drawn)."""
+    nothing, nonfinite = [], []
+    for label in labels:
+        frame = series.get(label)
+        if frame is None or y not in frame or not len(frame):
+            nothing.append(label)
+        elif not np.isfinite(frame[y].astype(float)).any():
+            nonfinite.append(label)
+    parts = []
+    if nothing:
+        parts.append("nothing recorded for " + ", ".join(escape_markdown(label) for label in nothing))
+    if nonfinite:
+        parts.append(
+            "no finite value for "
+            + ", ".join(escape_markdown(label) for label in nonfinite)
+            + " (every step NaN or Inf: marked ▼)"
+        )
+    return ("Not drawn as a line: " + "; ".join(parts) + ".") if parts else None
+
+
+def _chart(where, figure, key: str, note: str | None) -> None:
+    where.plotly_chart(figure, key=key)
+    if note:
+        where.caption(note)
+
+
 def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
     try:
         store = state.get_store()
         db = str(state.db_path())
         runs = data.runs(store, db)
         steps = {labels[i]: data.steps(store, db, i, data.generation(runs, i)) for i in ids}
+        losses = {label: data.logged_loss(frame) for label, frame in steps.items()}
         metrics = {labels[i]: data.metrics(store, db, i, data.generation(runs, i)) for i in ids}
     except StoreError as exc:
         state.show_store_error(exc)
         return
 
+    # One colour per run on every chart of the page: by its position among the compared runs.
+    shown = [labels[i] for i in ids]
+    colors = charts.run_colors(shown)
     log_y = st.toggle("Log scale for norms", value=True, key="compare_log")
     left, right = st.columns(2)
-    left.plotly_chart(
-        charts.overlay_figure(steps, "total_norm", title="Global gradient norm (pre-clip)", log_y=log_y),
-        key="cmp_norm",
+    _chart(
+        left,
+        charts.overlay_figure(
+            steps, "total_norm", title="Global gradient norm (pre-clip)", log_y=log_y, colors=colors
+        ),
+        "cmp_norm",
+        missing_note(steps, "total_norm", shown),
     )
-    right.plotly_chart(charts.overlay_figure(steps, "loss", title="Training loss"), key="cmp_loss")
+    _chart(
+        right,
+        charts.overlay_figure(losses, "loss", title="Training loss", colors=colors),
+        "cmp_loss",
+        missing_note(losses, "loss", shown),
+    )
 
     names = sorted(set().union(*[set(m["name"]) for m in metrics.values() if len(m)]))
     if names:
@@ -57,7 +98,12 @@ def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
             for label, m in metrics.items()
             if len(m)
         }
-        st.plotly_chart(charts.overlay_figure(per_run, metric, title=metric), key="cmp_metric")
+        _chart(
+            st,
+            charts.overlay_figure(per_run, metric, title=metric, colors=colors),
+            "cmp_metric",
+            missing_note(per_run, metric, shown),
+        )
 
     st.subheader("Side by side")
     table = summary.runs_table(runs[runs["id"].isin(ids)])
@@ -79,6 +125,40 @@ def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
         st.caption("These runs have identical configurations.")
 
 
+PICK = "compare_pick"  # the multiselect's key: Streamlit drops it while another page shows
+LAST_PICK = "compare_last_pick"  # what was picked, kept across pages (as the Run page keeps its run)
+LIVE = "compare_live"
+LIVE_CHOICE = "compare_live_choice"  # the user's own setting of the toggle; None: follow the runs
+
+
+def pick_runs(runs: pd.DataFrame, labels: dict[int, str]) -> list[int]:
+    """The picked runs: a one-shot request from the Runs page, else the current pick, else the last pick
+    made on this page (navigating away and back, or the browser's Back), else the two newest runs."""
+    requested = [i for i in st.session_state.pop("compare_ids", []) if i in labels]
+    if requested:
+        st.session_state[PICK] = requested
+    elif PICK not in st.session_state:
+        last = [i for i in st.session_state.get(LAST_PICK, []) if i in labels]
+        st.session_state[PICK] = last if LAST_PICK in st.session_state else list(labels)[:2]
+    picked = st.multiselect("Runs", list(labels), format_func=labels.get, key=PICK)
+    st.session_state[LAST_PICK] = list(picked)
+    return picked
+
+
+def _live_chosen() -> None:
+    st.session_state[LIVE_CHOICE] = bool(st.session_state[LIVE])
+
+
+def live_toggle(runs: pd.DataFrame, ids: list[int]) -> bool:
+    """On while any compared run is running, unless the user set the toggle: their setting then holds."""
+    choice = st.session_state.get(LIVE_CHOICE)
+    running = bool((runs[runs["id"].isin(ids)]["status"] == "running").any())
+    # Set before the widget, every render: a toggle's value= is only read on its first render.
+    st.session_state[LIVE] = running if choice is None else choice
+    return st.toggle("Live updates", key=LIVE, on_change=_live_chosen,
+                     help="Pause to zoom: a refresh resets zoom.")  # fmt: skip
+
+
 def compare_page() -> None:
     runs = state.recorded_runs()
     if runs is None or not len(runs):
@@ -87,13 +167,7 @@ def compare_page() -> None:
         return
     st.title("Compare runs")
     labels = data.run_labels(runs)
-    # One-shot request from the Runs page, else keep the current pick, else the two newest runs.
-    requested = [i for i in st.session_state.pop("compare_ids", []) if i in labels]
-    if requested:
-        st.session_state["compare_pick"] = requested
-    elif "compare_pick" not in st.session_state:
-        st.session_state["compare_pick"] = list(labels)[:2]
-    picked = st.multiselect("Runs", list(labels), format_func=labels.get, key="compare_pick")
+    picked = pick_runs(runs, labels)
     lineage = st.checkbox("Add parents and children (relaunches)", value=True, key="compare_lineage")
     ids = with_lineage(state.get_store(), runs, picked) if lineage else list(picked)
     added = [labels[i] for i in ids if i not in picked]
@@ -102,8 +176,7 @@ def compare_page() -> None:
     if not ids:
         st.info("Pick at least one run.")
         return
-    live = st.toggle("Live updates", value=bool((runs[runs["id"].isin(ids)]["status"] == "running").any()),
-                     key="compare_live", help="Pause to zoom: a refresh resets zoom.")  # fmt: skip
+    live = live_toggle(runs, ids)
     st.fragment(compare_panels, run_every=state.LIVE_INTERVAL_S if live else None)(ids, labels)
 
 

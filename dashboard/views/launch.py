@@ -232,10 +232,23 @@ def sweep_launch(run: dict, trainer: bool) -> None:
         st.success(f"Queued {len(specs)} runs; {min(len(specs), int(limit))} started.")
 
 
+JOB_NOTICE = "launch_job_notice"
+
+
+def _stop_job(job) -> None:
+    """Stop button callback: the same Stop as the Run page's when the job's run is known (state.stop_job)."""
+    notice = state.stop_job(job)
+    if notice:
+        st.session_state[JOB_NOTICE] = notice
+
+
 def jobs_panel() -> None:
     launcher = state.launcher()
     if launcher.jobs:
         st.subheader("Launched from this dashboard")
+    notice = st.session_state.pop(JOB_NOTICE, None)
+    if notice:
+        st.info(notice)
     for i, job in enumerate(reversed(launcher.jobs)):
         with st.container(border=True):
             c1, c2 = st.columns([5, 1])
@@ -246,14 +259,17 @@ def jobs_panel() -> None:
             if job.state in ("running", "queued"):
                 label = "Stop (SIGTERM)" if job.state == "running" else "Cancel"
                 # A callback runs before the rerun, so this very render already shows the new state.
-                c2.button(
-                    label, key=f"stop_job_{len(launcher.jobs) - 1 - i}", on_click=launcher.stop, args=(job,)
-                )
+                key = f"stop_job_{len(launcher.jobs) - 1 - i}"
+                c2.button(label, key=key, on_click=_stop_job, args=(job,))
             if job.error:
                 st.error(escape_markdown(job.error))
+            failed = bool(job.returncode)  # exited non-zero: the run did not go on, its log says why
+            if failed:
+                st.error(f"Exited with code {job.returncode}: see the end of its log below.")
             tail = log_tail(job.log_path, max_lines=15)
             if tail:
-                with st.expander(f"Log: {code_span(job.log_path)}", expanded=job.state == "running"):
+                expanded = job.state == "running" or failed
+                with st.expander(f"Log: {code_span(job.log_path)}", expanded=expanded):
                     st.code(tail, language="text")
     running_runs_panel(launcher.running_pids())
 

@@ -154,6 +154,9 @@ def layers_panel(store, run_id: int, layers: pd.DataFrame, n_steps: int) -> None
     if not len(layers):
         st.info("No layers recorded for this run.")
         return
+    if all_norms_nan(store, run_id, layers):
+        st.info(ALL_NAN)
+        return
     names = dict(zip(layers["id"], layers["name"], strict=True))
     modules = sorted({charts.module_of(n).split(".")[0] for n in layers["name"]})
     prefix = st.selectbox("Module", ["(all)", *modules], key="layer_module") if len(modules) > 1 else "(all)"
@@ -169,6 +172,22 @@ def layers_panel(store, run_id: int, layers: pd.DataFrame, n_steps: int) -> None
     ids = [i for i in candidates if names[i] in set(picked)]
     frame = data.layer_norms(store, run_id, layers, ids, n_steps, charts.MAX_POINTS)
     st.plotly_chart(charts.layer_norms_figure(frame), key="layer_norms")
+    norms = frame[[c for c in ("norm", "norm_max") if c in frame]].astype(float)
+    if len(frame) and norms.isna().all().all():
+        st.caption("Every recorded norm of the picked layers is NaN: there is no line to draw.")
+
+
+ALL_NAN = (
+    "Every recorded per-layer norm of this run is NaN: there is nothing to draw. "
+    "The Non-finite tab lists the layers and steps."
+)
+
+
+def all_norms_nan(store, run_id: int, layers: pd.DataFrame) -> bool:
+    """True when the run recorded per-layer norms and every one is NaN (from the heatmap's read: the
+    maximum of a bucket is NaN only when all its norms are)."""
+    heat = data.heatmap(store, run_id, layers, HEATMAP_COLUMNS)
+    return bool(len(heat)) and bool(heat["log10_norm"].isna().all())
 
 
 def _top_layers(store, run_id: int, layers: pd.DataFrame, candidates: list[int]) -> list[int]:
@@ -188,7 +207,7 @@ def heatmap_panel(store, run_id: int, layers: pd.DataFrame) -> None:
     st.plotly_chart(charts.heatmap_figure(heat, marks), key="heatmap")
 
 
-def flow_panel(store, run_id: int, steps: pd.DataFrame) -> None:
+def flow_panel(store, run_id: int, layers: pd.DataFrame, steps: pd.DataFrame) -> None:
     recorded = steps["step"]
     lo, hi = int(recorded.min()), int(recorded.max())
     chosen = hi
@@ -201,12 +220,22 @@ def flow_panel(store, run_id: int, steps: pd.DataFrame) -> None:
     shown = int(flow.attrs.get("step", chosen))
     if shown != chosen:
         st.caption(f"Step {chosen} was not logged: showing the last logged step before it, {shown}.")
+    if not np.isfinite(flow["norm"].astype(float)).any():
+        # A bar cannot show NaN/Inf, and with no finite layer there is no height to draw them at.
+        if all_norms_nan(store, run_id, layers):
+            st.info(ALL_NAN)
+        else:
+            st.info(
+                f"Every layer's gradient norm at step {shown} is NaN or Inf ({len(flow)} layers): there is "
+                "no bar to draw. Pick another step, or see the Non-finite tab."
+            )
+        return
     st.plotly_chart(charts.flow_figure(flow, shown), key="flow")
 
 
 def metrics_panel(steps: pd.DataFrame, metrics: pd.DataFrame) -> None:
     left, right = st.columns(2)
-    loss = steps.dropna(subset=["loss"]) if "loss" in steps else steps.iloc[0:0]
+    loss = data.logged_loss(steps)  # a NaN loss is marked on the chart
     if len(loss):
         left.plotly_chart(
             charts.overlay_figure({"train loss (per step)": loss}, "loss", title="Loss"), key="loss"
@@ -314,7 +343,8 @@ def live_panels(run_id: int) -> None:
     m1.metric("Status", run["status"])
     m2.metric("Steps recorded", f"{len(steps):,}")
     # The latest step's loss, NaN included: the last finite one would hide a run that has diverged.
-    has_loss = "loss" in steps and steps["loss"].notna().any()
+    # "—": no loss recorded (a NULL loss is NaN only at a step with NaN/Inf gradients: data.logged_loss).
+    has_loss = bool(len(data.logged_loss(steps)))
     m3.metric("Last loss", _number_text(steps["loss"].iloc[-1]) if has_loss else "—")
     m4.metric("Clip rate", "—" if np.isnan(clipped) else f"{clipped:.1%}")
     m5.metric("Last global norm", _number_text(steps["total_norm"].iloc[-1]) if len(steps) else "—")
@@ -329,7 +359,7 @@ def live_panels(run_id: int) -> None:
         "Global norm": lambda: global_norm_panel(steps),
         "Layers": lambda: layers_panel(store, run_id, layers, len(steps)),
         "Heatmap": lambda: heatmap_panel(store, run_id, layers),
-        "Gradient flow": lambda: flow_panel(store, run_id, steps),
+        "Gradient flow": lambda: flow_panel(store, run_id, layers, steps),
         "Loss & metrics": lambda: metrics_panel(steps, metrics),
         "Non-finite": lambda: nonfinite_panel(store, run_id),
         "Suggested threshold": lambda: suggestion_panel(run, steps),

@@ -199,3 +199,42 @@ def test_resume_is_offered_for_a_stopped_run_only_and_then_follows_it_live(tmp_p
     finally:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_run_with_only_nan_steps_says_nan_instead_of_drawing_nothing(tmp_path, app):
+    import sqlite3
+
+    db = tmp_path / "nan.db"
+    with Store.open(db, create=True) as store:
+        run = store.create_run(name="only-nan")
+        store.add_layers(run, [dict(id=i, name=n, shape=[2]) for i, n in enumerate(["a.weight", "b.weight"])])
+        writer = store.writer(run)
+        for step in range(5):
+            writer.add_step(step=step, norms=[math.nan, math.nan], total_norm=math.nan, loss=math.nan,
+                            first_nonfinite_layer=0)  # fmt: skip
+            writer.add_nonfinite(step, [(0, True, False), (1, True, False)])
+        writer.close()
+    # The oracle: the file, read with plain sqlite3 (SQLite stores NaN as NULL).
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*), COUNT(norm) FROM grad_norms").fetchone() == (10, 0)
+        query = "SELECT COUNT(*), COUNT(loss), MIN(nonfinite_count) FROM steps"
+        assert con.execute(query).fetchone() == (5, 0, 2)
+    at = open_page(app(db), "views/run.py", open_run=run)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Last loss"] == "NaN" and metrics["Last global norm"] == "NaN"
+    for tab, key in (("Layers", "layer_norms"), ("Gradient flow", "flow")):
+        at = open_tab(at, tab)
+        assert not at.exception, [e.value for e in at.exception]
+        assert "Every recorded per-layer norm of this run is NaN" in texts(at, "info"), tab
+        assert not [c for c in at.get("plotly_chart") if c.proto.id.endswith(f"-{key}")], tab
+
+
+def test_a_run_without_loss_says_so(tmp_path, app):
+    db = tmp_path / "no-loss.db"
+    with Store.open(db, create=True) as store:
+        run = store.create_run(name="no-loss")
+        writer = store.writer(run)
+        writer.add_step(step=0, norms=[], total_norm=1.0)
+        writer.close()
+    at = open_page(app(db), "views/run.py", open_run=run)
+    assert {m.label: m.value for m in at.metric}["Last loss"] == "—"

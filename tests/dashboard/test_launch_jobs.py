@@ -1,0 +1,92 @@
+"""The Launch page refuses a relaunch whose recorded command cannot run again (its folder, Python or script
+is gone), shows a job that exited non-zero as an error with its log, and stops a job the way the Run page
+does (SIGTERM and the request recorded in ``runs.stop_requested_at``)."""
+
+import sqlite3
+import sys
+from pathlib import Path
+
+from dashboard_helpers import STOPPABLE, open_page, texts
+from polling import wait_for
+
+from dashboard import state
+from dashboard.launch import LaunchSpec
+from tracker.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _external_run(db: Path, cwd: Path, script: str = "train.py") -> int:
+    with Store.open(db, create=True) as store:
+        run = store.create_run(name="mine", argv=[script, "0.1"], cwd=str(cwd), python=sys.executable)
+        store.writer(run).close(status="finished")
+    return run
+
+
+def _launch_page(app, db: Path, run: int):
+    at = open_page(app(db), "views/launch.py", launch_from=run)
+    at.radio(key="clip_mode").set_value("Raw spec").run()
+    at.text_input(key="clip_raw").input("norm:1.0").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _launch_buttons(at):
+    return [b for b in at.button if b.key == "launch_go"]
+
+
+def test_a_relaunch_whose_script_is_gone_is_refused_with_how_to_fix(tmp_path, app):
+    (tmp_path / "proj").mkdir()
+    db = tmp_path / "gradwatch.db"
+    at = _launch_page(app, db, _external_run(db, tmp_path / "proj"))
+    message = texts(at)
+    assert "recorded script train.py" in message and str(tmp_path / "proj" / "train.py") in message
+    assert "Put the script back" in message
+    assert not _launch_buttons(at)  # nothing can be started
+    (tmp_path / "proj" / "train.py").write_text("pass\n")
+    at.run()
+    assert not texts(at) and _launch_buttons(at)
+
+
+def test_a_relaunch_whose_folder_is_gone_says_so_in_a_sentence(tmp_path, app):
+    db = tmp_path / "gradwatch.db"
+    at = _launch_page(app, db, _external_run(db, tmp_path / "gone"))
+    message = texts(at)
+    assert f"recorded working folder {tmp_path / 'gone'}" in message and "no longer exists" in message
+    assert "FileNotFoundError" not in message and not _launch_buttons(at)
+
+
+def test_a_job_that_exits_non_zero_is_an_error_with_its_log(tmp_path, app):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "train.py").write_text("import sys\nsys.exit('no data set here')\n")
+    db = tmp_path / "gradwatch.db"
+    at = _launch_page(app, db, _external_run(db, tmp_path / "proj"))
+    _launch_buttons(at)[0].click().run()
+    [job] = state._launcher(str(tmp_path / "gradwatch-logs")).jobs
+    job.popen.wait(timeout=60)
+    at.run()
+    assert "Exited with code 1" in texts(at)
+    assert any("no data set here" in c.value for c in at.code)
+
+
+def test_stop_from_the_job_list_records_the_request(tmp_path, app):
+    db = tmp_path / "gradwatch.db"
+    launcher = state._launcher(str(tmp_path / "gradwatch-logs"))
+    [job] = launcher.submit([LaunchSpec(name="long", argv=(sys.executable, "-c", STOPPABLE, str(db)),
+                                        cwd=str(REPO))])  # fmt: skip
+    try:
+        assert wait_for(lambda: "ready" in job.log_path.read_text().splitlines(), timeout=60, interval=0.1)
+        at = open_page(app(db), "views/launch.py")
+        [stop] = [b for b in at.button if b.label == "Stop (SIGTERM)"]
+        stop.click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert job.popen.wait(timeout=60) == 0
+    finally:
+        if job.popen.poll() is None:
+            job.popen.kill()
+    # The oracle: the file, read with plain sqlite3.
+    with sqlite3.connect(db) as con:
+        [(status, requested, pid)] = con.execute("SELECT status, stop_requested_at, pid FROM runs").fetchall()
+    assert pid == job.pid and status == "stopped"
+    assert requested is not None  # as the Run page's Stop records it
+    assert f"Sent SIGTERM to {job.pid}" in texts(at, "info")
