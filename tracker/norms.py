@@ -41,6 +41,12 @@ def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
     return list(torch._foreach_norm(tensors, ord, dtype=dtype))
 
 
+def _out_dtype(t: Tensor) -> torch.dtype:
+    # float64 gradients keep float64 norms: clip_grad_norm_ computes their total and coefficient in float64,
+    # and a finite float64 norm may exceed float32's range. Every other dtype gives float32 norms.
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _reads_with_dot(t: Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in _DOT_DTYPES and t.numel() >= DOT_MIN_NUMEL
 
@@ -74,7 +80,7 @@ class _DotSplit:
         if self.rest:
             rest = torch.stack(_foreach_norm([tensors[j] for j in self.rest], 2.0))
             read = torch.cat([read, rest]).index_select(0, self.order)
-        return read.to(torch.float32)
+        return read.to(_out_dtype(tensors[0]))
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,8 @@ class NormPlan:
         return cls(groups=groups, size=len(tensors), device=tensors[0].device, splits=splits)
 
     def apply(self, tensors: Sequence[Tensor], ord: float = 2.0) -> Tensor:
-        """Per-tensor ``ord``-norms of ``tensors`` (same layout as the plan) as one 1-D float32 tensor."""
+        """Per-tensor ``ord``-norms of ``tensors`` (same layout as the plan) as one 1-D tensor: float32, or
+        float64 when a group is float64."""
         if self.size == 0:
             return torch.zeros(0, dtype=torch.float32, device=self.device)
         if len(self.groups) == 1:
@@ -120,11 +127,12 @@ class NormPlan:
         split = self.splits[k]
         if split is not None and ord == 2.0:
             return split.norms(tensors)
-        return torch.stack(_foreach_norm(list(tensors), ord)).to(torch.float32)
+        return torch.stack(_foreach_norm(list(tensors), ord)).to(_out_dtype(tensors[0]))
 
 
 def tensor_norms(tensors: Sequence[Tensor], ord: float = 2.0) -> Tensor:
-    """Per-tensor ``ord``-norms as a 1-D float32 tensor on the first tensor's device (order preserved)."""
+    """Per-tensor ``ord``-norms as a 1-D float32 tensor (float64 if any tensor is) on the first tensor's
+    device (order preserved)."""
     tensors = list(tensors)
     return NormPlan.for_tensors(tensors).apply(tensors, ord)
 
@@ -132,7 +140,8 @@ def tensor_norms(tensors: Sequence[Tensor], ord: float = 2.0) -> Tensor:
 def grad_norms(grads: Sequence[Tensor], plan: NormPlan | None = None) -> tuple[Tensor, Tensor]:
     """Per-tensor L2 norms of ``grads`` and the global L2 norm (the norm of all of them as one vector).
 
-    Returns ``(norms, total)``: ``norms`` 1-D float32, ``total`` 0-d, both on the first gradient's device.
+    Returns ``(norms, total)``: ``norms`` 1-D float32 (float64 if any gradient is), ``total`` 0-d, both on the
+    first gradient's device.
     The total is the norm of the per-tensor norms, exactly as ``torch.nn.utils.get_total_norm`` builds it,
     so clipping can reuse both without reading the gradients again. Pass a cached ``plan`` to skip regrouping.
     DTensor (FSDP2) gradients are handled by :func:`tracker.distributed.sharded_norms`, not here.
@@ -143,7 +152,7 @@ def grad_norms(grads: Sequence[Tensor], plan: NormPlan | None = None) -> tuple[T
 
 
 def max_abs(tensors: Sequence[Tensor], plan: NormPlan | None = None) -> Tensor:
-    """Per-tensor max |x| (the inf-norm), 1-D float32."""
+    """Per-tensor max |x| (the inf-norm), 1-D float32 (float64 for float64 tensors)."""
     tensors = list(tensors)
     return (plan or NormPlan.for_tensors(tensors)).apply(tensors, float("inf"))
 

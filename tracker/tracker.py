@@ -705,7 +705,8 @@ class GradTracker:
     @staticmethod
     def _scalars(total: Tensor, r: Any) -> Tensor:
         parts = (total, r.total_norm_after, r.coef, r.threshold, r.clipped, r.n_clipped)
-        return torch.stack([t.to(device=total.device, dtype=torch.float32) for t in parts])
+        dtype = torch.float64 if total.dtype == torch.float64 else torch.float32  # (a float64 model's norms)
+        return torch.stack([t.to(device=total.device, dtype=dtype) for t in parts])
 
     def _extra_stats(self, grads: list[Tensor], present: Any) -> dict[str, Tensor]:
         # Not measured on a rank that does not write, unless sharded: their norms are then collectives that

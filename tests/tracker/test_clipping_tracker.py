@@ -222,3 +222,39 @@ def test_agc_matches_the_unitwise_formula_and_is_recorded(db_path, exclude):
     spec = "agc:0.16,exclude=fc" if exclude else "agc:0.16"
     events = _train_against(db_path, spec, lambda m: _agc_oracle_(m, 0.16, EXCLUDED if exclude else ()))
     assert all(e[2] == pytest.approx(0.16, rel=1e-7) for e in events)  # the clipping factor L
+
+
+def _float64_oracle(kind: str, model: torch.nn.Module, c: float) -> None:
+    """torch's own clipping, in float64 (clip_grad_norm_ and clip_grad_value_; layer: per tensor)."""
+    params = list(model.parameters())
+    if kind == "norm":
+        torch.nn.utils.clip_grad_norm_(params, c)
+    elif kind == "value":
+        torch.nn.utils.clip_grad_value_(params, c)
+    else:
+        for p in params:
+            torch.nn.utils.clip_grad_norm_([p], c)
+
+
+@pytest.mark.parametrize("kind", ["norm", "layer", "value"])
+def test_a_float64_model_is_clipped_in_float64_like_torch(db_path, kind):
+    # Norms and coefficients used to be float32 whatever the gradients: ~1e-8 off torch's float64 result,
+    # and a finite float64 norm above float32's range read as Inf (flagged non-finite, left unclipped).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    oracle = copy.deepcopy(model)
+    with GradTracker(model, db=db_path, clip=f"{kind}:0.1") as tracker:
+        for scale in (1.0, 1e40):  # the second: a norm float32 cannot hold
+            for m in (model, oracle):
+                m.zero_grad()
+                (m(torch.ones(4, 6, dtype=torch.float64)).pow(2).sum() * scale).backward()
+            want = torch.nn.utils.get_total_norm([p.grad for p in oracle.parameters()])
+            _float64_oracle(kind, oracle, 0.1)
+            stats = tracker.step()
+            assert math.isfinite(float(stats.total_norm)) and float(stats.total_norm) == pytest.approx(
+                want.item(), rel=1e-13
+            )
+            for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-13, atol=0)
+    recorded = _rows(db_path, "SELECT total_norm, nonfinite_count FROM steps ORDER BY step")
+    assert recorded[1][1] == 0 and recorded[1][0] > 3.5e38  # finite, recorded as such

@@ -26,10 +26,13 @@ def _tensors(dtypes, seed=0):
 def test_per_tensor_and_total_match_torch(dtypes):
     grads = _tensors(dtypes)
     norms, total = grad_norms(grads)
-    assert norms.dtype == torch.float32 and norms.shape == (len(grads),)
-    expected = torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]).float()
+    # float64 as soon as one gradient is float64, as get_total_norm's total is then
+    want = torch.float64 if torch.float64 in dtypes else torch.float32
+    assert norms.dtype == want == total.dtype and norms.shape == (len(grads),)
+    assert torch.nn.utils.get_total_norm(grads).dtype == want
+    expected = torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]).to(want)
     torch.testing.assert_close(norms, expected, rtol=2e-3 if torch.float16 in dtypes else 1e-5, atol=0)
-    oracle_total = torch.nn.utils.get_total_norm([g.double() for g in grads]).float()
+    oracle_total = torch.nn.utils.get_total_norm([g.double() for g in grads]).to(want)
     torch.testing.assert_close(total, oracle_total, rtol=2e-3 if torch.float16 in dtypes else 1e-5, atol=0)
 
 
@@ -60,9 +63,10 @@ def test_nonfinite_flags_mark_nan_and_inf_layers():
 
 def test_max_abs_and_inf_norm_match_amax():
     grads = _tensors([torch.float32, torch.float64, torch.float32])
-    expected = torch.stack([g.abs().amax().float() for g in grads])
+    expected = torch.stack([g.abs().amax().double() for g in grads])  # (a float64 tensor: float64 out)
     torch.testing.assert_close(max_abs(grads), expected)
-    torch.testing.assert_close(tensor_norms(grads, 1.0), torch.stack([g.abs().sum().float() for g in grads]))
+    l1 = torch.stack([g.abs().sum().double() for g in grads])
+    torch.testing.assert_close(tensor_norms(grads, 1.0), l1, rtol=1e-6, atol=0)
 
 
 def test_empty_list():
@@ -92,9 +96,11 @@ def test_plan_reads_only_large_cpu_float_tensors_with_dot():
 def test_large_tensors_match_float64_norms_and_get_total_norm(dtype):
     grads = _mixed_sizes(dtype)
     norms, total = grad_norms(grads)
+    assert norms.dtype == total.dtype == torch.nn.utils.get_total_norm(grads).dtype == dtype
     expected = torch.stack([torch.linalg.vector_norm(g.double()) for g in grads])
-    torch.testing.assert_close(norms.double(), expected, rtol=1e-6, atol=0)
-    torch.testing.assert_close(total, torch.nn.utils.get_total_norm(grads).float(), rtol=1e-5, atol=0)
+    rtol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(norms.double(), expected, rtol=rtol, atol=0)
+    torch.testing.assert_close(total, torch.nn.utils.get_total_norm(grads), rtol=rtol * 10, atol=0)
 
 
 def test_large_non_contiguous_tensor_is_read_whole():
@@ -128,6 +134,6 @@ def test_large_tensors_have_torchs_nonfinite_and_overflow_semantics():
 def test_large_tensors_in_a_second_group_keep_their_places():
     grads = [torch.randn(3), torch.randn(DOT_MIN_NUMEL, dtype=torch.float64), torch.randn(DOT_MIN_NUMEL)]
     norms, _ = grad_norms(grads)
-    assert norms.dtype == torch.float32
-    expected = torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]).float()
+    assert norms.dtype == torch.float64  # one float64 tensor: float64 norms, get_total_norm's precision
+    expected = torch.stack([torch.linalg.vector_norm(g.double()) for g in grads])
     torch.testing.assert_close(norms, expected, rtol=1e-6, atol=0)

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .base import ClipResult, ClipSpecError, Strategy, fmt_num, require_threshold, scalar_like
+from .base import ClipResult, ClipSpecError, Strategy, fmt_num, norm_dtype, require_threshold, scalar_like
 
 __all__ = ["AGC", "unit_dims", "unitwise_norm"]
 
@@ -38,31 +38,31 @@ def unit_dims(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def unitwise_norm(x: Tensor) -> Tensor:
-    """L2 norm per output unit in float32, broadcastable against ``x`` (a 0-d tensor for vector-like tensors).
-    Complex elements count with their modulus |z|."""
+    """L2 norm per output unit in float32 (float64 for float64 ``x``), broadcastable against ``x`` (a 0-d
+    tensor for vector-like tensors). Complex elements count with their modulus |z|."""
     if sum(1 for s in x.shape if s != 1) <= 1:
-        return _float32_norm(x, tuple(range(x.ndim)), keepdim=False)
-    return _float32_norm(x, tuple(range(1, x.ndim)), keepdim=True)
+        return _unit_norm(x, tuple(range(x.ndim)), keepdim=False)
+    return _unit_norm(x, tuple(range(1, x.ndim)), keepdim=True)
 
 
 def _unit_squares(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     # Squared norms, because the squares of a unit split across shards add up.
     if not dims and not x.is_complex():  # a 0-d tensor: its own unit
-        return x.to(torch.float32).square()
-    return _float32_norm(x, dims, keepdim=True).square()
+        return x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).square()
+    return _unit_norm(x, dims, keepdim=True).square()
 
 
-def _float32_norm(x: Tensor, dims: tuple[int, ...], *, keepdim: bool) -> Tensor:
+def _unit_norm(x: Tensor, dims: tuple[int, ...], *, keepdim: bool) -> Tensor:
     # vector_norm reads x once with no full-size temporary (x.square().sum() would allocate one per tensor),
-    # in float32 for float16/bfloat16. It refuses dtype=float32 for float64 input (it will not narrow on the
-    # way in): float64 is reduced in float64, then narrowed. It refuses it for complex input too (it wants a
-    # complex dtype): as |z|^2 = re^2 + im^2, a complex unit's norm is that of its real view over the unit's
-    # dims and the trailing (re, im) dim. The view is no copy (a lazily conjugated tensor is resolved first).
+    # in float32 for float16/bfloat16. float64 stays float64 (clip_grad_norm_'s precision for float64
+    # models). dtype=float32 is refused for complex input (it wants a complex dtype): as |z|^2 = re^2 + im^2,
+    # a complex unit's norm is that of its real view over the unit's dims and the trailing (re, im) dim. The
+    # view is no copy (a lazily conjugated tensor is resolved first).
     if x.is_complex():
-        norm = _float32_norm(torch.view_as_real(x.resolve_conj()), (*dims, -1), keepdim=keepdim)
+        norm = _unit_norm(torch.view_as_real(x.resolve_conj()), (*dims, -1), keepdim=keepdim)
         return norm.squeeze(-1) if keepdim else norm
     if x.dtype == torch.float64:
-        return torch.linalg.vector_norm(x, dim=dims, keepdim=keepdim).to(torch.float32)
+        return torch.linalg.vector_norm(x, dim=dims, keepdim=keepdim)
     return torch.linalg.vector_norm(x, dim=dims, keepdim=keepdim, dtype=torch.float32)
 
 
@@ -113,7 +113,7 @@ class AGC(Strategy):
         self._excluded_tied = frozenset(aliases[a] for a in aliases if self._matches(a))
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
-        total = total_norm.to(torch.float32)
+        total = norm_dtype(total_norm)
         if params is None or len(params) != len(grads):
             got = "none" if params is None else len(params)
             raise ValueError(
@@ -167,7 +167,7 @@ class AGC(Strategy):
         if any(skip):  # left alone: their norms before are their norms after
             # (a mask made on the device: torch.tensor(skip, device=...) would be a synchronising copy)
             excluded = torch.stack([one[0] > 0 if e else one[0] < 0 for e in skip])
-            squares = torch.where(excluded, norms.to(total.device, torch.float32).square(), squares)
+            squares = torch.where(excluded, norm_dtype(norms).to(total.device).square(), squares)
         n = hit_any.sum()
         after = squares.sum().sqrt()
         coef = mins.min()

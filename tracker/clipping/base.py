@@ -34,6 +34,7 @@ __all__ = [
     "require_below_float32_max",
     "require_positive",
     "require_threshold",
+    "norm_dtype",
     "scalar_like",
     "scale_",
     "scale_each_",
@@ -146,7 +147,14 @@ def scale_each_(grads: Sequence[Tensor], coefs: Tensor) -> None:
 
 def scalar_like(value: float, like: Tensor) -> Tensor:
     # torch.full launches a fill kernel with the value as an argument: no host-to-device copy to wait for.
-    return torch.full((), value, dtype=torch.float32, device=like.device)
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.full((), value, dtype=dtype, device=like.device)
+
+
+def norm_dtype(norm: Tensor) -> Tensor:
+    """A norm in the precision decisions are taken in: float64 norms (of float64 gradients) stay float64, as
+    ``clip_grad_norm_`` computes their coefficient in float64; any other is read as float32."""
+    return norm if norm.dtype == torch.float64 else norm.to(torch.float32)
 
 
 class Strategy:
@@ -244,7 +252,7 @@ def global_result(
     coef = target / (N + 1e-6) as in clip_grad_norm_. A non-finite N leaves the gradients untouched (coef 1):
     torch would multiply by 0 or NaN and turn the finite gradients into NaN as well.
     """
-    total = total_norm.to(torch.float32)
+    total = norm_dtype(total_norm)
     target = threshold if target is None else target
     trigger = total > threshold if trigger is None else trigger
     clipped = torch.isfinite(total) & trigger

@@ -20,6 +20,7 @@ from .base import (
     fmt_num,
     global_result,
     group_by_device,
+    norm_dtype,
     require_threshold,
     scalar_like,
     scale_each_,
@@ -44,7 +45,7 @@ class NoClip(Strategy):
         return "none"
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
-        total = total_norm.to(torch.float32)
+        total = norm_dtype(total_norm)
         zero = torch.zeros((), dtype=torch.int64, device=total.device)
         return ClipResult(scalar_like(math.nan, total), torch.ones_like(total), total, zero.bool(), zero)
 
@@ -68,7 +69,7 @@ class ValueClip(Strategy):
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         c = self.threshold.at(step)
-        total = total_norm.to(torch.float32)
+        total = norm_dtype(total_norm)
         if not grads:
             zero = torch.zeros((), dtype=torch.int64, device=total.device)
             return ClipResult(scalar_like(c, total), torch.ones_like(total), total, zero.bool(), zero)
@@ -125,7 +126,7 @@ class NormClip(Strategy):
         return f"norm:{self.threshold.spec}{p}"
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
-        total = total_norm.to(torch.float32)
+        total = norm_dtype(total_norm)
         threshold = scalar_like(self.threshold.at(step), total)
         if self.norm_type == 2.0 or not grads:
             return global_result(grads, total, threshold)
@@ -161,8 +162,8 @@ class LayerClip(Strategy):
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         c = self.threshold.at(step)
-        total = total_norm.to(torch.float32)
-        norms = norms.to(torch.float32)
+        total = norm_dtype(total_norm)
+        norms = norm_dtype(norms)
         hit = torch.isfinite(norms) & (norms > c)
         coefs = torch.where(hit, c / (norms + NORM_EPS), 1.0)
         scale_each_(grads, coefs)
@@ -203,5 +204,5 @@ class RandomClip(Strategy):
         return min(self.low + (self.high - self.low) * u, self.high)
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
-        total = total_norm.to(torch.float32)
+        total = norm_dtype(total_norm)
         return global_result(grads, total, scalar_like(self.threshold_at(step), total))
