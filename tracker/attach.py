@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -43,10 +44,40 @@ class Attachment:
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._calls += 1
         scaler = None
-        if self.scaler is not None and isinstance(getattr(optimizer, "grad_scale", None), torch.Tensor):
-            _unscale_for_fused(optimizer)
-            scaler = self.scaler  # inf/NaN now means the kernel skips the step: record it as skipped
+        # GradScaler gives a fused optimizer found_inf (and grad_scale, unless the user unscaled already).
+        if self.scaler is not None and isinstance(getattr(optimizer, "found_inf", None), torch.Tensor):
+            if isinstance(getattr(optimizer, "grad_scale", None), torch.Tensor):
+                _unscale_for_fused(optimizer)
+            scaler = self.scaler  # inf/NaN means the kernel skips the step: record it as skipped
         self.tracker._attached_step(self, scaler=scaler)
+
+    def grad_signature(self) -> list[tuple[Any, int]] | None:
+        """Which gradients this optimizer holds now: the first gradient of each param group, by reference
+        and version. A backward since (new tensors, or accumulated in place) or a clip changes it."""
+        sig = []
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    sig.append((weakref.ref(p.grad), p.grad._version))
+                    break
+        return sig or None
+
+    def same_gradients(self, sig: list[tuple[Any, int]] | None) -> bool:
+        """Does this optimizer still hold the gradients ``sig`` was taken of (nothing computed since)?"""
+        now = self.grad_signature()
+        if sig is None or now is None or len(sig) != len(now):
+            return False
+        return all(a() is not None and a() is b() and u == v for (a, u), (b, v) in zip(sig, now, strict=True))
+
+    def unscale_now(self) -> None:
+        """Have the scaler unscale this optimizer's gradients before its own ``scaler.step`` (as a user may
+        call ``scaler.unscale_``), so that a step measured before it sees them unscaled."""
+        if self.scaler is None or not getattr(self.scaler, "is_enabled", lambda: False)():
+            return
+        try:
+            self.scaler.unscale_(self.optimizer)
+        except RuntimeError:  # unscaled already this iteration (by the user, or by us)
+            pass
 
     def _wrap_scaler_step(self, original: Any) -> Any:
         def step(optimizer, *args, **kwargs):

@@ -227,7 +227,8 @@ class GradTracker:
         # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions, scaled).
         self._pending: list[tuple[int, Tensor | None, Tensor, Any, bool]] = []
         self._hooks: list[Attachment] = []
-        self._round: set[Attachment] = set()  # the attached optimizers that stepped in the current round
+        # Per attached optimizer, the gradients it held when last measured (Attachment.grad_signature)
+        self._measured_for: dict[Attachment, Any] = {}
         self._finished = False
         process_rank, world_size = rank_and_world_size()
         if rank >= world_size:  # no process would write: the run would silently record nothing
@@ -472,7 +473,6 @@ class GradTracker:
         Returns a handle: ``handle.remove()`` detaches (``finish()`` detaches everything)."""
         handle = Attachment(self, optimizer, scaler)
         self._hooks.append(handle)
-        self._round = set()
         return handle
 
     def detach(self) -> None:
@@ -482,29 +482,32 @@ class GradTracker:
     def _forget(self, handle: Attachment) -> None:
         if handle in self._hooks:
             self._hooks.remove(handle)
-        self._round = set()
+        self._measured_for.pop(handle, None)
 
     def _attached_step(self, handle: Attachment, *, skipped: bool = False, scaler: Any = None) -> None:
         """An attached optimizer is about to step (or its GradScaler skipped it).
 
         Several optimizers on one model (Muon for the matrices, AdamW for the rest) step one after the
-        other on the same gradients: one optimizer step of the run is the round in which each attached
-        optimizer steps once. It is measured and clipped (all tracked gradients, so for every optimizer)
-        right before the first of them; the others then step on the clipped gradients. A round ends when
-        every attached optimizer has stepped, or when one steps a second time.
+        other on the same gradients: one step of the run per backward. The first of them to step on new
+        gradients has all tracked gradients measured and clipped; the others, holding the gradients that
+        were measured (nothing computed since), then step on them as they are. An optimizer that steps only
+        every other iteration is measured whenever it is the first, so it never steps unclipped.
         """
-        new_round = not self._round or handle in self._round
-        if new_round:
-            self._round = set()
-        self._round.add(handle)
-        if len(self._round) >= len(self._hooks):
-            self._round = set()
-        if not new_round:
-            return
+        if handle.same_gradients(self._measured_for.get(handle)):
+            return  # measured and clipped already, before another optimizer's step
+        if len(self._hooks) > 1:
+            # GradScaler.step unscales only its own optimizer's gradients: the others', measured now too,
+            # must be unscaled first. And one optimizer's step skipped while another's is taken is no skipped
+            # step: measured and clipped (the finite part, per strategy) for the others, non-finite recorded.
+            for other in self._hooks:
+                if other is not handle:
+                    other.unscale_now()
+            scaler, skipped = None, False
         if skipped:
             self._record_skipped_by_scaler()
         else:
             self.step(scaler=scaler)
+        self._measured_for = {h: h.grad_signature() for h in self._hooks}
 
     @property
     def step_count(self) -> int:

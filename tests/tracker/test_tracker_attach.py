@@ -273,3 +273,92 @@ def test_a_scaler_overflow_under_a_manual_step_is_the_scalers_skip_whatever_the_
             scaler.update()
     assert scaler.get_scale() == 2.0**9
     assert _rows(db_path, "SELECT step, skipped FROM steps ORDER BY step") == [(0, 0), (1, 1), (2, 0)]
+
+
+@pytest.mark.parametrize("order", ["matrices-first", "rest-first"])
+def test_an_optimizer_stepping_every_other_iteration_never_steps_unclipped(db_path, order):
+    # Called first on the iterations it steps, it used to join the round the other opened the iteration
+    # before, and stepped on unclipped gradients.
+    data = _data(6)
+
+    def split(model):
+        matrices = [p for p in model.parameters() if p.ndim == 2]
+        rest = [p for p in model.parameters() if p.ndim != 2]
+        return [torch.optim.SGD(matrices, lr=0.2), torch.optim.SGD(rest, lr=0.2)]
+
+    def loop(model, opts, clip):
+        for it, (x, y) in enumerate(data):
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            clip(model)
+            for k in [0, 1] if order == "matrices-first" else [1, 0]:
+                if k == 0 or it % 2 == 0:  # the rest's optimizer steps every other iteration
+                    opts[k].step()
+
+    oracle, model = _model(), _model()
+    loop(oracle, split(oracle), lambda m: torch.nn.utils.clip_grad_norm_(m.parameters(), 0.3))
+    opts = split(model)
+    with GradTracker(model, db=db_path, clip="norm:0.3") as tracker:
+        for o in opts:
+            tracker.attach(o)
+        loop(model, opts, lambda m: None)
+        assert tracker.step_count == 6
+    for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_several_optimizers_sharing_a_grad_scaler_are_measured_unscaled(db_path, fused):
+    # GradScaler.step unscales only its own optimizer's gradients: the step measured before the first of
+    # them used to see the others' still scaled (1024 times too large here).
+    data = _data(4)
+    oracle = _model()
+    matrices_o = [p for p in oracle.parameters() if p.ndim == 2]
+    rest_o = [p for p in oracle.parameters() if p.ndim != 2]
+    opts_o = [torch.optim.Adam(matrices_o, lr=0.05), torch.optim.Adam(rest_o, lr=0.05)]
+    totals = []
+    for x, y in data:
+        oracle.zero_grad()
+        nn.functional.cross_entropy(oracle(x), y).backward()
+        totals.append(torch.nn.utils.clip_grad_norm_(oracle.parameters(), 0.5).item())
+        for o in opts_o:
+            o.step()
+    model = _model()
+    matrices = [p for p in model.parameters() if p.ndim == 2]
+    rest = [p for p in model.parameters() if p.ndim != 2]
+    opts = [torch.optim.Adam(matrices, lr=0.05, fused=fused), torch.optim.Adam(rest, lr=0.05, fused=fused)]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with GradTracker(model, db=db_path, clip="norm:0.5") as tracker:
+        for o in opts:
+            tracker.attach(o, scaler=scaler)
+        for x, y in data:
+            model.zero_grad()
+            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+            for o in opts:
+                scaler.step(o)
+            scaler.update()
+    assert [n for (n,) in _rows(db_path, "SELECT total_norm FROM steps ORDER BY step")] == pytest.approx(
+        totals, rel=1e-5
+    )
+    for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_a_fused_optimizer_unscaled_by_the_user_still_has_its_skips_recorded(db_path):
+    # The usual scaler.unscale_(opt) before scaler.step(opt): GradScaler then passes the fused optimizer
+    # found_inf but no grad_scale; the hook used to take that for "no scaler" and record the skip as a step.
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    with GradTracker(model, db=db_path) as tracker:
+        tracker.attach(opt, scaler=scaler)
+        for step, (x, y) in enumerate(_data(3)):
+            opt.zero_grad()
+            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+            if step == 1:
+                model[0].weight.grad[1, 1] = float("inf")
+            scaler.unscale_(opt)
+            scaler.step(opt)
+            scaler.update()
+    assert scaler.get_scale() == 2.0**7
+    assert _rows(db_path, "SELECT step, skipped FROM steps ORDER BY step") == [(0, 0), (1, 1), (2, 0)]
