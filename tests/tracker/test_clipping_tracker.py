@@ -258,3 +258,21 @@ def test_a_float64_model_is_clipped_in_float64_like_torch(db_path, kind):
                 torch.testing.assert_close(p.grad, q.grad, rtol=1e-13, atol=0)
     recorded = _rows(db_path, "SELECT total_norm, nonfinite_count FROM steps ORDER BY step")
     assert recorded[1][1] == 0 and recorded[1][0] > 3.5e38  # finite, recorded as such
+
+
+@pytest.mark.parametrize("spec", ["autoclip:50", "zclip:2.5,warmup=3"])
+def test_a_float64_spike_beyond_float32s_range_is_clipped_by_the_adaptive_strategies(db_path, spec):
+    # Their statistics are float32: cast there, the spike read as Inf, was left out and went through whole.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).double()
+    with GradTracker(model, db=db_path, clip=spec) as tracker:
+        for scale in [1.0, 1.1, 0.9, 1.05, 1e40]:
+            model.zero_grad()
+            (model(torch.ones(2, 4, dtype=torch.float64)).sum() * scale).backward()
+            before = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+            stats = tracker.step()
+    assert before > 3.5e38 and math.isfinite(float(stats.threshold))
+    after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    assert bool(stats.clipped) and after < 10 * float(stats.threshold)
+    [(recorded_after, clipped)] = _rows(db_path, "SELECT total_norm_after, clipped FROM steps WHERE step = 4")
+    assert clipped == 1 and recorded_after == pytest.approx(after, rel=1e-6)

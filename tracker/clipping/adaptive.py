@@ -13,13 +13,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import ClipResult, ClipSpecError, Strategy, fmt_num, global_result, scalar_like
+from .base import (
+    FLOAT32_MAX,
+    ClipResult,
+    ClipSpecError,
+    Strategy,
+    fmt_num,
+    global_result,
+    norm_dtype,
+    scalar_like,
+)
 
 __all__ = ["AutoClip", "ZClip"]
 
 
 def _finite_or_nan(x: Tensor) -> Tensor:
     return torch.where(torch.isfinite(x), x, math.nan)
+
+
+def _statistic(total: Tensor) -> Tensor:
+    """The global norm as the float32 statistics see it. A float64 model's finite norm beyond float32's range
+    counts as float32's largest value, still finite: cast, it would read as Inf, be left out of the
+    statistics and leave the spike unclipped. The coefficient is still computed from the float64 norm."""
+    if total.dtype == torch.float32:
+        return total
+    return torch.where(torch.isfinite(total), total.clamp(-FLOAT32_MAX, FLOAT32_MAX), total).to(torch.float32)
 
 
 class _SortedNorms:
@@ -127,13 +145,14 @@ class AutoClip(Strategy):
             self._sorted.grow(capacity)
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
-        total = total_norm.to(torch.float32)
+        total = norm_dtype(total_norm)
+        stat = _statistic(total)
         self._ready(total.device)
         slot = self.count if self.window is None else self.count % self.window
         if self.window is not None and self.count >= self.window:
             self._sorted.remove(_finite_or_inf(self._history[slot]))
-        self._history[slot] = _finite_or_nan(total)
-        self._sorted.insert(_finite_or_inf(total))
+        self._history[slot] = _finite_or_nan(stat)
+        self._sorted.insert(_finite_or_inf(stat))
         self.count += 1
         threshold = self._sorted.percentile(self.percentile / 100.0)
         return global_result(grads, total, threshold)
@@ -200,8 +219,8 @@ class ZClip(Strategy):
         return f"zclip:{fmt_num(self.z_thresh)},alpha={fmt_num(self.alpha)},warmup={self.warmup}"
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
-        total = total_norm.to(torch.float32)
-        g = _finite_or_nan(total)
+        total = norm_dtype(total_norm)
+        g = _finite_or_nan(_statistic(total))
         if self.count < self.warmup:
             if self._buffer is None:
                 self._buffer = torch.full((self.warmup,), math.nan, device=total.device)
