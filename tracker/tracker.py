@@ -539,7 +539,9 @@ class GradTracker:
             return grads, self._all
         present = [i for i, g in enumerate(grads) if g is not None]
         if tuple(present) not in self._subset_plans:  # missing gradients not seen before: explained?
-            self._check_not_replaced(self._model)
+            if self._check_not_replaced(self._model):  # a module deleted since: measure what is left
+                self._take_changes()
+                return self._grads()
         if not present and self._params and not self._warned_no_grads:
             self._warned_no_grads = True
             warnings.warn(
@@ -600,15 +602,20 @@ class GradTracker:
         if self._store is not None:
             self._store.add_layers(self.run_id, [self.layers.rows[i] for i in moved])  # trainable = 1
 
-    def _check_not_replaced(self, model: nn.Module) -> None:
+    def _check_not_replaced(self, model: nn.Module) -> bool:
         """Each time a new set of gradients is missing: are the tensors we measure still the model's?
 
-        ``fully_shard`` (FSDP2) replaces parameter objects without the registration hooks ModelWatch sees
-        (so does writing to ``module._parameters``). A tracker made before that holds the old ones, which
-        never get a gradient again: every step would record nothing, silently.
+        True when some are gone under names the model no longer has (``del model.head``: no hook tells):
+        the caller takes the model as it is. Raises when they were replaced under the same names without
+        the registration hooks ModelWatch sees: ``fully_shard`` (FSDP2) does that (it writes to
+        ``module._parameters``). A tracker made before that holds the old ones, which never get a gradient
+        again: every step would record nothing, silently.
         """
-        current = {id(p) for p in model.parameters()}
+        names = {name: id(p) for name, p in model.named_parameters(remove_duplicate=False)}
+        current = set(names.values())
         gone = [name for name, p in zip(self.layers.names, self._params, strict=True) if id(p) not in current]
+        if gone and not any(name in names for name in gone):
+            return True
         if gone:
             shown = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
             raise RuntimeError(
@@ -617,6 +624,7 @@ class GradTracker:
                 "to_empty, a swapped module), so they never get gradients. Create the GradTracker after "
                 "wrapping or changing the model."
             )
+        return False
 
     def _plan_layout(self) -> None:
         """What depends on the parameters' devices and dtypes: the grouping plans and the fast path."""

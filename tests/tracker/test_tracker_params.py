@@ -314,3 +314,28 @@ def test_sparse_gradients_are_a_clear_error_naming_the_layer(db_path, rows):
     with GradTracker(model, db=db_path) as tracker:
         with pytest.raises(TypeError, match=r"sparse gradients .*\(emb\.weight\).*sparse=False"):
             tracker.step()
+
+
+def test_a_module_deleted_later_is_no_longer_measured(db_path):
+    # `del model.aux` fires no registration hook: the first step its parameters have no gradient (the
+    # optimizer's zero_grad() cleared them), the tracker sees the names are gone and takes the model as is.
+    torch.manual_seed(0)
+    model = nn.ModuleDict(dict(body=nn.Linear(4, 4), aux=nn.Linear(4, 4), head=nn.Linear(4, 2)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    totals = []
+    with GradTracker(model, db=db_path, clip="norm:0.5") as tracker:
+        for step in range(4):
+            if step == 2:
+                del model["aux"]
+            opt.zero_grad(set_to_none=True)
+            h = model["body"](torch.randn(3, 4))
+            h = model["aux"](h) if "aux" in model else h
+            model["head"](h).pow(2).sum().backward()
+            totals.append(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item())
+            tracker.step()
+            opt.step()
+    per_step = _rows(db_path, "SELECT step, count(*) FROM grad_norms GROUP BY step ORDER BY step")
+    assert per_step == [(0, 6), (1, 6), (2, 4), (3, 4)]
+    recorded = [n for (n,) in _rows(db_path, "SELECT total_norm FROM steps ORDER BY step")]
+    assert recorded == pytest.approx(totals, rel=1e-6)
+    assert _rows(db_path, "SELECT count(*) FROM layers") == [(6,)]  # its rows stay, as its norms do
