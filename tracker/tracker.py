@@ -91,8 +91,50 @@ def _check_disabled(cls: type, model: Any, kwargs: dict[str, Any]) -> None:
         kwargs.get("every", 1), kwargs.get("nonfinite", "record"), kwargs.get("extra_stats", False),
         kwargs.get("rank", 0),
     )  # fmt: skip
-    resolve_clip(kwargs.get("clip", "none"))  # (GRADWATCH_CLIP too, as an enabled tracker reads it)
+    choice = resolve_clip(kwargs.get("clip", "none"))  # (GRADWATCH_CLIP too, as an enabled tracker reads it)
+    _bind_names(choice, TrackedParameters(model))  # an AGC exclude naming no parameter
+    if kwargs.get("resume") is not None:
+        _checked_resume(kwargs["resume"], choice, kwargs.get("parent_id"))
+    _check_rank(kwargs.get("rank", 0))
     _check_run_options(kwargs.get("run"), kwargs.get("parent_id"), kwargs.get("config"))
+
+
+def _bind_names(choice: Any, layers: TrackedParameters) -> None:
+    """Tell the strategy the model's parameter names (``Strategy.bind_names``), its error made to name
+    the spec and where it came from."""
+    strategy = choice.strategy
+    bind_names = getattr(strategy, "bind_names", None)  # (a strategy of the user's own may lack it)
+    if bind_names is not None:
+        try:
+            bind_names([row["name"] for row in layers.rows], layers.aliases)
+        except ClipSpecError as e:
+            origin = " (from GRADWATCH_CLIP)" if choice.source == "env" else ""
+            raise ClipSpecError(f"clip {strategy.spec!r}{origin}: {e}") from None
+
+
+def _checked_resume(resume: Any, choice: Any, parent_id: Any) -> dict[str, Any]:
+    """``check_state`` of a ``resume=`` state, with whether it starts a new run (a fork)."""
+    if not isinstance(resume, Mapping):
+        return check_state(resume, choice.strategy.spec)  # raises, saying what resume must be
+    # Relaunched with other settings from outside (the dashboard's relaunch sets these variables): a
+    # program that resumes from its checkpoint then starts a new run there instead of continuing it.
+    # So does an explicit parent_id: "a new run from that checkpoint", e.g. to try other clipping.
+    relaunch = (
+        is_relaunch()
+        or parent_id is not None
+        or (choice.source == "env" and resume.get("clip") != choice.strategy.spec)
+    )
+    return check_state(resume, choice.strategy.spec, relaunch=relaunch)
+
+
+def _check_rank(rank: int) -> None:
+    _, world_size = rank_and_world_size()
+    if rank >= world_size:  # no process would write: the run would silently record nothing
+        raise ValueError(
+            f"rank={rank} but there {'is' if world_size == 1 else 'are'} {world_size} process"
+            f"{'' if world_size == 1 else 'es'} (ranks 0 to {world_size - 1}); "
+            "pass the rank of the process that should write, usually 0"
+        )
 
 
 def _check_run_options(run: Any, parent_id: Any, config: Any) -> None:
@@ -198,22 +240,12 @@ class GradTracker:
         self.every, self.nonfinite, self.rank = every, nonfinite, rank
         choice = resolve_clip(clip)  # GRADWATCH_CLIP, when set, wins over the argument
         self.clip = choice.strategy
-        resumed = None
-        if resume is not None:
-            # Relaunched with other settings from outside (the dashboard's relaunch sets these variables): a
-            # program that resumes from its checkpoint then starts a new run there instead of continuing it.
-            # So does an explicit parent_id: "a new run from that checkpoint", e.g. to try other clipping.
-            relaunch = (
-                is_relaunch()
-                or parent_id is not None
-                or (choice.source == "env" and resume.get("clip") != self.clip.spec)
-            )
-            resumed = check_state(resume, self.clip.spec, relaunch=relaunch)
+        resumed = None if resume is None else _checked_resume(resume, choice, parent_id)
         # "none" without noise changes nothing: skip the call and its few tensor allocations per step.
         self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None
         self.layers = TrackedParameters(model)
-        self._clip_origin = " (from GRADWATCH_CLIP)" if choice.source == "env" else ""
-        self._bind_names()
+        self._choice = choice
+        _bind_names(choice, self.layers)
         self._model = model
         self._watch = ModelWatch(model)  # a head added or a module swapped later is taken in at the next step
         self._warned_no_grads = False
@@ -230,13 +262,8 @@ class GradTracker:
         # Per attached optimizer, the gradients it held when last measured (Attachment.grad_signature)
         self._measured_for: dict[Attachment, Any] = {}
         self._finished = False
+        _check_rank(rank)
         process_rank, world_size = rank_and_world_size()
-        if rank >= world_size:  # no process would write: the run would silently record nothing
-            raise ValueError(
-                f"rank={rank} but there {'is' if world_size == 1 else 'are'} {world_size} process"
-                f"{'' if world_size == 1 else 'es'} (ranks 0 to {world_size - 1}); "
-                "pass the rank of the process that should write, usually 0"
-            )
         self.is_writer = process_rank == rank
         self.db_path = resolve_db(db)
         # The dashboard relaunches other people's scripts by environment: name and lineage come from it too.
@@ -574,21 +601,13 @@ class GradTracker:
         self._holds_rows = self._extra is not None and self._extra.holds_rows
         self._rows = RowBuilder(self.layers.ids, self._all, self.clip.spec, self._extra)
 
-    def _bind_names(self) -> None:
-        bind_names = getattr(self.clip, "bind_names", None)  # (a strategy of the user's own may lack it)
-        if bind_names is not None:
-            try:
-                bind_names([row["name"] for row in self.layers.rows], self.layers.aliases)
-            except ClipSpecError as e:
-                raise ClipSpecError(f"clip {self.clip.spec!r}{self._clip_origin}: {e}") from None
-
     def _take_changes(self) -> None:
         """Parameters or modules were assigned to the model since the last step: measure and clip what it
         holds now, as ``clip_grad_norm_(model.parameters())`` would (docs/tracker.md). Rare; it may sync."""
         self._drain_pending()  # buffered steps are laid out by the old list: turn them into rows first
         changed = self.layers.rescan(self._model)
         self._watch.rearm(self._model)
-        self._bind_names()
+        _bind_names(self._choice, self.layers)
         self._measure_params()
         if changed and self._store is not None:
             self._store.add_layers(self.run_id, [self.layers.rows[i] for i in changed])

@@ -336,6 +336,16 @@ def test_a_disabled_tracker_refuses_what_an_enabled_one_refuses(db_path):
         GradTracker(_model(), db=db_path, enabled=False, bogus=1)
     with pytest.raises(ValueError, match="torch.nn.Module"):
         GradTracker("model", enabled=False)
+    for kwargs, match in [
+        (dict(clip="agc:0.01,exclude=fc9"), "exclude=fc9 matches no parameter"),
+        (dict(rank=1), "rank=1 but there is 1 process"),
+        (dict(resume=[]), "resume must be what GradTracker.state_dict"),
+        (dict(resume={"x": 1}), "resume must be what GradTracker.state_dict"),
+    ]:
+        for enabled in (True, False):
+            with pytest.raises(ValueError, match=match):
+                GradTracker(_model(), db=db_path, enabled=enabled, **kwargs)
+    assert not db_path.exists()
     tracker = GradTracker(_model(), db=db_path, enabled=False)
     with pytest.raises(ValueError, match="status='bogus'; accepted: "):
         tracker.finish("bogus")
