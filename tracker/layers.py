@@ -19,27 +19,39 @@ class TrackedParameters:
     maps the other names to it, so it is measured, clipped and counted in the global norm once.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, recorded: list[dict[str, Any]] | None = None):
+        """``recorded``: the layer rows of a run this model continues (``Store.layer_rows``). Its tensors
+        then take the recorded ids by name, new names ids after them, and recorded layers the model no longer
+        has stay as rows (``absent``): a run whose model changed mid-run (a head added, LoRA injected)
+        numbers its layers otherwise than ``named_parameters()`` does."""
         self.rows: list[dict[str, Any]] = []
         self.aliases: dict[str, str] = {}
-        self.params: list[nn.Parameter] = []  # measured, in layer order
-        self.ids: list[int] = []  # layer id of each measured parameter
-        self.frozen: list[nn.Parameter] = []  # not measured (yet), in layer order
-        self.frozen_ids: list[int] = []
+        by_name: dict[str, int] = {}
+        if recorded and [r["id"] for r in recorded] == list(range(len(recorded))):
+            self.rows = [dict(r) for r in recorded]
+            by_name = {r["name"]: r["id"] for r in recorded}
+        tensors: dict[int, nn.Parameter] = {}
         first: dict[int, str] = {}
         for name, p in model.named_parameters(remove_duplicate=False):
             if id(p) in first:
                 self.aliases[name] = first[id(p)]
                 continue
             first[id(p)] = name
-            layer_id = len(self.rows)
-            self.rows.append(_row(layer_id, name, p))
-            if p.requires_grad:
-                self.params.append(p)
-                self.ids.append(layer_id)
+            layer_id = by_name.get(name, len(self.rows))
+            if layer_id == len(self.rows):
+                self.rows.append(_row(layer_id, name, p))
             else:
-                self.frozen.append(p)
-                self.frozen_ids.append(layer_id)
+                self.rows[layer_id] = _row(layer_id, name, p)
+            tensors[layer_id] = p
+        self.absent = [i for i in range(len(self.rows)) if i not in tensors]  # recorded, not in this model
+        self.params: list[nn.Parameter] = []  # measured, in layer order
+        self.ids: list[int] = []  # layer id of each measured parameter
+        self.frozen: list[nn.Parameter] = []  # not measured (yet), in layer order
+        self.frozen_ids: list[int] = []
+        for layer_id in sorted(tensors):
+            p = tensors[layer_id]
+            (self.params if p.requires_grad else self.frozen).append(p)
+            (self.ids if p.requires_grad else self.frozen_ids).append(layer_id)
         self.names = [self.rows[i]["name"] for i in self.ids]  # of the measured parameters
 
     def take_unfrozen(self) -> list[int]:
@@ -92,6 +104,10 @@ class TrackedParameters:
                 changed.append(layer_id)
             seen[layer_id] = p
         self.aliases = aliases
+        for layer_id in (*self.ids, *self.frozen_ids):  # left the model: no longer measured, and said so
+            if layer_id not in seen:
+                self.rows[layer_id]["trainable"] = False
+                changed.append(layer_id)
         self.ids, self.params, self.frozen_ids, self.frozen = [], [], [], []
         for layer_id in sorted(seen):
             p = seen[layer_id]
@@ -104,6 +120,20 @@ class TrackedParameters:
                 self.frozen_ids.append(layer_id)
                 self.frozen.append(p)
         self.names = [self.rows[i]["name"] for i in self.ids]
+        return changed
+
+    def retyped(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+        """The rows of ``params`` (measured or frozen) whose dtype changed (a model cast after the tracker
+        was made), updated."""
+        everything = zip((*self.ids, *self.frozen_ids), (*self.params, *self.frozen), strict=True)
+        ids = {id(p): i for i, p in everything}
+        changed = []
+        for p in params:
+            row = self.rows[ids[id(p)]]
+            dtype = str(p.dtype).removeprefix("torch.")
+            if row["dtype"] != dtype:
+                row["dtype"] = dtype
+                changed.append(row)
         return changed
 
     def __len__(self) -> int:

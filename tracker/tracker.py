@@ -292,6 +292,7 @@ class GradTracker:
                 )
             store = Store.open(self.db_path, create=False)
             try:
+                self._number_as_recorded(store.layer_rows(resumed["run_id"]), resumed["run_id"])
                 # The continuing process's config replaces the recorded one (its --epochs may have grown):
                 # what a relaunch replays. The tracker's own notes (a fork's origin, say) are kept.
                 cfg = None if config is None else self._config_with_notes(config, choice, {})
@@ -334,6 +335,26 @@ class GradTracker:
             raise
         self._store = store
         self._writer = Outbox(store.writer(self.run_id))
+
+    def _number_as_recorded(self, recorded: list[dict[str, Any]], run_id: int) -> None:
+        """Give this model's tensors the layer ids the run recorded them under, by name: they differ from
+        ``named_parameters()`` order when the model changed mid-run (a head added, LoRA injected). A layer the
+        run measured until its checkpoint must be in this model; one that had left the model (recorded
+        ``trainable = 0``) need not be. The store then checks names and shapes id by id."""
+        from tracker.store import CannotResume
+
+        if not recorded:
+            return  # no such run, or no layers: resume_run says which
+        layers = TrackedParameters(self._model, recorded=recorded)
+        missing = [layers.rows[i]["name"] for i in layers.absent if layers.rows[i]["trainable"]]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise CannotResume(
+                f"run {run_id} was recorded for another model: it measured {shown}, which this model does "
+                "not have. Resume it with the model it recorded, or start a new run."
+            )
+        self.layers = layers
+        self._measure_params()
 
     def _config_with_notes(self, config, choice, notes: dict[str, Any]) -> dict[str, Any]:
         cfg = dict(config or {})
@@ -662,6 +683,8 @@ class GradTracker:
             self._plan_layout()
             if self._extra is not None:
                 self._extra.replan(self._plan)
+            if self._store is not None:  # layers.dtype says what the tensors are now
+                self._store.add_layers(self.run_id, self.layers.retyped(self._params + self._frozen))
 
     def _measure(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
         try:

@@ -259,6 +259,8 @@ def test_a_model_cast_after_the_tracker_was_made_is_measured_in_its_new_dtype(db
     assert weights == pytest.approx(
         [torch.linalg.vector_norm(p.double()).item() for p in model.parameters()], rel=rel
     )
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    assert _rows(db_path, "SELECT DISTINCT dtype FROM layers") == [(dtype,)]  # the layers say so too
 
 
 def test_a_part_of_the_model_cast_to_float16_later_is_not_read_as_inf(db_path):

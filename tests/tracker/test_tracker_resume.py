@@ -6,6 +6,7 @@ checkpoint, then continued from that checkpoint in another process, must leave t
 os._exit, as a preempted job would: no finish(), no flush at exit.
 """
 
+import copy
 import json
 import os
 import sqlite3
@@ -344,3 +345,68 @@ def test_the_same_clip_from_the_environment_still_resumes_in_place(db_path, monk
         _train(tracker, model, opt, range(3, 4))
     assert tracker.run_id == 1 and len(_runs(db_path)) == 1
     assert [r[0] for r in _contents(db_path, 1)["steps"]] == [0, 1, 2, 3]
+
+
+class _LoRA(nn.Module):
+    """A low-rank adapter around a Linear, as fine-tuning code injects it: the base gets new names."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        self.a = nn.Linear(base.in_features, 2, bias=False)
+        self.b = nn.Linear(2, base.out_features, bias=False)
+
+    def forward(self, x):
+        return self.base(x) + self.b(self.a(x))
+
+
+def test_a_run_whose_model_changed_mid_run_resumes_with_the_changed_model(tmp_path):
+    # A head appended at step 2 and an adapter injected at step 3: the run numbers its layers in the order
+    # they came, not as the changed model's named_parameters() would. Resuming with that model used to be
+    # refused as "another model"; it now takes the recorded ids by name and records what an uninterrupted
+    # run does.
+    def change(model, step):
+        torch.manual_seed(100 + step)
+        if step == 2:
+            model.append(nn.Linear(3, 3))
+        if step == 3:
+            model[0] = _LoRA(model[0])
+
+    def run(db, stop_at=None):
+        model, opt = _trainee()
+        tracker = _tracker(model, db)
+        for step in range(6):
+            change(model, step)
+            if step in (2, 3):
+                opt.add_param_group({"params": [p for p in model.parameters() if not _in(p, opt)]})
+            if step == stop_at:
+                state, snapshot = tracker.state_dict(), copy.deepcopy((model, opt))
+                tracker.finish()
+                model, opt = snapshot
+                tracker = _tracker(model, db, resume=state)
+            _train(tracker, model, opt, [step])
+        tracker.finish()
+        return tracker.run_id
+
+    def _in(p, opt):
+        return any(p is q for g in opt.param_groups for q in g["params"])
+
+    uninterrupted, resumed = tmp_path / "a.db", tmp_path / "b.db"
+    run(uninterrupted)
+    run(resumed, stop_at=4)
+    layers = "SELECT id, name, shape, trainable FROM layers ORDER BY id"
+    with sqlite3.connect(uninterrupted) as a, sqlite3.connect(resumed) as b:
+        assert b.execute(layers).fetchall() == a.execute(layers).fetchall()
+        names = [n for (n,) in a.execute("SELECT name FROM layers ORDER BY id")]
+    assert names[:2] == ["0.weight", "0.bias"] and names[4:] == [
+        "3.weight", "3.bias", "0.base.weight", "0.base.bias", "0.a.weight", "0.b.weight"
+    ]  # fmt: skip
+    assert _contents(resumed, 1) == _contents(uninterrupted, 1)
+
+
+def test_a_resume_whose_model_lacks_a_measured_layer_is_refused(db_path):
+    state, before = _finished_run(db_path)
+    model = _model()[:2]  # 2.weight and 2.bias, measured until the checkpoint, are gone
+    with pytest.raises(CannotResume, match=r"it measured 2\.weight, 2\.bias, which this model does not"):
+        _tracker(model, db_path, resume=state)
+    assert _contents(db_path, 1) == before

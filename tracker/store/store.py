@@ -289,6 +289,18 @@ class Store(Reads):
             if rows:
                 db["layers"].insert_all(rows, replace=True)
 
+    def layer_rows(self, run_id: int) -> list[dict[str, Any]]:
+        """The layers a run recorded, in id order, as the dicts ``add_layers`` takes (shape a list,
+        trainable a bool). What a resuming tracker numbers its model by (no pandas, unlike ``layers``)."""
+        rows = self._conn.execute(
+            "SELECT id, name, shape, numel, dtype, trainable FROM layers WHERE run_id = ? ORDER BY id",
+            (int(run_id),),
+        ).fetchall()
+        return [
+            dict(id=i, name=n, shape=json.loads(s), numel=k, dtype=d, trainable=bool(t))
+            for i, n, s, k, d, t in rows
+        ]
+
     def resume_run(
         self,
         run_id: int,
