@@ -247,6 +247,8 @@ def test_the_float32_limit_as_the_store_prints_it_is_accepted(tmp_path, clip):
     with GradTracker(model, db=tmp_path / "g.db", run="pasted", clip=f"{clip}:{recorded!r}") as tracker:
         model(torch.randn(4, 3)).sum().backward()
         assert float(tracker.step().threshold) == torch.finfo(torch.float32).max
+    # Written either way, it is the same strategy.
+    assert parse_clip(f"{clip}:{recorded!r}") == parse_clip(f"{clip}:{FLOAT32_MAX}")
     # The next float64 up rounds to inf in float32: still refused.
     assert validate_clip("norm:3.40282357e+38") is not None
 

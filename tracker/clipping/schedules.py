@@ -46,6 +46,13 @@ class Schedule:
 
     def __post_init__(self) -> None:
         _validate(self.kind, self.args)
+        # A threshold that rounds to float32's largest value (3.4028235e+38, as the store prints it) is that
+        # value: the spec and the equality of two schedules then do not depend on how it was written.
+        thresholds = [
+            min(x, FLOAT32_MAX) if not (_is_count(self.kind, i) or (self.kind == "step" and i == 1)) else x
+            for i, x in enumerate(self.args)
+        ]
+        object.__setattr__(self, "args", tuple(thresholds))
 
     def at(self, step: int) -> float:
         """The threshold at 0-based optimizer step ``step``, within [FLOAT32_TINY, FLOAT32_MAX] (it becomes a
