@@ -175,6 +175,13 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str) 
         for k in keys
         if _comparable(k, saved.get(k)) != _comparable(k, current.get(k))
     ]
+    renamed = current.get("run") is not None and saved.get("run") not in (None, current.get("run"))
+    if renamed and not fork and not current.get("no_track"):
+        raise ValueError(
+            f"--run {current['run']!r}: the checkpoint {path!r} continues run {saved['run']!r}, and a "
+            f"continued run keeps its name (runs.name). Drop --run (or pass --run {saved['run']!r}), or add "
+            "--parent-run ID to start a new run from the checkpoint under the new name."
+        )
     if differ:
         hint = ""
         if saved.get("clip") != current.get("clip") and not fork:

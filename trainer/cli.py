@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -206,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _corpus_size(text: str) -> str | int:
-    return int(text) if text.isdigit() else text
+    # An integer written in ASCII digits is a repetition count (checked >= 1 with the others); anything
+    # else is a size name, checked against the names ("²".isdigit() is True, int("²") fails).
+    return int(text) if re.fullmatch(r"\s*[+-]?[0-9]+\s*", text) else text
 
 
 def _escape(text: str) -> str:

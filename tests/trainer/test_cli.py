@@ -49,6 +49,8 @@ BAD = [
     (["--sc-variant", "11"], "--sc-variant"),
     (["--corpus-size", "huge"], "--corpus-size 'huge' is not accepted; choose one of: tiny, small, full"),
     (["--corpus-size", "0"], "--corpus-size must be ≥ 1"),
+    (["--corpus-size", "-3"], "--corpus-size must be ≥ 1, got -3"),
+    (["--corpus-size", "²"], "--corpus-size '²' is not accepted; choose one of: tiny, small, full"),
     (["--no-such-flag"], "unrecognized arguments"),
     (["--checkpoint-every", "10"], "--checkpoint PATH"),
     (["--checkpoint", "x.ckpt", "--checkpoint-every", "0"], "--checkpoint-every"),

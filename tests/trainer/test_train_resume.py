@@ -142,6 +142,28 @@ def test_a_resume_without_run_keeps_the_recorded_name(corpus_cache, tmp_path, ca
         assert name == first
 
 
+def test_a_continued_run_keeps_its_name_and_another_run_name_is_refused(corpus_cache, tmp_path, capsys):
+    # --run X on a resume used to record X in runs.config while runs.name kept the first name, and the next
+    # restart without --run then took X from the checkpoint: two names for one run.
+    db, ck = tmp_path / "g.db", tmp_path / "r.ckpt"
+
+    def args(steps, *extra):
+        return tiny(corpus_cache, db, "--max-steps", str(steps), "--checkpoint", str(ck), *extra)
+
+    def names():
+        return query(db, "SELECT name, json_extract(config, '$.run') FROM runs")
+
+    assert main(args(1, "--run", "orig")) == 0
+    capsys.readouterr()
+    assert main(args(2, "--resume", "--run", "renamed")) == 2
+    err = capsys.readouterr().err
+    assert "--run 'renamed': the checkpoint" in err and "continues run 'orig'" in err
+    assert "--parent-run" in err and names() == [("orig", "orig")]  # refused before anything was recorded
+    assert main(args(2, "--resume", "--run", "orig")) == 0
+    assert main(args(3, "--resume")) == 0
+    assert names() == [("orig", "orig")]
+
+
 def test_a_checkpoint_of_another_number_of_processes_is_refused():
     # Its batch position counts one process's shard, and its random states are per process.
     with pytest.raises(ValueError, match=r"saved by 2 processes, and this is 1.*torchrun --nproc_per_node=2"):
