@@ -13,6 +13,7 @@ import pytest
 import torch
 from sqlite_rows import rows as _rows
 
+from tests.tracker.test_clipping_fixed import torch_clipped
 from tracker import GradTracker
 
 
@@ -224,18 +225,6 @@ def test_agc_matches_the_unitwise_formula_and_is_recorded(db_path, exclude):
     assert all(e[2] == pytest.approx(0.16, rel=1e-7) for e in events)  # the clipping factor L
 
 
-def _float64_oracle(kind: str, model: torch.nn.Module, c: float) -> None:
-    """torch's own clipping, in float64 (clip_grad_norm_ and clip_grad_value_; layer: per tensor)."""
-    params = list(model.parameters())
-    if kind == "norm":
-        torch.nn.utils.clip_grad_norm_(params, c)
-    elif kind == "value":
-        torch.nn.utils.clip_grad_value_(params, c)
-    else:
-        for p in params:
-            torch.nn.utils.clip_grad_norm_([p], c)
-
-
 @pytest.mark.parametrize("kind", ["norm", "layer", "value"])
 def test_a_float64_model_is_clipped_in_float64_like_torch(db_path, kind):
     # Norms and coefficients used to be float32 whatever the gradients: ~1e-8 off torch's float64 result,
@@ -249,12 +238,12 @@ def test_a_float64_model_is_clipped_in_float64_like_torch(db_path, kind):
                 m.zero_grad()
                 (m(torch.ones(4, 6, dtype=torch.float64)).pow(2).sum() * scale).backward()
             want = torch.nn.utils.get_total_norm([p.grad for p in oracle.parameters()])
-            _float64_oracle(kind, oracle, 0.1)
+            clipped = torch_clipped(kind, list(oracle.parameters()), 0.1)  # torch's own, in float64
             stats = tracker.step()
             assert math.isfinite(float(stats.total_norm)) and float(stats.total_norm) == pytest.approx(
                 want.item(), rel=1e-13
             )
-            for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+            for p, q in zip(model.parameters(), clipped, strict=True):
                 torch.testing.assert_close(p.grad, q.grad, rtol=1e-13, atol=0)
     recorded = _rows(db_path, "SELECT total_norm, nonfinite_count FROM steps ORDER BY step")
     assert recorded[1][1] == 0 and recorded[1][0] > 3.5e38  # finite, recorded as such

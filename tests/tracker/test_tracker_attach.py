@@ -218,25 +218,35 @@ def test_one_scaler_shared_by_two_trackers_survives_either_being_removed(db_path
     assert [(s, k) for n, s, k in rows if n == "t1"] == [(s, int(s == 4)) for s in range(6)]
 
 
+def _split(model):
+    """Muon-style: the matrices to one optimizer, the rest (biases) to another."""
+    return [p for p in model.parameters() if p.ndim == 2], [p for p in model.parameters() if p.ndim != 2]
+
+
+def _oracle_steps(model, opts, data, max_norm):
+    """The loop those optimizers run with one clip_grad_norm_ per backward; its global norms."""
+    totals = []
+    for x, y in data:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        totals.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item())
+        for o in opts:
+            o.step()
+    return totals
+
+
 def test_several_optimizers_on_one_model_make_one_step_each_round(db_path):
     # Muon for the matrices and AdamW for the rest, say: one measurement and one clip per round, before the
     # first optimizer steps; both then step on the clipped gradients, as after one clip_grad_norm_ call.
     data = _data(4)
-    oracle = _model()
-    matrices_o = [p for p in oracle.parameters() if p.ndim == 2]
-    rest_o = [p for p in oracle.parameters() if p.ndim != 2]
-    opts_o = [torch.optim.SGD(matrices_o, lr=0.2, momentum=0.9), torch.optim.AdamW(rest_o, lr=0.05)]
-    totals = []
-    for x, y in data:
-        oracle.zero_grad()
-        nn.functional.cross_entropy(oracle(x), y).backward()
-        totals.append(torch.nn.utils.clip_grad_norm_(oracle.parameters(), 0.3).item())
-        for o in opts_o:
-            o.step()
-    model = _model()
-    matrices = [p for p in model.parameters() if p.ndim == 2]
-    rest = [p for p in model.parameters() if p.ndim != 2]
-    opts = [torch.optim.SGD(matrices, lr=0.2, momentum=0.9), torch.optim.AdamW(rest, lr=0.05)]
+    oracle, model = _model(), _model()
+
+    def optimizers(m):
+        matrices, rest = _split(m)
+        return [torch.optim.SGD(matrices, lr=0.2, momentum=0.9), torch.optim.AdamW(rest, lr=0.05)]
+
+    totals = _oracle_steps(oracle, optimizers(oracle), data, 0.3)
+    opts = optimizers(model)
     with GradTracker(model, db=db_path, clip="norm:0.3") as tracker:
         for o in opts:
             tracker.attach(o)
@@ -282,9 +292,7 @@ def test_an_optimizer_stepping_every_other_iteration_never_steps_unclipped(db_pa
     data = _data(6)
 
     def split(model):
-        matrices = [p for p in model.parameters() if p.ndim == 2]
-        rest = [p for p in model.parameters() if p.ndim != 2]
-        return [torch.optim.SGD(matrices, lr=0.2), torch.optim.SGD(rest, lr=0.2)]
+        return [torch.optim.SGD(ps, lr=0.2) for ps in _split(model)]
 
     def loop(model, opts, clip):
         for it, (x, y) in enumerate(data):
@@ -312,21 +320,9 @@ def test_several_optimizers_sharing_a_grad_scaler_are_measured_unscaled(db_path,
     # GradScaler.step unscales only its own optimizer's gradients: the step measured before the first of
     # them used to see the others' still scaled (1024 times too large here).
     data = _data(4)
-    oracle = _model()
-    matrices_o = [p for p in oracle.parameters() if p.ndim == 2]
-    rest_o = [p for p in oracle.parameters() if p.ndim != 2]
-    opts_o = [torch.optim.Adam(matrices_o, lr=0.05), torch.optim.Adam(rest_o, lr=0.05)]
-    totals = []
-    for x, y in data:
-        oracle.zero_grad()
-        nn.functional.cross_entropy(oracle(x), y).backward()
-        totals.append(torch.nn.utils.clip_grad_norm_(oracle.parameters(), 0.5).item())
-        for o in opts_o:
-            o.step()
-    model = _model()
-    matrices = [p for p in model.parameters() if p.ndim == 2]
-    rest = [p for p in model.parameters() if p.ndim != 2]
-    opts = [torch.optim.Adam(matrices, lr=0.05, fused=fused), torch.optim.Adam(rest, lr=0.05, fused=fused)]
+    oracle, model = _model(), _model()
+    totals = _oracle_steps(oracle, [torch.optim.Adam(ps, lr=0.05) for ps in _split(oracle)], data, 0.5)
+    opts = [torch.optim.Adam(ps, lr=0.05, fused=fused) for ps in _split(model)]
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     with GradTracker(model, db=db_path, clip="norm:0.5") as tracker:
         for o in opts:
