@@ -541,9 +541,10 @@ class GradTracker:
         were measured (nothing computed since), then step on them as they are. An optimizer that steps only
         every other iteration is measured whenever it is the first, so it never steps unclipped.
         """
-        if handle.same_gradients(self._measured_for.get(handle)):
+        several = len(self._hooks) > 1  # (one optimizer: every step of it is a step of the run, no checks)
+        if several and handle.same_gradients(self._measured_for.get(handle)):
             return  # measured and clipped already, before another optimizer's step
-        if len(self._hooks) > 1:
+        if several:
             # GradScaler.step unscales only its own optimizer's gradients: the others', measured now too,
             # must be unscaled first. And one optimizer's step skipped while another's is taken is no skipped
             # step: measured and clipped (the finite part, per strategy) for the others, non-finite recorded.
@@ -555,7 +556,8 @@ class GradTracker:
             self._record_skipped_by_scaler()
         else:
             self.step(scaler=scaler)
-        self._measured_for = {h: h.grad_signature() for h in self._hooks}
+        if several:
+            self._measured_for = {h: h.grad_signature() for h in self._hooks}
 
     @property
     def step_count(self) -> int:
