@@ -506,6 +506,7 @@ class GradTracker:
             self._drain_pending()
         finally:
             self._watch.close()
+            self._model = None  # (a finished tracker kept around does not keep the model alive)
             self.detach()
             if self._sigterm is not None:
                 self._sigterm.remove()
@@ -588,7 +589,9 @@ class GradTracker:
         if not any(map(_IS_NONE, grads)):
             return grads, self._all
         present = [i for i, g in enumerate(grads) if g is not None]
-        if tuple(present) not in self._subset_plans:  # missing gradients not seen before: explained?
+        key = tuple(present)
+        if key not in self._explained:  # missing gradients not seen before: explained?
+            _remember(self._explained, key, True)
             if self._check_not_replaced(self._model):  # a module deleted since: measure what is left
                 self._take_changes()
                 return self._grads()
@@ -614,6 +617,7 @@ class GradTracker:
         # FSDP2: the layout of the shards; FSDP2 lays gradients out like their parameters.
         self._shards = Shards.of(self._params) if self._sharded else None
         self._subset_shards: dict[tuple[int, ...], Shards | None] = {}
+        self._explained: dict[tuple[int, ...], bool] = {}  # sets of missing gradients checked (_grads)
         self._extra = (
             ExtraStats(self.extra_stats, self._params, self._plan, self._sharded)
             if self.extra_stats
