@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dashboard.downsample import minmax_envelope
+from dashboard.text import escape_markdown
 
 __all__ = [
     "MAX_POINTS",
@@ -23,6 +24,7 @@ __all__ = [
     "heatmap_figure",
     "layer_norms_figure",
     "metric_figure",
+    "missing_note",
     "module_of",
     "overlay_figure",
     "RUN_COLORS",
@@ -328,3 +330,25 @@ def overlay_figure(
     if log_y:
         fig.update_yaxes(type="log")
     return fig
+
+
+def missing_note(series: dict[str, pd.DataFrame], y: str, labels: list[str]) -> str | None:
+    """Which of ``labels`` an :func:`overlay_figure` of ``y`` cannot draw as a line, and why, as Markdown for
+    a caption under the chart (None when every one is drawn)."""
+    nothing, nonfinite = [], []
+    for label in labels:
+        frame = series.get(label)
+        if frame is None or y not in frame or not len(frame):
+            nothing.append(label)
+        elif not np.isfinite(frame[y].astype(float)).any():
+            nonfinite.append(label)
+    parts = []
+    if nothing:
+        parts.append("nothing recorded for " + ", ".join(escape_markdown(label) for label in nothing))
+    if nonfinite:
+        parts.append(
+            "no finite value for "
+            + ", ".join(escape_markdown(label) for label in nonfinite)
+            + " (every step NaN or Inf: marked ▼)"
+        )
+    return ("Not drawn as a line: " + "; ".join(parts) + ".") if parts else None

@@ -30,6 +30,7 @@ __all__ = [
     "DB_ENV",
     "PARENT_ENV",
     "RUN_ENV",
+    "STOP_EXIT_CODES",
     "Job",
     "LaunchSpec",
     "Launcher",
@@ -397,9 +398,14 @@ def stop_pid(pid: int) -> bool:
     return True
 
 
+# How a process stopped by a signal exits: 128 + the signal's number (the tracker's SystemExit(143) on
+# SIGTERM, 130 after Ctrl-C), or minus it when the signal killed it before any handler ran.
+STOP_EXIT_CODES = frozenset({0, 128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT})
+
+
 @dataclass
 class Job:
-    """One launch: queued, then running, then exited."""
+    """One launch: queued, then running, then exited (or stopped, when asked to)."""
 
     spec: LaunchSpec
     log_path: Path
@@ -408,6 +414,7 @@ class Job:
     started_at: float | None = None
     error: str | None = None  # why it could not start
     cancelled: bool = False  # removed from the queue before it started
+    stop_requested: bool = False  # this dashboard sent it SIGTERM (its Stop button, or the Run page's)
 
     @property
     def state(self) -> str:
@@ -418,7 +425,14 @@ class Job:
         code = self.popen.poll()
         if code is None:
             return "running"
+        if self.stop_requested and code in STOP_EXIT_CODES:
+            return "stopped"  # ended as asked: 143 is the tracker's exit code for a SIGTERM stop
         return "exited" if code == 0 else f"exited ({code})"
+
+    @property
+    def failed(self) -> bool:
+        """Exited non-zero without being asked to stop: the run did not go on, its log says why."""
+        return self.state.startswith("exited (")
 
     @property
     def returncode(self) -> int | None:
@@ -529,8 +543,16 @@ class Launcher:
                 return False
         if job.popen.poll() is not None:
             return False
+        job.stop_requested = True  # before the signal: a fast exit is already a stop
         job.popen.send_signal(signal.SIGTERM)
         return True
+
+    def mark_stopping(self, pid: int) -> None:
+        """Note that the running job with ``pid`` is being sent SIGTERM from elsewhere in the dashboard (the
+        Run page's Stop signals the recorded run's pid), so that its exit reads as a stop."""
+        for job in self.jobs:
+            if job.pid == pid and job.state == "running":
+                job.stop_requested = True
 
     def running_pids(self) -> set[int]:
         return {j.pid for j in self.jobs if j.state == "running"}

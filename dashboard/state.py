@@ -135,6 +135,7 @@ def stop_recorded_run(run: dict) -> str:
     from dashboard.launch import record_stop, stop_pid
 
     pid = int(run["pid"])
+    launcher().mark_stopping(pid)  # a job of this dashboard: its exit (143) then reads as stopped, not failed
     if not stop_pid(pid):
         return f"Process {pid} is already gone; the run will show as crashed."
     # The signal was sent; the record is a courtesy (the file may be read-only).
@@ -157,15 +158,19 @@ def job_run(job) -> dict | None:
     return (resumed or rows or [None])[0]  # runs() lists the newest first
 
 
-def stop_job(job) -> str | None:
+def stop_job(job) -> str:
     """Stop a job launched from this dashboard. When its run is known this is the Run page's Stop
     (:func:`stop_recorded_run`: SIGTERM, and the request recorded in ``runs.stop_requested_at``); else
     SIGTERM alone (a job whose run is not recorded yet), or cancel a queued job. Returns what happened."""
     run = job_run(job)
     if run is not None:
         return stop_recorded_run(run)
-    launcher().stop(job)
-    return None
+    queued = job.popen is None
+    if not launcher().stop(job):
+        return f"Nothing to stop: the job has already ended ({job.state})."
+    if queued:
+        return "Cancelled: it will not start."
+    return f"Sent SIGTERM to {job.pid} (its run is not recorded yet)."
 
 
 def show_store_error(exc: BaseException) -> None:

@@ -5,7 +5,6 @@ A relaunch's parent and children are added automatically, so "what did changing 
 click away from either run.
 """
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -27,27 +26,6 @@ def with_lineage(store, runs: pd.DataFrame, ids: list[int]) -> list[int]:
             if int(child) not in out:
                 out.append(int(child))
     return out
-
-
-def missing_note(series: dict[str, pd.DataFrame], y: str, labels: list[str]) -> str | None:
-    """Which of ``labels`` a chart of ``y`` cannot draw as a line, and why (None when every one is drawn)."""
-    nothing, nonfinite = [], []
-    for label in labels:
-        frame = series.get(label)
-        if frame is None or y not in frame or not len(frame):
-            nothing.append(label)
-        elif not np.isfinite(frame[y].astype(float)).any():
-            nonfinite.append(label)
-    parts = []
-    if nothing:
-        parts.append("nothing recorded for " + ", ".join(escape_markdown(label) for label in nothing))
-    if nonfinite:
-        parts.append(
-            "no finite value for "
-            + ", ".join(escape_markdown(label) for label in nonfinite)
-            + " (every step NaN or Inf: marked ▼)"
-        )
-    return ("Not drawn as a line: " + "; ".join(parts) + ".") if parts else None
 
 
 def _chart(where, figure, key: str, note: str | None) -> None:
@@ -79,13 +57,13 @@ def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
             steps, "total_norm", title="Global gradient norm (pre-clip)", log_y=log_y, colors=colors
         ),
         "cmp_norm",
-        missing_note(steps, "total_norm", shown),
+        charts.missing_note(steps, "total_norm", shown),
     )
     _chart(
         right,
         charts.overlay_figure(losses, "loss", title="Training loss", colors=colors),
         "cmp_loss",
-        missing_note(losses, "loss", shown),
+        charts.missing_note(losses, "loss", shown),
     )
 
     names = sorted(set().union(*[set(m["name"]) for m in metrics.values() if len(m)]))
@@ -102,7 +80,7 @@ def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
             st,
             charts.overlay_figure(per_run, metric, title=metric, colors=colors),
             "cmp_metric",
-            missing_note(per_run, metric, shown),
+            charts.missing_note(per_run, metric, shown),
         )
 
     st.subheader("Side by side")

@@ -113,7 +113,7 @@ def _show_notice(run: dict) -> None:
     kind, text, job = notice["kind"], notice["text"], notice["job"]
     if job is not None:
         text += f" Job: {job.state}."
-        if job.state.startswith("exited ("):  # a non-zero exit: the run did not go on
+        if job.failed:  # a non-zero exit, not asked for: the run did not go on
             kind = "error"
     (st.error if kind == "error" else st.info)(text)
 
@@ -234,19 +234,28 @@ def flow_panel(store, run_id: int, layers: pd.DataFrame, steps: pd.DataFrame) ->
 
 
 def metrics_panel(steps: pd.DataFrame, metrics: pd.DataFrame) -> None:
+    # NaN/Inf values are gaps in a line, marked ▼; a caption names the series with no finite value at all,
+    # which would otherwise be an empty chart (as on the Compare page).
     left, right = st.columns(2)
-    loss = data.logged_loss(steps)  # a NaN loss is marked on the chart
-    if len(loss):
-        left.plotly_chart(
-            charts.overlay_figure({"train loss (per step)": loss}, "loss", title="Loss"), key="loss"
-        )
+    logged = data.logged_loss(steps)
+    if len(logged):
+        loss = {"train loss (per step)": logged}
+        left.plotly_chart(charts.overlay_figure(loss, "loss", title="Loss"), key="loss")
+        note = charts.missing_note(loss, "loss", list(loss))
+        if note:
+            left.caption(note)
     if len(metrics):
         names = sorted(metrics["name"].unique())
         default = [n for n in names if n.startswith(("val_", "train_", "test_")) and n != "train_loss"]
         picked = right.multiselect("Metrics", names, default=default or names[:4], key="metric_pick")
-        shown = metrics[metrics["name"].isin(picked)]
-        right.plotly_chart(charts.metric_figure(shown, title="Metrics"), key="metrics")
-    elif not len(loss):
+        series = {name: metrics[metrics["name"] == name] for name in picked}
+        colors = charts.run_colors(names)  # a metric keeps its colour whatever else is picked
+        figure = charts.overlay_figure(series, "value", title="Metrics", colors=colors)
+        right.plotly_chart(figure, key="metrics")
+        note = charts.missing_note(series, "value", picked)
+        if note:
+            right.caption(note)
+    elif not len(logged):
         st.info("No loss or metrics recorded yet.")
 
 
@@ -342,10 +351,11 @@ def live_panels(run_id: int) -> None:
     m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("Status", run["status"])
     m2.metric("Steps recorded", f"{len(steps):,}")
-    # The latest step's loss, NaN included: the last finite one would hide a run that has diverged.
-    # "—": no loss recorded (a NULL loss is NaN only at a step with NaN/Inf gradients: data.logged_loss).
-    has_loss = bool(len(data.logged_loss(steps)))
-    m3.metric("Last loss", _number_text(steps["loss"].iloc[-1]) if has_loss else "—")
+    # The last logged loss, NaN included (the last finite one would hide a run that has diverged); a step
+    # without a loss (a script that passes one every few steps) is skipped: data.logged_loss keeps a NULL
+    # loss only at a step with NaN/Inf gradients, where it was a NaN. "—": no loss recorded.
+    logged = data.logged_loss(steps)
+    m3.metric("Last loss", _number_text(logged["loss"].iloc[-1]) if len(logged) else "—")
     m4.metric("Clip rate", "—" if np.isnan(clipped) else f"{clipped:.1%}")
     m5.metric("Last global norm", _number_text(steps["total_norm"].iloc[-1]) if len(steps) else "—")
     if not len(steps):

@@ -162,3 +162,40 @@ def test_run_names_are_shown_as_typed(tmp_path):
     assert f"relaunch of #{parent} {PARENT_NAME}" in text
     assert "The run failed: ValueError: *bad* $x$" in text
     assert rendered == 0  # no formula, no emphasis, no code made from a name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent: install it with `make browser`"
+)
+def test_a_failed_jobs_error_can_be_read_without_scrolling(tmp_path):
+    import sys
+
+    from playwright.sync_api import sync_playwright
+    from screenshots import CHROMIUM_ARGS
+
+    from tracker.store import Store
+
+    reason = "RuntimeError: " + " ".join(f"word{i}" for i in range(60)) + " END"  # wider than the page
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "train.py").write_text(f"raise SystemExit({reason!r})\n")
+    db = tmp_path / "gradwatch.db"
+    with Store.open(db, create=True) as store:
+        run = store.create_run(
+            name="mine", argv=["train.py"], cwd=str(tmp_path / "proj"), python=sys.executable
+        )
+        store.writer(run).close(status="finished")
+    with serve(db, tmp_path / "streamlit.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 1600})
+        page.goto(f"{url}/launch")
+        page.get_by_role("button", name="Launch", exact=True).click(timeout=90_000)
+        alert = page.locator("[data-testid='stAlert']", has_text="Exited with code 1")
+        alert.wait_for(timeout=60_000)
+        message = alert.inner_text()
+        log = page.locator("[data-testid='stCode'] pre", has_text="END").last
+        widths = log.evaluate("el => [el.scrollWidth, el.clientWidth]")
+        page.screenshot(path=str(tmp_path / "failed-job.png"), full_page=True)
+        browser.close()
+    assert reason in " ".join(message.split())  # the whole error in the message, wrapped
+    assert widths[0] <= widths[1] + 1, widths  # and the log box wraps: nothing hidden to the right

@@ -11,6 +11,7 @@ from polling import wait_for
 
 from dashboard import state
 from dashboard.launch import LaunchSpec
+from dashboard.text import escape_markdown
 from tracker.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,3 +91,73 @@ def test_stop_from_the_job_list_records_the_request(tmp_path, app):
     assert pid == job.pid and status == "stopped"
     assert requested is not None  # as the Run page's Stop records it
     assert f"Sent SIGTERM to {job.pid}" in texts(at, "info")
+
+
+# Records a running run; on SIGTERM waits for the file argv[2] (so a test can look at the page while the stop
+# is under way), ends the run "stopped" and exits 143 (128 + SIGTERM), as the tracker does on a SIGTERM.
+STOPPED_143 = """
+import os, signal, sys, time
+from tracker.store import Store
+store = Store.open(sys.argv[1], create=True)
+run = store.create_run(name="long")
+writer = store.writer(run, heartbeat_every=0.5)
+def stop(*_):
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.05)
+    writer.close(status="stopped")
+    store.close()
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+writer.add_step(step=0, norms=[], total_norm=1.0)
+writer.flush()
+print("ready", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_a_stopped_job_reads_as_stopped_and_the_stop_message_stays(tmp_path, app):
+    db, release = tmp_path / "gradwatch.db", tmp_path / "release"
+    launcher = state._launcher(str(tmp_path / "gradwatch-logs"))
+    argv = (sys.executable, "-c", STOPPED_143, str(db), str(release))
+    [job] = launcher.submit([LaunchSpec(name="long", argv=argv, cwd=str(REPO))])
+    try:
+        assert wait_for(lambda: "ready" in job.log_path.read_text().splitlines(), timeout=60, interval=0.1)
+        at = open_page(app(db), "views/launch.py")
+        [stop] = [b for b in at.button if b.label == "Stop (SIGTERM)"]
+        stop.click().run()
+        sent = f"Sent SIGTERM to {job.pid}"
+        assert sent in texts(at, "info")
+        at.run()  # the 2 s refresh, while the job is still stopping: the message is still there
+        assert job.state == "running" and sent in texts(at, "info")
+        release.touch()
+        assert job.popen.wait(timeout=60) == 143
+    finally:
+        release.touch()
+        if job.popen.poll() is None:
+            job.popen.kill()
+    with sqlite3.connect(db) as con:  # the oracle: the file, read with plain sqlite3
+        [(status, requested)] = con.execute("SELECT status, stop_requested_at FROM runs").fetchall()
+    assert status == "stopped" and requested is not None
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not texts(at, "error")  # exit code 143 after our SIGTERM is a stop, not a failure
+    card = "\n".join(m.value for m in at.markdown)
+    assert "**long** — stopped" in card
+    assert "Stopped from this dashboard (SIGTERM); exit code 143" in "\n".join(c.value for c in at.caption)
+
+
+def test_a_failed_jobs_error_line_is_shown_wrapped(tmp_path, app):
+    (tmp_path / "proj").mkdir()
+    reason = "RuntimeError: " + " ".join(f"word{i}" for i in range(80))  # far wider than the page
+    (tmp_path / "proj" / "train.py").write_text(f"raise SystemExit({reason!r})\n")
+    db = tmp_path / "gradwatch.db"
+    at = _launch_page(app, db, _external_run(db, tmp_path / "proj"))
+    _launch_buttons(at)[0].click().run()
+    [job] = state._launcher(str(tmp_path / "gradwatch-logs")).jobs
+    job.popen.wait(timeout=60)
+    at.run()
+    assert job.state == "exited (1)" and reason in job.log_path.read_text()
+    assert f"Exited with code 1: {escape_markdown(reason)}" in texts(at)  # a sentence, which wraps
+    [log] = [c for c in at.code if reason in c.value]
+    assert log.proto.wrap_lines  # the log box wraps too, instead of scrolling sideways

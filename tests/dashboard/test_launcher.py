@@ -229,3 +229,31 @@ def test_record_stop_reports_what_went_wrong(tmp_path):
 
     problem = record_stop(tmp_path / "missing.db", 1)
     assert problem and "does not exist" in problem
+
+
+# Exits 143 (128 + SIGTERM) on SIGTERM, as the tracker does, or by itself with argv[1] = "now".
+EXIT_143 = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+print("ready", flush=True)
+if sys.argv[1:] == ["now"]:
+    sys.exit(143)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_exit_code_143_after_our_sigterm_is_stopped_else_exited(tmp_path):
+    launcher = Launcher(tmp_path / "logs")
+    [stopped] = launcher.submit(
+        [LaunchSpec(name="s", argv=(sys.executable, "-c", EXIT_143), cwd=str(tmp_path))]
+    )
+    assert _wait(lambda: "ready" in stopped.log_path.read_text().splitlines())
+    assert launcher.stop(stopped) and stopped.popen.wait(timeout=30) == 143
+    assert stopped.state == "stopped" and not stopped.failed
+    # 143 without a stop request from the dashboard: a signal from elsewhere, shown as an exit.
+    [alone] = launcher.submit(
+        [LaunchSpec(name="a", argv=(sys.executable, "-c", EXIT_143, "now"), cwd=str(tmp_path))]
+    )
+    assert alone.popen.wait(timeout=30) == 143
+    assert alone.state == "exited (143)" and alone.failed

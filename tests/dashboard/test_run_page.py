@@ -238,3 +238,76 @@ def test_a_run_without_loss_says_so(tmp_path, app):
         writer.close()
     at = open_page(app(db), "views/run.py", open_run=run)
     assert {m.label: m.value for m in at.metric}["Last loss"] == "—"
+
+
+def _run_with_losses(db, losses: list[float | None], nonfinite: set[int] = frozenset()) -> int:
+    """A run of ``len(losses)`` steps with those losses (None: no loss passed; a NaN is stored as NULL);
+    the steps in ``nonfinite`` have NaN gradients, as a NaN loss gives."""
+    with Store.open(db, create=True) as store:
+        run = store.create_run(name="sparse-loss")
+        store.add_layers(run, [dict(id=0, name="a.weight", shape=[2])])
+        writer = store.writer(run)
+        for step, loss in enumerate(losses):
+            bad = step in nonfinite
+            writer.add_step(step=step, norms=[math.nan if bad else 1.0], total_norm=math.nan if bad else 1.0,
+                            loss=loss, first_nonfinite_layer=0 if bad else None)  # fmt: skip
+            if bad:
+                writer.add_nonfinite(step, [(0, True, False)])
+        writer.close()
+    return run
+
+
+def _last_logged_loss(db) -> str:
+    """The oracle, from the file read with plain sqlite3: the loss of the last step that has one, a NULL loss
+    counting as NaN at a step with NaN/Inf gradients (docs/dashboard.md)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        row = con.execute(
+            "SELECT loss FROM steps WHERE loss IS NOT NULL OR nonfinite_count > 0 ORDER BY step DESC LIMIT 1"
+        ).fetchone()
+    return "—" if row is None else "NaN" if row[0] is None else f"{row[0]:.4g}"
+
+
+def test_last_loss_is_the_last_logged_one_when_the_last_step_passed_none(tmp_path, app):
+    # An external script that passes loss= every 5th step only: the last step has no loss.
+    import sqlite3
+
+    db = tmp_path / "every-5th.db"
+    losses = [2.0 - step / 10 if step % 5 == 0 else None for step in range(13)]
+    run = _run_with_losses(db, losses)
+    with sqlite3.connect(db) as con:
+        last = con.execute("SELECT loss, nonfinite_count FROM steps ORDER BY step DESC LIMIT 1").fetchone()
+    assert last == (None, 0)  # a healthy step without a loss
+    at = open_page(app(db), "views/run.py", open_run=run)
+    shown = {m.label: m.value for m in at.metric}["Last loss"]
+    assert shown == _last_logged_loss(db) == f"{2.0 - 10 / 10:.4g}"
+
+
+def test_last_loss_is_nan_when_the_last_logged_one_is_a_nonfinite_step(tmp_path, app):
+    db = tmp_path / "diverged.db"
+    losses = [1.0, None, 0.9, None, math.nan, None]  # step 4: NaN loss and NaN gradients
+    run = _run_with_losses(db, losses, nonfinite={4})
+    at = open_page(app(db), "views/run.py", open_run=run)
+    assert {m.label: m.value for m in at.metric}["Last loss"] == _last_logged_loss(db) == "NaN"
+
+
+def test_a_metric_with_only_nan_values_is_marked_and_named(tmp_path, app):
+    db = tmp_path / "nan-metric.db"
+    with Store.open(db, create=True) as store:
+        run = store.create_run(name="nan-metric")
+        writer = store.writer(run)
+        for step in range(6):
+            writer.add_step(step=step, norms=[], total_norm=1.0, loss=1.0)
+        writer.add_metrics(2, {"val_loss": math.nan, "val_acc": 0.5})
+        writer.add_metrics(5, {"val_loss": math.nan, "val_acc": 0.6})
+        writer.close()
+    at = open_page(app(db), "views/run.py", open_run=run)
+    at = open_tab(at, "Loss & metrics")
+    at.multiselect(key="metric_pick").set_value(["val_acc", "val_loss"]).run()
+    fig = figure(at, "metrics")
+    np.testing.assert_allclose(values(trace(fig, "val_acc")["y"]), [0.5, 0.6])
+    marks = trace(fig, "val_loss: NaN/Inf (2 steps)")  # no line to draw: marked ▼ at each step
+    assert values(marks["x"]).tolist() == [2, 5] and marks["marker"]["symbol"] == "triangle-down"
+    note = "\n".join(c.value for c in at.caption)
+    assert "no finite value for val\\_loss" in note and "val\\_acc" not in note
