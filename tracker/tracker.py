@@ -42,7 +42,7 @@ from tracker.lifetime import SigtermAsExit, exit_status, stop_reason
 from tracker.norms import NormPlan, grad_norms
 from tracker.null import NullTracker
 from tracker.outbox import Outbox
-from tracker.rows import COEF, THRESHOLD, TOTAL, RowBuilder, pending_parts, was_clipped
+from tracker.rows import COEF, THRESHOLD, TOTAL, RowBuilder, pending_parts, short_threshold, was_clipped
 from tracker.stats import StepStats
 from tracker.watch import ModelWatch
 
@@ -810,7 +810,8 @@ class GradTracker:
             self._extra.hold({"extra": None}, present)
         if scalars is None:  # not clipped
             return host[0], False, 1.0, math.nan
-        return host[TOTAL], was_clipped(host), host[COEF], host[THRESHOLD]
+        threshold = host[THRESHOLD]  # as the store records it: 0.05, not float32's 0.05000000074505806
+        return host[TOTAL], was_clipped(host), host[COEF], short_threshold(threshold) or threshold
 
     def _drain_pending(self) -> None:
         pending, self._pending = self._pending, []

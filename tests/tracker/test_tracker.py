@@ -465,6 +465,10 @@ def test_thresholds_are_recorded_as_the_decimal_the_user_wrote(db_path):
     _tracked_run(batches, db_path, clip="norm:0.15", run="decimal")
     assert {r[0] for r in _rows(db_path, "SELECT threshold FROM steps")} == {0.15}
     assert _rows(db_path, "SELECT count(*) FROM clip_events WHERE threshold = 0.15") == [(3,)]
+    model = _model()
+    with GradTracker(model, db=db_path, clip="value:0.05") as tracker:
+        _loss(model, batches[0]).backward()
+        assert tracker.step().threshold == 0.05  # what step() returns is what the store keeps
 
 
 @pytest.mark.parametrize("value", [0.15, 1e-3, 123456.789, 3.4028234663852886e38, 1e-45, 7.0])
