@@ -42,6 +42,16 @@ class Attachment:
             self._wrapper = scaler.step = self._wrap_scaler_step(self._wrapped)
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # (the hook's args start with the optimizer itself)
+        if any(callable(a) for a in args if a is not optimizer) or callable(kwargs.get("closure")):
+            # step(closure) computes the gradients inside step(), after this hook: it would measure (and
+            # clip) the previous ones, and nothing it does would reach the update.
+            raise RuntimeError(
+                f"{type(optimizer).__name__}.step(closure) computes the gradients inside step(), after the "
+                "hook attach() registered runs, so the tracker cannot measure or clip the gradients the "
+                "update uses. Detach it (handle.remove()) and call tracker.step() in the closure after "
+                "backward(), or step without a closure."
+            )
         self._calls += 1
         scaler = None
         # GradScaler gives a fused optimizer found_inf (and grad_scale, unless the user unscaled already).

@@ -292,7 +292,9 @@ class GradTracker:
                 )
             store = Store.open(self.db_path, create=False)
             try:
-                self._number_as_recorded(store.layer_rows(resumed["run_id"]), resumed["run_id"])
+                run_id, step = resumed["run_id"], resumed["step"]
+                measured = store.layers_measured_before(run_id, step)
+                self._number_as_recorded(run_id, store.layer_rows(run_id), measured)
                 # The continuing process's config replaces the recorded one (its --epochs may have grown):
                 # what a relaunch replays. The tracker's own notes (a fork's origin, say) are kept.
                 cfg = None if config is None else self._config_with_notes(config, choice, {})
@@ -336,23 +338,32 @@ class GradTracker:
         self._store = store
         self._writer = Outbox(store.writer(self.run_id))
 
-    def _number_as_recorded(self, recorded: list[dict[str, Any]], run_id: int) -> None:
+    def _number_as_recorded(self, run_id: int, recorded: list[dict[str, Any]], measured: set[int]) -> None:
         """Give this model's tensors the layer ids the run recorded them under, by name: they differ from
-        ``named_parameters()`` order when the model changed mid-run (a head added, LoRA injected). A layer the
-        run measured until its checkpoint must be in this model; one that had left the model (recorded
-        ``trainable = 0``) need not be. The store then checks names and shapes id by id."""
+        ``named_parameters()`` order when the model changed mid-run (a head added, LoRA injected).
+
+        ``measured``: the layers with a norm recorded before the checkpoint. Each that was still in the
+        model then (``trainable = 1``) must be in this one. A layer that had left it need not be, nor one
+        that joined after the checkpoint (those rows go; a resumed run appending it again takes that id).
+        The store then checks names and shapes id by id."""
         from tracker.store import CannotResume
 
         if not recorded:
             return  # no such run, or no layers: resume_run says which
         layers = TrackedParameters(self._model, recorded=recorded)
-        missing = [layers.rows[i]["name"] for i in layers.absent if layers.rows[i]["trainable"]]
+        missing = [
+            layers.rows[i]["name"] for i in layers.absent if layers.rows[i]["trainable"] and i in measured
+        ]
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            said = [f"{n} (now tied to {layers.aliases[n]})" if n in layers.aliases else n for n in missing]
+            shown = ", ".join(said[:5]) + (f" and {len(said) - 5} more" if len(said) > 5 else "")
             raise CannotResume(
-                f"run {run_id} was recorded for another model: it measured {shown}, which this model does "
-                "not have. Resume it with the model it recorded, or start a new run."
+                f"run {run_id} was recorded for another model: it measured {shown} until the checkpoint, "
+                f"and this model does not have {'it' if len(missing) == 1 else 'them'}. Resume it with the "
+                "model it recorded, or start a new run."
             )
+        for i in layers.absent:  # not in this model: not measured, and said so
+            layers.rows[i]["trainable"] = False
         self.layers = layers
         self._measure_params()
 
@@ -455,6 +466,10 @@ class GradTracker:
         """
         if not self._finished:
             self._complete_update()
+            # The checkpoint saves the model as it is now: a change since the last step (a head appended, a
+            # module deleted) is recorded first, so that this model can resume from it.
+            if self._watch.changed or self._check_not_replaced(self._model):
+                self._take_changes()
             self.flush()
         return {
             "version": STATE_VERSION,
@@ -543,6 +558,8 @@ class GradTracker:
         every other iteration is measured whenever it is the first, so it never steps unclipped.
         """
         several = len(self._hooks) > 1  # (one optimizer: every step of it is a step of the run, no checks)
+        if several and handle.grad_signature() is None:
+            return  # it holds no gradient (an expert this batch did not use): its step updates nothing
         if several and handle.same_gradients(self._measured_for.get(handle)):
             return  # measured and clipped already, before another optimizer's step
         if several:

@@ -358,3 +358,52 @@ def test_a_fused_optimizer_unscaled_by_the_user_still_has_its_skips_recorded(db_
             scaler.update()
     assert scaler.get_scale() == 2.0**7
     assert _rows(db_path, "SELECT step, skipped FROM steps ORDER BY step") == [(0, 0), (1, 1), (2, 0)]
+
+
+@pytest.mark.parametrize("idle_first", [False, True])
+def test_an_attached_optimizer_holding_no_gradients_makes_no_step(db_path, idle_first):
+    # An expert this batch did not use: its optimizer's step updates nothing. It used to open a step of
+    # its own, measuring the already clipped gradients again (every other row 0.5, steps counted twice).
+    torch.manual_seed(0)
+    model = nn.ModuleDict(dict(used=nn.Linear(5, 3), idle=nn.Linear(5, 3)))
+    opts = [
+        torch.optim.SGD(model["used"].parameters(), lr=0.1),
+        torch.optim.SGD(model["idle"].parameters(), lr=0.1),
+    ]
+    if idle_first:
+        opts.reverse()
+    totals = []
+    with GradTracker(model, db=db_path, clip="norm:0.5") as tracker:
+        for o in opts:
+            tracker.attach(o)
+        for x, y in _data(3):
+            model.zero_grad()
+            nn.functional.cross_entropy(model["used"](x), y).backward()
+            totals.append(torch.nn.utils.get_total_norm([p.grad for p in model["used"].parameters()]).item())
+            for o in opts:
+                o.step()
+    assert [n for (n,) in _rows(db_path, "SELECT total_norm FROM steps ORDER BY step")] == pytest.approx(
+        totals, rel=1e-6
+    )
+
+
+def test_a_closure_step_is_refused_with_how_to_track_it(db_path):
+    # The closure computes the gradients inside step(), after the hook: the hook would measure the previous
+    # ones, and its clipping would never reach the update (LBFGS ran unclipped, recording norm 0 first).
+    model = _model()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1)
+    x, y = _data(1)[0]
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    with GradTracker(model, db=db_path, clip="norm:0.5") as tracker:
+        handle = tracker.attach(opt)
+        with pytest.raises(RuntimeError, match=r"LBFGS.step\(closure\) computes the gradients inside step"):
+            opt.step(closure)
+        handle.remove()
+        opt.step(closure)  # detached: the user's own loop, untouched
+    assert _rows(db_path, "SELECT count(*) FROM steps") == [(0,)]

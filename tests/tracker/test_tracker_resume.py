@@ -360,11 +360,16 @@ class _LoRA(nn.Module):
         return self.base(x) + self.b(self.a(x))
 
 
-def test_a_run_whose_model_changed_mid_run_resumes_with_the_changed_model(tmp_path):
+# (checkpoint at, the attempt dies after): checkpoints after both changes; right after each change, the
+# attempt dying before the step that would have recorded it (None: state_dict() records it); and before
+# both, by an attempt that went on past them (the layers it added later are not required of the model).
+@pytest.mark.parametrize("save_at, die_after", [(4, 4), (2, 2), (2, None), (3, None), (1, 5)])
+def test_a_run_whose_model_changed_mid_run_resumes_with_the_model_of_its_checkpoint(
+    tmp_path, save_at, die_after
+):
     # A head appended at step 2 and an adapter injected at step 3: the run numbers its layers in the order
-    # they came, not as the changed model's named_parameters() would. Resuming with that model used to be
-    # refused as "another model"; it now takes the recorded ids by name and records what an uninterrupted
-    # run does.
+    # they came, not as the changed model's named_parameters() would. Resuming used to be refused as
+    # "another model"; it now takes the recorded ids by name and records what an uninterrupted run does.
     def change(model, step):
         torch.manual_seed(100 + step)
         if step == 2:
@@ -372,28 +377,36 @@ def test_a_run_whose_model_changed_mid_run_resumes_with_the_changed_model(tmp_pa
         if step == 3:
             model[0] = _LoRA(model[0])
 
-    def run(db, stop_at=None):
-        model, opt = _trainee()
-        tracker = _tracker(model, db)
-        for step in range(6):
-            change(model, step)
-            if step in (2, 3):
-                opt.add_param_group({"params": [p for p in model.parameters() if not _in(p, opt)]})
-            if step == stop_at:
-                state, snapshot = tracker.state_dict(), copy.deepcopy((model, opt))
-                tracker.finish()
-                model, opt = snapshot
-                tracker = _tracker(model, db, resume=state)
-            _train(tracker, model, opt, [step])
-        tracker.finish()
-        return tracker.run_id
-
     def _in(p, opt):
         return any(p is q for g in opt.param_groups for q in g["params"])
 
+    def run(db, save_at=None, die_after=None):
+        model, opt = _trainee()
+        tracker = _tracker(model, db)
+        step, changed_upto = 0, -1
+        while step < 6:
+            if step > changed_upto:  # (a model restored from the checkpoint has its changes up to there)
+                change(model, step)
+                changed_upto = step
+                if step in (2, 3):
+                    opt.add_param_group({"params": [p for p in model.parameters() if not _in(p, opt)]})
+            if step == save_at:
+                state, snapshot = tracker.state_dict(), copy.deepcopy((model, opt))
+            if not (step == save_at and die_after is None):  # (None: preempted right after saving)
+                _train(tracker, model, opt, [step])
+            if save_at is not None and step == (save_at if die_after is None else die_after):  # preempted
+                tracker.finish("failed")
+                model, opt = snapshot  # back to the checkpoint
+                tracker = _tracker(model, db, resume=state)
+                step = changed_upto = save_at
+                save_at = None
+                continue
+            step += 1
+        tracker.finish()
+
     uninterrupted, resumed = tmp_path / "a.db", tmp_path / "b.db"
     run(uninterrupted)
-    run(resumed, stop_at=4)
+    run(resumed, save_at, die_after)
     layers = "SELECT id, name, shape, trainable FROM layers ORDER BY id"
     with sqlite3.connect(uninterrupted) as a, sqlite3.connect(resumed) as b:
         assert b.execute(layers).fetchall() == a.execute(layers).fetchall()
@@ -407,6 +420,6 @@ def test_a_run_whose_model_changed_mid_run_resumes_with_the_changed_model(tmp_pa
 def test_a_resume_whose_model_lacks_a_measured_layer_is_refused(db_path):
     state, before = _finished_run(db_path)
     model = _model()[:2]  # 2.weight and 2.bias, measured until the checkpoint, are gone
-    with pytest.raises(CannotResume, match=r"it measured 2\.weight, 2\.bias, which this model does not"):
+    with pytest.raises(CannotResume, match=r"it measured 2\.weight, 2\.bias until the checkpoint, and this"):
         _tracker(model, db_path, resume=state)
     assert _contents(db_path, 1) == before

@@ -301,6 +301,13 @@ class Store(Reads):
             for i, n, s, k, d, t in rows
         ]
 
+    def layers_measured_before(self, run_id: int, step: int) -> set[int]:
+        """Ids of the run's layers with a gradient norm recorded at a step before ``step`` (a checkpoint)."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT layer_id FROM grad_norms WHERE run_id = ? AND step < ?", (int(run_id), int(step))
+        ).fetchall()
+        return {int(i) for (i,) in rows}
+
     def resume_run(
         self,
         run_id: int,
