@@ -676,9 +676,14 @@ class GradTracker:
         """
         names = {name: id(p) for name, p in model.named_parameters(remove_duplicate=False)}
         current = set(names.values())
+        known = {id(p) for p in (*self._params, *self._frozen)}
         gone = [name for name, p in zip(self.layers.names, self._params, strict=True) if id(p) not in current]
-        if gone and not any(name in names for name in gone):
-            return True
+        # Replaced: a name of a gone tensor now holds a tensor the tracker does not know. A deletion leaves
+        # the name unused, or, in a ModuleList, held by a known tensor renumbered into it.
+        replaced = [name for name in gone if name in names and names[name] not in known]
+        if not replaced:
+            return bool(gone) or not current <= known  # (a tensor inserted without a hook is new too)
+        gone = replaced
         if gone:
             shown = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
             raise RuntimeError(

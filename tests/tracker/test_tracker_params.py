@@ -341,3 +341,60 @@ def test_a_module_deleted_later_is_no_longer_measured(db_path):
     recorded = [n for (n,) in _rows(db_path, "SELECT total_norm FROM steps ORDER BY step")]
     assert recorded == pytest.approx(totals, rel=1e-6)
     assert _rows(db_path, "SELECT count(*) FROM layers") == [(6,)]  # its rows stay, as its norms do
+
+
+class _Blocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = torch.tanh(block(x))
+        return x
+
+
+@pytest.mark.parametrize("change", ["insert", "delete"])
+def test_a_modulelist_insert_or_delete_is_taken_in(db_path, change):
+    # ModuleList.insert and `del blocks[i]` write the module dict directly: no registration hook fires, and
+    # the names after the change are renumbered. The inserted block used to be left out of the norm and
+    # the clip; the deletion raised "replaced after the tracker was created".
+    from polling import wait_for
+
+    torch.manual_seed(0)
+    model = _Blocks()
+    oracle = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    with GradTracker(model, db=db_path, clip="norm:0.5") as tracker:
+        for step in range(4):
+            if step == 2:
+                for m in (model, oracle):
+                    torch.manual_seed(5)
+                    if change == "insert":
+                        m.blocks.insert(0, nn.Linear(4, 4))
+                    else:
+                        del m.blocks[1]
+                # Seen by the watch's poll within seconds (model.zero_grad() no longer reaches a deleted
+                # block, so its stale gradients are not missing ones the step would notice by itself).
+                assert wait_for(lambda: tracker._watch.changed, timeout=15)
+            x = torch.randn(3, 4, generator=g)
+            for m in (model, oracle):
+                m.zero_grad(set_to_none=True)
+                m(x).pow(2).sum().mul(10).backward()
+            want = torch.nn.utils.clip_grad_norm_(oracle.parameters(), 0.5).item()
+            assert float(tracker.step().total_norm) == pytest.approx(want, rel=1e-6), step
+            for p, q in zip(model.parameters(), oracle.parameters(), strict=True):
+                torch.testing.assert_close(p.grad, q.grad)
+    per_step = _rows(db_path, "SELECT step, count(*) FROM grad_norms GROUP BY step ORDER BY step")
+    n = 8 if change == "insert" else 4
+    assert per_step == [(0, 6), (1, 6), (2, n), (3, n)]
+
+
+def test_state_dict_takes_in_an_insert_made_since_the_last_step(db_path):
+    model = _Blocks()
+    with GradTracker(model, db=db_path) as tracker:
+        model(torch.ones(1, 4)).sum().backward()
+        tracker.step()
+        model.blocks.insert(0, nn.Linear(4, 4))
+        tracker.state_dict()  # before the poll could see it
+    assert _rows(db_path, "SELECT count(*) FROM layers") == [(8,)]
