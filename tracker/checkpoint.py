@@ -13,6 +13,8 @@ __all__ = ["STATE_KEYS", "STATE_VERSION", "check_state"]
 
 STATE_VERSION = 1
 STATE_KEYS = {"version", "run_id", "step", "clip", "clip_state"}
+# Added later, so optional: the names of the tensors the model had at the checkpoint.
+OPTIONAL_KEYS = {"layers"}
 
 
 def check_state(state: Any, clip_spec: str, *, relaunch: bool = False) -> dict[str, Any]:
@@ -23,7 +25,7 @@ def check_state(state: Any, clip_spec: str, *, relaunch: bool = False) -> dict[s
     given; or ``$GRADWATCH_CLIP`` asks for another strategy than the run's), False when it continues the
     recorded run itself.
     """
-    if not isinstance(state, Mapping) or set(state) != STATE_KEYS:
+    if not isinstance(state, Mapping) or not STATE_KEYS <= set(state) <= STATE_KEYS | OPTIONAL_KEYS:
         got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(
             f"resume must be what GradTracker.state_dict() returned (keys {sorted(STATE_KEYS)}), got {got}"
@@ -35,6 +37,9 @@ def check_state(state: Any, clip_spec: str, *, relaunch: bool = False) -> dict[s
         raise ValueError(f"resume: step {step!r} is not an int >= 0")
     if run_id is not None and (isinstance(run_id, bool) or not isinstance(run_id, int)):
         raise ValueError(f"resume: run_id {run_id!r} is not an int")
+    layers = state.get("layers", [])
+    if not isinstance(layers, list | tuple) or not all(isinstance(n, str) for n in layers):
+        raise ValueError(f"resume: layers {layers!r} is not a list of parameter names")
     same_clip = state["clip"] == clip_spec
     if not same_clip and not relaunch:
         raise ValueError(

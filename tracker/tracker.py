@@ -293,8 +293,14 @@ class GradTracker:
             store = Store.open(self.db_path, create=False)
             try:
                 run_id, step = resumed["run_id"], resumed["step"]
-                measured = store.layers_measured_before(run_id, step)
-                self._number_as_recorded(run_id, store.layer_rows(run_id), measured)
+                if "layers" in resumed:  # the checkpoint says which tensors its model had
+                    required = set(resumed["layers"])
+                else:  # (a checkpoint from before it did: those with a norm recorded before it)
+                    measured = store.layers_measured_before(run_id, step)
+                    required = {
+                        r["name"] for r in store.layer_rows(run_id) if r["id"] in measured and r["trainable"]
+                    }
+                self._number_as_recorded(run_id, store.layer_rows(run_id), required)
                 # The continuing process's config replaces the recorded one (its --epochs may have grown):
                 # what a relaunch replays. The tracker's own notes (a fork's origin, say) are kept.
                 cfg = None if config is None else self._config_with_notes(config, choice, {})
@@ -338,22 +344,19 @@ class GradTracker:
         self._store = store
         self._writer = Outbox(store.writer(self.run_id))
 
-    def _number_as_recorded(self, run_id: int, recorded: list[dict[str, Any]], measured: set[int]) -> None:
+    def _number_as_recorded(self, run_id: int, recorded: list[dict[str, Any]], required: set[str]) -> None:
         """Give this model's tensors the layer ids the run recorded them under, by name: they differ from
         ``named_parameters()`` order when the model changed mid-run (a head added, LoRA injected).
 
-        ``measured``: the layers with a norm recorded before the checkpoint. Each that was still in the
-        model then (``trainable = 1``) must be in this one. A layer that had left it need not be, nor one
-        that joined after the checkpoint (those rows go; a resumed run appending it again takes that id).
-        The store then checks names and shapes id by id."""
+        ``required``: the names of the tensors the model had at the checkpoint; each must be in this one. A
+        layer that had left it need not be, nor one that joined after the checkpoint (a resumed run
+        appending it again takes that id). The store then checks names and shapes id by id."""
         from tracker.store import CannotResume
 
         if not recorded:
             return  # no such run, or no layers: resume_run says which
         layers = TrackedParameters(self._model, recorded=recorded)
-        missing = [
-            layers.rows[i]["name"] for i in layers.absent if layers.rows[i]["trainable"] and i in measured
-        ]
+        missing = [layers.rows[i]["name"] for i in layers.absent if layers.rows[i]["name"] in required]
         if missing:
             said = [f"{n} (now tied to {layers.aliases[n]})" if n in layers.aliases else n for n in missing]
             shown = ", ".join(said[:5]) + (f" and {len(said) - 5} more" if len(said) > 5 else "")
@@ -460,8 +463,9 @@ class GradTracker:
         """What to save in a checkpoint to continue this run from it: ``GradTracker(..., resume=state)``.
 
         Call it where the model and optimizer states are saved, after ``optimizer.step()``. It holds the run
-        id, the next step, the clip spec and the clip strategy's state (AutoClip's history, ZClip's
-        statistics: CPU tensors and ints, ``torch.save``-able). It also writes out what is buffered and
+        id, the next step, the clip spec, the clip strategy's state (AutoClip's history, ZClip's
+        statistics: CPU tensors and ints, ``torch.save``-able) and the names of the model's tensors (which a
+        model resuming from it must have). It also writes out what is buffered and
         waits for it, so that everything recorded before the checkpoint is in the file when it returns.
         """
         if not self._finished:
@@ -477,6 +481,10 @@ class GradTracker:
             "step": self._step,
             "clip": self.clip.spec,
             "clip_state": self.clip.state_dict(),
+            # The model's tensors now, by layer name: what the model resuming from this checkpoint must have.
+            "layers": [
+                self.layers.rows[i]["name"] for i in sorted((*self.layers.ids, *self.layers.frozen_ids))
+            ],
         }
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:

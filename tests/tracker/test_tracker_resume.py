@@ -423,3 +423,67 @@ def test_a_resume_whose_model_lacks_a_measured_layer_is_refused(db_path):
     with pytest.raises(CannotResume, match=r"it measured 2\.weight, 2\.bias until the checkpoint, and this"):
         _tracker(model, db_path, resume=state)
     assert _contents(db_path, 1) == before
+
+
+@pytest.mark.parametrize(
+    "before, after, resumed_has, accepted",
+    [
+        # tied before the checkpoint, untied after: the checkpoint's (tied) model resumes
+        ("tie", "untie", "tie", True),
+        # deleted before the checkpoint, added back after: the checkpoint's model (without it) resumes
+        ("delete", "add", "delete", True),
+        # appended at a step that was not logged (every=3), before the checkpoint: required all the same
+        ("append", None, None, False),
+        # in the model at the checkpoint, deleted after: required all the same
+        (None, "delete", "delete", False),
+    ],
+)
+def test_what_a_resumed_model_must_have_is_what_the_checkpoints_model_had(
+    db_path, before, after, resumed_has, accepted
+):
+    def build():
+        torch.manual_seed(0)
+        return nn.ModuleDict(dict(a=nn.Linear(4, 4), b=nn.Linear(4, 4), aux=nn.Linear(4, 4)))
+
+    def apply(model, what):
+        if what == "tie":
+            model["b"].weight = model["aux"].weight
+        elif what == "untie":
+            model["b"].weight = nn.Parameter(model["b"].weight.detach().clone())
+        elif what == "delete":
+            del model["aux"]
+        elif what == "add":
+            model["aux"] = nn.Linear(4, 4)
+        elif what == "append":
+            model["head"] = nn.Linear(4, 4)
+
+    def step(tracker, model):
+        model.zero_grad(set_to_none=True)
+        x = torch.ones(2, 4)
+        for name in ("a", "b", "aux", "head"):
+            if name in model:
+                x = torch.tanh(model[name](x))
+        x.sum().backward()
+        tracker.step()
+
+    model = build()
+    tracker = GradTracker(model, db=db_path, run="r", every=3, handle_sigterm=False)
+    for i in range(5):
+        if i == 4:  # a step every=3 does not log
+            apply(model, before)
+        step(tracker, model)
+    state = tracker.state_dict()  # at step 5
+    apply(model, after)
+    step(tracker, model)
+    tracker.finish("failed")  # the attempt dies after the change
+
+    resumed = build()
+    apply(resumed, resumed_has)
+    kw = dict(db=db_path, run="r", every=3, resume=state, handle_sigterm=False)
+    if accepted:
+        with GradTracker(resumed, **kw) as t:
+            step(t, resumed)
+        assert t.run_id == state["run_id"]
+    else:
+        with pytest.raises(CannotResume, match="until the checkpoint, and this model does not have"):
+            GradTracker(resumed, **kw)
