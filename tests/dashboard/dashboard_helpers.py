@@ -153,17 +153,23 @@ def open_page(at, page: str, **requests):
 
 # A training process stand-in for the Stop tests: records a running run and, on SIGTERM, ends it "stopped"
 # and closes its connections, as the trainer does (the last connection to close checkpoints and deletes
-# the WAL). Prints "ready" once its first step is in the file.
+# the WAL). Prints "ready" once its first step is in the file. Arguments: the db; optionally a file to wait
+# for before ending (a test can look at the page while the stop is under way) and the exit code (143 =
+# 128 + SIGTERM is what the tracker exits with on a SIGTERM; the trainer exits 0).
 STOPPABLE = """
-import signal, sys, time
+import os, signal, sys, time
 from tracker.store import Store
 store = Store.open(sys.argv[1], create=True)
 run = store.create_run(name="long")
 writer = store.writer(run, heartbeat_every=0.5)
+release = sys.argv[2] if len(sys.argv) > 2 else None
+code = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 def stop(*_):
+    while release and not os.path.exists(release):
+        time.sleep(0.05)
     writer.close(status="stopped")
     store.close()
-    sys.exit(0)
+    sys.exit(code)
 signal.signal(signal.SIGTERM, stop)
 writer.add_step(step=0, norms=[], total_norm=1.0)
 writer.flush()

@@ -57,15 +57,20 @@ def test_a_relaunch_whose_folder_is_gone_says_so_in_a_sentence(tmp_path, app):
     assert "FileNotFoundError" not in message and not _launch_buttons(at)
 
 
-def test_a_job_that_exits_non_zero_is_an_error_with_its_log(tmp_path, app):
+def _failed_job(tmp_path, app, source: str):
+    """The Launch page after relaunching a recorded script whose code is now ``source`` and which ended."""
     (tmp_path / "proj").mkdir()
-    (tmp_path / "proj" / "train.py").write_text("import sys\nsys.exit('no data set here')\n")
+    (tmp_path / "proj" / "train.py").write_text(source)
     db = tmp_path / "gradwatch.db"
     at = _launch_page(app, db, _external_run(db, tmp_path / "proj"))
     _launch_buttons(at)[0].click().run()
     [job] = state._launcher(str(tmp_path / "gradwatch-logs")).jobs
     job.popen.wait(timeout=60)
-    at.run()
+    return at.run(), job
+
+
+def test_a_job_that_exits_non_zero_is_an_error_with_its_log(tmp_path, app):
+    at, _ = _failed_job(tmp_path, app, "import sys\nsys.exit('no data set here')\n")
     assert "Exited with code 1" in texts(at)
     assert any("no data set here" in c.value for c in at.code)
 
@@ -93,33 +98,10 @@ def test_stop_from_the_job_list_records_the_request(tmp_path, app):
     assert f"Sent SIGTERM to {job.pid}" in texts(at, "info")
 
 
-# Records a running run; on SIGTERM waits for the file argv[2] (so a test can look at the page while the stop
-# is under way), ends the run "stopped" and exits 143 (128 + SIGTERM), as the tracker does on a SIGTERM.
-STOPPED_143 = """
-import os, signal, sys, time
-from tracker.store import Store
-store = Store.open(sys.argv[1], create=True)
-run = store.create_run(name="long")
-writer = store.writer(run, heartbeat_every=0.5)
-def stop(*_):
-    while not os.path.exists(sys.argv[2]):
-        time.sleep(0.05)
-    writer.close(status="stopped")
-    store.close()
-    sys.exit(143)
-signal.signal(signal.SIGTERM, stop)
-writer.add_step(step=0, norms=[], total_norm=1.0)
-writer.flush()
-print("ready", flush=True)
-while True:
-    time.sleep(0.1)
-"""
-
-
 def test_a_stopped_job_reads_as_stopped_and_the_stop_message_stays(tmp_path, app):
     db, release = tmp_path / "gradwatch.db", tmp_path / "release"
     launcher = state._launcher(str(tmp_path / "gradwatch-logs"))
-    argv = (sys.executable, "-c", STOPPED_143, str(db), str(release))
+    argv = (sys.executable, "-c", STOPPABLE, str(db), str(release), "143")  # ends as the tracker does
     [job] = launcher.submit([LaunchSpec(name="long", argv=argv, cwd=str(REPO))])
     try:
         assert wait_for(lambda: "ready" in job.log_path.read_text().splitlines(), timeout=60, interval=0.1)
@@ -148,15 +130,8 @@ def test_a_stopped_job_reads_as_stopped_and_the_stop_message_stays(tmp_path, app
 
 
 def test_a_failed_jobs_error_line_is_shown_wrapped(tmp_path, app):
-    (tmp_path / "proj").mkdir()
     reason = "RuntimeError: " + " ".join(f"word{i}" for i in range(80))  # far wider than the page
-    (tmp_path / "proj" / "train.py").write_text(f"raise SystemExit({reason!r})\n")
-    db = tmp_path / "gradwatch.db"
-    at = _launch_page(app, db, _external_run(db, tmp_path / "proj"))
-    _launch_buttons(at)[0].click().run()
-    [job] = state._launcher(str(tmp_path / "gradwatch-logs")).jobs
-    job.popen.wait(timeout=60)
-    at.run()
+    at, job = _failed_job(tmp_path, app, f"raise SystemExit({reason!r})\n")
     assert job.state == "exited (1)" and reason in job.log_path.read_text()
     assert f"Exited with code 1: {escape_markdown(reason)}" in texts(at)  # a sentence, which wraps
     [log] = [c for c in at.code if reason in c.value]
