@@ -25,34 +25,16 @@ class TrackedParameters:
         has stay as rows (``absent``): a run whose model changed mid-run (a head added, LoRA injected)
         numbers its layers otherwise than ``named_parameters()`` does."""
         self.rows: list[dict[str, Any]] = []
-        self.aliases: dict[str, str] = {}
-        by_name: dict[str, int] = {}
         if recorded and [r["id"] for r in recorded] == list(range(len(recorded))):
             self.rows = [dict(r) for r in recorded]
-            by_name = {r["name"]: r["id"] for r in recorded}
-        tensors: dict[int, nn.Parameter] = {}
-        first: dict[int, str] = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            if id(p) in first:
-                self.aliases[name] = first[id(p)]
-                continue
-            first[id(p)] = name
-            layer_id = by_name.get(name, len(self.rows))
-            if layer_id == len(self.rows):
-                self.rows.append(_row(layer_id, name, p))
-            else:
-                self.rows[layer_id] = _row(layer_id, name, p)
-            tensors[layer_id] = p
-        self.absent = [i for i in range(len(self.rows)) if i not in tensors]  # recorded, not in this model
+        self.aliases: dict[str, str] = {}
         self.params: list[nn.Parameter] = []  # measured, in layer order
         self.ids: list[int] = []  # layer id of each measured parameter
         self.frozen: list[nn.Parameter] = []  # not measured (yet), in layer order
         self.frozen_ids: list[int] = []
-        for layer_id in sorted(tensors):
-            p = tensors[layer_id]
-            (self.params if p.requires_grad else self.frozen).append(p)
-            (self.ids if p.requires_grad else self.frozen_ids).append(layer_id)
-        self.names = [self.rows[i]["name"] for i in self.ids]  # of the measured parameters
+        self.rescan(model)  # every tensor is new to an empty list: named by the recorded rows, or appended
+        present = {*self.ids, *self.frozen_ids}
+        self.absent = [i for i in range(len(self.rows)) if i not in present]  # recorded, not in this model
 
     def take_unfrozen(self) -> list[int]:
         """Move the frozen parameters that now have a gradient to the measured ones (layer order kept);
@@ -109,11 +91,10 @@ class TrackedParameters:
                 self.rows[layer_id]["trainable"] = False
                 changed.append(layer_id)
         self.ids, self.params, self.frozen_ids, self.frozen = [], [], [], []
+        new = set(changed)  # (a set: on a model's first scan every tensor is new)
         for layer_id in sorted(seen):
             p = seen[layer_id]
-            if (layer_id in measured and layer_id not in changed) or (
-                layer_id in changed and p.requires_grad
-            ):
+            if (layer_id in measured and layer_id not in new) or (layer_id in new and p.requires_grad):
                 self.ids.append(layer_id)
                 self.params.append(p)
             else:
@@ -130,7 +111,7 @@ class TrackedParameters:
         changed = []
         for p in params:
             row = self.rows[ids[id(p)]]
-            dtype = str(p.dtype).removeprefix("torch.")
+            dtype = _dtype_name(p)
             if row["dtype"] != dtype:
                 row["dtype"] = dtype
                 changed.append(row)
@@ -146,6 +127,10 @@ def _row(layer_id: int, name: str, p: nn.Parameter) -> dict[str, Any]:
         name=name,
         shape=list(p.shape),
         numel=p.numel(),
-        dtype=str(p.dtype).removeprefix("torch."),
+        dtype=_dtype_name(p),
         trainable=p.requires_grad,
     )
+
+
+def _dtype_name(p: nn.Parameter) -> str:
+    return str(p.dtype).removeprefix("torch.")
