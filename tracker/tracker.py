@@ -292,15 +292,13 @@ class GradTracker:
                 )
             store = Store.open(self.db_path, create=False)
             try:
-                run_id, step = resumed["run_id"], resumed["step"]
+                run_id, recorded = resumed["run_id"], store.layer_rows(resumed["run_id"])
                 if "layers" in resumed:  # the checkpoint says which tensors its model had
                     required = set(resumed["layers"])
                 else:  # (a checkpoint from before it did: those with a norm recorded before it)
-                    measured = store.layers_measured_before(run_id, step)
-                    required = {
-                        r["name"] for r in store.layer_rows(run_id) if r["id"] in measured and r["trainable"]
-                    }
-                self._number_as_recorded(run_id, store.layer_rows(run_id), required)
+                    measured = store.layers_measured_before(run_id, resumed["step"])
+                    required = {r["name"] for r in recorded if r["id"] in measured and r["trainable"]}
+                self._number_as_recorded(run_id, recorded, required)
                 # The continuing process's config replaces the recorded one (its --epochs may have grown):
                 # what a relaunch replays. The tracker's own notes (a fork's origin, say) are kept.
                 cfg = None if config is None else self._config_with_notes(config, choice, {})
