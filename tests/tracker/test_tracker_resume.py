@@ -417,8 +417,11 @@ def test_a_run_whose_model_changed_mid_run_resumes_with_the_model_of_its_checkpo
     assert _contents(resumed, 1) == _contents(uninterrupted, 1)
 
 
-def test_a_resume_whose_model_lacks_a_measured_layer_is_refused(db_path):
+@pytest.mark.parametrize("saved_layers", [True, False])  # False: a state saved before it named them
+def test_a_resume_whose_model_lacks_a_measured_layer_is_refused(db_path, saved_layers):
     state, before = _finished_run(db_path)
+    if not saved_layers:
+        state = {k: v for k, v in state.items() if k != "layers"}  # checked against the recorded norms
     model = _model()[:2]  # 2.weight and 2.bias, measured until the checkpoint, are gone
     with pytest.raises(CannotResume, match=r"it measured 2\.weight, 2\.bias until the checkpoint, and this"):
         _tracker(model, db_path, resume=state)
