@@ -89,6 +89,17 @@ class Attachment:
         except RuntimeError:  # unscaled already this iteration (by the user, or by us)
             pass
 
+    def scaler_skips(self) -> bool:
+        """Has this optimizer's GradScaler found inf/NaN in its unscaled gradients this iteration, so that
+        ``scaler.step`` skips its update (or its fused kernel does)? One host sync; False before the scaler
+        has looked at them or without a scaler."""
+        if self.scaler is None or not getattr(self.scaler, "is_enabled", lambda: False)():
+            return False
+        # GradScaler keeps no public record of it: this is the state its own step() decides from.
+        state = getattr(self.scaler, "_per_optimizer_states", {}).get(id(self.optimizer))
+        found = state.get("found_inf_per_device") if isinstance(state, dict) else None
+        return bool(found) and any(bool(f.item()) for f in found.values())
+
     def _wrap_scaler_step(self, original: Any) -> Any:
         def step(optimizer, *args, **kwargs):
             calls = self._calls

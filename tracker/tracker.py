@@ -570,12 +570,17 @@ class GradTracker:
             return  # measured and clipped already, before another optimizer's step
         if several:
             # GradScaler.step unscales only its own optimizer's gradients: the others', measured now too,
-            # must be unscaled first. And one optimizer's step skipped while another's is taken is no skipped
+            # must be unscaled first. One optimizer's step skipped while another's is taken is no skipped
             # step: measured and clipped (the finite part, per strategy) for the others, non-finite recorded.
+            # The scaler skipping every optimizer that holds gradients is. (Host syncs: on the skip path the
+            # scaler has synced already to skip this one; with fused optimizers, one per step.)
             for other in self._hooks:
                 if other is not handle:
                     other.unscale_now()
-            scaler, skipped = None, False
+            skipped = (skipped or (scaler is not None and handle.scaler_skips())) and all(
+                h.scaler_skips() for h in self._hooks if h is not handle and h.grad_signature() is not None
+            )
+            scaler = None
         if skipped:
             self._record_skipped_by_scaler()
         else:

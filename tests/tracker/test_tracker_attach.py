@@ -407,3 +407,37 @@ def test_a_closure_step_is_refused_with_how_to_track_it(db_path):
         handle.remove()
         opt.step(closure)  # detached: the user's own loop, untouched
     assert _rows(db_path, "SELECT count(*) FROM steps") == [(0,)]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_round_the_shared_grad_scaler_skips_for_every_optimizer_is_recorded_as_skipped(db_path, fused):
+    # Several optimizers, one GradScaler: it skips each optimizer whose own gradients hold inf/NaN. A round
+    # where it skipped them all used to be recorded as a step taken; one where another optimizer still
+    # stepped is a step taken (its non-finite layer recorded). Oracle: did any parameter change?
+    model = _model()
+    opts = [torch.optim.Adam(ps, lr=0.05, fused=fused) for ps in _split(model)]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    poison = {1: [model[0].weight], 2: [model[0].weight, model[2].bias]}  # one optimizer, then both
+    assert any(p is model[0].weight for p in opts[0].param_groups[0]["params"])  # a matrix
+    assert any(p is model[2].bias for p in opts[1].param_groups[0]["params"])  # the rest
+    changed = []
+    with GradTracker(model, db=db_path) as tracker:
+        for o in opts:
+            tracker.attach(o, scaler=scaler)
+        for step, (x, y) in enumerate(_data(4)):
+            model.zero_grad()
+            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+            for p in poison.get(step, []):
+                p.grad.view(-1)[0] = float("inf")
+            before = [p.detach().clone() for p in model.parameters()]
+            for o in opts:
+                scaler.step(o)
+            scaler.update()
+            after = list(model.parameters())
+            changed.append(any(not torch.equal(a, p) for a, p in zip(before, after, strict=True)))
+        assert tracker.step_count == 4
+    assert changed == [True, True, False, True]
+    assert _rows(db_path, "SELECT step, skipped FROM steps ORDER BY step") == [
+        (s, int(not c)) for s, c in enumerate(changed)
+    ]
+    assert _rows(db_path, "SELECT DISTINCT step FROM nonfinite ORDER BY step") == [(1,), (2,)]
