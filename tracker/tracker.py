@@ -313,6 +313,12 @@ class GradTracker:
             self._writer = Outbox(store.writer(self.run_id))
             return
 
+        # sys.argv has lost `-m pkg.train` (replaced by the module's path, which then cannot run alone),
+        # `-c code` (argv is just ["-c"]) and options like -u: the command line as typed, to relaunch it.
+        # Recorded with argv, at creation (a resume keeps both).
+        typed = list(getattr(sys, "orig_argv", [])[1:])
+        if typed and typed != list(sys.argv):
+            notes["orig_argv"] = typed
         cfg = self._config_with_notes(config, choice, notes)
         if parent_id is not None and not os.path.exists(self.db_path):  # no file holds it: create none
             from tracker.store import RunNotFound

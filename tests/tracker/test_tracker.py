@@ -163,6 +163,41 @@ def test_run_records_how_to_relaunch_it(db_path):
     ]
 
 
+_SCRIPT = """
+import sys
+from torch import nn
+from tracker import GradTracker
+GradTracker(nn.Linear(2, 1), db=sys.argv[1], run="typed").finish()
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "module", "unbuffered", "code"])
+def test_a_command_line_sys_argv_cannot_rerun_is_kept_as_typed(db_path, tmp_path, how):
+    # `python -m pkg.train` records sys.argv = [".../pkg/train.py"], which fails on a relative import when run
+    # as a file; `python -c` records ["-c"]. The typed command line (the oracle: what we ran) is kept too.
+    import subprocess
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "train.py").write_text(_SCRIPT)
+    args = {
+        "script": [str(tmp_path / "pkg" / "train.py"), str(db_path)],
+        "module": ["-m", "pkg.train", str(db_path)],
+        "unbuffered": ["-u", str(tmp_path / "pkg" / "train.py"), str(db_path)],
+        "code": ["-c", _SCRIPT, str(db_path)],
+    }[how]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    env.pop("GRADWATCH_CLIP", None)
+    subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, check=True, timeout=120)
+    argv, config = _rows(db_path, "SELECT argv, config FROM runs")[0]
+    notes = json.loads(config).get("_gradwatch", {})
+    if how == "script":  # sys.argv reruns it: nothing more recorded
+        assert json.loads(argv) == args and "orig_argv" not in notes
+    else:
+        assert notes["orig_argv"] == args
+        assert json.loads(argv)[-1] == str(db_path)
+
+
 def test_env_clip_overrides_the_argument_and_is_recorded(db_path, monkeypatch):
     monkeypatch.setenv("GRADWATCH_CLIP", "norm:0.5")
     batches = _batches(4)
@@ -172,8 +207,11 @@ def test_env_clip_overrides_the_argument_and_is_recorded(db_path, monkeypatch):
         torch.testing.assert_close(p, q)
     clip, source, config = _rows(db_path, "SELECT clip, clip_source, config FROM runs")[0]
     assert (clip, source) == ("norm:0.5", "env")
-    # The spec the program asked for is kept under the tracker's own key (tracker.CONFIG_KEY), and only it.
-    assert json.loads(config) == {"_gradwatch": {"requested_clip": "none"}}
+    # The spec the program asked for is kept under the tracker's own key (tracker.CONFIG_KEY), and only it
+    # (with the command line as typed when pytest runs as `python -m pytest`).
+    config = json.loads(config)
+    config["_gradwatch"].pop("orig_argv", None)
+    assert config == {"_gradwatch": {"requested_clip": "none"}}
 
 
 def test_bad_env_clip_names_the_variable(db_path, monkeypatch):
