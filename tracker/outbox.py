@@ -65,6 +65,9 @@ class Outbox:
     def add_nonfinite(self, step: int, layers: list[tuple[int, bool, bool]]) -> None:
         self._add(self.writer.add_nonfinite, (step, layers), {})
 
+    def add_layers(self, layers: list[dict[str, Any]]) -> None:
+        self._add(self.writer.add_layers, (layers,), {})
+
     def add_metrics(self, step: int, values: dict[str, float]) -> None:
         self._add(self.writer.add_metrics, (step, values), {})
 

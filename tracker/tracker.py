@@ -670,8 +670,8 @@ class GradTracker:
         self._watch.rearm(self._model)
         _bind_names(self._choice, self.layers)
         self._measure_params()
-        if changed and self._store is not None:
-            self._store.add_layers(self.run_id, [self.layers.rows[i] for i in changed])
+        if changed and self._writer is not None:  # (by the writer thread: never waits for a lock here)
+            self._writer.add_layers([self.layers.rows[i] for i in changed])
 
     def _take_unfrozen(self) -> None:
         """Frozen parameters got gradients: measure and clip them from this step on, like torch's
@@ -679,8 +679,8 @@ class GradTracker:
         self._drain_pending()  # buffered steps are laid out by the old list: turn them into rows first
         moved = self.layers.take_unfrozen()
         self._measure_params()
-        if self._store is not None:
-            self._store.add_layers(self.run_id, [self.layers.rows[i] for i in moved])  # trainable = 1
+        if self._writer is not None:
+            self._writer.add_layers([self.layers.rows[i] for i in moved])  # trainable = 1
 
     def _check_not_replaced(self, model: nn.Module) -> bool:
         """Each time a new set of gradients is missing: are the tensors we measure still the model's?
@@ -728,8 +728,8 @@ class GradTracker:
             self._plan_layout()
             if self._extra is not None:
                 self._extra.replan(self._plan)
-            if self._store is not None:  # layers.dtype says what the tensors are now
-                self._store.add_layers(self.run_id, self.layers.retyped(self._params + self._frozen))
+            if self._writer is not None:  # layers.dtype says what the tensors are now
+                self._writer.add_layers(self.layers.retyped(self._params + self._frozen))
 
     def _measure(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
         try:

@@ -398,3 +398,49 @@ def test_state_dict_takes_in_an_insert_made_since_the_last_step(db_path):
         model.blocks.insert(0, nn.Linear(4, 4))
         tracker.state_dict()  # before the poll could see it
     assert _rows(db_path, "SELECT count(*) FROM layers") == [(8,)]
+
+
+@pytest.mark.parametrize("change", ["unfreeze", "add-head", "cast"])
+def test_a_model_change_while_another_process_holds_the_write_lock_neither_waits_nor_fails(db_path, change):
+    # The layers rows a change needs were written on the training thread: step() waited for the lock, then
+    # raised DatabaseLocked into training, and the layers table stayed wrong. They now go through the writer
+    # thread, which waits for the lock like every other row. (The lock: an open BEGIN IMMEDIATE elsewhere.)
+    import sqlite3
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    model[2].weight.requires_grad_(False)
+    x = torch.randn(3, 4)
+
+    def train(steps):
+        for _ in range(steps):
+            model.zero_grad()
+            out = model(x.to(model[0].weight.dtype))
+            (model.head(out) if hasattr(model, "head") else out).square().mean().backward()
+            tracker.step()
+
+    tracker = GradTracker(model, db=db_path)
+    train(2)
+    tracker.flush()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        if change == "unfreeze":
+            model[2].weight.requires_grad_(True)
+        elif change == "add-head":
+            model.add_module("head", nn.Linear(2, 2))
+        else:
+            model.double()
+        train(3)  # the lock is held throughout: no DatabaseLocked, no waiting for it to time out
+    finally:
+        other.rollback()
+        other.close()
+    train(1)
+    tracker.finish()
+    # The oracle: what the model holds now, as named_parameters() names it.
+    params = list(model.named_parameters())
+    expected = [(n, str(p.dtype).removeprefix("torch."), int(p.requires_grad)) for n, p in params]
+    assert _rows(db_path, "SELECT name, dtype, trainable FROM layers ORDER BY id") == expected
+    assert _rows(db_path, "SELECT count(*) FROM steps") == [(6,)]
+    trained = sum(p.requires_grad for _, p in params)
+    assert _rows(db_path, "SELECT count(DISTINCT layer_id) FROM grad_norms WHERE step = 5") == [(trained,)]

@@ -25,7 +25,7 @@ from .envelope import EnvelopeCache
 from .errors import DatabaseLocked, DatabaseNotFound, ReadOnlyStore, RunNotFound
 from .reader import Reads
 from .schema import check_schema, create_schema
-from .writer import BackgroundWriter
+from .writer import LAYER_COLUMNS, BackgroundWriter, layer_row
 
 __all__ = ["Store", "NONFINITE_POLICIES"]
 
@@ -270,20 +270,7 @@ class Store(Reads):
     def add_layers(self, run_id: int, layers) -> None:
         """Record the run's parameter tensors: dicts with id, name, shape, and optionally numel, dtype,
         trainable (default True). A layer id already recorded for the run is replaced."""
-        rows = []
-        for layer in layers:
-            shape = [int(d) for d in layer.get("shape", [])]
-            rows.append(
-                dict(
-                    run_id=run_id,
-                    id=int(layer["id"]),
-                    name=str(layer["name"]),
-                    shape=json.dumps(shape),
-                    numel=int(layer["numel"]) if layer.get("numel") is not None else math.prod(shape),
-                    dtype=None if layer.get("dtype") is None else str(layer["dtype"]).removeprefix("torch."),
-                    trainable=int(bool(layer.get("trainable", True))),
-                )
-            )
+        rows = [dict(zip(LAYER_COLUMNS, layer_row(run_id, layer), strict=True)) for layer in layers]
         with self._write("record layers") as db:
             self._require_run(run_id)
             if rows:

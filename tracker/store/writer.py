@@ -10,6 +10,8 @@ raises WriterFailed with the original error as its cause: errors are never swall
 """
 
 import atexit
+import json
+import math
 import os
 import queue
 import threading
@@ -32,12 +34,32 @@ from .connection import connect, immediate
 from .errors import DatabaseLocked, WriterClosed, WriterFailed
 from .schema import BLOCK_SIZES
 
-__all__ = ["BackgroundWriter", "EXTRA_STATS", "FINAL_STATUSES"]
+__all__ = ["BackgroundWriter", "EXTRA_STATS", "FINAL_STATUSES", "layer_row"]
 
 EXTRA_STATS = ("weight_norm", "update_ratio", "max_abs")
 FINAL_STATUSES = ("finished", "failed", "stopped")
 
-_STEP, _CLIP, _NONFINITE, _METRICS, _FLUSH, _CLOSE = range(6)
+_STEP, _CLIP, _NONFINITE, _METRICS, _LAYERS, _FLUSH, _CLOSE = range(7)
+
+LAYER_COLUMNS = ("run_id", "id", "name", "shape", "numel", "dtype", "trainable")
+
+
+def layer_row(run_id: int, layer) -> tuple:
+    """A ``layers`` row (LAYER_COLUMNS order) from a dict with id, name, shape, and optionally numel, dtype,
+    trainable (default True)."""
+    shape = [int(d) for d in layer.get("shape", [])]
+    numel = int(layer["numel"]) if layer.get("numel") is not None else math.prod(shape)
+    dtype = None if layer.get("dtype") is None else str(layer["dtype"]).removeprefix("torch.")
+    return (
+        int(run_id),
+        int(layer["id"]),
+        str(layer["name"]),
+        json.dumps(shape),
+        numel,
+        dtype,
+        int(bool(layer.get("trainable", True))),
+    )
+
 
 # Layer ids per IN list in the block statements: below SQLite's old 999-variable limit.
 _IDS_PER_STATEMENT = 900
@@ -173,6 +195,14 @@ class BackgroundWriter:
         if rows:
             self._put((_METRICS, rows), len(rows))
 
+    def add_layers(self, layers) -> None:
+        """Queue ``layers`` rows (dicts as ``Store.add_layers`` takes; an id already recorded is replaced),
+        written before the rows queued after them: a model changed mid-run, without a write on the caller's
+        thread (which would wait for, and fail on, another process's lock)."""
+        rows = [layer_row(self.run_id, layer) for layer in layers]
+        if rows:
+            self._put((_LAYERS, rows), len(rows))
+
     def flush(self, timeout: float | None = None) -> None:
         """Block until everything queued so far is committed. Raises WriterFailed, TimeoutError."""
         done = threading.Event()
@@ -298,7 +328,7 @@ class BackgroundWriter:
     def _write(self, items, *, final=None) -> None:
         """One transaction: the items' rows, block aggregates, and the heartbeat (or the final status)."""
         run = self.run_id
-        steps, payload, stats, clips, nonfinite, metrics = [], [], [], [], [], []
+        steps, payload, stats, clips, nonfinite, metrics, layers = [], [], [], [], [], [], []
         for item in items:
             kind = item[0]
             if kind == _STEP:
@@ -318,6 +348,8 @@ class BackgroundWriter:
                 clips.extend(item[1])
             elif kind == _NONFINITE:
                 nonfinite.extend(item[1])
+            elif kind == _LAYERS:
+                layers.extend(item[1])
             else:
                 metrics.extend(item[1])
 
@@ -330,6 +362,11 @@ class BackgroundWriter:
             try:
                 with immediate(self._conn, self.path, "write rows", retry_for=self._busy_timeout):
                     c = self._conn
+                    if layers:  # (a layer written twice in one batch: the later row wins, as queued)
+                        c.executemany(
+                            f"INSERT OR REPLACE INTO layers ({', '.join(LAYER_COLUMNS)}) VALUES ({_q(7)})",
+                            layers,
+                        )
                     if steps:
                         c.executemany(f"INSERT OR REPLACE INTO steps VALUES ({_q(12)})", steps)
                     if payload:
