@@ -73,6 +73,12 @@ class ExtraStats:
         self._snapshot = None
         self._held = (row, before, weights, present)
 
+    def incomplete(self) -> dict[str, Any] | None:
+        """The held row as it stands (``update_ratio`` NULL), still held for :meth:`complete`: what can be
+        written where the ratio's norms cannot be taken (sharded, where they are a collective that one rank
+        saving a checkpoint, or failing, cannot run alone). None if nothing is held."""
+        return None if self._held is None else dict(self._held[0])
+
     @torch.no_grad()
     def complete(self) -> dict[str, Any] | None:
         """The held row with ``update_ratio`` filled in from the current weights; None if nothing is held."""

@@ -14,6 +14,7 @@ norm in both) and is closer to the float64 value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +39,16 @@ def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
     # float32 accumulation asked for even for float32 groups (same bits, same speed, measured): a tensor
     # cast to float16 after the plan was made then still cannot overflow its norm.
     dtype = torch.float32 if tensors[0].dtype in _FLOAT32_OUT else None
+    if ord == math.inf and not all(map(Tensor.numel, tensors)):
+        # max |x| over no element (an FSDP2 shard of a tensor with fewer rows than ranks, a 0-size weight):
+        # torch's kernel refuses it, having no identity for max; |x| >= 0 makes 0 the one to take.
+        full = [i for i, t in enumerate(tensors) if t.numel()]
+        out = [torch.zeros((), dtype=dtype or t.dtype, device=t.device) for t in tensors]
+        if full:
+            read = torch._foreach_norm([tensors[i] for i in full], ord, dtype=dtype)
+            for i, n in zip(full, read, strict=True):
+                out[i] = n
+        return out
     return list(torch._foreach_norm(tensors, ord, dtype=dtype))
 
 

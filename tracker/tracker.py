@@ -99,6 +99,21 @@ def _check_disabled(cls: type, model: Any, kwargs: dict[str, Any]) -> None:
     _check_run_options(kwargs.get("run"), kwargs.get("parent_id"), kwargs.get("config"))
 
 
+def _warn_if_disabled_in_a_group() -> None:
+    # `enabled=(rank == 0)`, the usual "log on rank 0" pattern, leaves the other ranks unclipped (DDP
+    # replicas drift apart) and, with sharded gradients, out of the norms' collectives (the others hang).
+    rank, world = rank_and_world_size()
+    if world > 1:
+        warnings.warn(
+            f"GradTracker(enabled=False) on rank {rank} of {world}: this rank measures and clips nothing. If "
+            "other ranks track, their clipping is not this rank's (DDP replicas drift apart) and, with FSDP2 "
+            "gradients, they wait forever for this rank to join the norms' reductions. To record from one "
+            "rank only, pass enabled=True on every rank and rank=<the writing rank>: every rank then clips "
+            "alike and only that one writes. (Fine if every rank is disabled.)",
+            stacklevel=3,
+        )
+
+
 def _bind_names(choice: Any, layers: TrackedParameters) -> None:
     """Tell the strategy the model's parameter names (``Strategy.bind_names``), its error made to name
     the spec and where it came from."""
@@ -214,6 +229,7 @@ class GradTracker:
     def __new__(cls, model: nn.Module | None = None, *, enabled: bool = True, **kwargs: Any):
         if not enabled:
             _check_disabled(cls, model, kwargs)
+            _warn_if_disabled_in_a_group()
             return NullTracker()
         return super().__new__(cls)
 
@@ -473,7 +489,7 @@ class GradTracker:
         waits for it, so that everything recorded before the checkpoint is in the file when it returns.
         """
         if not self._finished:
-            self._complete_update()
+            self._complete_update(collective=False)
             # The checkpoint saves the model as it is now: a change since the last step (a head appended, a
             # module deleted) is recorded first, so that this model can resume from it.
             if self._watch.changed or self._check_not_replaced(self._model):
@@ -529,7 +545,7 @@ class GradTracker:
             return
         self._finished = True
         try:
-            self._complete_update()
+            self._complete_update(collective=status == "finished")  # (every rank finishes together then)
             self._drain_pending()
         finally:
             self._watch.close()
@@ -857,8 +873,16 @@ class GradTracker:
         if pending and self._writer is not None:
             self._rows.write_pending(self._writer, torch.cat(pending_parts(pending)).tolist(), 0, pending)
 
-    def _complete_update(self) -> None:
-        row = self._extra.complete() if self._extra is not None else None
+    def _complete_update(self, collective: bool = True) -> None:
+        if self._extra is None:
+            return
+        if self._sharded and not collective:
+            # Sharded, the update ratio's norms are a collective every rank must join: not from a call one
+            # rank may make alone (state_dict() on the writing rank, finish() of a failing rank). The row is
+            # written without the ratio, and again with it when the next step() completes it.
+            row = self._extra.incomplete()
+        else:
+            row = self._extra.complete()
         if row is not None and self._writer is not None:
             self._writer.add_step(**row)
 

@@ -5,10 +5,12 @@ gloo process group. Oracles are computed here, in the test process, from the sam
 """
 
 import json
+import math
 import os
 import socket
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -303,6 +305,10 @@ def _data_parallel_worker(out_dir: str, wrapper: str, writer: str, spec: str) ->
 
         fully_shard(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        GradTracker(model, enabled=rank == 0).finish()  # the "log on rank 0 only" mistake
+    disabled_warned = [str(w.message) for w in caught if "enabled=False" in str(w.message)]
     totals = []
     with GradTracker(
         model,
@@ -320,6 +326,7 @@ def _data_parallel_worker(out_dir: str, wrapper: str, writer: str, spec: str) ->
             opt.step()
     full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
     result = {"run_id": tracker.run_id, "totals": totals, "params": [p.tolist() for p in full]}
+    result["disabled_warned"] = disabled_warned
     _report(dist, out_dir, wrapper, result)
 
 
@@ -366,6 +373,9 @@ def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrappe
     results = _reports(tmp_path, wrapper)
     # Only the writer rank opened the database.
     assert [res["run_id"] for res in results] == [1 if r == writer else None for r in range(WORLD)]
+    # enabled=(rank == 0) leaves the other ranks unclipped (DDP) or hung (FSDP2): the disabled rank says so.
+    assert [len(res["disabled_warned"]) for res in results] == [0, 1]
+    assert "pass enabled=True on every rank and rank=" in results[1]["disabled_warned"][0]
     for res in results:
         assert res["totals"] == pytest.approx(totals, rel=1e-5)
         for got, want in zip(res["params"], replica.parameters(), strict=True):
@@ -403,6 +413,93 @@ def test_one_rank_records_global_norms_and_all_ranks_clip_alike(tmp_path, wrappe
             assert recorded == pytest.approx(stats[step][layer], rel=1e-4)
 
 
+# ---------------------------------------------------------------- FSDP2: empty shards, one rank saving
+EDGE_STEPS = 4
+EDGE_SPEC = "norm:0.5@p=inf"
+
+
+def _edge_model():
+    # The head has one output: its weight [1, 16] and bias [1] are Shard(0) over 2 ranks, so rank 1's local
+    # shards hold no element (max |g| and the inf-norm of nothing used to raise there).
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+def _edge_batches():
+    g = torch.Generator().manual_seed(11)
+    return [(torch.randn(8, 5, generator=g) * 3, torch.randn(8, 1, generator=g)) for _ in range(EDGE_STEPS)]
+
+
+def _fsdp2_edges_worker(out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from tracker import GradTracker
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = _edge_model()
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    db = os.path.join(out_dir, "gradwatch.db")
+    with GradTracker(model, db=db, clip=EDGE_SPEC, extra_stats=True) as tracker:
+        for step, (x, y) in enumerate(_edge_batches()):
+            half = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x[half]), y[half]).backward()
+            tracker.step()
+            opt.step()
+            if step == 1 and rank == 0:
+                # As docs/tracker.md says: the writing rank saves the state. With update_ratio held for the
+                # optimizer step, this used to run a collective the other rank never joined: a deadlock.
+                state = tracker.state_dict()
+    full = [p.full_tensor() for p in model.parameters()]
+    result = {"params": [p.tolist() for p in full], "state_step": state["step"] if rank == 0 else None}
+    _report(dist, out_dir, "edges", result)
+
+
+@pytest.mark.slow
+def test_fsdp2_with_empty_shards_and_a_checkpoint_saved_by_the_writing_rank_alone(tmp_path):
+    import sqlite3
+
+    _launch("fsdp2_edges", tmp_path)
+    # Oracle: one process on the full batches, torch's clip_grad_norm_ with the inf-norm.
+    replica = _edge_model()
+    opt = torch.optim.SGD(replica.parameters(), lr=0.3)
+    stats = []
+    for x, y in _edge_batches():
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(replica(x), y).backward()
+        largest = [p.grad.abs().max().item() for p in replica.parameters()]
+        before = [p.detach().clone() for p in replica.parameters()]
+        torch.nn.utils.clip_grad_norm_(replica.parameters(), 0.5, norm_type=math.inf)
+        opt.step()
+        stats.append(
+            [
+                (m, w.norm().item(), ((w - p.detach()).norm() / w.norm()).item())
+                for m, w, p in zip(largest, before, replica.parameters(), strict=True)
+            ]
+        )
+    ranks = _reports(tmp_path, "edges")
+    assert ranks[0]["state_step"] == 2
+    for got in ranks:
+        for p, want in zip(got["params"], replica.parameters(), strict=True):
+            torch.testing.assert_close(torch.tensor(p), want.detach(), rtol=1e-5, atol=1e-6)
+    con = sqlite3.connect(tmp_path / "gradwatch.db")
+    try:
+        recorded = con.execute(
+            "SELECT step, layer_id, max_abs, weight_norm, update_ratio FROM grad_stats "
+            "ORDER BY step, layer_id"
+        ).fetchall()
+        assert con.execute("SELECT count(*), max(status) FROM runs").fetchone() == (1, "finished")
+    finally:
+        con.close()
+    # Every step's statistics, the one held across the checkpoint completed with its update ratio.
+    assert [(s, layer) for s, layer, *_ in recorded] == [(s, i) for s in range(EDGE_STEPS) for i in range(4)]
+    for step, layer, *values in recorded:
+        assert values == pytest.approx(stats[step][layer], rel=1e-4)
+
+
 if __name__ == "__main__":
     mode, out_dir = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
@@ -410,6 +507,7 @@ if __name__ == "__main__":
         "dtensor": _dtensor_worker,
         "data_parallel": _data_parallel_worker,
         "sharded_clip": _sharded_clip_worker,
+        "fsdp2_edges": _fsdp2_edges_worker,
     }
     workers[mode](out_dir, *sys.argv[3:])
     # Everything is written and closed. Skip interpreter finalization: gloo/DTensor objects torn down

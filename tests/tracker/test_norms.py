@@ -69,6 +69,19 @@ def test_max_abs_and_inf_norm_match_amax():
     torch.testing.assert_close(tensor_norms(grads, 1.0), l1, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_inf_norm_of_an_empty_tensor_is_zero_not_an_error(dtype):
+    # An FSDP2 shard of a tensor with fewer rows than ranks holds no element: torch's kernel has no identity
+    # for max and raised. The oracle: amax of |x| over the non-empty ones; |x| >= 0, so 0 for no element.
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(3, 2, generator=g, dtype=dtype), torch.zeros(0, 7, dtype=dtype)]
+    tensors += [torch.randn(5, generator=g, dtype=dtype) * 4, torch.zeros(0, dtype=dtype)]
+    expected = [t.abs().amax().item() if t.numel() else 0.0 for t in tensors]
+    assert max_abs(tensors).tolist() == pytest.approx(expected)
+    assert tensor_norms(tensors, math.inf).tolist() == pytest.approx(expected)
+    assert max_abs(tensors).dtype == dtype
+
+
 def test_empty_list():
     norms, total = grad_norms([])
     assert norms.numel() == 0 and total.item() == 0.0
