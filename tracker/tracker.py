@@ -519,7 +519,7 @@ class GradTracker:
                 raise ValueError(f"metric names must be non-empty strings, got {name!r}")
             try:
                 clean[name] = float(value.item() if isinstance(value, Tensor) else value)
-            except (TypeError, ValueError, RuntimeError):
+            except (TypeError, ValueError, RuntimeError, OverflowError):  # (10**400: no float holds it)
                 raise ValueError(
                     f"metric {name!r} must be a number or a 1-element tensor, got {value!r}"
                 ) from None
@@ -531,6 +531,8 @@ class GradTracker:
 
     def flush(self) -> None:
         """Copy buffered device values to the host and wait until everything is in the file."""
+        if self._finished:  # finish() wrote everything: nothing to wait for (it raised WriterClosed)
+            return
         self._drain_pending()
         if self._writer is not None:
             self._writer.flush()

@@ -398,6 +398,13 @@ def test_step_and_log_after_finish_are_errors(db_path):
         tracker.step()
     with pytest.raises(RuntimeError, match="finished"):
         tracker.log({"test_acc": 0.9})  # not silently dropped
+    tracker.flush()  # everything is in the file already: nothing to wait for, nothing to raise
+
+
+def test_a_metric_no_float_can_hold_is_a_value_error_naming_it(db_path):
+    with GradTracker(_model(), db=db_path) as tracker:
+        with pytest.raises(ValueError, match="metric 'huge' must be a number"):
+            tracker.log({"huge": 10**400})  # (int -> float raises OverflowError)
 
 
 def test_finish_with_a_bad_status_changes_nothing_and_can_be_retried(db_path):
