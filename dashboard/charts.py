@@ -22,6 +22,7 @@ __all__ = [
     "flow_figure",
     "global_norm_figure",
     "heatmap_figure",
+    "layer_line",
     "layer_norms_figure",
     "metric_figure",
     "missing_note",
@@ -137,6 +138,21 @@ def global_norm_figure(
     return fig
 
 
+def layer_line(norms: pd.DataFrame) -> pd.DataFrame:
+    """One layer's norms as ``step``, ``norm`` rows, sorted by step: raw rows as they are; an envelope from
+    the store's blocks (``norm_min``/``norm_max``) as max then min per bucket, so that a single line still
+    shows each bucket's extremes."""
+    norms = norms.sort_values("step")
+    if "norm" in norms:
+        return norms[["step", "norm"]]
+    return pd.DataFrame(
+        {
+            "step": np.repeat(norms["step"].to_numpy(), 2),
+            "norm": np.column_stack([norms["norm_max"].to_numpy(), norms["norm_min"].to_numpy()]).ravel(),
+        }
+    )
+
+
 def layer_norms_figure(norms: pd.DataFrame, *, max_points: int = MAX_POINTS) -> go.Figure:
     """Per-layer gradient norm over steps, log y, legend grouped by module.
 
@@ -148,13 +164,8 @@ def layer_norms_figure(norms: pd.DataFrame, *, max_points: int = MAX_POINTS) -> 
         group = group.sort_values("step")
         module = module_of(str(name))
         common = dict(name=_label(name), legendgroup=module, legendgrouptitle_text=_label(module))
-        if "norm" in group:
-            fig.add_trace(_line(group["step"], group["norm"], max_points, **common))
-        else:
-            # Interleave max then min per bucket so the single line still shows each bucket's extremes.
-            x = np.repeat(group["step"].to_numpy(), 2)
-            y = np.column_stack([group["norm_max"].to_numpy(), group["norm_min"].to_numpy()]).ravel()
-            fig.add_trace(_line(x, y, max_points, **common))
+        line = layer_line(group)
+        fig.add_trace(_line(line["step"], line["norm"], max_points, **common))
     fig.update_layout(title="Per-layer gradient norms", xaxis_title="step", yaxis_title="L2 norm", **_LAYOUT)
     fig.update_yaxes(type="log")
     return fig

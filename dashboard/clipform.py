@@ -1,14 +1,19 @@
 """The Launch page's clip form: strategy choices with their parameters, turned into a spec string.
 
-Only builds text: validation is the tracker's (``tracker.clipping.validate_clip``), so the form, the CLI and
-``GRADWATCH_CLIP`` accept and reject exactly the same specs.
+Builds text; validation is the tracker's (``tracker.clipping``: its parser, and ``bind_names`` against the
+run's recorded parameter names, as the tracker checks a model), so the form, the CLI and ``GRADWATCH_CLIP``
+accept and reject exactly the same specs.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping, Sequence
 
-__all__ = ["STRATEGIES", "build_spec", "form_values"]
+from tracker.clipping import ClipSpecError, parse_clip, validate_clip
+
+__all__ = ["STRATEGIES", "build_spec", "check_clip", "form_values", "number_text", "read_number"]
 
 # name -> what it does, and its parameters: {param: (label, default)}; a str default means a text field.
 STRATEGIES: dict[str, dict] = {
@@ -39,10 +44,51 @@ STRATEGIES: dict[str, dict] = {
 }
 
 
-def _num(x) -> str:
+def number_text(x) -> str:
     """Shortest text that parses back to the same float; integers without a trailing ``.0``."""
     x = float(x)
     return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+
+
+_num = number_text
+
+
+def read_number(label: str, text: str) -> tuple[float | None, str | None]:
+    """``(value, None)`` for a number field's text, else ``(None, why)``: not a number, or out of range
+    (``1e400`` is infinity as a float, which no spec can hold; NaN neither). The form's number fields are
+    text for this reason: a browser's number field turns 1e400 into 0, which would then be refused as
+    "got 0.0", naming a value nobody typed."""
+    text = str(text).strip()
+    if not text:
+        return None, f"{label}: enter a number"
+    try:
+        value = float(text)
+    except ValueError:
+        return None, f"{label}: {text!r} is not a number"
+    if not math.isfinite(value):
+        return None, f"{label}: {text!r} is out of range (not a finite number); enter a finite value"
+    return value, None
+
+
+def check_clip(
+    spec: str, names: Sequence[str] = (), aliases: Mapping[str, str] | None = None
+) -> tuple[str | None, str | None]:
+    """``(canonical spec, None)`` when the tracker accepts ``spec`` for a model whose parameters are
+    ``names`` (a tied tensor's other names in ``aliases``: alias -> recorded name), else ``(None, the
+    tracker's message)``. With no ``names`` (a run that recorded no layer) only the spec itself is checked.
+
+    The names are checked the way the tracker checks the model it is given (``Strategy.bind_names``): an
+    AGC ``exclude=`` matching no parameter is refused here, not by the job after it has started."""
+    error = validate_clip(spec)
+    if error:
+        return None, error
+    strategy = parse_clip(spec)
+    if names:
+        try:
+            strategy.bind_names(list(names), dict(aliases or {}))
+        except ClipSpecError as exc:
+            return None, f"clip {strategy.spec!r}: {exc}"
+    return strategy.spec, None
 
 
 def build_spec(strategy: str, params: dict, *, noise_eta=None, noise_gamma=None) -> str:

@@ -15,6 +15,7 @@ import streamlit as st
 
 __all__ = [
     "FINAL_METRICS",
+    "clip_rate_over_time",
     "config_of",
     "db_key",
     "flow",
@@ -230,3 +231,13 @@ def flow(store, run_id: int, step: int) -> pd.DataFrame:
     """Per-layer norms at ``step`` (or the last logged step before it), in model order: layer_id, name,
     norm, has_nan, has_inf; the step actually shown is in ``attrs["step"]``."""
     return store.step_norms(run_id, step)
+
+
+def clip_rate_over_time(steps: pd.DataFrame, window: int) -> pd.DataFrame:
+    """``step``, ``clip_rate``: the share of the last ``window`` logged steps (fewer at the start) that were
+    clipped, from the steps' ``clipped`` column (empty when the run recorded no step)."""
+    if not len(steps) or "clipped" not in steps:
+        return pd.DataFrame({"step": pd.Series(dtype=int), "clip_rate": pd.Series(dtype=float)})
+    clipped = steps["clipped"].fillna(0).astype(float)
+    rate = clipped.rolling(window, min_periods=1).mean()
+    return pd.DataFrame({"step": steps["step"].to_numpy(), "clip_rate": rate.to_numpy()})

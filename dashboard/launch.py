@@ -44,6 +44,7 @@ __all__ = [
     "resume_checkpoint",
     "resume_spec",
     "stop_pid",
+    "tracker_notes",
     "trainer_spec",
 ]
 
@@ -257,13 +258,29 @@ def resume_spec(run: Mapping, *, db: str | os.PathLike, config_dir: str | os.Pat
     return dataclasses.replace(spec, resumes=int(run["id"]))
 
 
+# The tracker's own notes inside runs.config (docs/schema.md: requested_clip, tied, orig_argv, ...).
+NOTES_KEY = "_gradwatch"
+
+
+def tracker_notes(run: Mapping) -> dict:
+    """The tracker's notes recorded in ``runs.config["_gradwatch"]`` ({} when there are none)."""
+    notes = _config(run).get(NOTES_KEY)
+    return dict(notes) if isinstance(notes, Mapping) else {}
+
+
 def external_spec(run: Mapping, *, name: str, db: str | os.PathLike, clip: str) -> LaunchSpec:
-    """Re-execute an external script's recorded command with ``GRADWATCH_CLIP`` set."""
-    argv = _as_list(run.get("argv"))
+    """Re-execute an external script's recorded command with ``GRADWATCH_CLIP`` set.
+
+    The command is the one typed after the interpreter (``sys.orig_argv[1:]``, recorded by the tracker when
+    ``sys.argv`` cannot rerun it: ``python -m pkg.train``, ``python -c ...``, ``python -u train.py``), else
+    ``runs.argv``."""
+    typed = tracker_notes(run).get("orig_argv")
+    typed = [str(a) for a in typed] if isinstance(typed, list) and typed else None
+    argv = typed or _as_list(run.get("argv"))
     if not argv:
         raise ValueError(f"run {run.get('id')!r} has no recorded command (argv) to re-execute")
     python = run.get("python") or sys.executable
-    _check_recorded_command(run, python, argv)
+    _check_recorded_command(run, python, argv, typed=typed is not None)
     env = {
         CLIP_ENV: clip,
         DB_ENV: str(db),
@@ -280,28 +297,91 @@ def external_spec(run: Mapping, *, name: str, db: str | os.PathLike, clip: str) 
     )
 
 
-def _check_recorded_command(run: Mapping, python: str, argv: list) -> None:
+# Interpreter options that take the next argument (or the rest of their own: -Wignore).
+_OPTION_ARGS = frozenset("WX")
+
+
+def interpreter_target(argv: Sequence[str]) -> tuple[str, str | None]:
+    """What a command line typed after ``python`` runs: ``("module", name)`` for ``-m name``, ``("code",
+    None)`` for ``-c``, ``("script", path)``, or ``("stdin", None)`` for ``-`` and for no script at all (an
+    interactive or piped session). Options before it (``-u``, ``-W arg``, ``-X opt``, ``-uB``) are skipped."""
+    i = 0
+    while i < len(argv):
+        arg = str(argv[i])
+        if arg == "-":
+            return "stdin", None
+        if arg == "--check-hash-based-pycs":
+            i += 2
+            continue
+        if not arg.startswith("-") or arg == "--":
+            if arg == "--":
+                i += 1
+                return ("script", str(argv[i])) if i < len(argv) else ("stdin", None)
+            return "script", arg
+        if arg.startswith("--"):  # --help, --version: no argument
+            i += 1
+            continue
+        # A group of short options (-uB, -um pkg, -Wdefault): -c and -m end it, W and X take an argument.
+        for j, letter in enumerate(arg[1:], start=1):
+            rest = arg[j + 1 :]
+            if letter in "cm":
+                if letter == "c":
+                    return "code", None
+                name = rest or (str(argv[i + 1]) if i + 1 < len(argv) else None)
+                return "module", name
+            if letter in _OPTION_ARGS:
+                i += 0 if rest else 1  # the argument is the rest of this one, else the next one
+                break
+        i += 1
+    return "stdin", None
+
+
+def _check_recorded_command(run: Mapping, python: str, argv: list, *, typed: bool = False) -> None:
     """Raise ValueError, saying what is missing and how to fix it, when the recorded command cannot run
-    again: its working folder, its Python or its script (``argv[0]``, a ``.py`` path, resolved against the
-    recorded working folder) is gone. Python would otherwise start and exit at once with code 2."""
+    again: its working folder, its Python or its script (a ``.py`` path, resolved against the recorded
+    working folder) is gone, or only ``-c`` / ``-`` was recorded (the code itself never was). Python would
+    otherwise start and exit at once with code 2. ``typed``: ``argv`` is the command line as typed after
+    the interpreter (``sys.orig_argv[1:]``), else ``sys.argv``."""
+    run_id = run.get("id")
     cwd = run.get("cwd")
     if cwd and not os.path.isdir(cwd):
         raise ValueError(
-            f"The recorded working folder {cwd} of run #{run.get('id')} no longer exists, so its command "
+            f"The recorded working folder {cwd} of run #{run_id} no longer exists, so its command "
             "cannot be run there again. Restore that folder (with the script in it) and reload this page, "
             "or relaunch a run recorded where the script now lives."
         )
     if os.path.isabs(python) and not os.path.exists(python):
         raise ValueError(
-            f"The recorded Python {python} of run #{run.get('id')} no longer exists (a deleted virtual "
+            f"The recorded Python {python} of run #{run_id} no longer exists (a deleted virtual "
             "environment?). Recreate it at that path, or relaunch a run recorded with an existing Python."
         )
-    script = str(argv[0])
-    if script.endswith(".py"):
+    if typed:
+        kind, script = interpreter_target(argv)
+    else:  # sys.argv: the script, or what is left of -c / - / an interactive session
+        first = str(argv[0])
+        kind, script = (
+            ("code", None) if first == "-c" else ("stdin", None) if first in ("-", "") else ("script", first)
+        )
+    if kind == "code" and not typed:
+        raise ValueError(
+            f'Run #{run_id} was started with `python -c ...`, and only "-c" was recorded (sys.argv), not '
+            "the code, so its command cannot be run again. Put the code in a script (or a module run with "
+            "`python -m`), run it once with the tracker, and relaunch that run: a current gradwatch records "
+            "the command as typed."
+        )
+    if kind == "stdin":
+        raise ValueError(
+            f"Run #{run_id} was started from standard input or an interactive session (recorded command "
+            f"{shlex.join(map(str, argv))!r}): there is no script to run again. Put the code in a script, "
+            "run it once with the tracker, and relaunch that run."
+        )
+    if kind == "module" and not script:
+        raise ValueError(f"The recorded command of run #{run_id} has `-m` without a module name.")
+    if kind == "script" and script.endswith(".py"):
         path = script if os.path.isabs(script) or not cwd else os.path.join(str(cwd), script)
         if not os.path.isfile(path):
             raise ValueError(
-                f"The recorded script {script} of run #{run.get('id')} no longer exists ({path} is missing), "
+                f"The recorded script {script} of run #{run_id} no longer exists ({path} is missing), "
                 "so Python would exit at once. Put the script back at that path, or relaunch a run recorded "
                 "where the script now lives."
             )
@@ -401,6 +481,23 @@ def stop_pid(pid: int) -> bool:
 # How a process stopped by a signal exits: 128 + the signal's number (the tracker's SystemExit(143) on
 # SIGTERM, 130 after Ctrl-C), or minus it when the signal killed it before any handler ran.
 STOP_EXIT_CODES = frozenset({0, 128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT})
+
+
+# A launch of the same command as one this recent (or still running) asks for a confirmation first.
+RECENT_S = 60.0
+
+
+def _new_log(path: Path):
+    """``(path, file)``: a log file created for this job alone (``path``, else ``path`` with ``-2``, ``-3``,
+    ... before its suffix). Two launches of one name within the same second, from one dashboard or two,
+    would otherwise write into one file, each job's log showing the other's lines."""
+    candidate, n = path, 1
+    while True:
+        try:
+            return candidate, open(candidate, "xb")
+        except FileExistsError:
+            n += 1
+            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
 
 
 @dataclass
@@ -507,7 +604,8 @@ class Launcher:
             # setting of every run it launches: only the spec's own environment may set these.
             inherited = {k: v for k, v in os.environ.items() if k not in (CLIP_ENV, PARENT_ENV, RUN_ENV)}
             env = {**inherited, **spec.env}
-            with open(job.log_path, "ab") as log:
+            job.log_path, log = _new_log(job.log_path)
+            with log:
                 log.write(f"$ {spec.display()}\n".encode())
                 log.flush()
                 # A list argv and no shell: nothing in a spec or a name is ever interpreted by a shell.
@@ -553,6 +651,18 @@ class Launcher:
         for job in self.jobs:
             if job.pid == pid and job.state == "running":
                 job.stop_requested = True
+
+    def same_command(self, spec: LaunchSpec, *, within_s: float = RECENT_S) -> list[Job]:
+        """Jobs of this dashboard with the command ``spec`` (its argv, folder and environment) that are
+        queued or running, or started less than ``within_s`` seconds ago: launching ``spec`` again is
+        then most likely a double click, not a second run wanted."""
+        now = time.time()
+        return [
+            j
+            for j in self.jobs
+            if (j.spec.argv, j.spec.cwd, dict(j.spec.env)) == (spec.argv, spec.cwd, dict(spec.env))
+            and (j.state in ("queued", "running") or (j.started_at or 0) > now - within_s)
+        ]
 
     def running_pids(self) -> set[int]:
         return {j.pid for j in self.jobs if j.state == "running"}

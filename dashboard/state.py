@@ -23,6 +23,8 @@ __all__ = [
     "LIVE_INTERVAL_S",
     "db_path",
     "explain_missing_directory",
+    "ids_from_url",
+    "ids_to_url",
     "get_store",
     "launcher",
     "log_dir",
@@ -30,6 +32,7 @@ __all__ = [
     "show_store_error",
     "stop_job",
     "stop_recorded_run",
+    "unknown_ids_text",
 ]
 
 LIVE_INTERVAL_S = 2.0  # a step written by a trainer shows within this (plus one read) in an open page
@@ -176,3 +179,44 @@ def stop_job(job) -> str:
 def show_store_error(exc: BaseException) -> None:
     """Render a store error as a friendly message with how to fix it (never a traceback)."""
     st.error(friendly_error(db_path(), exc), icon=":material/error:")
+
+
+def ids_from_url(param: str, seen_key: str, known) -> tuple[list[int], list[str]]:
+    """Run ids named in the page's address (``?run=3``, ``?runs=2,3,4``) when it names them anew (a link
+    opened, a reload: not the value this page wrote itself, ``seen_key``): ``(known ids, the rest as
+    typed)``; ``([], [])`` when there is nothing new to follow."""
+    raw = st.query_params.get(param)
+    if raw is None or raw == st.session_state.get(seen_key):
+        return [], []
+    st.session_state[seen_key] = raw
+    ids, unknown = [], []
+    for part in str(raw).split(","):
+        text = part.strip().lstrip("#")
+        if not text:
+            continue
+        try:
+            run_id = int(text)
+        except ValueError:
+            unknown.append(part.strip())
+            continue
+        if run_id not in known:
+            unknown.append(text)
+        elif run_id not in ids:
+            ids.append(run_id)
+    return ids, unknown
+
+
+def ids_to_url(param: str, seen_key: str, ids) -> None:
+    """Make the page's address name ``ids`` (none: no parameter), so a reload or a shared link opens them."""
+    value = ",".join(str(int(i)) for i in ids)
+    if value:
+        if st.query_params.get(param) != value:
+            st.query_params[param] = value
+    elif param in st.query_params:
+        del st.query_params[param]
+    st.session_state[seen_key] = value or None
+
+
+def unknown_ids_text(unknown: list[str]) -> str:
+    """``run 99`` / ``runs 99, abc``, as typed, escaped for markdown."""
+    return ("run " if len(unknown) == 1 else "runs ") + ", ".join(escape_markdown(u) for u in unknown)

@@ -6,13 +6,14 @@ Pure functions of the store's ``runs()`` frame (which already carries per-run su
 from __future__ import annotations
 
 import json
+import shlex
 
 import pandas as pd
 import streamlit as st
 
 from dashboard.data import FINAL_METRICS, config_of
 
-__all__ = ["column_config", "config_diff", "filter_runs", "runs_table"]
+__all__ = ["CLIP_IN_FORCE", "column_config", "compared_config", "config_diff", "filter_runs", "runs_table"]
 
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -76,7 +77,8 @@ IDENTITY_KEYS = frozenset({"run", "parent_run", "config", "quiet"})
 
 def config_diff(configs: dict[str, dict]) -> pd.DataFrame:
     """Keys whose values differ between runs (rows) × runs (columns); keys equal everywhere are left out."""
-    keys = sorted(set().union(*[c.keys() for c in configs.values()]) - IDENTITY_KEYS) if configs else []
+    # In order of first appearance: the clip in force first, then the script's keys as it wrote them.
+    keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c) if k not in IDENTITY_KEYS]
     missing = object()
     rows = {}
     for key in keys:
@@ -87,3 +89,37 @@ def config_diff(configs: dict[str, dict]) -> pd.DataFrame:
         if len(encoded) > 1:
             rows[key] = ["—" if v is missing else ("" if v is None else str(v)) for v in values]
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(configs)) if rows else pd.DataFrame()
+
+
+# Rows of the Compare page's configuration diff that are not keys of the script's own config.
+CLIP_IN_FORCE = "clip in force (runs.clip)"
+CLIP_SOURCE = "clip set by"
+SCRIPT_CLIP = "clip (the script's config)"
+# The tracker's notes (runs.config["_gradwatch"], docs/schema.md), each a row of its own.
+NOTE_ROWS = {
+    "requested_clip": "clip the script asked for (before GRADWATCH_CLIP)",
+    "tied": "tied weights (alias → recorded name)",
+    "orig_argv": "command as typed (after python)",
+}
+
+
+def compared_config(run: dict) -> dict:
+    """What the Compare page diffs for one run: the clip actually in force (``runs.clip``) and where it came
+    from, the script's own config keys, and the tracker's notes as rows of their own.
+
+    The script's ``config["clip"]`` is what it asked for, which ``GRADWATCH_CLIP`` may have overridden: it
+    is shown under its own name, never in place of the clip in force, and only where it differs from it."""
+    config = config_of(run)
+    notes = config.pop("_gradwatch", None)
+    row = {CLIP_IN_FORCE: run.get("clip") or "none", CLIP_SOURCE: run.get("clip_source")}
+    script_clip = config.pop("clip", None)
+    if script_clip is not None and script_clip != row[CLIP_IN_FORCE]:
+        row[SCRIPT_CLIP] = script_clip
+    row.update(config)
+    for key, value in (notes or {}).items() if isinstance(notes, dict) else []:
+        if key == "tied" and isinstance(value, dict):
+            value = ", ".join(f"{a} → {b}" for a, b in sorted(value.items()))
+        elif key == "orig_argv" and isinstance(value, list):
+            value = shlex.join(map(str, value))
+        row[NOTE_ROWS.get(key, f"tracker note: {key}")] = value
+    return row

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data, state, summary
-from dashboard.text import escape_markdown
+from dashboard.text import code_span, escape_markdown
 from tracker.store import StoreError
 
 
@@ -83,6 +83,11 @@ def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
             charts.missing_note(per_run, metric, shown),
         )
 
+    st.subheader("Per-layer norms")
+    layer_panel(store, db, ids, labels, steps, log_y, colors)
+    st.subheader("Clipping")
+    clip_panel(steps, shown, log_y, colors)
+
     st.subheader("Side by side")
     table = summary.runs_table(runs[runs["id"].isin(ids)])
     table = table.set_index("id").loc[ids].reset_index()
@@ -94,7 +99,7 @@ def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
         st.caption("No `gen_gap` metric recorded: the generalisation gap appears once runs log it.")
 
     st.subheader("Configuration differences")
-    configs = {labels[i]: {"clip": r.get("clip"), **data.config_of(r)} for i in ids
+    configs = {labels[i]: summary.compared_config(r) for i in ids
                for r in runs[runs["id"] == i].to_dict("records")}  # fmt: skip
     diff = summary.config_diff(configs)
     if len(diff):
@@ -103,23 +108,112 @@ def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
         st.caption("These runs have identical configurations.")
 
 
+LAYER = "compare_layer"
+CLIP_WINDOW = 50  # logged steps over which the clip rate over time is taken
+
+
+def layer_panel(store, db: str, ids: list[int], labels: dict[int, str], steps: dict, log_y: bool,
+                colors: dict) -> None:  # fmt: skip
+    """One layer's gradient norm, one line per run (the Run page's reads: raw rows for small runs, the
+    store's min/max blocks for large ones); runs without a layer of that name are named under the chart."""
+    frames = {i: data.layers(store, db, i) for i in ids}
+    names = list(dict.fromkeys(str(n) for i in ids for n in frames[i]["name"]))
+    if not names:
+        st.info("None of these runs recorded per-layer norms.")
+        return
+    everywhere = [n for n in names if all(n in set(frames[i]["name"]) for i in ids)]
+    if st.session_state.get(LAYER) not in names:  # first render, or the picked layer left with its run
+        st.session_state[LAYER] = (everywhere or names)[0]
+    layer = st.selectbox("Layer", names, key=LAYER, help="Layers of every compared run, in model order.")
+    series, lacking = {}, []
+    for i in ids:
+        frame = frames[i]
+        match = frame.loc[frame["name"] == layer, "id"]
+        if not len(match):
+            lacking.append(labels[i])
+            continue
+        norms = data.layer_norms(
+            store, i, frame, [int(match.iloc[0])], len(steps[labels[i]]), charts.MAX_POINTS
+        )
+        series[labels[i]] = charts.layer_line(norms)
+    figure = charts.overlay_figure(series, "norm", title=f"Gradient norm of {layer}", log_y=log_y,
+                                   colors=colors)  # fmt: skip
+    notes = []
+    if lacking:
+        notes.append(
+            f"No layer named {code_span(layer)} in: " + ", ".join(escape_markdown(x) for x in lacking) + "."
+        )
+    missing = charts.missing_note(series, "norm", list(series))
+    if missing:
+        notes.append(missing)
+    _chart(st, figure, "cmp_layer", " ".join(notes) or None)
+
+
+def clip_panel(steps: dict, shown: list[str], log_y: bool, colors: dict) -> None:
+    """Each run's clip threshold in force and its share of clipped steps over time, from the steps rows
+    already read for the global norm chart (no further read)."""
+    thresholds = {
+        label: frame.dropna(subset=["threshold"]) for label, frame in steps.items() if "threshold" in frame
+    }
+    thresholds = {label: frame for label, frame in thresholds.items() if len(frame)}
+    rates = {label: data.clip_rate_over_time(frame, CLIP_WINDOW) for label, frame in steps.items()}
+    left, right = st.columns(2)
+    unset = [label for label in shown if label not in thresholds]
+    note = (
+        "No clip threshold recorded for "
+        + ", ".join(escape_markdown(label) for label in unset)
+        + " (clip none, or a strategy that records none)."
+        if unset
+        else None
+    )
+    _chart(left, charts.overlay_figure(thresholds, "threshold", title="Clip threshold in force", log_y=log_y,
+                                       colors=colors), "cmp_threshold", note)  # fmt: skip
+    _chart(
+        right,
+        charts.overlay_figure(
+            rates,
+            "clip_rate",
+            title=f"Share of steps clipped (last {CLIP_WINDOW} logged steps)",
+            colors=colors,
+        ),
+        "cmp_clip_rate",
+        charts.missing_note(rates, "clip_rate", shown),
+    )
+
+
 PICK = "compare_pick"  # the multiselect's key: Streamlit drops it while another page shows
 LAST_PICK = "compare_last_pick"  # what was picked, kept across pages (as the Run page keeps its run)
 LIVE = "compare_live"
 LIVE_CHOICE = "compare_live_choice"  # the user's own setting of the toggle; None: follow the runs
 
 
+URL_RUNS = "runs"  # ?runs=2,3,4: the compared runs, in the page's address
+URL_SEEN = "compare_url_seen"  # the ?runs= this page last wrote or followed
+
+
 def pick_runs(runs: pd.DataFrame, labels: dict[int, str]) -> list[int]:
-    """The picked runs: a one-shot request from the Runs page, else the current pick, else the last pick
-    made on this page (navigating away and back, or the browser's Back), else the two newest runs."""
+    """The picked runs: a one-shot request from the Runs page, else the runs named in a new address
+    (``?runs=2,3,4``: a link, or a reload, which starts a new session), else the current pick, else the
+    last pick made on this page (navigating away and back, or the browser's Back), else the two newest runs.
+    The address follows the pick, so it can be copied, bookmarked and reloaded."""
     requested = [i for i in st.session_state.pop("compare_ids", []) if i in labels]
+    linked, unknown = state.ids_from_url(URL_RUNS, URL_SEEN, labels)
     if requested:
         st.session_state[PICK] = requested
+    elif linked:
+        st.session_state[PICK] = linked
     elif PICK not in st.session_state:
         last = [i for i in st.session_state.get(LAST_PICK, []) if i in labels]
         st.session_state[PICK] = last if LAST_PICK in st.session_state else list(labels)[:2]
+    if unknown:
+        st.warning(
+            f"The address asks for {state.unknown_ids_text(unknown)}, not in this database: "
+            + ("showing the others it names." if linked else "showing the default pick instead."),
+            icon=":material/link_off:",
+        )
     picked = st.multiselect("Runs", list(labels), format_func=labels.get, key=PICK)
     st.session_state[LAST_PICK] = list(picked)
+    state.ids_to_url(URL_RUNS, URL_SEEN, picked)
     return picked
 
 

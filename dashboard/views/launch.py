@@ -8,85 +8,153 @@ database.
 """
 
 import math
+import time
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import data, state
-from dashboard.clipform import STRATEGIES, build_spec, form_values
-from dashboard.launch import STOP_EXIT_CODES, is_trainer_run, log_tail, parse_sweep, relaunch_spec
+from dashboard.clipform import STRATEGIES, build_spec, check_clip, form_values, number_text, read_number
+from dashboard.launch import (
+    STOP_EXIT_CODES,
+    is_trainer_run,
+    log_tail,
+    parse_sweep,
+    relaunch_spec,
+    tracker_notes,
+)
 from dashboard.options import MODEL_OPTIONS, OPTIONS
 from dashboard.options import option_errors as _option_errors
 from dashboard.text import code_span, escape_markdown
-from tracker.clipping import parse_clip, validate_clip
+from tracker.clipping import validate_clip
+
+KEPT = "launch_kept"  # {widget key: its last value}; not a widget's key, so Streamlit keeps it (see _widget)
+CLIP_KEYS = "clip_"  # the clip form's widget keys start with this
+PREFILLED_FOR = "launch_prefilled_for"  # the source run the clip form was last filled from
+
+
+def _widget(make, label: str, key: str, default=None, **kwargs):
+    """Draw a form widget that keeps its value when it is not drawn for a while.
+
+    Streamlit drops a widget's value from the session while the widget is not drawn (on another page: the
+    sidebar, the browser's Back; under another strategy; in the other clip mode), or keeps an older value
+    set before it was drawn. So the value is kept in ``KEPT`` (no widget's key), updated by the widget's
+    change callback, which runs before the rerun, and given back to the widget on every run: the source run
+    and a typed spec survive (otherwise the source fell back to the newest run, and a click relaunched the
+    wrong one)."""
+    kept = st.session_state.setdefault(KEPT, {})
+    if key in kept:
+        st.session_state[key] = kept[key]
+    elif key not in st.session_state and default is not None:
+        st.session_state[key] = default
+    value = make(label, key=key, on_change=_keep, args=(key,), **kwargs)
+    kept[key] = value
+    return value
+
+
+def _keep(key: str) -> None:
+    st.session_state.setdefault(KEPT, {})[key] = st.session_state[key]
+
+
+def _set(key: str, value) -> None:
+    """Set a form widget's value (before it is drawn), kept as :func:`_widget` keeps it."""
+    st.session_state[key] = value
+    st.session_state.setdefault(KEPT, {})[key] = value
+
+
+def _clear_clip_form() -> None:
+    kept = st.session_state.setdefault(KEPT, {})
+    for key in [k for k in list(st.session_state) if str(k).startswith(CLIP_KEYS)]:
+        del st.session_state[key]
+    for key in [k for k in kept if k.startswith(CLIP_KEYS)]:
+        del kept[key]
 
 
 def _consume_prefill(runs: pd.DataFrame) -> None:
     """Apply one-shot requests from other pages (Relaunch button, suggested threshold)."""
     source = st.session_state.pop("launch_from", None)
     if source is not None and source in set(runs["id"]):
-        st.session_state["launch_source"] = int(source)
+        _set("launch_source", int(source))
     clip = st.session_state.pop("launch_clip", None)
     if clip is not None:
-        st.session_state["clip_prefilled_for"] = st.session_state.get("launch_source")
-        st.session_state["clip_mode"] = "Raw spec"
-        st.session_state["clip_raw"] = clip
+        _clear_clip_form()
+        st.session_state[PREFILLED_FOR] = st.session_state.get("launch_source")
+        _set("clip_mode", "Raw spec")
+        _set("clip_raw", clip)
 
 
 def _prefill_clip(run: dict) -> None:
-    """Start the clip form from the source run's recorded clipping (once per source run)."""
-    # Widget values are dropped while another page shows, hence the clip_mode check.
-    if st.session_state.get("clip_prefilled_for") == run["id"] and "clip_mode" in st.session_state:
+    """Start the clip form from the source run's recorded clipping, once per source run: what the user then
+    types is kept (:func:`_widget`) until another source run is picked."""
+    if st.session_state.get(PREFILLED_FOR) == run["id"]:
         return
-    st.session_state["clip_prefilled_for"] = run["id"]
+    _clear_clip_form()  # another run's typed values must not show under this one
+    st.session_state[PREFILLED_FOR] = run["id"]
     recorded = run.get("clip") or "none"
-    st.session_state["clip_raw"] = recorded
+    _set("clip_raw", recorded)
     values = form_values(recorded) if validate_clip(recorded) is None else None
     if values is None:
-        st.session_state["clip_mode"] = "Raw spec"
+        _set("clip_mode", "Raw spec")
         return
-    st.session_state["clip_mode"] = "Strategy"
-    st.session_state["clip_strategy"] = values["strategy"]
+    _set("clip_mode", "Strategy")
+    _set("clip_strategy", values["strategy"])
     for name, value in values["params"].items():
-        st.session_state[f"clip_{values['strategy']}_{name}"] = value
-    st.session_state["clip_noise"] = values["noise_eta"] is not None
+        _set(f"clip_{values['strategy']}_{name}", value if isinstance(value, str) else number_text(value))
+    _set("clip_noise", values["noise_eta"] is not None)
     if values["noise_eta"] is not None:
-        st.session_state["clip_noise_eta"] = values["noise_eta"]
-        st.session_state["clip_noise_gamma"] = values["noise_gamma"]
+        _set("clip_noise_eta", number_text(values["noise_eta"]))
+        _set("clip_noise_gamma", number_text(values["noise_gamma"]))
 
 
-def clip_input(run: dict) -> tuple[str | None, str | None]:
-    """The clip spec from the form and the tracker's error message for it (None when valid)."""
+def _number(col, label: str, key: str, default: float, problems: list[str]) -> float | None:
+    """A number field of the clip form. A text field, not ``st.number_input``: a browser turns 1e400 in a
+    number field into 0, which the tracker would refuse as "got 0.0"; as text it reaches
+    ``read_number`` as typed, which names it out of range."""
+    value, problem = read_number(label, _widget(col.text_input, label, key, number_text(default)))
+    if problem:
+        problems.append(problem)
+    return value
+
+
+def clip_input(run: dict, names=(), aliases=None) -> tuple[str | None, str | None]:
+    """The clip spec from the form and the tracker's error message for it (None when valid). ``names`` and
+    ``aliases``: the source run's recorded parameter names and tied aliases, checked as the tracker checks
+    a model (an AGC ``exclude=`` matching no parameter is refused here, not after the job has started)."""
     _prefill_clip(run)
-    mode = st.radio("Clipping", ["Strategy", "Raw spec"], horizontal=True, key="clip_mode")
+    mode = _widget(st.radio, "Clipping", "clip_mode", "Strategy", options=["Strategy", "Raw spec"],
+                   horizontal=True)  # fmt: skip
+    problems: list[str] = []
     if mode == "Raw spec":
-        spec = st.text_input("Clip spec", key="clip_raw", help=_help())
+        spec = _widget(st.text_input, "Clip spec", "clip_raw", "", help=_help())
     else:
-        strategy = st.selectbox("Strategy", list(STRATEGIES), key="clip_strategy", format_func=_describe)
+        strategy = _widget(st.selectbox, "Strategy", "clip_strategy", "norm", options=list(STRATEGIES),
+                           format_func=_describe)  # fmt: skip
         params = {}
         cols = st.columns(max(1, len(STRATEGIES[strategy]["params"])))
         for col, (name, (label, default)) in zip(cols, STRATEGIES[strategy]["params"].items(), strict=False):
             key = f"clip_{strategy}_{name}"
-            st.session_state.setdefault(key, default)
             if isinstance(default, str):
-                params[name] = col.text_input(label, key=key)
+                params[name] = _widget(col.text_input, label, key, default)
             else:
-                # No min_value: a negative threshold must reach the tracker's validation and be explained.
-                params[name] = col.number_input(label, key=key, format="%g")
-        noise = st.checkbox("Add annealed gradient noise (Neelakantan et al. 2015)", key="clip_noise")
+                # No lower bound: a negative threshold must reach the tracker's validation, explained.
+                params[name] = _number(col, label, key, default, problems)
+        noise = _widget(
+            st.checkbox, "Add annealed gradient noise (Neelakantan et al. 2015)", "clip_noise", False
+        )
         eta = gamma = None
         if noise:
             n1, n2 = st.columns(2)
-            st.session_state.setdefault("clip_noise_eta", 0.01)
-            st.session_state.setdefault("clip_noise_gamma", 0.55)
-            eta = n1.number_input("eta", key="clip_noise_eta", format="%g")
-            gamma = n2.number_input("gamma", key="clip_noise_gamma", format="%g")
+            eta = _number(n1, "eta", "clip_noise_eta", 0.01, problems)
+            gamma = _number(n2, "gamma", "clip_noise_gamma", 0.55, problems)
+        if problems:
+            error = "\n\n".join(problems)
+            st.error(error, icon=":material/warning:")
+            return None, error
         spec = build_spec(strategy, params, noise_eta=eta, noise_gamma=gamma)
-    error = validate_clip(spec)
+    canonical, error = check_clip(spec, names, aliases)
     if error:
         st.error(error, icon=":material/warning:")
         return spec, error
-    canonical = parse_clip(spec).spec
     st.caption(f"Valid: `{canonical}`")
     return canonical, None
 
@@ -161,8 +229,8 @@ def _spec_for(run: dict, clip: str, name: str, overrides: dict):
     )
 
 
-def single_launch(run: dict, trainer: bool) -> None:
-    clip, clip_error = clip_input(run)
+def single_launch(run: dict, trainer: bool, names=(), aliases=None) -> None:
+    clip, clip_error = clip_input(run, names, aliases)
     overrides, option_problems = {}, []
     if trainer:
         with st.expander("Trainer options (changed values are passed as flags)", expanded=True):
@@ -171,10 +239,8 @@ def single_launch(run: dict, trainer: bool) -> None:
             for problem in option_problems:
                 st.error(problem, icon=":material/warning:")
     auto_name = f"{run['name']} · {clip or ''}"
-    name = (
-        st.text_input("New run name (optional)", key="launch_name", placeholder=auto_name).strip()
-        or auto_name
-    )
+    typed = _widget(st.text_input, "New run name (optional)", "launch_name", "", placeholder=auto_name)
+    name = typed.strip() or auto_name
     if clip_error or option_problems:
         st.button("Launch", disabled=True, key="launch_go")
         return
@@ -186,7 +252,7 @@ def single_launch(run: dict, trainer: bool) -> None:
     st.markdown("**Command**")
     st.code(spec.display(), language="bash", wrap_lines=True)
     _config_note(overrides)
-    if st.button("Launch", type="primary", key="launch_go"):
+    if launch_button(spec):
         (job,) = state.launcher().submit([spec])
         if job.error:
             st.error(f"Could not start: {escape_markdown(job.error)}")
@@ -197,7 +263,31 @@ def single_launch(run: dict, trainer: bool) -> None:
             )
 
 
-def sweep_launch(run: dict, trainer: bool) -> None:
+def launch_button(spec) -> bool:
+    """The Launch button; True when it was clicked and the launch should go ahead.
+
+    When this dashboard launched the very same command (source run, spec, name) less than a minute ago, or
+    it still runs, that is most likely a double click: the button waits for a tick in "Launch it again"
+    (and a click that arrives anyway, the second of a double click, launches nothing)."""
+    launcher = state.launcher()
+    same = launcher.same_command(spec)
+    again = False
+    if same:
+        job = same[-1]
+        ago = f"{max(0, time.time() - job.started_at):.0f} s ago" if job.started_at else "just now"
+        pid = f", pid {job.pid}" if job.pid else ""
+        st.warning(
+            f"This exact command was launched from this dashboard {ago} ({job.state}{pid}). Launching it "
+            "again starts a second, identical run.",
+            icon=":material/content_copy:",
+        )
+        # A new key after each launch: the tick is for one more launch, not for every one after it.
+        again = st.checkbox("Launch it again", key=f"launch_again_{len(launcher.jobs)}")
+    clicked = st.button("Launch", type="primary", key="launch_go", disabled=bool(same) and not again)
+    return clicked and (not same or again)
+
+
+def sweep_launch(run: dict, trainer: bool, names=(), aliases=None) -> None:
     text = st.text_area(
         "Clip specs, one per line",
         key="sweep_text",
@@ -218,7 +308,7 @@ def sweep_launch(run: dict, trainer: bool) -> None:
         st.info("Write one clip spec per line to preview the sweep.")
         return
     try:
-        clips = parse_sweep(text, lambda s: parse_clip(s).spec)
+        clips = parse_sweep(text, lambda line: _accepted(line, names, aliases))
         specs = [_spec_for(run, clip, f"{run['name']} · {clip}", overrides) for clip in clips]
     except ValueError as exc:
         st.error(str(exc), icon=":material/warning:")
@@ -230,6 +320,14 @@ def sweep_launch(run: dict, trainer: bool) -> None:
         sweep_id = f"sweep-{len(state.launcher().jobs)}"
         state.launcher().submit(specs, limit=int(limit), sweep=sweep_id)
         st.success(f"Queued {len(specs)} runs; {min(len(specs), int(limit))} started.")
+
+
+def _accepted(spec: str, names, aliases) -> str:
+    """The canonical spec, or ValueError with the tracker's message (for ``parse_sweep``)."""
+    canonical, error = check_clip(spec, names, aliases)
+    if error:
+        raise ValueError(error)
+    return canonical
 
 
 JOB_NOTICES = "launch_job_notices"  # {job number: (message, the job's state when it was said)}
@@ -332,6 +430,16 @@ def _stop_run(row: dict) -> None:
     st.session_state.setdefault(RUN_NOTICES, {})[int(row["id"])] = state.stop_recorded_run(row)
 
 
+def _recorded_names(run: dict) -> tuple[list[str], dict[str, str]]:
+    """The source run's recorded parameter names (its layers) and tied aliases (alias -> recorded name, the
+    tracker's note ``tied``): what the tracker checks a clip spec's names against."""
+    store = state.get_store()
+    layers = data.layers(store, str(state.db_path()), int(run["id"])) if store is not None else None
+    names = [] if layers is None else [str(n) for n in layers["name"]]
+    tied = tracker_notes(run).get("tied")
+    return names, {str(k): str(v) for k, v in tied.items()} if isinstance(tied, dict) else {}
+
+
 def launch_page() -> None:
     runs = state.recorded_runs()
     st.title("Launch")
@@ -341,13 +449,18 @@ def launch_page() -> None:
         st.info("No recorded run to start from yet: launch the demo from the Runs page first.")
         st.fragment(jobs_panel, run_every=state.LIVE_INTERVAL_S)()
         return
-    _consume_prefill(runs)
     labels = data.run_labels(runs)
     ids = list(labels)
-    if st.session_state.get("launch_source") not in labels:
-        st.session_state["launch_source"] = ids[0]
-    source = st.selectbox("Start from run", ids, format_func=labels.get, key="launch_source")
+    kept = st.session_state.setdefault(KEPT, {})
+    if kept.get("launch_source") not in labels:  # none picked yet, or the run was deleted
+        kept.pop("launch_source", None)
+        st.session_state.pop("launch_source", None)
+    _consume_prefill(runs)
+    source = _widget(
+        st.selectbox, "Start from run", "launch_source", ids[0], options=ids, format_func=labels.get
+    )
     run = runs[runs["id"] == source].iloc[0].to_dict()
+    names, aliases = _recorded_names(run)
     trainer = is_trainer_run(run)
     if trainer:
         st.caption(
@@ -367,9 +480,9 @@ def launch_page() -> None:
         )
     single, sweep = st.tabs(["Single run", "Sweep"])
     with single:
-        single_launch(run, trainer)
+        single_launch(run, trainer, names, aliases)
     with sweep:
-        sweep_launch(run, trainer)
+        sweep_launch(run, trainer, names, aliases)
     live = st.toggle("Refresh logs", value=True, key="launch_live")
     st.fragment(jobs_panel, run_every=state.LIVE_INTERVAL_S if live else None)()
 

@@ -24,21 +24,36 @@ TAB_KEY = "run_tab"
 RERUN_APP = "_run_rerun_app"  # set by a callback in the live fragment that changed state outside it
 
 
+URL_RUN = "run"  # ?run=3: the run shown, in the page's address
+URL_SEEN = "run_url_seen"  # the ?run= this page last wrote or followed
+
+
 def pick_run(runs: pd.DataFrame) -> dict:
     labels = data.run_labels(runs)
     ids = list(labels)
-    # One-shot request from another page ("Open run"), else keep the current pick, else the newest running.
+    # One-shot request from another page ("Open run"), else a run named anew in the address (a link, a
+    # reload), else keep the current pick, else the last run shown here, else the newest running.
     wanted = st.session_state.pop("open_run", None)
+    linked, unknown = state.ids_from_url(URL_RUN, URL_SEEN, labels)
     if wanted in labels:
         st.session_state["run_pick"] = wanted
+    elif linked:
+        st.session_state["run_pick"] = linked[0]
     if st.session_state.get("run_pick") not in labels:
         # Widget state is dropped while another page shows: fall back to the last run shown here.
         running = runs[runs["status"] == "running"]
         fallback = int(running["id"].iloc[0]) if len(running) else ids[0]
         last = st.session_state.get("current_run")
         st.session_state["run_pick"] = last if last in labels else fallback
+    if unknown and not linked:
+        st.warning(
+            f"The address asks for {state.unknown_ids_text(unknown)}, not in this database: showing "
+            f"{escape_markdown(labels[st.session_state['run_pick']])} instead.",
+            icon=":material/link_off:",
+        )
     choice = st.selectbox("Run", ids, format_func=labels.get, key="run_pick")
     st.session_state["current_run"] = choice
+    state.ids_to_url(URL_RUN, URL_SEEN, [choice])
     return runs[runs["id"] == choice].iloc[0].to_dict()
 
 

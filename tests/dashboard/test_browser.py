@@ -1,6 +1,7 @@
 """The real thing: ``streamlit run dashboard -- --db DB`` in a subprocess, opened by headless Chromium."""
 
 import os
+import re
 import time
 
 import pytest
@@ -114,7 +115,7 @@ def test_select_a_row_and_compare_in_chromium(recorded, tmp_path):
         compare = page.get_by_role("button", name="Compare selected")
         page.wait_for_function("b => !b.disabled", arg=compare.element_handle(), timeout=30_000)
         compare.click()
-        page.wait_for_url("**/compare", timeout=30_000)
+        page.wait_for_url(re.compile(r".*/compare(\?.*)?$"), timeout=60_000)  # (?runs=…: the pick)
         page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
         picked = page.locator("[data-testid='stMultiSelect']").first.inner_text()
         browser.close()
@@ -199,3 +200,52 @@ def test_a_failed_jobs_error_can_be_read_without_scrolling(tmp_path):
         browser.close()
     assert reason in " ".join(message.split())  # the whole error in the message, wrapped
     assert widths[0] <= widths[1] + 1, widths  # and the log box wraps: nothing hidden to the right
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent: install it with `make browser`"
+)
+def test_links_and_the_launch_form_survive_navigation_and_reload(recorded, tmp_path):
+    from playwright.sync_api import sync_playwright
+    from screenshots import CHROMIUM_ARGS
+
+    base, child = recorded.ids["base"], recorded.ids["child"]  # child is the newest: every page's default
+    with serve(recorded.path, tmp_path / "streamlit.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        main = page.locator("[data-testid='stMain']")
+
+        # A link to a run opens it; the address follows another pick, and a reload keeps that one.
+        page.goto(f"{url}/run?run={base}")
+        page.locator("h1", has_text=f"#{base} base").wait_for(timeout=90_000)
+        page.goto(f"{url}/compare?runs={child}")
+        picked = page.locator("[data-testid='stMultiSelect']").first
+        picked.get_by_text(f"#{child} child").wait_for(timeout=90_000)
+        assert "base" not in picked.inner_text()  # base is added by lineage, not picked
+        page.goto(f"{url}/compare?runs={base},999")
+        main.get_by_text("The address asks for run 999").wait_for(timeout=90_000)
+        page.reload()
+        picked.get_by_text(f"#{base} base").wait_for(timeout=90_000)
+
+        # The Launch form: the source run and a typed spec survive the sidebar and the browser's Back.
+        page.goto(f"{url}/launch")
+        source = page.get_by_role("combobox", name="Start from run")
+        source.wait_for(timeout=90_000)
+        source.click()
+        page.get_by_role("option", name=f"#{base} base").click()
+        page.get_by_text("Raw spec", exact=True).click()
+        spec = page.locator("[data-testid='stTextInput']", has_text="Clip spec").locator("input")
+        spec.wait_for(timeout=90_000)  # (the rerun the radio button starts: slow on a busy machine)
+        spec.fill("norm:0.125")
+        spec.press("Enter")
+        command = page.locator("[data-testid='stCode']", has_text="--clip norm:0.125").first
+        command.wait_for(timeout=60_000)
+        page.locator("[data-testid='stSidebar']").get_by_role("link", name="Runs").click()
+        page.locator("[data-testid='stDataFrame']").wait_for(timeout=60_000)
+        page.go_back()
+        command.wait_for(timeout=60_000)
+        shown_command, typed = command.inner_text(), spec.input_value()
+        browser.close()
+    # Still from base (not the newest run, child) and with the typed spec.
+    assert f"--parent-run {base}" in shown_command and typed == "norm:0.125"

@@ -7,7 +7,7 @@ import pytest
 import streamlit as st
 from dashboard_helpers import NAN_STEP, dataframe_with, figure, open_page, trace, values
 
-from dashboard import charts
+from dashboard import charts, summary
 from dashboard.text import escape_markdown
 from tracker.store import Store
 
@@ -51,7 +51,8 @@ def test_side_by_side_and_config_diff(compare, recorded):
         assert table.loc[run, "val_acc"] == pytest.approx(recorded.metrics[run]["val_acc"][-1][1])
     diff = [el.value for el in compare.dataframe if _label(recorded, "base") in el.value.columns][0]
     # Only the keys that differ: the clip spec and the learning rate, not the task, model, epochs...
-    assert sorted(diff.index) == ["clip", "lr"]
+    assert list(diff.index) == [summary.CLIP_IN_FORCE, "lr"]
+    assert diff.loc[summary.CLIP_IN_FORCE].tolist() == ["none", "norm:0.5"]
     assert diff.loc["lr", _label(recorded, "base")] == "0.001"
     assert diff.loc["lr", _label(recorded, "child")] == "0.002"
 
@@ -145,3 +146,78 @@ def test_live_follows_a_running_run_picked_later_unless_turned_off(compare, reco
         compare.toggle(key="compare_live").set_value(False).run()  # the user's choice holds from now on
         compare.multiselect(key="compare_pick").set_value([running]).run()
         assert compare.toggle(key="compare_live").value is False
+
+
+def test_the_clip_in_force_is_shown_not_the_one_the_script_asked_for(tmp_path, app):
+    # Two runs of one script that asks for norm:5 in its config; the second was relaunched with
+    # GRADWATCH_CLIP=norm:0.5, so norm:0.5 was in force. The tracker's notes say so too.
+    db = tmp_path / "gradwatch.db"
+    asked = {"clip": "norm:5", "lr": 0.1, "seed": 0}
+    typed = ["-m", "pkg.train", "--fast"]
+    with Store.open(db, create=True) as store:
+        first = store.create_run(name="asked", config=asked, clip="norm:5", clip_source="argument")
+        store.writer(first).close()
+        notes = {"requested_clip": "norm:5", "orig_argv": typed, "tied": {"head.weight": "embed.weight"}}
+        second = store.create_run(name="relaunched", config={**asked, "_gradwatch": notes}, clip="norm:0.5",
+                                  clip_source="env", parent_id=first)  # fmt: skip
+        store.writer(second).close()
+    at = open_page(app(db), "views/compare.py", compare_ids=[first, second])
+    a, b = f"#{first} asked", f"#{second} relaunched"
+    diff = [el.value for el in at.dataframe if a in el.value.columns][0]
+    assert diff.loc[summary.CLIP_IN_FORCE, a] == "norm:5" and diff.loc[summary.CLIP_IN_FORCE, b] == "norm:0.5"
+    assert diff.loc["clip set by", a] == "argument" and diff.loc["clip set by", b] == "env"
+    # The script's own config["clip"] differs from the clip in force only in the relaunch: its own row.
+    assert diff.loc["clip (the script's config)", b] == "norm:5"
+    assert diff.loc["clip (the script's config)", a] == "—"
+    assert diff.loc["clip the script asked for (before GRADWATCH_CLIP)", b] == "norm:5"
+    assert diff.loc["command as typed (after python)", b] == "-m pkg.train --fast"
+    assert diff.loc["tied weights (alias → recorded name)", b] == "head.weight → embed.weight"
+    assert "lr" not in diff.index and "seed" not in diff.index and "_gradwatch" not in diff.index
+    assert diff.index[0] == summary.CLIP_IN_FORCE
+
+
+def test_one_layers_norm_per_run_and_a_run_without_that_layer_is_named(recorded, app):
+    from dashboard_helpers import LAYERS
+
+    with Store.open(recorded.path) as store:
+        other = _write(store, "other-model", [(s, 1.0, 0.5) for s in range(5)])  # its one layer is "w"
+    ids = [recorded.ids["base"], recorded.ids["child"], other]
+    at = open_page(app(recorded.path), "views/compare.py", compare_ids=ids)
+    assert at.selectbox(key="compare_layer").value == LAYERS[0]  # the first layer of the first run
+    assert at.selectbox(key="compare_layer").options == [*LAYERS, "w"]
+    at.selectbox(key="compare_layer").set_value("fc.weight").run()
+    fig = figure(at, "cmp_layer")
+    for run in ("base", "child"):
+        t = trace(fig, _label(recorded, run))
+        np.testing.assert_allclose(values(t["x"]), np.arange(len(recorded.total[run])))
+        np.testing.assert_allclose(values(t["y"]), recorded.norms[run][:, 2], equal_nan=True)
+        # fc.weight's NaN step is marked in the run's colour, as on the other charts.
+        assert values(trace(fig, f"{_label(recorded, run)}: NaN/Inf (1 steps)")["x"]).tolist() == [NAN_STEP]
+    assert f"#{other} other-model" not in [t["name"] for t in fig["data"]]
+    notes = "\n".join(c.value for c in at.caption)
+    assert "No layer named `fc.weight` in: " + escape_markdown(f"#{other} other-model") in notes
+
+
+def _rolling_share(clipped: np.ndarray, window: int) -> np.ndarray:
+    """The oracle: the share of clipped steps among the last ``window`` (fewer at the start), by cumsums."""
+    sums = np.concatenate([[0], np.cumsum(clipped.astype(float))])
+    ends = np.arange(1, len(clipped) + 1)
+    starts = np.maximum(0, ends - window)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def test_clip_threshold_and_clip_rate_over_time_per_run(compare, recorded):
+    from dashboard.views.compare import CLIP_WINDOW
+
+    threshold = figure(compare, "cmp_threshold")
+    child = trace(threshold, _label(recorded, "child"))
+    np.testing.assert_allclose(values(child["y"]), 0.5)
+    assert len(values(child["x"])) == len(recorded.total["child"])
+    assert [t["name"] for t in threshold["data"]] == [_label(recorded, "child")]  # base: clip none
+    notes = "\n".join(c.value for c in compare.caption)
+    assert "No clip threshold recorded for " + escape_markdown(_label(recorded, "base")) in notes
+    rate = figure(compare, "cmp_clip_rate")
+    for run in ("base", "child"):
+        t = trace(rate, _label(recorded, run))
+        np.testing.assert_allclose(values(t["y"]), _rolling_share(recorded.clipped[run], CLIP_WINDOW))
+    assert recorded.clipped["child"].any() and not recorded.clipped["base"].any()

@@ -136,3 +136,15 @@ def test_a_run_whose_norms_became_nan_keeps_its_page_across_refreshes(tmp_path, 
     finally:
         writer.close()
         store.close()
+
+
+def test_compare_draws_a_large_runs_layer_downsampled_keeping_its_spike(large, app):
+    path, norms, _ = large
+    at = app(path).run()
+    at.session_state["compare_ids"] = [1]
+    at.switch_page("views/compare.py").run()
+    assert not at.exception
+    at.selectbox(key="compare_layer").set_value("enc.1.weight").run()
+    y = values(trace(figure(at, "cmp_layer"), "#1 large")["y"])
+    assert len(y) <= 2000
+    assert y.max() == pytest.approx(norms[:, 1].max()) and y.min() == pytest.approx(norms[:, 1].min())

@@ -209,3 +209,59 @@ def test_resume_a_failed_trainer_run_from_its_checkpoint(tmp_path, app):
     assert run["status"] == "finished", (run["error"], [p.read_text() for p in logs.glob("*.log")])
     assert run["resumed_from_step"] == steps_per_epoch
     assert run["n_steps"] == 2 * steps_per_epoch and run["last_step"] == 2 * steps_per_epoch - 1
+
+
+# A package run with `python -m pkg.train`: the relative import fails when the file is run as a script.
+PACKAGE_TRAIN = """
+import sys, torch
+from tracker import GradTracker
+from .settings import STEPS
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=float(sys.argv[1]))
+with GradTracker(model, run="pkg", clip="none") as tracker:
+    for _ in range(STEPS):
+        loss = model(torch.randn(16, 4)).pow(2).mean() * 100
+        loss.backward()
+        tracker.step(loss=loss)
+        opt.step(); opt.zero_grad()
+"""
+
+
+@pytest.mark.slow
+def test_relaunch_a_module_run_with_python_dash_m(tmp_path, app, monkeypatch):
+    db = tmp_path / "gradwatch.db"
+    proj = tmp_path / "proj"
+    (proj / "pkg").mkdir(parents=True)
+    (proj / "pkg" / "__init__.py").write_text("")
+    (proj / "pkg" / "settings.py").write_text("STEPS = 3\n")
+    (proj / "pkg" / "train.py").write_text(PACKAGE_TRAIN)
+    monkeypatch.setenv("GRADWATCH_DB", str(db))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    first = subprocess.run([sys.executable, "-m", "pkg.train", "0.01"], cwd=proj, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    parent = _runs(db).iloc[0]
+    # What sys.argv kept cannot rerun it (the module's file, run alone, fails on its relative import).
+    assert parent["argv"] == [str(proj / "pkg" / "train.py"), "0.01"]
+
+    at = app(db).run()
+    at.session_state["launch_from"] = int(parent["id"])
+    at.switch_page("views/launch.py").run()
+    at.radio(key="clip_mode").set_value("Raw spec").run()
+    at.text_input(key="clip_raw").input("norm:0.1").run()
+    command = "\n".join(c.value for c in at.code)
+    assert f"{sys.executable} -m pkg.train 0.01" in command and f"cd {proj}" in command
+    at.button(key="launch_go").click().run()
+
+    def done():
+        runs = _runs(db)
+        return len(runs) == 2 and runs["status"].iloc[1] != "running"
+
+    assert wait_for(done, timeout=300, interval=0.25), [
+        p.read_text() for p in (tmp_path / "gradwatch-logs").glob("*.log")
+    ]
+    child = _runs(db).iloc[1]
+    assert child["status"] == "finished", [p.read_text() for p in (tmp_path / "gradwatch-logs").glob("*.log")]
+    assert child["clip"] == "norm:0.1" and child["clip_source"] == "env"
+    assert int(child["parent_id"]) == int(parent["id"]) and child["n_steps"] == 3

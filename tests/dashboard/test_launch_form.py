@@ -41,7 +41,7 @@ def test_shows_the_exact_command_for_a_trainer_run(launch, recorded):
 
 def test_strategy_form_builds_a_canonical_spec(launch):
     launch.selectbox(key="clip_strategy").set_value("zclip").run()
-    launch.number_input(key="clip_zclip_z").set_value(3.0).run()
+    launch.text_input(key="clip_zclip_z").input("3").run()
     assert any("Valid: `zclip:3" in c.value for c in launch.caption)
     assert "--clip zclip:3" in _command(launch)
 
@@ -61,7 +61,7 @@ def test_bad_raw_spec_is_an_inline_error_and_launches_nothing(launch, recorded, 
 
 def test_negative_threshold_in_the_strategy_form(launch, recorded):
     launch.selectbox(key="clip_strategy").set_value("norm").run()
-    launch.number_input(key="clip_norm_c").set_value(-1.0).run()
+    launch.text_input(key="clip_norm_c").input("-1").run()
     assert "-1" in texts(launch, "error")
     assert launch.button(key="launch_go").disabled and _nothing_launched(recorded)
 
@@ -110,7 +110,7 @@ def test_form_starts_from_the_recorded_clipping(launch, recorded):
     # The child run was recorded with norm:0.5: the form opens on that strategy and threshold.
     assert launch.radio(key="clip_mode").value == "Strategy"
     assert launch.selectbox(key="clip_strategy").value == "norm"
-    assert launch.number_input(key="clip_norm_c").value == 0.5
+    assert launch.text_input(key="clip_norm_c").value == "0.5"
     launch.selectbox(key="launch_source").set_value(recorded.ids["base"]).run()
     assert launch.selectbox(key="clip_strategy").value == "none"
 
@@ -165,3 +165,70 @@ def test_the_command_shown_is_the_one_launched_and_max_steps_0_lifts_the_limit(t
                 break
             time.sleep(0.1)
             at.run()
+
+
+def _tracker_refuses(spec: str, names: list[str]) -> bool:
+    """The oracle: does the tracker itself refuse ``spec`` for a model with these parameter names?"""
+    import torch
+
+    from tracker import GradTracker
+
+    model = torch.nn.Module()
+    for name in names:
+        *path, leaf = name.split(".")
+        owner = model
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, torch.nn.Module())
+            owner = getattr(owner, part)
+        owner.register_parameter(leaf, torch.nn.Parameter(torch.zeros(2)))
+    try:
+        GradTracker(model, clip=spec, enabled=False)  # a disabled tracker checks its arguments all the same
+    except ValueError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("exclude", ["head", "conv1", "conv1.bias", "fc", "conv"])
+def test_an_agc_exclude_is_checked_against_the_runs_layers_as_the_tracker_does(launch, recorded, exclude):
+    from dashboard_helpers import LAYERS
+
+    spec = f"agc:0.01,exclude={exclude}"
+    launch.radio(key="clip_mode").set_value("Raw spec").run()
+    launch.text_input(key="clip_raw").input(spec).run()
+    refused = _tracker_refuses(spec, LAYERS)
+    assert refused == (exclude in ("head", "conv"))  # a prefix is a module name, not a string prefix
+    if refused:
+        assert f"agc exclude={exclude} matches no parameter" in texts(launch, "error")
+        assert launch.button(key="launch_go").disabled and _nothing_launched(recorded)
+    else:
+        assert not texts(launch, "error") and not launch.button(key="launch_go").disabled
+
+
+def test_an_agc_exclude_in_the_strategy_form_and_the_sweep(launch, recorded):
+    launch.selectbox(key="clip_strategy").set_value("agc").run()
+    launch.text_input(key="clip_agc_exclude").input("head").run()
+    assert "agc exclude=head matches no parameter" in texts(launch, "error")
+    assert launch.button(key="launch_go").disabled
+    launch.text_area(key="sweep_text").input("agc:0.01,exclude=fc\nagc:0.01,exclude=head").run()
+    message = texts(launch, "error")
+    assert "line 2 ('agc:0.01,exclude=head')" in message and "line 1" not in message
+    assert not [b for b in launch.button if b.key == "sweep_go"] and _nothing_launched(recorded)
+
+
+def test_an_agc_exclude_naming_a_tied_alias_is_accepted(tmp_path, app):
+    # head.weight is tied to embed.weight: recorded as embed.weight, with the alias in the tracker's note.
+    db = tmp_path / "gradwatch.db"
+    (tmp_path / "train.py").write_text("pass\n")
+    config = {"_gradwatch": {"tied": {"head.weight": "embed.weight"}}}
+    with Store.open(db, create=True) as store:
+        run = store.create_run(name="tied", config=config, argv=["train.py"], cwd=str(tmp_path))
+        layers = [dict(id=0, name="embed.weight", shape=[4, 2]), dict(id=1, name="body.weight", shape=[2, 2])]
+        store.add_layers(run, layers)
+        store.writer(run).close()
+    at = open_page(app(db), "views/launch.py", launch_from=run)
+    at.radio(key="clip_mode").set_value("Raw spec").run()
+    at.text_input(key="clip_raw").input("agc:0.01,exclude=head").run()
+    assert not texts(at, "error") and not at.button(key="launch_go").disabled
+    at.text_input(key="clip_raw").input("agc:0.01,exclude=tail").run()
+    assert "agc exclude=tail matches no parameter" in texts(at, "error")

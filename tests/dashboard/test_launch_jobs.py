@@ -123,7 +123,9 @@ def test_a_stopped_job_reads_as_stopped_and_the_stop_message_stays(tmp_path, app
     assert status == "stopped" and requested is not None
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert not texts(at, "error")  # exit code 143 after our SIGTERM is a stop, not a failure
+    # Exit code 143 after our SIGTERM is a stop, not a failure. (The page's one error is about the stand-in's
+    # own run as a source to relaunch: started with `python -c`, its code was never recorded.)
+    assert "Exited with code" not in texts(at, "error")
     card = "\n".join(m.value for m in at.markdown)
     assert "**long** — stopped" in card
     assert "Stopped from this dashboard (SIGTERM); exit code 143" in "\n".join(c.value for c in at.caption)
@@ -136,3 +138,58 @@ def test_a_failed_jobs_error_line_is_shown_wrapped(tmp_path, app):
     assert f"Exited with code 1: {escape_markdown(reason)}" in texts(at)  # a sentence, which wraps
     [log] = [c for c in at.code if reason in c.value]
     assert log.proto.wrap_lines  # the log box wraps too, instead of scrolling sideways
+
+
+# A recorded script that runs until it gets SIGTERM (or two minutes pass, so a failed test leaves nothing).
+WAITING = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print("waiting", flush=True)
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_a_second_click_on_the_same_launch_asks_first_and_each_job_has_its_own_log(tmp_path, app):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "train.py").write_text(WAITING)
+    db = tmp_path / "gradwatch.db"
+    at = _launch_page(app, db, _external_run(db, tmp_path / "proj"))
+    launcher = state._launcher(str(tmp_path / "gradwatch-logs"))
+    try:
+        _launch_buttons(at)[0].click().run()
+        [first] = launcher.jobs
+        assert first.state == "running"
+        # The second click of a double click arrives on the button as drawn before the first launch.
+        _launch_buttons(at)[0].click().run()
+        assert len(launcher.jobs) == 1
+        # And from then on the page says why the same command waits for a confirmation.
+        assert "This exact command was launched from this dashboard" in texts(at, "warning")
+        assert _launch_buttons(at)[0].disabled
+        # Asked for, it starts a second job, which writes to a log of its own.
+        [again] = [c for c in at.checkbox if c.label == "Launch it again"]
+        again.check().run()
+        _launch_buttons(at)[0].click().run()
+        assert len(launcher.jobs) == 2
+        assert wait_for(lambda: all("waiting" in j.log_path.read_text() for j in launcher.jobs), timeout=60)
+        assert launcher.jobs[0].log_path != launcher.jobs[1].log_path
+        for job in launcher.jobs:
+            assert job.log_path.read_text().count("waiting") == 1
+    finally:
+        for job in launcher.jobs:
+            launcher.stop(job)
+            job.popen.wait(timeout=60)
+
+
+def test_a_python_dash_c_run_recorded_without_its_code_is_refused_with_why(tmp_path, app):
+    # Recorded before the tracker kept the command as typed: sys.argv of `python -c ...` is just ["-c"].
+    db = tmp_path / "gradwatch.db"
+    with Store.open(db, create=True) as store:
+        run = store.create_run(name="inline", argv=["-c"], cwd=str(tmp_path), python=sys.executable)
+        store.writer(run).close(status="finished")
+    at = _launch_page(app, db, run)
+    message = texts(at)
+    assert f"Run #{run} was started with `python -c ...`" in message and "not the code" in message
+    assert "Put the code in a script" in message
+    assert not _launch_buttons(at) and not (tmp_path / "gradwatch-logs").exists()

@@ -257,3 +257,58 @@ def test_exit_code_143_after_our_sigterm_is_stopped_else_exited(tmp_path):
     )
     assert alone.popen.wait(timeout=30) == 143
     assert alone.state == "exited (143)" and alone.failed
+
+
+def test_two_launches_named_alike_in_the_same_second_write_separate_logs(tmp_path, monkeypatch):
+    import time
+
+    # The same second for every launch: what two quick clicks (or two dashboards) get.
+    monkeypatch.setattr(time, "strftime", lambda *_: "20250101-120000")
+    launcher = Launcher(tmp_path / "logs")
+    out0, spec = _spec(tmp_path, 0)
+    jobs = [*launcher.submit([spec]), *launcher.submit([spec])]
+    assert _wait(lambda: all("training step 1" in log_tail(j.log_path) for j in jobs))
+    (out0 / "release").write_text("")
+    assert _wait(lambda: all(j.state == "exited" for j in jobs))
+    assert jobs[0].log_path != jobs[1].log_path
+    for job in jobs:
+        text = job.log_path.read_text()
+        assert text.count("training step 1") == 1 and text.count("$ ") == 1  # its own lines only
+    assert len(list((tmp_path / "logs").glob("*.log"))) == 2
+
+
+@pytest.mark.parametrize(
+    "typed, target",
+    [
+        (["-m", "pkg.train", "--lr", "1"], ("module", "pkg.train")),
+        (["-u", "-W", "ignore", "-X", "dev", "train.py", "-m"], ("script", "train.py")),
+        (["-uB", "-Wdefault", "train.py"], ("script", "train.py")),
+        (["-um", "pkg.train"], ("module", "pkg.train")),
+        (["-c", "print(1)", "x"], ("code", None)),
+        (["-", "a"], ("stdin", None)),
+        (["-u"], ("stdin", None)),
+    ],
+)
+def test_what_a_typed_command_line_runs(typed, target):
+    from dashboard.launch import interpreter_target
+
+    assert interpreter_target(typed) == target
+
+
+def _typed_run(tmp_path, typed, argv):
+    return {"id": 3, "argv": argv, "cwd": str(tmp_path), "python": sys.executable,
+            "config": {"_gradwatch": {"orig_argv": typed}}}  # fmt: skip
+
+
+def test_an_external_relaunch_runs_the_command_as_typed_when_it_was_recorded(tmp_path):
+    code = "import os, sys; print(sys.argv[1:], os.environ['GRADWATCH_CLIP'])"
+    run = _typed_run(tmp_path, ["-u", "-c", code, "a b"], ["-c", "a b"])
+    spec = external_spec(run, name="again", db=tmp_path / "g.db", clip="norm:0.5")
+    assert spec.argv == (sys.executable, "-u", "-c", code, "a b")
+    (job,) = Launcher(tmp_path / "logs").submit([spec])
+    assert _wait(lambda: job.state == "exited")
+    assert "['a b'] norm:0.5" in log_tail(job.log_path)
+    # A typed script path is checked as sys.argv's is: gone, the relaunch is refused before it starts.
+    gone = _typed_run(tmp_path, ["-u", "gone.py"], ["gone.py"])
+    with pytest.raises(ValueError, match="recorded script gone.py"):
+        external_spec(gone, name="again", db=tmp_path / "g.db", clip="none")
