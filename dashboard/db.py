@@ -59,6 +59,25 @@ _HINTS = {
         "is in a directory that does not exist.",
         "Check the path given with `--db` or `$GRADWATCH_DB`.",
     ),
+    "DatabaseCorrupt": (
+        "is damaged: some of its pages cannot be read.",
+        "Recover what can be read into a new file (`sqlite3 damaged.db .recover | sqlite3 recovered.db`) "
+        "and open that with `--db`, or record new runs into a new file.",
+    ),
+    "ReadOnlyDirectory": (
+        "is in a folder you cannot write, and SQLite must create its `-shm` file there even to read it.",
+        "Make the folder writable for you, or copy the `.db` (with its `-wal`, if any) to a folder you can "
+        "write and open the copy with `--db`.",
+    ),
+    "LeftoverJournal": (
+        "does not exist, but the `-wal`/`-shm` files of a deleted database of that name are beside it.",
+        "Close any program still using the old database, then move those files away (or delete them if "
+        "you do not need the old runs), or choose another path with `--db`.",
+    ),
+    "DiskFull": (
+        "is on a disk that is full.",
+        "Free some space on that disk, or record into a database on another disk.",
+    ),
     "ReadOnlyLocation": (
         "is in a location that cannot be written.",
         "Choose a writable location with `--db PATH` or `$GRADWATCH_DB`.",

@@ -36,10 +36,11 @@ DEFAULT_DB = "gradwatch.db"
 
 
 def resolve_db(db: str | os.PathLike[str] | None) -> Path:
-    """The database path: ``db`` when given, else ``$GRADWATCH_DB``, else ``./gradwatch.db``."""
+    """The database path: ``db`` when given, else ``$GRADWATCH_DB``, else ``./gradwatch.db``. A leading ``~``
+    is expanded, as the dashboard and a shell do (a quoted ``GRADWATCH_DB='~/runs.db'`` reaches us as is)."""
     if db is not None:
-        return Path(db)
-    return Path(os.environ.get(DB_ENV) or DEFAULT_DB)
+        return Path(db).expanduser()
+    return Path(os.environ.get(DB_ENV) or DEFAULT_DB).expanduser()
 
 
 def resolve_run_name(run: str | None) -> str | None:

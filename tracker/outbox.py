@@ -89,13 +89,13 @@ class Outbox:
         self.handoff()
         self.writer.flush()
 
-    def close(self, status: str, error: str | None = None) -> None:
+    def close(self, status: str, error: str | None = None, timeout: float | None = None) -> None:
         try:
             self.handoff()
         finally:
             self._closed.set()
             with self._lock:  # a hand-off by the watcher in progress ends before the writer closes
-                self.writer.close(status=status, error=error)
+                self.writer.close(status=status, error=error, timeout=timeout)
 
     @property
     def pending(self) -> int:

@@ -50,6 +50,10 @@ __all__ = ["CONFIG_KEY", "EXTRA_STATS", "NONFINITE_POLICIES", "GradTracker", "No
 
 NONFINITE_POLICIES = ("record", "skip", "raise")
 CONFIG_KEY = "_gradwatch"  # the tracker's own notes inside runs.config
+# How long finish() waits for another process's lock on the file before giving up (what was not written is
+# then named in a DatabaseLocked): long past any write, short enough that a forgotten sqlite3 shell holding a
+# transaction cannot keep a finished program from exiting.
+FINISH_LOCK_WAIT_S = 120.0
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -322,11 +326,12 @@ class GradTracker:
                 _resume_when_stale(store, resumed["run_id"], resumed["step"], self.layers.rows, cfg, settings)
                 # Which layers are trainable is this process's model's, not the abandoned attempt's.
                 store.add_layers(resumed["run_id"], self.layers.rows)
+                writer = store.writer(resumed["run_id"])
             except BaseException:
                 store.close()
                 raise
             self.run_id, self._store = resumed["run_id"], store
-            self._writer = Outbox(store.writer(self.run_id))
+            self._writer = Outbox(writer)
             return
 
         # sys.argv has lost `-m pkg.train` (replaced by the module's path, which then cannot run alone),
@@ -358,11 +363,12 @@ class GradTracker:
                 world_size=world_size,
             )
             store.add_layers(self.run_id, self.layers.rows)
+            writer = store.writer(self.run_id)  # (its first reads may find the file damaged)
         except BaseException:
             store.close()  # the run cannot be recorded: the caller gets the error, no connection stays open
             raise
         self._store = store
-        self._writer = Outbox(store.writer(self.run_id))
+        self._writer = Outbox(writer)
 
     def _number_as_recorded(self, run_id: int, recorded: list[dict[str, Any]], required: set[str]) -> None:
         """Give this model's tensors the layer ids the run recorded them under, by name: they differ from
@@ -557,7 +563,7 @@ class GradTracker:
                 self._sigterm.remove()
             atexit.unregister(self._at_exit)
             if self._writer is not None:
-                self._writer.close(status=status, error=error)
+                self._writer.close(status=status, error=error, timeout=FINISH_LOCK_WAIT_S)
             if self._store is not None:
                 self._store.close()
 

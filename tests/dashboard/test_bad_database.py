@@ -9,7 +9,7 @@ import sys
 import pytest
 from dashboard_helpers import texts
 
-from tests.store.helpers import foreign_database
+from tests.store.helpers import damage_last_leaf, foreign_database
 
 PAGES = ("views/runs.py", "views/run.py", "views/compare.py", "views/launch.py")
 
@@ -45,6 +45,18 @@ def test_truncated_sqlite_file(recorded, app):
         at.switch_page(page).run()
         assert not at.exception
         assert "How to fix" in texts(at, "error") or at.title[0].value.startswith("Welcome")
+
+
+def test_a_database_damaged_in_its_data_pages(recorded, app):
+    # Header and schema readable, the runs table's pages not: the store's DatabaseCorrupt, with how to
+    # recover what can be read (the generic "is not a SQLite database" would be wrong here).
+    with sqlite3.connect(recorded.path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # (every row in the main file, which is damaged)
+    damage_last_leaf(recorded.path, "runs")
+    before = _digest(recorded.path)
+    at = app(recorded.path).run()
+    _assert_message_on_every_page(at, "is damaged", ".recover")
+    assert _digest(recorded.path) == before
 
 
 def test_foreign_sqlite_database(tmp_path, app):

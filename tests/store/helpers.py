@@ -112,3 +112,19 @@ def newer_schema_database(path: Path) -> Path:
     conn.commit()
     conn.close()
     return path
+
+
+def damage_last_leaf(path: Path, table: str) -> int:
+    """Overwrite the last leaf page of ``table``'s B-tree (where new rows go) with garbage, leaving the
+    header and the schema readable: a file corrupt in its data pages. Returns the page number."""
+    conn = sqlite3.connect(path)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    while data[(page - 1) * page_size] in (2, 5):  # an interior page: follow its right-most child
+        start = (page - 1) * page_size
+        page = int.from_bytes(data[start + 8 : start + 12], "big")
+    data[(page - 1) * page_size : page * page_size] = b"\xff" * page_size
+    path.write_bytes(bytes(data))
+    return page

@@ -1,5 +1,6 @@
 """Each bad input gives a named error that says what to do, and leaves the user's file as it was."""
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -7,17 +8,27 @@ import sys
 
 import pytest
 
-from tests.store.helpers import foreign_database, newer_schema_database, run_without_root_overrides
+from tests.store.helpers import (
+    damage_last_leaf,
+    foreign_database,
+    newer_schema_database,
+    raw_sql,
+    run_without_root_overrides,
+)
 from tracker.store import (
+    DatabaseCorrupt,
     DatabaseLocked,
     DatabaseNotFound,
     DirectoryNotFound,
+    DiskFull,
     ForeignDatabase,
+    LeftoverJournal,
     NotADatabase,
     ReadOnlyStore,
     SchemaTooNew,
     Store,
 )
+from tracker.store import store as store_module
 
 
 def test_missing_directory(tmp_path):
@@ -168,3 +179,142 @@ def test_readonly_database_file_is_refused_without_leaving_files(tmp_path):
     )
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gw.db"]
+
+
+def test_leftovers_of_a_deleted_database_are_refused_and_kept(tmp_path):
+    # A dashboard (any reader) keeps the database open while a run finishes: -wal/-shm stay; then the user
+    # deletes the .db to start afresh. A new file would get the old WAL replayed into it (corrupt, old runs).
+    path = tmp_path / "gw.db"
+    with Store.open(path) as s:
+        s.create_run(name="old")
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    assert reader.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+    with Store.open(path) as s:
+        s.create_run(name="old too")  # committed into the -wal, which the reader keeps alive
+    path.unlink()
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(kept) == ["gw.db-shm", "gw.db-wal"]
+    try:
+        with pytest.raises(LeftoverJournal) as info:
+            Store.open(path)
+        message = str(info.value)
+        assert f"{path}-wal, {path}-shm are still there" in message
+        assert "deleted database" in message and "dashboard" in message
+        assert "move them away" in message and "choose another database path" in message
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == kept  # nothing created or removed
+    finally:
+        reader.close()
+
+
+def test_leftovers_appearing_while_the_file_is_made_are_refused(tmp_path, monkeypatch):
+    path = tmp_path / "gw.db"
+    create_schema = store_module.create_schema
+
+    def create_then_leftover(conn):  # the old database's WAL shows up between the check and the link
+        create_schema(conn)
+        (tmp_path / "gw.db-wal").write_bytes(b"old frames")
+
+    monkeypatch.setattr(store_module, "create_schema", create_then_leftover)
+    with pytest.raises(LeftoverJournal, match="gw.db-wal is still there"):
+        Store.open(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gw.db-wal"]  # no .tmp files, no gw.db
+    assert (tmp_path / "gw.db-wal").read_bytes() == b"old frames"
+
+
+def test_damaged_data_pages_are_named_and_no_run_is_added(db_path):
+    with Store.open(db_path) as s:
+        run_id = s.create_run(name="old")
+        w = s.writer(run_id)
+        for step in range(300):
+            w.add_step(step=step, norms=[1.0] * 20)
+        w.close()
+    damage_last_leaf(db_path, "grad_norms")
+    before = db_path.read_bytes()
+    with Store.open(db_path) as s:  # header and schema are fine: it opens
+        for _ in range(2):
+            with pytest.raises(DatabaseCorrupt) as info:
+                s.create_run(name="new")
+            assert isinstance(info.value, NotADatabase)  # what callers already catch
+            assert f"{db_path} is damaged" in str(info.value)
+            assert f"sqlite3 {db_path} .recover" in str(info.value) and "new file" in str(info.value)
+    assert db_path.read_bytes() == before
+    assert raw_sql(db_path, "SELECT id, name FROM runs") == [(run_id, "old")]
+
+
+def test_a_writer_on_a_damaged_file_raises_the_named_error(db_path):
+    with Store.open(db_path) as s:
+        run_id = s.create_run(name="old")
+        w = s.writer(run_id)
+        for step in range(300):
+            w.add_step(step=step, norms=[1.0] * 20)
+        w.close()
+    damage_last_leaf(db_path, "steps")
+    with Store.open(db_path) as s:
+        with pytest.raises(DatabaseCorrupt, match=f"start writing run {run_id}"):
+            s.writer(run_id)
+
+
+def test_disk_full_while_creating_names_the_file_and_leaves_no_temporary_files(tmp_path, monkeypatch):
+    create_schema = store_module.create_schema
+
+    def on_a_full_disk(conn):  # SQLITE_FULL, as on a full disk: the file may not grow past 2 pages
+        conn.execute("PRAGMA max_page_count = 2")
+        create_schema(conn)
+
+    monkeypatch.setattr(store_module, "create_schema", on_a_full_disk)
+    path = tmp_path / "gw.db"
+    with pytest.raises(DiskFull) as info:
+        Store.open(path)
+    message = str(info.value)
+    assert f"the disk holding {path} is full" in message and ".tmp" not in message
+    assert "Free some space" in message and "another disk" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_and_working_directory_that_are_not_utf8(tmp_path, monkeypatch):
+    folder = tmp_path / os.fsdecode(b"caf\xe9")  # a Latin-1 name: surrogate escapes in the str
+    try:
+        folder.mkdir()
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system accepts only UTF-8 names")
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "argv", [str(folder / "train.py"), "--lr", "0.1"])
+    path = folder / "gw.db"
+    with Store.open(path) as s:
+        run_id = s.create_run(name=f"run-{folder.name}")
+    assert os.listdir(os.fsencode(folder)) == [b"gw.db"]  # the file the user named, byte for byte
+    conn = sqlite3.connect(os.fsencode(path))
+    (name, cwd, argv) = conn.execute("SELECT name, cwd, argv FROM runs WHERE id = ?", (run_id,)).fetchone()
+    conn.close()
+    shown = os.fsencode(folder).decode("utf-8", "backslashreplace")
+    assert (name, cwd) == ("run-caf\\xe9", shown)
+    assert json.loads(argv)[0] == str(folder / "train.py")  # JSON keeps the escapes: relaunchable as is
+
+
+READ_ONLY = """
+import sys
+from tracker.store import Store
+try:
+    with Store.open(sys.argv[1], readonly=True) as store:
+        print(len(store.runs()))
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def test_a_reader_in_a_directory_it_cannot_write_is_told_why(tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = folder / "gw.db"
+    with Store.open(path) as s:
+        s.create_run(name="colleague")  # closed: no -wal / -shm, which a WAL reader must create
+    folder.chmod(0o555)
+    try:
+        out = run_without_root_overrides(READ_ONLY, path)
+    finally:
+        folder.chmod(0o755)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ReadOnlyDirectory: "), out.stdout
+    assert f"its directory {folder} is not writable" in out.stdout and "gw.db-shm" in out.stdout
+    assert "copy gw.db" in out.stdout and "readonly=True" not in out.stdout
+    assert list(folder.iterdir()) == [path]

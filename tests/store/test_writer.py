@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.store.helpers import make_norms, raw_sql, record_run
-from tracker.store import WriterClosed, WriterFailed
+from tracker.store import DiskFull, WriterClosed, WriterFailed
 
 
 def test_norms_round_trip_with_nan_as_null(store, db_path):
@@ -98,8 +98,10 @@ def test_closed_writer_refuses_rows_and_bad_values_are_named(store):
     with pytest.raises(ValueError, match="'crashed'"):
         w.close("crashed")
     w.close("stopped")
-    with pytest.raises(WriterClosed):
+    with pytest.raises(WriterClosed) as info:
         w.add_step(step=1, norms=[1.0])
+    # Neutral: a GradTracker user never calls Store.writer(); callers add their own advice.
+    assert str(info.value) == f"writer for run {run_id} is closed (the run has ended)"
 
 
 def test_enqueue_is_unbounded_by_default_and_bounded_queue_counts_drops(store, db_path):
@@ -142,3 +144,20 @@ def test_thread_error_surfaces_on_the_caller(store, db_path):
     assert info.value.__cause__ is not None
     with pytest.raises(WriterFailed):
         w.add_step(step=2, norms=[1.0])
+
+
+def test_a_full_disk_during_a_run_is_named(store, db_path):
+    run_id = store.create_run(name="full")
+    w = store.writer(run_id)
+    w.add_step(step=0, norms=[1.0])
+    w.flush()
+    # SQLITE_FULL, as on a full disk: the writer's connection may not grow the file any more.
+    pages = w._conn.execute("PRAGMA page_count").fetchone()[0]
+    w._conn.execute(f"PRAGMA max_page_count = {pages}")
+    for step in range(1, 200):
+        w.add_step(step=step, norms=[1.0] * 50)
+    with pytest.raises(WriterFailed) as info:
+        w.flush(timeout=30)
+    assert isinstance(info.value.__cause__, DiskFull)
+    message = str(info.value)
+    assert f"the disk holding {db_path} is full" in message and "Free some space" in message

@@ -9,9 +9,14 @@ import torch
 from sqlite_rows import rows
 from torch import nn
 
-from tests.store.helpers import foreign_database, newer_schema_database, run_without_root_overrides
+from tests.store.helpers import (
+    damage_last_leaf,
+    foreign_database,
+    newer_schema_database,
+    run_without_root_overrides,
+)
 from tracker import GradTracker
-from tracker.store import DirectoryNotFound, ForeignDatabase, NotADatabase, SchemaTooNew
+from tracker.store import DatabaseCorrupt, DirectoryNotFound, ForeignDatabase, NotADatabase, SchemaTooNew
 
 
 def _model():
@@ -67,6 +72,35 @@ def test_newer_schema_is_left_untouched(tmp_path):
     assert db.read_bytes() == before
     assert _files(tmp_path) == ["gw.db"]
     assert rows(db, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_damaged_data_pages_are_named_and_no_run_is_added(tmp_path):
+    db = tmp_path / "gw.db"
+    _recorded(db, "first")
+    damage_last_leaf(db, "layers")  # the header and schema still read: only the data is damaged
+    before = db.read_bytes()
+    for _ in range(2):
+        with pytest.raises(DatabaseCorrupt) as info:
+            GradTracker(_model(), db=db, run="r")
+        assert f"{db} is damaged" in str(info.value) and ".recover" in str(info.value)
+    assert db.read_bytes() == before
+    assert _files(tmp_path) == ["gw.db"]  # closed: no -wal / -shm of an open connection
+    assert rows(db, "SELECT name FROM runs") == [("first",)]  # no new "running" run per attempt
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_a_leading_tilde_is_the_home_directory(tmp_path, monkeypatch, how):
+    home, elsewhere = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)  # where a literal "~" directory would be looked for
+    if how == "environment":
+        monkeypatch.setenv("GRADWATCH_DB", "~/runs.db")  # as a quoted shell assignment leaves it
+    tracker = GradTracker(_model(), db="~/runs.db" if how == "argument" else None, run="r")
+    tracker.finish()
+    assert _files(home) == ["runs.db"] and _files(elsewhere) == []
+    assert rows(home / "runs.db", "SELECT name, status FROM runs") == [("r", "finished")]
 
 
 # ---- read-only databases: opened in a child that the permission bits apply to, as root too -------------
@@ -146,3 +180,40 @@ def test_fixing_the_permissions_as_told_is_enough(tmp_path, what):
         db, "SELECT r.name, r.status, count(s.step) FROM runs r JOIN steps s ON s.run_id = r.id GROUP BY r.id"
     )
     assert runs == [("first", "finished", 1), ("third", "finished", 1)]
+
+
+def test_finish_gives_up_on_a_lock_that_outlasts_its_wait_and_says_what_was_not_written(db_path, monkeypatch):
+    # A forgotten sqlite3 shell holding a transaction used to keep finish() (and so the program's exit)
+    # waiting for as long as it stayed open. (Shorter waits than the real ones: 0.2 s busy timeout, 2 s.)
+    import sqlite3
+
+    import tracker.tracker as tracker_module
+    from tracker.store import DatabaseLocked, Store
+
+    original = Store.writer
+    monkeypatch.setattr(Store, "writer", lambda self, run_id, **o: original(self, run_id, busy_timeout=0.2))
+    monkeypatch.setattr(tracker_module, "FINISH_LOCK_WAIT_S", 2.0)
+    model = _model()
+    tracker = GradTracker(model, db=db_path)
+    x = torch.randn(4, 3)
+
+    def train(steps):
+        for _ in range(steps):
+            model.zero_grad()
+            model(x).square().mean().backward()
+            tracker.step()
+
+    train(2)
+    tracker.flush()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        train(3)
+        with pytest.raises(DatabaseLocked, match=r"3 logged steps .* final status 'finished' could not"):
+            tracker.finish()
+    finally:
+        other.rollback()
+        other.close()
+    # What it said: the file has the two steps before the lock, and the run is not marked finished.
+    assert rows(db_path, "SELECT count(*) FROM steps") == [(2,)]
+    assert rows(db_path, "SELECT status FROM runs") == [("running",)]

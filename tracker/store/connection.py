@@ -19,20 +19,28 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .errors import (
+    DatabaseCorrupt,
     DatabaseLocked,
     DatabaseNotFound,
     DirectoryNotFound,
+    DiskFull,
+    LeftoverJournal,
     NotADatabase,
+    ReadOnlyDirectory,
     ReadOnlyLocation,
     ReadOnlyStore,
     StoreError,
 )
 
-__all__ = ["preflight", "connect", "immediate", "translate"]
+__all__ = ["preflight", "check_leftovers", "connect", "immediate", "translate"]
 
 
 # Primary result codes (sqlite3.h); extended codes keep them in the low byte.
-_BUSY, _LOCKED, _READONLY, _CANTOPEN, _CORRUPT, _NOTADB = 5, 6, 8, 14, 11, 26
+_BUSY, _LOCKED, _READONLY, _IOERR, _CANTOPEN, _CORRUPT, _NOTADB, _FULL = 5, 6, 8, 10, 14, 11, 26, 13
+# Extended codes: a read-only connection that cannot create (or initialise) the -shm file of a WAL database.
+_READONLY_CANTINIT, _READONLY_DIRECTORY = _READONLY | 5 << 8, _READONLY | 6 << 8
+_IOERR_SHMSIZE = _IOERR | 19 << 8  # the -shm file could not grow: a full disk
+_JOURNAL_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
 def preflight(path: Path, *, create: bool, write: bool) -> None:
@@ -80,12 +88,32 @@ def preflight(path: Path, *, create: bool, write: bool) -> None:
             f"Cannot create {path}: the directory {parent} is not writable by this user. "
             "Choose a writable location for the database (e.g. your home or working directory)."
         )
+    check_leftovers(path)
+
+
+def check_leftovers(path: Path) -> None:
+    """Refuse to create ``path`` while the ``-wal``/``-shm``/``-journal`` files of a deleted database of that
+    name lie beside it: SQLite takes them for the new file's own and replays the old pages into it (a
+    corrupt file, deleted runs back). They stay when the database is deleted while a process still has it
+    open (a dashboard), or after a crash. Never removed here: they may still be in use, and hold data."""
+    found = [p for p in (path.with_name(path.name + s) for s in _JOURNAL_SUFFIXES) if p.exists()]
+    if not found or path.exists():  # (found first: a database created meanwhile owns its -wal)
+        return
+    names = ", ".join(str(p) for p in found)
+    is_, them = ("is", "it") if len(found) == 1 else ("are", "them")
+    raise LeftoverJournal(
+        f"Cannot create {path}: {names} {is_} still there, left by a deleted database of that name (a "
+        "process may still have it open, e.g. a dashboard or a sqlite3 shell). SQLite would replay "
+        f"{them} into a new file and corrupt it, so gradwatch created nothing. Close the process that uses "
+        f"the old database, then move {them} away (or delete {them} if you do not need the old runs), or "
+        "choose another database path."
+    )
 
 
 def _is_sqlite(path: Path) -> bool:
     """Whether SQLite reads ``path`` as a database (its header); False only for "not a database". Other
     failures (a lock held, a corrupt page) are left to the store's own connection to report."""
-    conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=0)
+    conn = sqlite3.connect(f"file:{_uri_path(path.resolve())}?mode=ro", uri=True, timeout=0)
     try:
         conn.execute("PRAGMA schema_version").fetchone()  # reads the header and page 1
     except sqlite3.DatabaseError as e:
@@ -108,20 +136,27 @@ def _check_writable(path: Path) -> None:
         )
 
 
-def connect(path: Path, *, mode: str, busy_timeout: float) -> sqlite3.Connection:
+def _uri_path(path: Path) -> str:
+    # The file name's bytes, percent-encoded: a name that is not valid UTF-8 (held in a str with surrogate
+    # escapes) reaches SQLite unchanged instead of failing to encode.
+    return quote(os.fsencode(path))
+
+
+def connect(path: Path, *, mode: str, busy_timeout: float, shown: Path | None = None) -> sqlite3.Connection:
     """A connection in driver autocommit mode (we issue BEGIN IMMEDIATE ourselves), usable from any thread.
 
     ``mode`` is SQLite's URI mode: ``ro``, ``rw`` or ``rwc`` (the only one that creates the file).
+    ``shown``: the path error messages name (the database a private temporary file will become).
     """
     if mode not in ("ro", "rw", "rwc"):
         raise ValueError(f"mode={mode!r}; accepted: 'ro', 'rw', 'rwc'")
-    uri = f"file:{quote(str(path.absolute()))}?mode={mode}"
+    uri = f"file:{_uri_path(path.absolute())}?mode={mode}"
     try:
         conn = sqlite3.connect(
             uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
     except sqlite3.Error as exc:
-        raise translate(exc, path, "open") from exc
+        raise translate(exc, shown or path, "open") from exc
     return conn
 
 
@@ -134,7 +169,21 @@ def translate(exc: sqlite3.Error, path: Path, action: str, *, readonly: bool = F
         return DatabaseLocked(
             f"{path} stayed locked by another connection longer than the busy timeout while trying to "
             f"{action} ({text}). Another process holds a long write transaction (or an exclusive lock, e.g. "
-            "an open `sqlite3` shell in a transaction): finish or close it, or pass a longer busy_timeout."
+            "an open `sqlite3` shell or a DB browser in a transaction, a backup tool): finish or close it "
+            "and try again (a Store opened with a longer busy_timeout waits longer)."
+        )
+    if code in (_READONLY_DIRECTORY, _READONLY_CANTINIT):
+        return ReadOnlyDirectory(
+            f"Cannot {action}: {path} is in WAL mode and its directory {path.parent} is not writable by this "
+            f"user, so SQLite cannot create the {path.name}-shm file that even a reader needs ({text}). "
+            "Make the directory writable for this user (e.g. ask its owner for group write access), or "
+            f"copy {path.name} (with its -wal file, if there is one) to a folder you can write and open the "
+            "copy."
+        )
+    if primary == _FULL or code == _IOERR_SHMSIZE or (primary == _IOERR and _nearly_full(path)):
+        return DiskFull(
+            f"Cannot {action}: the disk holding {path} is full ({text}). Free some space on it, or record "
+            "into a database on another disk (db=... or $GRADWATCH_DB)."
         )
     if primary == _READONLY:
         if readonly:
@@ -143,7 +192,13 @@ def translate(exc: sqlite3.Error, path: Path, action: str, *, readonly: bool = F
             f"Cannot {action}: {path} (or its directory, for the -wal/-shm files) is read-only for this "
             "user. Fix the permissions or record into a writable location."
         )
-    if primary in (_NOTADB, _CORRUPT):
+    if primary == _CORRUPT:
+        return DatabaseCorrupt(
+            f"{path} is damaged: SQLite reports {text!r} while trying to {action}; gradwatch wrote nothing "
+            f"more into it. Record into a new file, and recover what it holds with the sqlite3 shell: "
+            f"sqlite3 {path} .recover > recovered.sql, then sqlite3 recovered.db < recovered.sql."
+        )
+    if primary == _NOTADB:
         return NotADatabase(
             f"{path} is not a readable SQLite database ({text}); gradwatch left it untouched. "
             "Check the path, or choose a new file name."
@@ -154,6 +209,15 @@ def translate(exc: sqlite3.Error, path: Path, action: str, *, readonly: bool = F
             "(or lies on a read-only file system). Choose a writable location for the database."
         )
     return StoreError(f"SQLite error while trying to {action} on {path}: {text}")
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has less than 1 MiB left: an I/O error is then a full disk."""
+    try:
+        stat = os.statvfs(path.parent)
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        return False
+    return stat.f_bavail * stat.f_frsize < 1 << 20
 
 
 @contextlib.contextmanager

@@ -8,18 +8,23 @@ __all__ = [
     "StoreError",
     "DirectoryNotFound",
     "ReadOnlyLocation",
+    "ReadOnlyDirectory",
+    "LeftoverJournal",
     "DatabaseNotFound",
     "NotADatabase",
+    "DatabaseCorrupt",
     "ForeignDatabase",
     "SchemaTooNew",
     "SchemaTooOld",
     "DatabaseLocked",
+    "DiskFull",
     "ReadOnlyStore",
     "RunNotFound",
     "CannotResume",
     "RunStillRunning",
     "WriterClosed",
     "WriterFailed",
+    "DatabaseLockedWarning",
 ]
 
 
@@ -35,12 +40,26 @@ class ReadOnlyLocation(StoreError):
     """The database (or the directory for a new one) cannot be written by this process."""
 
 
+class ReadOnlyDirectory(ReadOnlyLocation):
+    """A WAL database in a directory this user cannot write: SQLite cannot create the ``-shm`` file that
+    even a reader needs, so the file cannot be read safely from there."""
+
+
+class LeftoverJournal(StoreError):
+    """``-wal``/``-shm`` (or ``-journal``) files of a deleted database lie where a new one would be created:
+    SQLite would replay them into the new file and corrupt it."""
+
+
 class DatabaseNotFound(StoreError):
     """The database file does not exist (or holds no gradwatch tables yet) and create=False."""
 
 
 class NotADatabase(StoreError):
     """The file exists but is not an SQLite database (wrong path, or a corrupt file)."""
+
+
+class DatabaseCorrupt(NotADatabase):
+    """The file is an SQLite database, but some of its pages are damaged."""
 
 
 class ForeignDatabase(StoreError):
@@ -57,6 +76,10 @@ class SchemaTooOld(StoreError):
 
 class DatabaseLocked(StoreError):
     """Another connection held a lock on the database for longer than the busy timeout."""
+
+
+class DiskFull(StoreError):
+    """The disk (or file system) holding the database has no space left for it."""
 
 
 class ReadOnlyStore(StoreError):
@@ -89,3 +112,7 @@ class WriterClosed(StoreError):
 
 class WriterFailed(StoreError):
     """The background writer thread stopped on an error; the original error is the __cause__."""
+
+
+class DatabaseLockedWarning(UserWarning):
+    """Warned once per wait: another process has kept the database locked, rows wait in memory."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import resume
-from .connection import connect, immediate, preflight, translate
+from .connection import check_leftovers, connect, immediate, preflight, translate
 from .envelope import EnvelopeCache
 from .errors import DatabaseLocked, DatabaseNotFound, ReadOnlyStore, RunNotFound
 from .reader import Reads
@@ -31,6 +31,28 @@ __all__ = ["Store", "NONFINITE_POLICIES"]
 
 NONFINITE_POLICIES = ("record", "skip", "raise")
 
+# The last row of every table and index a new run appends to: one root-to-leaf path each, read before the
+# run is inserted, so that a file damaged where the writer would append fails with DatabaseCorrupt first,
+# instead of leaving a run that can never be written. Not an integrity check (files reach GBs).
+_RIGHT_EDGES = (
+    "SELECT max(id) FROM runs",
+    "SELECT max(parent_id) FROM runs",
+    *(
+        f"SELECT max(run_id) FROM {table}"  # the primary key's last leaf (WITHOUT ROWID tables)
+        for table in (
+            "layers",
+            "steps",
+            "grad_norms",
+            "grad_stats",
+            "grad_norm_blocks",
+            "clip_events",
+            "nonfinite",
+        )
+    ),
+    "SELECT max(run_id) FROM metrics",  # (the metrics_by_step index)
+    "SELECT run_id FROM metrics ORDER BY run_id DESC, name DESC, step DESC LIMIT 1",  # its primary key
+)
+
 
 def _create_file(path: Path, busy_timeout: float) -> None:
     """Make a new database file, already in WAL mode with its tables, atomically.
@@ -38,25 +60,44 @@ def _create_file(path: Path, busy_timeout: float) -> None:
     The tables are created in a private file next to ``path`` that is then hard-linked into place;
     when several processes start at once, one link wins and the others open the winner's file. Creating
     in place instead makes them race through SQLite's rollback-journal-to-WAL switch, where a connection
-    can get SQLITE_BUSY for seconds, past its busy handler.
+    can get SQLITE_BUSY for seconds, past its busy handler. The private file and its -wal/-shm are removed
+    whatever happens (a full disk, say); errors name ``path``, the file the user asked for.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    conn = connect(tmp, mode="rwc", busy_timeout=busy_timeout)
     try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        with immediate(conn, tmp, "create the gradwatch tables"):
-            create_schema(conn)
-    finally:
-        conn.close()  # the last connection checkpoints and removes tmp's -wal and -shm
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass  # another process created it first: use theirs
-    except OSError:  # no hard links on this file system: create in place (Store._prepare)
-        pass
+        conn = connect(tmp, mode="rwc", busy_timeout=busy_timeout, shown=path)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            with immediate(conn, path, "create the gradwatch tables"):
+                create_schema(conn)
+        except sqlite3.Error as exc:
+            raise translate(exc, path, "create the database") from exc
+        finally:
+            conn.close()  # the last connection checkpoints and removes tmp's -wal and -shm
+        # Again right before the file appears: a database deleted meanwhile may have left its -wal/-shm.
+        check_leftovers(path)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        except OSError:  # no hard links on this file system: create in place (Store._prepare)
+            pass
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
             leftover.unlink(missing_ok=True)
+
+
+def _text(value: str) -> str:
+    """``value`` as text SQLite can store: a str from the OS holding bytes that are not UTF-8 (surrogate
+    escapes, e.g. a Latin-1 directory name) gets each such byte written as ``\\xNN``."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return os.fsencode(value).decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def _merged_config(new: Mapping[str, Any], keep: tuple[str, ...], recorded: str | None) -> str:
@@ -242,17 +283,17 @@ class Store(Reads):
             raise ValueError(f"nonfinite={nonfinite!r}; accepted: {', '.join(NONFINITE_POLICIES)}")
         now = time.time()
         row = dict(
-            name=name,
+            name=_text(name),
             status="running",
             config=config_json(config or {}),
             clip=clip,
             clip_source=clip_source,
             parent_id=parent_id,
             argv=json.dumps(list(sys.argv if argv is None else argv)),
-            cwd=os.getcwd() if cwd is None else cwd,
-            python=sys.executable if python is None else python,
+            cwd=_text(os.getcwd() if cwd is None else cwd),
+            python=_text(sys.executable if python is None else python),
             pid=os.getpid() if pid is None else pid,
-            host=socket.gethostname() if host is None else host,
+            host=_text(socket.gethostname() if host is None else host),
             every=every,
             nonfinite=nonfinite,
             world_size=world_size,
@@ -260,6 +301,8 @@ class Store(Reads):
             heartbeat_at=now,
         )
         with self._write("create a run") as db:
+            for sql in _RIGHT_EDGES:  # the pages this run's rows will go to must be readable (cheap)
+                db.execute(sql).fetchall()
             if (
                 parent_id is not None
                 and not db.execute("SELECT 1 FROM runs WHERE id = ?", (parent_id,)).fetchone()

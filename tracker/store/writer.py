@@ -7,6 +7,12 @@ stamps ``runs.heartbeat_at`` at least every ``heartbeat_every`` seconds so reade
 With ``max_queue`` set, items beyond it are dropped and counted in ``dropped`` (off by default: nothing is
 ever dropped unless asked). If the thread hits an error it stops, and the next call on the caller's side
 raises WriterFailed with the original error as its cause: errors are never swallowed.
+
+A lock that another process holds (a sqlite3 shell or DB browser in a transaction, a backup tool) is no
+error: the thread keeps the batch and tries again for as long as it lasts, while new rows wait in the queue,
+and writes everything once the lock is gone. The caller's next call after the first busy timeout warns once
+(``DatabaseLockedWarning``). Only ``flush(timeout)``/``close(timeout=...)`` stop waiting: flush raises
+DatabaseLocked and the rows stay queued; close gives up and says how many steps were not written.
 """
 
 import atexit
@@ -14,8 +20,11 @@ import json
 import math
 import os
 import queue
+import sqlite3
+import sys
 import threading
 import time as _time
+import warnings
 from pathlib import Path
 
 from .blocks import (
@@ -30,8 +39,8 @@ from .blocks import (
     norm_rows,
     without_blocks,
 )
-from .connection import connect, immediate
-from .errors import DatabaseLocked, WriterClosed, WriterFailed
+from .connection import connect, immediate, translate
+from .errors import DatabaseLocked, DatabaseLockedWarning, WriterClosed, WriterFailed
 from .schema import BLOCK_SIZES
 
 __all__ = ["BackgroundWriter", "EXTRA_STATS", "FINAL_STATUSES", "layer_row"]
@@ -97,15 +106,30 @@ class BackgroundWriter:
         self._closed = False
         # Opened here so a bad path fails on the caller's thread; used only by the writer thread after.
         self._busy_timeout = busy_timeout
+        self._steps_queued = 0  # add_step rows accepted (caller's thread)
+        self._steps_written = 0  # of them, committed (writer thread, under _gate)
+        self._gate = threading.Lock()  # a commit, or giving up (close's timeout): never both at once
+        self._abandoned = threading.Event()
+        self._locked_since: float | None = None  # monotonic; set while another process's lock holds a batch
+        self._lock_warned = False
+        self._final_written = False  # the final status is committed (writer thread, under _gate)
         self._conn = connect(self.path, mode="rw", busy_timeout=busy_timeout)
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: ~100 B-tree append points stay cached
-        row = self._conn.execute("SELECT max(step) FROM steps WHERE run_id = ?", (self.run_id,)).fetchone()
-        self._last_step = row[0] if row[0] is not None else -1
-        # Every layer that may have rows in a block still to complete: those already in the file (a resumed
-        # run) and those this writer is handed; blocks are computed for all of them, so that a layer that
-        # stops getting gradients still gets its last blocks.
-        self._layers = {r[0] for r in self._conn.execute(LAYERS_WITH_ROWS, dict(run=self.run_id))}
+        try:
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: ~100 B-tree append points stay cached
+            last = self._conn.execute("SELECT max(step) FROM steps WHERE run_id = ?", (self.run_id,))
+            row = last.fetchone()
+            self._last_step = row[0] if row[0] is not None else -1
+            # Every layer that may have rows in a block still to complete: those already in the file (a
+            # resumed run) and those this writer is handed; blocks are computed for all of them, so that a
+            # layer that stops getting gradients still gets its last blocks.
+            self._layers = {r[0] for r in self._conn.execute(LAYERS_WITH_ROWS, dict(run=self.run_id))}
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise translate(exc, self.path, f"start writing run {self.run_id}") from exc
+        except BaseException:
+            self._conn.close()
+            raise
         self._dense = 0  # layer ids 0..n-1 (layer_ids=None) are in self._layers up to this n
         self._block_sql: list | None = None  # statements for the layer ids in self._layers, see _statements
         self._thread = threading.Thread(target=self._run, name=f"gradwatch-writer-{self.run_id}", daemon=True)
@@ -157,7 +181,8 @@ class BackgroundWriter:
             nonfinite_count,
             first_nonfinite_layer,
         )
-        self._put((_STEP, row, norms, layer_ids, extra or None), len(norms))
+        if self._put((_STEP, row, norms, layer_ids, extra or None), len(norms)):
+            self._steps_queued += 1
 
     def add_clip_events(self, events) -> None:
         """Queue clip events: dicts with step, strategy, threshold, norm_before, norm_after, coef, clipped,
@@ -204,27 +229,60 @@ class BackgroundWriter:
             self._put((_LAYERS, rows), len(rows))
 
     def flush(self, timeout: float | None = None) -> None:
-        """Block until everything queued so far is committed. Raises WriterFailed, TimeoutError."""
+        """Block until everything queued so far is committed. Raises WriterFailed; after ``timeout`` seconds,
+        DatabaseLocked when another process's lock is the reason (the rows stay queued and are written once
+        it is released), else TimeoutError."""
         done = threading.Event()
         self._put((_FLUSH, done), 0, control=True)
         if not self._wait(done, timeout):
+            since = self._locked_since
+            if since is not None:
+                raise DatabaseLocked(
+                    f"{self.path} has been locked by another process for {_time.monotonic() - since:.0f} s: "
+                    f"{self._steps_queued - self._steps_written} steps of run {self.run_id} are waiting in "
+                    f"memory, written once the lock is released. {_LOCK_ADVICE}"
+                )
             raise TimeoutError(f"writer for run {self.run_id} did not flush within {timeout} s")
         self._raise_if_failed()
 
     def close(self, status: str = "finished", error: str | None = None, timeout: float | None = None) -> None:
-        """Flush, record the final status (finished, failed or stopped) and stop the thread."""
+        """Flush, record the final status (finished, failed or stopped) and stop the thread.
+
+        Without ``timeout`` it waits as long as another process keeps the database locked. With one, it
+        gives up when the lock outlasts it: the rows not yet written are dropped and DatabaseLocked says
+        how many steps they were; the run keeps the status "running" (shown as crashed once this process
+        is gone)."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"status={status!r}; accepted: {', '.join(FINAL_STATUSES)}")
         if self._closed:
             return
         done = threading.Event()
+        gave_up = None
         if self._error is None:
             self._queue.put((_CLOSE, (status, error), done))
-            self._wait(done, timeout)
+            if not self._wait(done, timeout) and self._locked_since is not None:
+                gave_up = self._give_up(status)  # (None when the lock went just in time)
         self._closed = True
         atexit.unregister(self._flush_at_exit)
-        self._thread.join(timeout)
+        self._thread.join(0 if gave_up else timeout)
+        if gave_up:
+            raise gave_up
         self._raise_if_failed()
+
+    def _give_up(self, status: str) -> DatabaseLocked | None:
+        with self._gate:  # no commit can slip in after the count: what it says was not written, was not
+            if self._final_written:
+                return None
+            self._abandoned.set()
+            lost = self._steps_queued - self._steps_written
+            since = self._locked_since
+        held = "" if since is None else f" for {_time.monotonic() - since:.0f} s"
+        last = f"its steps up to {self._last_step}" if self._last_step >= 0 else "none of its steps"
+        return DatabaseLocked(
+            f"Gave up writing run {self.run_id}: {self.path} has been locked by another process{held}. "
+            f"{lost} logged steps (with their metrics) and the final status {status!r} could not be written; "
+            f"the file has {last}, and shows the run as crashed once this process ends. {_LOCK_ADVICE}"
+        )
 
     @property
     def pending(self) -> int:
@@ -250,14 +308,31 @@ class BackgroundWriter:
                 return False
         return True
 
-    def _put(self, item, n_rows: int, control: bool = False) -> None:
+    def _put(self, item, n_rows: int, control: bool = False) -> bool:
         self._raise_if_failed()
         if self._closed:
-            raise WriterClosed(f"writer for run {self.run_id} is closed; open a new one with Store.writer()")
+            raise WriterClosed(f"writer for run {self.run_id} is closed (the run has ended)")
+        if self._locked_since is not None and not self._lock_warned:
+            self._warn_locked()
         if not control and self.max_queue is not None and self._queue.qsize() >= self.max_queue:
             self.dropped += 1
-            return
+            return False
         self._queue.put(item)
+        return True
+
+    def _warn_locked(self) -> None:
+        since = self._locked_since
+        self._lock_warned = True
+        if since is None:
+            return
+        held, waiting = _time.monotonic() - since, self._steps_queued - self._steps_written
+        warnings.warn(
+            f"gradwatch: {self.path} has been locked by another process for {held:.0f} s; {waiting} steps of "
+            f"run {self.run_id} are waiting in memory and will be written when the lock is released "
+            f"(training goes on). {_LOCK_ADVICE}",
+            DatabaseLockedWarning,
+            stacklevel=4,
+        )
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -271,6 +346,8 @@ class BackgroundWriter:
         if self._thread.is_alive() and self._error is None:
             try:
                 self.flush(timeout=30)
+            except DatabaseLocked as exc:  # the rows still queued are lost with the process: say so
+                print(f"gradwatch: {exc}", file=sys.stderr)
             except Exception:  # noqa: BLE001 - nothing left to report to at exit
                 pass
 
@@ -358,7 +435,9 @@ class BackgroundWriter:
         rewritten = [r[1] for r in steps if r[1] <= prev_last]  # again or out of order: recompute
         self._note_layers(payload)
 
-        for attempt in range(3):  # a lock held past the busy timeout is retried before giving up
+        started = _time.monotonic()
+        while True:  # another process's lock: keep the rows, try again until it goes (or close gives up)
+            gate = False
             try:
                 with immediate(self._conn, self.path, "write rows", retry_for=self._busy_timeout):
                     c = self._conn
@@ -392,10 +471,23 @@ class BackgroundWriter:
                         )
                     else:
                         c.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (now, run))
+                    gate = self._gate.acquire()
+                    if self._abandoned.is_set():  # close() gave up and said these rows were not written
+                        raise _Abandoned("close() gave up waiting for another process's lock")
+                self._steps_written += len(steps)
+                self._final_written = final is not None
                 break
             except DatabaseLocked:
-                if attempt == 2:
+                if self._abandoned.is_set():
                     raise
+                if self._locked_since is None:
+                    self._locked_since = started
+            finally:
+                if gate:
+                    self._gate.release()
+        if self._locked_since is not None:  # the lock is gone: a later one is warned about again
+            self._locked_since = None
+            self._lock_warned = False
         self.rows_written += count_rows(payload)
         self._last_step = new_last
 
@@ -453,6 +545,16 @@ class BackgroundWriter:
                         bounds = dict(b_lo=lo // part, b_hi=(hi + 1) // part - 1)
                         c.execute(blocks_sql, dict(layers, run=run, size=size, part=part, **bounds))
                 part = size
+
+
+_LOCK_ADVICE = (
+    "Find and close the process holding the lock: a sqlite3 shell or a DB browser with an open transaction, "
+    "or a backup tool."
+)
+
+
+class _Abandoned(Exception):
+    """close() gave up waiting for another process's lock: the writer thread stops without committing."""
 
 
 def _q(n: int) -> str:
