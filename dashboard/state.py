@@ -4,7 +4,7 @@ Set up once in the entry point (``streamlit_app.py``) and read by every page thr
 The Store is cached per file (``st.cache_resource``): its connection is opened with
 ``check_same_thread=False`` because Streamlit runs every rerun and fragment on its own thread.
 It is the only Store this process opens on the file: the one write (a stop request) is made by a child
-process (``launch.record_stop`` says why).
+process (``stopping.record_stop`` says why).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard.db import friendly_error, resolve_db_path
-from dashboard.launch import Launcher
+from dashboard.jobs import Launcher
 from dashboard.text import code_span, escape_markdown
 
 __all__ = [
@@ -135,7 +135,7 @@ def can_stop(run: dict) -> bool:
 
 def stop_recorded_run(run: dict) -> str:
     """SIGTERM the run's process and record the request; returns what happened, for the page to show."""
-    from dashboard.launch import record_stop, stop_pid
+    from dashboard.stopping import record_stop, stop_pid
 
     pid = int(run["pid"])
     launcher().mark_stopping(pid)  # a job of this dashboard: its exit (143) then reads as stopped, not failed

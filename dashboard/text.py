@@ -3,13 +3,15 @@
 ``st.title``, ``st.markdown``, ``st.caption``, alerts and expander labels all render Markdown, LaTeX between
 ``$`` and Streamlit's ``:color[...]``/``:material/...:`` directives: a run named ``**x** $y$`` would be drawn
 bold with a formula. Every recorded string goes through :func:`escape_markdown` or :func:`code_span` first.
+A run name that becomes part of a file name (a job's log, a replayed config) goes through
+:func:`safe_file_name`.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["code_span", "escape_markdown"]
+__all__ = ["code_span", "escape_markdown", "safe_file_name"]
 
 # CommonMark lets a backslash escape any ASCII punctuation; these are the ones Markdown, Streamlit's
 # directives and LaTeX give a meaning to.
@@ -29,3 +31,9 @@ def code_span(text) -> str:
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` as part of a file name: every character but letters, digits, ``-``, ``_`` and ``.``
+    replaced by ``_``, at most 80 characters, ``run`` when nothing is left."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80] or "run"

@@ -72,7 +72,7 @@ def _wait_for_demo() -> None:
         st.info(
             f"Demo run: {job.state} (pid {job.pid}). The first steps appear after the corpus is generated."
         )
-        from dashboard.launch import log_tail
+        from dashboard.jobs import log_tail
 
         tail = log_tail(job.log_path, max_lines=8)
         if tail:

@@ -7,7 +7,8 @@ import sys
 import pytest
 from polling import wait_for
 
-from dashboard.launch import Launcher, LaunchSpec, external_spec, log_tail, trainer_spec
+from dashboard.jobs import Launcher, log_tail
+from dashboard.launch import LaunchSpec, external_spec, trainer_spec
 
 # A stand-in for "somebody's training script": reports its argv and the gradwatch environment, then waits
 # for a release file (so the test controls when it ends) and exits 0; on SIGTERM it logs and exits 0 like
@@ -225,7 +226,7 @@ def test_max_steps_none_removes_the_recorded_limit(tmp_path):
 
 
 def test_record_stop_reports_what_went_wrong(tmp_path):
-    from dashboard.launch import record_stop
+    from dashboard.stopping import record_stop
 
     problem = record_stop(tmp_path / "missing.db", 1)
     assert problem and "does not exist" in problem
@@ -290,7 +291,7 @@ def test_two_launches_named_alike_in_the_same_second_write_separate_logs(tmp_pat
     ],
 )
 def test_what_a_typed_command_line_runs(typed, target):
-    from dashboard.launch import interpreter_target
+    from dashboard.commands import interpreter_target
 
     assert interpreter_target(typed) == target
 

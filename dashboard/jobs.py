@@ -1,0 +1,226 @@
+"""The processes the dashboard starts: a queue with a concurrency limit per sweep, one log file per job.
+
+Each process gets its own session, so closing the dashboard (or a Ctrl-C in its terminal) does not kill a
+training run; stopping is an explicit SIGTERM (``dashboard.stopping``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dashboard.launch import LaunchSpec
+from dashboard.stopping import STOP_EXIT_CODES
+from dashboard.text import safe_file_name
+
+# The tracker reads these variables (tracker/env.py): one definition of the names on both sides.
+from tracker.env import CLIP_ENV, PARENT_ENV, RUN_ENV
+
+__all__ = ["Job", "Launcher", "log_tail"]
+
+
+def log_tail(path: str | os.PathLike, max_lines: int = 40, max_bytes: int = 64_000) -> str:
+    """The last lines of a log file (reads only its end: logs of long runs grow large)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    # tqdm redraws with carriage returns: keep only the last state of each line.
+    lines = [line.rsplit("\r", 1)[-1] for line in data.decode("utf-8", "replace").splitlines()]
+    return "\n".join(lines[-max_lines:])
+
+
+# A launch of the same command as one this recent (or still running) asks for a confirmation first.
+RECENT_S = 60.0
+
+
+def _new_log(path: Path):
+    """``(path, file)``: a log file created for this job alone (``path``, else ``path`` with ``-2``, ``-3``,
+    ... before its suffix). Two launches of one name within the same second, from one dashboard or two,
+    would otherwise write into one file, each job's log showing the other's lines."""
+    candidate, n = path, 1
+    while True:
+        try:
+            return candidate, open(candidate, "xb")
+        except FileExistsError:
+            n += 1
+            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+
+
+@dataclass
+class Job:
+    """One launch: queued, then running, then exited (or stopped, when asked to)."""
+
+    spec: LaunchSpec
+    log_path: Path
+    sweep: str | None = None
+    popen: subprocess.Popen | None = None
+    started_at: float | None = None
+    error: str | None = None  # why it could not start
+    cancelled: bool = False  # removed from the queue before it started
+    stop_requested: bool = False  # this dashboard sent it SIGTERM (its Stop button, or the Run page's)
+
+    @property
+    def state(self) -> str:
+        if self.error is not None:
+            return "failed to start"
+        if self.popen is None:
+            return "cancelled" if self.cancelled else "queued"
+        code = self.popen.poll()
+        if code is None:
+            return "running"
+        if self.stop_requested and code in STOP_EXIT_CODES:
+            return "stopped"  # ended as asked: 143 is the tracker's exit code for a SIGTERM stop
+        return "exited" if code == 0 else f"exited ({code})"
+
+    @property
+    def failed(self) -> bool:
+        """Exited non-zero without being asked to stop: the run did not go on, its log says why."""
+        return self.state.startswith("exited (")
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has ended (None before)."""
+        return self.popen.poll() if self.popen is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
+
+
+class Launcher:
+    """Starts processes from a queue with at most ``limit`` running per sweep.
+
+    One instance per dashboard process (shared by all browser sessions), so a sweep keeps advancing while no
+    page is open: a watcher thread per process starts the next queued job when one exits.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike):
+        self.log_dir = Path(log_dir)
+        self.jobs: list[Job] = []
+        self._limits: dict[str, int] = {}  # concurrency limit per group (a sweep, or one single launch)
+        self._singles = 0
+        self._lock = threading.Lock()
+
+    def submit(self, specs: Sequence[LaunchSpec], *, limit: int | None = None, sweep: str | None = None):
+        """Queue ``specs`` and start as many as the concurrency ``limit`` (per sweep) allows."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"the concurrency limit must be at least 1, got {limit!r}")
+        try:
+            # No parents=True: the logs sit next to the database, whose directory must already exist.
+            self.log_dir.mkdir(exist_ok=True)
+        except OSError as exc:  # e.g. the database sits in a read-only directory
+            failed = [Job(spec=spec, log_path=self.log_dir / "-", sweep=sweep) for spec in specs]
+            for job in failed:
+                job.error = f"cannot create the log directory {self.log_dir}: {exc}"
+            with self._lock:
+                self.jobs.extend(failed)
+            return failed
+        if sweep is None:  # a single launch is its own group: it never waits for other launches
+            self._singles += 1
+            sweep = f"single-{self._singles}"
+        new = []
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for i, spec in enumerate(specs):
+            log = self.log_dir / f"{stamp}-{i:02d}-{safe_file_name(spec.name)}.log"
+            new.append(Job(spec=spec, log_path=log, sweep=sweep))
+        with self._lock:
+            self._limits[sweep] = limit or len(specs)
+            self.jobs.extend(new)
+        self._pump()
+        return new
+
+    def _pump(self) -> None:
+        with self._lock:
+            to_start = []
+            for sweep, limit in self._limits.items():
+                group = [j for j in self.jobs if j.sweep == sweep]
+                running = sum(j.state == "running" for j in group)
+                queued = [j for j in group if j.state == "queued"]
+                to_start += queued[: max(0, limit - running)]
+            for job in to_start:
+                self._start(job)
+
+    def _start(self, job: Job) -> None:
+        spec = job.spec
+        try:
+            if spec.config_file is not None:
+                Path(spec.config_file).parent.mkdir(parents=True, exist_ok=True)
+                Path(spec.config_file).write_text(json.dumps(spec.config or {}, indent=2, default=str))
+            # A GRADWATCH_CLIP exported in the dashboard's own shell would silently override the clip
+            # setting of every run it launches: only the spec's own environment may set these.
+            inherited = {k: v for k, v in os.environ.items() if k not in (CLIP_ENV, PARENT_ENV, RUN_ENV)}
+            env = {**inherited, **spec.env}
+            job.log_path, log = _new_log(job.log_path)
+            with log:
+                log.write(f"$ {spec.display()}\n".encode())
+                log.flush()
+                # A list argv and no shell: nothing in a spec or a name is ever interpreted by a shell.
+                job.popen = subprocess.Popen(
+                    list(spec.argv),
+                    cwd=spec.cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            job.started_at = time.time()
+        except OSError as exc:
+            job.error = f"{type(exc).__name__}: {exc}"
+            return
+        threading.Thread(
+            target=self._watch, args=(job,), daemon=True, name=f"gradwatch-watch-{job.pid}"
+        ).start()
+
+    def _watch(self, job: Job) -> None:
+        job.popen.wait()
+        self._pump()
+
+    def stop(self, job: Job) -> bool:
+        """SIGTERM a running job (the trainer finishes its step, flushes and records ``stopped``); a queued
+        job is cancelled instead. False when the job had already ended."""
+        with self._lock:
+            if job.popen is None:
+                if job.error is None and not job.cancelled:
+                    job.cancelled = True
+                    return True
+                return False
+        if job.popen.poll() is not None:
+            return False
+        job.stop_requested = True  # before the signal: a fast exit is already a stop
+        job.popen.send_signal(signal.SIGTERM)
+        return True
+
+    def mark_stopping(self, pid: int) -> None:
+        """Note that the running job with ``pid`` is being sent SIGTERM from elsewhere in the dashboard (the
+        Run page's Stop signals the recorded run's pid), so that its exit reads as a stop."""
+        for job in self.jobs:
+            if job.pid == pid and job.state == "running":
+                job.stop_requested = True
+
+    def same_command(self, spec: LaunchSpec, *, within_s: float = RECENT_S) -> list[Job]:
+        """Jobs of this dashboard with the command ``spec`` (its argv, folder and environment) that are
+        queued or running, or started less than ``within_s`` seconds ago: launching ``spec`` again is
+        then most likely a double click, not a second run wanted."""
+        now = time.time()
+        return [
+            j
+            for j in self.jobs
+            if (j.spec.argv, j.spec.cwd, dict(j.spec.env)) == (spec.argv, spec.cwd, dict(spec.env))
+            and (j.state in ("queued", "running") or (j.started_at or 0) > now - within_s)
+        ]
+
+    def running_pids(self) -> set[int]:
+        return {j.pid for j in self.jobs if j.state == "running"}
