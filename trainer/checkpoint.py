@@ -129,7 +129,11 @@ def save(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
     """Write ``checkpoint`` to ``path`` atomically (a temporary file renamed over it)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **checkpoint}, tmp)
+    try:
+        torch.save({"format": FORMAT, **checkpoint}, tmp)
+    except BaseException:  # a second Ctrl-C, a full disk: the previous checkpoint stays, and no half file
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from trainer.config import (
@@ -237,6 +239,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, list[str]]
         preset_vals = preset_values(preset) if preset else None
         cfg, warnings = resolve_config(explicit, file_values=file_values, preset_values=preset_vals)
         _check_clip(cfg.clip)
+        if cfg.no_track:
+            _check_no_clip_from_env()
     except (ConfigError, ValueError, TypeError) as e:
         parser.error(str(e))
     return cfg, warnings
@@ -271,6 +275,23 @@ def _check_clip(spec: str) -> None:
         raise ConfigError(f"--clip {spec!r}: {e}") from None
 
 
+def _check_no_clip_from_env() -> None:
+    """``--no-track`` turns clipping off with the tracker, so ``$GRADWATCH_CLIP`` asking for clipping would be
+    ignored without a word, as ``--clip`` would (refused in trainer.config.validate)."""
+    from tracker.clipping import parse_clip
+
+    override = os.environ.get("GRADWATCH_CLIP", "").strip()
+    try:
+        asks = bool(override) and parse_clip(override).spec != "none"
+    except ValueError:  # a bad spec clips nothing either: still not what the user asked for
+        asks = True
+    if asks:
+        raise ConfigError(
+            f"GRADWATCH_CLIP={override!r} asks for clipping, but --no-track turns the tracker off, and "
+            "with it clipping: unset GRADWATCH_CLIP, or drop --no-track"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the trainer; returns the process exit code."""
     cfg, warnings = parse_config(argv)
@@ -280,10 +301,19 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.train import TrainingError, run_training  # heavy imports after the cheap checks
 
     try:
-        return run_training(cfg)
+        code = run_training(cfg)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop's own handling (loading the data, say)
+        print("python -m trainer: interrupted (Ctrl-C)", file=sys.stderr)
+        code = 128 + signal.SIGINT
     except TrainingError as e:
         print(f"python -m trainer: error: {e}", file=sys.stderr)
         return e.exit_code
     except NonFiniteGradientError as e:  # --nonfinite raise: the run is recorded as failed, with the layer
         print(f"python -m trainer: stopped: {e} (--nonfinite raise)", file=sys.stderr)
         return 1
+    if argv is None and code == 128 + signal.SIGINT and threading.current_thread() is threading.main_thread():
+        # The process (argv None: its own command line) ends because of Ctrl-C and the run is recorded. One
+        # more Ctrl-C while Python shuts down, after it has put SIGINT's default action back, would kill it
+        # (exit -2) with nothing left to stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code

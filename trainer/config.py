@@ -32,6 +32,7 @@ __all__ = [
     "NOT_REPLAYED",
     "TrainConfig",
     "ConfigError",
+    "check_applicable",
     "check_types",
     "load_config_file",
     "resolve_config",
@@ -176,7 +177,33 @@ def resolve_config(
     cfg = TrainConfig(**merged)
     _fill_defaults(cfg)
     validate(cfg)
+    check_applicable(cfg, explicit)
     return cfg, warnings
+
+
+# Flags that only some models, data sources or optimizers use: (setting, the settings it applies with).
+# A value of one of these from --config or --preset is a recorded or shared setting and stays; one typed
+# explicitly with a model, data or optimizer that ignores it is a mistake worth saying so.
+APPLIES_TO = {
+    "rnn_type": ("model", ("crnn-ctc",)),
+    "num_layers": ("model", ("crnn-ctc", "conformer-ctc")),
+    "hidden_size": ("model", ("resnet-kws", "crnn-ctc", "conformer-ctc")),
+    "sc_variant": ("data", ("speech_commands",)),
+    "corpus_size": ("data", ("builtin",)),
+    "momentum": ("optimizer", ("sgd",)),
+}
+
+
+def check_applicable(cfg: TrainConfig, explicit) -> None:
+    """ConfigError for a flag typed explicitly (a key of ``explicit``) that the chosen model, data source or
+    optimizer does not use: it would be recorded in ``runs.config`` as if it had taken effect."""
+    for key, (owner, accepted) in APPLIES_TO.items():
+        if key in explicit and getattr(cfg, owner) not in accepted:
+            which = " or ".join([", ".join(accepted[:-1]), accepted[-1]] if len(accepted) > 1 else accepted)
+            raise ConfigError(
+                f"--{key.replace('_', '-')} applies to --{owner} {which} only, and this run "
+                f"uses --{owner} {getattr(cfg, owner)}: drop --{key.replace('_', '-')}"
+            )
 
 
 def check_types(values: dict) -> None:
@@ -248,6 +275,21 @@ def _number(cfg: TrainConfig, name: str, *, kind=float, low=None, high=None, low
         raise ConfigError(f"{flag} must be < {high}, got {value!r}")
 
 
+def _check_cache_dir(path: Path) -> None:
+    """A cache folder is created with its missing parents (like the default, ~/.cache/gradwatch/corpora), so
+    what must hold is that the nearest existing one is a folder we can write to."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == path else f": {str(existing)!r} is a file"
+        raise ConfigError(
+            f"--cache-dir {str(path)!r} is not a folder{where}; give a folder (it is created if missing)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--cache-dir {str(path)!r}: cannot write to {str(existing)!r}; give another folder"
+        )
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check every value and combination; raise ConfigError naming the bad value and the accepted ones."""
     _choice(cfg, "task", TASKS)
@@ -301,6 +343,10 @@ def validate(cfg: TrainConfig) -> None:
     _number(cfg, "hidden_size", kind=int, low=1, optional=True)
     _number(cfg, "num_layers", kind=int, low=1, optional=True)
     _number(cfg, "parent_run", kind=int, low=1, optional=True)
+    if cfg.run is not None and not cfg.run.strip():
+        raise ConfigError(
+            f"--run {cfg.run!r}: a run needs a name; omit --run for a generated one (task-model-clip-time)"
+        )
     if cfg.no_track and cfg.clip != "none":
         raise ConfigError(
             f"--no-track turns the tracker off, and with it clipping; --clip {cfg.clip!r} would be ignored. "
@@ -317,6 +363,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"--checkpoint {str(path)!r}: the folder {str(path.parent)!r} does not exist")
         if path.is_dir():
             raise ConfigError(f"--checkpoint {str(path)!r} is a folder; give a file path (e.g. run.ckpt)")
+    if cfg.cache_dir is not None:
+        _check_cache_dir(Path(cfg.cache_dir))
     if cfg.db is not None and not Path(cfg.db).parent.is_dir():
         raise ConfigError(f"--db {cfg.db!r}: the folder {str(Path(cfg.db).parent)!r} does not exist")
     if cfg.model == "conformer-ctc" and cfg.hidden_size % 4:

@@ -131,10 +131,35 @@ class _ConvSubsample(nn.Module):
         self.out_features = channels * ((n_mels + 1) // 2)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.conv(x)  # [B, C, F', T']
-        x = x.permute(0, 3, 1, 2).flatten(2)  # [B, T', C·F']
-        out_lengths = torch.div(lengths + 1, 2, rounding_mode="floor").clamp(min=1, max=x.shape[1])
+        # Padded frames are zeroed before each convolution: BatchNorm's shift and the ReLU make them non-zero,
+        # and a 3×3 kernel at an utterance's last frames would read them, so its output would depend on how
+        # long its batch-mates are. Zeros there are what the convolution's own padding gives it alone.
+        conv = self.conv
+        x = conv[2](conv[1](conv[0](_zero_padding(x, lengths))))
+        x = conv[5](conv[4](conv[3](_zero_padding(x, lengths))))  # [B, C, F', T']
+        out_lengths = torch.div(lengths + 1, 2, rounding_mode="floor").clamp(min=1, max=x.shape[-1])
+        x = _zero_padding(x, out_lengths).permute(0, 3, 1, 2).flatten(2)  # [B, T', C·F']
         return x, out_lengths
+
+
+def _valid_frames(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """``[B, frames]``: True on each utterance's first ``lengths[b]`` frames."""
+    return torch.arange(frames, device=lengths.device) < lengths[:, None]
+
+
+def _zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``x`` (time last) with every frame past its utterance's length set to 0."""
+    valid = _valid_frames(lengths, x.shape[-1])
+    return x.masked_fill(~valid.view(x.shape[0], *([1] * (x.ndim - 2)), x.shape[-1]), 0)
+
+
+def _zero_padding_hook(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook of a depthwise convolution inside torchaudio's Conformer: zero the padded frames of
+    its input ``[B, C, T]`` (``module.valid_frames``, set by ConformerCTC.forward for one call)."""
+    valid = getattr(module, "valid_frames", None)
+    if valid is None:
+        return None
+    return (args[0].masked_fill(~valid[:, None, :], 0), *args[1:])
 
 
 def _full_lengths(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -224,13 +249,26 @@ class ConformerCTC(nn.Module):
             dropout=dropout,
         )
         self.head = nn.Linear(hidden_size, vocab_size)
+        # torchaudio's Conformer masks padded frames in attention only; its depthwise convolutions (kernel 15)
+        # read up to 7 of them past an utterance's end. A pre-hook zeroes them there: a hook, not a wrapper
+        # module, so parameter names (the tracker's layers, checkpoints) stay torchaudio's.
+        self._depthwise = [m for m in self.conformer.modules() if isinstance(m, nn.Conv1d) and m.groups > 1]
+        for conv in self._depthwise:
+            conv.register_forward_pre_hook(_zero_padding_hook)
 
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x, out_lengths = self.frontend(x, _full_lengths(x, lengths))
         x = self.dropout(self.proj(x))
-        y, out_lengths = self.conformer(x, out_lengths)
+        valid = _valid_frames(out_lengths, x.shape[1])
+        for conv in self._depthwise:
+            conv.valid_frames = valid
+        try:
+            y, out_lengths = self.conformer(x, out_lengths)
+        finally:
+            for conv in self._depthwise:
+                conv.valid_frames = None
         return F.log_softmax(self.head(y).float(), dim=-1), out_lengths
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -109,18 +110,46 @@ class Runtime:
 class StopSignal:
     """SIGTERM / SIGINT set a flag; the loop finishes its current step, then stops cleanly.
 
-    A second Ctrl-C raises KeyboardInterrupt at once (the impatient user's escape hatch).
+    A second Ctrl-C raises KeyboardInterrupt at once (the impatient user's escape hatch), until ``hold()``:
+    the training loop turns it into a stop without a checkpoint (exit code 130, run recorded ``stopped``).
     Under DDP every rank must stop at the same step, so the flag is max-reduced across ranks.
     """
 
     def __init__(self, *, distributed: bool = False):
         self.signum: int | None = None
         self.distributed = distributed
+        self.interruptible = True
+        self._deferring = False
+        self._pending = False  # a second Ctrl-C not raised yet (it came inside deferred(), or in a finalizer)
+        self._previous_hook = sys.unraisablehook
 
     def _handle(self, signum, frame) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            if self.interruptible:
+                raise KeyboardInterrupt
+            self._pending = self._pending or self._deferring
+            return
         self.signum = signum
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A second Ctrl-C inside the block raises KeyboardInterrupt when the block ends, not inside it."""
+        if not self.interruptible:
+            yield
+            return
+        self.interruptible, self._deferring = False, True
+        try:
+            yield
+        finally:
+            self.interruptible, self._deferring = True, False
+        if self._pending:  # only when the block ended normally: an exception in flight wins
+            self._pending = False
+            raise KeyboardInterrupt
+
+    def hold(self) -> None:
+        """From now on a second Ctrl-C is not an interruption: what runs next records the end of the run
+        (the tracker's last rows and status, the summary), which a KeyboardInterrupt would cut short."""
+        self.interruptible = False
 
     @contextlib.contextmanager
     def installed(self):
@@ -128,13 +157,26 @@ class StopSignal:
             yield self  # signal handlers can only be set from the main thread
             return
         previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         try:
             yield self
         finally:
+            sys.unraisablehook = self._previous_hook
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    def _unraisable(self, unraisable) -> None:
+        # A second Ctrl-C that lands while Python runs a finalizer (__del__, a generator's close) cannot
+        # propagate: Python would print it as "Exception ignored" and go on. Keep it for the next check.
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self._pending = self.interruptible or self._deferring
+            return
+        self._previous_hook(unraisable)
+
     def requested(self) -> bool:
+        if self._pending and self.interruptible:  # a second Ctrl-C a finalizer swallowed
+            self._pending = False
+            raise KeyboardInterrupt
         if not self.distributed:
             return self.signum is not None
         import torch.distributed as dist

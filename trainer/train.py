@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import signal
 import sys
 import time
@@ -115,7 +116,8 @@ def _loaders(cfg: TrainConfig, splits, rt: Runtime):
 
 
 def _by_length(dataset, indices: list[int]):
-    """Evaluation order does not change the metrics: sorted by length, sequence batches pad little."""
+    """Sorted by length, sequence batches pad little (less to compute). Neither the order nor the batch-mates
+    change the metrics: the CTC models zero padded frames, so an utterance's output is its own."""
     from torch.utils.data import Subset
 
     if hasattr(dataset, "lengths"):
@@ -141,6 +143,7 @@ def _make_tracker(cfg: TrainConfig, model: nn.Module, rt: Runtime, resume: dict 
     if cfg.db is not None:
         kwargs["db"] = cfg.db
     if resume and not cfg.no_track:  # the state of a tracking run ({} from a --no-track one)
+        _check_resumed_clip(cfg, resume)
         kwargs["resume"] = resume
     from tracker.store.errors import StoreError
 
@@ -150,6 +153,29 @@ def _make_tracker(cfg: TrainConfig, model: nn.Module, rt: Runtime, resume: dict 
         raise TrainingError(str(e)) from None
     except OSError as e:
         raise TrainingError(f"cannot open the database: {e}") from None
+
+
+def _check_resumed_clip(cfg: TrainConfig, resume: dict) -> None:
+    """The tracker refuses to continue a run with a clip other than the one it recorded, in the words of its
+    Python API (``parent_id=``). That happens to a CLI user whose run was recorded under ``$GRADWATCH_CLIP``
+    and is resumed without it (the config's --clip matches, the recorded strategy does not): say it with the
+    CLI's flags. A ``$GRADWATCH_CLIP`` that differs, a --parent-run or a relaunch make a new run instead."""
+    from tracker import parse_clip
+
+    if cfg.parent_run is not None or os.environ.get("GRADWATCH_PARENT_RUN", "").strip():
+        return
+    if os.environ.get("GRADWATCH_CLIP", "").strip():
+        return
+    recorded, clip = resume.get("clip"), parse_clip(cfg.clip).spec
+    if recorded is not None and recorded != clip:
+        raise TrainingError(
+            f"--resume: the run in {cfg.checkpoint!r} was recorded clipping with {recorded!r} "
+            f"(GRADWATCH_CLIP was set when it ran), and this process clips with {clip!r} "
+            f"(--clip {cfg.clip}). "
+            f"One run holds one strategy: resume it with GRADWATCH_CLIP={recorded} set again, or add "
+            "--parent-run ID (and copy the checkpoint to another --checkpoint path) to start a new run from "
+            "it that clips otherwise"
+        )
 
 
 class Evaluator:
@@ -295,8 +321,9 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                 file=sys.stderr,
             )
     t_loop = time.perf_counter()
-    try:
-        with stop.installed():
+    interrupted = False
+    with stop.installed():
+        try:
             for epoch in range(start_epoch, cfg.epochs):
                 if step >= total_steps:  # resumed where --max-steps had ended it: nothing left to train
                     break
@@ -308,6 +335,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                 if first:  # mid-epoch: the global state as it was after the uninterrupted run got here
                     ckpt.restore_global_state(saved["random"])
                 model.train()
+                buffers_before = None  # BatchNorm's running statistics before the step's first forward pass
                 accumulated = torch.zeros((), device=rt.device)
                 taken = micro_per_epoch  # micro-batches of this epoch taken when the loop below ends
                 for i, batch in enumerate(epoch_batches, start=first):
@@ -318,6 +346,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                     sync = (
                         contextlib.nullcontext() if last_micro or not rt.distributed else ddp_model.no_sync()
                     )
+                    if cfg.nonfinite == "skip" and buffers_before is None:
+                        buffers_before = [b.detach().clone() for b in model.buffers()]
                     with sync:
                         with rt.autocast():
                             loss, _ = batch_loss(ddp_model, batch, kind, rt.device)
@@ -325,14 +355,22 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                     accumulated += loss.detach() / group_size
                     if not last_micro:
                         continue
-                    scaler.unscale_(optimizer)  # clip and measure true gradients (no-op without AMP)
-                    stats = tracker.step(loss=accumulated, scaler=scaler)
-                    if not (cfg.nonfinite == "skip" and _truthy(getattr(stats, "skipped", False))):
-                        scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    step += 1
+                    # Recorded by the tracker and applied by the optimizer together, or not at all: a second
+                    # Ctrl-C waits for the end of this block.
+                    with stop.deferred():
+                        scaler.unscale_(optimizer)  # clip and measure true gradients (no-op without AMP)
+                        stats = tracker.step(loss=accumulated, scaler=scaler)
+                        if cfg.nonfinite == "skip" and _truthy(getattr(stats, "skipped", False)):
+                            # The forward passes in train mode already moved BatchNorm's running statistics
+                            # (to NaN after a NaN batch): a skipped step must leave the model as it was.
+                            _restore_buffers(model, buffers_before)
+                        else:
+                            scaler.step(optimizer)
+                        buffers_before = None
+                        scaler.update()
+                        optimizer.zero_grad(set_to_none=True)
+                        scheduler.step()
+                        step += 1
                     progress.update(step, stats, accumulated)
                     accumulated = torch.zeros((), device=rt.device)
                     if cfg.eval_every and step % cfg.eval_every == 0:
@@ -365,38 +403,63 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                 status = "stopped"
             else:
                 metrics |= evaluate_now(("test",), step=step)
-    except BaseException as e:
-        status, error = "failed", e
-        raise
-    finally:
-        train_seconds = time.perf_counter() - t_loop - evaluate_now.seconds
-        progress.close()
-        if error is None:
-            # A stop request is recorded like the tracker records a signal it handles itself: by name.
-            reason = signal.Signals(stop.signum).name if status == "stopped" and stop.signum else None
-            tracker.finish(status, error=reason)
-        else:
-            _finish_failed(tracker, error)
-    if rt.is_main:
-        print(
-            format_summary(
-                status=status,
-                run_name=run_name,
-                run_id=getattr(tracker, "run_id", None),
-                db=None if cfg.no_track else str(getattr(tracker, "db_path", cfg.db)),
-                steps=step,
-                first_step=first_step,
-                seconds=time.perf_counter() - t_start,
-                train_seconds=train_seconds,
-                metrics={k: v for k, v in metrics.items() if k not in ("epoch", "lr")},
-                clip=getattr(getattr(tracker, "clip", None), "spec", cfg.clip),
-                logged=progress.logged,
-                clip_rate=progress.clip_rate,
-                max_norm=progress.max_norm,
-            ),
-            flush=True,
+        except KeyboardInterrupt:
+            # A second Ctrl-C (StopSignal): what was in flight -- a step, an evaluation, the stop's own
+            # checkpoint save -- is abandoned. No checkpoint is written: a step cut anywhere may have updated
+            # some weights and not others; the last one saved stays whole (written to a .tmp, then renamed).
+            status, interrupted = "stopped", True
+        except BaseException as e:
+            status, error = "failed", e
+            raise
+        finally:
+            stop.hold()  # from here, a Ctrl-C no longer interrupts: the run's end is being recorded
+            train_seconds = time.perf_counter() - t_loop - evaluate_now.seconds
+            progress.close()
+            if error is None:
+                # A stop request is recorded like the tracker records a signal it handles itself: by name.
+                reason = signal.Signals(stop.signum).name if status == "stopped" and stop.signum else None
+                reason = "SIGINT" if interrupted else reason
+                tracker.finish(status, error=reason)
+            else:
+                _finish_failed(tracker, error)
+        if interrupted and rt.is_main:
+            print(_interrupted_note(cfg), file=sys.stderr, flush=True)
+        if rt.is_main:
+            print(
+                format_summary(
+                    status=status,
+                    run_name=run_name,
+                    run_id=getattr(tracker, "run_id", None),
+                    db=None if cfg.no_track else str(getattr(tracker, "db_path", cfg.db)),
+                    steps=step,
+                    first_step=first_step,
+                    seconds=time.perf_counter() - t_start,
+                    train_seconds=train_seconds,
+                    metrics={k: v for k, v in metrics.items() if k not in ("epoch", "lr")},
+                    clip=getattr(getattr(tracker, "clip", None), "spec", cfg.clip),
+                    logged=progress.logged,
+                    clip_rate=progress.clip_rate,
+                    max_norm=progress.max_norm,
+                ),
+                flush=True,
+            )
+    # 130 even when the KeyboardInterrupt came from Python's own handler (no StopSignal in a thread).
+    return 128 + signal.SIGINT if interrupted else stop.exit_code
+
+
+def _interrupted_note(cfg: TrainConfig) -> str:
+    last = ""
+    if cfg.checkpoint is not None:
+        saved = os.path.exists(cfg.checkpoint)
+        last = (
+            f"; --resume continues from the last checkpoint saved in {cfg.checkpoint!r}"
+            if saved
+            else f"; no checkpoint had been saved to {cfg.checkpoint!r} yet"
         )
-    return stop.exit_code
+    return (
+        "python -m trainer: interrupted by a second Ctrl-C: the work in flight was abandoned, without a "
+        f"checkpoint for it{last}"
+    )
 
 
 def _load_checkpoint(cfg: TrainConfig, rt: Runtime, model, optimizer, scheduler, scaler) -> dict | None:
@@ -422,6 +485,12 @@ def _finish_failed(tracker, error: BaseException) -> None:
         tracker.finish(status, error=f"{type(error).__name__}: {error}")
     except TypeError:  # a tracker whose finish() takes no error text
         tracker.finish(status)
+
+
+def _restore_buffers(model: nn.Module, saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for buffer, before in zip(model.buffers(), saved, strict=True):
+            buffer.copy_(before)
 
 
 def _truthy(x) -> bool:

@@ -54,7 +54,19 @@ BAD = [
     (["--no-such-flag"], "unrecognized arguments"),
     (["--checkpoint-every", "10"], "--checkpoint PATH"),
     (["--checkpoint", "x.ckpt", "--checkpoint-every", "0"], "--checkpoint-every"),
-]
+    (["--run", ""], "--run '': a run needs a name; omit --run"),
+    (["--run-name", "  "], "a run needs a name"),
+    # Flags the chosen model, data or optimizer does not use: typed, they are mistakes.
+    (["--task", "digits", "--model", "conformer-ctc", "--rnn-type", "lstm"],
+     "--rnn-type applies to --model crnn-ctc only, and this run uses --model conformer-ctc"),
+    (["--hidden-size", "64"], "--hidden-size applies to --model resnet-kws, crnn-ctc or conformer-ctc only"),
+    (["--model", "resnet-kws", "--num-layers", "3"], "--num-layers applies to --model crnn-ctc or conformer"),
+    (["--sc-variant", "12"], "--sc-variant applies to --data speech_commands only, and this run uses --data "
+     "builtin"),
+    (["--data", "speech_commands", "--data-path", ".", "--corpus-size", "tiny"],
+     "--corpus-size applies to --data builtin only"),
+    (["--momentum", "0.5"], "--momentum applies to --optimizer sgd only, and this run uses --optimizer adam"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("argv", "needle"), BAD, ids=[" ".join(a) for a, _ in BAD])
@@ -210,3 +222,40 @@ def test_the_named_corpus_sizes_are_those_the_builtin_corpus_has():
     from trainer.data.synth_corpus import SIZES
 
     assert {task: set(sizes) for task, sizes in SIZES.items()} == {task: set(CORPUS_SIZES) for task in SIZES}
+
+
+def test_inapplicable_values_from_a_config_file_or_preset_are_replayed(tmp_path):
+    # A recorded config holds every setting (the dashboard relaunches with it, other model included): only a
+    # flag typed on the command line is refused for not applying.
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": "seed-cnn", "hidden_size": 64, "rnn_type": "lstm", "sc_variant": 12,
+                                "momentum": 0.5, "optimizer": "adam"}))  # fmt: skip
+    cfg, _ = parse_config(["--config", str(path), "--model", "resnet-kws", "--lr", "0.01"])
+    assert (cfg.model, cfg.hidden_size, cfg.momentum) == ("resnet-kws", 64, 0.5)
+    cfg, _ = parse_config(["--preset", "digits", "--optimizer", "adam", "--model", "conformer-ctc"])
+    assert cfg.optimizer == "adam"  # the preset's --momentum is not the user's
+
+
+def test_cache_dir_that_is_a_file_exits_2_and_missing_folders_are_created_later(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for cache in (a_file, a_file / "below"):
+        with pytest.raises(SystemExit) as exc:
+            parse_config(["--cache-dir", str(cache)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--cache-dir {str(cache)!r} is not a folder" in err and "Traceback" not in err
+    # A cache folder is created with its parents when first written, like the default one.
+    missing = tmp_path / "not" / "yet" / "cache"
+    assert parse_config(["--cache-dir", str(missing)])[0].cache_dir == str(missing)
+
+
+def test_gradwatch_clip_with_no_track_exits_2(monkeypatch, capsys):
+    monkeypatch.setenv("GRADWATCH_CLIP", "norm:1")
+    with pytest.raises(SystemExit) as exc:
+        parse_config(["--no-track"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "GRADWATCH_CLIP='norm:1' asks for clipping, but --no-track" in err and "Traceback" not in err
+    monkeypatch.setenv("GRADWATCH_CLIP", "none")
+    assert parse_config(["--no-track"])[0].no_track

@@ -128,10 +128,15 @@ def which_set_readme(filename, validation_percentage=10, testing_percentage=10):
 
 def test_without_lists_the_readme_hash_rule_splits_by_speaker(tmp_path):
     root = write_corpus(tmp_path / "nolists", KEYWORDS, lists=False, noise=False)
-    (root / "yes" / "9f9f9f9f_nohash_1.wav").write_bytes(
-        (root / "yes" / "0a1b2c3d_nohash_0.wav").read_bytes()
-    )
+    clip = (root / "yes" / "0a1b2c3d_nohash_0.wav").read_bytes()
+    (root / "yes" / "9f9f9f9f_nohash_1.wav").write_bytes(clip)
+    # The speakers of SPEAKERS all hash into training: an empty validation split is refused.
+    with pytest.raises(CorpusLayoutError, match="the val split has no clips: the README's hash rule"):
+        scan_speech_commands(root, classes=10)
+    for speaker in ("00000000", "00000002"):  # these two hash into validation and test
+        (root / "no" / f"{speaker}_nohash_0.wav").write_bytes(clip)
     _, clips = scan_speech_commands(root, classes=10)
+    assert all(clips.values())
     names = {"train": "training", "val": "validation", "test": "testing"}
     for split, items in clips.items():
         for c in items:
@@ -183,3 +188,22 @@ def test_bad_folders_name_the_path_and_the_layout(tmp_path):
     (no_noise / "yes" / "0a1b2c3d_nohash_0.wav").write_bytes(b"not a wav file")
     with pytest.raises(CorpusLayoutError, match="0a1b2c3d_nohash_0.wav"):
         load_task("keywords", "speech_commands", no_noise, cache_dir=tmp_path / "cache")
+
+
+def test_list_entries_written_with_dot_slash_or_backslashes_name_the_same_clips(v2, tmp_path):
+    root = write_corpus(tmp_path / "lists", KEYWORDS, noise=False)
+    want = scan_speech_commands(root)[1]
+    val, test = root / "validation_list.txt", root / "testing_list.txt"
+    val.write_text("".join(f"./{line}\n" for line in val.read_text().split()))  # `find .` output
+    test.write_bytes(b"\xef\xbb\xbf" + test.read_text().replace("/", "\\").replace("\n", "\r\n").encode())
+    assert scan_speech_commands(root)[1] == want
+
+
+def test_lists_that_leave_a_split_empty_are_refused(tmp_path):
+    root = write_corpus(tmp_path / "empty_list", KEYWORDS, noise=False)
+    (root / "testing_list.txt").write_text("")
+    with pytest.raises(CorpusLayoutError, match="the test split has no clips: .*testing_list.txt' is empty"):
+        scan_speech_commands(root)
+    (root / "testing_list.txt").write_text("yes/missing_nohash_0.wav\nbed/4d5e6f70_nohash_0.wav\n")
+    with pytest.raises(CorpusLayoutError, match="the test split has no clips: none of the 2 lines"):
+        scan_speech_commands(root)

@@ -169,3 +169,90 @@ def test_digit_vocabulary_reads_words_digits_and_oh():
     assert vocab.normalize("THREE oh 4") == "304"
     assert vocab.decode(vocab.encode("nine, eight")) == "98"
     assert vocab.ctc_greedy([0, 4, 4, 0, 4, 2, 2, 0]) == [4, 4, 2]
+
+
+def write_tsv(root, rows, header="path\ttext\tspeaker\tsplit", rate=16000, seconds=0.4):
+    """transcripts.tsv from ``(name, text, speaker, split)`` rows, a noise clip per row (clips/<name>.wav)."""
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    lines = [header] if header else []
+    for i, (name, text, speaker, split) in enumerate(rows):
+        soundfile.write(root / "clips" / f"{name}.wav", noise(seconds, rate, i), rate)
+        lines.append("\t".join([f"clips/{name}.wav", text, speaker, split]))
+    (root / "transcripts.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+SPLIT_ROWS = [("u0", "one two", "a", "train"), ("u1", "three", "b", "train"), ("u2", "four", "c", "val"),
+              ("u3", "five six", "d", "test")]  # fmt: skip
+
+
+def test_a_clip_shorter_than_a_window_is_zero_padded_to_it(tmp_path):
+    root = write_tsv(tmp_path / "short", SPLIT_ROWS, rate=22050)
+    short = noise(1, 22050, 9)[:100]  # 100 samples at 22.05 kHz: 73 at 16 kHz, under one 400-sample window
+    soundfile.write(root / "clips" / "u3.wav", short, 22050, subtype="FLOAT")
+    splits = load_task("digits", "transcripts", root, cache_dir=tmp_path / "cache")
+    wav = torchaudio.functional.resample(torch.from_numpy(short), 22050, 16000)
+    wav = torch.nn.functional.pad(wav, (0, 400 - len(wav)))  # silence after the clip, to one window
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, win_length=400, hop_length=160, n_mels=40)(
+        wav
+    )
+    db = torchaudio.transforms.AmplitudeToDB("power", top_db=80)(mel)
+    x, _ = splits.test[0]
+    assert x.shape == (1, 40, 3)
+    torch.testing.assert_close(x[0], (db - db.mean()) / (db.std() + 1e-5), atol=1e-4, rtol=1e-4)
+
+
+def test_an_audio_file_without_samples_is_refused_by_name(tmp_path):
+    root = write_tsv(tmp_path / "empty_clip", SPLIT_ROWS)
+    soundfile.write(root / "clips" / "u1.wav", np.zeros((0, 2), np.float32), 22050)
+    with pytest.raises(CorpusLayoutError, match=r"u1\.wav' has no samples"):
+        load_task("digits", "transcripts", root, cache_dir=tmp_path / "cache")
+
+
+def test_a_blank_cell_in_the_split_column_is_refused_naming_its_line(tmp_path):
+    rows = [*SPLIT_ROWS, ("u4", "seven", "e", ""), ("u5", "eight", "e", "test")]
+    root = write_tsv(tmp_path / "partial", rows)
+    # line 1 is the header: u4 is on line 6
+    with pytest.raises(CorpusLayoutError, match=r"split column is blank on line\(s\) 6: give every row"):
+        scan_transcripts(root)
+
+
+def test_tsv_errors_name_the_line_of_the_file(tmp_path):
+    root = write_tsv(tmp_path / "noheader", SPLIT_ROWS, header=None)
+    tsv = root / "transcripts.tsv"
+    tsv.write_text(tsv.read_text().replace("clips/u0.wav", "clips/missing.wav"))
+    with pytest.raises(CorpusLayoutError, match=r"transcripts\.tsv:1: audio file .*missing\.wav"):
+        scan_transcripts(root)
+    # Blank lines count as lines, as in an editor: the row without a text is on line 4.
+    tsv.write_text("\nclips/u0.wav\tone two\ta\ttrain\n\nclips/u1.wav\n")
+    with pytest.raises(CorpusLayoutError, match=r"transcripts\.tsv:4: expected 'path<TAB>text"):
+        scan_transcripts(root)
+
+
+def test_a_byte_order_mark_before_the_header_is_not_part_of_it(tmp_path):
+    root = write_tsv(tmp_path / "bom", SPLIT_ROWS)
+    tsv = root / "transcripts.tsv"
+    tsv.write_bytes(b"\xef\xbb\xbf" + tsv.read_bytes().replace(b"\n", b"\r\n"))  # as Windows Notepad saves
+    splits = scan_transcripts(root)
+    assert {s: [u.path for u in us] for s, us in splits.items()} == {
+        "train": ["clips/u0.wav", "clips/u1.wav"], "val": ["clips/u2.wav"], "test": ["clips/u3.wav"]
+    }  # fmt: skip
+    assert splits["test"][0].text == "five six"
+
+
+@pytest.mark.parametrize("layout", ["transcripts.tsv", "trans.txt"])
+def test_a_transcript_file_that_is_not_utf8_names_the_file_and_line(layout, tmp_path):
+    root = write_tsv(tmp_path / "latin1", [*SPLIT_ROWS[:2], ("u2", "café", "c", "val"), SPLIT_ROWS[3]])
+    if layout == "trans.txt":
+        (root / "transcripts.tsv").unlink()
+        lines = [f"{u} {t}" for u, t, _, _ in [*SPLIT_ROWS[:2], ("u2", "café", "c", "val")]]
+        for u in ("u0", "u1", "u2"):
+            (root / "clips" / f"{u}.wav").rename(root / f"{u}.wav")
+        (root / "trans.txt").write_bytes("\n".join(lines).encode("latin-1"))
+        line = 3
+    else:
+        tsv = root / "transcripts.tsv"
+        tsv.write_bytes(tsv.read_text(encoding="utf-8").encode("latin-1"))
+        line = 4
+    with pytest.raises(CorpusLayoutError, match=rf"{layout}:{line}: the file is not UTF-8.*save it as UTF-8"):
+        scan_transcripts(root)

@@ -83,3 +83,29 @@ def test_compatibility_table_covers_every_model():
     for name, tasks in MODEL_TASKS.items():
         model = build_model(name, n_classes=11, n_mels=32, hidden_size=16 if name != "conformer-ctc" else 32)
         assert (model.kind == "classify") == (tasks == ("keywords",))
+
+
+@pytest.mark.parametrize("name", ["crnn-ctc", "conformer-ctc"])
+@pytest.mark.parametrize("length", [101, 100], ids=["odd", "even"])
+def test_ctc_output_of_an_utterance_does_not_depend_on_the_padding_of_its_batch(name, length):
+    # Oracle: the utterance alone (no padding at all) against the same utterance zero-padded, as
+    # collate_sequences pads it, in a batch with a 60-frame longer one. Trained-looking BatchNorm statistics
+    # and affine parameters: fresh ones (mean 0, var 1, shift 0) hide a leak behind BN + ReLU.
+    torch.manual_seed(0)
+    model = build_model(name, n_classes=11, n_mels=40, hidden_size=32, num_layers=2)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()
+    model.eval()
+    x, other = torch.randn(1, 1, 40, length), torch.randn(1, 1, 40, length + 60)
+    batch = torch.cat([nn.functional.pad(x, (0, 60)), other])
+    with torch.no_grad():
+        alone, alone_lengths = model(x, torch.tensor([length]))
+        batched, batched_lengths = model(batch, torch.tensor([length, length + 60]))
+    n = int(alone_lengths[0])
+    assert n == int(batched_lengths[0]) == alone.shape[1]
+    torch.testing.assert_close(batched[0, :n], alone[0], atol=1e-5, rtol=1e-5)

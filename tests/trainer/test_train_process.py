@@ -148,3 +148,31 @@ def test_a_killed_then_stopped_run_resumes_mid_epoch_to_what_an_uninterrupted_ru
     want, got = query(straight, metrics), query(db, metrics)
     assert [r[:2] for r in got] == [r[:2] for r in want]
     assert [r[2] for r in got] == pytest.approx([r[2] for r in want], rel=1e-5)
+
+
+def test_a_second_ctrl_c_stops_at_once_with_exit_130_and_the_run_recorded_stopped(tmp_path):
+    # The first Ctrl-C asks for a graceful stop; the second, 50 ms later (within the step in flight, which
+    # takes longer on the seed CNN), interrupts it. Whether or not it lands before the stop completes, the
+    # outcome is the same: exit 130, no traceback, the run recorded stopped by SIGINT, a whole checkpoint or
+    # none (never a half-written one).
+    db, ck = tmp_path / "g.db", tmp_path / "run.ckpt"
+    argv = [*tiny(tmp_path / "cache", db, "--epochs", "500"), "--checkpoint", str(ck)]
+    proc = start([sys.executable, "-m", "trainer", *argv])
+    wait_for_steps(proc, db, 3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # paces the two signals (Python runs one handler for two that arrive together)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "stopped" in out
+    [(status, error, n_steps)] = query(db, "SELECT status, error, (SELECT COUNT(*) FROM steps) FROM runs")
+    assert (status, error) == ("stopped", "SIGINT")
+    # A recorded step is an applied one: the summary counts what the database holds.
+    assert f"{n_steps} optimizer steps" in out
+    assert not (tmp_path / "run.ckpt.tmp").exists()
+    if ck.exists():
+        from trainer import checkpoint as ckpt
+
+        # the stop's own (if the second Ctrl-C came after it) or an earlier one (an epoch's end), whole
+        assert 0 < ckpt.load(ck)["step"] <= n_steps

@@ -51,3 +51,42 @@ def test_a_checkpoint_is_refused_on_another_corpus_or_variant(speech_commands_di
     assert query(db, "SELECT status, resumed_from_step, (SELECT COUNT(*) FROM steps) FROM runs") == [
         ("finished", None, 1)
     ]
+
+
+def test_a_skipped_nonfinite_step_leaves_the_batchnorm_statistics_as_they_were(
+    speech_commands_dir, tmp_path, capsys
+):
+    # Every training clip holds a NaN sample, so every step's gradients are NaN and --nonfinite skip skips
+    # every optimizer step. Oracle: the model after those steps is the model before them, i.e. as built
+    # from the seed; BatchNorm's running statistics included, which the forward passes had made NaN.
+    import numpy as np
+    import soundfile
+    import torch
+
+    from trainer import checkpoint as ckpt
+    from trainer.models import build_model
+
+    corpus = shutil.copytree(speech_commands_dir, tmp_path / "nan_corpus")
+    held_out = set((corpus / "validation_list.txt").read_text().split())
+    held_out |= set((corpus / "testing_list.txt").read_text().split())
+    nan_clip = np.full(8000, 0.1, np.float32)
+    nan_clip[4000] = np.nan
+    for wav in corpus.glob("*/*_nohash_*.wav"):
+        if f"{wav.parent.name}/{wav.name}" not in held_out:
+            soundfile.write(wav, nan_clip, 16000, subtype="FLOAT")
+    cache, db, ck = tmp_path / "cache", tmp_path / "g.db", tmp_path / "run.ckpt"
+    skip = ("--model", "resnet-kws", "--hidden-size", "8", "--nonfinite", "skip", "--max-steps", "2")
+    argv = real(
+        "speech_commands", corpus, cache, db, *skip, "--epochs", "2", "--quiet", "--checkpoint", str(ck)
+    )
+    assert main(argv) == 0
+    assert query(db, "SELECT step, skipped FROM steps ORDER BY step") == [(0, 1), (1, 1)]
+    torch.manual_seed(0)  # --seed 0: what the trainer builds its model from
+    want = build_model("resnet-kws", n_classes=10, n_mels=32, hidden_size=8, dropout=0.1).state_dict()
+    got = ckpt.load(ck)["model"]
+    assert list(got) == list(want)
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+    # Evaluated with those statistics, the clean validation clips give finite scores.
+    [(val_loss,)] = query(db, "SELECT value FROM metrics WHERE name = 'val_loss'")
+    assert val_loss is not None and np.isfinite(val_loss)

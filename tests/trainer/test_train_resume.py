@@ -171,3 +171,26 @@ def test_a_checkpoint_of_another_number_of_processes_is_refused():
     with pytest.raises(ValueError, match=r"saved by 1 process, and this is 2"):
         ckpt.check_world_size({}, 2, "r.ckpt")  # an older checkpoint: one process
     ckpt.check_world_size({"world_size": 2}, 2, "r.ckpt")
+
+
+def test_a_run_recorded_under_gradwatch_clip_and_resumed_without_it_is_explained_in_cli_terms(
+    corpus_cache, db_path, tmp_path, monkeypatch, capsys
+):
+    ck = tmp_path / "run.ckpt"
+    monkeypatch.setenv("GRADWATCH_CLIP", "norm:1")
+    assert (
+        main(tiny(corpus_cache, db_path, "--max-steps", "1", "--epochs", "2", "--checkpoint", str(ck))) == 0
+    )
+    monkeypatch.delenv("GRADWATCH_CLIP")
+    capsys.readouterr()
+    argv = tiny(corpus_cache, db_path, "--epochs", "2", "--checkpoint", str(ck), "--resume")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "recorded clipping with 'norm:1.0' (GRADWATCH_CLIP was set when it ran)" in err
+    assert "GRADWATCH_CLIP=norm:1.0 set again, or add --parent-run ID" in err
+    assert "parent_id=" not in err and "Traceback" not in err  # the tracker's Python argument
+    monkeypatch.setenv("GRADWATCH_CLIP", "norm:1.0")  # as suggested: the same run goes on
+    assert main(argv) == 0
+    assert query(db_path, "SELECT COUNT(*), MAX(status), MAX(resumed_from_step) FROM runs") == [
+        (1, "finished", 1)
+    ]

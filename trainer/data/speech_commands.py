@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import posixpath
 import re
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .errors import CorpusLayoutError, CorpusNotFound
 from .features import SAMPLE_RATE, FeatureSpec, LogMel, to_sample_rate
 from .precompute import cached_features, compute_features
 from .synth_corpus import KEYWORDS
+from .textfiles import read_lines
 
 __all__ = ["SPEECH_COMMANDS_CLASSES", "V1_WORDS", "V2_WORDS", "scan_speech_commands", "load_speech_commands"]
 
@@ -90,7 +92,11 @@ def _word_folders(root: Path) -> dict[str, list[str]]:
 
 
 def _read_list(path: Path) -> set[str]:
-    return {line.strip().replace("\\", "/") for line in path.read_text().splitlines() if line.strip()}
+    """The entries of a split list as ``<word>/<file>.wav``: the way a list written on Windows
+    (``yes\\x.wav``) or by ``find .`` (``./yes/x.wav``) names a clip is the way the dataset's own lists do."""
+    return {
+        posixpath.normpath(line.strip().replace("\\", "/")) for _, line in read_lines(path) if line.strip()
+    }
 
 
 def scan_speech_commands(
@@ -140,6 +146,11 @@ def scan_speech_commands(
                 known[split_of(rel)].append(Clip(rel, index[word], _speaker(name)))
             elif classes == 12:
                 others[split_of(rel)].append(Clip(rel, index[UNKNOWN], _speaker(name)))
+    for split in _SPLIT_NAMES:
+        if not known[split]:
+            raise CorpusLayoutError(f"{str(root)!r}: the {split} split has no clips: " + _why_empty(
+                split, lists, (val_list, test_list), classes
+            ))  # fmt: skip
     if classes == 12:
         noises = _noise_files(root)
         for k, split in enumerate(_SPLIT_NAMES):
@@ -152,6 +163,25 @@ def scan_speech_commands(
                 offset = int(rng.integers(0, max(frames - CLIP, 0) + 1))
                 known[split].append(Clip(rel, index[SILENCE], SILENCE, offset, float(rng.uniform(0, 1))))
     return labels, known
+
+
+def _why_empty(split: str, lists, files: tuple[Path, Path], classes: int) -> str:
+    """Why a split of a Speech Commands folder came out empty, and what to do about it."""
+    if lists is None:
+        return (
+            "the README's hash rule put none of the speakers there (too few speakers); add "
+            "validation_list.txt and testing_list.txt to choose the split"
+        )
+    if split == "train":
+        return "every clip is in validation_list.txt or testing_list.txt"
+    entries, path = (lists[0], files[0]) if split == "val" else (lists[1], files[1])
+    if not entries:
+        return f"{str(path)!r} is empty"
+    example = sorted(entries)[0]
+    return (
+        f"none of the {len(entries)} lines of {str(path)!r} (e.g. {example!r}) names a clip of the "
+        f"{classes}-class variant; lines are '<word>/<speaker>_nohash_<n>.wav', relative to the folder"
+    )
 
 
 def _noise_files(root: Path) -> list[tuple[str, int]]:

@@ -12,13 +12,15 @@ to 16 kHz; stereo averaged):
 
 Splits: subfolders named like LibriSpeech's parts (``train*`` and ``dev*``/``val*``/``valid*`` and
 ``test*``, e.g. ``train-clean-100/``, ``dev-clean/``, ``test-clean/``), each in one of the layouts above; else
-a ``split`` column of ``transcripts.tsv``; else the speakers of the whole folder are shuffled by the seed and
-split 80/10/10 (speaker-disjoint, at least one speaker per split).
+a ``split`` column of ``transcripts.tsv`` (filled on every row); else the speakers of the whole folder are
+shuffled by the seed and split 80/10/10 (speaker-disjoint, at least one speaker per split).
+
+Text files are UTF-8 (a byte-order mark is allowed). A clip shorter than one analysis window (25 ms) is
+zero-padded at the end to it; a file with no samples at all is refused.
 """
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from .errors import CorpusLayoutError, CorpusNotFound
 from .features import FeatureSpec, LogMel, to_sample_rate
 from .precompute import cached_features, compute_features
 from .speech_commands import read_audio
+from .textfiles import read_lines
 from .vocab import character_vocabulary, digit_vocabulary
 
 __all__ = ["Utterance", "scan_transcripts", "load_transcripts"]
@@ -71,7 +74,7 @@ def _find_audio(folder: Path, utt_id: str, source: Path) -> Path:
 
 
 def _id_lines(path: Path):
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in read_lines(path):
         if not line.strip():
             continue
         parts = line.strip().split(maxsplit=1)
@@ -101,20 +104,16 @@ def _scan_one(folder: Path, root: Path) -> list[Utterance]:
 
 
 def _scan_tsv(tsv: Path, root: Path) -> list[Utterance]:
-    with open(tsv, encoding="utf-8", newline="") as f:
-        rows = [
-            r
-            for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            if r and any(c.strip() for c in r)
-        ]
+    # QUOTE_NONE: a cell is everything between two tabs, so splitting a line on tabs reads it exactly.
+    rows = [(n, line.split("\t")) for n, line in read_lines(tsv) if line.strip()]
     columns = ["path", "text", "speaker"]
-    if rows and rows[0][0].strip().lower() == "path":
-        columns = [c.strip().lower() for c in rows[0]]
+    if rows and rows[0][1][0].strip().lower() == "path":
+        columns = [c.strip().lower() for c in rows[0][1]]
         rows = rows[1:]
         if "text" not in columns:
             raise CorpusLayoutError(f"{str(tsv)!r}: the header {columns} has no 'text' column")
-    utts = []
-    for n, row in enumerate(rows, 2 if columns[0] == "path" else 1):
+    utts, blank_split = [], []
+    for n, row in rows:  # n: the line in the file, for messages that point at it
         if len(row) < 2:
             raise CorpusLayoutError(f"{str(tsv)}:{n}: expected 'path<TAB>text[<TAB>speaker]', got {row!r}")
         rec = dict(zip(columns, (c.strip() for c in row), strict=False))
@@ -124,8 +123,18 @@ def _scan_tsv(tsv: Path, root: Path) -> list[Utterance]:
         split = rec.get("split") or None
         if split is not None and split not in _SPLIT_NAMES:
             raise CorpusLayoutError(f"{str(tsv)}:{n}: split {split!r} is not one of {list(_SPLIT_NAMES)}")
+        if "split" in columns and split is None:
+            blank_split.append(n)
         speaker = rec.get("speaker") or _default_speaker(rec["path"])
         utts.append(Utterance(str(audio.relative_to(root)), rec.get("text", ""), speaker, split))
+    if blank_split:
+        # A split column is the user's own split: guessing the blank rows (or re-splitting every row by
+        # speaker) could move test utterances into training.
+        lines = ", ".join(map(str, blank_split[:10])) + (" ..." if len(blank_split) > 10 else "")
+        raise CorpusLayoutError(
+            f"{str(tsv)!r}: the split column is blank on line(s) {lines}: give every row train, val or test, "
+            "or remove the split column to split the speakers 80/10/10"
+        )
     return utts
 
 
@@ -156,7 +165,7 @@ def scan_transcripts(root: Path, seed: int = 0) -> dict[str, list[Utterance]]:
         splits = {s: [u for d in folders[s] for u in _scan_one(d, root)] for s in _SPLIT_NAMES}
     else:
         utts = _scan_one(root, root)
-        if utts and all(u.split for u in utts):
+        if utts and all(u.split for u in utts):  # a split column (filled on every row: _scan_tsv)
             splits = {s: [u for u in utts if u.split == s] for s in _SPLIT_NAMES}
         else:
             splits = _split_by_speaker(utts, seed, root)
@@ -182,9 +191,18 @@ def _split_by_speaker(utts: list[Utterance], seed: int, root: Path) -> dict[str,
     return {s: [u for u in utts if part.get(u.speaker, "train") == s] for s in _SPLIT_NAMES}
 
 
-def _waveform(path: Path) -> np.ndarray:
+def _waveform(path: Path, min_samples: int) -> np.ndarray:
+    """16 kHz samples of ``path``, zero-padded at the end to ``min_samples`` (one analysis window): the
+    log-mel's centred frames reflect-pad half a window on each side, which a shorter clip cannot give."""
     wav, rate = read_audio(path)
-    return to_sample_rate(torch.from_numpy(wav), rate).numpy()
+    if len(wav) == 0:  # nothing to pad: a recording that failed, not a short utterance
+        raise CorpusLayoutError(
+            f"audio file {str(path)!r} has no samples: replace it, or remove its transcript line"
+        )
+    wav = to_sample_rate(torch.from_numpy(wav), rate).numpy()
+    if len(wav) < min_samples:
+        wav = np.pad(wav, (0, min_samples - len(wav)))
+    return wav
 
 
 def load_transcripts(root: Path, *, task: str, seed: int, cache_dir: Path, spec: FeatureSpec):
@@ -214,7 +232,8 @@ def load_transcripts(root: Path, *, task: str, seed: int, cache_dir: Path, spec:
 
     def compute():
         return {
-            s: compute_features((_waveform(root / u.path) for u in splits[s]), logmel) for s in _SPLIT_NAMES
+            s: compute_features((_waveform(root / u.path, spec.n_fft) for u in splits[s]), logmel)
+            for s in _SPLIT_NAMES
         }
 
     start = time.perf_counter()
