@@ -114,9 +114,10 @@ def newer_schema_database(path: Path) -> Path:
     return path
 
 
-def damage_last_leaf(path: Path, table: str) -> int:
+def damage_last_leaf(path: Path, table: str, *, cells_only: bool = False) -> int:
     """Overwrite the last leaf page of ``table``'s B-tree (where new rows go) with garbage, leaving the
-    header and the schema readable: a file corrupt in its data pages. Returns the page number."""
+    header and the schema readable: a file corrupt in its data pages. ``cells_only``: only the start of its
+    cell-pointer array (its last cell, which a max() reads, stays intact). Returns the page number."""
     conn = sqlite3.connect(path)
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
@@ -125,6 +126,9 @@ def damage_last_leaf(path: Path, table: str) -> int:
     while data[(page - 1) * page_size] in (2, 5):  # an interior page: follow its right-most child
         start = (page - 1) * page_size
         page = int.from_bytes(data[start + 8 : start + 12], "big")
-    data[(page - 1) * page_size : page * page_size] = b"\xff" * page_size
+    if cells_only:  # (after the 8-byte leaf header: the first 200 of its cell pointers)
+        data[(page - 1) * page_size + 8 : (page - 1) * page_size + 408] = b"\xff" * 400
+    else:
+        data[(page - 1) * page_size : page * page_size] = b"\xff" * page_size
     path.write_bytes(bytes(data))
     return page

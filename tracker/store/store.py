@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from . import resume
+from .blocks import LAYERS_WITH_ROWS
 from .connection import check_leftovers, connect, immediate, preflight, translate
 from .envelope import EnvelopeCache
-from .errors import DatabaseLocked, DatabaseNotFound, ReadOnlyStore, RunNotFound
+from .errors import DatabaseLocked, DatabaseNotFound, DiskFull, ReadOnlyStore, RunNotFound
 from .reader import Reads
 from .schema import check_schema, create_schema
 from .writer import LAYER_COLUMNS, BackgroundWriter, layer_row
@@ -70,10 +71,23 @@ def _create_file(path: Path, busy_timeout: float) -> None:
             conn.execute("PRAGMA journal_mode = WAL")
             with immediate(conn, path, "create the gradwatch tables"):
                 create_schema(conn)
+            # The tables are in tmp's -wal until a checkpoint copies them into tmp. close() would do it but
+            # says nothing when it cannot (a full disk), and tmp, linked into place without them, would be a
+            # malformed database at the user's path: checkpoint here, where a failure raises.
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                raise sqlite3.OperationalError("database is locked (checkpoint of a new file)")
         except sqlite3.Error as exc:
             raise translate(exc, path, "create the database") from exc
         finally:
             conn.close()  # the last connection checkpoints and removes tmp's -wal and -shm
+        wal = tmp.with_name(tmp.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:  # (the checkpoint above was cut short after all)
+            raise DiskFull(
+                f"Cannot create the database {path}: the new file could not be completed on its disk (the "
+                "disk is full?); nothing was created there. Free some space on it, or record into a "
+                "database on another disk (db=... or $GRADWATCH_DB)."
+            )
         # Again right before the file appears: a database deleted meanwhile may have left its -wal/-shm.
         check_leftovers(path)
         try:
@@ -308,7 +322,12 @@ class Store(Reads):
                 and not db.execute("SELECT 1 FROM runs WHERE id = ?", (parent_id,)).fetchone()
             ):
                 raise RunNotFound(f"parent_id={parent_id}: no such run in {self.path}")
-            return db["runs"].insert(row).last_pk
+            run_id = db["runs"].insert(row).last_pk
+            # What its writer reads first, where its rows will go: a damaged cell there can pass the reads of
+            # the right edges above. In this transaction, so that a file damaged there gets no run at all.
+            db.execute("SELECT max(step) FROM steps WHERE run_id = ?", (run_id,)).fetchall()
+            db.execute(LAYERS_WITH_ROWS, dict(run=run_id)).fetchall()
+            return run_id
 
     def add_layers(self, run_id: int, layers) -> None:
         """Record the run's parameter tensors: dicts with id, name, shape, and optionally numel, dtype,

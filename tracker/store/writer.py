@@ -108,6 +108,8 @@ class BackgroundWriter:
         self._busy_timeout = busy_timeout
         self._steps_queued = 0  # add_step rows accepted (caller's thread)
         self._steps_written = 0  # of them, committed (writer thread, under _gate)
+        self._metrics_queued = 0  # metric values accepted (caller's thread)
+        self._metrics_written = 0  # of them, committed (writer thread, under _gate)
         self._gate = threading.Lock()  # a commit, or giving up (close's timeout): never both at once
         self._abandoned = threading.Event()
         self._locked_since: float | None = None  # monotonic; set while another process's lock holds a batch
@@ -217,8 +219,8 @@ class BackgroundWriter:
         rows = [
             (self.run_id, str(k), int(step), None if v is None else float(v), t) for k, v in values.items()
         ]
-        if rows:
-            self._put((_METRICS, rows), len(rows))
+        if rows and self._put((_METRICS, rows), len(rows)):
+            self._metrics_queued += len(rows)
 
     def add_layers(self, layers) -> None:
         """Queue ``layers`` rows (dicts as ``Store.add_layers`` takes; an id already recorded is replaced),
@@ -260,8 +262,10 @@ class BackgroundWriter:
         gave_up = None
         if self._error is None:
             self._queue.put((_CLOSE, (status, error), done))
-            if not self._wait(done, timeout) and self._locked_since is not None:
-                gave_up = self._give_up(status)  # (None when the lock went just in time)
+            if not self._wait(done, timeout):
+                # Still writing when the time is up: a lock (possibly still within the busy timeout, so not
+                # known as one yet) or a very slow disk. Either way the caller asked not to wait longer.
+                gave_up = self._give_up(status, timeout)  # (None when it finished just in time)
         self._closed = True
         atexit.unregister(self._flush_at_exit)
         self._thread.join(0 if gave_up else timeout)
@@ -269,19 +273,23 @@ class BackgroundWriter:
             raise gave_up
         self._raise_if_failed()
 
-    def _give_up(self, status: str) -> DatabaseLocked | None:
+    def _give_up(self, status: str, timeout: float | None) -> DatabaseLocked | None:
         with self._gate:  # no commit can slip in after the count: what it says was not written, was not
             if self._final_written:
                 return None
             self._abandoned.set()
-            lost = self._steps_queued - self._steps_written
+            steps = self._steps_queued - self._steps_written
+            metrics = self._metrics_queued - self._metrics_written
             since = self._locked_since
-        held = "" if since is None else f" for {_time.monotonic() - since:.0f} s"
+        if since is not None:
+            why = f"{self.path} has been locked by another process for {_time.monotonic() - since:.0f} s"
+        else:
+            why = f"{self.path} could not be written within {timeout:g} s (locked by another process?)"
         last = f"its steps up to {self._last_step}" if self._last_step >= 0 else "none of its steps"
         return DatabaseLocked(
-            f"Gave up writing run {self.run_id}: {self.path} has been locked by another process{held}. "
-            f"{lost} logged steps (with their metrics) and the final status {status!r} could not be written; "
-            f"the file has {last}, and shows the run as crashed once this process ends. {_LOCK_ADVICE}"
+            f"Gave up writing run {self.run_id}: {why}. {steps} logged steps, {metrics} metric values and "
+            f"the final status {status!r} could not be written; the file has {last}, and shows the run as "
+            f"crashed once this process ends. {_LOCK_ADVICE}"
         )
 
     @property
@@ -348,6 +356,13 @@ class BackgroundWriter:
                 self.flush(timeout=30)
             except DatabaseLocked as exc:  # the rows still queued are lost with the process: say so
                 print(f"gradwatch: {exc}", file=sys.stderr)
+            except TimeoutError:  # (a lock not yet past its busy timeout, or a slow disk)
+                waiting = self._steps_queued - self._steps_written
+                print(
+                    f"gradwatch: {self.path} could not be written within 30 s at exit (locked by another "
+                    f"process?): {waiting} logged steps of run {self.run_id} are lost. {_LOCK_ADVICE}",
+                    file=sys.stderr,
+                )
             except Exception:  # noqa: BLE001 - nothing left to report to at exit
                 pass
 
@@ -475,6 +490,7 @@ class BackgroundWriter:
                     if self._abandoned.is_set():  # close() gave up and said these rows were not written
                         raise _Abandoned("close() gave up waiting for another process's lock")
                 self._steps_written += len(steps)
+                self._metrics_written += len(metrics)
                 self._final_written = final is not None
                 break
             except DatabaseLocked:
