@@ -67,6 +67,8 @@ def read_number(label: str, text: str) -> tuple[float | None, str | None]:
         return None, f"{label}: {text!r} is not a number"
     if not math.isfinite(value):
         return None, f"{label}: {text!r} is out of range (not a finite number); enter a finite value"
+    if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):  # 1e-400: no float is that small
+        return None, f"{label}: {text!r} is out of range (too small: it rounds to 0); enter a larger value"
     return value, None
 
 

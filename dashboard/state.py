@@ -194,11 +194,12 @@ def ids_from_url(param: str, seen_key: str, known) -> tuple[list[int], list[str]
         text = part.strip().lstrip("#")
         if not text:
             continue
-        try:
-            run_id = int(text)
-        except ValueError:
+        if not (
+            text.isascii() and text.isdigit()
+        ):  # (int() also takes "1_0", "-1", "٣": no id is written so)
             unknown.append(part.strip())
             continue
+        run_id = int(text)
         if run_id not in known:
             unknown.append(text)
         elif run_id not in ids:
@@ -209,6 +210,12 @@ def ids_from_url(param: str, seen_key: str, known) -> tuple[list[int], list[str]
 def ids_to_url(param: str, seen_key: str, ids) -> None:
     """Make the page's address name ``ids`` (none: no parameter), so a reload or a shared link opens them."""
     value = ",".join(str(int(i)) for i in ids)
+    if param not in st.query_params and st.session_state.get(seen_key) in (None, value or None):
+        # Opened without it (the sidebar, a first visit), showing what the page shows by itself: the
+        # address stays as it is. Writing it adds an entry to the browser's history, and Back then needed
+        # two presses to leave the page. A pick made here writes it.
+        st.session_state[seen_key] = value or None
+        return
     if value:
         if st.query_params.get(param) != value:
             st.query_params[param] = value

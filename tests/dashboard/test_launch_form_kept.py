@@ -79,6 +79,15 @@ def test_a_number_out_of_range_is_named_not_read_as_zero(launch, typed):
     assert "got 0.0" not in message and launch.button(key="launch_go").disabled
 
 
+@pytest.mark.parametrize("typed", ["1e-400", "-5e-999"])
+def test_a_number_too_small_for_a_float_is_named_not_read_as_zero(launch, typed):
+    launch.selectbox(key="clip_strategy").set_value("norm").run()
+    launch.text_input(key="clip_norm_c").input(typed).run()
+    message = texts(launch)
+    assert f"threshold C: '{typed}' is out of range (too small: it rounds to 0)" in message
+    assert "got 0.0" not in message and launch.button(key="launch_go").disabled
+
+
 def test_a_number_field_with_text_says_it_is_not_a_number(launch):
     launch.selectbox(key="clip_strategy").set_value("zclip").run()
     launch.text_input(key="clip_zclip_alpha").input("0.9x").run()

@@ -57,3 +57,27 @@ def test_an_unknown_run_link_says_so_and_shows_the_default(app, recorded):
     assert _param(at, "run") == str(shown)
     at = _open(app, recorded, "views/run.py", run="not-a-number")
     assert "run " + escape_markdown("not-a-number") + ", not in this database" in texts(at, "warning")
+
+
+def test_an_address_without_a_pick_is_left_alone_until_a_pick_is_made(app, recorded):
+    # The sidebar opens /compare: writing the default pick into the address added a history entry, and the
+    # browser's Back then needed two presses to leave the page.
+    at = app(recorded.path)
+    at.switch_page("views/compare.py").run()
+    assert _param(at, "runs") is None
+    at.switch_page("views/runs.py").run()
+    at.switch_page("views/compare.py").run()  # back through the sidebar: the same pick, the same address
+    assert _param(at, "runs") is None
+    base = recorded.ids["base"]
+    at.multiselect(key="compare_pick").set_value([base]).run()
+    assert _param(at, "runs") == str(base)  # a pick made here: the address follows it
+
+
+def test_ids_are_written_in_ascii_digits(app, recorded):
+    base = recorded.ids["base"]
+    arabic = "".join(chr(0x660 + int(d)) for d in str(base))  # int() reads both as base's id
+    wide = "".join(chr(0xFF10 + int(d)) for d in str(base))
+    for typed in (arabic, wide, "-1"):
+        at = _open(app, recorded, "views/run.py", run=typed)
+        warning = texts(at, "warning")
+        assert f"The address asks for run {escape_markdown(typed)}, not in this database" in warning
