@@ -3,13 +3,19 @@
 A relaunch re-executes a run's recorded command with its recorded Python in its recorded folder. Python
 started on a command that cannot run (a deleted folder, interpreter or script; only ``-c`` or ``-`` recorded,
 not the code) would exit at once with code 2, so the command is refused before it starts, with what is missing
-and how to fix it. Pure: reads the file system, starts nothing.
+and how to fix it. It reads the file system; for ``python -m pkg.mod`` it also asks the recorded Python, in
+the recorded folder, whether it finds ``pkg`` (one short process, its answer kept while the folder is
+unchanged, 30 s at most): a module may live in that folder or be installed, which only that interpreter can
+tell.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
+import subprocess
+import time
 from collections.abc import Mapping, Sequence
 
 __all__ = ["check_recorded_command", "interpreter_target"]
@@ -95,6 +101,12 @@ def check_recorded_command(run: Mapping, python: str, argv: list, *, typed: bool
         )
     if kind == "module" and not script:
         raise ValueError(f"The recorded command of run #{run_id} has `-m` without a module name.")
+    if kind == "module" and not _module_found(python, cwd or None, script):
+        raise ValueError(
+            f"The recorded module {script} of run #{run_id} cannot be found: {python} started in {cwd} "
+            f"finds no {script.split('.')[0]!r} (its folder moved or renamed, or uninstalled?), so Python "
+            "would exit at once. Put it back where it was, or relaunch a run recorded where it now lives."
+        )
     if kind == "script" and script.endswith(".py"):
         path = script if os.path.isabs(script) or not cwd else os.path.join(str(cwd), script)
         if not os.path.isfile(path):
@@ -103,3 +115,25 @@ def check_recorded_command(run: Mapping, python: str, argv: list, *, typed: bool
                 "so Python would exit at once. Put the script back at that path, or relaunch a run recorded "
                 "where the script now lives."
             )
+
+
+def _module_found(python: str, cwd: str | None, module: str) -> bool:
+    """False only when ``python`` in ``cwd`` surely does not find ``module``'s top-level package."""
+    try:  # renaming or moving a package folder changes its parent's mtime: a new answer
+        changed = os.stat(cwd or ".").st_mtime_ns
+    except OSError:
+        changed = 0
+    return _finds(python, cwd, module.split(".")[0], changed, int(time.monotonic() // 30)) is not False
+
+
+@functools.lru_cache(maxsize=64)
+def _finds(python: str, cwd: str | None, package: str, _changed: int, _period: int) -> bool | None:
+    """Does ``python``, started in ``cwd`` as ``-m`` starts it (that folder first on sys.path), find the
+    top-level ``package``? ``find_spec`` of a top-level name runs none of its code. None: cannot tell (the
+    interpreter did not answer); the relaunch then goes ahead. The last two arguments expire the answer."""
+    probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec(sys.argv[1]) else 3)"
+    try:
+        done = subprocess.run([python, "-c", probe, package], cwd=cwd, capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {0: True, 3: False}.get(done.returncode)

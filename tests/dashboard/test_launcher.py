@@ -313,3 +313,22 @@ def test_an_external_relaunch_runs_the_command_as_typed_when_it_was_recorded(tmp
     gone = _typed_run(tmp_path, ["-u", "gone.py"], ["gone.py"])
     with pytest.raises(ValueError, match="recorded script gone.py"):
         external_spec(gone, name="again", db=tmp_path / "g.db", clip="none")
+
+
+def test_a_module_run_whose_package_moved_is_refused_before_it_starts(tmp_path):
+    # `python -m pkg2.train` whose pkg2/ was renamed: the job used to start and fail ("No module named").
+    # The oracle for "found": the recorded Python itself, as the relaunch would start it.
+    (tmp_path / "pkg2").mkdir()
+    (tmp_path / "pkg2" / "__init__.py").write_text("")
+    (tmp_path / "pkg2" / "train.py").write_text("print('ran')")
+    run = _typed_run(tmp_path, ["-m", "pkg2.train"], [str(tmp_path / "pkg2" / "train.py")])
+    assert external_spec(run, name="again", db=tmp_path / "g.db", clip="none").argv[1:] == (
+        "-m",
+        "pkg2.train",
+    )
+    (tmp_path / "pkg2").rename(tmp_path / "pkg2_moved")
+    run = dict(run, id=4)  # (another run: the answer for the first is kept for 30 s)
+    with pytest.raises(ValueError, match=r"recorded module pkg2\.train of run #4 cannot be found"):
+        external_spec(run, name="again", db=tmp_path / "g.db", clip="none")
+    installed = _typed_run(tmp_path, ["-m", "json.tool"], ["json/tool.py"])  # found outside the folder
+    assert external_spec(installed, name="again", db=tmp_path / "g.db", clip="none").argv[1] == "-m"
