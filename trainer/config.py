@@ -244,7 +244,7 @@ def _fill_defaults(cfg: TrainConfig) -> None:
         cfg.run = default_run_name(cfg)
     if cfg.db is not None:
         cfg.db = str(Path(cfg.db).expanduser())
-    if cfg.cache_dir is not None:
+    if cfg.cache_dir is not None and str(cfg.cache_dir).strip():  # ('' is refused by validate(), as typed)
         cfg.cache_dir = str(Path(cfg.cache_dir).expanduser())
     if cfg.data_path is not None:  # absolute: a checkpoint compares it, a relaunch may run elsewhere
         cfg.data_path = str(Path(cfg.data_path).expanduser().resolve())
@@ -347,6 +347,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"--run {cfg.run!r}: a run needs a name; omit --run for a generated one (task-model-clip-time)"
         )
+    if cfg.no_track and cfg.nonfinite != "record":
+        raise ConfigError(
+            f"--no-track turns the tracker off, and with it the non-finite policy: --nonfinite "
+            f"{cfg.nonfinite} would be ignored (a NaN batch would reach the weights). Keep tracking "
+            "(--every N records less often), or use --nonfinite record with --no-track"
+        )
     if cfg.no_track and cfg.clip != "none":
         raise ConfigError(
             f"--no-track turns the tracker off, and with it clipping; --clip {cfg.clip!r} would be ignored. "
@@ -364,6 +370,8 @@ def validate(cfg: TrainConfig) -> None:
         if path.is_dir():
             raise ConfigError(f"--checkpoint {str(path)!r} is a folder; give a file path (e.g. run.ckpt)")
     if cfg.cache_dir is not None:
+        if not str(cfg.cache_dir).strip():  # (Path("") is the current folder: corpora would land in it)
+            raise ConfigError("--cache-dir '': give a folder for the generated corpora, or omit it")
         _check_cache_dir(Path(cfg.cache_dir))
     if cfg.db is not None and not Path(cfg.db).parent.is_dir():
         raise ConfigError(f"--db {cfg.db!r}: the folder {str(Path(cfg.db).parent)!r} does not exist")

@@ -119,11 +119,14 @@ class StopSignal:
         self.signum: int | None = None
         self.distributed = distributed
         self.interruptible = True
+        self._held = False
         self._deferring = False
         self._pending = False  # a second Ctrl-C not raised yet (it came inside deferred(), or in a finalizer)
         self._previous_hook = sys.unraisablehook
 
     def _handle(self, signum, frame) -> None:
+        if self._held:  # the run's end is being recorded: too late to stop anything
+            return
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             if self.interruptible:
                 raise KeyboardInterrupt
@@ -148,8 +151,9 @@ class StopSignal:
 
     def hold(self) -> None:
         """From now on a second Ctrl-C is not an interruption: what runs next records the end of the run
-        (the tracker's last rows and status, the summary), which a KeyboardInterrupt would cut short."""
-        self.interruptible = False
+        (the tracker's last rows and status, the summary), which a KeyboardInterrupt would cut short. Nor is
+        a first one, or SIGTERM: the status being recorded stands."""
+        self.interruptible, self._held = False, True
 
     @contextlib.contextmanager
     def installed(self):

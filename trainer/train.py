@@ -178,6 +178,24 @@ def _check_resumed_clip(cfg: TrainConfig, resume: dict) -> None:
         )
 
 
+def _say_if_forked(cfg: TrainConfig, saved: dict, tracker, rt: Runtime) -> None:
+    """A resume that records a new run (``--parent-run``, ``$GRADWATCH_PARENT_RUN``, or ``$GRADWATCH_CLIP``
+    asking for other clipping than the checkpoint's run) saves its checkpoints over the one it started from:
+    say so, even with --quiet, so that nobody loses the way back to the original run unawares."""
+    recorded = (saved.get("gradwatch") or {}).get("run_id")
+    run_id = getattr(tracker, "run_id", None)
+    if not rt.is_main or recorded is None or run_id is None or run_id == recorded:
+        return
+    why = "--parent-run" if cfg.parent_run is not None else "$GRADWATCH_PARENT_RUN / $GRADWATCH_CLIP"
+    print(
+        f"note: this is a new run #{run_id} (parent #{recorded}) from the checkpoint's step, because of "
+        f"{why}: the checkpoint's own run #{recorded} is left as it was. This run saves its checkpoints to "
+        f"{cfg.checkpoint}, over the one it started from: copy that file first if run #{recorded} is to be "
+        "continued later.",
+        file=sys.stderr,
+    )
+
+
 class Evaluator:
     """Evaluates on rank 0 (whole splits, unsharded), derives the generalisation gap and logs the metrics
     under the names of design.md §5; keeps the time it took so the summary can report training alone."""
@@ -320,6 +338,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                 f"resumed from {cfg.checkpoint}: epoch {start_epoch}, batch {start_batch}, step {step}",
                 file=sys.stderr,
             )
+        _say_if_forked(cfg, saved, tracker, rt)
     t_loop = time.perf_counter()
     interrupted = False
     with stop.installed():
@@ -444,7 +463,9 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                 flush=True,
             )
     # 130 even when the KeyboardInterrupt came from Python's own handler (no StopSignal in a thread).
-    return 128 + signal.SIGINT if interrupted else stop.exit_code
+    # The exit code says what the run was recorded as: a Ctrl-C that came too late to stop anything (during
+    # the test evaluation, while the end was recorded) leaves a finished run finished, and exits 0.
+    return 128 + signal.SIGINT if interrupted else (stop.exit_code if status == "stopped" else 0)
 
 
 def _interrupted_note(cfg: TrainConfig) -> str:

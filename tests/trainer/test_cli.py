@@ -66,6 +66,10 @@ BAD = [
     (["--data", "speech_commands", "--data-path", ".", "--corpus-size", "tiny"],
      "--corpus-size applies to --data builtin only"),
     (["--momentum", "0.5"], "--momentum applies to --optimizer sgd only, and this run uses --optimizer adam"),
+    # Without the tracker there is no non-finite policy: a NaN batch would reach the weights unannounced.
+    (["--no-track", "--nonfinite", "skip"], "--nonfinite skip would be ignored"),
+    (["--no-track", "--nonfinite", "raise"], "--nonfinite raise would be ignored"),
+    (["--cache-dir", ""], "--cache-dir '': give a folder"),  # (it was the current folder)
 ]  # fmt: skip
 
 

@@ -143,6 +143,14 @@ def test_without_lists_the_readme_hash_rule_splits_by_speaker(tmp_path):
             assert which_set_readme(c.path) == names[split], c.path
 
 
+def test_a_clip_without_samples_is_refused_by_name(tmp_path):
+    # It used to be zero-padded and trained on as a second of silence labelled with its word.
+    root = write_corpus(tmp_path / "sc", KEYWORDS, noise=False)
+    soundfile.write(root / "go" / "0a1b2c3d_nohash_0.wav", np.zeros((0, 1), np.float32), 16000)
+    with pytest.raises(CorpusLayoutError, match=r"0a1b2c3d_nohash_0\.wav' has no samples"):
+        load_task("keywords", "speech_commands", root, cache_dir=tmp_path / "cache")
+
+
 def test_other_rates_and_stereo_are_resampled_and_averaged(tmp_path):
     root = write_corpus(tmp_path / "sc", KEYWORDS, noise=False)
     stereo = np.stack([tone(0.8, 300, 8000), tone(0.8, 500, 8000)], axis=1)

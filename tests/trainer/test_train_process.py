@@ -176,3 +176,18 @@ def test_a_second_ctrl_c_stops_at_once_with_exit_130_and_the_run_recorded_stoppe
 
         # the stop's own (if the second Ctrl-C came after it) or an earlier one (an epoch's end), whole
         assert 0 < ckpt.load(ck)["step"] <= n_steps
+
+
+def test_a_signal_while_the_runs_end_is_recorded_changes_nothing():
+    # A Ctrl-C that came too late to stop anything (the end being recorded) used to set the stop flag: the
+    # trainer then exited 130, "stopped by Ctrl-C", while the run it had recorded was finished.
+    from trainer.runtime import StopSignal
+
+    stop = StopSignal()
+    with stop.installed():
+        stop.hold()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # (the handlers run in this thread, between bytecodes)
+        assert not stop.requested()
+    assert stop.exit_code == 0

@@ -194,3 +194,24 @@ def test_a_run_recorded_under_gradwatch_clip_and_resumed_without_it_is_explained
     assert query(db_path, "SELECT COUNT(*), MAX(status), MAX(resumed_from_step) FROM runs") == [
         (1, "finished", 1)
     ]
+
+
+def test_a_resume_that_starts_a_new_run_says_so_and_where_its_checkpoints_go(
+    corpus_cache, db_path, tmp_path, monkeypatch, capsys
+):
+    # $GRADWATCH_CLIP asking for other clipping at --resume starts a new run from the checkpoint (the
+    # tracker's documented fork), and its checkpoints replace the one it started from: it used to say
+    # nothing, and the original run could no longer be continued.
+    ck = tmp_path / "run.ckpt"
+    first = tiny(corpus_cache, db_path, "--max-steps", "1", "--epochs", "2", "--checkpoint", str(ck))
+    assert main(first) == 0
+    monkeypatch.setenv("GRADWATCH_CLIP", "norm:2.0")
+    capsys.readouterr()
+    assert main(tiny(corpus_cache, db_path, "--epochs", "2", "--checkpoint", str(ck), "--resume")) == 0
+    err = capsys.readouterr().err
+    assert "note: this is a new run #2 (parent #1)" in err
+    assert f"saves its checkpoints to {ck}, over the one it started from: copy that file first" in err
+    assert query(db_path, "SELECT id, parent_id, clip FROM runs ORDER BY id") == [
+        (1, None, "none"),
+        (2, 1, "norm:2.0"),
+    ]

@@ -14,7 +14,9 @@ before each speaker, so every speaker's audio depends only on its own parameters
 from __future__ import annotations
 
 import _ctypes
+import contextlib
 import ctypes
+import signal
 import threading
 from pathlib import Path
 
@@ -70,8 +72,15 @@ def _library():
     chunks: list[np.ndarray] = []
 
     def on_audio(wav, n, events):
-        if n > 0:
-            chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        # An exception cannot leave a ctypes callback: ctypes prints it ("Exception ignored") and goes on,
+        # and the word would come out with a chunk missing. Kept for synthesize() to raise once espeak_Synth
+        # returns; 1 stops the synthesis. (A Ctrl-C is held off by synthesize(): it could land before `try`.)
+        try:
+            if n > 0:
+                chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        except BaseException as exc:  # noqa: BLE001 - re-raised by synthesize()
+            _state["error"] = exc
+            return 1
         return 0  # 0 = go on synthesising
 
     callback = _CALLBACK(on_audio)  # kept in _state: ctypes callbacks must outlive their use
@@ -128,8 +137,35 @@ def synthesize(text: str, voice: str = "en", rate: int = 175, pitch: int = 50) -
         chunks = _state["chunks"]
         chunks.clear()
         encoded = text.encode("utf-8")
-        lib.espeak_Synth(encoded, len(encoded) + 1, 0, 0, 0, 0, None, None)
+        with _signals_after():
+            lib.espeak_Synth(encoded, len(encoded) + 1, 0, 0, 0, 0, None, None)
+        error = _state.pop("error", None)
+        if error is not None:  # (a Ctrl-C inside the callback: no half word is returned)
+            chunks.clear()
+            raise error
         _count[0] += 1
         wav = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
         chunks.clear()
     return wav.astype(np.int16, copy=False)
+
+
+@contextlib.contextmanager
+def _signals_after():
+    """Hold a Ctrl-C (SIGINT) that arrives during the block and hand it to the handler it was meant for once
+    the block is over. Python runs signal handlers between bytecodes, so during synthesis that is inside the
+    audio callback, where the KeyboardInterrupt was swallowed by ctypes (the word then lost a chunk, and the
+    corpus was cached so). Only the main thread receives signals; elsewhere nothing is needed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:  # as it would have been handled: KeyboardInterrupt, or the trainer's stop flag
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt

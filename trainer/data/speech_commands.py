@@ -210,6 +210,11 @@ def _clip_waveform(root: Path, clip: Clip) -> np.ndarray:
         wav = wav * clip.volume
     else:
         wav, rate = read_audio(root / clip.path)
+        if not len(wav):  # (padded, it would train as a second of silence with its word's label)
+            raise CorpusLayoutError(
+                f"audio file {str(root / clip.path)!r} has no samples: replace it, or remove it from the "
+                "corpus"
+            )
     wav = to_sample_rate(torch.from_numpy(wav), rate).numpy()
     out = np.zeros(CLIP, dtype=np.float32)
     out[: min(len(wav), CLIP)] = wav[:CLIP]
