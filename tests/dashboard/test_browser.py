@@ -234,6 +234,8 @@ def test_links_and_the_launch_form_survive_navigation_and_reload(recorded, tmp_p
         source.wait_for(timeout=90_000)
         source.click()
         page.get_by_role("option", name=f"#{base} base").click()
+        # The form refills from the new source in that rerun: a click on Raw spec before it ends is undone.
+        page.locator("[data-testid='stCode']", has_text=f"--parent-run {base}").first.wait_for(timeout=90_000)
         page.get_by_text("Raw spec", exact=True).click()
         spec = page.locator("[data-testid='stTextInput']", has_text="Clip spec").locator("input")
         spec.wait_for(timeout=90_000)  # (the rerun the radio button starts: slow on a busy machine)

@@ -221,16 +221,22 @@ def test_leftovers_appearing_while_the_file_is_made_are_refused(tmp_path, monkey
     assert (tmp_path / "gw.db-wal").read_bytes() == b"old frames"
 
 
-# cells_only: the page's last cell intact, so a max() read passes; the writer's first reads did not, after a
-# run had been added that could then never be written.
-@pytest.mark.parametrize("cells_only", [False, True], ids=["page", "cell-pointers"])
-def test_damaged_data_pages_are_named_and_no_run_is_added(db_path, cells_only):
+def _a_run_of_300_steps(db_path) -> int:
+    """A file whose grad_norms and steps span several pages (the damage then hits a leaf, not the root)."""
     with Store.open(db_path) as s:
         run_id = s.create_run(name="old")
         w = s.writer(run_id)
         for step in range(300):
             w.add_step(step=step, norms=[1.0] * 20)
         w.close()
+    return run_id
+
+
+# cells_only: the page's last cell intact, so a max() read passes; the writer's first reads did not, after a
+# run had been added that could then never be written.
+@pytest.mark.parametrize("cells_only", [False, True], ids=["page", "cell-pointers"])
+def test_damaged_data_pages_are_named_and_no_run_is_added(db_path, cells_only):
+    run_id = _a_run_of_300_steps(db_path)
     with sqlite3.connect(db_path) as conn:  # (every row in the file, where the damage goes)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     damage_last_leaf(db_path, "grad_norms", cells_only=cells_only)
@@ -247,12 +253,7 @@ def test_damaged_data_pages_are_named_and_no_run_is_added(db_path, cells_only):
 
 
 def test_a_writer_on_a_damaged_file_raises_the_named_error(db_path):
-    with Store.open(db_path) as s:
-        run_id = s.create_run(name="old")
-        w = s.writer(run_id)
-        for step in range(300):
-            w.add_step(step=step, norms=[1.0] * 20)
-        w.close()
+    run_id = _a_run_of_300_steps(db_path)
     damage_last_leaf(db_path, "steps")
     with Store.open(db_path) as s:
         with pytest.raises(DatabaseCorrupt, match=f"start writing run {run_id}"):

@@ -25,7 +25,7 @@ from .connection import check_leftovers, connect, immediate, preflight, translat
 from .envelope import EnvelopeCache
 from .errors import DatabaseLocked, DatabaseNotFound, DiskFull, ReadOnlyStore, RunNotFound
 from .reader import Reads
-from .schema import check_schema, create_schema
+from .schema import TABLES, check_schema, create_schema
 from .writer import LAYER_COLUMNS, BackgroundWriter, layer_row
 
 __all__ = ["Store", "NONFINITE_POLICIES"]
@@ -40,15 +40,8 @@ _RIGHT_EDGES = (
     "SELECT max(parent_id) FROM runs",
     *(
         f"SELECT max(run_id) FROM {table}"  # the primary key's last leaf (WITHOUT ROWID tables)
-        for table in (
-            "layers",
-            "steps",
-            "grad_norms",
-            "grad_stats",
-            "grad_norm_blocks",
-            "clip_events",
-            "nonfinite",
-        )
+        for table in TABLES
+        if table not in ("meta", "runs", "metrics")  # (no run rows; its own id; an index, below)
     ),
     "SELECT max(run_id) FROM metrics",  # (the metrics_by_step index)
     "SELECT run_id FROM metrics ORDER BY run_id DESC, name DESC, step DESC LIMIT 1",  # its primary key
