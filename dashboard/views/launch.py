@@ -14,7 +14,7 @@ import streamlit as st
 
 from dashboard import data, state
 from dashboard.clipform import check_clip
-from dashboard.formstate import consume_prefill, forget_unless, kept_widget
+from dashboard.formstate import consume_prefill, forget_unless, kept_widget, set_kept
 from dashboard.jobpanel import jobs_panel
 from dashboard.launch import is_trainer_run, parse_sweep, relaunch_spec, tracker_notes
 from dashboard.launchform import clip_help, clip_input, option_inputs
@@ -158,6 +158,10 @@ def _recorded_names(run: dict) -> tuple[list[str], dict[str, str]]:
     return names, {str(k): str(v) for k, v in tied.items()} if isinstance(tied, dict) else {}
 
 
+URL_SOURCE = "source"  # ?source=3: the run to start from, in the page's address
+URL_SEEN = "launch_url_seen"  # the ?source= this page last wrote or followed
+
+
 def launch_page() -> None:
     runs = state.recorded_runs()
     st.title("Launch")
@@ -171,9 +175,19 @@ def launch_page() -> None:
     ids = list(labels)
     forget_unless("launch_source", labels)  # none picked yet, or the run was deleted
     consume_prefill(runs)
+    linked, unknown = state.ids_from_url(URL_SOURCE, URL_SEEN, labels)
+    if linked:  # a link, or a reload: its source run (the clip form then refills from it)
+        set_kept("launch_source", linked[0])
+    elif unknown:
+        st.warning(
+            f"The address asks for {state.unknown_ids_text(unknown)}, not in this database: pick the run "
+            "to start from below.",
+            icon=":material/link_off:",
+        )
     source = kept_widget(
         st.selectbox, "Start from run", "launch_source", ids[0], options=ids, format_func=labels.get
     )
+    state.ids_to_url(URL_SOURCE, URL_SEEN, [source])
     run = runs[runs["id"] == source].iloc[0].to_dict()
     names, aliases = _recorded_names(run)
     trainer = is_trainer_run(run)

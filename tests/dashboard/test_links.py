@@ -81,3 +81,14 @@ def test_ids_are_written_in_ascii_digits(app, recorded):
         at = _open(app, recorded, "views/run.py", run=typed)
         warning = texts(at, "warning")
         assert f"The address asks for run {escape_markdown(typed)}, not in this database" in warning
+
+
+def test_a_launch_link_opens_the_form_on_that_source_run_and_follows_the_pick(app, recorded):
+    # A reload of /launch used to fall back to the newest run: the address now names the source run.
+    base, child = recorded.ids["base"], recorded.ids["child"]
+    at = _open(app, recorded, "views/launch.py", source=str(base))
+    assert at.selectbox(key="launch_source").value == base
+    at.selectbox(key="launch_source").set_value(child).run()
+    assert _param(at, "source") == str(child)
+    at = _open(app, recorded, "views/launch.py", source="999")
+    assert "The address asks for run 999, not in this database" in texts(at, "warning")
