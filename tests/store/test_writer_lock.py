@@ -29,11 +29,17 @@ def _wait_until_locked(writer) -> None:
     raise AssertionError("the writer never reported the lock")
 
 
-def test_rows_wait_for_a_long_lock_and_are_all_written_with_the_final_status(store, db_path):
-    run_id = store.create_run(name="locked")
-    w = store.writer(run_id, busy_timeout=0.05)  # many busy timeouts pass while the lock is held
-    w.add_step(step=0, norms=[1.0, 2.0])
+def _writer_past_step_0(store, name: str, busy_timeout: float, width: int = 1):
+    """A run whose step 0 is in the file, and its writer: what the lock then holds back is what follows."""
+    run_id = store.create_run(name=name)
+    w = store.writer(run_id, busy_timeout=busy_timeout)
+    w.add_step(step=0, norms=[1.0] * width)
     w.flush()
+    return run_id, w
+
+
+def test_rows_wait_for_a_long_lock_and_are_all_written_with_the_final_status(store, db_path):
+    _, w = _writer_past_step_0(store, "locked", 0.05, width=2)  # many busy timeouts pass while it is held
     holder = _hold_lock(db_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -60,10 +66,7 @@ def test_rows_wait_for_a_long_lock_and_are_all_written_with_the_final_status(sto
 
 
 def test_close_with_a_timeout_gives_up_and_says_what_was_not_written(store, db_path):
-    run_id = store.create_run(name="given up")
-    w = store.writer(run_id, busy_timeout=0.05)
-    w.add_step(step=0, norms=[1.0])
-    w.flush()
+    run_id, w = _writer_past_step_0(store, "given up", 0.05)
     holder = _hold_lock(db_path)
     try:
         with pytest.warns(DatabaseLockedWarning):
@@ -89,10 +92,7 @@ def test_a_close_timeout_shorter_than_the_busy_timeout_still_gives_up_and_counts
     # The lock is not known as one until a whole busy timeout has passed: close(timeout) used to return
     # quietly after 2 x timeout with nothing written (lost when the process then exits), and the count left
     # the metrics out.
-    run_id = store.create_run(name="short close")
-    w = store.writer(run_id, busy_timeout=30.0)
-    w.add_step(step=0, norms=[1.0])
-    w.flush()
+    _, w = _writer_past_step_0(store, "short close", 30.0)
     holder = _hold_lock(db_path)
     try:
         for step in range(1, 4):

@@ -59,14 +59,17 @@ def test_remove_detaches(db_path):
     assert _rows(db_path, "SELECT count(*) FROM steps") == [(2,)]
 
 
-def _amp_loop(model, opt, scaler, data, poison_step):
+def _amp_loop(model, opt, scaler, data, poison_step, *, unscale_first=False):
     """The canonical GradScaler loop; at `poison_step` one gradient is made inf after backward, as an fp16
-    overflow would, so the scaler skips that optimizer step."""
+    overflow would, so the scaler skips that optimizer step. `unscale_first`: `scaler.unscale_(opt)` before
+    `scaler.step(opt)`, as a loop that clips itself does."""
     for step, (x, y) in enumerate(data):
         opt.zero_grad()
         scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
         if poison_step is not None and step == poison_step:
             model[0].weight.grad[1, 1] = float("inf")
+        if unscale_first:
+            scaler.unscale_(opt)
         scaler.step(opt)
         scaler.update()
 
@@ -348,14 +351,7 @@ def test_a_fused_optimizer_unscaled_by_the_user_still_has_its_skips_recorded(db_
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     with GradTracker(model, db=db_path) as tracker:
         tracker.attach(opt, scaler=scaler)
-        for step, (x, y) in enumerate(_data(3)):
-            opt.zero_grad()
-            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
-            if step == 1:
-                model[0].weight.grad[1, 1] = float("inf")
-            scaler.unscale_(opt)
-            scaler.step(opt)
-            scaler.update()
+        _amp_loop(model, opt, scaler, _data(3), poison_step=1, unscale_first=True)
     assert scaler.get_scale() == 2.0**7
     assert _rows(db_path, "SELECT step, skipped FROM steps ORDER BY step") == [(0, 0), (1, 1), (2, 0)]
 
