@@ -52,10 +52,14 @@ def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
     return list(torch._foreach_norm(tensors, ord, dtype=dtype))
 
 
+# Gradients whose norms are kept in float64: clip_grad_norm_ computes their total and coefficient in float64,
+# and a finite norm of them may exceed float32's range (complex128's |z| is a float64).
+_WIDE = (torch.float64, torch.complex128)
+
+
 def _out_dtype(t: Tensor) -> torch.dtype:
-    # float64 gradients keep float64 norms: clip_grad_norm_ computes their total and coefficient in float64,
-    # and a finite float64 norm may exceed float32's range. Every other dtype gives float32 norms.
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    # Every other dtype gives float32 norms.
+    return torch.float64 if t.dtype in _WIDE else torch.float32
 
 
 def _reads_with_dot(t: Tensor) -> bool:
@@ -91,7 +95,9 @@ class _DotSplit:
         if self.rest:
             rest = torch.stack(_foreach_norm([tensors[j] for j in self.rest], 2.0))
             read = torch.cat([read, rest]).index_select(0, self.order)
-        return read.to(_out_dtype(tensors[0]))
+        # float64 when a tensor is (also one cast to float64 after the plan was made: never narrowed to
+        # float32, where a finite float64 norm could read as inf; the tracker then plans again).
+        return read if read.dtype == torch.float64 else read.to(torch.float32)
 
 
 @dataclass(frozen=True)

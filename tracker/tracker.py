@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -295,6 +296,8 @@ class GradTracker:
             self._open_run(run, config, choice, parent_id, world_size, resumed)
         atexit.register(self._at_exit)
         self._sigterm = SigtermAsExit() if handle_sigterm else None
+        self._pid, self._forked_from = os.getpid(), None
+        _TRACKERS.add(self)
 
     def _open_run(self, run, config, choice, parent_id, world_size, resumed) -> None:
         from tracker.store import Store
@@ -427,7 +430,7 @@ class GradTracker:
 
     def _measure_clip_record(self, loss: Tensor | float | None, scaler: Any) -> StepStats:
         if self._finished:
-            raise RuntimeError("this GradTracker is finished; create a new one for a new run")
+            raise RuntimeError(self._ended("this GradTracker is finished; create a new one for a new run"))
         self._complete_update()
         step = self._step
         self._step += 1
@@ -516,7 +519,9 @@ class GradTracker:
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Record scalar metrics (``{"val_acc": 0.91}``) at ``step``, by default the last measured step."""
         if self._finished:
-            raise RuntimeError("this GradTracker is finished: log() before finish(), or create a new one")
+            raise RuntimeError(
+                self._ended("this GradTracker is finished: log() before finish(), or create a new one")
+            )
         if not isinstance(metrics, Mapping):
             raise ValueError(f"metrics must be a mapping of name -> number, got {type(metrics).__name__}")
         clean: dict[str, float] = {}
@@ -738,22 +743,33 @@ class GradTracker:
     def _plan_layout(self) -> None:
         """What depends on the parameters' devices and dtypes: the grouping plans and the fast path."""
         self._plan = NormPlan.for_tensors([local_tensor(p) for p in self._params])
+        self._layouts = [(p.device, p.dtype) for p in self._params]  # (what the plan was made for)
         # The fast path of _measure(): one device, one float dtype, no sharding: one kernel, one stack.
         dtypes = {p.dtype for p in self._params}
         self._fast = not self._sharded and len(self._plan.groups) == 1 and dtypes <= set(_FAST_DTYPES)
         self._subset_plans: dict[tuple[int, ...], NormPlan] = {}
 
-    def _check_layout(self) -> None:
-        # A model moved or cast after the tracker was made (model.cuda(), model.half()): plan again. The
-        # parameters move together, so the first one stands for all (one compare per step).
+    def _check_layout(self, every: bool = False) -> bool:
+        """A model moved or cast after the tracker was made (model.cuda(), model.half()): plan again; True
+        when it did. Usually the parameters move together, so the first one stands for all (one compare per
+        step). ``every``: compare every parameter; for when a kernel failed or read a wider dtype than
+        planned (part of a model cast alone, ``model.head.double()``)."""
         first = self._first
-        if first is not None and (first.device, first.dtype) != self._layout:
-            self._layout = (first.device, first.dtype)
-            self._plan_layout()
-            if self._extra is not None:
-                self._extra.replan(self._plan)
-            if self._writer is not None:  # layers.dtype says what the tensors are now
-                self._writer.add_layers(self.layers.retyped(self._params + self._frozen))
+        if first is None:
+            return False
+        if every:
+            layouts = [(p.device, p.dtype) for p in self._params]
+            if layouts == self._layouts:
+                return False
+        elif (first.device, first.dtype) == self._layout:
+            return False
+        self._layout = (first.device, first.dtype)
+        self._plan_layout()
+        if self._extra is not None:
+            self._extra.replan(self._plan)
+        if self._writer is not None:  # layers.dtype says what the tensors are now
+            self._writer.add_layers(self.layers.retyped(self._params + self._frozen))
+        return True
 
     def _measure(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
         try:
@@ -764,6 +780,10 @@ class GradTracker:
             at = zip(present, grads, strict=True)  # positions: a range when every tensor has a gradient
             sparse = [self.layers.names[i] for i, g in at if g.is_sparse]
             if not sparse:
+                # Part of the model cast or moved since the plan was made (its first parameter not): the
+                # fused kernel refuses a float64 tensor among float32 ones. Plan again and measure again.
+                if self._check_layout(every=True):
+                    return self._measure_dense(grads, present)
                 raise
             raise TypeError(
                 f"sparse gradients cannot be measured or clipped ({', '.join(sparse)}): torch's norm "
@@ -779,6 +799,8 @@ class GradTracker:
             # the plan's faster dot() reads (tracker/norms.py).
             if self._plan.splits[0] is not None:
                 norms = self._plan.apply(grads)
+                if norms.dtype == torch.float64:  # a large tensor cast to float64 alone (see _check_layout)
+                    self._check_layout(every=True)
             else:
                 # float32 accumulation whatever the dtypes (for float32, the same bits at the same speed): a
                 # part of the model cast to float16 after the plan was made cannot overflow its norm.
@@ -896,3 +918,31 @@ class GradTracker:
 
     def _at_exit(self) -> None:
         self.finish(*exit_status())
+
+    def _fork_child(self) -> None:
+        """This process is a child forked from the one that made the tracker (multiprocessing's "fork" start
+        method, Hogwild training): the writer thread did not come along, so rows handed to it here would be
+        lost while flush() reported success. The tracker is ended here, for this process only: the parent's
+        run is neither written nor closed by the child (not at its exit either)."""
+        self._finished, self._forked_from = True, self._pid
+
+    def _ended(self, message: str) -> str:
+        if self._forked_from is None:
+            return message
+        return (
+            f"this GradTracker was created by process {self._forked_from}, and this is a child forked from "
+            f"it (pid {os.getpid()}): its background writer does not run here, so nothing this process "
+            f"records could reach {self.db_path}. Create a GradTracker in the child: a run of its own."
+        )
+
+
+# Every tracker of this process, so that a forked child can end its copies of them (GradTracker._fork_child).
+_TRACKERS: weakref.WeakSet[GradTracker] = weakref.WeakSet()
+
+
+def _end_trackers_in_fork_child() -> None:
+    for tracker in list(_TRACKERS):
+        tracker._fork_child()
+
+
+os.register_at_fork(after_in_child=_end_trackers_in_fork_child)

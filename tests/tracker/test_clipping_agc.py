@@ -83,6 +83,20 @@ def test_agc_matches_the_unitwise_formula_for_complex_and_float64(dtype, clippin
     assert float(r.total_norm_after) == pytest.approx(after, rel=1e-5)
 
 
+@pytest.mark.parametrize("grad_scale", [1e2, 1e3, 1e4])
+def test_float16_agc_keeps_small_coefficients(grad_scale):
+    # Unit coefficients of 1e-6..1e-8 (a float16 weight of norm ~0.08 per row, gradients of ~1e3..1e5): cast
+    # to float16 before multiplying they lost precision or became 0 (below float16's normal range), wiping
+    # the gradient. The oracle in float64, rounded to float16 as the gradient is.
+    g = torch.Generator().manual_seed(3)
+    w = torch.nn.Parameter((torch.randn(64, 64, generator=g) * 0.01).half())
+    w.grad = (torch.randn(64, 64, generator=g) * grad_scale).half()
+    expected = oracle(to_numpy(w), to_numpy(w.grad), 0.01)
+    clip("agc:0.01", ["w"], [w])
+    # (float16 rounding; elements below its normal range, 6.1e-5, are subnormals spaced 6e-8 apart)
+    np.testing.assert_allclose(to_numpy(w.grad), expected, rtol=2e-3, atol=6e-8)
+
+
 def test_complex_agc_through_the_tracker(db_path):
     # The failing case as reported: a complex weight next to a real bias, trained through GradTracker.
     class Complex(torch.nn.Module):

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import warnings
 
 import pytest
@@ -444,3 +445,70 @@ def test_a_model_change_while_another_process_holds_the_write_lock_neither_waits
     assert _rows(db_path, "SELECT count(*) FROM steps") == [(6,)]
     trained = sum(p.requires_grad for _, p in params)
     assert _rows(db_path, "SELECT count(DISTINCT layer_id) FROM grad_norms WHERE step = 5") == [(trained,)]
+
+
+@pytest.mark.parametrize("numel", [10, 40_000])  # the fused kernel's tensors, and dot()'s
+def test_a_part_of_the_model_cast_to_float64_later_is_measured_and_clipped_in_float64(db_path, numel):
+    # Only `b` is cast (model.head.double(), say); the first parameter, which stands for the layout, is not.
+    # A finite float64 gradient of norm ~2e42 is beyond float32: read through the float32 plan it was inf
+    # (the fused kernel refused it outright for a small tensor). The oracle: clip_grad_norm_ on copies.
+    model = nn.Module()
+    model.a, model.b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(numel))
+    with GradTracker(model, db=db_path, clip="norm:1.0") as tracker:
+        model.a.grad, model.b.grad = torch.ones(3), torch.ones(numel)
+        tracker.step()  # planned for float32
+        model.b.data = model.b.data.double()
+        model.a.grad = torch.ones(3)
+        model.b.grad = torch.full((numel,), 1e40, dtype=torch.float64)
+        reference = [p.detach().clone().requires_grad_() for p in model.parameters()]
+        for r, p in zip(reference, model.parameters(), strict=True):
+            r.grad = p.grad.clone()
+        expected_total = torch.nn.utils.clip_grad_norm_(reference, 1.0).item()
+        stats = tracker.step()
+    assert stats.total_norm == pytest.approx(expected_total, rel=1e-12)
+    torch.testing.assert_close(model.b.grad, reference[1].grad, rtol=1e-12, atol=0)
+    norm_b = _rows(db_path, "SELECT norm FROM grad_norms WHERE step = 1 AND layer_id = 1")
+    assert norm_b == [(pytest.approx(1e40 * numel**0.5, rel=1e-12),)]
+    assert _rows(db_path, "SELECT COUNT(*) FROM nonfinite") == [(0,)]
+    assert _rows(db_path, "SELECT name, dtype FROM layers ORDER BY id") == [
+        ("a", "float32"),
+        ("b", "float64"),
+    ]
+
+
+def test_complex128_gradients_are_measured_and_clipped_in_float64(db_path):
+    # torch measures a complex128 tensor in float64: a finite norm of 2e40 (beyond float32) was read as inf,
+    # flagged non-finite and left unclipped.
+    model = nn.Module()
+    model.w = nn.Parameter(torch.zeros(4, dtype=torch.complex128))
+    grad = torch.full((4,), 1e40 + 0j, dtype=torch.complex128)
+    reference = model.w.detach().clone().requires_grad_()
+    reference.grad = grad.clone()
+    expected_total = torch.nn.utils.clip_grad_norm_([reference], 1.0).item()
+    with GradTracker(model, db=db_path, clip="norm:1.0", nonfinite="skip") as tracker:
+        model.w.grad = grad.clone()
+        stats = tracker.step()
+    assert stats.total_norm == pytest.approx(expected_total, rel=1e-12) and not stats.skipped
+    torch.testing.assert_close(model.w.grad, reference.grad, rtol=1e-12, atol=0)
+    assert _rows(db_path, "SELECT COUNT(*) FROM nonfinite") == [(0,)]
+
+
+@pytest.mark.parametrize("spec", ["norm:1.0", "layer:1.0", "agc:0.01", "zclip:2.5", "random:1-2"])
+def test_a_non_finite_complex_gradient_is_left_untouched(db_path, spec):
+    # Multiplying by 1 + 0j is not the identity for inf + 0j (it gives inf + nanj): the coefficient 1 of a
+    # non-finite step must leave the gradients as they were, as the docs say, also complex ones.
+    model = nn.Module()
+    model.w = nn.Parameter(torch.ones(3, dtype=torch.complex64))
+    model.v = nn.Parameter(torch.ones(2, dtype=torch.complex64))
+    grads = [
+        torch.tensor([math.inf + 0j, 1, 2], dtype=torch.complex64),
+        torch.tensor([3 + 4j, 0], dtype=torch.complex64),
+    ]
+    with GradTracker(model, db=db_path, clip=spec) as tracker:
+        model.w.grad, model.v.grad = (g.clone() for g in grads)
+        tracker.step()
+        after = [model.w.grad.clone(), model.v.grad.clone()]
+    assert not after[0].imag.isnan().any()
+    assert torch.equal(after[0], grads[0])
+    if spec in ("norm:1.0", "zclip:2.5", "random:1-2"):  # global: the finite tensor is untouched too
+        assert torch.equal(after[1], grads[1])

@@ -152,7 +152,12 @@ class AGC(Strategy):
             max_norm = p2.sqrt().clamp(min=_PARAM_EPS) * self.clipping
             hit = torch.isfinite(g_norm) & (g_norm > max_norm)
             coef = torch.where(hit, max_norm / g_norm.clamp(min=_GRAD_EPS), 1.0)
-            g.mul_(coef.to(g.dtype))
+            # In the coefficient's precision: cast to float16 first, a small one (1e-8) would round to 0.
+            # A complex gradient is scaled through its real view (base.real_views says why).
+            if g.is_complex():
+                torch.view_as_real(g).mul_(coef.unsqueeze(-1))
+            else:
+                g.mul_(coef)
             # (a 1 joins the units: a shard can hold none of them)
             min_coefs.append(torch.cat([coef.reshape(-1).to(total.device), one]).min())
             hits.append(hit.any().to(total.device))
