@@ -1,6 +1,7 @@
 """Where the tracker's settings come from when the environment overrides the program.
 
-``GRADWATCH_DB`` chooses the database when the program passes none. ``GRADWATCH_CLIP`` replaces whatever clip
+``GRADWATCH_DB`` chooses the database when the program passes none (and, in a relaunch, whatever it passes:
+the parent run id names a run of that file). ``GRADWATCH_CLIP`` replaces whatever clip
 setting the program passes: this is how the dashboard relaunches anyone's script with other clipping and no
 code change, so the run records that the environment decided (``clip_source="env"``).
 ``GRADWATCH_RUN`` and ``GRADWATCH_PARENT_RUN`` likewise replace the run name and the parent run id, so such a
@@ -37,10 +38,16 @@ DEFAULT_DB = "gradwatch.db"
 
 def resolve_db(db: str | os.PathLike[str] | None) -> Path:
     """The database path: ``db`` when given, else ``$GRADWATCH_DB``, else ``./gradwatch.db``. A leading ``~``
-    is expanded, as the dashboard and a shell do (a quoted ``GRADWATCH_DB='~/runs.db'`` reaches us as is)."""
-    if db is not None:
+    is expanded, as the dashboard and a shell do (a quoted ``GRADWATCH_DB='~/runs.db'`` reaches us as is).
+
+    In a relaunch (``$GRADWATCH_PARENT_RUN`` set) ``$GRADWATCH_DB``, when set, wins over ``db``: the parent
+    id is a run of that file, which is the one the dashboard that started us reads. A script that passes
+    its own path (possibly a copy of the file, or a path from another machine) would otherwise record the
+    new run where the dashboard never shows it, linked to an unrelated run of the same id."""
+    env = os.environ.get(DB_ENV)
+    if db is not None and not (env and is_relaunch()):
         return Path(db).expanduser()
-    return Path(os.environ.get(DB_ENV) or DEFAULT_DB).expanduser()
+    return Path(env or DEFAULT_DB).expanduser()
 
 
 def resolve_run_name(run: str | None) -> str | None:

@@ -252,9 +252,10 @@ def _recorded_config(ref: str, db: str | None) -> tuple[dict, int | None, str | 
     the last two None for a file."""
     if not (ref.isdigit() and not Path(ref).exists()):
         return load_config_file(ref), None, None
+    from tracker.env import resolve_db
     from tracker.store import Store, StoreError
 
-    path = db or os.environ.get("GRADWATCH_DB") or "gradwatch.db"
+    path = str(resolve_db(db))
     try:
         with Store.open(path, readonly=True) as store:
             run = store.run(int(ref))

@@ -233,6 +233,25 @@ def test_env_run_name_and_parent_override_the_arguments(db_path, monkeypatch):
     assert rows == [(parent.run_id, "original", None), (child.run_id, "relaunched", parent.run_id)]
 
 
+def test_a_relaunch_records_into_the_dashboards_file_whatever_db_the_script_passes(tmp_path, monkeypatch):
+    # The dashboard relaunches a run of its file (parent id 1 there) with GRADWATCH_DB set to that file. A
+    # script passing its own db= used to record the new run elsewhere (the dashboard said it would appear,
+    # and it never did); outside a relaunch, an explicit db= still wins over GRADWATCH_DB.
+    shown, own = tmp_path / "shown.db", tmp_path / "own.db"
+    GradTracker(_model(), db=shown, run="original").finish()
+    monkeypatch.setenv("GRADWATCH_DB", str(shown))
+    GradTracker(_model(), db=own, run="not a relaunch").finish()
+    monkeypatch.setenv("GRADWATCH_PARENT_RUN", "1")
+    relaunch = GradTracker(_model(), db=own, run="original")
+    relaunch.finish()
+    assert relaunch.db_path == shown
+    assert _rows(shown, "SELECT id, name, parent_id FROM runs ORDER BY id") == [
+        (1, "original", None),
+        (2, "original", 1),
+    ]
+    assert _rows(own, "SELECT name, parent_id FROM runs") == [("not a relaunch", None)]
+
+
 @pytest.mark.parametrize(
     "argv0, script",
     [("/home/me/train_kws.py", "train_kws"), ("-c", "python"), ("-", "python"), ("", "python")],
