@@ -96,8 +96,9 @@ def test_a_file_from_before_the_resume_columns_gets_them_when_a_run_is_resumed(s
     con.commit()
     con.close()
     with Store.open(db_path, readonly=True) as reader:
-        frame = reader.runs()  # readers do without them
-        assert "resumed_at" not in frame and frame["n_steps"].tolist() == [40]
+        frame = reader.runs()  # readers do without them: a missing column reads as NULL (docs/schema.md)
+        assert frame["n_steps"].tolist() == [40] and frame["resumed_at"].isna().all()
+        assert reader.run(run)["resumed_at"] is None and reader.run(run)["resumed_from_step"] is None
         with Store.open(db_path) as writer_store:
             writer_store.resume_run(run, from_step=10, layers=LAYERS)
         frame = reader.runs()  # the reader that was open sees the new generation and counts afresh

@@ -17,6 +17,7 @@ import time
 from . import envelope
 from .blocks import LAYERS_WITH_ROWS
 from .errors import RunNotFound
+from .schema import RESUME_COLUMNS
 
 __all__ = ["Reads", "derive_status", "pid_alive"]
 
@@ -153,7 +154,10 @@ class Reads:
             run_ids = [int(i) for i in ([run_ids] if isinstance(run_ids, int) else run_ids)]
             where, params = f" WHERE id IN {_in(run_ids)}", tuple(run_ids)
         df = self._frame("SELECT * FROM runs" + where + " ORDER BY id", params)
-        generations = df["resumed_at"] if "resumed_at" in df else [None] * len(df)
+        for name in RESUME_COLUMNS:  # a file made before they existed: a missing column reads as NULL
+            if name not in df:
+                df[name] = None
+        generations = df["resumed_at"]
         summary = [
             self._run_summary(int(rid), st in _FINAL_STATUSES, None if pd.isna(gen) else gen)
             for rid, st, gen in zip(df["id"], df["status"], generations, strict=True)

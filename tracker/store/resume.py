@@ -22,12 +22,10 @@ from typing import Any
 
 from .errors import CannotResume, RunNotFound, RunStillRunning
 from .reader import derive_status
+from .schema import RESUME_COLUMNS
 
 __all__ = ["RESUME_COLUMNS", "ensure_resume_columns", "resume_run"]
 
-# Nullable columns of runs added after files of schema version 1 existed: a file made before them gets them
-# when a run in it is first resumed (older gradwatch versions ignore them; docs/schema.md, version policy).
-RESUME_COLUMNS = {"resumed_at": "REAL", "resumed_from_step": "INTEGER"}
 
 # Tables with rows keyed by (run, step): (table, whether its key leads with layer_id, so that a delete per
 # layer is a range scan instead of a scan of all the run's rows).

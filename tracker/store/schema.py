@@ -10,7 +10,16 @@ import sqlite3
 
 from .errors import ForeignDatabase, SchemaTooNew, SchemaTooOld
 
-__all__ = ["SCHEMA_VERSION", "APPLICATION", "BLOCK_SIZES", "TABLES", "DDL", "create_schema", "check_schema"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "APPLICATION",
+    "BLOCK_SIZES",
+    "RESUME_COLUMNS",
+    "TABLES",
+    "DDL",
+    "create_schema",
+    "check_schema",
+]
 
 SCHEMA_VERSION = 1
 APPLICATION = "gradwatch"
@@ -19,6 +28,11 @@ APPLICATION = "gradwatch"
 # per trace read ~1.6k rows of 64-step blocks per layer; a 200-column heatmap ~400 of 256-step blocks.
 # Only complete blocks are stored, each written once by the writer (see blocks.py): ~8.4% more rows.
 BLOCK_SIZES = (16, 64, 256, 1024)
+
+# Nullable columns of runs added after files of schema version 1 existed: a file made before them gets them
+# when a run in it is first resumed (older gradwatch versions ignore them; docs/schema.md, version policy),
+# and readers read a missing one as NULL.
+RESUME_COLUMNS = {"resumed_at": "REAL", "resumed_from_step": "INTEGER"}
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (
