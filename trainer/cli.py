@@ -48,9 +48,15 @@ def _compat_table() -> str:
     return "compatible tasks:\n" + "\n".join(f"  {m:<14} {', '.join(t)}" for m, t in MODEL_TASKS.items())
 
 
+def _prog() -> str:
+    # The usage line names the command as typed: the gradwatch-train script, or python -m trainer.
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name == "gradwatch-train" else "python -m trainer"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m trainer",
+        prog=_prog(),
         description="Train a speech model while gradwatch records per-layer gradient norms and clipping\n"
         "into SQLite. Watch it live with: streamlit run dashboard -- --db PATH",
         epilog="distributed:\n"

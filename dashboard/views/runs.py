@@ -35,7 +35,7 @@ clipping decision and any NaN/Inf, into this SQLite file. This dashboard shows t
 and relaunches any run with other clipping.
 
 * **Try it now:** the button below trains the seed CNN on the built-in spoken-keyword corpus (generated
-  offline with eSpeak NG) with `norm:1.0` clipping, about 20 seconds on two CPU cores.
+  offline with eSpeak NG) with `norm:1.0` clipping, about 15 seconds on two CPU cores.
 * **Your own script:** wrap your loop with {code_span(f'GradTracker(model, db="{state.db_path().name}")')}
   and call `tracker.step()` right before `optimizer.step()`.
 * **Another database:** `streamlit run dashboard -- --db PATH` (or set `$GRADWATCH_DB`).

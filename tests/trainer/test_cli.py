@@ -3,6 +3,7 @@ and --config replay with explicit overrides. No training happens here (see test_
 
 import argparse
 import json
+import sys
 
 import pytest
 
@@ -263,3 +264,13 @@ def test_gradwatch_clip_with_no_track_exits_2(monkeypatch, capsys):
     assert "GRADWATCH_CLIP='norm:1' asks for clipping, but --no-track" in err and "Traceback" not in err
     monkeypatch.setenv("GRADWATCH_CLIP", "none")
     assert parse_config(["--no-track"])[0].no_track
+
+
+@pytest.mark.parametrize(
+    "argv0, usage",
+    [("/venv/bin/gradwatch-train", "gradwatch-train"), ("/repo/trainer/__main__.py", "python -m trainer")],
+)
+def test_the_usage_line_names_the_command_as_typed(monkeypatch, argv0, usage):
+    # (the gradwatch-train script printed "usage: python -m trainer")
+    monkeypatch.setattr(sys, "argv", [argv0, "--help"])
+    assert build_parser().format_usage().startswith(f"usage: {usage} ")
