@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from tracker.clipping import ClipSpecError, parse_clip, validate_clip
+from tracker.clipping.base import parse_number
 
 __all__ = ["STRATEGIES", "build_spec", "check_clip", "form_values", "number_text", "read_number"]
 
@@ -57,19 +58,30 @@ def read_number(label: str, text: str) -> tuple[float | None, str | None]:
     """``(value, None)`` for a number field's text, else ``(None, why)``: not a number, or out of range
     (``1e400`` is infinity as a float, which no spec can hold; NaN neither). The form's number fields are
     text for this reason: a browser's number field turns 1e400 into 0, which would then be refused as
-    "got 0.0", naming a value nobody typed."""
+    "got 0.0", naming a value nobody typed.
+
+    A number is what the spec grammar reads (``parse_number``): float() alone would also take ``1_000`` and
+    non-ASCII digits (``١٢``), which the same value typed in a raw spec is refused for."""
     text = str(text).strip()
     if not text:
         return None, f"{label}: enter a number"
-    try:
-        value = float(text)
-    except ValueError:
-        return None, f"{label}: {text!r} is not a number"
-    if not math.isfinite(value):
+    if not _finite(text):  # 1e400, and nan or inf spelled out
         return None, f"{label}: {text!r} is out of range (not a finite number); enter a finite value"
+    try:
+        value = parse_number(text, label)
+    except ClipSpecError:
+        return None, f"{label}: {text!r} is not a number"
     if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):  # 1e-400: no float is that small
         return None, f"{label}: {text!r} is out of range (too small: it rounds to 0); enter a larger value"
     return value, None
+
+
+def _finite(text: str) -> bool:
+    """False for text float() reads as infinite or NaN; True for anything else (the grammar judges it)."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return True
 
 
 def check_clip(
@@ -122,15 +134,15 @@ def build_spec(strategy: str, params: dict, *, noise_eta=None, noise_gamma=None)
     return spec
 
 
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_NUMBER = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 _FORMS = {
     "none": re.compile(r"none"),
     "norm": re.compile(rf"norm:(?P<c>{_NUMBER})"),
     "value": re.compile(rf"value:(?P<c>{_NUMBER})"),
     "layer": re.compile(rf"layer:(?P<c>{_NUMBER})"),
     "agc": re.compile(rf"agc:(?P<l>{_NUMBER})(?P<exclude>(?:,exclude=[^,+]+)*)"),
-    "autoclip": re.compile(rf"autoclip:(?P<p>{_NUMBER})(?:,window=(?P<window>\d+))?"),
-    "zclip": re.compile(rf"zclip:(?P<z>{_NUMBER}),alpha=(?P<alpha>{_NUMBER}),warmup=(?P<warmup>\d+)"),
+    "autoclip": re.compile(rf"autoclip:(?P<p>{_NUMBER})(?:,window=(?P<window>[0-9]+))?"),
+    "zclip": re.compile(rf"zclip:(?P<z>{_NUMBER}),alpha=(?P<alpha>{_NUMBER}),warmup=(?P<warmup>[0-9]+)"),
     "random": re.compile(rf"random:(?P<lo>{_NUMBER})-(?P<hi>{_NUMBER})"),
 }
 _NOISE = re.compile(rf"\+noise\((?P<eta>{_NUMBER}),(?P<gamma>{_NUMBER})\)$")

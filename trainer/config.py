@@ -290,6 +290,17 @@ def _check_cache_dir(path: Path) -> None:
         )
 
 
+def _canonical_clip(spec: str) -> str:
+    """The clip spec as the tracker reads it: ``NONE``, `` none`` and ``none:`` are all ``none`` (the same
+    comparison as for ``$GRADWATCH_CLIP``, so both front-ends accept the same specs)."""
+    from tracker.clipping import parse_clip  # (imports torch: only when a clip spec must be read)
+
+    try:
+        return parse_clip(spec).spec
+    except (ValueError, TypeError) as e:  # ClipSpecError is a ValueError naming the bad part and the grammar
+        raise ConfigError(f"--clip {spec!r}: {e}") from None
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check every value and combination; raise ConfigError naming the bad value and the accepted ones."""
     _choice(cfg, "task", TASKS)
@@ -353,7 +364,7 @@ def validate(cfg: TrainConfig) -> None:
             f"{cfg.nonfinite} would be ignored (a NaN batch would reach the weights). Keep tracking "
             "(--every N records less often), or use --nonfinite record with --no-track"
         )
-    if cfg.no_track and cfg.clip != "none":
+    if cfg.no_track and _canonical_clip(cfg.clip) != "none":
         raise ConfigError(
             f"--no-track turns the tracker off, and with it clipping; --clip {cfg.clip!r} would be ignored. "
             "Use --clip none with --no-track, or keep tracking (--every N records less often)"

@@ -24,11 +24,46 @@ from .base import (
     scalar_like,
 )
 
-__all__ = ["AutoClip", "ZClip"]
+__all__ = ["MAX_STEPS", "AutoClip", "ZClip"]
+
+# The longest AutoClip window and ZClip warm-up, in optimizer steps: longer than any training run, so a
+# larger value is a typo ("window=1e12"). Memory grows with the norms seen, not with the window, but a window
+# this full would cost ~0.1 s per step (~1 ms measured at 100k norms, linear), and an int past 2**63 would
+# overflow the history's int64 indices.
+MAX_STEPS = 10_000_000
+
+# The norms' statistics are float32 whatever torch's default dtype (under set_default_dtype(torch.float64)
+# a tensor made without a dtype would be float64, and load_state_dict, which reads float32, would then not
+# continue a run exactly).
+_STAT = torch.float32
+
+# The first allocation of a history or warm-up buffer; it doubles when full, up to the window or warm-up.
+_FIRST_CAPACITY = 64
 
 
 def _finite_or_nan(x: Tensor) -> Tensor:
     return torch.where(torch.isfinite(x), x, math.nan)
+
+
+def _require_steps(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STEPS:
+        raise ClipSpecError(
+            f"{what} must be an integer >= 1 and <= {MAX_STEPS} (10 million steps, longer than any "
+            f"training run), got {value!r}"
+        )
+    return value
+
+
+def _capacity(count: int, limit: int | None) -> int:
+    """Room for ``count`` norms and the next one: doubling, never past ``limit`` (the window or warm-up), so
+    that memory and per-step work follow the norms seen rather than the window asked for. At ``limit`` the
+    buffer stops growing: AutoClip's history is then a ring buffer, ZClip's warm-up is over."""
+    wanted = max(_FIRST_CAPACITY, 2 * count)
+    return wanted if limit is None else min(wanted, limit)
+
+
+def _nans(n: int, device: torch.device | None = None) -> Tensor:
+    return torch.full((n,), math.nan, dtype=_STAT, device=device)
 
 
 def _statistic(total: Tensor) -> Tensor:
@@ -40,6 +75,16 @@ def _statistic(total: Tensor) -> Tensor:
     return torch.where(torch.isfinite(total), total.clamp(-FLOAT32_MAX, FLOAT32_MAX), total).to(torch.float32)
 
 
+def _exceeds(stat: Tensor, total: Tensor, threshold: Tensor) -> Tensor:
+    """Does the global norm exceed a threshold taken from the float32 statistics? Decided on the norm as the
+    statistics hold it (``stat``): a float64 norm compared with the float32 percentile of a history holding
+    its own rounding would exceed it half the time, "clipping" by 1 - 3e-7 at step 0 or with P = 100. A
+    norm beyond float32's range (its statistic saturated at the largest float32) exceeds any threshold."""
+    if total.dtype != torch.float64:
+        return stat > threshold
+    return (stat > threshold) | (total > FLOAT32_MAX)
+
+
 class _SortedNorms:
     """The finite norms seen so far in ascending order, then +inf padding, on the device.
 
@@ -49,7 +94,7 @@ class _SortedNorms:
     """
 
     def __init__(self, capacity: int, device: torch.device) -> None:
-        self.values = torch.full((capacity,), math.inf, device=device)
+        self.values = torch.full((capacity,), math.inf, dtype=_STAT, device=device)
         self.index = torch.arange(capacity, device=device)
         self.finite = torch.zeros((), dtype=torch.int64, device=device)
 
@@ -66,7 +111,7 @@ class _SortedNorms:
         return self
 
     def grow(self, capacity: int) -> None:
-        pad = torch.full((capacity - self.values.numel(),), math.inf, device=self.values.device)
+        pad = self.values.new_full((capacity - self.values.numel(),), math.inf)
         self.values = torch.cat([self.values, pad])
         self.index = torch.arange(capacity, device=self.values.device)
 
@@ -119,10 +164,8 @@ class AutoClip(Strategy):
             raise ClipSpecError(
                 f"autoclip percentile must be in (0, 100] (a percentile, not a 0-1 quantile), got {p!r}"
             )
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-            raise ClipSpecError(f"autoclip window must be an integer >= 1, got {window!r}")
         self.percentile = float(p)
-        self.window = window
+        self.window = None if window is None else _require_steps(window, "autoclip window")
         self.count = 0  # global norms seen so far (host-side int: the slot to write needs no sync)
         self._history: Tensor | None = None  # in order, NaN for non-finite norms
         self._sorted: _SortedNorms | None = None
@@ -133,15 +176,16 @@ class AutoClip(Strategy):
 
     def _ready(self, device: torch.device) -> None:
         if self._history is None:
-            capacity = self.window or 64
-            self._history = torch.full((capacity,), math.nan, device=device)
+            capacity = _capacity(0, self.window)
+            self._history = _nans(capacity, device)
             self._sorted = _SortedNorms(capacity, device)
         elif self._history.device != device:  # e.g. state loaded on the CPU, training on a GPU
             self._history = self._history.to(device)
             self._sorted.to(device)
-        if self.window is None and self.count == self._history.numel():
-            capacity = 2 * self.count
-            self._history = torch.cat([self._history, torch.full_like(self._history, math.nan)])
+        # Full before the window is: grow. (Once the window is full the history is a ring buffer of it.)
+        if self.count == self._history.numel() and (self.window is None or self.count < self.window):
+            capacity = _capacity(self.count, self.window)
+            self._history = torch.cat([self._history, _nans(capacity - self.count, device)])
             self._sorted.grow(capacity)
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
@@ -155,12 +199,12 @@ class AutoClip(Strategy):
         self._sorted.insert(_finite_or_inf(stat))
         self.count += 1
         threshold = self._sorted.percentile(self.percentile / 100.0)
-        return global_result(grads, total, threshold)
+        return global_result(grads, total, threshold, trigger=_exceeds(stat, total, threshold))
 
     def history(self) -> Tensor:
         """The norms that count now, oldest first (NaN where a norm was non-finite)."""
         if self._history is None:
-            return torch.zeros(0)
+            return torch.zeros(0, dtype=_STAT)
         if self.window is None or self.count <= self.window:
             return self._history[: self.count].clone()
         start = self.count % self.window
@@ -170,12 +214,12 @@ class AutoClip(Strategy):
         return {"count": self.count, "history": self.history().cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        hist = torch.as_tensor(state["history"], dtype=torch.float32)
+        hist = torch.as_tensor(state["history"], dtype=_STAT)
         count = int(state["count"])
         if hist.numel() != (count if self.window is None else min(count, self.window)):
             raise ValueError(f"autoclip state: history of {hist.numel()} norms does not match count {count}")
-        capacity = self.window or max(64, 2 * count)
-        self._history = torch.full((capacity,), math.nan)
+        capacity = _capacity(count, self.window)
+        self._history = _nans(capacity)
         if self.window is None:
             self._history[:count] = hist
         else:
@@ -207,9 +251,8 @@ class ZClip(Strategy):
             raise ClipSpecError(f"zclip z-score threshold Z must be a finite number > 0, got {z!r}")
         if isinstance(a, bool) or not isinstance(a, int | float) or not (0 < a < 1):
             raise ClipSpecError(f"zclip alpha must be in (0, 1), got {a!r}")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-            raise ClipSpecError(f"zclip warmup must be an integer >= 1, got {warmup!r}")
-        self.z_thresh, self.alpha, self.warmup = float(z), float(a), warmup
+        self.z_thresh, self.alpha = float(z), float(a)
+        self.warmup = _require_steps(warmup, "zclip warmup")
         self.count = 0
         self._buffer: Tensor | None = None
         self.mean: Tensor | None = None
@@ -222,10 +265,7 @@ class ZClip(Strategy):
         total = norm_dtype(total_norm)
         g = _finite_or_nan(_statistic(total))
         if self.count < self.warmup:
-            if self._buffer is None:
-                self._buffer = torch.full((self.warmup,), math.nan, device=total.device)
-            elif self._buffer.device != total.device:  # e.g. state loaded on the CPU, training on a GPU
-                self._buffer = self._buffer.to(total.device)
+            self._ready(total.device)
             self._buffer[self.count] = g
             self.count += 1
             if self.count == self.warmup:
@@ -249,10 +289,20 @@ class ZClip(Strategy):
         self.var = torch.where(finite, torch.where(torch.isnan(var), 0.0, new_var), var)
         return result
 
+    def _ready(self, device: torch.device) -> None:
+        """A warm-up buffer on ``device`` with room for this step's norm (nanmean ignores the NaN padding)."""
+        if self._buffer is None:
+            self._buffer = _nans(_capacity(0, self.warmup), device)
+        elif self._buffer.device != device:  # e.g. state loaded on the CPU, training on a GPU
+            self._buffer = self._buffer.to(device)
+        if self.count == self._buffer.numel():
+            more = _capacity(self.count, self.warmup) - self.count
+            self._buffer = torch.cat([self._buffer, _nans(more, device)])
+
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"count": self.count}
         if self.count < self.warmup:
-            buf = self._buffer if self._buffer is not None else torch.zeros(0)
+            buf = self._buffer if self._buffer is not None else torch.zeros(0, dtype=_STAT)
             state["buffer"] = buf[: self.count].cpu()
         else:
             state["mean"], state["var"] = self.mean.cpu(), self.var.cpu()
@@ -261,15 +311,15 @@ class ZClip(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         count = int(state["count"])
         if count < self.warmup:
-            buf = torch.as_tensor(state["buffer"], dtype=torch.float32)
+            buf = torch.as_tensor(state["buffer"], dtype=_STAT)
             if buf.numel() != count:
                 raise ValueError(
                     f"zclip state: warm-up buffer of {buf.numel()} norms does not match count {count}"
                 )
-            self._buffer = torch.full((self.warmup,), math.nan)
+            self._buffer = _nans(_capacity(count, self.warmup))
             self._buffer[:count] = buf
             self.mean = self.var = None
         else:
-            self.mean = torch.as_tensor(state["mean"], dtype=torch.float32)
-            self.var = torch.as_tensor(state["var"], dtype=torch.float32)
+            self.mean = torch.as_tensor(state["mean"], dtype=_STAT)
+            self.var = torch.as_tensor(state["var"], dtype=_STAT)
         self.count = count

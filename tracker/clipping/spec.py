@@ -59,9 +59,12 @@ Gradient clipping spec (examples):
 _HEAD = re.compile(r"^\s*([A-Za-z]+)\s*(?:(?::|(?=,))(.*))?$", re.DOTALL)
 # "+" starts the noise part only when followed by a letter: "1e+3" stays a number.
 _PLUS = re.compile(r"\+(?=\s*[A-Za-z])")
-_NUM = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-_DIGITS = re.compile(r"\+?\d+")
-_RANGE = re.compile(rf"\s*({_NUM})\s*-\s*({_NUM})\s*")
+# [0-9], not \d: \d (and int(), float()) also take other scripts' digits ("١٢"), which the grammar does not.
+_NUM = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_DIGITS = re.compile(r"\+?[0-9]+")
+_SEED = re.compile(r"[+-]?[0-9]+")  # (a negative one reaches the constructor's ">= 0" message)
+# Signed bounds, so that "random:-1-2" is told its bound must be > 0 rather than that it is not a range.
+_RANGE = re.compile(rf"\s*([+-]?{_NUM})\s*-\s*([+-]?{_NUM})\s*")
 _NOISE = re.compile(r"^\s*noise\s*\((.*)\)\s*$", re.IGNORECASE)
 
 
@@ -162,12 +165,22 @@ def _check(
 
 
 def _int(text: str, what: str) -> int:
-    if _DIGITS.fullmatch(text.strip()):  # exactly: a 64-bit seed is past what a float holds (2**53)
+    """A count (window, warm-up): digits, or a number with an integral value ("1e3")."""
+    if _DIGITS.fullmatch(text.strip()):
         return int(text)
     value = parse_number(text, what)
     if not value.is_integer():
         raise ClipSpecError(f"{what} {text.strip()!r} is not an integer")
     return int(value)
+
+
+def _seed(text: str, what: str) -> int:
+    """A seed: digits only, read exactly. A 64-bit seed is past what a float holds (2**53), so a seed written
+    as a float ("9007199254740993.0") would silently become another seed."""
+    text = text.strip()
+    if not _SEED.fullmatch(text):
+        raise ClipSpecError(f"{what} {text!r} must be a plain integer (digits only, e.g. seed=42)")
+    return int(text)
 
 
 def _none(args: str) -> Strategy:
@@ -229,7 +242,7 @@ def _random(args: str) -> Strategy:
     m = _RANGE.fullmatch(positional[0] if positional else "")
     if m is None:
         raise ClipSpecError(f"random needs a range LO-HI, got {args!r}")
-    seed = _int(options["seed"][0], "random seed") if "seed" in options else 0
+    seed = _seed(options["seed"][0], "random seed") if "seed" in options else 0
     return RandomClip(parse_number(m.group(1), "random LO"), parse_number(m.group(2), "random HI"), seed)
 
 
@@ -243,7 +256,7 @@ def _noise(text: str) -> GradientNoise:
         raise ClipSpecError("noise needs eta, e.g. noise(0.01)")
     eta = parse_number(positional[0], "noise eta")
     gamma = parse_number(positional[1], "noise gamma") if len(positional) > 1 else 0.55
-    seed = _int(options["seed"][0], "noise seed") if "seed" in options else 0
+    seed = _seed(options["seed"][0], "noise seed") if "seed" in options else 0
     return GradientNoise(eta, gamma, seed)
 
 

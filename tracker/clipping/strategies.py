@@ -53,9 +53,10 @@ class NoClip(Strategy):
 class ValueClip(Strategy):
     """``value:C``: clamp every element to [-C, C], exactly ``torch.nn.utils.clip_grad_value_``.
 
-    Also for non-finite gradients (elementwise: +-inf becomes +-C, NaN stays NaN). Reports coef =
-    norm_after / norm_before (1 when the norm before is 0 or non-finite) and n_clipped = tensors with an
-    element beyond C. Costs two extra reads of the gradients (min/max before, L2 norm after).
+    Also for non-finite gradients (elementwise: +-inf becomes +-C, and counts as clipped; NaN stays NaN and
+    does not hide the other elements). Reports coef = norm_after / norm_before (1 when the norm before is 0
+    or non-finite) and n_clipped = tensors with an element beyond C. Costs a NaN-free copy and two extra
+    reads of the gradients (min/max before, L2 norm after).
     """
 
     name = "value"
@@ -73,8 +74,8 @@ class ValueClip(Strategy):
         if not grads:
             zero = torch.zeros((), dtype=torch.int64, device=total.device)
             return ClipResult(scalar_like(c, total), torch.ones_like(total), total, zero.bool(), zero)
-        # max |g| per tensor from one aminmax pass: the fused inf-norm is ~7x slower on CPU (20 ms vs 2.8 ms
-        # for 150 tensors, 5M elements) and abs()+max() would copy every gradient.
+        # min/max per tensor from one aminmax pass: the fused inf-norm is ~7x slower on CPU (20 ms vs 2.8 ms
+        # for 150 tensors, 5M elements).
         changed = torch.stack([_beyond(g, c).to(total.device) for g in grads])
         # The two fused clamps of clip_grad_value_ (which wants parameters, not the gradients we are given).
         for tensors, _ in group_by_device(grads):
@@ -92,10 +93,15 @@ class ValueClip(Strategy):
 
 
 def _beyond(g, c: float):
-    """Bool 0-d tensor: does ``g`` hold an element outside [-c, c]? (aminmax fails on empty tensors.)"""
+    """Bool 0-d tensor: does ``g`` hold an element outside [-c, c]? (aminmax fails on empty tensors.)
+
+    A NaN would make aminmax's min and max NaN and hide the elements that are clamped next to it, so NaN
+    counts as 0 (inside) and +-inf stays itself (outside: it becomes +-c). Without a host sync there is no
+    "only if the tensor holds a NaN": the copy costs ~1.4x the aminmax alone (5.2 vs 3.8 ms for 150 tensors,
+    5M elements, one CPU core); g.abs() > c then any() costs 2x, two comparisons 4x."""
     if g.numel() == 0:
         return torch.zeros((), dtype=torch.bool, device=g.device)
-    lo, hi = torch.aminmax(g)
+    lo, hi = torch.aminmax(torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf))
     return (hi > c) | (lo < -c)
 
 
