@@ -1,5 +1,7 @@
 """A run whose process died is reported as crashed: by its pid at once, by a stale heartbeat otherwise."""
 
+import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -80,3 +82,35 @@ def test_idle_writer_still_beats(db_path):
             timeout=20,
         )
         w.close()
+
+
+def _age_heartbeat(db_path, run_id):
+    with sqlite3.connect(db_path) as con:  # as a writer held up by another process's lock leaves it
+        con.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 3600 WHERE id = ?", (run_id,))
+
+
+def test_a_stale_heartbeat_of_a_process_alive_here_is_still_running(db_path):
+    # A writer held up for minutes by another process's write lock (a sqlite3 shell) beats no more, but the
+    # run still trains and writes everything once the lock goes: its live process says so, not "crashed".
+    with Store.open(db_path) as s:
+        run_id = s.create_run(name="held up", pid=os.getpid())
+    _age_heartbeat(db_path, run_id)
+    with Store.open(db_path, readonly=True, stale_after=60) as reader:
+        assert reader.run(run_id)["status"] == "running"
+
+
+def test_a_stale_heartbeat_whose_pid_now_names_a_newer_process_is_crashed(db_path):
+    # The pid was reused: the process alive under it started after the run was created.
+    with Store.open(db_path) as s:
+        run_id = s.create_run(name="reused pid", pid=None)
+    time.sleep(2.5)  # (process start times are known to ~1 s)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with sqlite3.connect(db_path) as con:
+            con.execute("UPDATE runs SET pid = ? WHERE id = ?", (other.pid, run_id))
+        _age_heartbeat(db_path, run_id)
+        with Store.open(db_path, readonly=True, stale_after=60) as reader:
+            assert reader.run(run_id)["status"] == "crashed"
+    finally:
+        other.kill()
+        other.wait()

@@ -19,7 +19,7 @@ from .blocks import LAYERS_WITH_ROWS
 from .errors import RunNotFound
 from .schema import RESUME_COLUMNS
 
-__all__ = ["Reads", "derive_status", "pid_alive"]
+__all__ = ["Reads", "derive_status", "pid_alive", "process_start_time"]
 
 # Per-run counts since the last call (markers :su/:cu = last step already counted), in one statement so
 # that all of it comes from one snapshot. A live run costs a look at its newest rows, not a full scan.
@@ -60,15 +60,38 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def derive_status(status, heartbeat_at, pid, host, *, now: float, stale_after: float, this_host: str) -> str:
-    """The status to show: "crashed" for a "running" run whose heartbeat is older than ``stale_after``
-    seconds, or whose recorded process on this machine is gone; the recorded status otherwise."""
+def process_start_time(pid: int) -> float | None:
+    """When the process ``pid`` of this machine started (Unix time, to ~1 s), or None where unknown (no
+    such process, no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime: ticks after boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def derive_status(
+    status, heartbeat_at, pid, host, *, now: float, stale_after: float, this_host: str, since=None
+) -> str:
+    """The status to show: "crashed" for a "running" run whose recorded process on this machine is gone,
+    or whose heartbeat is older than ``stale_after`` seconds; the recorded status otherwise.
+
+    ``since``: when the recorded process took the run (``resumed_at``, else ``created_at``). A stale
+    heartbeat from a process still alive on this machine, and started before then (so not another process
+    that got the pid since), is a run still running: its writer is held up, most often by another process's
+    write lock (a sqlite3 shell, a backup), and writes everything once it is released (docs/tracker.md)."""
     if status != "running":
         return status
+    here = bool(pid) and host == this_host
+    if here and not pid_alive(int(pid)):
+        return "crashed"
     if heartbeat_at is None or now - heartbeat_at > stale_after:
-        return "crashed"
-    if host == this_host and pid and not pid_alive(int(pid)):
-        return "crashed"
+        started = process_start_time(int(pid)) if here and since is not None else None
+        # (/proc's boot time is in whole seconds: 2 s of slack)
+        return "running" if started is not None and started <= since + 2.0 else "crashed"
     return "running"
 
 
@@ -170,9 +193,12 @@ class Reads:
         df = pd.concat([df, extra], axis=1)
         now, host = time.time(), socket.gethostname()
         df.insert(2, "recorded_status", df["status"])
+        since = df["resumed_at"].where(df["resumed_at"].notna(), df["created_at"])
         df["status"] = [
-            derive_status(s, hb, pid, h, now=now, stale_after=self.stale_after, this_host=host)
-            for s, hb, pid, h in zip(df["status"], df["heartbeat_at"], df["pid"], df["host"], strict=True)
+            derive_status(s, hb, pid, h, now=now, stale_after=self.stale_after, this_host=host, since=t)
+            for s, hb, pid, h, t in zip(
+                df["status"], df["heartbeat_at"], df["pid"], df["host"], since, strict=True
+            )
         ]
         end = df["finished_at"].where(df["finished_at"].notna(), df["heartbeat_at"])
         df["duration_s"] = end - df["created_at"]

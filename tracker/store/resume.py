@@ -96,24 +96,31 @@ def resume_run(
     """
     if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 0:
         raise ValueError(f"from_step={from_step!r}; accepted: an int >= 0")
+    have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}  # (a file from before resumed_at)
+    since = "coalesce(resumed_at, created_at)" if "resumed_at" in have else "created_at"
     row = conn.execute(
-        "SELECT status, heartbeat_at, pid, host, config FROM runs WHERE id = ?", (run_id,)
+        f"SELECT status, heartbeat_at, pid, host, config, {since} FROM runs WHERE id = ?", (run_id,)
     ).fetchone()
     if row is None:
         raise RunNotFound(
             f"run {run_id} is not in {path}: resume a run in the database that recorded it (db=...)."
         )
     host = socket.gethostname() if host is None else host
-    status, heartbeat, old_pid, old_host, old_config = row
+    status, heartbeat, old_pid, old_host, old_config, since = row
     now = time.time()
     shown = derive_status(
-        status, heartbeat, old_pid, old_host, now=now, stale_after=stale_after, this_host=host
+        status, heartbeat, old_pid, old_host, now=now, stale_after=stale_after, this_host=host, since=since
     )
     if shown == "running":
+        beat = "no heartbeat yet" if heartbeat is None else f"heartbeat {now - heartbeat:.0f} s ago"
+        wait = (
+            " (it is alive on this machine)"
+            if old_host == host
+            else f", or wait until the run shows as crashed ({stale_after:.0f} s without a heartbeat)"
+        )
         raise RunStillRunning(
-            f"run {run_id} is still running (pid {old_pid} on {old_host}, heartbeat {now - heartbeat:.0f} s "
-            f"ago): two processes would write one run. Stop that process first, or wait until the run shows "
-            f"as crashed ({stale_after:.0f} s without a heartbeat).",
+            f"run {run_id} is still running (pid {old_pid} on {old_host}, {beat}): two processes would write "
+            f"one run. Stop that process first{wait}.",
             elsewhere=old_host != host,
         )
     recorded = _layer_rows(conn, run_id)
