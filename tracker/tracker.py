@@ -120,16 +120,19 @@ def _warn_if_disabled_in_a_group() -> None:
 
 
 def _bind_names(choice: Any, layers: TrackedParameters) -> None:
-    """Tell the strategy the model's parameter names (``Strategy.bind_names``), its error made to name
-    the spec and where it came from."""
+    """Tell the strategy the model's parameter names and the trainable ones' dtypes
+    (``Strategy.bind_names``, ``bind_dtypes``), its error made to name the spec and where it came from."""
     strategy = choice.strategy
-    bind_names = getattr(strategy, "bind_names", None)  # (a strategy of the user's own may lack it)
-    if bind_names is not None:
-        try:
+    # (a strategy of the user's own may lack these)
+    bind_names, bind_dtypes = getattr(strategy, "bind_names", None), getattr(strategy, "bind_dtypes", None)
+    try:
+        if bind_names is not None:
             bind_names([row["name"] for row in layers.rows], layers.aliases)
-        except ClipSpecError as e:
-            origin = " (from GRADWATCH_CLIP)" if choice.source == "env" else ""
-            raise ClipSpecError(f"clip {strategy.spec!r}{origin}: {e}") from None
+        if bind_dtypes is not None:
+            bind_dtypes({row["name"]: row["dtype"] for row in layers.rows if row["trainable"]})
+    except ClipSpecError as e:
+        origin = " (from GRADWATCH_CLIP)" if choice.source == "env" else ""
+        raise ClipSpecError(f"clip {strategy.spec!r}{origin}: {e}") from None
 
 
 def _checked_resume(resume: Any, choice: Any, parent_id: Any) -> dict[str, Any]:
@@ -145,6 +148,17 @@ def _checked_resume(resume: Any, choice: Any, parent_id: Any) -> dict[str, Any]:
         or (choice.source == "env" and resume.get("clip") != choice.strategy.spec)
     )
     return check_state(resume, choice.strategy.spec, relaunch=relaunch)
+
+
+def _load_clip_state(strategy: Any, state: Any) -> None:
+    # A state_dict() edited or saved by other code: a ValueError saying so, not a KeyError from inside.
+    try:
+        strategy.load_state_dict(state)
+    except (KeyError, TypeError, IndexError, AttributeError, RuntimeError, ValueError) as e:
+        raise ValueError(
+            f"resume: its clip_state does not fit {strategy.spec!r} ({type(e).__name__}: {e}); pass what "
+            "GradTracker.state_dict() returned for a run that clipped with it"
+        ) from None
 
 
 def _check_rank(rank: int) -> None:
@@ -276,7 +290,7 @@ class GradTracker:
         if resumed is not None:
             self._step = resumed["step"]
             if resumed["clip"] == self.clip.spec:  # (a fork to another strategy starts that one afresh)
-                self.clip.load_state_dict(resumed["clip_state"])  # AutoClip's history, ZClip's statistics
+                _load_clip_state(self.clip, resumed["clip_state"])  # AutoClip's history, ZClip's statistics
         # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions, scaled).
         self._pending: list[tuple[int, Tensor | None, Tensor, Any, bool]] = []
         self._hooks: list[Attachment] = []

@@ -512,3 +512,23 @@ def test_a_non_finite_complex_gradient_is_left_untouched(db_path, spec):
     assert torch.equal(after[0], grads[0])
     if spec in ("norm:1.0", "zclip:2.5", "random:1-2"):  # global: the finite tensor is untouched too
         assert torch.equal(after[1], grads[1])
+
+
+def test_value_clipping_of_complex_parameters_is_refused_before_anything_is_written(db_path):
+    # torch's clip_grad_value_ refuses complex tensors from inside its kernel; the tracker used to accept
+    # the spec and fail at the first step with "aminmax_cpu not implemented for 'ComplexFloat'".
+    model = nn.Module()
+    model.w = nn.Parameter(torch.ones(3, dtype=torch.complex64))
+    model.b = nn.Parameter(torch.ones(2))
+    model.frozen = nn.Parameter(torch.ones(2, dtype=torch.complex64), requires_grad=False)  # never clipped
+    reference = model.w.detach().clone().requires_grad_()
+    reference.grad = torch.ones(3, dtype=torch.complex64)
+    with pytest.raises(RuntimeError, match="not supported for complex"):
+        torch.nn.utils.clip_grad_value_([reference], 0.1)  # the oracle refuses them too
+    with pytest.raises(ValueError, match=r"complex parameters \(w\)\. Use norm:C"):
+        GradTracker(model, db=db_path, clip="value:0.1")
+    with pytest.raises(ValueError, match="complex parameters"):
+        GradTracker(model, db=db_path, clip="value:0.1", enabled=False)  # checked alike when disabled
+    assert not db_path.exists()
+    model.w.requires_grad_(False)
+    GradTracker(model, db=db_path, clip="value:0.1").finish()  # only real parameters are clipped: fine

@@ -226,6 +226,8 @@ def test_a_resume_records_the_continuing_process_settings_and_trainable_layers(d
         (dict(state=lambda s: {**s, "step": -1}), ValueError, "step -1"),
         (dict(state=lambda s: {"step": 3}), ValueError, "state_dict"),
         (dict(state=lambda s: {}), ValueError, "state_dict"),
+        (dict(state=lambda s: {**s, "clip_state": {}}), ValueError, "clip_state does not fit"),  # (KeyError)
+        (dict(state=lambda s: {**s, "clip_state": None}), ValueError, "clip_state does not fit"),
     ],
 )
 def test_a_run_that_cannot_be_resumed_is_refused_and_left_as_it_was(db_path, change, error, match):

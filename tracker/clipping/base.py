@@ -194,6 +194,11 @@ class Strategy:
         and ``aliases`` (a tied tensor's other names -> the name it is recorded under), so that a strategy
         taking names can refuse one matching no parameter. Raises ClipSpecError; the default accepts all."""
 
+    def bind_dtypes(self, dtypes: Mapping[str, str]) -> None:
+        """Told by the tracker, with the names, each parameter's dtype (name -> ``"float32"``, as in
+        ``layers.dtype``), so that a strategy that cannot clip a dtype refuses it before training starts
+        rather than fail inside ``tracker.step()``. Raises ClipSpecError; the default accepts all."""
+
     @torch.no_grad()
     def clip_(
         self,

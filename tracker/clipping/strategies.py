@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 
 import torch
 
@@ -67,6 +68,18 @@ class ValueClip(Strategy):
 
     def _base_spec(self) -> str:
         return f"value:{self.threshold.spec}"
+
+    def bind_dtypes(self, dtypes: Mapping[str, str]) -> None:
+        """Complex parameters are refused: clamping to [-C, C] needs an order, which complex numbers lack
+        (torch's clip_grad_value_ refuses them too, from inside its kernel)."""
+        complex_ = [name for name, dtype in dtypes.items() if dtype.startswith("complex")]
+        if complex_:
+            shown = ", ".join(complex_[:3]) + (f" and {len(complex_) - 3} more" if len(complex_) > 3 else "")
+            raise ClipSpecError(
+                "value clipping clamps each element to [-C, C], which complex numbers have no order for, "
+                f"and the model has complex parameters ({shown}). Use norm:C or layer:C (they scale, keeping "
+                "each element's phase), or agc:L."
+            )
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         c = self.threshold.at(step)
