@@ -14,13 +14,17 @@ batches of indices are skipped before any sample is loaded. ``random["torch"]`` 
 global state at the save: mid-epoch it is restored after the epoch's loader iterator is made, which is
 when the uninterrupted run had made it.
 
-The file is written to ``PATH.tmp`` and renamed over ``PATH``: a job killed while saving leaves the previous
-checkpoint whole. It is read with ``torch.load(weights_only=True)``: tensors, numbers and strings only.
+The file is written to ``PATH.tmp``, flushed to the disk (fsync) and renamed over ``PATH``: a job killed while
+saving, or a machine losing power, leaves the previous checkpoint whole. It is read with
+``torch.load(weights_only=True)``: tensors, numbers and strings only; before that, the CRC-32 that
+``torch.save``'s zip archive keeps for each record is checked (``torch.load`` does not), so that bytes
+damaged inside the tensors (a disk error, a bad copy) are refused instead of trained on; ~5 ms per 100 MB.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -125,16 +129,50 @@ def restore_global_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# What a checkpoint holds (save()'s caller, trainer/train.py), checked when loading so that a file edited or
+# written by other code is refused in a sentence rather than a KeyError or TypeError halfway through resuming.
+_HOLDS = {
+    "config": dict,
+    "epoch": int,
+    "step": int,
+    "metrics": dict,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "gradwatch": dict,
+    "random": dict,
+}
+
+
 def save(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (a temporary file renamed over it)."""
+    """Write ``checkpoint`` to ``path`` atomically (a temporary file, on the disk, renamed over it)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save({"format": FORMAT, **checkpoint}, tmp)
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **checkpoint}, f)
+            f.flush()
+            os.fsync(f.fileno())  # (renamed before its bytes are on disk, a power loss could leave it empty)
     except BaseException:  # a second Ctrl-C, a full disk: the previous checkpoint stays, and no half file
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename itself is durable once the folder is flushed (POSIX); some file systems refuse it: no matter.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -143,13 +181,40 @@ def load(path: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(path)
     if not path.exists():
         return None
+    damaged = _damaged_record(path)
+    if damaged is not None:
+        raise ValueError(
+            f"the checkpoint {str(path)!r} is corrupt: its record {damaged!r} does not match the checksum "
+            "saved with it (a disk error, or a damaged copy). Resume from another copy of it, or move it "
+            "away to start afresh."
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: pickle, zip or torch errors
         raise ValueError(f"cannot read the checkpoint {str(path)!r}: {_why_unreadable(path, e)}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a checkpoint of this trainer (no {FORMAT!r} marker)")
+    wrong = [
+        f"{key!r} ({'missing' if key not in checkpoint else type(checkpoint[key]).__name__})"
+        for key, kind in _HOLDS.items()
+        if not isinstance(checkpoint.get(key), kind) or (kind is int and isinstance(checkpoint[key], bool))
+    ]
+    if wrong:
+        raise ValueError(
+            f"{str(path)!r} has the marker of this trainer's checkpoints but not their contents: "
+            f"{', '.join(wrong)} (edited, or written by other code). Use a checkpoint the trainer saved."
+        )
     return checkpoint
+
+
+def _damaged_record(path: Path) -> str | None:
+    """The first record of the zip archive whose bytes do not match its CRC-32, or None (also for a file
+    that is no zip archive: torch.load then says what it is)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except Exception:  # noqa: BLE001 - not a zip archive, or one too broken to walk: torch.load says which
+        return None
 
 
 def _why_unreadable(path: Path, error: Exception) -> str:

@@ -99,9 +99,16 @@ def test_tracking_must_match_across_a_resume(corpus_cache, tmp_path, capsys):
                      "--resume")) == 0  # fmt: skip
 
 
+def _complete(**overrides):
+    """A checkpoint holding what the trainer saves (the values are placeholders)."""
+    held = dict(config={}, epoch=0, batch=0, step=3, metrics={}, model={"w": torch.arange(5000.0)})
+    held.update(optimizer={}, scheduler={}, scaler={}, gradwatch={}, random={}, world_size=1)
+    return {**held, **overrides}
+
+
 def test_an_unreadable_checkpoint_is_explained(tmp_path):
     path = tmp_path / "run.ckpt"
-    ckpt.save(path, {"model": {"w": torch.arange(5000.0)}})
+    ckpt.save(path, _complete())
     whole = path.read_bytes()
     for content, why in [
         (b"", "the file is empty"),
@@ -115,6 +122,40 @@ def test_an_unreadable_checkpoint_is_explained(tmp_path):
         assert "weights_only" not in str(exc.value)  # torch's advice to load it unsafely is not for us
     path.write_bytes(whole)
     assert torch.equal(ckpt.load(path)["model"]["w"], torch.arange(5000.0))
+    assert not path.with_name("run.ckpt.tmp").exists()
+
+
+def test_a_checkpoint_damaged_inside_its_tensors_is_refused_not_trained_on(tmp_path):
+    # torch.load does not check the zip records' CRC-32: 64 flipped bytes inside a tensor loaded as other
+    # numbers, and the resumed run trained on them (NaN losses, or an optimizer state of 3e8).
+    path = tmp_path / "run.ckpt"
+    ckpt.save(path, _complete(model={"w": torch.arange(100_000.0)}))
+    damaged = bytearray(path.read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle : middle + 64] = bytes(b ^ 0xFF for b in damaged[middle : middle + 64])
+    path.write_bytes(bytes(damaged))
+    assert torch.load(path, weights_only=True)["step"] == 3  # the oracle: torch itself reads it as fine
+    record = r"its record '[^']*data/\d+' does not match the checksum"
+    with pytest.raises(ValueError, match=f"is corrupt: {record}"):
+        ckpt.load(path)
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda c: {k: v for k, v in c.items() if k != "gradwatch"}, "'gradwatch' (missing)"),
+        (lambda c: {**c, "step": "3"}, "'step' (str)"),
+        (lambda c: {**c, "epoch": True}, "'epoch' (bool)"),
+        (lambda c: {}, "'config' (missing)"),
+    ],
+)
+def test_a_checkpoint_with_the_marker_but_not_the_contents_is_refused_naming_what(tmp_path, edit, named):
+    # (a KeyError or TypeError traceback halfway through resuming, or "--resume: 'config'")
+    path = tmp_path / "run.ckpt"
+    ckpt.save(path, edit(_complete()))
+    with pytest.raises(ValueError, match="not their contents") as exc:
+        ckpt.load(path)
+    assert named in str(exc.value)
 
 
 def test_a_run_ended_by_max_steps_and_resumed_again_trains_nothing_more(corpus_cache, tmp_path):
