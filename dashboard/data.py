@@ -58,9 +58,9 @@ def _runs(db: str, _store) -> pd.DataFrame:
     return _store.runs()
 
 
-def runs(store, db: str) -> pd.DataFrame:
+def runs(store) -> pd.DataFrame:
     """Every run with its derived status (``crashed`` from a stale heartbeat), newest first."""
-    frame = _runs(db, store).copy()
+    frame = _runs(db_key(store), store).copy()
     if len(frame) and "created_at" in frame:
         frame = frame.sort_values("created_at", ascending=False, kind="stable")
     return frame.reset_index(drop=True)
@@ -76,31 +76,35 @@ def _layers(db: str, run_id: int, _store) -> pd.DataFrame:
     return _store.layers(run_id)
 
 
-def layers(store, db: str, run_id: int) -> pd.DataFrame:
+def layers(store, run_id: int) -> pd.DataFrame:
     """The run's layers (``id``, ``name``, ...) in model order."""
-    return _layers(db, int(run_id), store).sort_values("id").reset_index(drop=True)
+    return _layers(db_key(store), int(run_id), store).sort_values("id").reset_index(drop=True)
 
 
-def incremental(kind: str, db: str, run_id: int, fetch, *, key=("step",), generation=None) -> pd.DataFrame:
+def incremental(
+    kind: str, source: str, run_id: int, fetch, *, key=("step",), generation=None
+) -> pd.DataFrame:
     """All rows of one run's series, reading only rows after the last step seen by this session.
 
     ``fetch(after_step)`` returns the new rows. The last step is fetched again each time (and duplicates
     dropped on ``key``) because a metric can be logged at a step after that step's first rows were read.
-    ``generation``: the run's ``resumed_at``; when it changes, the run was continued from a checkpoint and
-    its rows from that step on were replaced, so everything is read again.
+    ``source``: the store's :func:`db_key`; when it changes, the file was replaced or rewritten, and
+    everything is read again from the new one. ``generation``: the run's ``resumed_at``; when it changes,
+    the run was continued from a checkpoint and its rows from that step on were replaced, so everything is
+    read again too.
     """
     cache = st.session_state.setdefault("_incremental", {})
-    slot = cache.get((kind, db, run_id))
-    if slot is None or slot[2] != generation:
+    slot = cache.get((kind, run_id))
+    if slot is None or slot[2:] != (generation, source):
         frame = fetch(-1)
     else:
-        old, last, _ = slot
+        old, last = slot[:2]
         new = fetch(last - 1)
         frame = old if not len(new) else pd.concat([old, new], ignore_index=True)
         if len(new):
             frame = frame.drop_duplicates(subset=list(key), keep="last").reset_index(drop=True)
     last = int(frame["step"].max()) if len(frame) else -1
-    cache[(kind, db, run_id)] = (frame, last, generation)
+    cache[(kind, run_id)] = (frame, last, generation, source)
     return frame
 
 
@@ -119,12 +123,12 @@ def _numbers(frame: pd.DataFrame, text=()) -> pd.DataFrame:
     return frame.astype({c: float for c in objects}) if objects else frame
 
 
-def steps(store, db: str, run_id: int, generation=None) -> pd.DataFrame:
+def steps(store, run_id: int, generation=None) -> pd.DataFrame:
     """Per-step rows: step, total_norm (pre-clip), total_norm_after, loss, clipped, threshold, ... all
     numbers, NaN for NULL (a NaN norm or loss). ``generation``: see :func:`incremental`."""
     return incremental(
         "steps",
-        db,
+        db_key(store),
         run_id,
         lambda after: _numbers(store.steps(run_id, after_step=after)),
         generation=generation,
@@ -141,11 +145,11 @@ def logged_loss(steps: pd.DataFrame) -> pd.DataFrame:
     return steps[steps["loss"].notna() | nonfinite]
 
 
-def metrics(store, db: str, run_id: int, generation=None) -> pd.DataFrame:
+def metrics(store, run_id: int, generation=None) -> pd.DataFrame:
     """Long format: step, name, value (a number, NaN for NULL)."""
     return incremental(
         "metrics",
-        db,
+        db_key(store),
         run_id,
         lambda after: _numbers(store.metrics([run_id], after_step=after), text=("name",)),
         key=("step", "name"),
@@ -223,8 +227,10 @@ def heatmap_marks(store, run_id: int, heat: pd.DataFrame) -> pd.DataFrame:
 
 
 def db_key(store) -> str:
-    """Cache key of a store: its file path."""
-    return str(store.path)
+    """Cache key of a store: its file path, and which of the Stores opened on that path it is
+    (``state.get_store`` numbers them: a replaced or rewritten file gets a new one), so that rows read from
+    one file are never served for another at the same path. A Store opened elsewhere: its path."""
+    return getattr(store, "cache_key", None) or str(store.path)
 
 
 def flow(store, run_id: int, step: int) -> pd.DataFrame:

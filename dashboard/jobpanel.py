@@ -90,7 +90,7 @@ def running_runs_panel(own_pids: set[int]) -> None:
     store = state.get_store()
     if store is None:
         return
-    runs = data.runs(store, str(state.db_path()))
+    runs = data.runs(store)
     running = [r for r in runs.to_dict("records") if state.can_stop(r) and int(r["pid"]) not in own_pids]
     notices = st.session_state.setdefault(RUN_NOTICES, {})
     for run_id in set(notices) - {int(row["id"]) for row in running}:

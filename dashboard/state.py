@@ -9,6 +9,7 @@ process (``stopping.record_stop`` says why).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -53,32 +54,71 @@ def log_dir() -> Path:
     return db_path().parent / "gradwatch-logs"
 
 
-@st.cache_resource(show_spinner=False)
-def _store(path: str, identity: tuple):
+_OPENED = itertools.count(1)  # numbers the Stores this process opens: see data.db_key
+
+
+def _open_store(path: str):
     from tracker.store import Store
 
-    # identity (inode, device) makes a replaced file (deleted and recreated) get a fresh Store.
     # A short busy timeout: a page should say "locked" within seconds rather than hang.
     return Store.open(path, create=False, readonly=True, busy_timeout=BUSY_TIMEOUT_S)
+
+
+@st.cache_resource(show_spinner=False)
+def _store(path: str, identity: tuple):
+    # identity (inode, device) makes a replaced file (deleted and recreated) get a fresh Store.
+    store = _open_store(path)
+    # The pages' caches of what is read through it are keyed on this (data.db_key): rows read from another
+    # file at this path, or from this file before it was rewritten, are never served as this Store's.
+    store.cache_key = f"{path}#{next(_OPENED)}"
+    return store
+
+
+@st.cache_resource(show_spinner=False)
+def _seen() -> dict[str, tuple]:
+    """Database path -> ((inode, device), (size, mtime_ns)) of the file its cached Store was last found
+    sound at: process-wide, like the Stores."""
+    return {}
 
 
 def get_store():
     """The read-only Store for this session's database, or None when there is no database yet (no file, or
     an empty file: the start page).
 
-    Raises the store's named errors (StoreError subclasses) for a file that is not usable.
+    Raises the store's named errors (StoreError subclasses) for a file that is not usable. The cached Store
+    is kept while the file is the same: one ``stat`` per call. A file replaced (another inode) gets a new
+    Store; a file whose main file changed in place (a checkpoint, but also a file truncated or overwritten,
+    which the cached connection would not notice: it reads its own page cache and the WAL) is first checked
+    through a new connection, and answers what a first visit would.
     """
-    from tracker.store import DatabaseNotFound
+    from tracker.store import DatabaseNotFound, StoreError
 
     path = db_path()
+    key, seen = str(path), _seen()
+    before = seen.get(key)
     try:
         info = path.stat()
     except FileNotFoundError:
+        if before is not None:  # deleted: let go of it (and of its disk space)
+            _store.clear(key, before[0])
+            seen.pop(key, None)
         return None
+    identity, shape = (info.st_ino, info.st_dev), (info.st_size, info.st_mtime_ns)
     try:
-        return _store(str(path), (info.st_ino, info.st_dev))
-    except DatabaseNotFound:
-        return None
+        if before is not None and before[0] != identity:
+            _store.clear(key, before[0])  # replaced: let go of the old file
+        elif before is not None and before[1] != shape:
+            _open_store(key).close()  # raises what a first visit would
+        store = _store(key, identity)
+    except StoreError as exc:
+        if before is not None:
+            _store.clear(key, before[0])
+            seen.pop(key, None)
+        if isinstance(exc, DatabaseNotFound):
+            return None
+        raise
+    seen[key] = (identity, shape)
+    return store
 
 
 def recorded_runs():
@@ -89,7 +129,7 @@ def recorded_runs():
     from dashboard import data
 
     store = get_store()
-    return None if store is None else data.runs(store, str(db_path()))
+    return None if store is None else data.runs(store)
 
 
 def explain_missing_directory() -> bool:

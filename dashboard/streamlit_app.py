@@ -10,7 +10,9 @@ from dashboard import state
 from dashboard.text import code_span
 from tracker.store import StoreError
 
-st.set_page_config(page_title="gradwatch", page_icon=":material/monitoring:", layout="wide")
+# An emoji favicon is made in the page (a data: URL); a ":material/...:" one is fetched from
+# fonts.gstatic.com, which fails offline. (The pages' own :material: icons come with Streamlit's own font.)
+st.set_page_config(page_title="gradwatch", page_icon="📈", layout="wide")
 
 pages = [
     st.Page("views/runs.py", title="Runs", icon=":material/table_rows:", default=True),

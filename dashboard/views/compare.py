@@ -14,7 +14,7 @@ from tracker.store import StoreError
 
 
 def with_lineage(store, runs: pd.DataFrame, ids: list[int]) -> list[int]:
-    """``ids`` plus the parent and the children of each (relaunches), in a stable order."""
+    """``ids`` plus the parent and the children of each (relaunches) listed in ``runs``, in a stable order."""
     out = list(ids)
     parents = dict(zip(runs["id"], runs["parent_id"], strict=True))
     for run_id in ids:
@@ -23,7 +23,8 @@ def with_lineage(store, runs: pd.DataFrame, ids: list[int]) -> list[int]:
             out.append(int(parent))
         children = store.children(run_id)
         for child in children["id"] if len(children) else []:
-            if int(child) not in out:
+            # (a child made since ``runs`` was read, up to 2 s ago, is added at the next refresh)
+            if int(child) not in out and int(child) in parents:
                 out.append(int(child))
     return out
 
@@ -34,14 +35,16 @@ def _chart(where, figure, key: str, note: str | None) -> None:
         where.caption(note)
 
 
-def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
+def compare_panels(ids: list[int], labels: dict[int, str], source: str) -> None:
+    """The live part of the page; ``source``: the ``data.db_key`` of the store the page was drawn from."""
     try:
         store = state.get_store()
-        db = str(state.db_path())
-        runs = data.runs(store, db)
-        steps = {labels[i]: data.steps(store, db, i, data.generation(runs, i)) for i in ids}
+        runs = None if store is None else data.runs(store)
+        if runs is None or data.db_key(store) != source or not set(ids) <= set(runs["id"]):
+            st.rerun()  # the file is gone, replaced or rewritten: the whole page again, as a reload shows
+        steps = {labels[i]: data.steps(store, i, data.generation(runs, i)) for i in ids}
         losses = {label: data.logged_loss(frame) for label, frame in steps.items()}
-        metrics = {labels[i]: data.metrics(store, db, i, data.generation(runs, i)) for i in ids}
+        metrics = {labels[i]: data.metrics(store, i, data.generation(runs, i)) for i in ids}
     except StoreError as exc:
         state.show_store_error(exc)
         return
@@ -84,7 +87,7 @@ def compare_panels(ids: list[int], labels: dict[int, str]) -> None:
         )
 
     st.subheader("Per-layer norms")
-    layer_panel(store, db, ids, labels, steps, log_y, colors)
+    layer_panel(store, ids, labels, steps, log_y, colors)
     st.subheader("Clipping")
     clip_panel(steps, shown, log_y, colors)
 
@@ -112,11 +115,12 @@ LAYER = "compare_layer"
 CLIP_WINDOW = 50  # logged steps over which the clip rate over time is taken
 
 
-def layer_panel(store, db: str, ids: list[int], labels: dict[int, str], steps: dict, log_y: bool,
-                colors: dict) -> None:  # fmt: skip
+def layer_panel(
+    store, ids: list[int], labels: dict[int, str], steps: dict, log_y: bool, colors: dict
+) -> None:
     """One layer's gradient norm, one line per run (the Run page's reads: raw rows for small runs, the
     store's min/max blocks for large ones); runs without a layer of that name are named under the chart."""
-    frames = {i: data.layers(store, db, i) for i in ids}
+    frames = {i: data.layers(store, i) for i in ids}
     names = list(dict.fromkeys(str(n) for i in ids for n in frames[i]["name"]))
     if not names:
         st.info("None of these runs recorded per-layer norms.")
@@ -232,7 +236,8 @@ def live_toggle(runs: pd.DataFrame, ids: list[int]) -> bool:
 
 
 def compare_page() -> None:
-    runs = state.recorded_runs()
+    store = state.get_store()
+    runs = None if store is None else data.runs(store)
     if runs is None or not len(runs):
         if not state.explain_missing_directory():
             st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
@@ -241,7 +246,7 @@ def compare_page() -> None:
     labels = data.run_labels(runs)
     picked = pick_runs(runs, labels)
     lineage = st.checkbox("Add parents and children (relaunches)", value=True, key="compare_lineage")
-    ids = with_lineage(state.get_store(), runs, picked) if lineage else list(picked)
+    ids = with_lineage(store, runs, picked) if lineage else list(picked)
     added = [labels[i] for i in ids if i not in picked]
     if added:
         st.caption("Added by lineage: " + ", ".join(escape_markdown(label) for label in added))
@@ -249,7 +254,8 @@ def compare_page() -> None:
         st.info("Pick at least one run.")
         return
     live = live_toggle(runs, ids)
-    st.fragment(compare_panels, run_every=state.LIVE_INTERVAL_S if live else None)(ids, labels)
+    live_every = state.LIVE_INTERVAL_S if live else None
+    st.fragment(compare_panels, run_every=live_every)(ids, labels, data.db_key(store))
 
 
 compare_page()

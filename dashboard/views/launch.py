@@ -152,7 +152,7 @@ def _recorded_names(run: dict) -> tuple[list[str], dict[str, str]]:
     """The source run's recorded parameter names (its layers) and tied aliases (alias -> recorded name, the
     tracker's note ``tied``): what the tracker checks a clip spec's names against."""
     store = state.get_store()
-    layers = data.layers(store, str(state.db_path()), int(run["id"])) if store is not None else None
+    layers = data.layers(store, int(run["id"])) if store is not None else None
     names = [] if layers is None else [str(n) for n in layers["name"]]
     tied = tracker_notes(run).get("tied")
     return names, {str(k): str(v) for k, v in tied.items()} if isinstance(tied, dict) else {}

@@ -7,6 +7,8 @@ The status line, its Stop and Resume buttons and the panels re-render every coup
 """
 
 import math
+import socket
+import time
 
 import numpy as np
 import pandas as pd
@@ -68,9 +70,10 @@ def header(run: dict) -> None:
         )
 
 
-def status_panel(run: dict, runs: pd.DataFrame) -> None:
+def status_panel(run: dict, runs: pd.DataFrame, stale_after: float) -> None:
     """Status, lineage, Stop and Resume, and why the run ended: part of the live fragment, so a run that
-    finishes while its page is open stops saying "running" and offering Stop."""
+    finishes while its page is open stops saying "running" and offering Stop. ``stale_after``: the store's
+    seconds without a heartbeat after which a running run is late (``Store.stale_after``)."""
     parent = run.get("parent_id")
     bits = [f"status **{run['status']}**", f"clip {code_span(run.get('clip') or 'none')}"]
     if run.get("clip_source") == "env":
@@ -82,6 +85,16 @@ def status_panel(run: dict, runs: pd.DataFrame) -> None:
     if resumed is not None and not pd.isna(resumed):  # continued from a checkpoint (GradTracker(resume=...))
         bits.append(f"resumed from step {int(resumed)}")
     st.markdown(" · ".join(bits))
+    late, here = heartbeat_age(run), run.get("host") == socket.gethostname()
+    if run["status"] == "running" and here and late > stale_after:
+        # Read as running all the same: its process is alive on this machine (the store's derive_status).
+        st.warning(
+            f"No heartbeat for {late:,.0f} s, yet its process is alive on this machine: the database is "
+            "probably locked by another process (a `sqlite3` shell, a DB browser with an open transaction, a "
+            "backup). Training goes on: the rows wait in the process's memory and are written once the lock "
+            "is released (docs/tracker.md, on locks). Close that program and the page catches up.",
+            icon=":material/lock_clock:",
+        )
     run_id = int(run["id"])
     if state.can_stop(run) and st.button("Stop this run (SIGTERM)", key=f"stop_{run_id}"):
         _notify(run, "info", state.stop_recorded_run(run))
@@ -99,13 +112,27 @@ def status_panel(run: dict, runs: pd.DataFrame) -> None:
             args=(run, checkpoint),
         )
     _show_notice(run)
-    if run["status"] == "crashed":
+    if run["status"] == "crashed" and not here and run.get("host") is not None:
+        # Another machine's process: only its heartbeat tells, and a held lock stops it too.
         st.warning(
-            "This run stopped sending heartbeats while marked running: its process ended without closing the "
-            "run (killed, out of memory, machine restarted). The data up to the last heartbeat is shown."
+            f"This run is marked running on {code_span(run['host'])} but has sent no heartbeat for "
+            f"{late:,.0f} s: its process most likely ended without closing the run (killed, out of memory, "
+            "machine restarted), or the database has been locked by another process that long (the run then "
+            "reads as running again once the lock is released). The data up to the last heartbeat is shown."
+        )
+    elif run["status"] == "crashed":
+        st.warning(
+            "This run is marked running, but its process on this machine is gone: it ended without closing "
+            "the run (killed, out of memory, machine restarted). The data up to the last heartbeat is shown."
         )
     if run["status"] == "failed" and run.get("error"):
         st.error(f"The run failed: {escape_markdown(run['error'])}")
+
+
+def heartbeat_age(run: dict) -> float:
+    """Seconds since the run's last heartbeat (``runs.heartbeat_at``); 0 when it has none."""
+    beat = run.get("heartbeat_at")
+    return 0.0 if beat is None or pd.isna(beat) else max(0.0, time.time() - float(beat))
 
 
 def _notice_key(run_id: int) -> str:
@@ -222,12 +249,24 @@ def heatmap_panel(store, run_id: int, layers: pd.DataFrame) -> None:
     st.plotly_chart(charts.heatmap_figure(heat, marks), key="heatmap")
 
 
+def _flow_picked(run_id: int, latest: int) -> None:
+    """The Step slider's callback: keep the step picked, or None (follow the run) when it is the latest."""
+    step = st.session_state[f"flow_step_{run_id}"]
+    st.session_state[f"flow_pick_{run_id}"] = None if step >= latest else step
+
+
 def flow_panel(store, run_id: int, layers: pd.DataFrame, steps: pd.DataFrame) -> None:
     recorded = steps["step"]
     lo, hi = int(recorded.min()), int(recorded.max())
     chosen = hi
     if lo < hi:
-        chosen = st.slider("Step", lo, hi, value=hi, key=f"flow_step_{run_id}")
+        # The step picked is kept in its own key, and the slider set from it before each render (as the
+        # layer picker's default is set once): a live refresh grows the slider's range, which would reset a
+        # slider given value= to the latest step. Unpicked, or picked at the latest, it follows the run.
+        picked = st.session_state.get(f"flow_pick_{run_id}")
+        key = f"flow_step_{run_id}"
+        st.session_state[key] = hi if picked is None else min(max(int(picked), lo), hi)
+        chosen = st.slider("Step", lo, hi, key=key, on_change=_flow_picked, args=(run_id, hi))
     flow = data.flow(store, run_id, chosen)
     if not len(flow):
         st.info(f"No per-layer norms recorded at or before step {chosen}.")
@@ -344,22 +383,24 @@ def _number_text(value) -> str:
     return f"{value:.4g}"
 
 
-def live_panels(run_id: int) -> None:
+def live_panels(run_id: int, source: str) -> None:
+    """The live part of the page; ``source``: the ``data.db_key`` of the store the page was drawn from."""
     if st.session_state.pop(RERUN_APP, False):
         st.rerun()  # the whole page: a callback changed the live toggle, which is outside this fragment
     try:
         store = state.get_store()
-        db = str(state.db_path())
-        runs = data.runs(store, db)
+        runs = None if store is None else data.runs(store)
+        if runs is None or data.db_key(store) != source or run_id not in set(runs["id"]):
+            st.rerun()  # the file is gone, replaced or rewritten: the whole page again, as a reload shows
         run = runs[runs["id"] == run_id].iloc[0].to_dict()
         gen = data.generation(runs, run_id)  # changes when the run is continued from a checkpoint
-        steps = data.steps(store, db, run_id, gen)
-        metrics = data.metrics(store, db, run_id, gen)
-        layers = data.layers(store, db, run_id)
+        steps = data.steps(store, run_id, gen)
+        metrics = data.metrics(store, run_id, gen)
+        layers = data.layers(store, run_id)
     except StoreError as exc:
         state.show_store_error(exc)
         return
-    status_panel(run, runs)
+    status_panel(run, runs, store.stale_after)
     # The store's clip rate counts every clip decision, also those of steps not logged (every > 1).
     clipped = run.get("clip_rate")
     clipped = float("nan") if clipped is None or pd.isna(clipped) else float(clipped)
@@ -399,7 +440,8 @@ def live_panels(run_id: int) -> None:
 
 
 def run_page() -> None:
-    runs = state.recorded_runs()
+    store = state.get_store()
+    runs = None if store is None else data.runs(store)
     if runs is None or not len(runs):
         if not state.explain_missing_directory():
             st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
@@ -412,7 +454,7 @@ def run_page() -> None:
     st.session_state.setdefault(key, run["status"] == "running")
     live = st.toggle("Live updates", key=key, help="Pause to zoom: a refresh resets zoom.")
     interval = state.LIVE_INTERVAL_S if live else None
-    st.fragment(live_panels, run_every=interval)(int(run["id"]))
+    st.fragment(live_panels, run_every=interval)(int(run["id"]), data.db_key(store))
 
 
 run_page()

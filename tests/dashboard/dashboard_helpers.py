@@ -177,3 +177,22 @@ print("ready", flush=True)
 while True:
     time.sleep(0.1)
 """
+
+
+def run_fragments(at):
+    """Rerun only the page's fragments, as their ``run_every`` timer does in a browser (AppTest's ``run()``
+    reruns the whole page, and ``run_every`` does not tick by itself there). The live panels' code then
+    runs without the page around it, as it does between two reloads."""
+    from unittest import mock
+
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+    from streamlit.testing.v1 import local_script_runner
+
+    ids = list(at._fragment_storage._fragments)  # (AppTest keeps the fragments between its runs)
+    assert ids, "the page registered no fragment"
+
+    def fragment_rerun(**kwargs):  # (the runner's initial request too: run()'s is merged into it)
+        return RerunData(fragment_id_queue=ids, is_auto_rerun=True, **kwargs)
+
+    with mock.patch.object(local_script_runner, "RerunData", fragment_rerun):
+        return at.run()

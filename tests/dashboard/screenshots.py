@@ -74,8 +74,11 @@ def serve(db: Path, log: Path, timeout: float = 90.0):
 
 def capture(url: str, out_dir: Path, pages=PAGES, timeout_ms=90_000, tabs=None, height=1000, settle_ms=1500):
     """Open each page, wait until it has rendered, save ``<page>.png``; returns per page the number of
-    plotly charts and the text of any Streamlit error or exception shown. ``tabs`` maps a page to tab
-    labels to click and save as ``<page>-<tab>.png`` too."""
+    plotly charts, the text of any Streamlit error or exception shown and the addresses the browser asked
+    for outside ``url`` (the dashboard must work offline). ``tabs`` maps a page to tab labels to click and
+    save as ``<page>-<tab>.png`` too."""
+    from urllib.parse import urlsplit
+
     from playwright.sync_api import sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +87,13 @@ def capture(url: str, out_dir: Path, pages=PAGES, timeout_ms=90_000, tabs=None, 
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": height})
+            offsite = []
+
+            def asked(request):
+                if urlsplit(request.url).netloc not in ("", urlsplit(url).netloc):  # ("": data: URLs)
+                    offsite.append(request.url)
+
+            page.on("request", asked)
             for name, ready in pages.items():
                 page.goto(f"{url}/{name}" if name != "runs" else url, wait_until="domcontentloaded")
                 page.wait_for_selector(ready, timeout=timeout_ms)
@@ -98,7 +108,9 @@ def capture(url: str, out_dir: Path, pages=PAGES, timeout_ms=90_000, tabs=None, 
                 seen[name] = {
                     "plots": page.locator(".js-plotly-plot").count(),
                     "errors": [problems.nth(i).inner_text() for i in range(problems.count())],
+                    "offsite": list(offsite),
                 }
+                offsite.clear()
                 for tab in (tabs or {}).get(name, ()):
                     page.get_by_role("tab", name=tab).click()
                     page.wait_for_timeout(2000)

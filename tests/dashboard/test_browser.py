@@ -21,6 +21,7 @@ def test_every_page_renders_in_chromium(recorded, tmp_path):
     for name, info in seen.items():
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
         assert info["errors"] == [] or name == "run", (name, info["errors"])
+        assert info["offsite"] == [], (name, info["offsite"])  # e.g. a favicon from fonts.gstatic.com
     # The Run page draws its charts (global norm, layers, heatmap, flow, loss, metrics) in tabs.
     assert seen["run"]["plots"] >= 1 and seen["compare"]["plots"] >= 2
     # The recorded run has a NaN step: the Run page reports it as an error box, and nothing else.

@@ -1,0 +1,52 @@
+"""The Gradient flow tab's step, once picked, stays picked while the run trains and the page refreshes; left
+alone (or set to the latest step), it follows the latest step."""
+
+import numpy as np
+from dashboard_helpers import figure, open_page, open_tab, run_fragments, values
+
+from tracker.store import Store
+
+LAYERS = [dict(id=0, name="a", shape=[1]), dict(id=1, name="b", shape=[1])]
+
+
+def _norms(step):
+    return [1.0 + step, 100.0 + step]  # each step's bars are its own
+
+
+def _add_steps(writer, steps):
+    for step in steps:
+        writer.add_step(step=step, norms=_norms(step), total_norm=float(np.hypot(*_norms(step))), loss=1.0)
+    writer.flush()
+
+
+def _shown(at, run):
+    """(the slider's step, the bars drawn)"""
+    return at.slider(key=f"flow_step_{run}").value, values(figure(at, "flow")["data"][0]["y"]).tolist()
+
+
+def test_the_picked_step_survives_live_refreshes(tmp_path, app):
+    path = tmp_path / "gradwatch.db"
+    store = Store.open(path, create=True)
+    run = store.create_run(name="live")
+    store.add_layers(run, LAYERS)
+    writer = store.writer(run)
+    try:
+        _add_steps(writer, range(10))
+        at = open_tab(open_page(app(path), "views/run.py"), "Gradient flow")
+        assert _shown(at, run) == (9, _norms(9))  # not picked: the latest step
+        at.slider(key=f"flow_step_{run}").set_value(3).run()
+        assert _shown(at, run) == (3, _norms(3))
+        _add_steps(writer, range(10, 15))
+        run_fragments(at)  # a live refresh: the slider's range grew
+        assert not at.exception, [e.value for e in at.exception]
+        assert _shown(at, run) == (3, _norms(3))
+        at.run()  # and a rerun of the whole page
+        assert _shown(at, run) == (3, _norms(3))
+        # Set back to the latest step, it follows the run again.
+        at.slider(key=f"flow_step_{run}").set_value(14).run()
+        _add_steps(writer, range(15, 20))
+        run_fragments(at)
+        assert _shown(at, run) == (19, _norms(19))
+    finally:
+        writer.close()
+        store.close()
