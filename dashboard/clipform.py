@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from tracker.clipping import ClipSpecError, parse_clip, validate_clip
 from tracker.clipping.base import parse_number
 
-__all__ = ["STRATEGIES", "build_spec", "check_clip", "form_values", "number_text", "read_number"]
+__all__ = [
+    "STRATEGIES",
+    "RecordedModel",
+    "build_spec",
+    "check_clip",
+    "form_values",
+    "number_text",
+    "read_number",
+]
 
 # name -> what it does, and its parameters: {param: (label, default)}; a str default means a text field.
 STRATEGIES: dict[str, dict] = {
@@ -84,22 +93,32 @@ def _finite(text: str) -> bool:
         return True
 
 
-def check_clip(
-    spec: str, names: Sequence[str] = (), aliases: Mapping[str, str] | None = None
-) -> tuple[str | None, str | None]:
-    """``(canonical spec, None)`` when the tracker accepts ``spec`` for a model whose parameters are
-    ``names`` (a tied tensor's other names in ``aliases``: alias -> recorded name), else ``(None, the
-    tracker's message)``. With no ``names`` (a run that recorded no layer) only the spec itself is checked.
+@dataclass(frozen=True)
+class RecordedModel:
+    """What the tracker checks a clip spec against, as a run recorded it: the parameter names (its layers),
+    tied aliases (alias -> recorded name, the tracker's note ``tied``) and the trainable layers' dtypes."""
 
-    The names are checked the way the tracker checks the model it is given (``Strategy.bind_names``): an
-    AGC ``exclude=`` matching no parameter is refused here, not by the job after it has started."""
+    names: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    dtypes: Mapping[str, str] = field(default_factory=dict)
+
+
+def check_clip(spec: str, model: RecordedModel | None = None) -> tuple[str | None, str | None]:
+    """``(canonical spec, None)`` when the tracker accepts ``spec`` for the ``model`` a run recorded, else
+    ``(None, the tracker's message)``. With no model (or a run that recorded no layer) only the spec itself
+    is checked.
+
+    The model is checked the way the tracker checks the one it is given (``Strategy.bind_names`` and
+    ``bind_dtypes``): an AGC ``exclude=`` matching no parameter, or value clipping of complex parameters,
+    is refused here, not by the job after it has started."""
     error = validate_clip(spec)
     if error:
         return None, error
     strategy = parse_clip(spec)
-    if names:
+    if model is not None and model.names:
         try:
-            strategy.bind_names(list(names), dict(aliases or {}))
+            strategy.bind_names(list(model.names), dict(model.aliases))
+            strategy.bind_dtypes(dict(model.dtypes))
         except ClipSpecError as exc:
             return None, f"clip {strategy.spec!r}: {exc}"
     return strategy.spec, None

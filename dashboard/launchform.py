@@ -9,7 +9,15 @@ import math
 
 import streamlit as st
 
-from dashboard.clipform import STRATEGIES, build_spec, check_clip, form_values, number_text, read_number
+from dashboard.clipform import (
+    STRATEGIES,
+    RecordedModel,
+    build_spec,
+    check_clip,
+    form_values,
+    number_text,
+    read_number,
+)
 from dashboard.formstate import PREFILLED_FOR, clear_clip_form, kept_widget, set_kept
 from dashboard.options import OPTIONS
 from tracker.clipping import validate_clip
@@ -50,10 +58,10 @@ def _number(col, label: str, key: str, default: float, problems: list[str]) -> f
     return value
 
 
-def clip_input(run: dict, names=(), aliases=None) -> tuple[str | None, str | None]:
-    """The clip spec from the form and the tracker's error message for it (None when valid). ``names`` and
-    ``aliases``: the source run's recorded parameter names and tied aliases, checked as the tracker checks
-    a model (an AGC ``exclude=`` matching no parameter is refused here, not after the job has started)."""
+def clip_input(run: dict, model: RecordedModel | None = None) -> tuple[str | None, str | None]:
+    """The clip spec from the form and the tracker's error message for it (None when valid). ``model``: the
+    source run's recorded parameters, checked as the tracker checks a model (an AGC ``exclude=`` matching
+    no parameter is refused here, not after the job has started)."""
     _prefill_clip(run)
     mode = kept_widget(st.radio, "Clipping", "clip_mode", "Strategy", options=["Strategy", "Raw spec"],
                        horizontal=True)  # fmt: skip
@@ -85,7 +93,7 @@ def clip_input(run: dict, names=(), aliases=None) -> tuple[str | None, str | Non
             st.error(error, icon=":material/warning:")
             return None, error
         spec = build_spec(strategy, params, noise_eta=eta, noise_gamma=gamma)
-    canonical, error = check_clip(spec, names, aliases)
+    canonical, error = check_clip(spec, model)
     if error:
         st.error(error, icon=":material/warning:")
         return spec, error

@@ -13,7 +13,7 @@ import time
 import streamlit as st
 
 from dashboard import data, state
-from dashboard.clipform import check_clip
+from dashboard.clipform import RecordedModel, check_clip
 from dashboard.formstate import consume_prefill, forget_unless, kept_widget, set_kept
 from dashboard.jobpanel import jobs_panel
 from dashboard.launch import is_trainer_run, parse_sweep, relaunch_spec, tracker_notes
@@ -47,8 +47,8 @@ def _spec_for(run: dict, clip: str, name: str, overrides: dict):
     )
 
 
-def single_launch(run: dict, trainer: bool, names=(), aliases=None) -> None:
-    clip, clip_error = clip_input(run, names, aliases)
+def single_launch(run: dict, trainer: bool, model: RecordedModel | None = None) -> None:
+    clip, clip_error = clip_input(run, model)
     overrides, option_problems = {}, []
     if trainer:
         with st.expander("Trainer options (changed values are passed as flags)", expanded=True):
@@ -105,7 +105,7 @@ def launch_button(spec) -> bool:
     return clicked and (not same or again)
 
 
-def sweep_launch(run: dict, trainer: bool, names=(), aliases=None) -> None:
+def sweep_launch(run: dict, trainer: bool, model: RecordedModel | None = None) -> None:
     text = st.text_area(
         "Clip specs, one per line",
         key="sweep_text",
@@ -126,7 +126,7 @@ def sweep_launch(run: dict, trainer: bool, names=(), aliases=None) -> None:
         st.info("Write one clip spec per line to preview the sweep.")
         return
     try:
-        clips = parse_sweep(text, lambda line: _accepted(line, names, aliases))
+        clips = parse_sweep(text, lambda line: _accepted(line, model))
         specs = [_spec_for(run, clip, f"{run['name']} · {clip}", overrides) for clip in clips]
     except ValueError as exc:
         st.error(str(exc), icon=":material/warning:")
@@ -140,22 +140,28 @@ def sweep_launch(run: dict, trainer: bool, names=(), aliases=None) -> None:
         st.success(f"Queued {len(specs)} runs; {min(len(specs), int(limit))} started.")
 
 
-def _accepted(spec: str, names, aliases) -> str:
+def _accepted(spec: str, model: RecordedModel | None) -> str:
     """The canonical spec, or ValueError with the tracker's message (for ``parse_sweep``)."""
-    canonical, error = check_clip(spec, names, aliases)
+    canonical, error = check_clip(spec, model)
     if error:
         raise ValueError(error)
     return canonical
 
 
-def _recorded_names(run: dict) -> tuple[list[str], dict[str, str]]:
-    """The source run's recorded parameter names (its layers) and tied aliases (alias -> recorded name, the
-    tracker's note ``tied``): what the tracker checks a clip spec's names against."""
+def _recorded_model(run: dict) -> RecordedModel:
+    """The source run's recorded parameters (its layers: names, the trainable ones' dtypes) and tied
+    aliases (the tracker's note ``tied``): what the tracker checks a clip spec against."""
     store = state.get_store()
     layers = data.layers(store, int(run["id"])) if store is not None else None
-    names = [] if layers is None else [str(n) for n in layers["name"]]
     tied = tracker_notes(run).get("tied")
-    return names, {str(k): str(v) for k, v in tied.items()} if isinstance(tied, dict) else {}
+    if layers is None:
+        return RecordedModel()
+    trainable = layers[layers["trainable"]]
+    return RecordedModel(
+        names=tuple(str(n) for n in layers["name"]),
+        aliases={str(k): str(v) for k, v in tied.items()} if isinstance(tied, dict) else {},
+        dtypes={str(n): str(d) for n, d in zip(trainable["name"], trainable["dtype"], strict=True) if d},
+    )
 
 
 URL_SOURCE = "source"  # ?source=3: the run to start from, in the page's address
@@ -189,7 +195,7 @@ def launch_page() -> None:
     )
     state.ids_to_url(URL_SOURCE, URL_SEEN, [source])
     run = runs[runs["id"] == source].iloc[0].to_dict()
-    names, aliases = _recorded_names(run)
+    model = _recorded_model(run)
     trainer = is_trainer_run(run)
     if trainer:
         st.caption(
@@ -209,9 +215,9 @@ def launch_page() -> None:
         )
     single, sweep = st.tabs(["Single run", "Sweep"])
     with single:
-        single_launch(run, trainer, names, aliases)
+        single_launch(run, trainer, model)
     with sweep:
-        sweep_launch(run, trainer, names, aliases)
+        sweep_launch(run, trainer, model)
     live = st.toggle("Refresh logs", value=True, key="launch_live")
     st.fragment(jobs_panel, run_every=state.LIVE_INTERVAL_S if live else None)()
 

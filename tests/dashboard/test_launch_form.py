@@ -232,3 +232,36 @@ def test_an_agc_exclude_naming_a_tied_alias_is_accepted(tmp_path, app):
     assert not texts(at, "error") and not at.button(key="launch_go").disabled
     at.text_input(key="clip_raw").input("agc:0.01,exclude=tail").run()
     assert "agc exclude=tail matches no parameter" in texts(at, "error")
+
+
+def test_value_clipping_of_a_run_with_complex_parameters_is_refused_as_the_tracker_refuses_it(tmp_path, app):
+    import torch
+
+    from tracker import GradTracker
+
+    db = tmp_path / "gradwatch.db"
+    (tmp_path / "train.py").write_text("pass\n")
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+    model.frozen = torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64), requires_grad=False)
+    model.b = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="complex parameters") as oracle:  # the tracker, on that model
+        GradTracker(model, clip="value:0.5", enabled=False)
+    with Store.open(db, create=True) as store:
+        run = store.create_run(name="complex", argv=["train.py"], cwd=str(tmp_path))
+        store.add_layers(
+            run,
+            [
+                dict(id=0, name="w", shape=[3], dtype="complex64"),
+                dict(id=1, name="frozen", shape=[2], dtype="complex64", trainable=False),
+                dict(id=2, name="b", shape=[2], dtype="float32"),
+            ],
+        )
+        store.writer(run).close()
+    at = open_page(app(db), "views/launch.py", launch_from=run)
+    at.radio(key="clip_mode").set_value("Raw spec").run()
+    at.text_input(key="clip_raw").input("value:0.5").run()
+    assert str(oracle.value).split(": ", 1)[1] in texts(at, "error")  # the same sentence, naming w alone
+    assert at.button(key="launch_go").disabled
+    at.text_input(key="clip_raw").input("norm:0.5").run()
+    assert not texts(at, "error") and not at.button(key="launch_go").disabled
