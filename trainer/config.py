@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracker.env import resolve_db
 from trainer.models import MODEL_DEFAULTS, MODEL_TASKS, MODELS
 
 __all__ = [
@@ -242,8 +243,8 @@ def _fill_defaults(cfg: TrainConfig) -> None:
     # made up here, with this process's time in it, would change with every restart.
     if cfg.run is None and not (cfg.resume and cfg.parent_run is None):
         cfg.run = default_run_name(cfg)
-    if cfg.db is not None:
-        cfg.db = str(Path(cfg.db).expanduser())
+    if cfg.db is not None:  # (in a dashboard's relaunch, its database: tracker.env.resolve_db says why)
+        cfg.db = str(resolve_db(cfg.db))
     if cfg.cache_dir is not None and str(cfg.cache_dir).strip():  # ('' is refused by validate(), as typed)
         cfg.cache_dir = str(Path(cfg.cache_dir).expanduser())
     if cfg.data_path is not None:  # absolute: a checkpoint compares it, a relaunch may run elsewhere

@@ -532,3 +532,26 @@ def test_value_clipping_of_complex_parameters_is_refused_before_anything_is_writ
     assert not db_path.exists()
     model.w.requires_grad_(False)
     GradTracker(model, db=db_path, clip="value:0.1").finish()  # only real parameters are clipped: fine
+
+
+@pytest.mark.parametrize("spec", ["norm:0.1", "layer:0.1", "agc:0.001", "random:0.1-0.2"])
+def test_a_lazily_conjugated_complex_gradient_is_clipped(db_path, spec):
+    # backward through p.conj() leaves p.grad.is_conj(): view_as_real refuses such a tensor (AGC raised),
+    # and torch's own fused multiply does too. The oracle: the same tracker on the resolved gradient.
+    def model_and_grad(resolve):
+        torch.manual_seed(0)
+        model = nn.Module()
+        model.p = nn.Parameter(torch.randn(8, dtype=torch.complex64))
+        (model.p.conj() * torch.randn(8, dtype=torch.complex64) * 100).real.sum().backward()
+        if resolve:
+            model.p.grad = model.p.grad.resolve_conj()
+        return model
+
+    lazy, resolved = model_and_grad(False), model_and_grad(True)
+    assert lazy.p.grad.is_conj() and not resolved.p.grad.is_conj()
+    with GradTracker(lazy, db=db_path, clip=spec) as tracker:
+        stats = tracker.step()
+    with GradTracker(resolved, db=db_path, clip=spec) as tracker:
+        expected = tracker.step()
+    assert stats.clipped and stats.coef == pytest.approx(expected.coef, rel=1e-6)
+    torch.testing.assert_close(lazy.p.grad.resolve_conj(), resolved.p.grad)

@@ -274,3 +274,15 @@ def test_the_usage_line_names_the_command_as_typed(monkeypatch, argv0, usage):
     # (the gradwatch-train script printed "usage: python -m trainer")
     monkeypatch.setattr(sys, "argv", [argv0, "--help"])
     assert build_parser().format_usage().startswith(f"usage: {usage} ")
+
+
+def test_a_relaunch_records_the_dashboards_database_whatever_db_the_command_names(tmp_path, monkeypatch):
+    # The tracker records a relaunch into $GRADWATCH_DB (the dashboard's file); the trainer's config, its
+    # --config RUN_ID lookup and its check of the --db folder follow the same file.
+    monkeypatch.setenv("GRADWATCH_DB", str(tmp_path / "shown.db"))
+    monkeypatch.setenv("GRADWATCH_PARENT_RUN", "1")
+    cfg, _ = parse_config(["--db", "/no/such/folder/own.db"])
+    assert cfg.db == str(tmp_path / "shown.db")
+    monkeypatch.delenv("GRADWATCH_PARENT_RUN")  # not a relaunch: the command's own --db, checked
+    with pytest.raises(SystemExit):
+        parse_config(["--db", "/no/such/folder/own.db"])

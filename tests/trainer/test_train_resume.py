@@ -2,6 +2,8 @@
 refused before anything is loaded or recorded, an unreadable file is explained, and the summary of a resumed
 or forked process covers that process's steps (checked against the database with sqlite3)."""
 
+import errno
+import os
 import shutil
 
 import pytest
@@ -256,3 +258,26 @@ def test_a_resume_that_starts_a_new_run_says_so_and_where_its_checkpoints_go(
         (1, None, "none"),
         (2, 1, "norm:2.0"),
     ]
+
+
+@pytest.mark.parametrize("code, saved", [(errno.EINVAL, True), (errno.EIO, False)])
+def test_a_file_system_that_cannot_flush_still_gets_its_checkpoint_but_a_disk_error_is_raised(
+    tmp_path, monkeypatch, code, saved
+):
+    # Some FUSE and network mounts refuse fsync (EINVAL): the checkpoint is written as before the flush was
+    # added. EIO means the bytes did not reach the disk: raised, and the previous checkpoint stays.
+    path = tmp_path / "run.ckpt"
+    ckpt.save(path, _complete(step=1))
+
+    def refuse(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    if saved:
+        ckpt.save(path, _complete(step=2))
+    else:
+        with pytest.raises(OSError, match=os.strerror(code)):
+            ckpt.save(path, _complete(step=2))
+    monkeypatch.undo()
+    assert ckpt.load(path)["step"] == (2 if saved else 1)
+    assert not path.with_name("run.ckpt.tmp").exists()

@@ -22,7 +22,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .base import ClipResult, ClipSpecError, Strategy, fmt_num, norm_dtype, require_threshold, scalar_like
+from .base import (
+    ClipResult,
+    ClipSpecError,
+    Strategy,
+    fmt_num,
+    norm_dtype,
+    real_view,
+    require_threshold,
+    scalar_like,
+)
 
 __all__ = ["AGC", "unit_dims", "unitwise_norm"]
 
@@ -155,7 +164,7 @@ class AGC(Strategy):
             # In the coefficient's precision: cast to float16 first, a small one (1e-8) would round to 0.
             # A complex gradient is scaled through its real view (base.real_views says why).
             if g.is_complex():
-                torch.view_as_real(g).mul_(coef.unsqueeze(-1))
+                real_view(g).mul_(coef.unsqueeze(-1))
             else:
                 g.mul_(coef)
             # (a 1 joins the units: a shard can hold none of them)
