@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -42,6 +43,16 @@ def stop_reason(exc_type: type[BaseException]) -> str:
 _lock = threading.Lock()
 _holders = 0
 _replaced: Any = signal.SIG_DFL
+
+
+def _new_lock_in_fork_child() -> None:
+    # A thread of the parent may have held the lock when it forked; the child has only the forking thread,
+    # so the copy would stay locked forever (the trackers a child inherits give their holds back at fork).
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_fork_child)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

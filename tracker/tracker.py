@@ -307,6 +307,7 @@ class GradTracker:
         self.run_id: int | None = None
         self._store = self._writer = None
         if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write
+            _check_not_inherited(self.db_path)
             self._open_run(run, config, choice, parent_id, world_size, resumed)
         atexit.register(self._at_exit)
         self._sigterm = SigtermAsExit() if handle_sigterm else None
@@ -781,8 +782,11 @@ class GradTracker:
         self._plan_layout()
         if self._extra is not None:
             self._extra.replan(self._plan)
-        if self._writer is not None:  # layers.dtype says what the tensors are now
-            self._writer.add_layers(self.layers.retyped(self._params + self._frozen))
+        retyped = self.layers.retyped(self._params + self._frozen)
+        if retyped:  # (a strategy may refuse the new dtypes: value clipping, complex ones)
+            _bind_names(self._choice, self.layers)
+        if self._writer is not None and retyped:  # layers.dtype says what the tensors are now
+            self._writer.add_layers(retyped)
         return True
 
     def _measure(self, grads: list[Tensor], present: Any) -> tuple[Tensor, Tensor]:
@@ -938,7 +942,13 @@ class GradTracker:
         method, Hogwild training): the writer thread did not come along, so rows handed to it here would be
         lost while flush() reported success. The tracker is ended here, for this process only: the parent's
         run is neither written nor closed by the child (not at its exit either)."""
+        if self._finished:  # (its connections were closed before the fork)
+            return
         self._finished, self._forked_from = True, self._pid
+        if self._sigterm is not None:  # its hold on the SIGTERM handler: the child's own trackers decide
+            self._sigterm.remove()
+        if self._writer is not None:
+            _INHERITED_DBS[os.path.realpath(self.db_path)] = self._pid
 
     def _ended(self, message: str) -> str:
         if self._forked_from is None:
@@ -946,12 +956,31 @@ class GradTracker:
         return (
             f"this GradTracker was created by process {self._forked_from}, and this is a child forked from "
             f"it (pid {os.getpid()}): its background writer does not run here, so nothing this process "
-            f"records could reach {self.db_path}. Create a GradTracker in the child: a run of its own."
+            f"records could reach {self.db_path}. Start the child with the 'spawn' start method and create a "
+            "GradTracker there (a run of its own), or create one in this child on another database file."
         )
 
 
 # Every tracker of this process, so that a forked child can end its copies of them (GradTracker._fork_child).
 _TRACKERS: weakref.WeakSet[GradTracker] = weakref.WeakSet()
+# In a forked child: the databases its parent's trackers had open at the fork (real path -> parent's pid).
+_INHERITED_DBS: dict[str, int] = {}
+
+
+def _check_not_inherited(path: Any) -> None:
+    """Refuse a database that this process, forked, inherited open connections to: SQLite's lock state is
+    per process, and a child's copy of it says the parent's locks are held here, so the child's own
+    connection can wait for them forever (DatabaseLocked after the busy timeout, at random: only when the
+    fork caught the parent's writer inside a transaction)."""
+    parent = _INHERITED_DBS.get(os.path.realpath(path)) if _INHERITED_DBS else None
+    if parent is not None:
+        raise ValueError(
+            f"{path}: this process was forked from process {parent} while a GradTracker there had this "
+            "database open, and SQLite's connections and locks do not survive a fork (this process's own "
+            "connection could wait forever for a lock that nobody holds). Start the child with the 'spawn' "
+            "start method (multiprocessing.get_context('spawn'), as torch.multiprocessing recommends), or "
+            "record it into another database file."
+        )
 
 
 def _end_trackers_in_fork_child() -> None:

@@ -555,3 +555,14 @@ def test_a_lazily_conjugated_complex_gradient_is_clipped(db_path, spec):
         expected = tracker.step()
     assert stats.clipped and stats.coef == pytest.approx(expected.coef, rel=1e-6)
     torch.testing.assert_close(lazy.p.grad.resolve_conj(), resolved.p.grad)
+
+
+def test_a_model_cast_to_complex_after_creation_is_refused_by_value_clipping_in_a_sentence(db_path):
+    # (torch's "aminmax_cpu not implemented for 'ComplexFloat'" from inside step())
+    model = nn.Linear(3, 2)
+    with GradTracker(model, db=db_path, clip="value:1.0") as tracker:
+        for p in model.parameters():  # (model.to(torch.complex64), without its warning on complex modules)
+            p.data = p.data.to(torch.complex64)
+            p.grad = torch.full(p.shape, 3 + 0j, dtype=torch.complex64)
+        with pytest.raises(ValueError, match=r"complex parameters \(weight, bias\)"):
+            tracker.step()
