@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from polling import wait_for
 
 from tests.store.helpers import REPO, raw_sql
@@ -99,18 +100,52 @@ def test_a_stale_heartbeat_of_a_process_alive_here_is_still_running(db_path):
         assert reader.run(run_id)["status"] == "running"
 
 
-def test_a_stale_heartbeat_whose_pid_now_names_a_newer_process_is_crashed(db_path):
-    # The pid was reused: the process alive under it started after the run was created.
+@pytest.mark.parametrize("who", ["a newer process", "pid 1 of this machine"])
+def test_a_stale_heartbeat_whose_pid_names_another_process_is_crashed(db_path, who):
+    # The pid was reused by a newer process, or the run's process lived in another pid namespace (a
+    # container sharing the host's name: its pid 1 is not this machine's init, which started long before).
     with Store.open(db_path) as s:
-        run_id = s.create_run(name="reused pid", pid=None)
-    time.sleep(2.5)  # (process start times are known to ~1 s)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        run_id = s.create_run(name="elsewhere")  # this process, its start time recorded
+    other = (
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        if who != "pid 1 of this machine"
+        else None
+    )
     try:
         with sqlite3.connect(db_path) as con:
-            con.execute("UPDATE runs SET pid = ? WHERE id = ?", (other.pid, run_id))
+            con.execute("UPDATE runs SET pid = ? WHERE id = ?", (other.pid if other else 1, run_id))
         _age_heartbeat(db_path, run_id)
         with Store.open(db_path, readonly=True, stale_after=60) as reader:
             assert reader.run(run_id)["status"] == "crashed"
     finally:
-        other.kill()
-        other.wait()
+        if other is not None:
+            other.kill()
+            other.wait()
+
+
+def test_a_stale_heartbeat_without_a_recorded_start_time_is_crashed(db_path):
+    # A run recorded before pid_started_at existed: its pid alone cannot tell that process from another.
+    with Store.open(db_path) as s:
+        run_id = s.create_run(name="old")
+    with sqlite3.connect(db_path) as con:
+        con.execute("UPDATE runs SET pid_started_at = NULL WHERE id = ?", (run_id,))
+    _age_heartbeat(db_path, run_id)
+    with Store.open(db_path, readonly=True, stale_after=60) as reader:
+        assert reader.run(run_id)["status"] == "crashed"
+
+
+def test_a_file_from_before_pid_started_at_is_read_and_gets_it_when_a_run_is_added(db_path):
+    with Store.open(db_path) as s:
+        first = s.create_run(name="before")
+    with sqlite3.connect(db_path) as con:
+        con.execute("ALTER TABLE runs DROP COLUMN pid_started_at")  # as files written before it are
+    with Store.open(db_path, readonly=True) as reader:
+        assert reader.run(first)["pid_started_at"] is None and reader.run(first)["status"] == "running"
+    with Store.open(db_path) as s:
+        second = s.create_run(name="after")
+    recorded = raw_sql(db_path, "SELECT id, pid_started_at FROM runs ORDER BY id")
+    assert recorded[0] == (first, None) and recorded[1][0] == second
+    if os.path.exists("/proc/uptime"):  # this process started after the machine did, and before now
+        with open("/proc/uptime") as f:
+            booted = time.time() - float(f.read().split()[0])
+        assert booted - 2 <= recorded[1][1] <= time.time()

@@ -17,7 +17,7 @@ import time
 from . import envelope
 from .blocks import LAYERS_WITH_ROWS
 from .errors import RunNotFound
-from .schema import RESUME_COLUMNS
+from .schema import LATER_COLUMNS
 
 __all__ = ["Reads", "derive_status", "pid_alive", "process_start_time"]
 
@@ -74,24 +74,29 @@ def process_start_time(pid: int) -> float | None:
 
 
 def derive_status(
-    status, heartbeat_at, pid, host, *, now: float, stale_after: float, this_host: str, since=None
+    status, heartbeat_at, pid, host, *, now: float, stale_after: float, this_host: str, started=None
 ) -> str:
     """The status to show: "crashed" for a "running" run whose recorded process on this machine is gone,
     or whose heartbeat is older than ``stale_after`` seconds; the recorded status otherwise.
 
-    ``since``: when the recorded process took the run (``resumed_at``, else ``created_at``). A stale
-    heartbeat from a process still alive on this machine, and started before then (so not another process
-    that got the pid since), is a run still running: its writer is held up, most often by another process's
-    write lock (a sqlite3 shell, a backup), and writes everything once it is released (docs/tracker.md)."""
+    ``started``: when the recorded process started, as it recorded it (``runs.pid_started_at``). A stale
+    heartbeat from a process alive on this machine under that pid *and* start time is a run still running:
+    its writer is held up, most often by another process's write lock (a sqlite3 shell, a backup), and
+    writes everything once it is released (docs/tracker.md). A process of another start time under that pid
+    is another process: the pid was reused, or the run's process lives in another pid namespace (a
+    container sharing the host's name); the heartbeat decides then."""
     if status != "running":
         return status
     here = bool(pid) and host == this_host
     if here and not pid_alive(int(pid)):
         return "crashed"
     if heartbeat_at is None or now - heartbeat_at > stale_after:
-        started = process_start_time(int(pid)) if here and since is not None else None
-        # (/proc's boot time is in whole seconds: 2 s of slack)
-        return "running" if started is not None and started <= since + 2.0 else "crashed"
+        if here and started is not None:
+            alive_since = process_start_time(int(pid))
+            # (the two readings of one process agree to a clock tick; 1 s of slack for /proc's rounding)
+            if alive_since is not None and abs(alive_since - started) <= 1.0:
+                return "running"
+        return "crashed"
     return "running"
 
 
@@ -177,7 +182,7 @@ class Reads:
             run_ids = [int(i) for i in ([run_ids] if isinstance(run_ids, int) else run_ids)]
             where, params = f" WHERE id IN {_in(run_ids)}", tuple(run_ids)
         df = self._frame("SELECT * FROM runs" + where + " ORDER BY id", params)
-        for name in RESUME_COLUMNS:  # a file made before they existed: a missing column reads as NULL
+        for name in LATER_COLUMNS:  # a file made before they existed: a missing column reads as NULL
             if name not in df:
                 df[name] = None
         generations = df["resumed_at"]
@@ -193,11 +198,12 @@ class Reads:
         df = pd.concat([df, extra], axis=1)
         now, host = time.time(), socket.gethostname()
         df.insert(2, "recorded_status", df["status"])
-        since = df["resumed_at"].where(df["resumed_at"].notna(), df["created_at"])
         df["status"] = [
-            derive_status(s, hb, pid, h, now=now, stale_after=self.stale_after, this_host=host, since=t)
+            derive_status(
+                s, hb, pid, h, now=now, stale_after=self.stale_after, this_host=host, started=_number(t)
+            )
             for s, hb, pid, h, t in zip(
-                df["status"], df["heartbeat_at"], df["pid"], df["host"], since, strict=True
+                df["status"], df["heartbeat_at"], df["pid"], df["host"], df["pid_started_at"], strict=True
             )
         ]
         end = df["finished_at"].where(df["finished_at"].notna(), df["heartbeat_at"])
@@ -433,3 +439,8 @@ class Reads:
 
 def _isnan(v) -> bool:
     return isinstance(v, float) and v != v
+
+
+def _number(v) -> float | None:
+    """A nullable REAL column's value from a DataFrame (None or NaN for NULL) as a float or None."""
+    return None if v is None or _isnan(v) else float(v)

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .errors import CannotResume, RunNotFound, RunStillRunning
-from .reader import derive_status
-from .schema import RESUME_COLUMNS
+from .reader import derive_status, process_start_time
+from .schema import LATER_COLUMNS, RESUME_COLUMNS, ensure_columns
 
 __all__ = ["RESUME_COLUMNS", "ensure_resume_columns", "resume_run"]
 
@@ -40,11 +40,9 @@ _STEP_TABLES = (
 
 
 def ensure_resume_columns(conn: sqlite3.Connection) -> None:
-    """Add the resume columns to ``runs`` where the file predates them. The caller holds a write lock."""
-    have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-    for name, kind in RESUME_COLUMNS.items():
-        if name not in have:
-            conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+    """Add the columns a resume writes to ``runs`` where the file predates them. The caller holds a write
+    lock."""
+    ensure_columns(conn, LATER_COLUMNS)
 
 
 def _layer_rows(conn: sqlite3.Connection, run_id: int) -> dict[int, tuple[str, list[int]]]:
@@ -96,20 +94,27 @@ def resume_run(
     """
     if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 0:
         raise ValueError(f"from_step={from_step!r}; accepted: an int >= 0")
-    have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}  # (a file from before resumed_at)
-    since = "coalesce(resumed_at, created_at)" if "resumed_at" in have else "created_at"
+    have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}  # (a file from before the column)
+    started = "pid_started_at" if "pid_started_at" in have else "NULL"
     row = conn.execute(
-        f"SELECT status, heartbeat_at, pid, host, config, {since} FROM runs WHERE id = ?", (run_id,)
+        f"SELECT status, heartbeat_at, pid, host, config, {started} FROM runs WHERE id = ?", (run_id,)
     ).fetchone()
     if row is None:
         raise RunNotFound(
             f"run {run_id} is not in {path}: resume a run in the database that recorded it (db=...)."
         )
     host = socket.gethostname() if host is None else host
-    status, heartbeat, old_pid, old_host, old_config, since = row
+    status, heartbeat, old_pid, old_host, old_config, started = row
     now = time.time()
     shown = derive_status(
-        status, heartbeat, old_pid, old_host, now=now, stale_after=stale_after, this_host=host, since=since
+        status,
+        heartbeat,
+        old_pid,
+        old_host,
+        now=now,
+        stale_after=stale_after,
+        this_host=host,
+        started=started,
     )
     if shown == "running":
         beat = "no heartbeat yet" if heartbeat is None else f"heartbeat {now - heartbeat:.0f} s ago"
@@ -141,7 +146,7 @@ def resume_run(
     )
     conn.execute(
         """UPDATE runs SET status = 'running', heartbeat_at = :now, pid = :pid, host = :host,
-               finished_at = NULL, error = NULL, stop_requested_at = NULL,
+               pid_started_at = :pid_started_at, finished_at = NULL, error = NULL, stop_requested_at = NULL,
                resumed_at = :now, resumed_from_step = :step, config = :config,
                every = COALESCE(:every, every), nonfinite = COALESCE(:nonfinite, nonfinite),
                world_size = COALESCE(:world_size, world_size)
@@ -151,6 +156,7 @@ def resume_run(
             **{k: v for k, v in (settings or {}).items() if k in ("every", "nonfinite", "world_size")},
             now=now,
             pid=pid,
+            pid_started_at=process_start_time(pid) if host == socket.gethostname() else None,
             host=host,
             step=from_step,
             run=run_id,

@@ -14,7 +14,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "APPLICATION",
     "BLOCK_SIZES",
+    "LATER_COLUMNS",
     "RESUME_COLUMNS",
+    "ensure_columns",
     "TABLES",
     "DDL",
     "create_schema",
@@ -29,10 +31,11 @@ APPLICATION = "gradwatch"
 # Only complete blocks are stored, each written once by the writer (see blocks.py): ~8.4% more rows.
 BLOCK_SIZES = (16, 64, 256, 1024)
 
-# Nullable columns of runs added after files of schema version 1 existed: a file made before them gets them
-# when a run in it is first resumed (older gradwatch versions ignore them; docs/schema.md, version policy),
-# and readers read a missing one as NULL.
+# Nullable columns of runs added after files of schema version 1 existed (older gradwatch versions ignore
+# them; docs/schema.md, version policy): a file made before them gets the resume columns when a run in it is
+# first resumed, pid_started_at when a run is added to it; readers read a missing one as NULL.
 RESUME_COLUMNS = {"resumed_at": "REAL", "resumed_from_step": "INTEGER"}
+LATER_COLUMNS = {**RESUME_COLUMNS, "pid_started_at": "REAL"}
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -52,6 +55,7 @@ CREATE TABLE IF NOT EXISTS runs (
     cwd               TEXT,
     python            TEXT,
     pid               INTEGER,
+    pid_started_at    REAL,
     host              TEXT,
     every             INTEGER NOT NULL DEFAULT 1,
     nonfinite         TEXT,
@@ -161,6 +165,15 @@ TABLES = (
     "nonfinite",
     "metrics",
 )
+
+
+def ensure_columns(conn: sqlite3.Connection, columns: dict[str, str]) -> None:
+    """Add those of ``columns`` (name -> type) that ``runs`` lacks: a file that predates them. The caller
+    holds a write lock."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    for name, kind in columns.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
 
 
 def user_tables(conn: sqlite3.Connection) -> list[str]:

@@ -24,8 +24,8 @@ from .blocks import LAYERS_WITH_ROWS
 from .connection import check_leftovers, connect, immediate, preflight, translate
 from .envelope import EnvelopeCache
 from .errors import DatabaseLocked, DatabaseNotFound, DiskFull, ReadOnlyStore, RunNotFound
-from .reader import Reads
-from .schema import TABLES, check_schema, create_schema
+from .reader import Reads, process_start_time
+from .schema import LATER_COLUMNS, TABLES, check_schema, create_schema, ensure_columns
 from .writer import LAYER_COLUMNS, BackgroundWriter, layer_row
 
 __all__ = ["Store", "NONFINITE_POLICIES"]
@@ -300,6 +300,12 @@ class Store(Reads):
             cwd=_text(os.getcwd() if cwd is None else cwd),
             python=_text(sys.executable if python is None else python),
             pid=os.getpid() if pid is None else pid,
+            # (which process that pid is: a reused pid, or one of another pid namespace, is another one)
+            pid_started_at=(
+                process_start_time(os.getpid() if pid is None else pid)
+                if host in (None, socket.gethostname())
+                else None
+            ),
             host=_text(socket.gethostname() if host is None else host),
             every=every,
             nonfinite=nonfinite,
@@ -315,6 +321,7 @@ class Store(Reads):
                 and not db.execute("SELECT 1 FROM runs WHERE id = ?", (parent_id,)).fetchone()
             ):
                 raise RunNotFound(f"parent_id={parent_id}: no such run in {self.path}")
+            ensure_columns(db.conn, LATER_COLUMNS)  # (a file from before pid_started_at)
             run_id = db["runs"].insert(row).last_pk
             # What its writer reads first, where its rows will go: a damaged cell there can pass the reads of
             # the right edges above. In this transaction, so that a file damaged there gets no run at all.
