@@ -89,7 +89,8 @@ def get_store():
     is kept while the file is the same: one ``stat`` per call. A file replaced (another inode) gets a new
     Store; a file whose main file changed in place (a checkpoint, but also a file truncated or overwritten,
     which the cached connection would not notice: it reads its own page cache and the WAL) is first checked
-    through a new connection, and answers what a first visit would.
+    through a new connection, and answers what a first visit would; when the two read other runs (another
+    gradwatch file copied over it), the cached Store is replaced too.
     """
     from tracker.store import DatabaseNotFound, StoreError
 
@@ -107,8 +108,8 @@ def get_store():
     try:
         if before is not None and before[0] != identity:
             _store.clear(key, before[0])  # replaced: let go of the old file
-        elif before is not None and before[1] != shape:
-            _open_store(key).close()  # raises what a first visit would
+        elif before is not None and before[1] != shape and not _same_content(key, identity):
+            _store.clear(key, identity)  # rewritten in place: its cached connection reads the old pages
         store = _store(key, identity)
     except StoreError as exc:
         if before is not None:
@@ -121,6 +122,24 @@ def get_store():
     return store
 
 
+def _same_content(key: str, identity: tuple) -> bool:
+    """Whether the cached Store of a file whose main file changed in place still reads what the file holds:
+    yes after a checkpoint (the usual change, every few seconds while a run writes), no after another file
+    was copied over it. Asked of a new connection, which raises what a first visit would (a file truncated,
+    overwritten with garbage)."""
+    from tracker.store import StoreError
+
+    fresh = _open_store(key)
+    try:
+        try:
+            cached = _store(key, identity).fingerprint()
+        except StoreError:  # (its pages are another file's: "damaged")
+            return False
+        return cached == fresh.fingerprint()
+    finally:
+        fresh.close()
+
+
 def recorded_runs():
     """The runs table of this session's database (``data.runs``), or None when there is no database yet.
 
@@ -130,6 +149,22 @@ def recorded_runs():
 
     store = get_store()
     return None if store is None else data.runs(store)
+
+
+def rerun_when_a_run_appears() -> None:
+    """On a page that said "No run recorded yet": look again every ``LIVE_INTERVAL_S`` and draw the page
+    when a run is there (a file deleted and recorded again, or moved back), as a page with runs follows
+    them. One ``stat`` per look while there is no file."""
+
+    def look() -> None:
+        try:
+            store = get_store()
+        except Exception:  # noqa: BLE001 - a file being written or damaged: the next look, or a reload, says
+            return
+        if store is not None and store.fingerprint():
+            st.rerun()
+
+    st.fragment(look, run_every=LIVE_INTERVAL_S)()
 
 
 def explain_missing_directory() -> bool:

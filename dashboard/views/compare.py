@@ -187,6 +187,7 @@ def clip_panel(steps: dict, shown: list[str], log_y: bool, colors: dict) -> None
 
 PICK = "compare_pick"  # the multiselect's key: Streamlit drops it while another page shows
 LAST_PICK = "compare_last_pick"  # what was picked, kept across pages (as the Run page keeps its run)
+PICK_DB = "compare_pick_db"  # the database (data.db_key) the pick's widget state was made on
 LIVE = "compare_live"
 LIVE_CHOICE = "compare_live_choice"  # the user's own setting of the toggle; None: follow the runs
 
@@ -195,11 +196,20 @@ URL_RUNS = "runs"  # ?runs=2,3,4: the compared runs, in the page's address
 URL_SEEN = "compare_url_seen"  # the ?runs= this page last wrote or followed
 
 
-def pick_runs(runs: pd.DataFrame, labels: dict[int, str]) -> list[int]:
+def pick_runs(runs: pd.DataFrame, labels: dict[int, str], db: str) -> list[int]:
     """The picked runs: a one-shot request from the Runs page, else the runs named in a new address
     (``?runs=2,3,4``: a link, or a reload, which starts a new session), else the current pick, else the
     last pick made on this page (navigating away and back, or the browser's Back), else the two newest runs.
-    The address follows the pick, so it can be copied, bookmarked and reloaded."""
+    The address follows the pick, so it can be copied, bookmarked and reloaded. ``db``: the store's cache
+    key (``data.db_key``)."""
+    if st.session_state.get(PICK_DB) != db:
+        # Another file at the path (replaced or rewritten): the same ids may now carry other labels, and
+        # Streamlit's multiselect state fails to serialize a selection whose label changed twice
+        # (TypeError). The widget's state is made afresh, keeping the ids that the new file has.
+        kept = [i for i in st.session_state.pop(PICK, []) if i in labels]
+        if PICK_DB in st.session_state:
+            st.session_state[PICK] = kept
+        st.session_state[PICK_DB] = db
     requested = [i for i in st.session_state.pop("compare_ids", []) if i in labels]
     linked, unknown = state.ids_from_url(URL_RUNS, URL_SEEN, labels)
     if requested:
@@ -241,10 +251,11 @@ def compare_page() -> None:
     if runs is None or not len(runs):
         if not state.explain_missing_directory():
             st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
+            state.rerun_when_a_run_appears()
         return
     st.title("Compare runs")
     labels = data.run_labels(runs)
-    picked = pick_runs(runs, labels)
+    picked = pick_runs(runs, labels, data.db_key(store))
     lineage = st.checkbox("Add parents and children (relaunches)", value=True, key="compare_lineage")
     ids = with_lineage(store, runs, picked) if lineage else list(picked)
     added = [labels[i] for i in ids if i not in picked]

@@ -445,6 +445,7 @@ def run_page() -> None:
     if runs is None or not len(runs):
         if not state.explain_missing_directory():
             st.info("No run recorded yet: start one from the Runs page (demo) or the Launch page.")
+            state.rerun_when_a_run_appears()
         return
     run = pick_run(runs)
     header(run)

@@ -101,7 +101,8 @@ def runs_page() -> None:
 
     st.caption(
         f"{len(shown)} of {len(table)} runs. Select rows to compare them, or one row to open or relaunch it. "
-        "`crashed`: the process stopped sending heartbeats without closing the run."
+        "`crashed`: the run was not closed and its process is gone (on this machine), or sends no "
+        "heartbeat any more (on another machine)."
     )
     event = st.dataframe(
         shown,

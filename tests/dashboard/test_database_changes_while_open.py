@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 from dashboard_helpers import figure, open_page, run_fragments, texts, trace, values
+from screenshots import CHROMIUM
 
 from tracker.store import Store
 
@@ -118,3 +119,69 @@ def test_a_database_truncated_in_place_reads_as_an_empty_file(tmp_path, app):
     for page in ("views/run.py", "views/compare.py"):
         at.switch_page(page).run()
         assert not at.exception and NO_RUN in texts(at, "info"), page
+
+
+def test_a_database_overwritten_in_place_with_another_gradwatch_file_shows_that_files_run(tmp_path, app):
+    # `cp backup.db gradwatch.db`: the same inode, another valid file. The cached connection read its old
+    # pages and said "damaged" until the server restarted, though a fresh connection read the file fine.
+    path, other = tmp_path / "gradwatch.db", tmp_path / "backup.db"
+    _write(path, "old", [1.0] * 10)
+    _write(other, "restored", [7.0, 8.0, 9.0])
+    at = open_page(app(path), "views/run.py")
+    assert _metric(at, "Steps recorded") == "10"
+    with open(other, "rb") as src, open(path, "r+b") as dst:  # copied over it, as cp does
+        dst.write(src.read())
+        dst.truncate()
+    run_fragments(at)
+    assert not at.exception and not texts(at, "error"), texts(at, "error")
+    assert _metric(at, "Steps recorded") == "3"
+    assert [t.value for t in at.title] == ["#1 restored"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent: install it with `make browser`"
+)
+def test_compare_keeps_working_when_the_database_is_replaced_again_and_again(tmp_path):
+    # The same run id with another label in each file: Streamlit's multiselect state failed to serialize a
+    # selection whose label changed twice (TypeError on the page, no chart until a reload). In a browser:
+    # AppTest does not serialize widget states the way the frontend does.
+    from playwright.sync_api import sync_playwright
+    from screenshots import CHROMIUM_ARGS, serve
+
+    path = tmp_path / "gradwatch.db"
+    files = {name: tmp_path / f"{name}.db" for name in ("orig-A", "other-B")}
+    for name, file in files.items():
+        _write(file, name, [1.0] * (4 if name == "orig-A" else 3))
+    _write(path, "orig-A", [1.0] * 4)
+    with serve(path, tmp_path / "streamlit.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/compare?runs=1")
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+        lineage = page.get_by_text("Add parents and children")
+        for name in ("other-B", "orig-A", "other-B"):
+            _remove(path)
+            with open(files[name], "rb") as src, open(path, "wb") as dst:  # a new file (inode) at the path
+                dst.write(src.read())
+            lineage.click()  # any rerun of the page
+            page.get_by_text(f"#1 {name}").first.wait_for(timeout=30_000)
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+            assert page.locator("[data-testid='stException']").count() == 0, name
+        browser.close()
+
+
+@pytest.mark.parametrize("page", ["views/run.py", "views/compare.py"])
+def test_a_page_that_said_no_run_yet_shows_the_run_recorded_since(tmp_path, app, page):
+    # `rm gradwatch.db*`, then a new run: the open page stayed on "No run recorded yet" until a reload.
+    path = tmp_path / "gradwatch.db"
+    at = open_page(app(path), page, compare_ids=[1])
+    assert NO_RUN in texts(at, "info")
+    run_fragments(at)  # nothing yet: the page waits (AppTest then holds the fragment's output alone)
+    assert not at.exception and not at.title
+    _write(path, "new", [1.0, 2.0])
+    run_fragments(at)  # its next look: the whole page is drawn
+    assert not at.exception, [e.value for e in at.exception]
+    assert NO_RUN not in texts(at, "info")
+    assert figure(at, "global_norm" if page == "views/run.py" else "cmp_norm")

@@ -167,6 +167,12 @@ class Reads:
         return (lo, hi) if lo <= hi else None
 
     # ---- runs -----------------------------------------------------------------------------------------
+    def fingerprint(self) -> tuple:
+        """The runs' ids and creation times: what tells this file's content from another's at a glance. For
+        a reader holding a connection while the file changes: a checkpoint changes neither, another file
+        copied over this one (a backup restored in place) does."""
+        return tuple(self._fetch("SELECT id, created_at FROM runs ORDER BY id")[1])
+
     def runs(self, run_ids=None):
         """One row per run, with derived ``status`` (recorded one in ``recorded_status``), n_steps (logged
         steps), last_step, n_clip_events, clip_rate (fraction of clip decisions that clipped; from the
