@@ -152,10 +152,10 @@ def save(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **checkpoint}, f)
-            f.flush()
-            _fsync(f.fileno())  # (renamed before its bytes are on disk, a power loss could leave it empty)
+        # To the path, not to an open file: interrupted (Ctrl-C) while writing into a Python file object,
+        # torch's zip writer then fails on its own position and a RuntimeError replaces the KeyboardInterrupt.
+        torch.save({"format": FORMAT, **checkpoint}, tmp)
+        _fsync_path(tmp)  # (renamed before its bytes are on disk, a power loss could leave it empty)
     except BaseException:  # a second Ctrl-C, a full disk: the previous checkpoint stays, and no half file
         tmp.unlink(missing_ok=True)
         raise
@@ -163,14 +163,18 @@ def save(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
     _fsync_folder(path.parent)
 
 
-def _fsync(fd: int) -> None:
-    # A file system that cannot flush on demand (some FUSE and network mounts: EINVAL, ENOTSUP) gets the
-    # checkpoint as before, unflushed; any other error (EIO: the bytes did not reach the disk) is raised.
+def _fsync_path(path: Path) -> None:
+    # (fsync flushes a file's pages whatever the mode it is opened in.) A file system that cannot flush on
+    # demand (some FUSE and network mounts: EINVAL, ENOTSUP) gets the checkpoint as before, unflushed; any
+    # other error (EIO: the bytes did not reach the disk) is raised.
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
+    finally:
+        os.close(fd)
 
 
 def _fsync_folder(folder: Path) -> None:
