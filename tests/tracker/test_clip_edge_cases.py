@@ -63,7 +63,7 @@ def default_float64():
     torch.set_default_dtype(previous)
 
 
-# D1 ------------------------------------------------------------------------------------------------------
+# statistics under a float64 default dtype -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("grad_dtype", [torch.float32, torch.float64])
@@ -99,7 +99,7 @@ def test_statistics_do_not_depend_on_the_default_dtype(default_float64):
     np.testing.assert_array_equal(runs[torch.float32], runs[torch.float64])
 
 
-# D2 ------------------------------------------------------------------------------------------------------
+# AutoClip's decision on float64 norms -----------------------------------------------------------------------
 
 
 def float64_norms(count, seed):
@@ -167,7 +167,7 @@ def test_zclip_decides_on_the_statistic_of_float64_norms():
         assert not bool(r.clipped) and float(r.coef) == 1.0, t
 
 
-# D3 ------------------------------------------------------------------------------------------------------
+# value clipping next to NaN ---------------------------------------------------------------------------------
 
 
 def value_clip(grads, c):
@@ -228,7 +228,7 @@ def test_value_clip_with_nan_makes_no_host_conversion(monkeypatch):
     assert bool(result.clipped) and int(result.n_clipped) == 1
 
 
-# D5 ------------------------------------------------------------------------------------------------------
+# bounds on window and warm-up -------------------------------------------------------------------------------
 
 LIMIT = 10_000_000
 
@@ -314,7 +314,7 @@ def test_zclip_long_warmup_resumes_exactly(stop_at):
     assert_same_continuation(a, resumed(a, a.state_dict()), NORMS[stop_at : stop_at + 60], stop_at)
 
 
-# D6 ------------------------------------------------------------------------------------------------------
+# negative random bounds -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -347,7 +347,7 @@ def test_signed_and_scientific_random_bounds(spec, canonical):
     assert parse_clip(spec).spec == canonical
 
 
-# D7 ------------------------------------------------------------------------------------------------------
+# numbers and seeds ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
