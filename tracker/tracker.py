@@ -18,13 +18,13 @@ import socket
 import sys
 import time
 import warnings
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from tracker import forks
 from tracker.attach import Attachment
 from tracker.checkpoint import STATE_VERSION, check_state
 from tracker.clipping import ClipSpecError
@@ -307,12 +307,12 @@ class GradTracker:
         self.run_id: int | None = None
         self._store = self._writer = None
         if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write
-            _check_not_inherited(self.db_path)
+            forks.check_not_inherited(self.db_path)
             self._open_run(run, config, choice, parent_id, world_size, resumed)
         atexit.register(self._at_exit)
         self._sigterm = SigtermAsExit() if handle_sigterm else None
         self._pid, self._forked_from = os.getpid(), None
-        _TRACKERS.add(self)
+        forks.register(self)
 
     def _open_run(self, run, config, choice, parent_id, world_size, resumed) -> None:
         from tracker.store import Store
@@ -948,7 +948,7 @@ class GradTracker:
         if self._sigterm is not None:  # its hold on the SIGTERM handler: the child's own trackers decide
             self._sigterm.remove()
         if self._writer is not None:
-            _INHERITED_DBS[os.path.realpath(self.db_path)] = self._pid
+            forks.inherited(self.db_path, self._pid)
 
     def _ended(self, message: str) -> str:
         if self._forked_from is None:
@@ -959,33 +959,3 @@ class GradTracker:
             f"records could reach {self.db_path}. Start the child with the 'spawn' start method and create a "
             "GradTracker there (a run of its own), or create one in this child on another database file."
         )
-
-
-# Every tracker of this process, so that a forked child can end its copies of them (GradTracker._fork_child).
-_TRACKERS: weakref.WeakSet[GradTracker] = weakref.WeakSet()
-# In a forked child: the databases its parent's trackers had open at the fork (real path -> parent's pid).
-_INHERITED_DBS: dict[str, int] = {}
-
-
-def _check_not_inherited(path: Any) -> None:
-    """Refuse a database that this process, forked, inherited open connections to: SQLite's lock state is
-    per process, and a child's copy of it says the parent's locks are held here, so the child's own
-    connection can wait for them forever (DatabaseLocked after the busy timeout, at random: only when the
-    fork caught the parent's writer inside a transaction)."""
-    parent = _INHERITED_DBS.get(os.path.realpath(path)) if _INHERITED_DBS else None
-    if parent is not None:
-        raise ValueError(
-            f"{path}: this process was forked from process {parent} while a GradTracker there had this "
-            "database open, and SQLite's connections and locks do not survive a fork (this process's own "
-            "connection could wait forever for a lock that nobody holds). Start the child with the 'spawn' "
-            "start method (multiprocessing.get_context('spawn'), as torch.multiprocessing recommends), or "
-            "record it into another database file."
-        )
-
-
-def _end_trackers_in_fork_child() -> None:
-    for tracker in list(_TRACKERS):
-        tracker._fork_child()
-
-
-os.register_at_fork(after_in_child=_end_trackers_in_fork_child)

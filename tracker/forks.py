@@ -1,0 +1,52 @@
+"""Trackers across ``os.fork()``: a child forked from a process with a live tracker (multiprocessing's
+"fork" start method, Hogwild training) has a copy of the tracker but not its writer thread, and a copy of
+SQLite's per-process lock state. Every tracker registers here; in the child, each is told so
+(``GradTracker._fork_child``), and the databases they had open are remembered so that a tracker the child
+creates on one of them is refused in a sentence rather than left to wait for a lock nobody holds."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+__all__ = ["check_not_inherited", "inherited", "register"]
+
+# Every tracker of this process (anything with a ``_fork_child()`` method).
+_TRACKERS: weakref.WeakSet[Any] = weakref.WeakSet()
+# In a forked child: the databases its parent's trackers had open at the fork (real path -> parent's pid).
+_INHERITED_DBS: dict[str, int] = {}
+
+
+def register(tracker: Any) -> None:
+    """Have ``tracker._fork_child()`` called in the child of every later fork of this process."""
+    _TRACKERS.add(tracker)
+
+
+def inherited(path: Any, parent_pid: int) -> None:
+    """Called in a forked child by a tracker that had ``path`` open in its parent ``parent_pid``."""
+    _INHERITED_DBS[os.path.realpath(path)] = parent_pid
+
+
+def check_not_inherited(path: Any) -> None:
+    """ValueError for a database that this process, forked, inherited open connections to: SQLite's lock
+    state is per process, and a child's copy of it says the parent's locks are held here, so the child's own
+    connection can wait for them forever (DatabaseLocked after the busy timeout, at random: only when the
+    fork caught the parent's writer inside a transaction)."""
+    parent = _INHERITED_DBS.get(os.path.realpath(path)) if _INHERITED_DBS else None
+    if parent is not None:
+        raise ValueError(
+            f"{path}: this process was forked from process {parent} while a GradTracker there had this "
+            "database open, and SQLite's connections and locks do not survive a fork (this process's own "
+            "connection could wait forever for a lock that nobody holds). Start the child with the 'spawn' "
+            "start method (multiprocessing.get_context('spawn'), as torch.multiprocessing recommends), or "
+            "record it into another database file."
+        )
+
+
+def _end_trackers_in_fork_child() -> None:
+    for tracker in list(_TRACKERS):
+        tracker._fork_child()
+
+
+os.register_at_fork(after_in_child=_end_trackers_in_fork_child)
