@@ -28,6 +28,7 @@ from tracker import forks
 from tracker.attach import Attachment
 from tracker.checkpoint import STATE_VERSION, check_state
 from tracker.clipping import ClipSpecError
+from tracker.clipping.base import some_names
 from tracker.distributed import (
     Shards,
     accepts_shards,
@@ -403,11 +404,10 @@ class GradTracker:
         missing = [layers.rows[i]["name"] for i in layers.absent if layers.rows[i]["name"] in required]
         if missing:
             said = [f"{n} (now tied to {layers.aliases[n]})" if n in layers.aliases else n for n in missing]
-            shown = ", ".join(said[:5]) + (f" and {len(said) - 5} more" if len(said) > 5 else "")
             raise CannotResume(
-                f"run {run_id} was recorded for another model: it measured {shown} until the checkpoint, "
-                f"and this model does not have {'it' if len(missing) == 1 else 'them'}. Resume it with the "
-                "model it recorded, or start a new run."
+                f"run {run_id} was recorded for another model: it measured {some_names(said, 5)} until the "
+                f"checkpoint, and this model does not have {'it' if len(missing) == 1 else 'them'}. Resume "
+                "it with the model it recorded, or start a new run."
             )
         for i in layers.absent:  # not in this model: not measured, and said so
             layers.rows[i]["trainable"] = False
@@ -746,12 +746,11 @@ class GradTracker:
             return bool(gone) or not current <= known  # (a tensor inserted without a hook is new too)
         gone = replaced
         if gone:
-            shown = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
             raise RuntimeError(
                 f"{len(gone)} of the {len(self._params)} parameters this GradTracker measures are no longer "
-                f"the model's ({shown}): they were replaced after the tracker was created (fully_shard, "
-                "to_empty, a swapped module), so they never get gradients. Create the GradTracker after "
-                "wrapping or changing the model."
+                f"the model's ({some_names(gone)}): they were replaced after the tracker was created "
+                "(fully_shard, to_empty, a swapped module), so they never get gradients. Create the "
+                "GradTracker after wrapping or changing the model."
             )
         return False
 

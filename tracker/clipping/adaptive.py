@@ -66,6 +66,14 @@ def _nans(n: int, device: torch.device | None = None) -> Tensor:
     return torch.full((n,), math.nan, dtype=_STAT, device=device)
 
 
+def _with_room(buffer: Tensor, count: int, limit: int | None) -> Tensor:
+    """``buffer`` holding ``count`` norms, grown (NaN padding, ``_capacity``) when it is full and ``limit``
+    not reached; as it is otherwise."""
+    if count < buffer.numel() or (limit is not None and count >= limit):
+        return buffer
+    return torch.cat([buffer, _nans(_capacity(count, limit) - count, buffer.device)])
+
+
 def _statistic(total: Tensor) -> Tensor:
     """The global norm as the float32 statistics see it. A float64 model's finite norm beyond float32's range
     counts as float32's largest value, still finite: cast, it would read as Inf, be left out of the
@@ -183,10 +191,9 @@ class AutoClip(Strategy):
             self._history = self._history.to(device)
             self._sorted.to(device)
         # Full before the window is: grow. (Once the window is full the history is a ring buffer of it.)
-        if self.count == self._history.numel() and (self.window is None or self.count < self.window):
-            capacity = _capacity(self.count, self.window)
-            self._history = torch.cat([self._history, _nans(capacity - self.count, device)])
-            self._sorted.grow(capacity)
+        self._history = _with_room(self._history, self.count, self.window)
+        if self._history.numel() > self._sorted.values.numel():
+            self._sorted.grow(self._history.numel())
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
         total = norm_dtype(total_norm)
@@ -295,9 +302,7 @@ class ZClip(Strategy):
             self._buffer = _nans(_capacity(0, self.warmup), device)
         elif self._buffer.device != device:  # e.g. state loaded on the CPU, training on a GPU
             self._buffer = self._buffer.to(device)
-        if self.count == self._buffer.numel():
-            more = _capacity(self.count, self.warmup) - self.count
-            self._buffer = torch.cat([self._buffer, _nans(more, device)])
+        self._buffer = _with_room(self._buffer, self.count, self.warmup)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"count": self.count}

@@ -40,6 +40,7 @@ __all__ = [
     "scalar_like",
     "scale_",
     "scale_each_",
+    "some_names",
 ]
 
 # The same epsilon as torch.nn.utils.clip_grad_norm_: coef = threshold / (norm + 1e-6).
@@ -108,6 +109,12 @@ class ClipStrategy(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def some_names(names: Sequence[str], at_most: int = 3) -> str:
+    """``a, b, c and 2 more``: the first ``at_most`` names, for a message."""
+    more = len(names) - at_most
+    return ", ".join(names[:at_most]) + (f" and {more} more" if more > 0 else "")
 
 
 def fmt_num(x: float) -> str:

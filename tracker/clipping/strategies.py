@@ -25,6 +25,7 @@ from .base import (
     require_threshold,
     scalar_like,
     scale_each_,
+    some_names,
 )
 from .schedules import Schedule
 
@@ -74,11 +75,10 @@ class ValueClip(Strategy):
         (torch's clip_grad_value_ refuses them too, from inside its kernel)."""
         complex_ = [name for name, dtype in dtypes.items() if dtype.startswith("complex")]
         if complex_:
-            shown = ", ".join(complex_[:3]) + (f" and {len(complex_) - 3} more" if len(complex_) > 3 else "")
             raise ClipSpecError(
                 "value clipping clamps each element to [-C, C], which complex numbers have no order for, "
-                f"and the model has complex parameters ({shown}). Use norm:C or layer:C (they scale, keeping "
-                "each element's phase), or agc:L."
+                f"and the model has complex parameters ({some_names(complex_)}). Use norm:C or layer:C "
+                "(they scale, keeping each element's phase), or agc:L."
             )
 
     def _clip(self, grads, norms, total_norm, *, params, step, names, shards) -> ClipResult:
