@@ -87,8 +87,12 @@ class ExtraStats:
         row, before, weights, present = self._held
         self._held = None
         after = [self.params[i] for i in present]
-        # In place: the buffer becomes w_before - w_after (its norm is the update's); no new memory.
-        torch._foreach_sub_(before, [local_tensor(a).detach() for a in after])
+        now = [local_tensor(a).detach() for a in after]
+        if all(b.dtype is a.dtype and b.device == a.device for a, b in zip(now, before, strict=True)):
+            # In place: the buffer becomes w_before - w_after (its norm is the update's); no new memory.
+            torch._foreach_sub_(before, now)
+        else:  # the model was cast or moved since the copy (complex, another device): out of place
+            before = [b.to(a.device) - a for a, b in zip(now, before, strict=True)]
         if self.sharded:
             moved = sharded_norms([like(b, a) for a, b in zip(after, before, strict=True)])
         else:

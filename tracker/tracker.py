@@ -712,10 +712,15 @@ class GradTracker:
         self._drain_pending()  # buffered steps are laid out by the old list: turn them into rows first
         changed = self.layers.rescan(self._model)
         self._watch.rearm(self._model)
-        _bind_names(self._choice, self.layers)
         self._measure_params()
-        if changed and self._writer is not None:  # (by the writer thread: never waits for a lock here)
-            self._writer.add_layers([self.layers.rows[i] for i in changed])
+        # A part of the model cast since (the watch's poll saw it): its rows say the dtype it has now.
+        retyped = [
+            row for row in self.layers.retyped(self._params + self._frozen) if row["id"] not in changed
+        ]
+        _bind_names(self._choice, self.layers)  # (after: a strategy may refuse the new dtypes)
+        rows = [self.layers.rows[i] for i in changed] + retyped
+        if rows and self._writer is not None:  # (by the writer thread: never waits for a lock here)
+            self._writer.add_layers(rows)
 
     def _take_unfrozen(self) -> None:
         """Frozen parameters got gradients: measure and clip them from this step on, like torch's

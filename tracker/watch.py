@@ -8,7 +8,9 @@ Re-assigning the same object (weights tied again in ``forward``) raises nothing.
 Some changes pass no hook: ``nn.ModuleList.insert``/``nn.Sequential.insert`` and ``del`` write the module
 dicts directly. A daemon thread looks at the model's tensors every ``POLL_SECONDS`` (one walk of
 ``parameters()``, ~0.1 ms for 150 tensors, off the training thread) and raises the same flag when they are
-not the ones the tracker knows.
+not the ones the tracker knows, or when one changed device or dtype since its last look: a part of the
+model cast alone (``model.head.half()``) keeps its tensor objects, and the tracker's per-step check looks at
+the first parameter only.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ class ModelWatch:
     def rearm(self, model: nn.Module) -> None:
         """Watch the modules and tensors ``model`` has now; lower the flag."""
         self._modules = {id(m) for m in model.modules()}
-        self._tensors = frozenset(id(p) for p in model.parameters())
+        params = list(model.parameters())
+        self._tensors = frozenset(map(id, params))
+        self._layouts = _layouts(params)  # (the poll's last look)
         self.changed = False
 
     def close(self) -> None:
@@ -79,12 +83,18 @@ def _poll(watch_ref: Any, model_ref: Any, stop: threading.Event) -> None:
         if watch is None or model is None:
             return
         try:
-            now = frozenset(id(p) for p in model.parameters())
+            params = list(model.parameters())
         except RuntimeError:  # a module dict changed size under the walk: look again next time
             continue
-        if now != watch._tensors:
+        layouts = _layouts(params)
+        if frozenset(map(id, params)) != watch._tensors or layouts != watch._layouts:
             watch.changed = True
-        del watch, model
+        watch._layouts = layouts
+        del watch, model, params
+
+
+def _layouts(params: list) -> list[tuple[Any, Any]]:
+    return [(p.device, p.dtype) for p in params]
 
 
 def _remove(handles: list) -> None:

@@ -281,6 +281,56 @@ def test_a_part_of_the_model_cast_to_float16_later_is_not_read_as_inf(db_path):
     assert _rows(db_path, "SELECT COUNT(*) FROM nonfinite") == [(0,)]
 
 
+def test_a_part_of_the_model_cast_later_is_recorded_with_its_new_dtype(db_path):
+    # The first parameter stands for the layout on the training thread, and a float16 part makes no kernel
+    # fail: the watch's poll is what notices the cast, and the layer rows then say float16.
+    from polling import wait_for
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with GradTracker(model, db=db_path) as tracker:
+        model(torch.randn(3, 4)).sum().backward()
+        tracker.step()
+        model[1].half()
+        assert wait_for(lambda: tracker._watch.changed, timeout=15)
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        tracker.step()
+    rows = _rows(db_path, "SELECT name, dtype FROM layers ORDER BY id")
+    assert rows == [
+        ("0.weight", "float32"),
+        ("0.bias", "float32"),
+        ("1.weight", "float16"),
+        ("1.bias", "float16"),
+    ]
+    norms = _rows(db_path, "SELECT layer_id, norm FROM grad_norms WHERE step = 1 ORDER BY layer_id")
+    assert [n for _, n in norms] == pytest.approx([4.0, 2.0, math.sqrt(8), math.sqrt(2)])
+
+
+def test_update_ratio_across_a_cast_to_complex_between_steps(db_path):
+    # The weights are copied at a logged step and subtracted from the weights at the next one; a cast in
+    # between (to complex here) used to raise inside step(): "result type ComplexFloat can't be cast".
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: complex modules are a new feature
+        with GradTracker(model, db=db_path, extra_stats=("update_ratio",)) as tracker:
+            model(torch.randn(3, 4)).sum().backward()
+            tracker.step()
+            before = [p.detach().clone() for p in model.parameters()]
+            model.to(torch.complex64)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.5j)  # the update the ratio of step 0 measures (with the cast's, exact here)
+                    p.grad = torch.ones_like(p)
+            tracker.step()
+    expected = [
+        (torch.linalg.vector_norm(p.detach() - b) / torch.linalg.vector_norm(b)).item()
+        for p, b in zip(model.parameters(), before, strict=True)
+    ]
+    got = _rows(db_path, "SELECT update_ratio FROM grad_stats WHERE step = 0 ORDER BY layer_id")
+    assert [r for (r,) in got] == pytest.approx(expected, rel=1e-6)
+
+
 def test_a_parameter_subset_that_changes_every_step_keeps_a_bounded_cache(db_path):
     # Mixture of experts: which parameters have a gradient changes from step to step.
     experts = nn.ModuleList(nn.Linear(2, 2, bias=False) for _ in range(12))
