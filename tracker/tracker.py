@@ -29,6 +29,7 @@ from tracker.attach import Attachment
 from tracker.checkpoint import STATE_VERSION, check_state
 from tracker.clipping import ClipSpecError
 from tracker.clipping.base import some_names
+from tracker.command import started_in, typed_argv, under_torchrun
 from tracker.distributed import (
     Shards,
     accepts_shards,
@@ -353,12 +354,13 @@ class GradTracker:
             self._writer = Outbox(writer)
             return
 
-        # sys.argv has lost `-m pkg.train` (replaced by the module's path, which then cannot run alone),
-        # `-c code` (argv is just ["-c"]) and options like -u: the command line as typed, to relaunch it.
-        # Recorded with argv, at creation (a resume keeps both).
-        typed = list(getattr(sys, "orig_argv", [])[1:])
-        if typed and typed != list(sys.argv):
+        # What a relaunch replays, recorded at creation (a resume keeps it): argv and the command as typed
+        # when argv lost part of it (-m, -c, -u), the folder it was started in, and torchrun if it ran it.
+        typed = typed_argv()
+        if typed is not None:
             notes["orig_argv"] = typed
+        if under_torchrun():
+            notes["torchrun"] = True
         cfg = self._config_with_notes(config, choice, notes)
         if parent_id is not None and not os.path.exists(self.db_path):  # no file holds it: create none
             from tracker.store import RunNotFound
@@ -373,7 +375,7 @@ class GradTracker:
                 clip_source=choice.source,
                 parent_id=parent_id,
                 argv=list(sys.argv),
-                cwd=os.getcwd(),
+                cwd=started_in(),
                 python=sys.executable,
                 pid=os.getpid(),
                 host=socket.gethostname(),

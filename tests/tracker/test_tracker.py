@@ -198,6 +198,60 @@ def test_a_command_line_sys_argv_cannot_rerun_is_kept_as_typed(db_path, tmp_path
         assert json.loads(argv)[-1] == str(db_path)
 
 
+_CHDIR_SCRIPT = """
+import os, sys
+from torch import nn
+from tracker import GradTracker
+os.makedirs("outputs/run1", exist_ok=True)
+os.chdir("outputs/run1")  # as Hydra before 1.2 does before the task runs
+GradTracker(nn.Linear(2, 1), db=sys.argv[1], run="moved").finish()
+"""
+
+
+@pytest.mark.parametrize("how", ["relative", "dot", "module", "module-installed"])
+def test_the_folder_recorded_is_the_one_the_command_was_started_in(db_path, tmp_path, how):
+    # A program that changes folders before it creates its tracker: the recorded command line is relative
+    # to where it was typed, so that folder is recorded (cwd + argv must run it again), not os.getcwd().
+    import subprocess
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "train.py").write_text(_CHDIR_SCRIPT)
+    started = tmp_path / "pkg" if how == "dot" else tmp_path
+    args = {
+        "relative": ["pkg/train.py"],
+        "dot": ["./train.py"],
+        "module": ["-m", "pkg.train"],
+        # found on PYTHONPATH (an installed package), not in the start folder: sys.path[0] is no witness
+        "module-installed": ["-m", "pkg.train"],
+    }[how]
+    if how == "module-installed":
+        started = tmp_path / "elsewhere"
+        started.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    env.pop("GRADWATCH_CLIP", None)
+    subprocess.run([sys.executable, *args, str(db_path)], cwd=started, env=env, check=True, timeout=120)
+    (cwd,) = _rows(db_path, "SELECT cwd FROM runs")[0]
+    if how == "module-installed":  # no way to tell: the folder it is in when the tracker is made
+        assert cwd == str(started / "outputs" / "run1")
+    else:
+        assert cwd == str(started)
+        if how != "module":  # the recorded script path, relative to it, names the script
+            assert (started / args[0]).samefile(tmp_path / "pkg" / "train.py")
+
+
+def test_a_run_started_by_torchrun_says_so(db_path, monkeypatch):
+    # torchrun --nproc-per-node 1 gives world size 1: the relaunch must still go through torchrun.
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    GradTracker(nn.Linear(2, 1), db=db_path).finish()
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    GradTracker(nn.Linear(2, 1), db=db_path).finish()
+    notes = [
+        json.loads(c).get("_gradwatch", {}) for (c,) in _rows(db_path, "SELECT config FROM runs ORDER BY id")
+    ]
+    assert [n.get("torchrun") for n in notes] == [True, None]
+
+
 def test_env_clip_overrides_the_argument_and_is_recorded(db_path, monkeypatch):
     monkeypatch.setenv("GRADWATCH_CLIP", "norm:0.5")
     batches = _batches(4)
