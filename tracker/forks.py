@@ -1,6 +1,7 @@
 """Trackers across ``os.fork()``: a child forked from a process with a live tracker (multiprocessing's
 "fork" start method, Hogwild training) has a copy of the tracker but not its writer thread, and a copy of
-SQLite's per-process lock state. Every tracker registers here; in the child, each is told so
+SQLite's per-process lock state. Every tracker registers here (which also tells a new tracker about an
+open one on the same model: a notebook cell run again); in the child, each is told so
 (``GradTracker._fork_child``), and the databases they had open are remembered so that a tracker the child
 creates on one of them is refused in a sentence rather than left to wait for a lock nobody holds."""
 
@@ -10,7 +11,7 @@ import os
 import weakref
 from typing import Any
 
-__all__ = ["check_not_inherited", "inherited", "register"]
+__all__ = ["check_not_inherited", "inherited", "open_on", "register"]
 
 # Every tracker of this process (anything with a ``_fork_child()`` method).
 _TRACKERS: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -21,6 +22,11 @@ _INHERITED_DBS: dict[str, int] = {}
 def register(tracker: Any) -> None:
     """Have ``tracker._fork_child()`` called in the child of every later fork of this process."""
     _TRACKERS.add(tracker)
+
+
+def open_on(model: Any) -> list[Any]:
+    """The trackers of this process that measure ``model`` and are not finished."""
+    return [t for t in list(_TRACKERS) if getattr(t, "_model", None) is model and not t._finished]
 
 
 def inherited(path: Any, parent_pid: int) -> None:

@@ -13,16 +13,19 @@ __all__ = ["SigtermAsExit", "exit_status", "stop_reason"]
 _sigterm_received = False
 
 
-def exit_status() -> tuple[str, str | None]:
+def exit_status(seen: BaseException | None = None) -> tuple[str, str | None]:
     """(status, error) for a run still open when the interpreter exits (called from an atexit handler).
 
     The interpreter sets ``sys.last_value`` for an uncaught exception before it runs atexit handlers; an
-    uncaught SystemExit leaves none, hence the flag set by our SIGTERM handler.
+    uncaught SystemExit leaves none, hence the flag set by our SIGTERM handler. In an interactive session
+    (``python -i``, the REPL, Jupyter) it is set by every traceback shown and stays until the next: ``seen``
+    is the one that was there already at the run's last step, a typo at the prompt that training went on
+    after, not what ended it.
     """
     last = getattr(sys, "last_value", None)
     if _sigterm_received:
         return "stopped", "SIGTERM"
-    if last is None:
+    if last is None or last is seen:
         return "finished", None
     if isinstance(last, KeyboardInterrupt | SystemExit):
         return "stopped", type(last).__name__

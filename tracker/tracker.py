@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -233,6 +234,22 @@ def _resume_when_stale(
             time.sleep(1.0)
 
 
+def _close_replaced(old: GradTracker) -> None:
+    """A new tracker on a model that an open one measures: a notebook cell run again, most often. Both
+    would clip every step (twice), and the old run would read "running" until the kernel exits. The old
+    one is closed as the process's exit would close it (a KeyboardInterrupt that stopped its loop:
+    stopped), and said so."""
+    status, error = exit_status(seen=old._exc_seen)
+    old.finish(status, error=error)
+    run = f"run #{old.run_id}" if old.run_id is not None else "a tracker (of a rank that does not write)"
+    warnings.warn(
+        f"GradTracker: {run} measured this model and was still open (a notebook cell run again?): it "
+        f"is closed now as {status!r}, and the new GradTracker records a run of its own. Close a run with "
+        "tracker.finish(), or use `with GradTracker(...) as tracker:`.",
+        stacklevel=4,
+    )
+
+
 def _default_run_name() -> str:
     script = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0]
     if not script or script.startswith("-"):  # python -c "...", python - < file: no script to name it by
@@ -286,6 +303,8 @@ class GradTracker:
         self._model = model
         self._watch = ModelWatch(model)  # a head added or a module swapped later is taken in at the next step
         self._warned_no_grads = False
+        self._last_grads: tuple[Any, int, Any, int] | None = None  # (see _check_new_gradients)
+        self._look_for_same_grads = True
         self._clip_takes_shards = accepts_shards(self.clip)
         self._measure_params()
         self._step = 0
@@ -298,6 +317,7 @@ class GradTracker:
         self._hooks: list[Attachment] = []
         # Per attached optimizer, the gradients it held when last measured (Attachment.grad_signature)
         self._measured_for: dict[Attachment, Any] = {}
+        self._exc_seen = getattr(sys, "last_value", None)  # (see _at_exit)
         self._finished = False
         _check_rank(rank)
         process_rank, world_size = rank_and_world_size()
@@ -306,6 +326,8 @@ class GradTracker:
         # The dashboard relaunches other people's scripts by environment: name and lineage come from it too.
         run, parent_id = resolve_run_name(run), resolve_parent(parent_id)
         _check_run_options(run, parent_id, config)
+        for old in forks.open_on(model):
+            _close_replaced(old)
         self.run_id: int | None = None
         self._store = self._writer = None
         if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write
@@ -436,6 +458,16 @@ class GradTracker:
         ``scaler``: the ``torch.amp.GradScaler`` that will run this step. It skips the optimizer step when
         the unscaled gradients hold inf/NaN, so such a step is then recorded as skipped (logged or not).
         """
+        if self._hooks:
+            raise RuntimeError(
+                "this GradTracker is attached to an optimizer (attach()), which already runs step() right "
+                "before every optimizer.step(): calling it too would measure and clip each step twice, and "
+                "record the clipped gradients as a step of their own. Call one or the other (handle.remove() "
+                "or tracker.detach() to step by hand)."
+            )
+        return self._step_now(loss, scaler)
+
+    def _step_now(self, loss: Tensor | float | None = None, scaler: Any = None) -> StepStats:
         # Grad mode off, as torch.no_grad() would, without its Python context manager: ~30 µs a step here.
         if not torch.is_grad_enabled():
             return self._measure_clip_record(loss, scaler)
@@ -451,7 +483,11 @@ class GradTracker:
         self._complete_update()
         step = self._step
         self._step += 1
+        # (an interactive session's last traceback, shown before this step: not what ends the run; ~50 ns)
+        self._exc_seen = getattr(sys, "last_value", None)
         grads, present = self._grads()
+        if self._last_grads is not None and grads and self._look_for_same_grads:
+            self._check_new_gradients(grads, step)
         norms, total = self._measure(grads, present)
         scaled = scaler is not None and scaler.is_enabled()
 
@@ -492,6 +528,9 @@ class GradTracker:
                 kwargs["shards"] = self._shards_of(present)
             result = self.clip.clip_(local, norms, total, params=params, step=step, names=names, **kwargs)
         scalars = self._scalars(total, result) if result is not None else None
+        if grads and not skipped and self._look_for_same_grads:  # as they leave (clipped in place or not)
+            first, last = grads[0], grads[-1]
+            self._last_grads = (weakref.ref(first), first._version, weakref.ref(last), last._version)
 
         if skipped and not logged:  # skipped steps are always logged
             extra = self._extra_stats(grads, present)
@@ -593,6 +632,8 @@ class GradTracker:
         """Run :meth:`step` right before every ``optimizer.step()``, also the one ``GradScaler.step`` makes
         after unscaling. Pass ``scaler`` too so the steps it skips for inf/NaN are recorded as skipped.
         Returns a handle: ``handle.remove()`` detaches (``finish()`` detaches everything)."""
+        if self._finished:
+            raise RuntimeError(self._ended("this GradTracker is finished; create a new one for a new run"))
         handle = Attachment(self, optimizer, scaler)
         self._hooks.append(handle)
         return handle
@@ -636,7 +677,7 @@ class GradTracker:
         if skipped:
             self._record_skipped_by_scaler()
         else:
-            self.step(scaler=scaler)
+            self._step_now(scaler=scaler)
         if several:
             self._measured_for = {h: h.grad_signature() for h in self._hooks}
 
@@ -682,9 +723,25 @@ class GradTracker:
                 "parameters has a gradient, so this step records a global norm of 0 and no layer norms. "
                 "Call step() after loss.backward() and before optimizer.zero_grad(), or use "
                 "attach(optimizer). (Said once.)",
-                stacklevel=4,
+                stacklevel=5,
             )
         return [grads[i] for i in present], present
+
+    def _check_new_gradients(self, grads: list[Tensor], step: int) -> None:
+        """Warn (once) when step() finds the very gradients the last step() left: no backward in between.
+        The first and the last tensor stand for all (their objects and in-place version counters: a
+        backward accumulating into them counts up, one with zero_grad() gives new ones); ~0.5 µs a step."""
+        ref0, version0, ref1, version1 = self._last_grads
+        first, last = grads[0], grads[-1]
+        if ref0() is first and ref1() is last and first._version == version0 and last._version == version1:
+            self._look_for_same_grads = False  # (said once: no longer looked at)
+            warnings.warn(
+                f"GradTracker.step() at step {step}: the gradients are the ones step() measured and clipped "
+                f"at step {step - 1}, with no backward() since, so they are recorded again as step {step} "
+                "(already clipped). Call step() once per optimizer step, after backward(); with attach(), "
+                "not at all. (Said once.)",
+                stacklevel=5,
+            )
 
     def _measure_params(self) -> None:
         """Everything that depends on which parameters are measured: at the start, and again when frozen
@@ -941,7 +998,7 @@ class GradTracker:
             self._writer.add_step(**row)
 
     def _at_exit(self) -> None:
-        self.finish(*exit_status())
+        self.finish(*exit_status(seen=self._exc_seen))
 
     def _fork_child(self) -> None:
         """This process is a child forked from the one that made the tracker (multiprocessing's "fork" start

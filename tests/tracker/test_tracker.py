@@ -618,3 +618,59 @@ def test_rows_reach_the_file_while_training_pauses(db_path):
         assert _rows(db_path, "SELECT COUNT(*) FROM grad_norms") == [(20 * n_layers,)]
     finally:
         tracker.finish()
+
+
+def test_step_twice_on_the_same_gradients_warns_once(db_path):
+    # No backward between two step()s: the second records the already clipped gradients as a step.
+    import warnings
+
+    model = nn.Linear(4, 3)
+    with GradTracker(model, db=db_path, clip="norm:0.1") as tracker:
+        model(torch.randn(2, 4)).sum().backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tracker.step()
+        with pytest.warns(
+            UserWarning, match=r"step 1: the gradients are the ones step\(\) measured .* step 0"
+        ):
+            tracker.step()
+        for _ in range(3):  # accumulated into (set_to_none=False) or fresh: new gradients, no warning
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                model.zero_grad(set_to_none=False)
+                model(torch.randn(2, 4)).sum().backward()
+                tracker.step()
+                model.zero_grad()
+                model(torch.randn(2, 4)).sum().backward()
+                tracker.step()
+
+
+def test_a_new_tracker_on_a_model_an_open_one_measures_closes_it(db_path):
+    # A notebook cell `tracker = GradTracker(model, ...); tracker.attach(opt)` run twice: both hooks clipped
+    # every step and the first run stayed "running" until the kernel exited.
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = GradTracker(model, db=db_path, run="cell", clip="norm:0.1")
+    first.attach(opt)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    with pytest.warns(
+        UserWarning, match=r"run #1 measured this model and was still open.*closed now as 'finished'"
+    ):
+        second = GradTracker(model, db=db_path, run="cell", clip="norm:0.1")
+    second.attach(opt)
+    opt.zero_grad()
+    model(torch.randn(2, 4)).sum().backward()
+    want = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    opt.step()
+    second.finish()
+    runs = _rows(
+        db_path, "SELECT id, status, (SELECT count(*) FROM steps s WHERE s.run_id = runs.id) FROM runs"
+    )
+    assert runs == [(1, "finished", 1), (2, "finished", 1)]
+    events = _rows(db_path, "SELECT run_id, norm_before FROM clip_events WHERE run_id = 2")
+    assert events == [(2, pytest.approx(want, rel=1e-6))]  # measured once, before any clipping
+    kept = GradTracker(model, db=db_path)
+    other = GradTracker(nn.Linear(4, 3), db=db_path)  # another model: nothing closed
+    assert not kept._finished
+    kept.finish(), other.finish()

@@ -437,3 +437,31 @@ def test_a_round_the_shared_grad_scaler_skips_for_every_optimizer_is_recorded_as
         (s, int(not c)) for s, c in enumerate(changed)
     ]
     assert _rows(db_path, "SELECT DISTINCT step FROM nonfinite ORDER BY step") == [(1,), (2,)]
+
+
+def test_step_by_hand_while_attached_is_refused_before_it_clips_twice(db_path):
+    # Both styles of the README at once: the hook measures and clips at opt.step(), so a step() by hand
+    # too recorded every optimizer step twice, the second time the already clipped gradients.
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ((x, y),) = _data(1)
+    with GradTracker(model, db=db_path, clip="norm:0.5") as tracker:
+        handle = tracker.attach(opt)
+        nn.functional.cross_entropy(model(x), y).backward()
+        want = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+        with pytest.raises(RuntimeError, match=r"attached to an optimizer.*twice.*handle\.remove\(\)"):
+            tracker.step()
+        opt.step()  # the hook: one step, on the unclipped gradients
+        handle.remove()
+        with pytest.warns(UserWarning, match="no backward"):
+            tracker.step()  # by hand again, once detached: allowed (the same gradients: said)
+    recorded = _rows(db_path, "SELECT step, total_norm FROM steps ORDER BY step")
+    assert recorded[0] == (0, pytest.approx(want, rel=1e-6))
+
+
+def test_attach_on_a_finished_tracker_is_refused_at_once(db_path):
+    model = _model()
+    tracker = GradTracker(model, db=db_path)
+    tracker.finish()
+    with pytest.raises(RuntimeError, match="finished"):
+        tracker.attach(torch.optim.SGD(model.parameters(), lr=0.1))  # not at the first opt.step()

@@ -83,6 +83,43 @@ def test_status_at_interpreter_exit(tmp_path, db_path, mode, code, status, error
     assert (got_error is None) if error is None else (error in got_error)
 
 
+# Typed at an interactive prompt (python -i reading stdin, as the REPL or a notebook): every traceback shown
+# sets sys.last_value, which stays until the next one.
+_SESSION = """\
+import torch
+from tracker import GradTracker
+model = torch.nn.Linear(3, 1)
+tracker = GradTracker(model, db={db!r}, run="repl")
+{before}
+for _ in range(3):
+    model(torch.ones(2, 3)).sum().backward()
+    _ = tracker.step()
+
+{after}
+"""
+
+
+@pytest.mark.parametrize(
+    "before, after, status, error",
+    [
+        ("pritn('typo')", "", "finished", None),  # a typo, then training: the run ended well
+        ("", "raise ValueError('after training')", "failed", "after training"),  # the last thing shown
+        ("", "", "finished", None),
+    ],
+)
+def test_an_interactive_sessions_earlier_traceback_does_not_fail_the_run(
+    db_path, before, after, status, error
+):
+    session = _SESSION.format(db=str(db_path), before=before, after=after)
+    proc = subprocess.run(
+        [sys.executable, "-i", "-q"], input=session, capture_output=True, text=True, env=ENV, timeout=120
+    )
+    assert ("NameError" in proc.stderr) == bool(before), proc.stderr
+    got_status, got_error, n_steps = _run_row(db_path)
+    assert (got_status, n_steps) == (status, 3)
+    assert (got_error is None) if error is None else (error in got_error)
+
+
 @pytest.mark.parametrize("mode", ["sigterm", "sigterm-with"])
 def test_sigterm_from_the_dashboard_marks_the_run_stopped(tmp_path, db_path, mode):
     # (inside `with`, the run used to be closed with error "SystemExit")
