@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +15,7 @@ class NullTracker:
     """The same methods as GradTracker, doing nothing, so a training loop needs no ``if tracking:`` branches.
 
     It measures nothing, clips nothing and opens no file; ``step()`` returns a StepStats with
-    ``total_norm=None`` and ``coef=1.0``.
+    ``total_norm=None``, ``coef=1.0`` and ``threshold`` NaN (none in force, as documented for StepStats).
     """
 
     run_id = None
@@ -25,7 +26,7 @@ class NullTracker:
 
     def step(self, loss: Any = None, *, scaler: Any = None) -> StepStats:
         self._step += 1
-        return StepStats(self._step - 1, None, False, 1.0, None, skipped=False, logged=False)
+        return StepStats(self._step - 1, None, False, 1.0, math.nan, skipped=False, logged=False)
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         pass

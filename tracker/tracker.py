@@ -105,6 +105,15 @@ def _check_disabled(cls: type, model: Any, kwargs: dict[str, Any]) -> None:
         _checked_resume(kwargs["resume"], choice, kwargs.get("parent_id"))
     _check_rank(kwargs.get("rank", 0))
     _check_run_options(kwargs.get("run"), kwargs.get("parent_id"), kwargs.get("config"))
+    if choice.source == "env":
+        # The dashboard relaunches a script with GRADWATCH_CLIP: a script that turned its tracker off (its own
+        # flag or variable) would run unclipped and unrecorded, and the relaunch would look like a success.
+        warnings.warn(
+            f"GRADWATCH_CLIP={choice.strategy.spec} is set, but this GradTracker is disabled "
+            "(enabled=False): it clips nothing and records nothing, so the override has no effect here. "
+            "Enable the tracker for a relaunch to take effect.",
+            stacklevel=4,
+        )
 
 
 def _warn_if_disabled_in_a_group() -> None:

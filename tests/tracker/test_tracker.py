@@ -411,9 +411,20 @@ def test_disabled_tracker_does_nothing_with_the_same_methods(db_path):
         t.log({"x": 1.0})
     t.finish()
     assert stats.total_norm is None and stats.step == 0
+    assert math.isnan(stats.threshold) and stats.coef == 1.0  # no threshold in force: NaN, as documented
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
     assert not db_path.exists()
+
+
+def test_a_relaunch_of_a_script_whose_tracker_is_disabled_says_the_override_does_nothing(monkeypatch):
+    # The dashboard relaunches with GRADWATCH_CLIP; a script that turns tracking off by its own flag would
+    # train unclipped and record nothing, and the relaunch looked like a success.
+    monkeypatch.setenv("GRADWATCH_CLIP", "norm:0.5")
+    with pytest.warns(
+        UserWarning, match=r"GRADWATCH_CLIP=norm:0\.5 is set, but this GradTracker is disabled"
+    ):
+        GradTracker(_model(), enabled=False)
 
 
 @pytest.mark.parametrize(
