@@ -30,7 +30,7 @@ browser:
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
 
 dashboard: $(STAMP)
-	$(BIN)/streamlit run dashboard $(if $(DB),-- --db $(DB))
+	$(BIN)/streamlit run dashboard $(if $(DB),-- --db "$(DB)")
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -44,7 +44,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/tracker_overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
 
 # Wheels for benchmarks/device_check.sh: what the lent GPU machine's image (Python 3.12, torch, no network)
 # lacks to import the tracker. Pure-Python wheels, versions from the lock file.

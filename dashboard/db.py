@@ -1,7 +1,7 @@
 """Which database the dashboard reads, and friendly messages when it cannot.
 
 Resolution order (the same default as the tracker and the trainer):
-``streamlit run dashboard -- --db PATH``, else ``$GRADWATCH_DB``, else ``./gradwatch.db``.
+``gradwatch-dashboard --db PATH`` (``streamlit run dashboard -- --db PATH``), else ``$GRADWATCH_DB``, else ``./gradwatch.db``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,15 @@ def resolve_db_path(argv: Sequence[str], environ: Mapping[str, str], cwd: str | 
     """The database path from the script arguments, the environment, or the default, made absolute."""
     parser = argparse.ArgumentParser(prog="streamlit run dashboard --", add_help=False)
     parser.add_argument("--db")
-    args, _ = parser.parse_known_args(list(argv))
+    args, extra = parser.parse_known_args(list(argv))
+    if extra:
+        # Most often a path with spaces split by a shell (`make dashboard DB=...` unquoted): opening its
+        # first word would show, or create, another database without a word.
+        raise ValueError(
+            f"unexpected argument{'s' if len(extra) > 1 else ''} after `--`: "
+            f"{' '.join(repr(a) for a in extra)}. The dashboard takes one option, `--db PATH`; a path with "
+            'spaces must be quoted (`--db "my runs/x.db"`), or set `$GRADWATCH_DB` instead.'
+        )
     raw = args.db or environ.get("GRADWATCH_DB") or DEFAULT_DB
     path = Path(raw).expanduser()
     if not path.is_absolute():
@@ -34,18 +42,18 @@ def resolve_db_path(argv: Sequence[str], environ: Mapping[str, str], cwd: str | 
 _HINTS = {
     "NotADatabase": (
         "is not a SQLite database (it may be corrupt, or another kind of file).",
-        "Point the dashboard at a gradwatch database: `streamlit run dashboard -- --db PATH`, "
+        "Point the dashboard at a gradwatch database: `gradwatch-dashboard --db PATH`, "
         "or move this file away and start a new run.",
     ),
     "ForeignDatabase": (
         "is a SQLite database, but not one written by gradwatch.",
-        "Use a separate file for gradwatch: `streamlit run dashboard -- --db gradwatch.db`. "
+        "Use a separate file for gradwatch: `gradwatch-dashboard --db gradwatch.db`. "
         "The dashboard never modifies this file.",
     ),
     "SchemaTooNew": (
         "was written by a newer version of gradwatch than this dashboard understands.",
-        "Upgrade gradwatch in this environment (`pip install -U gradwatch`, "
-        "or `git pull && make dashboard`).",
+        "Upgrade gradwatch in this environment (`pip install --upgrade /path/to/gradwatch`, "
+        "or in a checkout `git pull && make dashboard`).",
     ),
     "SchemaTooOld": (
         "was written by an older version of gradwatch whose schema this version does not migrate.",

@@ -45,7 +45,11 @@ def db_path() -> Path:
     if "db_path" not in st.session_state:
         # Streamlit sets sys.argv to [script, *args after "--"]; under pytest/AppTest argv is pytest's own.
         argv = sys.argv[1:] if Path(sys.argv[0]).name == "streamlit_app.py" else []
-        st.session_state["db_path"] = str(resolve_db_path(argv, os.environ, os.getcwd()))
+        try:
+            st.session_state["db_path"] = str(resolve_db_path(argv, os.environ, os.getcwd()))
+        except ValueError as exc:
+            st.error(f"The dashboard was started with {escape_markdown(exc)}")
+            st.stop()
     return Path(st.session_state["db_path"])
 
 

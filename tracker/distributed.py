@@ -13,6 +13,7 @@ what they record and decide is what one process holding the full tensors would.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,10 +34,14 @@ __all__ = [
     "sharded_norms",
 ]
 
-try:  # DTensor is part of torch >= 2.4; keep the import soft so a trimmed build still imports us.
-    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
-except ImportError:  # pragma: no cover - depends on the torch build
-    DTensor = None  # type: ignore[assignment,misc]
+# torch.distributed.tensor (DTensor) is not imported here: it costs 0.5-1 s (it pulls in sympy), and a tensor
+# can only be a DTensor once the program has imported it. Until then nothing is one.
+_DTENSOR_MODULE = "torch.distributed.tensor"
+
+
+def _dtensor() -> Any:
+    """The DTensor module when the program has imported it (so DTensors may exist), else None."""
+    return sys.modules.get(_DTENSOR_MODULE)
 
 
 def rank_and_world_size() -> tuple[int, int]:
@@ -47,7 +52,8 @@ def rank_and_world_size() -> tuple[int, int]:
 
 
 def is_dtensor(t: Tensor) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
+    module = _dtensor()
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def local_tensor(t: Tensor) -> Tensor:
@@ -59,12 +65,14 @@ def like(local: Tensor, reference: Tensor) -> Tensor:
     """``local`` as a DTensor laid out like ``reference`` when that is one (so norms reduce globally)."""
     if not is_dtensor(reference):
         return local
-    return DTensor.from_local(local, reference.device_mesh, reference.placements, run_check=False)
+    return _dtensor().DTensor.from_local(local, reference.device_mesh, reference.placements, run_check=False)
 
 
 def _without_partial(t: Tensor) -> Tensor:
     # A Partial tensor's value is the SUM of the locals, so local norms say nothing about it: reduce it first.
     # Gradients are rarely left Partial (FSDP2 reduce-scatters them), so the extra collective is acceptable.
+    from torch.distributed.tensor import Partial, Replicate  # (a DTensor exists: imported already)
+
     if any(isinstance(p, Partial) for p in t.placements):
         placements = [Replicate() if isinstance(p, Partial) else p for p in t.placements]
         return t.redistribute(t.device_mesh, placements)
@@ -119,7 +127,7 @@ class Shards:
             tuple(
                 _Split(t.device_mesh, m, p.dim)
                 for m, p in enumerate(t.placements)
-                if isinstance(p, Shard) and t.device_mesh.size(m) > 1
+                if isinstance(p, _dtensor().Shard) and t.device_mesh.size(m) > 1
             )
             if is_dtensor(t)
             else ()

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_prog(),
         description="Train a speech model while gradwatch records per-layer gradient norms and clipping\n"
-        "into SQLite. Watch it live with: streamlit run dashboard -- --db PATH",
+        "into SQLite. Watch it live with: gradwatch-dashboard --db PATH",
         epilog="distributed:\n"
         "  torchrun --nproc_per_node=N -m trainer ...   gloo on CPU, nccl on GPU; one run in the database,\n"
         "  written by rank 0 (name it with --run-name: torchrun takes --run for its own --run-path)\n"

@@ -7,6 +7,7 @@ numbers: on other steps they are device tensors and reading them would cost a ho
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 
 __all__ = ["Progress", "format_summary"]
@@ -143,7 +144,7 @@ def format_summary(
     if gaps:
         lines.append("  generalisation gap " + "  ".join(f"{k} {_fmt(k, v)}" for k, v in gaps.items()))
     if db is not None:
-        lines += [f"  database: {db}", f"  dashboard: streamlit run dashboard -- --db {db}"]
+        lines += [f"  database: {db}", f"  dashboard: gradwatch-dashboard --db {shlex.quote(str(db))}"]
     else:
         lines.append("  tracking disabled (--no-track): nothing was recorded")
     return "\n".join(lines)

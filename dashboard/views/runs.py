@@ -38,7 +38,7 @@ and relaunches any run with other clipping.
   offline with eSpeak NG) with `norm:1.0` clipping, about 15 seconds on two CPU cores.
 * **Your own script:** wrap your loop with {code_span(f'GradTracker(model, db="{state.db_path().name}")')}
   and call `tracker.step()` right before `optimizer.step()`.
-* **Another database:** `streamlit run dashboard -- --db PATH` (or set `$GRADWATCH_DB`).
+* **Another database:** `gradwatch-dashboard --db PATH` (or set `$GRADWATCH_DB`).
 """
     )
     spec = demo_spec()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from dashboard_helpers import texts
+from dashboard_helpers import APP, texts
 
 from tests.store.helpers import damage_last_leaf, foreign_database
 
@@ -119,3 +119,18 @@ def test_database_path_resolution(tmp_path, how):
     env = {"GRADWATCH_DB": "from-env.db"} if how in ("flag", "env") else {}
     expected = {"flag": "from-flag.db", "env": "from-env.db", "default": "gradwatch.db"}[how]
     assert resolve_db_path(argv, env, tmp_path) == tmp_path / expected
+
+
+def test_arguments_left_over_after_db_are_refused_not_dropped(app, recorded, tmp_path, monkeypatch):
+    # `make dashboard DB=/tmp/my runs/x.db` unquoted gives `--db /tmp/my runs/x.db`: the first word was
+    # opened (an empty "my" database, whose demo button would create it) and the rest dropped silently.
+    from dashboard.db import resolve_db_path
+
+    with pytest.raises(ValueError, match=r"'runs/x\.db'.*spaces must be quoted"):
+        resolve_db_path(["--db", "/tmp/my", "runs/x.db"], {}, tmp_path)
+    at = app(recorded.path)
+    monkeypatch.setattr(sys, "argv", [str(APP), "--db", str(tmp_path / "my"), "runs/x.db"])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "runs/x" in texts(at, "error") and "quoted" in texts(at, "error")  # (markdown-escaped)
+    assert not (tmp_path / "my").exists()

@@ -685,3 +685,15 @@ def test_a_new_tracker_on_a_model_an_open_one_measures_closes_it(db_path):
     other = GradTracker(nn.Linear(4, 3), db=db_path)  # another model: nothing closed
     assert not kept._finished
     kept.finish(), other.finish()
+
+
+def test_importing_the_tracker_leaves_dtensor_unimported():
+    # torch.distributed.tensor costs 0.5-1 s to import (sympy): paid only by programs that use DTensors.
+    import subprocess
+
+    heavy = ("torch.distributed.tensor", "sympy", "streamlit", "torchaudio")
+    code = f"import sys; from tracker import GradTracker; print(sorted(set({heavy!r}) & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stderr

@@ -33,7 +33,7 @@ def test_every_task_and_model_trains_and_is_recorded(task, model, corpus_cache, 
                 "--clip", "norm:1.0", "--run", f"t-{model}", "--lr", "0.002")  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert f"database: {db_path}" in out and "streamlit run dashboard -- --db" in out
+    assert f"database: {db_path}" in out and "gradwatch-dashboard --db" in out
 
     [(run_id, name, status, config, clip)] = query(db_path, "SELECT id, name, status, config, clip FROM runs")
     assert (name, status, clip) == (f"t-{model}", "finished", "norm:1.0")

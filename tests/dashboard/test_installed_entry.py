@@ -1,0 +1,67 @@
+"""``python -m dashboard`` / ``gradwatch-dashboard``: the dashboard started from anywhere, as an installed
+package is (``streamlit run dashboard`` names a folder of the checkout)."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from screenshots import CHROMIUM, CHROMIUM_ARGS, free_port
+
+import dashboard
+
+
+def test_the_command_runs_streamlit_on_the_package_folder():
+    from dashboard.__main__ import command
+
+    cmd = command(["--db", "my runs/x.db", "--server.port", "8600"])
+    folder = os.path.dirname(os.path.abspath(dashboard.__file__))
+    assert cmd == [sys.executable, "-m", "streamlit", "run", folder, "--server.port", "8600", "--", "--db",
+                   "my runs/x.db"]  # fmt: skip
+    assert command([])[-1] == folder  # no --db: $GRADWATCH_DB or ./gradwatch.db, as `streamlit run`
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent: install it with `make browser`"
+)
+def test_python_m_dashboard_serves_the_given_database_from_another_folder(recorded, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    elsewhere = tmp_path / "some project"
+    elsewhere.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "GRADWATCH_DB"}
+    cmd = [sys.executable, "-m", "dashboard", "--db", str(recorded.path), "--server.port", str(port),
+           "--server.headless", "true"]  # fmt: skip
+    with open(tmp_path / "streamlit.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=elsewhere, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "streamlit.log").read_text()
+            time.sleep(0.25)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(url)
+            sidebar = page.locator("section[data-testid='stSidebar']")
+            sidebar.get_by_text(str(recorded.path)).wait_for(timeout=60_000)
+            # its runs listed (the table's cells are drawn on a canvas, kept hidden in the page for a11y)
+            page.get_by_text("base", exact=True).first.wait_for(state="attached", timeout=30_000)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert not (elsewhere / "gradwatch.db").exists()
