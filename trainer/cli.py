@@ -9,6 +9,7 @@ and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import signal
@@ -299,24 +300,42 @@ def _check_no_clip_from_env() -> None:
         )
 
 
+# What `pip install gradwatch` leaves out and the trainer needs (the `trainer` extra of pyproject.toml).
+TRAINER_EXTRA = ("torchaudio", "soundfile", "espeakng_loader", "numpy")
+
+
+def missing_extra() -> list[str]:
+    """The trainer's extra dependencies this environment cannot import (without importing them)."""
+    return [name for name in TRAINER_EXTRA if importlib.util.find_spec(name) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the trainer; returns the process exit code."""
     cfg, warnings = parse_config(argv)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    missing = missing_extra()
+    if missing:
+        print(
+            f"{_prog()}: error: the trainer needs {', '.join(missing)}, which this environment lacks: "
+            "install gradwatch with its trainer extra (pip install 'gradwatch[trainer]', or from a checkout "
+            "pip install '.[trainer]').",
+            file=sys.stderr,
+        )
+        return 2
     from tracker import NonFiniteGradientError
     from trainer.train import TrainingError, run_training  # heavy imports after the cheap checks
 
     try:
         code = run_training(cfg)
     except KeyboardInterrupt:  # Ctrl-C outside the training loop's own handling (loading the data, say)
-        print("python -m trainer: interrupted (Ctrl-C)", file=sys.stderr)
+        print(f"{_prog()}: interrupted (Ctrl-C)", file=sys.stderr)
         code = 128 + signal.SIGINT
     except TrainingError as e:
-        print(f"python -m trainer: error: {e}", file=sys.stderr)
+        print(f"{_prog()}: error: {e}", file=sys.stderr)
         return e.exit_code
     except NonFiniteGradientError as e:  # --nonfinite raise: the run is recorded as failed, with the layer
-        print(f"python -m trainer: stopped: {e} (--nonfinite raise)", file=sys.stderr)
+        print(f"{_prog()}: stopped: {e} (--nonfinite raise)", file=sys.stderr)
         return 1
     if argv is None and code == 128 + signal.SIGINT and threading.current_thread() is threading.main_thread():
         # The process (argv None: its own command line) ends because of Ctrl-C and the run is recorded. One

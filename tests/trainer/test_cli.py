@@ -286,3 +286,26 @@ def test_a_relaunch_records_the_dashboards_database_whatever_db_the_command_name
     monkeypatch.delenv("GRADWATCH_PARENT_RUN")  # not a relaunch: the command's own --db, checked
     with pytest.raises(SystemExit):
         parse_config(["--db", "/no/such/folder/own.db"])
+
+
+def test_without_the_trainer_extra_one_clear_message_and_exit_2(tmp_path):
+    # `pip install gradwatch` (no [trainer]) installs gradwatch-train too: it used to end in a
+    # ModuleNotFoundError traceback from deep in the data code. torchaudio is made unfindable here.
+    import subprocess
+
+    code = (
+        "import importlib.util as u, sys; real = u.find_spec; "
+        "u.find_spec = lambda name, *a: None if name == 'torchaudio' else real(name, *a); "
+        "sys.argv[0] = 'gradwatch-train'; from trainer.cli import main; "
+        "sys.exit(main(['--preset', 'demo', '--max-steps', '1', '--no-track']))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "gradwatch-train: error: the trainer needs torchaudio, which this environment lacks: install "
+        "gradwatch with its trainer extra (pip install 'gradwatch[trainer]', or from a checkout "
+        "pip install '.[trainer]')."
+    ]
+    assert list(tmp_path.iterdir()) == []  # nothing written
