@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.downsample import minmax_envelope
+from dashboard.downsample import minmax_envelope, minmax_indices
 from dashboard.text import escape_markdown
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "overlay_figure",
     "RUN_COLORS",
     "run_colors",
+    "span_text",
 ]
 
 MAX_POINTS = 2000  # per trace, after downsampling
@@ -55,16 +56,32 @@ def _scatter(x, y, **kwargs):
     return cls(x=x, y=y, **kwargs)
 
 
-def _line(x, y, max_points, **kwargs):
-    xs, ys = minmax_envelope(np.asarray(x), np.asarray(y, dtype=float), max_points)
-    return _scatter(xs, ys, mode="lines", **kwargs)
+def span_text(first, last) -> list[str]:
+    """What each point stands for, as its hover says it: ``step 5`` for one step, ``steps 1000–1099`` for a
+    bucket of the store's min/max blocks (drawn at its first step)."""
+    pairs = zip(first, last, strict=True)
+    return [f"step {int(a)}" if a == b else f"steps {int(a)}–{int(b)}" for a, b in pairs]
 
 
-def _spread(x: np.ndarray, max_points: int) -> np.ndarray:
-    """At most ``max_points`` of ``x``, evenly spaced over all of it (the first and the last kept)."""
-    if len(x) <= max_points:
-        return x
-    return x[np.unique(np.linspace(0, len(x) - 1, max_points).round().astype(int))]
+# The hover of a point with ``customdata`` (span, stat): "steps 1000–1099<br>max norm 3.2".
+_HOVER = "%{customdata[0]}<br>%{customdata[1]} %{y:~.4g}"
+
+
+def _line(x, y, max_points, hover=None, **kwargs):
+    """A line of at most ``max_points`` points (the min/max envelope). ``hover``: per point, the steps it
+    stands for and what its value is (``("steps 1000–1099", "max norm")``, :func:`layer_line`), thinned with
+    the points, so that each kept point keeps its own."""
+    keep = minmax_indices(x, y, max_points)
+    if hover is not None:
+        kwargs.update(customdata=np.asarray(hover, dtype=object)[keep].tolist(), hovertemplate=_HOVER)
+    return _scatter(np.asarray(x)[keep], np.asarray(y, dtype=float)[keep], mode="lines", **kwargs)
+
+
+def _spread(n: int, max_points: int) -> np.ndarray:
+    """The positions of at most ``max_points`` of ``n`` points, evenly spaced (the first and last kept)."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
 
 
 def module_of(name: str) -> str:
@@ -122,7 +139,7 @@ def global_norm_figure(
             # A NaN/Inf norm cannot be plotted (the line has a gap there): mark those steps at the top.
             finite = steps["total_norm"][np.isfinite(steps["total_norm"].astype(float))]
             top = float(finite.max()) if len(finite) else 1.0
-            x = _spread(bad["step"].to_numpy(), max_points)
+            x = bad["step"].to_numpy()[_spread(len(bad), max_points)]
             fig.add_trace(
                 _scatter(
                     x,
@@ -139,16 +156,28 @@ def global_norm_figure(
 
 
 def layer_line(norms: pd.DataFrame) -> pd.DataFrame:
-    """One layer's norms as ``step``, ``norm`` rows, sorted by step: raw rows as they are; an envelope from
-    the store's blocks (``norm_min``/``norm_max``) as max then min per bucket, so that a single line still
-    shows each bucket's extremes."""
+    """One layer's norms as ``step``, ``norm`` rows, sorted by step, with what each point's hover says:
+    ``span`` (:func:`span_text`) and ``stat`` (``norm``, ``max norm`` or ``min norm``).
+
+    Raw rows as they are. An envelope from the store's blocks (``norm_min``/``norm_max`` of the steps
+    ``step``..``step_end``) as max then min per bucket, both at the bucket's first step, so that a single line
+    still shows each bucket's extremes; their hover names the bucket's steps, since the store does not know at
+    which of them the maximum was.
+    """
     norms = norms.sort_values("step")
+    first = norms["step"].to_numpy()
     if "norm" in norms:
-        return norms[["step", "norm"]]
+        return pd.DataFrame(
+            {"step": first, "norm": norms["norm"].to_numpy(), "span": span_text(first, first), "stat": "norm"}
+        )
+    last = norms["step_end"].to_numpy()
+    stat = np.where(np.repeat(first == last, 2), "norm", np.tile(["max norm", "min norm"], len(norms)))
     return pd.DataFrame(
         {
-            "step": np.repeat(norms["step"].to_numpy(), 2),
+            "step": np.repeat(first, 2),
             "norm": np.column_stack([norms["norm_max"].to_numpy(), norms["norm_min"].to_numpy()]).ravel(),
+            "span": np.repeat(span_text(first, last), 2),
+            "stat": stat,
         }
     )
 
@@ -157,7 +186,8 @@ def layer_norms_figure(norms: pd.DataFrame, *, max_points: int = MAX_POINTS) -> 
     """Per-layer gradient norm over steps, log y, legend grouped by module.
 
     ``norms`` is long format with ``name`` and ``step`` and either ``norm`` (raw rows) or
-    ``norm_min``/``norm_max`` (an envelope from the store's blocks).
+    ``step_end``, ``norm_min`` and ``norm_max`` (an envelope from the store's blocks): a point's hover says
+    the step it was recorded at, or the steps of the bucket whose maximum or minimum it is.
     """
     fig = go.Figure()
     for name, group in norms.groupby("name", sort=False):
@@ -165,7 +195,7 @@ def layer_norms_figure(norms: pd.DataFrame, *, max_points: int = MAX_POINTS) -> 
         module = module_of(str(name))
         common = dict(name=_label(name), legendgroup=module, legendgrouptitle_text=_label(module))
         line = layer_line(group)
-        fig.add_trace(_line(line["step"], line["norm"], max_points, **common))
+        fig.add_trace(_line(line["step"], line["norm"], max_points, line[["span", "stat"]], **common))
     fig.update_layout(title="Per-layer gradient norms", xaxis_title="step", yaxis_title="L2 norm", **_LAYOUT)
     fig.update_yaxes(type="log")
     return fig
@@ -189,8 +219,9 @@ def _norm_text(log10_norm: float) -> str:
 def heatmap_figure(heat: pd.DataFrame, marks: pd.DataFrame | None = None) -> go.Figure:
     """Layer x step heatmap of log10 gradient norm (the maximum of each step bucket).
 
-    ``heat`` is long format: ``name``, ``step`` (bucket start) and ``log10_norm``; layers keep their order of
-    first appearance (model order). A zero norm (log10 = -inf) is drawn one decade below the smallest
+    ``heat`` is long format: ``name``, ``step`` (bucket start), ``step_end`` (its last step; without it,
+    each column is one step) and ``log10_norm``; layers keep their order of first appearance (model order).
+    A cell's hover names its bucket's steps. A zero norm (log10 = -inf) is drawn one decade below the smallest
     non-zero norm, so it is the darkest cell, not a blank one; a blank cell is a bucket with nothing
     recorded, or only NaN. ``marks`` (``name``, ``step``, ``kind`` NaN or Inf) are drawn as markers over their
     cells.
@@ -204,15 +235,20 @@ def heatmap_figure(heat: pd.DataFrame, marks: pd.DataFrame | None = None) -> go.
     zero = np.isneginf(z)
     floor = (finite.min() if len(finite) else 0.0) - 1.0
     shown = np.where(zero, floor, np.where(np.isfinite(z), z, np.nan))
+    first = table.columns.to_numpy()
+    last = heat.groupby("step")["step_end"].max().reindex(first).to_numpy() if "step_end" in heat else first
+    spans = dict(zip(first, span_text(first, last), strict=True))
+    stat = ["norm" if a == b else "max norm" for a, b in zip(first, last, strict=True)]
     fig = go.Figure(
         go.Heatmap(
             z=shown,
-            x=table.columns.to_numpy(),
+            x=first,
             y=names,
-            customdata=[[_norm_text(v) for v in row] for row in z],
+            text=[list(spans.values())] * len(names),
+            customdata=[[f"{s} {_norm_text(v)}" for s, v in zip(stat, row, strict=True)] for row in z],
             colorscale="Viridis",
             colorbar=dict(title="log10 ‖g‖"),
-            hovertemplate="step %{x}<br>%{y}<br>max norm %{customdata}<extra></extra>",
+            hovertemplate="%{text}<br>%{y}<br>%{customdata}<extra></extra>",
             showlegend=False,
         )
     )
@@ -224,7 +260,8 @@ def heatmap_figure(heat: pd.DataFrame, marks: pd.DataFrame | None = None) -> go.
                 mode="markers",
                 name=f"{kind} gradient",
                 marker=_MARKS.get(str(kind), {}),
-                hovertemplate=f"step %{{x}}<br>%{{y}}<br>{kind} gradient<extra></extra>",
+                customdata=[spans.get(step, f"step {step}") for step in group["step"]],
+                hovertemplate=f"%{{customdata}}<br>%{{y}}<br>{kind} gradient<extra></extra>",
             )
         )
     fig.update_layout(
@@ -302,7 +339,8 @@ def overlay_figure(
 
     ``colors`` maps a label to its colour (:func:`run_colors`). A NaN or Inf value is a gap in its run's
     line; those steps are marked ▼ at the top of the chart in the run's colour, so a run whose values are
-    all NaN still shows (as markers only).
+    all NaN still shows (as markers only). A frame with ``span`` and ``stat`` columns (:func:`layer_line`)
+    has them in its points' hover.
     """
     fig = go.Figure()
     colors = colors or {}
@@ -314,27 +352,32 @@ def overlay_figure(
         vals = frame[y].astype(float).to_numpy()
         finite = np.isfinite(vals)
         color = colors.get(label)
+        hover = frame[["span", "stat"]] if {"span", "stat"} <= set(frame) else None
         if finite.any():
             tops.append(float(vals[finite].max()))
             style = dict(line=dict(color=color)) if color else {}
-            trace = _line(frame["step"], vals, max_points, name=_label(label), legendgroup=str(label),
+            trace = _line(frame["step"], vals, max_points, hover, name=_label(label), legendgroup=str(label),
                           **style)  # fmt: skip
             if len(frame) <= 50:
                 trace.mode = "lines+markers"
             fig.add_trace(trace)
         if not finite.all():
-            nonfinite.append((label, frame["step"].to_numpy()[~finite], color))
+            nonfinite.append((label, frame[~finite], color, hover is not None))
     top = max(tops) if tops else 1.0
-    for label, steps, color in nonfinite:
-        x = _spread(steps, max_points)
+    for label, bad, color, spans in nonfinite:
+        shown = bad.iloc[_spread(len(bad), max_points)]
+        hover = {}
+        if spans:
+            hover = dict(customdata=shown["span"].tolist(), hovertemplate="%{customdata}<br>NaN/Inf")
         fig.add_trace(
             _scatter(
-                x,
-                np.full(len(x), top),
+                shown["step"].to_numpy(),
+                np.full(len(shown), top),
                 mode="markers",
-                name=f"{_label(label)}: NaN/Inf ({len(steps):,} steps)",
+                name=f"{_label(label)}: NaN/Inf ({len(bad):,} steps)",
                 legendgroup=str(label),
                 marker=dict(color=color or "black", symbol="triangle-down", size=9),
+                **hover,
             )
         )
     fig.update_layout(title=title, xaxis_title="step", **_LAYOUT)

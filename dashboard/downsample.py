@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["minmax_envelope"]
+__all__ = ["minmax_envelope", "minmax_indices"]
 
 
 def minmax_envelope(x, y, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
@@ -18,6 +18,14 @@ def minmax_envelope(x, y, max_points: int = 2000) -> tuple[np.ndarray, np.ndarra
     ``x`` must be sorted ascending (steps). Buckets hold equal numbers of points. Non-finite values (NaN/Inf
     norms) are kept: they sort as extremes, so an exploding step is never dropped.
     """
+    x = np.asarray(x)
+    keep = minmax_indices(x, y, max_points)
+    return x[keep], np.asarray(y, dtype=float)[keep]
+
+
+def minmax_indices(x, y, max_points: int = 2000) -> np.ndarray:
+    """The positions of the points :func:`minmax_envelope` keeps, ascending: index any data that goes with
+    the points (hover text) with them, so that it stays with its own point."""
     if max_points < 2:
         raise ValueError(f"max_points must be >= 2, got {max_points!r}")
     x = np.asarray(x)
@@ -26,7 +34,7 @@ def minmax_envelope(x, y, max_points: int = 2000) -> tuple[np.ndarray, np.ndarra
         raise ValueError(f"x and y must be 1-D of the same length, got shapes {x.shape} and {y.shape}")
     n = len(x)
     if n <= max_points:
-        return x, y
+        return np.arange(n)
     n_buckets = max_points // 2
     bucket = (np.arange(n) * n_buckets) // n
     # Sort by (bucket, y): the first row of a bucket is its minimum, the last its maximum.
@@ -34,5 +42,4 @@ def minmax_envelope(x, y, max_points: int = 2000) -> tuple[np.ndarray, np.ndarra
     order = np.lexsort((y, bucket))
     starts = np.searchsorted(bucket[order], np.arange(n_buckets), side="left")
     ends = np.append(starts[1:], n) - 1
-    keep = np.unique(np.concatenate([order[starts], order[ends]]))  # unique also restores step order
-    return x[keep], y[keep]
+    return np.unique(np.concatenate([order[starts], order[ends]]))  # unique also restores step order

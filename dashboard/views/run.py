@@ -255,18 +255,29 @@ def _flow_picked(run_id: int, latest: int) -> None:
     st.session_state[f"flow_pick_{run_id}"] = None if step >= latest else step
 
 
+def _at_or_before(logged: np.ndarray, step: int) -> int:
+    """The last of the sorted ``logged`` steps at or before ``step`` (the first one when none is)."""
+    return int(logged[max(np.searchsorted(logged, step, side="right") - 1, 0)])
+
+
 def flow_panel(store, run_id: int, layers: pd.DataFrame, steps: pd.DataFrame) -> None:
-    recorded = steps["step"]
-    lo, hi = int(recorded.min()), int(recorded.max())
+    logged = np.unique(steps["step"].to_numpy(dtype=np.int64))
+    lo, hi = int(logged[0]), int(logged[-1])
     chosen = hi
     if lo < hi:
-        # The step picked is kept in its own key, and the slider set from it before each render (as the
-        # layer picker's default is set once): a live refresh grows the slider's range, which would reset a
-        # slider given value= to the latest step. Unpicked, or picked at the latest, it follows the run.
+        # The step picked is kept in its own key, and the widget set from it before each render (as the
+        # layer picker's default is set once): a live refresh grows the range, which would reset a widget
+        # given value= to the latest step. Unpicked, or picked at the latest, it follows the run.
+        # A select_slider over the logged steps, not a slider: Streamlit (1.67) counts a keyed slider's
+        # min and max in its identity, so the browser would recreate it at each refresh of a growing run,
+        # and a user moving it with the arrow keys would lose the focus every 2 s; a keyed select_slider is
+        # the same widget whatever its options.
         picked = st.session_state.get(f"flow_pick_{run_id}")
         key = f"flow_step_{run_id}"
-        st.session_state[key] = hi if picked is None else min(max(int(picked), lo), hi)
-        chosen = st.slider("Step", lo, hi, key=key, on_change=_flow_picked, args=(run_id, hi))
+        want = hi if picked is None else _at_or_before(logged, int(picked))
+        if st.session_state.get(key) != want:  # set only when it moves: a value set is sent to the browser
+            st.session_state[key] = want
+        chosen = st.select_slider("Step", logged.tolist(), key=key, on_change=_flow_picked, args=(run_id, hi))
     flow = data.flow(store, run_id, chosen)
     if not len(flow):
         st.info(f"No per-layer norms recorded at or before step {chosen}.")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dashboard.downsample import minmax_envelope
+from dashboard.downsample import minmax_envelope, minmax_indices
 
 
 def _buckets(n, n_buckets):
@@ -33,6 +33,17 @@ def test_keeps_each_bucket_min_and_max_in_step_order():
         assert x[idx[np.argmax(y[idx])]] in kept
         assert x[idx[np.argmin(y[idx])]] in kept
     np.testing.assert_array_equal(ys, y[np.searchsorted(x, xs)])
+
+
+def test_the_indices_are_those_of_the_points_kept():
+    # What goes with each point (its hover) is thinned by these positions: they must be the points' own.
+    rng = np.random.default_rng(1)
+    x, y = np.arange(5_003) * 7, rng.lognormal(size=5_003)
+    keep = minmax_indices(x, y, 300)
+    xs, ys = minmax_envelope(x, y, 300)
+    np.testing.assert_array_equal(x[keep], xs)
+    np.testing.assert_array_equal(y[keep], ys)
+    np.testing.assert_array_equal(minmax_indices(x[:10], y[:10], 300), np.arange(10))
 
 
 def test_a_single_spike_survives():

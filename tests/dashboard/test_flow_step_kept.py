@@ -1,5 +1,6 @@
 """The Gradient flow tab's step, once picked, stays picked while the run trains and the page refreshes; left
-alone (or set to the latest step), it follows the latest step."""
+alone (or set to the latest step), it follows the latest step. Its widget stays the same widget while the run
+grows (test_browser.py checks what that is for: the keyboard focus stays on it)."""
 
 import numpy as np
 from dashboard_helpers import figure, open_page, open_tab, run_fragments, values
@@ -21,7 +22,7 @@ def _add_steps(writer, steps):
 
 def _shown(at, run):
     """(the slider's step, the bars drawn)"""
-    return at.slider(key=f"flow_step_{run}").value, values(figure(at, "flow")["data"][0]["y"]).tolist()
+    return at.select_slider(key=f"flow_step_{run}").value, values(figure(at, "flow")["data"][0]["y"]).tolist()
 
 
 def test_the_picked_step_survives_live_refreshes(tmp_path, app):
@@ -34,7 +35,7 @@ def test_the_picked_step_survives_live_refreshes(tmp_path, app):
         _add_steps(writer, range(10))
         at = open_tab(open_page(app(path), "views/run.py"), "Gradient flow")
         assert _shown(at, run) == (9, _norms(9))  # not picked: the latest step
-        at.slider(key=f"flow_step_{run}").set_value(3).run()
+        at.select_slider(key=f"flow_step_{run}").set_value(3).run()
         assert _shown(at, run) == (3, _norms(3))
         _add_steps(writer, range(10, 15))
         run_fragments(at)  # a live refresh: the slider's range grew
@@ -43,10 +44,33 @@ def test_the_picked_step_survives_live_refreshes(tmp_path, app):
         at.run()  # and a rerun of the whole page
         assert _shown(at, run) == (3, _norms(3))
         # Set back to the latest step, it follows the run again.
-        at.slider(key=f"flow_step_{run}").set_value(14).run()
+        at.select_slider(key=f"flow_step_{run}").set_value(14).run()
         _add_steps(writer, range(15, 20))
         run_fragments(at)
         assert _shown(at, run) == (19, _norms(19))
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_the_step_widget_keeps_its_identity_while_the_run_grows(tmp_path, app):
+    # A widget whose identity (element id) changes is a new widget in the browser: the old one, and the
+    # keyboard focus on it, is gone. The choices are the logged steps (here every 5th).
+    path = tmp_path / "gradwatch.db"
+    store = Store.open(path, create=True)
+    run = store.create_run(name="live")
+    store.add_layers(run, LAYERS)
+    writer = store.writer(run)
+    try:
+        _add_steps(writer, range(0, 50, 5))
+        at = open_tab(open_page(app(path), "views/run.py"), "Gradient flow")
+        before = at.select_slider(key=f"flow_step_{run}")
+        assert list(before.options) == [str(s) for s in range(0, 50, 5)] and before.value == 45
+        _add_steps(writer, range(50, 100, 5))
+        run_fragments(at)
+        after = at.select_slider(key=f"flow_step_{run}")
+        assert after.value == 95 and len(after.options) == 20  # it followed the run, and its range grew
+        assert after.id == before.id
     finally:
         writer.close()
         store.close()

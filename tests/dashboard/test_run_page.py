@@ -74,7 +74,7 @@ def test_gradient_flow_at_the_last_step(run_page, recorded):
     bars = fig["data"][0]
     assert list(bars["x"]) == LAYERS
     np.testing.assert_allclose(values(bars["y"]), recorded.norms["child"][N_STEPS - 1])
-    run_page.slider(key=f"flow_step_{recorded.ids['child']}").set_value(SPIKE_STEP).run()
+    run_page.select_slider(key=f"flow_step_{recorded.ids['child']}").set_value(SPIKE_STEP).run()
     fig = figure(run_page, "flow")
     np.testing.assert_allclose(values(fig["data"][0]["y"]), recorded.norms["child"][SPIKE_STEP])
 
