@@ -1,13 +1,56 @@
 """The command that started this process, recorded with each run so that the dashboard can start it again
-with other clipping: the command line as typed, the folder it was started in, and whether torchrun ran it.
+with other clipping: the command line as typed, the folder it was started in, its environment variables
+(those that are not secrets or the terminal session's), and whether torchrun ran it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+from collections.abc import Mapping
 
-__all__ = ["started_in", "typed_argv", "under_torchrun"]
+__all__ = ["RECORD_ENV_VAR", "environment", "is_recorded_name", "started_in", "typed_argv", "under_torchrun"]
+
+RECORD_ENV_VAR = "GRADWATCH_RECORD_ENV"  # "0": record no environment variable
+
+# Never recorded: what looks like a secret (a database file gets shared), by name or by value (a URL with a
+# password in it). Matched anywhere in the name, case-insensitively: API_KEY, HF_TOKEN, PGPASSWORD, ...
+_SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASS|KEY|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE|SIGNATURE|CERT", re.I
+)
+_SECRET_VALUE = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
+# Nor the terminal session's, the launchers' own, or what a relaunch sets itself: another session runs
+# the relaunch, and these would point it at a dead display, agent, kernel or rendezvous.
+_SESSION_NAMES = frozenset(
+    "PWD OLDPWD SHLVL _ TERM COLORTERM LS_COLORS LSCOLORS PS1 PS2 PS4 PROMPT_COMMAND DISPLAY WAYLAND_DISPLAY "
+    "XAUTHORITY MAIL LINES COLUMNS TMUX TMUX_PANE STY WINDOW SHELL_SESSION_ID RANK LOCAL_RANK WORLD_SIZE "
+    "LOCAL_WORLD_SIZE GROUP_RANK GROUP_WORLD_SIZE ROLE_NAME ROLE_RANK ROLE_WORLD_SIZE MASTER_ADDR "
+    "MASTER_PORT".split()
+)
+_SESSION_PREFIXES = (
+    "GRADWATCH_", "SSH_", "DBUS_", "XDG_SESSION", "XDG_RUNTIME", "XDG_SEAT", "XDG_VTNR", "TERM_", "HIST",
+    "TORCHELASTIC_", "JPY_", "JUPYTER_", "VSCODE_", "PYCHARM_", "KITTY_", "ITERM_", "WT_", "STREAMLIT_",
+)  # fmt: skip
+
+
+def is_recorded_name(name: str) -> bool:
+    """Whether a variable of this name is recorded with a run (when set), so restored by a relaunch."""
+    return not (_SECRET_NAME.search(name) or name in _SESSION_NAMES or name.startswith(_SESSION_PREFIXES))
+
+
+def environment(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """The variables recorded with a run: all but secrets and the session's (``is_recorded_name``), sorted;
+    None when ``GRADWATCH_RECORD_ENV=0``. A relaunch replays them: a script that reads LR or DATA_DIR
+    from its environment, or needs PYTHONPATH, runs as it ran, not with the dashboard's."""
+    environ = os.environ if environ is None else environ
+    if environ.get(RECORD_ENV_VAR, "").strip() == "0":
+        return None
+    return {
+        name: value
+        for name, value in sorted(environ.items())
+        if is_recorded_name(name) and not _SECRET_VALUE.search(value)
+    }
 
 
 def typed_argv() -> list[str] | None:

@@ -30,7 +30,7 @@ from tracker.attach import Attachment
 from tracker.checkpoint import STATE_VERSION, check_state
 from tracker.clipping import ClipSpecError
 from tracker.clipping.base import some_names
-from tracker.command import started_in, typed_argv, under_torchrun
+from tracker.command import environment, started_in, typed_argv, under_torchrun
 from tracker.distributed import (
     Shards,
     accepts_shards,
@@ -407,6 +407,7 @@ class GradTracker:
                 parent_id=parent_id,
                 argv=list(sys.argv),
                 cwd=started_in(),
+                env=environment(),
                 python=sys.executable,
                 pid=os.getpid(),
                 host=socket.gethostname(),

@@ -139,10 +139,13 @@ def test_a_file_from_before_pid_started_at_is_read_and_gets_it_when_a_run_is_add
         first = s.create_run(name="before")
     with sqlite3.connect(db_path) as con:
         con.execute("ALTER TABLE runs DROP COLUMN pid_started_at")  # as files written before it are
+        con.execute("ALTER TABLE runs DROP COLUMN env")
     with Store.open(db_path, readonly=True) as reader:
         assert reader.run(first)["pid_started_at"] is None and reader.run(first)["status"] == "running"
+        assert reader.run(first)["env"] is None
     with Store.open(db_path) as s:
-        second = s.create_run(name="after")
+        second = s.create_run(name="after", env={"LR": "0.5"})
+        assert s.run(second)["env"] == {"LR": "0.5"}
     recorded = raw_sql(db_path, "SELECT id, pid_started_at FROM runs ORDER BY id")
     assert recorded[0] == (first, None) and recorded[1][0] == second
     if os.path.exists("/proc/uptime"):  # this process started after the machine did, and before now

@@ -240,6 +240,35 @@ def test_the_folder_recorded_is_the_one_the_command_was_started_in(db_path, tmp_
             assert (started / args[0]).samefile(tmp_path / "pkg" / "train.py")
 
 
+def test_the_environment_is_recorded_without_secrets_or_the_session(db_path, monkeypatch):
+    # A relaunch replays it: a script reading LR or DATA_DIR from its environment, or needing PYTHONPATH,
+    # used to be relaunched with the dashboard's (another lr, no data) and compared as if only clipping
+    # differed.
+    from tracker.store import Store
+
+    for name, value in {
+        "LR": "0.5", "DATA_DIR": "/data/x", "CUDA_VISIBLE_DEVICES": "3",
+        "HF_TOKEN": "hf_abc", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "PGPASSWORD": "pw", "my_api_key": "k",
+        "DATABASE_URL": "postgres://me:hunter2@db/x", "PLAIN_URL": "https://example.org/x",
+        "SSH_AUTH_SOCK": "/tmp/agent", "DISPLAY": ":0", "MASTER_PORT": "29500", "GRADWATCH_RUN": "r",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    GradTracker(nn.Linear(2, 1), db=db_path).finish()
+    monkeypatch.setenv("GRADWATCH_RECORD_ENV", "0")
+    GradTracker(nn.Linear(2, 1), db=db_path).finish()
+    with Store.open(db_path, readonly=True) as store:
+        env, off = store.run(1)["env"], store.run(2)["env"]
+    assert {k: env.get(k) for k in ("LR", "DATA_DIR", "CUDA_VISIBLE_DEVICES", "PLAIN_URL")} == {
+        "LR": "0.5", "DATA_DIR": "/data/x", "CUDA_VISIBLE_DEVICES": "3", "PLAIN_URL": "https://example.org/x"
+    }  # fmt: skip
+    for left_out in ("HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "my_api_key", "DATABASE_URL",
+                     "SSH_AUTH_SOCK", "DISPLAY", "MASTER_PORT", "GRADWATCH_RUN"):  # fmt: skip
+        assert left_out not in env, left_out
+    assert "hunter2" not in json.dumps(env) and "s3cr3t" not in json.dumps(env)
+    assert env["PATH"] == os.environ["PATH"]  # everything else, as it was
+    assert off is None
+
+
 def test_a_run_started_by_torchrun_says_so(db_path, monkeypatch):
     # torchrun --nproc-per-node 1 gives world size 1: the relaunch must still go through torchrun.
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")

@@ -216,6 +216,7 @@ class Reads:
         df["duration_s"] = end - df["created_at"]
         df["config"] = [json.loads(c) for c in df["config"]]
         df["argv"] = [json.loads(a) for a in df["argv"]]
+        df["env"] = [json.loads(e) if isinstance(e, str) else None for e in df["env"]]
         mwhere = "" if run_ids is None else f"WHERE run_id IN {_in(run_ids)}"
         _, finals = self._fetch(_FINAL_METRICS.format(where=mwhere), params)
         by_name: dict[str, dict] = {}

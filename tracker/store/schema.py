@@ -33,9 +33,9 @@ BLOCK_SIZES = (16, 64, 256, 1024)
 
 # Nullable columns of runs added after files of schema version 1 existed (older gradwatch versions ignore
 # them; docs/schema.md, version policy): a file made before them gets the resume columns when a run in it is
-# first resumed, pid_started_at when a run is added to it; readers read a missing one as NULL.
+# first resumed, pid_started_at and env when a run is added to it; readers read a missing one as NULL.
 RESUME_COLUMNS = {"resumed_at": "REAL", "resumed_from_step": "INTEGER"}
-LATER_COLUMNS = {**RESUME_COLUMNS, "pid_started_at": "REAL"}
+LATER_COLUMNS = {**RESUME_COLUMNS, "pid_started_at": "REAL", "env": "TEXT"}
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS runs (
     parent_id         INTEGER REFERENCES runs(id),
     argv              TEXT NOT NULL DEFAULT '[]',
     cwd               TEXT,
+    env               TEXT,
     python            TEXT,
     pid               INTEGER,
     pid_started_at    REAL,

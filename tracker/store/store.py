@@ -271,6 +271,7 @@ class Store(Reads):
         parent_id: int | None = None,
         argv: list[str] | None = None,
         cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
         python: str | None = None,
         every: int = 1,
         nonfinite: str = "record",
@@ -279,7 +280,8 @@ class Store(Reads):
         host: str | None = None,
     ) -> int:
         """Insert a run with status "running" and return its id. argv/cwd/python/pid/host default to
-        this process (what the dashboard needs to relaunch it and to tell whether it is alive)."""
+        this process (what the dashboard needs to relaunch it and to tell whether it is alive); ``env``, the
+        environment variables to relaunch it with, is recorded only when given (None: NULL)."""
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"name={name!r}; accepted: a non-empty string")
         if not isinstance(every, int) or every < 1:
@@ -298,6 +300,7 @@ class Store(Reads):
             parent_id=parent_id,
             argv=json.dumps(list(sys.argv if argv is None else argv)),
             cwd=_text(os.getcwd() if cwd is None else cwd),
+            env=None if env is None else json.dumps({_text(k): _text(v) for k, v in env.items()}),
             python=_text(sys.executable if python is None else python),
             pid=os.getpid() if pid is None else pid,
             # (which process that pid is: a reused pid, or one of another pid namespace, is another one)
@@ -321,7 +324,7 @@ class Store(Reads):
                 and not db.execute("SELECT 1 FROM runs WHERE id = ?", (parent_id,)).fetchone()
             ):
                 raise RunNotFound(f"parent_id={parent_id}: no such run in {self.path}")
-            ensure_columns(db.conn, LATER_COLUMNS)  # (a file from before pid_started_at)
+            ensure_columns(db.conn, LATER_COLUMNS)  # (a file from before pid_started_at and env)
             run_id = db["runs"].insert(row).last_pk
             # What its writer reads first, where its rows will go: a damaged cell there can pass the reads of
             # the right edges above. In this transaction, so that a file damaged there gets no run at all.
