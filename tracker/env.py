@@ -5,12 +5,18 @@ the parent run id names a run of that file). ``GRADWATCH_CLIP`` replaces whateve
 setting the program passes: this is how the dashboard relaunches anyone's script with other clipping and no
 code change, so the run records that the environment decided (``clip_source="env"``).
 ``GRADWATCH_RUN`` and ``GRADWATCH_PARENT_RUN`` likewise replace the run name and the parent run id, so such a
-relaunch is recorded under the name the dashboard chose and linked to the run it came from.
+relaunch is recorded under the name the dashboard chose and linked to the run it came from. A process that
+recorded several runs (a GAN's two trackers) is relaunched with one parent id per run, in the order it
+created them (``GRADWATCH_PARENT_RUN=4,5``), and as many names (``GRADWATCH_RUN`` a JSON list): its k-th
+tracker continues the k-th.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,7 @@ __all__ = [
     "is_relaunch",
     "resolve_clip",
     "resolve_db",
+    "resolve_lineage",
     "resolve_parent",
     "resolve_run_name",
 ]
@@ -65,14 +72,66 @@ def resolve_parent(parent_id: int | None) -> int | None:
 
     Raises ``ValueError`` naming the variable when it is not a positive integer run id.
     """
+    ids = _parent_ids()
+    if ids is None:
+        return parent_id
+    if len(ids) > 1:
+        raise ValueError(
+            f"{PARENT_ENV} lists several runs: use resolve_lineage(), which takes one per tracker"
+        )
+    return ids[0]
+
+
+_taken = 0  # trackers of this process that took a place in a list of parents (see resolve_lineage)
+_taken_lock = threading.Lock()
+
+
+def resolve_lineage(run: str | None, parent_id: int | None) -> tuple[str | None, int | None]:
+    """(run name, parent id) of a new tracker: the program's, unless the environment says otherwise.
+
+    With one parent id in ``$GRADWATCH_PARENT_RUN``, every tracker of the process takes it and the name in
+    ``$GRADWATCH_RUN``. With a list (``4,5``: a relaunch of a process that recorded several runs),
+    ``$GRADWATCH_RUN`` is a JSON list of as many names and the k-th tracker created takes the k-th of each;
+    one more than listed keeps the program's name and no parent, with a warning. ``ValueError`` names
+    the variable when they do not fit."""
+    global _taken
+    ids = _parent_ids()
+    if ids is None or len(ids) == 1:
+        return resolve_run_name(run), ids[0] if ids else parent_id
+    raw = os.environ.get(RUN_ENV, "").strip()
+    try:
+        names = json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        names = None
+    if not (isinstance(names, list) and len(names) == len(ids) and all(isinstance(n, str) for n in names)):
+        raise ValueError(
+            f"{PARENT_ENV} lists {len(ids)} runs, so {RUN_ENV} must be a JSON list of {len(ids)} names "
+            f'(e.g. {RUN_ENV}=\'["gen · norm:0.5", "disc · norm:0.5"]\'), got {raw!r}'
+        )
+    with _taken_lock:
+        k, _taken = _taken, _taken + 1
+    if k >= len(ids):
+        warnings.warn(
+            f"{PARENT_ENV}={os.environ[PARENT_ENV].strip()}: this relaunch creates more trackers than the "
+            f"process it relaunches recorded runs ({len(ids)}); this one records a run of its own, with no "
+            "parent.",
+            stacklevel=3,
+        )
+        return run, parent_id
+    return names[k].strip() or run, ids[k]
+
+
+def _parent_ids() -> list[int] | None:
     value = os.environ.get(PARENT_ENV, "").strip()
     if not value:
-        return parent_id
-    if not value.isdigit() or int(value) < 1:
+        return None
+    parts = [p.strip() for p in value.split(",")]
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
         raise ValueError(
-            f"{PARENT_ENV}={value!r}: expected a run id (a positive integer), e.g. {PARENT_ENV}=3"
+            f"{PARENT_ENV}={value!r}: expected a run id (a positive integer), e.g. {PARENT_ENV}=3, or a "
+            f"comma-separated list of them, e.g. {PARENT_ENV}=3,4"
         )
-    return int(value)
+    return [int(p) for p in parts]
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from tracker.distributed import (
     rank_and_world_size,
     sharded_norms,
 )
-from tracker.env import is_relaunch, resolve_clip, resolve_db, resolve_parent, resolve_run_name
+from tracker.env import is_relaunch, resolve_clip, resolve_db, resolve_lineage
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
 from tracker.lifetime import SigtermAsExit, exit_status, stop_reason
@@ -333,7 +333,7 @@ class GradTracker:
         self.is_writer = process_rank == rank
         self.db_path = resolve_db(db)
         # The dashboard relaunches other people's scripts by environment: name and lineage come from it too.
-        run, parent_id = resolve_run_name(run), resolve_parent(parent_id)
+        run, parent_id = resolve_lineage(run, parent_id)
         _check_run_options(run, parent_id, config)
         for old in forks.open_on(model):
             _close_replaced(old)

@@ -360,12 +360,58 @@ def test_a_parent_run_that_does_not_exist_is_refused_and_creates_no_file(db_path
     assert _rows(db_path, "SELECT COUNT(*) FROM runs") == [(1,)]
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5"])
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5", "1,x", "1,,2"])
 def test_bad_env_parent_names_the_variable(db_path, monkeypatch, value):
     monkeypatch.setenv("GRADWATCH_PARENT_RUN", value)
     with pytest.raises(ValueError, match="GRADWATCH_PARENT_RUN"):
         GradTracker(_model(), db=db_path)
     assert not db_path.exists()
+
+
+_TWO_TRACKERS = """
+import sys, warnings
+from torch import nn
+from tracker import GradTracker
+warnings.simplefilter("error")  # a third tracker warns: made an error below only where it is expected
+made = []
+for name in sys.argv[2:]:
+    try:
+        made.append(GradTracker(nn.Linear(2, 2), db=sys.argv[1], run=name, clip="none"))
+    except UserWarning as w:
+        print("WARNED", w)
+        warnings.simplefilter("ignore")
+        made.append(GradTracker(nn.Linear(2, 2), db=sys.argv[1], run=name, clip="none"))
+for t in made:
+    t.finish()
+"""
+
+
+def test_a_process_with_two_trackers_is_relaunched_run_for_run(db_path, tmp_path):
+    # A GAN: the generator's and the discriminator's runs. Relaunched, each new tracker continues its own
+    # run (both used to be children of the one relaunched, under one name).
+    import subprocess
+
+    script = tmp_path / "gan.py"
+    script.write_text(_TWO_TRACKERS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWATCH_")}
+    run = lambda *names, **extra: subprocess.run(  # noqa: E731
+        [sys.executable, str(script), str(db_path), *names], env={**env, **extra}, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert run("gen", "disc").returncode == 0
+    relaunch = dict(
+        GRADWATCH_PARENT_RUN="1,2", GRADWATCH_RUN=json.dumps(["gen · norm:0.5", "disc · norm:0.5"])
+    )
+    assert run("gen", "disc", **relaunch).returncode == 0
+    out = run("gen", "disc", "critic", **relaunch)  # one more tracker than the process it relaunches had
+    assert out.returncode == 0 and "WARNED" in out.stdout and "more trackers" in out.stdout, out.stderr
+    bad = run("gen", "disc", GRADWATCH_PARENT_RUN="1,2", GRADWATCH_RUN="gen · norm:0.5")
+    assert bad.returncode != 0 and "must be a JSON list of 2 names" in bad.stderr
+    assert _rows(db_path, "SELECT id, name, parent_id FROM runs ORDER BY id") == [
+        (1, "gen", None), (2, "disc", None),
+        (3, "gen · norm:0.5", 1), (4, "disc · norm:0.5", 2),
+        (5, "gen · norm:0.5", 1), (6, "disc · norm:0.5", 2), (7, "critic", None),
+    ]  # fmt: skip
 
 
 def test_db_defaults_to_env_then_working_directory(tmp_path, monkeypatch):
