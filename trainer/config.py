@@ -247,7 +247,8 @@ def _fill_defaults(cfg: TrainConfig) -> None:
         cfg.db = str(resolve_db(cfg.db))
     if cfg.cache_dir is not None and str(cfg.cache_dir).strip():  # ('' is refused by validate(), as typed)
         cfg.cache_dir = str(Path(cfg.cache_dir).expanduser())
-    if cfg.data_path is not None:  # absolute: a checkpoint compares it, a relaunch may run elsewhere
+    # Absolute: a checkpoint compares it, a relaunch may run elsewhere ('' is refused by validate(), as typed)
+    if cfg.data_path is not None and str(cfg.data_path).strip():
         cfg.data_path = str(Path(cfg.data_path).expanduser().resolve())
     if cfg.checkpoint is not None:
         cfg.checkpoint = str(Path(cfg.checkpoint).expanduser())
@@ -330,6 +331,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.data != "builtin":
         if cfg.data_path is None:
             raise ConfigError(f"--data {cfg.data} needs --data-path pointing at the corpus folder")
+        if not str(cfg.data_path).strip():  # (Path("") is the current folder: it would be read as the corpus)
+            raise ConfigError(f"--data-path {cfg.data_path!r}: give the {cfg.data} corpus folder")
         if not Path(cfg.data_path).expanduser().is_dir():
             raise ConfigError(f"--data-path {cfg.data_path!r} is not an existing folder")
     if isinstance(cfg.corpus_size, str) and cfg.corpus_size not in CORPUS_SIZES:

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -61,6 +62,7 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
 
 def _load_data(cfg: TrainConfig, rt: Runtime):
     from trainer.data import load_task
+    from trainer.data.files import CorpusWarning
 
     kwargs = dict(
         task=cfg.task,
@@ -73,12 +75,23 @@ def _load_data(cfg: TrainConfig, rt: Runtime):
     )
     if cfg.corpus_size is not None:
         kwargs["size"] = cfg.corpus_size
+    failed = f"cannot load the {cfg.data} data for task {cfg.task!r}"
     try:
         # Rank 0 generates the built-in corpus into the cache; the others then read it.
-        with rt.rank_zero_first():
-            return load_task(**kwargs)
+        with rt.rank_zero_first(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CorpusWarning)
+            splits = load_task(**kwargs)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # CorpusNotFound, CorpusLayoutError
-        raise TrainingError(f"cannot load the {cfg.data} data for task {cfg.task!r}: {e}") from None
+        raise TrainingError(f"{failed}: {e}") from None
+    except OSError as e:  # what the loader did not name itself: a folder it could not list, a full disk...
+        where = f" {str(e.filename)!r}" if e.filename else ""
+        raise TrainingError(f"{failed}: cannot access{where} ({(e.strerror or str(e)).lower()})") from None
+    for w in caught:  # what the loader skipped or changed: one line each, as the CLI's own warnings
+        if not issubclass(w.category, CorpusWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        elif rt.is_main:
+            print(f"warning: {w.message}", file=sys.stderr)
+    return splits
 
 
 def _loaders(cfg: TrainConfig, splits, rt: Runtime):

@@ -6,6 +6,7 @@ import codecs
 from pathlib import Path
 
 from .errors import CorpusLayoutError
+from .files import cannot_read
 
 __all__ = ["read_lines"]
 
@@ -16,9 +17,13 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
     A UTF-8 byte-order mark (Windows editors write one) is dropped, so it does not become part of the first
     line. Lines end at ``\\n`` only (a ``\\r`` before it is dropped): ``str.splitlines`` would also cut at
     characters such as U+2028 that may be part of a transcript. Raises CorpusLayoutError naming the file and
-    the line of the first byte that is not UTF-8.
+    the line of the first byte that is not UTF-8, or a file the OS will not let us read (``cannot read PATH
+    (permission denied)``).
     """
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise cannot_read(path, e) from None
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
     try:

@@ -3,16 +3,19 @@
 - ``digits``: tokens are the ten digit words; text is the digit string ("314"). The character error rate over
   the digit string is the token error rate, and each digit is also a word, so CER = WER for this vocabulary.
   ``encode`` accepts "314", "3 1 4" and "three one four" (any case; "oh" is zero), as found in transcripts.
-- ``characters``: tokens are the characters of the transcripts (lower-cased), " " separating words.
+- ``characters``: tokens are the characters of the transcripts (lower-cased, then Unicode NFC), " " separating
+  words. NFC: an "é" typed as one code point (U+00E9) or as "e" + a combining accent (U+0301, as macOS and
+  some editors write it) is one letter to a listener, so it is one token; both spellings give the same ids.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["BLANK", "Vocabulary", "digit_vocabulary", "character_vocabulary"]
+__all__ = ["BLANK", "Vocabulary", "digit_vocabulary", "character_vocabulary", "ctc_min_frames"]
 
 BLANK = "<blank>"
 _DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -37,7 +40,7 @@ class Vocabulary:
         return len(self.labels)
 
     def normalize(self, text: str) -> str:
-        """The text the ids stand for ("three one four" -> "314"; "Hello  World" -> "hello world")."""
+        """The text the ids stand for ("three one four" -> "314"; "Hello  World" -> "hello world", in NFC)."""
         if self.kind == "digits":
             out = []
             for word in text.lower().replace(",", " ").split():
@@ -50,7 +53,7 @@ class Vocabulary:
                         f"{word!r} in {text!r} is not a digit or a digit word (zero ... nine, oh)"
                     )
             return "".join(out)
-        return " ".join(text.lower().split())
+        return _characters(text)
 
     def encode(self, text: str) -> torch.Tensor:
         norm = self.normalize(text)
@@ -78,8 +81,20 @@ def digit_vocabulary() -> Vocabulary:
 
 
 def character_vocabulary(texts: Iterable[str]) -> Vocabulary:
-    """The sorted characters of ``texts`` (lower-cased, whitespace collapsed to one space)."""
-    chars = sorted({c for t in texts for c in " ".join(t.lower().split())})
+    """The sorted characters of ``texts`` (lower-cased, NFC, whitespace collapsed to one space)."""
+    chars = sorted({c for t in texts for c in _characters(t)})
     if not chars:
         raise ValueError("no characters: every transcript is empty")
     return Vocabulary("characters", [BLANK, *chars])
+
+
+def ctc_min_frames(ids: Sequence[int] | torch.Tensor) -> int:
+    """The fewest frames CTC can align the label ids ``ids`` to: one per label, plus a blank between two
+    equal neighbours (without it the two would merge into one)."""
+    ids = torch.as_tensor(ids)
+    return len(ids) + int((ids[1:] == ids[:-1]).sum())
+
+
+def _characters(text: str) -> str:
+    # Lower-case first: NFC then composes what lower() left decomposed (an NFD "E" + U+0301 -> "é").
+    return " ".join(unicodedata.normalize("NFC", text.lower()).split())

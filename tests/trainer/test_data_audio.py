@@ -1,0 +1,112 @@
+"""Reading a real corpus's audio (trainer/data/audio.py): what soundfile would hand over silently but would
+train on garbage (NaN, overflowing or truncated audio) is refused by name; odd file names still open."""
+
+import os
+import struct
+import warnings
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from trainer.data import CorpusLayoutError
+from trainer.data.audio import read_audio
+from trainer.data.features import LogMel, keyword_features
+from trainer.data.files import CorpusWarning
+
+
+def tone(n, rate=16000, hz=440.0):
+    return (0.3 * np.sin(2 * np.pi * hz * np.arange(n) / rate)).astype(np.float32)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_nan_or_infinite_sample_is_refused_with_the_file_and_the_time(bad, tmp_path):
+    # It used to reach the log-mel, and from there every loss and weight of the run, without naming the file.
+    wav = tone(16000)
+    wav[800] = bad  # 50 ms
+    path = tmp_path / "x_nohash_0.wav"
+    soundfile.write(path, wav, 16000, subtype="FLOAT")
+    with pytest.raises(
+        CorpusLayoutError, match=r"x_nohash_0\.wav' has 1 NaN or infinite sample\(s\), the first at 0\.050 s"
+    ):
+        read_audio(path)
+
+
+def test_samples_whose_spectrum_overflows_are_refused_and_large_but_finite_scales_are_read(tmp_path):
+    huge, int32_scale = tmp_path / "huge.wav", tmp_path / "int32_scale.wav"
+    soundfile.write(huge, tone(16000) * 1e30, 16000, subtype="FLOAT")
+    # The oracle for the refusal: this clip's log-mel is not finite.
+    assert not torch.isfinite(LogMel(keyword_features())(torch.from_numpy(tone(16000) * 1e30))).all()
+    with pytest.raises(CorpusLayoutError, match=r"huge\.wav' holds samples of magnitude 3e\+29"):
+        read_audio(huge)
+    # Float samples written on int32's scale are loud, not broken: their log-mel is finite, so they are read.
+    soundfile.write(int32_scale, tone(16000) * 2**31, 16000, subtype="FLOAT")
+    wav, _ = read_audio(int32_scale)
+    assert torch.isfinite(LogMel(keyword_features())(torch.from_numpy(wav))).all()
+
+
+@pytest.mark.parametrize(
+    ("subtype", "channels", "width"), [("PCM_16", 1, 2), ("PCM_24", 2, 3), ("FLOAT", 1, 4)]
+)
+def test_a_truncated_wav_is_refused_with_the_frames_its_header_declares(subtype, channels, width, tmp_path):
+    # libsndfile reads what is there and even corrects its frame count to match: soundfile saw nothing wrong.
+    path = tmp_path / "cut.wav"
+    soundfile.write(path, np.stack([tone(16000)] * channels, axis=1), 16000, subtype=subtype)
+    data = path.read_bytes()
+    start = data.index(b"data") + 8
+    path.write_bytes(data[: start + 5000 * channels * width])
+    assert soundfile.info(path).frames == 5000  # what soundfile reports, without a word
+    with pytest.raises(CorpusLayoutError, match=r"cut\.wav' is truncated: it holds 5000 of the 16000 frames"):
+        read_audio(path)
+
+
+def test_a_wav_whose_header_leaves_the_size_open_is_read_whole(tmp_path):
+    # A recorder writing to a pipe cannot seek back to fill in the data size: 0xFFFFFFFF is "to the end".
+    path = tmp_path / "streamed.wav"
+    soundfile.write(path, tone(16000), 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data") + 4
+    data[at : at + 4] = struct.pack("<I", 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    wav, rate = read_audio(path)
+    want, _ = soundfile.read(tmp_path / "streamed.wav", dtype="float32")
+    assert rate == 16000 and len(wav) == 16000
+    np.testing.assert_array_equal(wav, want)
+
+
+def test_a_truncated_flac_is_refused_by_name(tmp_path):
+    path = tmp_path / "cut.flac"
+    soundfile.write(path, tone(48000), 16000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CorpusLayoutError, match=r"cut\.flac"):
+        read_audio(path)
+
+
+def test_a_truncated_mp3_is_read_with_a_warning_and_an_intact_one_without(tmp_path):
+    # An MP3 without a Xing header only estimates its length: a shortfall is announced, not refused.
+    whole, cut = tmp_path / "whole.mp3", tmp_path / "cut.mp3"
+    soundfile.write(whole, tone(48000), 16000, format="MP3", subtype="MPEG_LAYER_III")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CorpusWarning)
+        assert len(read_audio(whole)[0]) == soundfile.info(whole).frames
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.warns(CorpusWarning, match=r"cut\.mp3': \d+ of the 48000 frames its header announces"):
+        wav, _ = read_audio(cut)
+    assert 0 < len(wav) < 48000 - 1152
+
+
+def test_a_file_name_that_is_not_utf8_opens(tmp_path):
+    # Latin-1 bytes from an old archive: soundfile could not encode the name to UTF-8 for libsndfile.
+    raw = os.fsencode(tmp_path) + b"/caf\xe9_nohash_0.wav"
+    soundfile.write(tmp_path / "x.wav", tone(8000), 16000, subtype="PCM_16")
+    os.rename(tmp_path / "x.wav", raw)
+    wav, rate = read_audio(os.fsdecode(raw))
+    want, _ = soundfile.read(raw, dtype="float32")  # soundfile takes bytes names
+    np.testing.assert_array_equal(wav, want)
+
+
+def test_a_folder_in_place_of_a_file_says_so(tmp_path):
+    (tmp_path / "weird.wav").mkdir()
+    with pytest.raises(CorpusLayoutError, match=r"cannot read '.*weird\.wav' \(is a directory\)"):
+        read_audio(tmp_path / "weird.wav")

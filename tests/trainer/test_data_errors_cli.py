@@ -1,0 +1,123 @@
+"""The trainer's command line on corpora it cannot use (exit 2, one `error:` line naming the path, no
+traceback) and on corpora it uses with reservations (one `warning:` line each, the run goes on)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import soundfile
+
+from trainer.cli import main, parse_config
+
+COMMON = [
+    "--no-track",
+    "--clip",
+    "none",
+    "--max-steps",
+    "1",
+    "--batch-size",
+    "8",
+    "--quiet",
+    "--device",
+    "cpu",
+]
+
+
+def test_an_empty_data_path_is_refused(capsys):
+    # Path("") is the current folder: it used to be read as the corpus.
+    for data in ("speech_commands", "transcripts"):
+        task = "keywords" if data == "speech_commands" else "digits"
+        with pytest.raises(SystemExit) as exc:
+            parse_config(["--data", data, "--task", task, "--data-path", ""])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--data-path '': give the {data} corpus folder" in err and "Traceback" not in err
+
+
+# The OS refuses what is unreadable only without CAP_DAC_OVERRIDE (root has it): the trainer runs in a
+# process that drops it, through setpriv, when the tests run as root.
+DROP_OVERRIDE = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                 "--bounding-set=-dac_override,-dac_read_search"]  # fmt: skip
+RUN_MAINS = """
+import contextlib, io, json, sys
+from trainer.cli import main
+results = {}
+for name, argv in json.loads(sys.argv[1]).items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+    results[name] = [code, err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def unprivileged(tmp_path):
+    """The command prefix under which permissions bite, or skip the test."""
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: unreadable files cannot be made unreadable")
+        prefix = DROP_OVERRIDE
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    probe.chmod(0)
+    if subprocess.run([*prefix, "cat", str(probe)], capture_output=True).returncode == 0:
+        pytest.skip("permissions are not enforced here")
+    return prefix
+
+
+def test_unreadable_corpus_parts_exit_2_naming_them(speech_commands_dir, transcripts_dir, tmp_path):
+    # They used to end in a PermissionError traceback (exit 1), or libsndfile's "System error." for audio.
+    prefix = unprivileged(tmp_path)
+    sc, tr = speech_commands_dir, transcripts_dir
+    cases, needles = {}, {}
+    for name, corpus, part, verb in [
+        ("sc audio file", sc, "yes/0a1b2c3d_nohash_0.wav", "cannot read "),
+        ("sc word folder", sc, "no", "cannot read "),
+        ("sc list file", sc, "validation_list.txt", "cannot read "),
+        ("sc corpus folder", sc, ".", "cannot read "),
+        ("transcripts file", tr, "transcripts.tsv", "cannot read "),
+        ("transcripts audio file", tr, "audio/s1_0.wav", "cannot read "),
+        ("transcripts corpus folder", tr, ".", ""),  # (a loader may not name it: then the trainer does)
+    ]:
+        copy = shutil.copytree(corpus, tmp_path / name.replace(" ", "_"))
+        (copy / part).chmod(0)
+        needles[name] = f"{verb}{str((copy / part).resolve())!r} (permission denied)"
+        data, task = ("speech_commands", "keywords") if corpus == sc else ("transcripts", "digits")
+        cache = tmp_path / f"cache_{len(cases)}"
+        cases[name] = ["--data", data, "--task", task, "--data-path", str(copy), "--cache-dir", str(cache),
+                       *COMMON]  # fmt: skip
+    run = subprocess.run(
+        [*prefix, sys.executable, "-c", RUN_MAINS, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    for name, (code, err) in json.loads(run.stdout).items():
+        assert code == 2, (name, err)
+        assert needles[name] in err, (name, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("python -m trainer: error: "), (name, err)
+
+
+def test_what_a_corpus_loader_skips_is_one_warning_line_each(speech_commands_dir, tmp_path, capsys):
+    root = shutil.copytree(speech_commands_dir, tmp_path / "sc")
+    with open(root / "validation_list.txt", "a") as f:
+        f.write("yes/deleted_nohash_0.wav\n")
+    soundfile.write(root / "go" / "9f9f9f9f_nohash_0.flac", [0.1] * 8000, 16000)
+    argv = ["--data", "speech_commands", "--data-path", str(root), "--cache-dir", str(tmp_path / "c"),
+            *COMMON]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 2, err
+    assert "not .wav" in warned[0] and "'go/9f9f9f9f_nohash_0.flac'" in warned[0]
+    assert "1 of the 11 lines of" in warned[1] and "'yes/deleted_nohash_0.wav'" in warned[1]
+    assert "CorpusWarning" not in err and "warnings.warn" not in err  # not Python's two-line format
