@@ -1,7 +1,8 @@
 """The processes the dashboard starts: a queue with a concurrency limit per sweep, one log file per job.
 
 Each process gets its own session, so closing the dashboard (or a Ctrl-C in its terminal) does not kill a
-training run; stopping is an explicit SIGTERM (``dashboard.stopping``).
+training run; stopping is an explicit SIGTERM (``dashboard.stopping``). A job that cannot start says why and
+is not tried again; one that exits without recording its run in the database says so.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -18,10 +20,11 @@ from pathlib import Path
 
 from dashboard.launch import LaunchSpec
 from dashboard.stopping import STOP_EXIT_CODES
-from dashboard.text import safe_file_name
+from dashboard.text import printable, safe_file_name
 
 # The tracker reads these variables (tracker/env.py): one definition of the names on both sides.
 from tracker.env import CLIP_ENV, PARENT_ENV, RUN_ENV
+from tracker.store import Store, StoreError
 
 __all__ = ["Job", "Launcher", "log_tail"]
 
@@ -70,6 +73,10 @@ class Job:
     error: str | None = None  # why it could not start
     cancelled: bool = False  # removed from the queue before it started
     stop_requested: bool = False  # this dashboard sent it SIGTERM (its Stop button, or the Run page's)
+    # What its database said once it exited: the run it recorded, None when it recorded none, _UNKNOWN
+    # when that cannot be told (no database or parent run to look for, a file that cannot be read).
+    recorded: object = None
+    _looked: bool = False
 
     @property
     def state(self) -> str:
@@ -82,7 +89,18 @@ class Job:
             return "running"
         if self.stop_requested and code in STOP_EXIT_CODES:
             return "stopped"  # ended as asked: 143 is the tracker's exit code for a SIGTERM stop
-        return "exited" if code == 0 else f"exited ({code})"
+        if code != 0:
+            return f"exited ({code})"
+        return _exit_state(self.recorded_run())
+
+    def recorded_run(self):
+        """The run this job recorded (a ``Store.runs()`` row), once it has exited: a run of its parent,
+        created since it started, by its process or under its name. None when there is none; ``_UNKNOWN``
+        when that cannot be told. Asked of the database once."""
+        if not self._looked and self.popen is not None and self.popen.poll() is not None:
+            self.recorded = _find_run(self)
+            self._looked = True
+        return self.recorded if self._looked else _UNKNOWN
 
     @property
     def failed(self) -> bool:
@@ -97,6 +115,69 @@ class Job:
     @property
     def pid(self) -> int | None:
         return self.popen.pid if self.popen is not None else None
+
+
+_UNKNOWN = "unknown"  # Job.recorded when the database cannot tell
+_CLOCK_SLACK_S = 2.0  # created_at is the child's clock reading, started_at ours just after it started
+
+
+def _find_run(job: Job):
+    """The newest run of the job's parent in its database that the job's process created, or that bears the
+    job's name, since the job started; None when there is none. ``_UNKNOWN`` for a command whose run is not
+    a relaunch's (a resume, the demo) or when the file cannot be read."""
+    spec = job.spec
+    if spec.db is None or spec.parent_id is None or job.started_at is None:
+        return _UNKNOWN
+    try:
+        with Store.open(spec.db, readonly=True) as store:
+            runs = store.children(spec.parent_id)
+    except (StoreError, OSError, sqlite3.Error):  # gone, unreadable, locked: say nothing rather than wrong
+        return _UNKNOWN
+    # The tracker records GRADWATCH_RUN stripped; a run its process made is its too (a name it escaped).
+    mine = runs[
+        (runs["created_at"] >= job.started_at - _CLOCK_SLACK_S)
+        & ((runs["pid"] == job.pid) | (runs["name"] == spec.name.strip()))
+    ]
+    return mine.iloc[-1].to_dict() if len(mine) else None
+
+
+NO_RUN = (
+    "exited without recording a run: the script ended before it created its GradTracker, or created it "
+    "disabled (enabled=False: a setting or environment variable of its own), or it needed what a relaunch "
+    "does not give: input on its standard input (a config piped in, a prompt, a debugger), which is empty "
+    "here. Its log may say which."
+)
+
+
+def _exit_state(run) -> str:
+    """The state of a job that exited with code 0, told by the run it recorded (:func:`_find_run`)."""
+    if run is None:
+        return NO_RUN
+    if run is not _UNKNOWN and not run.get("n_steps"):
+        return (
+            f"exited; its run #{int(run['id'])} recorded no step: the script created its GradTracker but "
+            "never called its step() (nothing to train on? a relaunch's standard input is empty: a config "
+            "read from it is missing)"
+        )
+    return "exited"
+
+
+def _not_started(exc: Exception, spec: LaunchSpec) -> str:
+    """Why ``spec`` could not start (``exc``), and what to do about it."""
+    if isinstance(exc, ValueError) and "null byte" in str(exc):
+        where = (
+            f"the run name {spec.name!r}"
+            if "\x00" in spec.name
+            else "the recorded command, its folder or its environment"
+        )
+        fix = "Launch it under another name." if "\x00" in spec.name else "It cannot run as recorded."
+        return f"{type(exc).__name__}: {exc}: {where} holds a NUL character, which no process takes. {fix}"
+    if isinstance(exc, UnicodeError):
+        return (
+            f"{type(exc).__name__}: {exc}: the command holds text that is no file name or argument this "
+            "system can pass (a lone surrogate). Launch it under another name, or run it from a shell."
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Launcher:
@@ -146,8 +227,8 @@ class Launcher:
             to_start = []
             for sweep, limit in self._limits.items():
                 group = [j for j in self.jobs if j.sweep == sweep]
-                running = sum(j.state == "running" for j in group)
-                queued = [j for j in group if j.state == "queued"]
+                running = sum(j.popen is not None and j.popen.poll() is None for j in group)
+                queued = [j for j in group if j.popen is None and j.error is None and not j.cancelled]
                 to_start += queued[: max(0, limit - running)]
             for job in to_start:
                 self._start(job)
@@ -164,7 +245,7 @@ class Launcher:
             env = {**inherited, **spec.env}
             job.log_path, log = _new_log(job.log_path)
             with log:
-                log.write(f"$ {spec.display()}\n".encode())
+                log.write(f"$ {spec.display()}\n".encode())  # (display() is printable, whatever spec holds)
                 log.flush()
                 # A list argv and no shell: nothing in a spec or a name is ever interpreted by a shell.
                 job.popen = subprocess.Popen(
@@ -177,8 +258,9 @@ class Launcher:
                     start_new_session=True,
                 )
             job.started_at = time.time()
-        except OSError as exc:
-            job.error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # whatever keeps this one job from starting (a NUL, an unwritable log...)
+            # is its alone. Left queued, each later launch would try it again and fail: none would start.
+            job.error = printable(_not_started(exc, spec))
             return
         threading.Thread(
             target=self._watch, args=(job,), daemon=True, name=f"gradwatch-watch-{job.pid}"
@@ -187,6 +269,7 @@ class Launcher:
     def _watch(self, job: Job) -> None:
         job.popen.wait()
         self._pump()
+        job.recorded_run()  # here rather than in a page's rendering: it opens the database
 
     def stop(self, job: Job) -> bool:
         """SIGTERM a running job (the trainer finishes its step, flushes and records ``stopped``); a queued

@@ -11,14 +11,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dashboard.commands import check_recorded_command
-from dashboard.text import safe_file_name
+from dashboard.commands import check_recorded_command, hand_command, program_words, recorded_path
+from dashboard.text import code_span, safe_file_name
 
 # The tracker reads these variables (tracker/env.py): one definition of the names on both sides.
 from tracker.env import CLIP_ENV, DB_ENV, PARENT_ENV, RUN_ENV
@@ -54,12 +53,13 @@ class LaunchSpec:
     config_file: str | None = None  # written just before starting (trainer relaunches)
     config: Mapping | None = None
     resumes: int | None = None  # the run this command continues from its checkpoint (resume_spec)
+    db: str | None = None  # the database its run is recorded in (what tells whether it recorded one)
 
     def display(self) -> str:
-        """The exact command, as a user would type it in a POSIX shell (for display only; we never run it)."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        cmd = shlex.join(self.argv)
-        return f"cd {shlex.quote(self.cwd)} && {env + ' ' if env else ''}{cmd}"
+        """The exact command, as a user would type it in a POSIX shell (for display only; we never run it).
+        Printable whatever it holds: a byte that is not UTF-8 or a control character is written ``$'\\xNN'``
+        (:func:`dashboard.commands.shell_quote`)."""
+        return hand_command(self.cwd, self.env, self.argv)
 
 
 def _flag(dest: str) -> str:
@@ -108,6 +108,7 @@ def trainer_spec(
         clip=clip,
         config_file=str(config_file) if config_file is not None else None,
         config=dict(config) if config is not None else None,
+        db=str(db),
     )
 
 
@@ -199,8 +200,8 @@ def _config_file(config_dir: str | os.PathLike, name: str, config: Mapping, kind
 
 def _run_cwd(run: Mapping) -> str:
     """The run's working directory when it still exists, else the dashboard's."""
-    cwd = run.get("cwd")
-    return str(cwd) if cwd and os.path.isdir(cwd) else os.getcwd()
+    cwd = recorded_path(run.get("cwd"))
+    return cwd if cwd and os.path.isdir(cwd) else os.getcwd()
 
 
 # A run that ended early can be continued. A finished one cannot: resuming it would train its last epoch
@@ -220,7 +221,7 @@ def resume_checkpoint(run: Mapping) -> str | None:
     if not path:
         return None
     if not os.path.isabs(path) and run.get("cwd"):
-        path = os.path.join(str(run["cwd"]), path)
+        path = os.path.join(recorded_path(run["cwd"]), path)
     return path if os.path.isfile(path) else None
 
 
@@ -265,27 +266,60 @@ def external_spec(run: Mapping, *, name: str, db: str | os.PathLike, clip: str) 
 
     The command is the one typed after the interpreter (``sys.orig_argv[1:]``, recorded by the tracker when
     ``sys.argv`` cannot rerun it: ``python -m pkg.train``, ``python -c ...``, ``python -u train.py``), else
-    ``runs.argv``."""
+    ``runs.argv``. The recorded folder and Python are the real paths (:func:`recorded_path`: a name that is
+    not UTF-8 was recorded escaped). A run of torchrun (several processes, or ``config["_gradwatch"]
+    ["torchrun"]``) is refused with the torchrun command to run by hand: one plain process would stop at once.
+    """
     typed = tracker_notes(run).get("orig_argv")
     typed = [str(a) for a in typed] if isinstance(typed, list) and typed else None
     argv = typed or _as_list(run.get("argv"))
     if not argv:
         raise ValueError(f"run {run.get('id')!r} has no recorded command (argv) to re-execute")
-    python = run.get("python") or sys.executable
-    check_recorded_command(run, python, argv, typed=typed is not None)
+    python = recorded_path(run.get("python")) or sys.executable
+    cwd = recorded_path(run.get("cwd")) or os.getcwd()
     env = {
         CLIP_ENV: clip,
         DB_ENV: str(db),
         PARENT_ENV: str(int(run["id"])),
         RUN_ENV: name,
     }
+    _refuse_torchrun(run, python, argv, typed=typed is not None, cwd=cwd, env=env)
+    check_recorded_command(run, python, argv, typed=typed is not None, env=env)
     return LaunchSpec(
         name=name,
         argv=(python, *map(str, argv)),
-        cwd=str(run.get("cwd") or os.getcwd()),
+        cwd=cwd,
         env=env,
         parent_id=int(run["id"]),
         clip=clip,
+        db=str(db),
+    )
+
+
+def _refuse_torchrun(
+    run: Mapping, python: str, argv: list, *, typed: bool, cwd: str, env: Mapping[str, str]
+) -> None:
+    """ValueError with the command to run by hand when the run was one of torchrun's processes: the
+    dashboard starts one plain process, which stops at once (``environment variable RANK expected``; the
+    Resume button is not offered for such runs either). Told by ``world_size`` > 1, or by the tracker's
+    note ``torchrun`` (a torchrun run of one process has world size 1)."""
+    world_size = int(run.get("world_size") or 1)
+    torchrun = tracker_notes(run).get("torchrun") is True
+    if world_size <= 1 and not torchrun:
+        return
+    words = program_words(argv, typed=typed)
+    by_hand = hand_command(cwd, env, ["torchrun", f"--nproc-per-node={world_size}", *words])
+    ran = f"ran as {world_size} processes" if world_size > 1 else "was started by torchrun"
+    how = (
+        f"Run it yourself with torchrun, with the new clipping: {code_span(by_hand)} (on several machines: "
+        "on each, with the --nnodes, --node-rank and rendezvous options of the first time)"
+    )
+    if not torchrun:  # recorded before the tracker noted torchrun, or a script that starts its processes
+        mine = hand_command(cwd, env, [python, *argv])
+        how += f"; a script that starts its processes itself (torch.multiprocessing) as {code_span(mine)}"
+    raise ValueError(
+        f"Run #{run.get('id')} {ran} (torch.distributed): the dashboard starts one plain process, which "
+        f"would stop at once (torch.distributed expects torchrun's RANK and WORLD_SIZE). {how}."
     )
 
 

@@ -75,9 +75,10 @@ def single_launch(run: dict, trainer: bool, model: RecordedModel | None = None) 
         if job.error:
             st.error(f"Could not start: {escape_markdown(job.error)}")
         else:
+            # Not "its run appears": a script may end without recording one (the job below then says so).
             st.success(
-                f"Started {code_span(spec.name)} (pid {job.pid}). "
-                "Its run appears on the Runs page in a moment."
+                f"Started {code_span(spec.name)} (pid {job.pid}). Its run appears on the Runs page once the "
+                "script creates its tracker; should it end without recording a run, its job below says so."
             )
 
 
