@@ -58,6 +58,10 @@ def typed_argv() -> list[str] | None:
     module's path, which then cannot run alone), ``-c code`` (argv is just ``["-c"]``), options such as -u.
     None when ``sys.argv`` says it all."""
     typed = list(getattr(sys, "orig_argv", [])[1:])
+    if "--multiprocessing-fork" in typed:
+        # A child started by multiprocessing's "spawn" (torch.multiprocessing.spawn, DataLoader workers): its
+        # command line runs multiprocessing's stub, and sys.argv is its parent's, which is what reruns it.
+        return None
     return typed if typed and typed != list(sys.argv) else None
 
 

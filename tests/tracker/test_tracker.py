@@ -269,6 +269,35 @@ def test_the_environment_is_recorded_without_secrets_or_the_session(db_path, mon
     assert off is None
 
 
+_SPAWNED = """
+import multiprocessing as mp, sys
+from torch import nn
+from tracker import GradTracker
+
+def child(db):
+    GradTracker(nn.Linear(2, 1), db=db, run="spawned").finish()
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=child, args=(sys.argv[1],))
+    p.start(); p.join()
+    sys.exit(p.exitcode)
+"""
+
+
+def test_a_tracker_in_a_spawned_child_records_the_parents_command(db_path, tmp_path):
+    # torch.multiprocessing.spawn: the child's command line is multiprocessing's stub (-c "from
+    # multiprocessing.spawn import spawn_main ..." --multiprocessing-fork), which cannot start the job again.
+    import subprocess
+
+    (tmp_path / "job.py").write_text(_SPAWNED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWATCH_")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    subprocess.run([sys.executable, "job.py", str(db_path)], cwd=tmp_path, env=env, check=True, timeout=120)
+    argv, cwd, config = _rows(db_path, "SELECT argv, cwd, config FROM runs")[0]
+    assert json.loads(argv) == ["job.py", str(db_path)] and cwd == str(tmp_path)
+    assert "orig_argv" not in json.loads(config).get("_gradwatch", {})
+
+
 def test_a_run_started_by_torchrun_says_so(db_path, monkeypatch):
     # torchrun --nproc-per-node 1 gives world size 1: the relaunch must still go through torchrun.
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
