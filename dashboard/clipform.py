@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tracker.clipping import ClipSpecError, parse_clip, validate_clip
@@ -96,17 +96,23 @@ def _finite(text: str) -> bool:
 @dataclass(frozen=True)
 class RecordedModel:
     """What the tracker checks a clip spec against, as a run recorded it: the parameter names (its layers),
-    tied aliases (alias -> recorded name, the tracker's note ``tied``) and the trainable layers' dtypes."""
+    tied aliases (alias -> recorded name, the tracker's note ``tied``) and the trainable layers' dtypes;
+    ``run`` names the run in a message (``disc (#2)``)."""
 
     names: tuple[str, ...] = ()
     aliases: Mapping[str, str] = field(default_factory=dict)
     dtypes: Mapping[str, str] = field(default_factory=dict)
+    run: str = ""
 
 
-def check_clip(spec: str, model: RecordedModel | None = None) -> tuple[str | None, str | None]:
+def check_clip(
+    spec: str, model: RecordedModel | Sequence[RecordedModel] | None = None
+) -> tuple[str | None, str | None]:
     """``(canonical spec, None)`` when the tracker accepts ``spec`` for the ``model`` a run recorded, else
     ``(None, the tracker's message)``. With no model (or a run that recorded no layer) only the spec itself
-    is checked.
+    is checked. Several models (the runs of a process that recorded several, a GAN's generator and
+    discriminator, relaunched together with one spec): the spec must fit each; the message names the run
+    it does not fit.
 
     The model is checked the way the tracker checks the one it is given (``Strategy.bind_names`` and
     ``bind_dtypes``): an AGC ``exclude=`` matching no parameter, or value clipping of complex parameters,
@@ -114,14 +120,19 @@ def check_clip(spec: str, model: RecordedModel | None = None) -> tuple[str | Non
     error = validate_clip(spec)
     if error:
         return None, error
-    strategy = parse_clip(spec)
-    if model is not None and model.names:
+    models = [model] if isinstance(model, RecordedModel) else list(model or ())
+    canonical = parse_clip(spec).spec
+    for recorded in models:
+        if not recorded.names:
+            continue
+        strategy = parse_clip(spec)  # a strategy binds to one model
         try:
-            strategy.bind_names(list(model.names), dict(model.aliases))
-            strategy.bind_dtypes(dict(model.dtypes))
+            strategy.bind_names(list(recorded.names), dict(recorded.aliases))
+            strategy.bind_dtypes(dict(recorded.dtypes))
         except ClipSpecError as exc:
-            return None, f"clip {strategy.spec!r}: {exc}"
-    return strategy.spec, None
+            where = f" for run {recorded.run}" if len(models) > 1 and recorded.run else ""
+            return None, f"clip {canonical!r}{where}: {exc}"
+    return canonical, None
 
 
 def build_spec(strategy: str, params: dict, *, noise_eta=None, noise_gamma=None) -> str:

@@ -7,24 +7,30 @@ Jupyter kernel) would end without recording anything, so the command is refused 
 is missing and how to fix it (for the latter, the command to run by hand). It reads the file system; for
 ``python -m pkg.mod`` it also asks the recorded Python, in the recorded folder, whether it finds ``pkg`` (one
 short process, its answer kept while the folder is unchanged, 30 s at most): a module may live in that folder
-or be installed, which only that interpreter can tell.
+or be installed, which only that interpreter can tell; that Python runs with the environment the relaunch
+gives it (:func:`environment_changes`: the variables the run recorded, ``PYTHONPATH`` among them).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shlex
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from dashboard.text import code_span, printable
+from tracker.command import RECORD_ENV_VAR, environment, is_recorded_name
 from tracker.env import CLIP_ENV
 
 __all__ = [
+    "EnvChanges",
     "check_recorded_command",
+    "environment_changes",
     "hand_command",
     "interpreter_target",
     "program_words",
@@ -109,6 +115,52 @@ def recorded_path(text):
     return os.fsdecode(raw)
 
 
+@dataclass(frozen=True)
+class EnvChanges:
+    """How a relaunch's environment differs from the dashboard's: the variables ``set`` to the run's
+    recorded values, and those ``unset`` (the run did not have them)."""
+
+    set: Mapping[str, str] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+
+    def applied(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """``environ`` with these changes made."""
+        return {k: v for k, v in environ.items() if k not in self.unset} | dict(self.set)
+
+    def words(self) -> list[str]:
+        """The changes as a person reads them: ``LR=0.5``, ``unset FOO``."""
+        return [f"{k}={shell_quote(v)}" for k, v in self.set.items()] + [
+            f"unset {shell_quote(k)}" for k in self.unset
+        ]
+
+    def __len__(self) -> int:
+        return len(self.set) + len(self.unset)
+
+
+def environment_changes(recorded, environ: Mapping[str, str] | None = None) -> EnvChanges | None:
+    """What a relaunch changes in the dashboard's environment (``environ``, else ``os.environ``) so that
+    the command runs with the variables its run recorded (``runs.env``: a dict, or its JSON text): each
+    recorded value that differs is set, and each variable the run would have recorded but did not have is
+    unset. The others keep the dashboard's values: what is never recorded (``is_recorded_name``: secrets,
+    the terminal session's variables, ``GRADWATCH_*``) and a value holding a URL with a password, which
+    the run may have had too. Names and values are decoded as :func:`recorded_path` decodes a path (a byte
+    that is not UTF-8 was recorded as ``\\xNN``). None when the run recorded no environment (before
+    gradwatch recorded it, or ``GRADWATCH_RECORD_ENV=0``): the dashboard's is used as it is."""
+    if isinstance(recorded, str):
+        recorded = json.loads(recorded)
+    if not isinstance(recorded, Mapping):
+        return None
+    environ = os.environ if environ is None else environ
+    wanted = {recorded_path(str(k)): recorded_path(str(v)) for k, v in recorded.items()}
+    wanted = {k: v for k, v in wanted.items() if is_recorded_name(k)}
+    # What the tracker would record of the dashboard's environment (the same rules): absent from the run's.
+    recordable = environment({k: v for k, v in environ.items() if k != RECORD_ENV_VAR}) or {}
+    return EnvChanges(
+        set={k: v for k, v in sorted(wanted.items()) if environ.get(k) != v},
+        unset=tuple(sorted(k for k in recordable if k not in wanted)),
+    )
+
+
 def shell_quote(word: str) -> str:
     """``word`` as one word of a POSIX shell command, printable: ``shlex.quote``, except that a word holding
     a byte that is not UTF-8 (a surrogate escape, as Python holds one) or a control character is written in
@@ -132,11 +184,16 @@ def shell_quote(word: str) -> str:
     return "$'" + "".join(out) + "'"
 
 
-def hand_command(cwd: str, env: Mapping[str, str], words: Sequence[str]) -> str:
-    """``cd CWD && K=V ... WORDS``: a command for a person to type, each word quoted (:func:`shell_quote`)."""
-    assigned = " ".join(f"{k}={shell_quote(v)}" for k, v in env.items())
+def hand_command(
+    cwd: str, env: Mapping[str, str], words: Sequence[str], changes: EnvChanges | None = None
+) -> str:
+    """``cd CWD && unset A B && K=V ... WORDS``: a command for a person to type, each word quoted
+    (:func:`shell_quote`); ``changes`` (the run's recorded environment) before ``env``."""
+    changes = changes or EnvChanges()
+    unset = f"unset {' '.join(shell_quote(k) for k in changes.unset)} && " if changes.unset else ""
+    assigned = " ".join(f"{k}={shell_quote(v)}" for k, v in {**changes.set, **env}.items())
     command = " ".join(shell_quote(w) for w in words)
-    return f"cd {shell_quote(cwd)} && {assigned + ' ' if assigned else ''}{command}"
+    return f"cd {shell_quote(cwd)} && {unset}{assigned + ' ' if assigned else ''}{command}"
 
 
 # Debuggers that read their commands from the terminal: without one (a relaunch's standard input is empty)
@@ -162,7 +219,13 @@ def _kernel(kind: str, name: str | None, argv: Sequence[str]) -> bool:
 
 
 def check_recorded_command(
-    run: Mapping, python: str, argv: list, *, typed: bool = False, env: Mapping[str, str] | None = None
+    run: Mapping,
+    python: str,
+    argv: list,
+    *,
+    typed: bool = False,
+    env: Mapping[str, str] | None = None,
+    changes: EnvChanges | None = None,
 ) -> None:
     """Raise ValueError, saying what is missing and how to fix it, when the recorded command cannot run
     again: its working folder, its Python or its script (a ``.py`` path, resolved against the recorded
@@ -171,13 +234,16 @@ def check_recorded_command(
     notebook: under a debugger (``python -m pdb``: the command to run by hand is given, with ``env``, the
     relaunch's environment), or a Jupyter/IPython kernel. ``typed``: ``argv`` is the command line as typed
     after the interpreter (``sys.orig_argv[1:]``), else ``sys.argv``. ``python`` and the run's ``cwd`` are
-    read with :func:`recorded_path`."""
-    problem = _problem(run, python, argv, typed=typed, env=env or {})
+    read with :func:`recorded_path`. ``changes``: the run's recorded environment
+    (:func:`environment_changes`), which the ``-m`` module is looked for with (a ``PYTHONPATH=src``)."""
+    problem = _problem(run, python, argv, typed=typed, env=env or {}, changes=changes or EnvChanges())
     if problem:
         raise ValueError(printable(problem))  # (paths and arguments may hold bytes that are not UTF-8)
 
 
-def _problem(run: Mapping, python: str, argv: list, *, typed: bool, env: Mapping[str, str]) -> str | None:
+def _problem(
+    run: Mapping, python: str, argv: list, *, typed: bool, env: Mapping[str, str], changes: EnvChanges
+) -> str | None:
     """What :func:`check_recorded_command` refuses the command for, else None."""
     run_id = run.get("id")
     shown_cwd = run.get("cwd")
@@ -191,7 +257,7 @@ def _problem(run: Mapping, python: str, argv: list, *, typed: bool, env: Mapping
             ("code", None) if first == "-c" else ("stdin", None) if first in ("-", "") else ("script", first)
         )
     if kind == "module" and script in DEBUGGERS:
-        by_hand = hand_command(cwd or ".", env, [python, *map(str, argv)])
+        by_hand = hand_command(cwd or ".", env, [python, *map(str, argv)], changes)
         return (
             f"Run #{run_id} was started under the debugger (`python -m {script} ...`): a relaunch runs "
             "without a terminal, so the debugger would read an empty standard input and quit before the "
@@ -233,7 +299,7 @@ def _problem(run: Mapping, python: str, argv: list, *, typed: bool, env: Mapping
         )
     if kind == "module" and not script:
         return f"The recorded command of run #{run_id} has `-m` without a module name."
-    if kind == "module" and not _module_found(python, cwd or None, script):
+    if kind == "module" and not _module_found(python, cwd or None, script, changes):
         return (
             f"The recorded module {script} of run #{run_id} cannot be found: {python} started in {shown_cwd} "
             f"finds no {script.split('.')[0]!r} (its folder moved or renamed, or uninstalled?), so Python "
@@ -250,23 +316,34 @@ def _problem(run: Mapping, python: str, argv: list, *, typed: bool, env: Mapping
     return None
 
 
-def _module_found(python: str, cwd: str | None, module: str) -> bool:
-    """False only when ``python`` in ``cwd`` surely does not find ``module``'s top-level package."""
+def _module_found(python: str, cwd: str | None, module: str, changes: EnvChanges) -> bool:
+    """False only when ``python`` in ``cwd``, with the relaunch's environment, surely does not find
+    ``module``'s top-level package."""
     try:  # renaming or moving a package folder changes its parent's mtime: a new answer
         changed = os.stat(cwd or ".").st_mtime_ns
     except OSError:
         changed = 0
-    return _finds(python, cwd, module.split(".")[0], changed, int(time.monotonic() // 30)) is not False
+    recorded = (tuple(changes.set.items()), changes.unset)
+    return (
+        _finds(python, cwd, module.split(".")[0], recorded, changed, int(time.monotonic() // 30)) is not False
+    )
 
 
 @functools.lru_cache(maxsize=64)
-def _finds(python: str, cwd: str | None, package: str, _changed: int, _period: int) -> bool | None:
-    """Does ``python``, started in ``cwd`` as ``-m`` starts it (that folder first on sys.path), find the
-    top-level ``package``? ``find_spec`` of a top-level name runs none of its code. None: cannot tell (the
-    interpreter did not answer); the relaunch then goes ahead. The last two arguments expire the answer."""
+def _finds(
+    python: str, cwd: str | None, package: str, recorded: tuple, _changed: int, _period: int
+) -> bool | None:
+    """Does ``python``, started in ``cwd`` as ``-m`` starts it (that folder first on sys.path) with the
+    dashboard's environment changed as ``recorded`` says (:class:`EnvChanges`' set items and unset names),
+    find the top-level ``package``? ``find_spec`` of a top-level name runs none of its code. None: cannot
+    tell (the interpreter did not answer); the relaunch then goes ahead. The last two arguments expire the
+    answer."""
     probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec(sys.argv[1]) else 3)"
+    env = EnvChanges(dict(recorded[0]), recorded[1]).applied(os.environ)
     try:
-        done = subprocess.run([python, "-c", probe, package], cwd=cwd, capture_output=True, timeout=20)
+        done = subprocess.run(
+            [python, "-c", probe, package], cwd=cwd, env=env, capture_output=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return {0: True, 3: False}.get(done.returncode)

@@ -54,6 +54,9 @@ def job_card(job, number: int) -> None:
     c1, c2 = st.columns([5, 1])
     pid = f" · pid {job.pid}" if job.pid else ""
     c1.markdown(f"**{escape_markdown(job.spec.name)}** — {job.state}{pid}")
+    if len(job.spec.lineage) > 1:  # a relaunch of a process that recorded several runs
+        runs = ", ".join(f"{code_span(name)} (child of #{parent})" for parent, name in job.spec.lineage)
+        c1.caption(f"One process relaunching {len(job.spec.lineage)} runs: {runs}")
     if job.state in ("running", "queued"):
         label = "Stop (SIGTERM)" if job.state == "running" else "Cancel"
         # A callback runs before the rerun, so this very render already shows the new state.

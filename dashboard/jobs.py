@@ -2,7 +2,8 @@
 
 Each process gets its own session, so closing the dashboard (or a Ctrl-C in its terminal) does not kill a
 training run; stopping is an explicit SIGTERM (``dashboard.stopping``). A job that cannot start says why and
-is not tried again; one that exits without recording its run in the database says so.
+is not tried again; one that exits without recording its run in the database (or one of its runs: a
+relaunch of a process that recorded several) says so.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from pathlib import Path
 from dashboard.launch import LaunchSpec
 from dashboard.stopping import STOP_EXIT_CODES
 from dashboard.text import printable, safe_file_name
-
-# The tracker reads these variables (tracker/env.py): one definition of the names on both sides.
-from tracker.env import CLIP_ENV, PARENT_ENV, RUN_ENV
 from tracker.store import Store, StoreError
 
 __all__ = ["Job", "Launcher", "log_tail"]
@@ -73,8 +71,9 @@ class Job:
     error: str | None = None  # why it could not start
     cancelled: bool = False  # removed from the queue before it started
     stop_requested: bool = False  # this dashboard sent it SIGTERM (its Stop button, or the Run page's)
-    # What its database said once it exited: the run it recorded, None when it recorded none, _UNKNOWN
-    # when that cannot be told (no database or parent run to look for, a file that cannot be read).
+    # What its database said once it exited: the run it recorded for each run it relaunches
+    # (spec.expected), None where it recorded none; _UNKNOWN when that cannot be told (no database or
+    # parent run to look for, a file that cannot be read).
     recorded: object = None
     _looked: bool = False
 
@@ -91,16 +90,27 @@ class Job:
             return "stopped"  # ended as asked: 143 is the tracker's exit code for a SIGTERM stop
         if code != 0:
             return f"exited ({code})"
-        return _exit_state(self.recorded_run())
+        return _exit_state(self.recorded_runs(), self.spec.expected)
 
-    def recorded_run(self):
-        """The run this job recorded (a ``Store.runs()`` row), once it has exited: a run of its parent,
-        created since it started, by its process or under its name. None when there is none; ``_UNKNOWN``
-        when that cannot be told. Asked of the database once."""
+    def recorded_runs(self):
+        """The runs this job recorded (``Store.runs()`` rows), once it has exited: for each run it relaunches
+        (``spec.expected``), a run of that parent created since it started, by its process or under its
+        name, else None. ``_UNKNOWN`` when that cannot be told. Asked of the database once."""
         if not self._looked and self.popen is not None and self.popen.poll() is not None:
-            self.recorded = _find_run(self)
+            self.recorded = _find_runs(self)
             self._looked = True
         return self.recorded if self._looked else _UNKNOWN
+
+    def recorded_run(self):
+        """The run this job recorded as the relaunch of its own source run (``spec.parent_id``), as
+        :meth:`recorded_runs` finds it: a row, None, or ``_UNKNOWN``."""
+        runs = self.recorded_runs()
+        if runs is _UNKNOWN:
+            return _UNKNOWN
+        for (parent, _), run in zip(self.spec.expected, runs, strict=True):
+            if parent == self.spec.parent_id:
+                return run
+        return None
 
     @property
     def failed(self) -> bool:
@@ -121,24 +131,29 @@ _UNKNOWN = "unknown"  # Job.recorded when the database cannot tell
 _CLOCK_SLACK_S = 2.0  # created_at is the child's clock reading, started_at ours just after it started
 
 
-def _find_run(job: Job):
-    """The newest run of the job's parent in its database that the job's process created, or that bears the
-    job's name, since the job started; None when there is none. ``_UNKNOWN`` for a command whose run is not
-    a relaunch's (a resume, the demo) or when the file cannot be read."""
+def _find_runs(job: Job):
+    """For each run the job relaunches (``spec.expected``: parent id and name), the newest run of that parent
+    in the job's database that the job's process created, or that bears that name, since the job started;
+    None where there is none. ``_UNKNOWN`` for a command whose run is not a relaunch's (a resume, the demo)
+    or when the file cannot be read."""
     spec = job.spec
-    if spec.db is None or spec.parent_id is None or job.started_at is None:
+    if spec.db is None or not spec.expected or job.started_at is None:
         return _UNKNOWN
+    found = []
     try:
         with Store.open(spec.db, readonly=True) as store:
-            runs = store.children(spec.parent_id)
+            for parent, name in spec.expected:
+                runs = store.children(parent)
+                # The tracker records GRADWATCH_RUN stripped; a run its process made is its too (a name
+                # it escaped).
+                mine = runs[
+                    (runs["created_at"] >= job.started_at - _CLOCK_SLACK_S)
+                    & ((runs["pid"] == job.pid) | (runs["name"] == name.strip()))
+                ]
+                found.append(mine.iloc[-1].to_dict() if len(mine) else None)
     except (StoreError, OSError, sqlite3.Error):  # gone, unreadable, locked: say nothing rather than wrong
         return _UNKNOWN
-    # The tracker records GRADWATCH_RUN stripped; a run its process made is its too (a name it escaped).
-    mine = runs[
-        (runs["created_at"] >= job.started_at - _CLOCK_SLACK_S)
-        & ((runs["pid"] == job.pid) | (runs["name"] == spec.name.strip()))
-    ]
-    return mine.iloc[-1].to_dict() if len(mine) else None
+    return found
 
 
 NO_RUN = (
@@ -149,13 +164,27 @@ NO_RUN = (
 )
 
 
-def _exit_state(run) -> str:
-    """The state of a job that exited with code 0, told by the run it recorded (:func:`_find_run`)."""
-    if run is None:
+def _exit_state(runs, expected) -> str:
+    """The state of a job that exited with code 0, told by the runs it recorded (:func:`_find_runs`) for
+    the runs it relaunches (``expected``: parent id and name each)."""
+    if runs is _UNKNOWN:
+        return "exited"
+    if all(run is None for run in runs):
         return NO_RUN
-    if run is not _UNKNOWN and not run.get("n_steps"):
+    missing = [f"#{parent}" for (parent, _), run in zip(expected, runs, strict=True) if run is None]
+    if missing:
         return (
-            f"exited; its run #{int(run['id'])} recorded no step: the script created its GradTracker but "
+            f"exited without recording the relaunch of run {', '.join(missing)}: its process recorded "
+            f"{len(runs) - len(missing)} of the {len(runs)} runs it relaunches: it created fewer trackers "
+            "than the first time (a setting of its own? a relaunch's standard input is empty). Its log may "
+            "say which."
+        )
+    empty = [run for run in runs if not run.get("n_steps")]
+    if empty:
+        ids = ", ".join(f"#{int(run['id'])}" for run in empty)
+        its = f"its run {ids} recorded" if len(runs) == 1 else f"of its runs, {ids} recorded"
+        return (
+            f"exited; {its} no step: the script created its GradTracker but "
             "never called its step() (nothing to train on? a relaunch's standard input is empty: a config "
             "read from it is missing)"
         )
@@ -239,10 +268,7 @@ class Launcher:
             if spec.config_file is not None:
                 Path(spec.config_file).parent.mkdir(parents=True, exist_ok=True)
                 Path(spec.config_file).write_text(json.dumps(spec.config or {}, indent=2, default=str))
-            # A GRADWATCH_CLIP exported in the dashboard's own shell would silently override the clip
-            # setting of every run it launches: only the spec's own environment may set these.
-            inherited = {k: v for k, v in os.environ.items() if k not in (CLIP_ENV, PARENT_ENV, RUN_ENV)}
-            env = {**inherited, **spec.env}
+            env = spec.child_env(os.environ)
             job.log_path, log = _new_log(job.log_path)
             with log:
                 log.write(f"$ {spec.display()}\n".encode())  # (display() is printable, whatever spec holds)
@@ -298,10 +324,14 @@ class Launcher:
         queued or running, or started less than ``within_s`` seconds ago: launching ``spec`` again is
         then most likely a double click, not a second run wanted."""
         now = time.time()
+
+        def command(s: LaunchSpec):
+            return s.argv, s.cwd, dict(s.env), s.changes
+
         return [
             j
             for j in self.jobs
-            if (j.spec.argv, j.spec.cwd, dict(j.spec.env)) == (spec.argv, spec.cwd, dict(spec.env))
+            if command(j.spec) == command(spec)
             and (j.state in ("queued", "running") or (j.started_at or 0) > now - within_s)
         ]
 

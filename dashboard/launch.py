@@ -1,22 +1,33 @@
 """The commands the dashboard launches: relaunches of recorded runs, resumes from a checkpoint, sweeps.
 
 Commands are argument lists, never shell strings: a clip spec like ``norm:1.0+noise(0.01)`` or a run name
-with spaces reaches the child exactly as typed. A spec depends only on its arguments, so the command a page
-shows is the one its button runs. Starting them is ``dashboard.jobs``'s job.
+with spaces reaches the child exactly as typed. A spec depends only on its arguments (and the dashboard's
+environment, which a relaunch changes into the one its run recorded), so the command a page shows is the one
+its button runs. Starting them is ``dashboard.jobs``'s job.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import os
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dashboard.commands import check_recorded_command, hand_command, program_words, recorded_path
+from dashboard.commands import (
+    EnvChanges,
+    check_recorded_command,
+    environment_changes,
+    hand_command,
+    program_words,
+    recorded_path,
+)
 from dashboard.text import code_span, safe_file_name
 
 # The tracker reads these variables (tracker/env.py): one definition of the names on both sides.
@@ -32,17 +43,26 @@ __all__ = [
     "external_spec",
     "is_trainer_run",
     "parse_sweep",
+    "relaunch_name",
     "relaunch_spec",
     "resume_checkpoint",
     "resume_spec",
+    "same_process",
     "tracker_notes",
+    "trainer_command",
     "trainer_spec",
 ]
 
 
+# Set by the launch alone: one exported in the dashboard's own shell would silently override the clip
+# setting or the lineage of every run it launches.
+_OWN_VARIABLES = (CLIP_ENV, PARENT_ENV, RUN_ENV)
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
-    """Everything needed to start one process: argv list, working directory and extra environment."""
+    """Everything needed to start one process: argv list, working directory and environment (the
+    dashboard's, changed into the run's recorded one, then ``env``)."""
 
     name: str
     argv: tuple[str, ...]
@@ -54,12 +74,30 @@ class LaunchSpec:
     config: Mapping | None = None
     resumes: int | None = None  # the run this command continues from its checkpoint (resume_spec)
     db: str | None = None  # the database its run is recorded in (what tells whether it recorded one)
+    # The dashboard's environment changed into the run's recorded one; None: not recorded (older runs).
+    changes: EnvChanges | None = None
+    # (parent id, name) of each run a relaunch of a process that recorded several is to record, in the
+    # order it created them; () for one run (``parent_id``, ``name``).
+    lineage: tuple[tuple[int, str], ...] = ()
 
-    def display(self) -> str:
+    @property
+    def expected(self) -> tuple[tuple[int, str], ...]:
+        """(parent id, name) of each run this command is to record as a relaunch (none for a resume)."""
+        if self.lineage:
+            return self.lineage
+        return () if self.parent_id is None else ((self.parent_id, self.name),)
+
+    def child_env(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The process's environment, given the dashboard's."""
+        inherited = {k: v for k, v in environ.items() if k not in _OWN_VARIABLES}
+        return (self.changes or EnvChanges()).applied(inherited) | dict(self.env)
+
+    def display(self, *, recorded_env: bool = True) -> str:
         """The exact command, as a user would type it in a POSIX shell (for display only; we never run it).
         Printable whatever it holds: a byte that is not UTF-8 or a control character is written ``$'\\xNN'``
-        (:func:`dashboard.commands.shell_quote`)."""
-        return hand_command(self.cwd, self.env, self.argv)
+        (:func:`dashboard.commands.shell_quote`). ``recorded_env=False`` leaves out the changes to the
+        dashboard's environment (a page lists a long list of them apart)."""
+        return hand_command(self.cwd, self.env, self.argv, self.changes if recorded_env else None)
 
 
 def _flag(dest: str) -> str:
@@ -83,9 +121,9 @@ def trainer_spec(
 
     ``overrides`` maps trainer option dest names (as recorded in ``runs.config``) to values; ``True`` gives a
     bare flag, ``False``/``None`` are left out (to unset a replayed value, set it to None in ``config``, as
-    :func:`relaunch_spec` does).
+    :func:`relaunch_spec` does). The interpreter is :func:`trainer_command`'s.
     """
-    argv: list[str] = [python, "-m", "trainer"]
+    argv: list[str] = trainer_command(python)
     if config_file is not None:
         argv += ["--config", str(config_file)]
     for dest, value in (overrides or {}).items():
@@ -112,6 +150,31 @@ def trainer_spec(
     )
 
 
+def trainer_command(python: str = sys.executable) -> list[str]:
+    """``python -P -m trainer``. ``-m`` would put the working folder first on ``sys.path``, where a
+    ``trainer.py`` or ``tracker.py`` of the user's (a run's recorded folder) would run instead of gradwatch's;
+    ``-P`` (Python 3.11) leaves it out. An interpreter older than 3.11, which gradwatch does not run on, is
+    replaced by the dashboard's own."""
+    if _version(python) < (3, 11):
+        python = sys.executable
+    return [python, "-P", "-m", "trainer"]
+
+
+@functools.lru_cache(maxsize=16)
+def _version(python: str) -> tuple[int, ...]:
+    """``python``'s (major, minor) version; (3, 11) when it cannot tell (a missing interpreter: it is started
+    as given, and the job says it could not start)."""
+    if python == sys.executable:
+        return tuple(sys.version_info[:2])
+    try:
+        done = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True,
+                              text=True, timeout=20)  # fmt: skip
+        version = tuple(int(part) for part in done.stdout.split())
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return (3, 11)
+    return version if len(version) == 2 else (3, 11)
+
+
 def _as_list(value) -> list:
     if value is None:
         return []
@@ -134,6 +197,33 @@ def is_trainer_run(run: Mapping) -> bool:
     )
 
 
+def relaunch_name(run: Mapping, clip: str | None) -> str:
+    """The name a relaunch of ``run`` gets unless one is typed: ``<its name> · <clip spec>``."""
+    return f"{run['name']} · {clip or ''}"
+
+
+def same_process(run: Mapping, runs: Iterable[Mapping]) -> list[dict]:
+    """The runs of ``runs`` that the process which recorded ``run`` recorded (``run`` among them), in the
+    order it created them (their ids): a GAN's generator and discriminator. A process is its host, pid and
+    start time (``pid_started_at``: the same pid with another start time is another process, the pid
+    reused); a run without a start time (recorded before it was, or off Linux) is alone."""
+    mine = _process(run)
+    group = {int(r["id"]): dict(r) for r in runs if mine is not None and _process(r) == mine}
+    group[int(run["id"])] = dict(run)
+    return [group[i] for i in sorted(group)]
+
+
+def _process(run: Mapping) -> tuple | None:
+    host, pid, started = run.get("host"), run.get("pid"), run.get("pid_started_at")
+    if host is None or pid is None or started is None or any(_nan(v) for v in (pid, started)):
+        return None
+    return str(host), int(pid), float(started)
+
+
+def _nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
 def relaunch_spec(
     run: Mapping,
     *,
@@ -142,11 +232,16 @@ def relaunch_spec(
     clip: str,
     config_dir: str | os.PathLike,
     overrides: Mapping[str, object] | None = None,
+    siblings: Sequence[Mapping] = (),
 ) -> LaunchSpec:
     """The command that relaunches a recorded run with another clip setting.
 
     Trainer runs replay their recorded config through ``--config``; any other script is re-executed with its
     recorded argv, Python and working directory, with the clip setting passed through ``GRADWATCH_CLIP``.
+    Both run with the environment variables the run recorded (``runs.env``, :func:`environment_changes`),
+    where it recorded them. ``siblings``: the runs the same process recorded (:func:`same_process`); a
+    script's command then relaunches each as a child of its own, in the order the process created them,
+    each named :func:`relaunch_name` (``run`` itself ``name``). (The trainer records one run per process.)
     An override of None removes the recorded value (``max_steps: None``: no step limit): it is written as
     null into the replayed config, since the trainer has no flag that unsets an option.
     The result depends only on the arguments, so the command a page shows is the one its button runs.
@@ -156,7 +251,7 @@ def relaunch_spec(
         unset = {dest: None for dest, value in overrides.items() if value is None}
         config = _replayed(_config(run)) | unset
         flags = {dest: value for dest, value in overrides.items() if value is not None}
-        return trainer_spec(
+        spec = trainer_spec(
             name=name,
             db=db,
             clip=clip,
@@ -168,12 +263,21 @@ def relaunch_spec(
             python=sys.executable,
             cwd=_run_cwd(run),
         )
+        return dataclasses.replace(spec, changes=environment_changes(run.get("env")))
     if overrides:
         raise ValueError(
             f"run {run.get('id')!r} is not a trainer run: only the clip setting can be changed "
             f"(got options {sorted(overrides)!r})"
         )
-    return external_spec(run, name=name, db=db, clip=clip)
+    group = same_process(run, siblings)
+    names = [name if int(r["id"]) == int(run["id"]) else relaunch_name(r, clip) for r in group]
+    return external_spec(
+        run,
+        name=name,
+        db=db,
+        clip=clip,
+        lineage=[(int(r["id"]), n) for r, n in zip(group, names, strict=True)],
+    )
 
 
 def _config(run: Mapping) -> dict:
@@ -248,7 +352,7 @@ def resume_spec(run: Mapping, *, db: str | os.PathLike, config_dir: str | os.Pat
         python=sys.executable,
         cwd=_run_cwd(run),
     )
-    return dataclasses.replace(spec, resumes=int(run["id"]))
+    return dataclasses.replace(spec, resumes=int(run["id"]), changes=environment_changes(run.get("env")))
 
 
 # The tracker's own notes inside runs.config (docs/schema.md: requested_clip, tied, orig_argv, ...).
@@ -261,14 +365,25 @@ def tracker_notes(run: Mapping) -> dict:
     return dict(notes) if isinstance(notes, Mapping) else {}
 
 
-def external_spec(run: Mapping, *, name: str, db: str | os.PathLike, clip: str) -> LaunchSpec:
-    """Re-execute an external script's recorded command with ``GRADWATCH_CLIP`` set.
+def external_spec(
+    run: Mapping,
+    *,
+    name: str,
+    db: str | os.PathLike,
+    clip: str,
+    lineage: Sequence[tuple[int, str]] = (),
+) -> LaunchSpec:
+    """Re-execute an external script's recorded command with ``GRADWATCH_CLIP`` set, and the environment
+    variables it recorded (:func:`environment_changes`).
 
     The command is the one typed after the interpreter (``sys.orig_argv[1:]``, recorded by the tracker when
     ``sys.argv`` cannot rerun it: ``python -m pkg.train``, ``python -c ...``, ``python -u train.py``), else
     ``runs.argv``. The recorded folder and Python are the real paths (:func:`recorded_path`: a name that is
     not UTF-8 was recorded escaped). A run of torchrun (several processes, or ``config["_gradwatch"]
     ["torchrun"]``) is refused with the torchrun command to run by hand: one plain process would stop at once.
+    ``lineage``: (parent id, name) of each run of a process that recorded several (``run`` among them), in
+    the order it created them: ``GRADWATCH_PARENT_RUN`` lists the ids, ``GRADWATCH_RUN`` the names (JSON),
+    and the k-th tracker of the new process continues the k-th run.
     """
     typed = tracker_notes(run).get("orig_argv")
     typed = [str(a) for a in typed] if isinstance(typed, list) and typed else None
@@ -277,14 +392,13 @@ def external_spec(run: Mapping, *, name: str, db: str | os.PathLike, clip: str) 
         raise ValueError(f"run {run.get('id')!r} has no recorded command (argv) to re-execute")
     python = recorded_path(run.get("python")) or sys.executable
     cwd = recorded_path(run.get("cwd")) or os.getcwd()
-    env = {
-        CLIP_ENV: clip,
-        DB_ENV: str(db),
-        PARENT_ENV: str(int(run["id"])),
-        RUN_ENV: name,
-    }
-    _refuse_torchrun(run, python, argv, typed=typed is not None, cwd=cwd, env=env)
-    check_recorded_command(run, python, argv, typed=typed is not None, env=env)
+    lineage = tuple((int(i), str(n)) for i, n in lineage) if len(lineage) > 1 else ()
+    parents = ",".join(str(i) for i, _ in lineage) or str(int(run["id"]))
+    names = json.dumps([n for _, n in lineage], ensure_ascii=False) if lineage else name
+    env = {CLIP_ENV: clip, DB_ENV: str(db), PARENT_ENV: parents, RUN_ENV: names}
+    changes = environment_changes(run.get("env"))
+    _refuse_torchrun(run, python, argv, typed=typed is not None, cwd=cwd, env=env, changes=changes)
+    check_recorded_command(run, python, argv, typed=typed is not None, env=env, changes=changes)
     return LaunchSpec(
         name=name,
         argv=(python, *map(str, argv)),
@@ -293,11 +407,20 @@ def external_spec(run: Mapping, *, name: str, db: str | os.PathLike, clip: str) 
         parent_id=int(run["id"]),
         clip=clip,
         db=str(db),
+        changes=changes,
+        lineage=lineage,
     )
 
 
 def _refuse_torchrun(
-    run: Mapping, python: str, argv: list, *, typed: bool, cwd: str, env: Mapping[str, str]
+    run: Mapping,
+    python: str,
+    argv: list,
+    *,
+    typed: bool,
+    cwd: str,
+    env: Mapping[str, str],
+    changes: EnvChanges | None,
 ) -> None:
     """ValueError with the command to run by hand when the run was one of torchrun's processes: the
     dashboard starts one plain process, which stops at once (``environment variable RANK expected``; the
@@ -308,14 +431,14 @@ def _refuse_torchrun(
     if world_size <= 1 and not torchrun:
         return
     words = program_words(argv, typed=typed)
-    by_hand = hand_command(cwd, env, ["torchrun", f"--nproc-per-node={world_size}", *words])
+    by_hand = hand_command(cwd, env, ["torchrun", f"--nproc-per-node={world_size}", *words], changes)
     ran = f"ran as {world_size} processes" if world_size > 1 else "was started by torchrun"
     how = (
         f"Run it yourself with torchrun, with the new clipping: {code_span(by_hand)} (on several machines: "
         "on each, with the --nnodes, --node-rank and rendezvous options of the first time)"
     )
     if not torchrun:  # recorded before the tracker noted torchrun, or a script that starts its processes
-        mine = hand_command(cwd, env, [python, *argv])
+        mine = hand_command(cwd, env, [python, *argv], changes)
         how += f"; a script that starts its processes itself (torch.multiprocessing) as {code_span(mine)}"
     raise ValueError(
         f"Run #{run.get('id')} {ran} (torch.distributed): the dashboard starts one plain process, which "

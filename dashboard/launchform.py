@@ -6,6 +6,7 @@ Clip specs are checked by the tracker's own parser and against the source run's 
 """
 
 import math
+from collections.abc import Sequence
 
 import streamlit as st
 
@@ -58,10 +59,13 @@ def _number(col, label: str, key: str, default: float, problems: list[str]) -> f
     return value
 
 
-def clip_input(run: dict, model: RecordedModel | None = None) -> tuple[str | None, str | None]:
-    """The clip spec from the form and the tracker's error message for it (None when valid). ``model``: the
-    source run's recorded parameters, checked as the tracker checks a model (an AGC ``exclude=`` matching
-    no parameter is refused here, not after the job has started)."""
+def clip_input(
+    run: dict, models: RecordedModel | Sequence[RecordedModel] | None = None
+) -> tuple[str | None, str | None]:
+    """The clip spec from the form and the tracker's error message for it (None when valid). ``models``: the
+    recorded parameters of the source run (and of the runs relaunched with it: its process's others),
+    checked as the tracker checks a model (an AGC ``exclude=`` matching no parameter of any of them is
+    refused here, not after the job has started)."""
     _prefill_clip(run)
     mode = kept_widget(st.radio, "Clipping", "clip_mode", "Strategy", options=["Strategy", "Raw spec"],
                        horizontal=True)  # fmt: skip
@@ -93,7 +97,7 @@ def clip_input(run: dict, model: RecordedModel | None = None) -> tuple[str | Non
             st.error(error, icon=":material/warning:")
             return None, error
         spec = build_spec(strategy, params, noise_eta=eta, noise_gamma=gamma)
-    canonical, error = check_clip(spec, model)
+    canonical, error = check_clip(spec, models)
     if error:
         st.error(error, icon=":material/warning:")
         return spec, error

@@ -3,7 +3,9 @@ settings with a concurrency limit; watch the logs; stop runs with SIGTERM.
 
 Every clip spec is validated by the tracker's own parser, and the trainer options by the trainer's rules
 (``dashboard/options.py``), before anything starts; the exact command is shown first, and is the one the
-button runs. Processes are started with argument lists (never a shell) and log to files next to the
+button runs, with what it changes in the dashboard's environment (the run's recorded variables). A run
+recorded by a process that recorded several (a GAN's two trackers) is relaunched with them, each as a child
+of its own. Processes are started with argument lists (never a shell) and log to files next to the
 database. The form's inputs are ``dashboard.launchform`` (kept across pages by ``dashboard.formstate``), the
 list of launched jobs ``dashboard.jobpanel``; the Launch button and its double-click guard are here.
 """
@@ -14,9 +16,17 @@ import streamlit as st
 
 from dashboard import data, state
 from dashboard.clipform import RecordedModel, check_clip
+from dashboard.commands import environment_changes
 from dashboard.formstate import consume_prefill, forget_unless, kept_widget, set_kept
 from dashboard.jobpanel import jobs_panel
-from dashboard.launch import is_trainer_run, parse_sweep, relaunch_spec, tracker_notes
+from dashboard.launch import (
+    is_trainer_run,
+    parse_sweep,
+    relaunch_name,
+    relaunch_spec,
+    same_process,
+    tracker_notes,
+)
 from dashboard.launchform import clip_help, clip_input, option_inputs
 from dashboard.options import MODEL_OPTIONS, option_errors
 from dashboard.text import code_span, escape_markdown
@@ -33,7 +43,48 @@ def _config_note(overrides: dict) -> None:
         )
 
 
-def _spec_for(run: dict, clip: str, name: str, overrides: dict):
+# Changes to the dashboard's environment written into the command shown; more are counted and listed apart.
+ENV_SHOWN = 8
+
+
+def _environment_note(run: dict) -> None:
+    """Say with which environment a relaunch runs: the one its run recorded (what differs from the
+    dashboard's, ``unset X`` for a variable the run did not have: in the command shown when they are few,
+    else counted and listed here), or the dashboard's when the run recorded none."""
+    changes = environment_changes(run.get("env"))
+    if changes is None:
+        st.caption(
+            f"Run #{run['id']}'s environment was not recorded (a run from before gradwatch recorded it, or "
+            "one started with `GRADWATCH_RECORD_ENV=0`): the dashboard's environment is used."
+        )
+        return
+    if not changes:
+        st.caption(
+            f"Runs with the environment variables run #{run['id']} recorded: the dashboard's are the same."
+        )
+        return
+    differ = (
+        f"{len(changes)} differ from the dashboard's ({len(changes.set)} set, {len(changes.unset)} unset)"
+    )
+    if len(changes) <= ENV_SHOWN:
+        st.caption(
+            f"Runs with the environment variables run #{run['id']} recorded: {differ}, written before the "
+            "command (`unset` for those the run did not have)."
+        )
+        return
+    st.markdown(f"Runs with the environment variables run #{run['id']} recorded: **{differ}**.")
+    with st.expander(f"The {len(changes)} changes to the dashboard's environment"):
+        st.code("\n".join(changes.words()), language="bash", wrap_lines=True)
+
+
+def _show_commands(specs: list) -> None:
+    """The commands a launch runs, exactly; a long list of changes to the dashboard's environment is
+    left out of them, listed apart (:func:`_environment_note`)."""
+    inline = specs[0].changes is None or len(specs[0].changes) <= ENV_SHOWN
+    st.code("\n\n".join(s.display(recorded_env=inline) for s in specs), language="bash", wrap_lines=True)
+
+
+def _spec_for(run: dict, clip: str, name: str, overrides: dict, group: list[dict]):
     config = data.config_of(run)
     if "model" in overrides:
         config = {k: v for k, v in config.items() if k not in MODEL_OPTIONS}
@@ -44,11 +95,12 @@ def _spec_for(run: dict, clip: str, name: str, overrides: dict):
         clip=clip,
         config_dir=state.log_dir(),
         overrides=overrides,
+        siblings=group,
     )
 
 
-def single_launch(run: dict, trainer: bool, model: RecordedModel | None = None) -> None:
-    clip, clip_error = clip_input(run, model)
+def single_launch(run: dict, trainer: bool, models: list[RecordedModel], group: list[dict]) -> None:
+    clip, clip_error = clip_input(run, models)
     overrides, option_problems = {}, []
     if trainer:
         with st.expander("Trainer options (changed values are passed as flags)", expanded=True):
@@ -56,19 +108,19 @@ def single_launch(run: dict, trainer: bool, model: RecordedModel | None = None) 
             option_problems = option_errors(overrides, data.config_of(run))
             for problem in option_problems:
                 st.error(problem, icon=":material/warning:")
-    auto_name = f"{run['name']} · {clip or ''}"
+    auto_name = relaunch_name(run, clip)
     typed = kept_widget(st.text_input, "New run name (optional)", "launch_name", "", placeholder=auto_name)
     name = typed.strip() or auto_name
     if clip_error or option_problems:
         st.button("Launch", disabled=True, key="launch_go")
         return
     try:
-        spec = _spec_for(run, clip, name, overrides)
+        spec = _spec_for(run, clip, name, overrides, group)
     except ValueError as exc:
         st.error(str(exc), icon=":material/warning:")
         return
     st.markdown("**Command**")
-    st.code(spec.display(), language="bash", wrap_lines=True)
+    _show_commands([spec])
     _config_note(overrides)
     if launch_button(spec):
         (job,) = state.launcher().submit([spec])
@@ -106,7 +158,7 @@ def launch_button(spec) -> bool:
     return clicked and (not same or again)
 
 
-def sweep_launch(run: dict, trainer: bool, model: RecordedModel | None = None) -> None:
+def sweep_launch(run: dict, trainer: bool, models: list[RecordedModel], group: list[dict]) -> None:
     text = st.text_area(
         "Clip specs, one per line",
         key="sweep_text",
@@ -127,13 +179,13 @@ def sweep_launch(run: dict, trainer: bool, model: RecordedModel | None = None) -
         st.info("Write one clip spec per line to preview the sweep.")
         return
     try:
-        clips = parse_sweep(text, lambda line: _accepted(line, model))
-        specs = [_spec_for(run, clip, f"{run['name']} · {clip}", overrides) for clip in clips]
+        clips = parse_sweep(text, lambda line: _accepted(line, models))
+        specs = [_spec_for(run, clip, relaunch_name(run, clip), overrides, group) for clip in clips]
     except ValueError as exc:
         st.error(str(exc), icon=":material/warning:")
         return
     st.markdown(f"**{len(specs)} commands**, at most {int(limit)} at a time")
-    st.code("\n\n".join(s.display() for s in specs), language="bash", wrap_lines=True)
+    _show_commands(specs)
     _config_note(overrides)
     if st.button(f"Launch sweep of {len(specs)}", type="primary", key="sweep_go"):
         sweep_id = f"sweep-{len(state.launcher().jobs)}"
@@ -141,27 +193,47 @@ def sweep_launch(run: dict, trainer: bool, model: RecordedModel | None = None) -
         st.success(f"Queued {len(specs)} runs; {min(len(specs), int(limit))} started.")
 
 
-def _accepted(spec: str, model: RecordedModel | None) -> str:
+def _accepted(spec: str, models: list[RecordedModel]) -> str:
     """The canonical spec, or ValueError with the tracker's message (for ``parse_sweep``)."""
-    canonical, error = check_clip(spec, model)
+    canonical, error = check_clip(spec, models)
     if error:
         raise ValueError(error)
     return canonical
 
 
 def _recorded_model(run: dict) -> RecordedModel:
-    """The source run's recorded parameters (its layers: names, the trainable ones' dtypes) and tied
-    aliases (the tracker's note ``tied``): what the tracker checks a clip spec against."""
+    """The run's recorded parameters (its layers: names, the trainable ones' dtypes) and tied aliases (the
+    tracker's note ``tied``): what the tracker checks a clip spec against."""
     store = state.get_store()
     layers = data.layers(store, int(run["id"])) if store is not None else None
     tied = tracker_notes(run).get("tied")
+    label = _label(run)
     if layers is None:
-        return RecordedModel()
+        return RecordedModel(run=label)
     trainable = layers[layers["trainable"]]
     return RecordedModel(
         names=tuple(str(n) for n in layers["name"]),
         aliases={str(k): str(v) for k, v in tied.items()} if isinstance(tied, dict) else {},
         dtypes={str(n): str(d) for n, d in zip(trainable["name"], trainable["dtype"], strict=True) if d},
+        run=label,
+    )
+
+
+def _label(run: dict) -> str:
+    return f"{run['name']} (#{int(run['id'])})"
+
+
+def _group_note(group: list[dict]) -> None:
+    """Say that the runs the source run's process recorded are relaunched together (one process)."""
+    if len(group) < 2:
+        return
+    runs = ", ".join(f"{escape_markdown(r['name'])} (#{int(r['id'])})" for r in group)
+    every = "both" if len(group) == 2 else f"all {len(group)}"
+    st.info(
+        f"This process recorded {len(group)} runs: {runs}; {every} are relaunched, each as a child of its "
+        "own, in one process with the same clipping (its trackers, in the order it creates them, continue "
+        "these runs in this order). The clip spec must fit each run's layers.",
+        icon=":material/device_hub:",
     )
 
 
@@ -196,8 +268,10 @@ def launch_page() -> None:
     )
     state.ids_to_url(URL_SOURCE, URL_SEEN, [source])
     run = runs[runs["id"] == source].iloc[0].to_dict()
-    model = _recorded_model(run)
     trainer = is_trainer_run(run)
+    # The trainer records one run per process (`python -m trainer` relaunches one); a script may record more.
+    group = [run] if trainer else same_process(run, runs[runs["pid"] == run.get("pid")].to_dict("records"))
+    models = [_recorded_model(r) for r in group]
     if trainer:
         st.caption(
             "Trainer run: its recorded configuration is replayed with `--config`. "
@@ -214,11 +288,13 @@ def launch_page() -> None:
             f"`GRADWATCH_CLIP` set (recorded clip {code_span(run.get('clip'))}). Only the clipping can be "
             "changed."
         )
+    _environment_note(run)
+    _group_note(group)
     single, sweep = st.tabs(["Single run", "Sweep"])
     with single:
-        single_launch(run, trainer, model)
+        single_launch(run, trainer, models, group)
     with sweep:
-        sweep_launch(run, trainer, model)
+        sweep_launch(run, trainer, models, group)
     live = st.toggle("Refresh logs", value=True, key="launch_live")
     st.fragment(jobs_panel, run_every=state.LIVE_INTERVAL_S if live else None)()
 

@@ -109,8 +109,8 @@ def test_trainer_command_is_an_argument_list(tmp_path):
                         config_file=tmp_path / "c.json", overrides={"lr": 0.01, "max_steps": 5, "amp": True,
                         "compile": False}, python="/py")  # fmt: skip
     assert spec.argv == (
-        "/py", "-m", "trainer", "--config", str(tmp_path / "c.json"), "--lr", "0.01", "--max-steps", "5",
-        "--amp", "--clip", "norm:1.0+noise(0.01)", "--db", str(tmp_path / "g.db"), "--run", "kws b",
+        "/py", "-P", "-m", "trainer", "--config", str(tmp_path / "c.json"), "--lr", "0.01", "--max-steps",
+        "5", "--amp", "--clip", "norm:1.0+noise(0.01)", "--db", str(tmp_path / "g.db"), "--run", "kws b",
         "--parent-run", "3",
     )  # fmt: skip
     assert "'kws b'" in spec.display() and "'norm:1.0+noise(0.01)'" in spec.display()

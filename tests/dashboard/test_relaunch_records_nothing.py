@@ -4,7 +4,6 @@ Commands that cannot run without a person or a notebook (``python -m pdb``, a Ju
 before they start, saying what to do instead."""
 
 import functools
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +18,15 @@ from tracker.store import Store
 REPO = Path(__file__).resolve().parents[2]
 _wait = functools.partial(wait_for, timeout=120.0, interval=0.05)
 
-# Somebody's script: tracks only when its own switch says so, and reads its settings from standard input.
+# Somebody's script: tracks only when its own switch says so (a file: a variable of the environment would be
+# replayed by the relaunch), and reads its settings from standard input.
 SCRIPT = """
 import json, os, sys, torch
 from tracker import GradTracker
 cfg = json.loads(sys.stdin.read() or "{}")
 model = torch.nn.Linear(4, 1)
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
-with GradTracker(model, run="mine", clip="none", enabled=os.environ.get("TRACK") == "1") as tracker:
+with GradTracker(model, run="mine", clip="none", enabled=os.path.exists("track")) as tracker:
     for _ in range(cfg.get("steps", 0)):
         model(torch.randn(8, 4)).pow(2).mean().backward()
         tracker.step()
@@ -40,8 +40,10 @@ def _record(tmp_path, monkeypatch, *command: str, stdin: str = "") -> tuple[Path
     (tmp_path / "train.py").write_text(SCRIPT)
     monkeypatch.setenv("GRADWATCH_DB", str(db))
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # (the relaunch inherits this environment)
+    (tmp_path / "track").write_text("")
     done = subprocess.run([sys.executable, *command], cwd=tmp_path, input=stdin, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "TRACK": "1"})  # fmt: skip
+                          text=True, timeout=300)  # fmt: skip
+    (tmp_path / "track").unlink()
     assert done.returncode == 0, done.stderr
     with Store.open(db, readonly=True) as store:
         [run_id] = store.runs()["id"]
@@ -59,14 +61,14 @@ def _relaunch(tmp_path, db: Path, run: dict, name: str = "again"):
 @pytest.mark.slow
 def test_a_relaunch_that_records_no_run_says_so(tmp_path, monkeypatch):
     db, run = _record(tmp_path, monkeypatch, "train.py", stdin='{"steps": 3}')
-    job = _relaunch(tmp_path, db, run)  # TRACK is not set in the dashboard: the script disables its tracker
+    job = _relaunch(tmp_path, db, run)  # no "track" file now: the script disables its tracker
     assert job.state.startswith("exited without recording a run:")
     assert "enabled=False" in job.state and "standard input" in job.state
     assert not job.failed  # (no "Exited with code 0" error: the state line says it)
     with Store.open(db, readonly=True) as store:
         assert len(store.runs()) == 1  # the oracle: nothing was recorded indeed
     # Told the same way once it tracks: a run recorded under the job's name, but stdin gave it no steps.
-    monkeypatch.setenv("TRACK", "1")
+    (tmp_path / "track").write_text("")
     job = _relaunch(tmp_path, db, run, name="tracked")
     with Store.open(db, readonly=True) as store:
         child = store.runs().iloc[-1]
@@ -77,7 +79,7 @@ def test_a_relaunch_that_records_no_run_says_so(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_relaunch_that_records_its_run_reads_exited(tmp_path, monkeypatch):
     db, run = _record(tmp_path, monkeypatch, "train.py", stdin='{"steps": 3}')
-    monkeypatch.setenv("TRACK", "1")
+    (tmp_path / "track").write_text("")
     (tmp_path / "train.py").write_text(SCRIPT.replace('sys.stdin.read() or "{}"', "'{\"steps\": 2}'"))
     job = _relaunch(tmp_path, db, run)
     assert job.state == "exited"

@@ -26,9 +26,11 @@ Path(os.environ["OUT"]).write_bytes(b"\\n".join([os.fsencode(a) for a in sys.arg
 
 
 def _recorded(db: Path, cwd: Path, *, name: str = "mine", argv=("train.py",)) -> dict:
-    """A run as the tracker records it (the name as given, ``sys.argv`` as Python holds it); as read back."""
+    """A run as the tracker records it (the name as given, ``sys.argv`` as Python holds it); as read back.
+    Each by a process of its own (a pid of no process: no start time), not one that recorded several."""
     with Store.open(db, create=True) as store:
-        run = store.create_run(name=name, argv=list(argv), cwd=str(cwd), python=sys.executable)
+        pid = 2**22 + len(store.runs())  # above Linux's pid_max
+        run = store.create_run(name=name, argv=list(argv), cwd=str(cwd), python=sys.executable, pid=pid)
         store.writer(run).close(status="finished")
     with Store.open(db, readonly=True) as store:
         return store.run(run)
