@@ -6,7 +6,9 @@ weights, the optimizer, LR schedule and AMP scaler states, the random state, the
 (``epoch``, and ``batch``: how many of that epoch's micro-batches were taken) and the tracker's
 ``state_dict()`` so the same run in the database goes on (``GradTracker(..., resume=...)``). Resumed with the
 same settings, training takes the same steps as a run that never stopped (tested: the database rows and
-weights match); a grown ``--epochs`` / ``--max-steps`` also moves the end of a decaying LR schedule.
+weights match); a grown ``--epochs`` / ``--max-steps`` also moves the end of a decaying LR schedule. The same
+settings are not always the same data: ``corpus`` holds each split's fingerprint (its files, their sizes and
+modification times, labels or transcripts) and size, and a corpus changed on disk since is refused.
 
 The position is exact without reading the data again: ``random["loader"]`` is the shuffling generator's
 state at the start of the epoch, so the resumed epoch draws the same order, and its first ``batch``
@@ -36,7 +38,9 @@ __all__ = [
     "FORMAT",
     "MUST_MATCH",
     "check_compatible",
+    "check_same_corpus",
     "check_world_size",
+    "corpus_record",
     "load",
     "random_state",
     "rank_random_state",
@@ -118,6 +122,46 @@ def check_world_size(saved: dict[str, Any], world_size: int, path: str) -> None:
             f"this is {world_size}: its position in the data and random states are per process. Continue "
             f"it as it ran: {how}."
         )
+
+
+def corpus_record(info: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint keeps of its corpus (a loader's ``info``): each split's fingerprint (its files with
+    their sizes and modification times, labels or transcripts) and size, for ``check_same_corpus``."""
+    return {"fingerprint": dict(info["fingerprint"]), "counts": dict(info["counts"])}
+
+
+def check_same_corpus(saved: dict[str, Any], info: dict[str, Any], path: str) -> str | None:
+    """ValueError when the corpus loaded now is not the one the checkpoint was saved with (its settings may
+    be the same, the files on disk not): the position in the data and the order of the batches after it
+    count items of the corpus as it was. Returns a warning for a checkpoint saved without the record (by an
+    older trainer), which is resumed unchecked, as it was before."""
+    record = saved.get("corpus")
+    if record is None:
+        return (
+            f"--resume: the checkpoint {path!r} was saved by an older trainer, without a fingerprint of its "
+            "corpus: whether the files on disk changed since cannot be checked (a changed corpus would put "
+            "other utterances in the batches from its position on)"
+        )
+    was, now = record.get("fingerprint") or {}, info["fingerprint"]
+    if was == now:
+        return None
+    counts = record.get("counts") or {}
+    changed = []
+    for split in now:
+        n0, n = counts.get(split), info["counts"][split]
+        if n0 is not None and n0 != n:
+            changed.append(f"{split}: {n0} → {n} utterances")
+        elif was.get(split) != now[split]:
+            changed.append(f"{split}: {n} utterances as before, but not the same files or labels")
+    where = f"the corpus in {info['path']!r}" if "path" in info else "the built-in corpus"
+    position = f"epoch {saved['epoch']}, batch {saved.get('batch', 0)}"
+    raise ValueError(
+        f"{where} has changed since the checkpoint {path!r} was saved ({'; '.join(changed)}): files were "
+        "added, removed, moved, relabelled or rewritten (a new size or modification time counts). Its "
+        f"position in the data ({position}) counts batches of the corpus as it was: resume with the corpus "
+        "as it was then, or start a new run on this one with another --checkpoint path (or move this file "
+        "away)."
+    )
 
 
 def restore_loader_state(state: dict[str, Any], loader_generator: torch.Generator | None) -> None:
@@ -215,12 +259,21 @@ def load(path: str | os.PathLike) -> dict[str, Any] | None:
         for key, kind in _HOLDS.items()
         if not isinstance(checkpoint.get(key), kind) or (kind is int and isinstance(checkpoint[key], bool))
     ]
+    if "corpus" in checkpoint and not _is_corpus_record(checkpoint["corpus"]):  # (older ones have none)
+        wrong.append(f"'corpus' ({type(checkpoint['corpus']).__name__})")
     if wrong:
         raise ValueError(
             f"{str(path)!r} has the marker of this trainer's checkpoints but not their contents: "
             f"{', '.join(wrong)} (edited, or written by other code). Use a checkpoint the trainer saved."
         )
     return checkpoint
+
+
+_CORPUS_RECORD = ("fingerprint", "counts")
+
+
+def _is_corpus_record(record: Any) -> bool:
+    return isinstance(record, dict) and all(isinstance(record.get(k), dict) for k in _CORPUS_RECORD)
 
 
 def _damaged_record(path: Path) -> str | None:

@@ -141,7 +141,7 @@ def load_config_file(path: str | os.PathLike) -> dict:
     """Read a recorded config: a JSON object of settings, or a run record holding one under
     ``"config"`` (as exported from the database). Raises ConfigError naming the problem."""
     p = Path(path)
-    if not p.is_file():
+    if not _looked_at(p, Path.is_file, "--config"):
         raise ConfigError(f"config file not found: {str(p)!r}")
     try:
         data = json.loads(p.read_text())
@@ -277,10 +277,35 @@ def _number(cfg: TrainConfig, name: str, *, kind=float, low=None, high=None, low
         raise ConfigError(f"{flag} must be < {high}, got {value!r}")
 
 
+def _looked_at(path: Path, test, flag: str, given: Path | None = None) -> bool:
+    """``test(path)`` (``Path.is_dir``...), or a ConfigError naming ``flag`` and the path as given when the
+    system will not let us look: a folder above it that cannot be searched raises PermissionError there."""
+    try:
+        return test(path)
+    except OSError as e:
+        given = path if given is None else given
+        reason = (e.strerror or type(e).__name__).lower()  # "Permission denied" -> "permission denied"
+        blocked = _unsearchable_folder(path)
+        where = f": the folder {str(blocked)!r} cannot be searched" if blocked is not None else ""
+        raise ConfigError(f"{flag} {str(given)!r}: cannot look at it ({reason}{where})") from None
+
+
+def _unsearchable_folder(path: Path) -> Path | None:
+    """The folder, from the root down, whose entries cannot be looked at (the first that refuses a stat)."""
+    for child in [*reversed(path.absolute().parents), path.absolute()][1:]:
+        try:
+            child.stat()
+        except PermissionError:
+            return child.parent
+        except OSError:
+            return None
+    return None
+
+
 def _check_cache_dir(path: Path) -> None:
     """A cache folder is created with its missing parents (like the default, ~/.cache/gradwatch/corpora), so
     what must hold is that the nearest existing one is a folder we can write to."""
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    existing = next(p for p in (path, *path.parents) if _looked_at(p, Path.exists, "--cache-dir", path))
     if not existing.is_dir():
         where = "" if existing == path else f": {str(existing)!r} is a file"
         raise ConfigError(
@@ -333,7 +358,7 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"--data {cfg.data} needs --data-path pointing at the corpus folder")
         if not str(cfg.data_path).strip():  # (Path("") is the current folder: it would be read as the corpus)
             raise ConfigError(f"--data-path {cfg.data_path!r}: give the {cfg.data} corpus folder")
-        if not Path(cfg.data_path).expanduser().is_dir():
+        if not _looked_at(Path(cfg.data_path).expanduser(), Path.is_dir, "--data-path"):
             raise ConfigError(f"--data-path {cfg.data_path!r} is not an existing folder")
     if isinstance(cfg.corpus_size, str) and cfg.corpus_size not in CORPUS_SIZES:
         raise ConfigError(
@@ -380,15 +405,15 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("--checkpoint-every N saves to a checkpoint file: give it with --checkpoint PATH")
     if cfg.checkpoint is not None:
         path = Path(cfg.checkpoint)
-        if not path.parent.is_dir():
+        if not _looked_at(path.parent, Path.is_dir, "--checkpoint", path):
             raise ConfigError(f"--checkpoint {str(path)!r}: the folder {str(path.parent)!r} does not exist")
-        if path.is_dir():
+        if _looked_at(path, Path.is_dir, "--checkpoint"):
             raise ConfigError(f"--checkpoint {str(path)!r} is a folder; give a file path (e.g. run.ckpt)")
     if cfg.cache_dir is not None:
         if not str(cfg.cache_dir).strip():  # (Path("") is the current folder: corpora would land in it)
             raise ConfigError("--cache-dir '': give a folder for the generated corpora, or omit it")
         _check_cache_dir(Path(cfg.cache_dir))
-    if cfg.db is not None and not Path(cfg.db).parent.is_dir():
+    if cfg.db is not None and not _looked_at(Path(cfg.db).parent, Path.is_dir, "--db", Path(cfg.db)):
         raise ConfigError(f"--db {cfg.db!r}: the folder {str(Path(cfg.db).parent)!r} does not exist")
     if cfg.model == "conformer-ctc" and cfg.hidden_size % 4:
         raise ConfigError(

@@ -14,6 +14,7 @@ from torch import nn
 
 __all__ = [
     "batch_loss",
+    "too_short_for_ctc",
     "greedy_ctc_decode",
     "TextUnits",
     "evaluate",
@@ -31,6 +32,23 @@ def batch_loss(model: nn.Module, batch, kind: str, device: torch.device) -> tupl
     # zero_infinity: an utterance too short for its target must not turn the whole batch into inf.
     loss = F.ctc_loss(log_probs.transpose(0, 1), y, out_lens, y_lens, blank=0, zero_infinity=True)
     return loss, (log_probs, out_lens)
+
+
+def too_short_for_ctc(model: nn.Module, dataset) -> list[tuple[int, int, int, int]]:
+    """The items of a sequence ``dataset`` whose transcripts ``model``'s output is too short to align, as
+    ``(index, feature frames, output frames, frames CTC needs)``. Their CTC loss is infinite, which
+    ``batch_loss`` counts as 0 (``zero_infinity``): they teach the model nothing. ``model.output_lengths``
+    says how many frames the model makes of an input's (the CTC models subsample time)."""
+    from trainer.data.vocab import ctc_min_frames
+
+    frames = dataset.lengths()
+    out = model.output_lengths(torch.tensor(frames, dtype=torch.long)).tolist()
+    found = []
+    for i, (n, target) in enumerate(zip(out, dataset.targets, strict=True)):
+        # (CTC never needs more than 2 frames per label: the first test is cheap)
+        if n < 2 * len(target) and n < (needed := ctc_min_frames(target)):
+            found.append((i, frames[i], n, needed))
+    return found
 
 
 def greedy_ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[list[int]]:

@@ -130,6 +130,12 @@ class _ConvSubsample(nn.Module):
         )
         self.out_features = channels * ((n_mels + 1) // 2)
 
+    @staticmethod
+    def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
+        """Output frames of inputs of ``lengths`` frames: the stride-2 convolution (kernel 3, padding 1) gives
+        ``(lengths + 1) // 2``, at least 1."""
+        return torch.div(lengths + 1, 2, rounding_mode="floor").clamp(min=1)
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Padded frames are zeroed before each convolution: BatchNorm's shift and the ReLU make them non-zero,
         # and a 3×3 kernel at an utterance's last frames would read them, so its output would depend on how
@@ -137,7 +143,7 @@ class _ConvSubsample(nn.Module):
         conv = self.conv
         x = conv[2](conv[1](conv[0](_zero_padding(x, lengths))))
         x = conv[5](conv[4](conv[3](_zero_padding(x, lengths))))  # [B, C, F', T']
-        out_lengths = torch.div(lengths + 1, 2, rounding_mode="floor").clamp(min=1, max=x.shape[-1])
+        out_lengths = self.output_lengths(lengths).clamp(max=x.shape[-1])
         x = _zero_padding(x, out_lengths).permute(0, 3, 1, 2).flatten(2)  # [B, T', C·F']
         return x, out_lengths
 
@@ -203,6 +209,11 @@ class CRNNCTC(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(2 * hidden_size, vocab_size)
 
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames of the log-probabilities for inputs of ``lengths`` feature frames (the CTC loss aligns the
+        transcript to these): half as many, as the front end subsamples time by 2."""
+        return self.frontend.output_lengths(lengths)
+
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,6 +266,12 @@ class ConformerCTC(nn.Module):
         self._depthwise = [m for m in self.conformer.modules() if isinstance(m, nn.Conv1d) and m.groups > 1]
         for conv in self._depthwise:
             conv.register_forward_pre_hook(_zero_padding_hook)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames of the log-probabilities for inputs of ``lengths`` feature frames (the CTC loss aligns the
+        transcript to these): half as many, as the front end subsamples time by 2 (the Conformer keeps
+        them)."""
+        return self.frontend.output_lengths(lengths)
 
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None

@@ -22,7 +22,7 @@ from torch import nn
 
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig, default_run_name
-from trainer.evaluate import TextUnits, batch_loss, evaluate
+from trainer.evaluate import TextUnits, batch_loss, evaluate, too_short_for_ctc
 from trainer.models import build_model
 from trainer.progress import Progress, format_summary
 from trainer.runtime import Runtime, StopSignal
@@ -62,7 +62,7 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
 
 def _load_data(cfg: TrainConfig, rt: Runtime):
     from trainer.data import load_task
-    from trainer.data.files import CorpusWarning
+    from trainer.data.errors import CorpusWarning
 
     kwargs = dict(
         task=cfg.task,
@@ -92,6 +92,29 @@ def _load_data(cfg: TrainConfig, rt: Runtime):
         elif rt.is_main:
             print(f"warning: {w.message}", file=sys.stderr)
     return splits
+
+
+def _warn_too_short(cfg: TrainConfig, splits, model: nn.Module) -> None:
+    """One warning for the utterances whose transcripts the CTC model's output is too short to align: the
+    loader counts those with fewer feature frames than CTC needs (``info["too_short"]``), but the models
+    subsample time, so more of them cannot be aligned. Their loss is silently 0 (``zero_infinity``)."""
+    found = {s: too_short_for_ctc(model, getattr(splits, s)) for s in ("train", "val", "test")}
+    if not any(found.values()):
+        return
+    # The example: one the loader's own warning did not already name, when there is one.
+    every = [(s, item) for s, items in found.items() for item in items]
+    split, (i, frames, out, needed) = next((x for x in every if x[1][1] >= x[1][3]), every[0])
+    names = splits.info.get("names") or {}
+    name = names[split][i] if split in names else f"{split} utterance {i}"
+    counts = ", ".join(f"{len(items)} in {s}" for s, items in found.items() if items)
+    reported = sum((splits.info.get("too_short") or {}).values())
+    also = f"; {reported} of them were already too short for the features (above)" if reported else ""
+    print(
+        f"warning: {len(every)} utterance(s) ({counts}) are too short for their transcripts once {cfg.model} "
+        f"has subsampled time (e.g. {name}: {frames} feature frames, {out} output frames, where CTC needs "
+        f"{needed}): their loss counts as 0, so they teach the model nothing{also}; check their transcripts",
+        file=sys.stderr,
+    )
 
 
 def _loaders(cfg: TrainConfig, splits, rt: Runtime):
@@ -273,6 +296,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
         rnn_type=cfg.rnn_type,
     ).to(rt.device)
     kind = model.kind
+    if kind == "ctc" and rt.is_main:
+        _warn_too_short(cfg, splits, model)
     text = None
     if splits.vocabulary is not None:
         text = TextUnits(splits.vocabulary.decode, digits_are_words=cfg.task == "digits")
@@ -288,7 +313,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
         lambda s: lr_factor(s, warmup=cfg.warmup_steps, total=total_steps, schedule=cfg.lr_schedule),
     )
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
-    saved = _load_checkpoint(cfg, rt, model, optimizer, scheduler, scaler) if cfg.resume else None
+    saved = _load_checkpoint(cfg, rt, splits, model, optimizer, scheduler, scaler) if cfg.resume else None
     start_epoch, start_batch, step, metrics = 0, 0, 0, {}
     if saved is not None:
         start_epoch, start_batch, step = saved["epoch"], saved.get("batch", 0), saved["step"]
@@ -338,6 +363,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> int:
                 random=random,
                 random_per_rank=every_rank,
                 world_size=rt.world_size,
+                corpus=ckpt.corpus_record(splits.info),
             ),
         )
 
@@ -496,7 +522,7 @@ def _interrupted_note(cfg: TrainConfig) -> str:
     )
 
 
-def _load_checkpoint(cfg: TrainConfig, rt: Runtime, model, optimizer, scheduler, scaler) -> dict | None:
+def _load_checkpoint(cfg: TrainConfig, rt: Runtime, splits, model, optimizer, scheduler, scaler):
     """``--resume``: the checkpoint at ``--checkpoint`` loaded into the training state, or None (no file)."""
     try:
         saved = ckpt.load(cfg.checkpoint)
@@ -504,6 +530,9 @@ def _load_checkpoint(cfg: TrainConfig, rt: Runtime, model, optimizer, scheduler,
             return None
         ckpt.check_compatible(saved["config"], cfg.to_dict(), cfg.checkpoint)
         ckpt.check_world_size(saved, rt.world_size, cfg.checkpoint)
+        unchecked = ckpt.check_same_corpus(saved, splits.info, cfg.checkpoint)
+        if unchecked and rt.is_main:
+            print(f"warning: {unchecked}", file=sys.stderr)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -538,12 +567,18 @@ def _epoch_line(epoch: int, metrics: dict) -> str:
 
 def _data_work(info: dict) -> str:
     """What loading the data spent its time on, from what the loader reports: only the built-in corpora are
-    generated, and every source may compute its features (a cache hit does neither)."""
+    generated, and every source may compute its features (a cache hit does neither); and the disk space it
+    freed, when that is large (a real corpus's caches of its earlier states, removed)."""
+    from trainer.data.cache import REPORTED_BYTES, removed_words
+
     done = []
     if info.get("cache_hit") is False and "generation_seconds" in info:
         done.append(f"corpus generated in {info['generation_seconds']:.1f} s")
     if info.get("feature_cache_hit") is False and "feature_seconds" in info:
         done.append(f"features computed in {info['feature_seconds']:.1f} s")
+    removed = info.get("removed_caches") or {}
+    if removed.get("bytes", 0) >= REPORTED_BYTES:
+        done.append(removed_words(removed))
     return f" ({', '.join(done)})" if done else ""
 
 

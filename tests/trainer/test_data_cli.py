@@ -1,10 +1,12 @@
 """`python -m trainer.data` in a real subprocess: generation, cache hit, cross-process determinism, errors."""
 
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import soundfile
 
 from trainer.data.synth_corpus import load_or_generate, synth_spec
 
@@ -41,3 +43,28 @@ def test_bad_path_and_bad_size_exit_2_without_traceback(tmp_path):
     )
     bad_size = run("--size", "huge", "--cache-dir", str(tmp_path))
     assert bad_size.returncode == 2 and "size='huge'" in bad_size.stderr
+
+
+def test_what_the_loader_skips_is_printed_as_one_warning_line_each(speech_commands_dir, tmp_path, capsys):
+    # They were printed in Python's two-line format ("...files.py:66: CorpusWarning: ..." + the source line).
+    from trainer.data.__main__ import main
+
+    root = shutil.copytree(speech_commands_dir, tmp_path / "sc")
+    with open(root / "validation_list.txt", "a") as f:
+        f.write("yes/deleted_nohash_0.wav\n")
+    soundfile.write(root / "go" / "9f9f9f9f_nohash_0.flac", [0.1] * 8000, 16000)
+    argv = ["--source", "speech_commands", "--path", str(root), "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "train     30 utterances" in out
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("warning: ") for line in lines), err
+    assert "'go/9f9f9f9f_nohash_0.flac'" in lines[0] and "'yes/deleted_nohash_0.wav'" in lines[1]
+
+
+def test_corpus_warning_is_one_class_with_the_package_errors():
+    from trainer import data
+    from trainer.data import errors, files
+
+    assert files.CorpusWarning is errors.CorpusWarning is data.CorpusWarning
+    assert issubclass(errors.CorpusWarning, UserWarning)

@@ -121,3 +121,28 @@ def test_what_a_corpus_loader_skips_is_one_warning_line_each(speech_commands_dir
     assert "not .wav" in warned[0] and "'go/9f9f9f9f_nohash_0.flac'" in warned[0]
     assert "1 of the 11 lines of" in warned[1] and "'yes/deleted_nohash_0.wav'" in warned[1]
     assert "CorpusWarning" not in err and "warnings.warn" not in err  # not Python's two-line format
+
+
+def test_paths_under_a_folder_that_cannot_be_searched_exit_2_saying_permission_denied(tmp_path):
+    # Looking at such a path (is_dir, exists) raises PermissionError: it ended in a traceback from the
+    # command line's own checks, before any data was read.
+    prefix = unprivileged(tmp_path)
+    locked = tmp_path / "locked"
+    (locked / "corpus").mkdir(parents=True)
+    locked.chmod(0o600)  # readable, not searchable: nothing inside it can be looked at
+    inside = str(locked / "x")
+    cases = {
+        "--data-path": ["--data", "speech_commands", "--task", "keywords", "--data-path", inside],
+        "--cache-dir": ["--cache-dir", inside],
+        "--checkpoint": ["--checkpoint", f"{inside}/run.ckpt"],
+        "--config": ["--config", f"{inside}.json"],
+    }
+    cases = {name: [*argv, *COMMON] for name, argv in cases.items()}
+    command = [*prefix, sys.executable, "-c", RUN_MAINS, json.dumps(cases)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    for flag, (code, err) in json.loads(run.stdout).items():
+        assert code == 2 and "Traceback" not in err, (flag, err)
+        errors = [line for line in err.splitlines() if "error" in line]
+        assert errors == [errors[-1]] and errors[0].startswith(f"python -m trainer: error: {flag} "), err
+        assert f"(permission denied: the folder {str(locked)!r} cannot be searched)" in errors[0], err

@@ -109,3 +109,16 @@ def test_ctc_output_of_an_utterance_does_not_depend_on_the_padding_of_its_batch(
     n = int(alone_lengths[0])
     assert n == int(batched_lengths[0]) == alone.shape[1]
     torch.testing.assert_close(batched[0, :n], alone[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["crnn-ctc", "conformer-ctc"])
+def test_output_lengths_is_the_time_the_forward_pass_gives(name):
+    # The trainer counts the utterances a model cannot align with output_lengths: the oracle is the time
+    # dimension of an utterance's log-probabilities, evaluated alone (no padding), odd and even lengths.
+    torch.manual_seed(0)
+    model = build_model(name, n_classes=5, n_mels=16, hidden_size=8, num_layers=1).eval()
+    lengths = list(range(1, 14))
+    with torch.no_grad():
+        times = [model(torch.randn(1, 1, 16, n), torch.tensor([n]))[0].shape[1] for n in lengths]
+    assert model.output_lengths(torch.tensor(lengths)).tolist() == times
+    assert times[:4] == [1, 1, 2, 2]  # (the front end halves time)

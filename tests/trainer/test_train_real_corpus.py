@@ -6,6 +6,7 @@ import shutil
 import pytest
 from sqlite_rows import rows as query
 
+from trainer import checkpoint as ckpt
 from trainer.cli import main
 
 
@@ -90,3 +91,64 @@ def test_a_skipped_nonfinite_step_leaves_the_batchnorm_statistics_as_they_were(
     # Evaluated with those statistics, the clean validation clips give finite scores.
     [(val_loss,)] = query(db, "SELECT value FROM metrics WHERE name = 'val_loss'")
     assert val_loss is not None and np.isfinite(val_loss)
+
+
+def test_a_checkpoint_is_refused_when_the_corpus_on_disk_changed(speech_commands_dir, tmp_path, capsys):
+    # The same --data-path and settings, other files: a mid-epoch position replayed into other batches. It
+    # used to resume silently ("resumed at step 1 ... finished").
+    corpus = shutil.copytree(speech_commands_dir, tmp_path / "sc")
+    cache, db, ck = tmp_path / "cache", tmp_path / "g.db", tmp_path / "run.ckpt"
+    args = ["--epochs", "2", "--quiet", "--checkpoint", str(ck)]
+    assert main(real("speech_commands", corpus, cache, db, *args, "--max-steps", "1")) == 0
+    recorded = query(db, "SELECT status, resumed_from_step, (SELECT COUNT(*) FROM steps) FROM runs")
+    saved = ckpt.load(ck)
+    assert saved["batch"] == 1 and saved["corpus"]["counts"] == {"train": 30, "val": 10, "test": 10}
+    for k in range(2):  # two new training clips, and one clip moved from "yes" to "no" (relabelled)
+        shutil.copy(corpus / "up" / "0a1b2c3d_nohash_0.wav", corpus / "yes" / f"5e5e5e5e_nohash_{k}.wav")
+    (corpus / "yes" / "1f2e3d4c_nohash_0.wav").rename(corpus / "no" / "1f2e3d4c_nohash_1.wav")
+    resume = real("speech_commands", corpus, cache, db, *args, "--resume")
+    capsys.readouterr()
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert f"the corpus in {str(corpus)!r} has changed since the checkpoint {str(ck)!r} was saved" in err
+    assert "(train: 30 → 32 utterances): files were added, removed, moved" in err
+    assert "position in the data (epoch 0, batch 1)" in err and "another --checkpoint path" in err
+    assert "Traceback" not in err
+    assert query(db, "SELECT status, resumed_from_step, (SELECT COUNT(*) FROM steps) FROM runs") == recorded
+    # The clip count alone does not tell: a clip moved back, one renamed, is another corpus too.
+    (corpus / "no" / "1f2e3d4c_nohash_1.wav").rename(corpus / "yes" / "1f2e3d4c_nohash_0.wav")
+    for k in range(2):
+        (corpus / "yes" / f"5e5e5e5e_nohash_{k}.wav").unlink()
+    (corpus / "go" / "0a1b2c3d_nohash_0.wav").rename(corpus / "go" / "0a1b2c3d_nohash_7.wav")
+    assert main(resume) == 2
+    assert "(train: 30 utterances as before, but not the same files or labels)" in capsys.readouterr().err
+    # Put back as it was (the same file, its modification time unchanged), it resumes.
+    (corpus / "go" / "0a1b2c3d_nohash_7.wav").rename(corpus / "go" / "0a1b2c3d_nohash_0.wav")
+    assert main(resume) == 0
+    assert query(db, "SELECT resumed_from_step FROM runs") == [(1,)]
+
+
+def test_a_changed_transcript_is_a_changed_corpus_and_an_older_checkpoint_resumes_with_a_warning(
+    transcripts_dir, tmp_path, capsys
+):
+    # The features' cache key lists the audio files only; a transcript changes the targets, not the features.
+    corpus = shutil.copytree(transcripts_dir, tmp_path / "tr")
+    cache, db, ck = tmp_path / "cache", tmp_path / "g.db", tmp_path / "run.ckpt"
+    args = ["--task", "digits", "--epochs", "2", "--quiet", "--checkpoint", str(ck)]
+    assert main(real("transcripts", corpus, cache, db, *args, "--max-steps", "1")) == 0
+    tsv = corpus / "transcripts.tsv"
+    original = tsv.read_text()
+    tsv.write_text(original.replace("audio/s0_0.wav\tzero one two", "audio/s0_0.wav\tnine nine nine"))
+    resume = real("transcripts", corpus, cache, db, *args, "--resume")
+    capsys.readouterr()
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert "utterances as before, but not the same files or labels" in err and "Traceback" not in err
+    # A checkpoint saved before checkpoints held their corpus's fingerprint: resumed, unchecked, saying so.
+    saved = ckpt.load(ck)
+    del saved["corpus"], saved["format"]
+    ckpt.save(ck, saved)
+    assert main(resume) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "saved by an older trainer, without a fingerprint of its corpus" in warned[0]
+    assert query(db, "SELECT resumed_from_step FROM runs") == [(1,)]

@@ -149,6 +149,7 @@ def test_a_checkpoint_damaged_inside_its_tensors_is_refused_not_trained_on(tmp_p
         (lambda c: {**c, "step": "3"}, "'step' (str)"),
         (lambda c: {**c, "epoch": True}, "'epoch' (bool)"),
         (lambda c: {}, "'config' (missing)"),
+        (lambda c: {**c, "corpus": {"fingerprint": "abc"}}, "'corpus' (dict)"),  # (None: an older checkpoint)
     ],
 )
 def test_a_checkpoint_with_the_marker_but_not_the_contents_is_refused_naming_what(tmp_path, edit, named):

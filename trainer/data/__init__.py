@@ -37,12 +37,13 @@ full 10,400; digits tiny 24 strings, small 6,240 (5,040 train), full 15,600. Key
 window, hop 516, 32 frames per 1 s clip; sequence log-mels: 25 ms window, 10 ms hop, 40 mels by default.
 
 Log-mels are normalised per utterance (mean 0, std 1). Errors: ValueError naming a bad option and the accepted
-values; ``CorpusNotFound`` (a FileNotFoundError) and ``CorpusLayoutError`` (a ValueError) for corpus folders.
+values; ``CorpusNotFound`` (a FileNotFoundError) and ``CorpusLayoutError`` (a ValueError) for corpus folders;
+what a loader skips or changes rather than refuses is a ``CorpusWarning`` (a UserWarning), all in ``.errors``.
 See docs/data.md for corpus generation, voices, splits, layouts and figures.
 """
 
 from .datasets import KeywordDataset, SequenceDataset, collate_keywords, collate_sequences
-from .errors import CorpusLayoutError, CorpusNotFound, DataError
+from .errors import CorpusLayoutError, CorpusNotFound, CorpusWarning, DataError
 from .features import FeatureSpec, LogMel, SpecAugment, keyword_features, sequence_features
 from .synth_corpus import DIGIT_WORDS, KEYWORDS
 from .tasks import SOURCES, TASKS, Splits, load_task
@@ -68,4 +69,5 @@ __all__ = [
     "DataError",
     "CorpusNotFound",
     "CorpusLayoutError",
+    "CorpusWarning",
 ]

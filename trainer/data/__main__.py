@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 
-from . import SOURCES, TASKS, DataError, load_task
+from . import SOURCES, TASKS, CorpusWarning, DataError, load_task
+from .cache import removed_words
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,18 +30,25 @@ def main(argv: list[str] | None = None) -> int:
     size = int(args.size) if args.size.isdigit() else args.size
     start = time.perf_counter()
     try:
-        splits = load_task(
-            args.task,
-            args.source,
-            args.path,
-            size=size,
-            seed=args.seed,
-            classes=args.classes,
-            cache_dir=args.cache_dir,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CorpusWarning)
+            splits = load_task(
+                args.task,
+                args.source,
+                args.path,
+                size=size,
+                seed=args.seed,
+                classes=args.classes,
+                cache_dir=args.cache_dir,
+            )
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for w in caught:  # what the loader skipped or changed: one line each, as the trainer prints them
+        if issubclass(w.category, CorpusWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     info = splits.info
     print(f"{args.task} from {args.source}: {splits.kind}, {len(splits.labels)} labels")
     for split in ("train", "val", "test"):
@@ -50,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  corpus {state}; generation took {info['generation_seconds']:.1f} s")
     print(f"  features {'read from cache' if info.get('feature_cache_hit') else 'computed'}")
     print(f"  cache: {info['cache_path']}")
+    if info.get("removed_caches", {}).get("folders"):  # (the features of this corpus's earlier states)
+        print(f"  {removed_words(info['removed_caches'])}")
     print(f"  total {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -12,13 +12,10 @@ import os
 import warnings
 from pathlib import Path
 
-from .errors import CorpusLayoutError
+from .errors import CorpusLayoutError, CorpusWarning
 
+# CorpusWarning is defined with the package's exceptions (.errors); still importable from here.
 __all__ = ["CorpusWarning", "cannot_read", "exists", "list_folder", "is_folder", "warn", "examples"]
-
-
-class CorpusWarning(UserWarning):
-    """Part of a corpus was skipped or changed rather than refused; the message names it and says why."""
 
 
 def cannot_read(path: Path | str, error: OSError) -> CorpusLayoutError:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import locked
+from .cache import locked, write_about
 from .features import FeatureSpec, LogMel
 
 __all__ = ["compute_features", "cached_features"]
@@ -44,19 +44,27 @@ def compute_features(waves: Iterable[np.ndarray], logmel: LogMel, chunk: int = 2
     return out
 
 
-def cached_features(folder: Path, fspec: FeatureSpec, compute: Callable[[], dict]):
+def cached_features(folder: Path, fspec: FeatureSpec, compute: Callable[[], dict], about: dict | None = None):
     """``compute()`` once per (corpus folder, feature spec); stored as ``features-<key>.pt`` in ``folder``.
 
     Returns ``(features per split, seconds spent computing (0 on a hit), hit)``. Variable-length features are
     stored concatenated along time with their lengths (one tensor per split loads much faster than thousands).
+    Read and written under the folder's lock (``cache.locked``); the folder is made only once there are
+    features to write, so a failed ``compute()`` leaves nothing behind. ``about`` (a real corpus: its source,
+    path and settings) is written beside them as ``corpus.json``, for ``cache.remove_stale``.
     """
     path = folder / f"features-{fspec.key()}.pt"
-    with locked(folder, path.stem):
+    with locked(folder.parent, folder.name):
         if path.exists():
+            if about is not None:  # (a folder of an older trainer is labelled on its first hit)
+                write_about(folder, about)
             return _unpack(torch.load(path, weights_only=True)), 0.0, True
         start = time.perf_counter()
         feats = compute()
         seconds = round(time.perf_counter() - start, 3)
+        folder.mkdir(parents=True, exist_ok=True)
+        if about is not None:
+            write_about(folder, about)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         torch.save(_pack(feats), tmp)
         os.replace(tmp, path)

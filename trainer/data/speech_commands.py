@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .audio import audio_info, read_audio
-from .cache import params_hash
+from .cache import params_hash, remove_stale
 from .errors import CorpusLayoutError, CorpusNotFound
 from .features import SAMPLE_RATE, FeatureSpec, LogMel, to_sample_rate
 from .files import cannot_read, examples, exists, is_folder, list_folder, warn
@@ -304,6 +304,8 @@ def load_speech_commands(root: Path, *, classes: int, seed: int, cache_dir: Path
             # A _silence_ crop's length too: 16,000 frames of a 48 kHz file used to make a third of a second.
             fingerprint.append(key + ((c.frames,) if c.speaker == SILENCE else ()))
     folder = Path(cache_dir) / f"speech_commands-{params_hash({'root': str(root), 'files': fingerprint})}"
+    # What a checkpoint compares on --resume: the clips of each split, their labels and (size, mtime).
+    fingerprints = {s: params_hash({"files": [f for f in fingerprint if f[0] == s]}) for s in _SPLIT_NAMES}
     logmel = LogMel(spec)
     long_clips = []  # (path, seconds) of the clips cut to their first second
 
@@ -318,7 +320,9 @@ def load_speech_commands(root: Path, *, classes: int, seed: int, cache_dir: Path
         return {s: compute_features(one_second_clips(s), logmel) for s in _SPLIT_NAMES}
 
     start = time.perf_counter()
-    feats, seconds, hit = cached_features(folder, spec, compute)
+    about = {"source": "speech_commands", "root": str(root), "classes": classes, "seed": seed}
+    feats, seconds, hit = cached_features(folder, spec, compute, about)
+    removed, freed = remove_stale(folder, about)  # the caches of this corpus's earlier states
     if long_clips:  # (computed once: a cache hit reads the cut clips back without a word)
         path, longest = max(long_clips, key=lambda item: item[1])
         warn(
@@ -331,11 +335,13 @@ def load_speech_commands(root: Path, *, classes: int, seed: int, cache_dir: Path
         classes=classes,
         voices={s: sorted({c.speaker for c in clips[s]} - {SILENCE}) for s in _SPLIT_NAMES},
         split_rule="lists" if (root / "validation_list.txt").exists() else "hash",
+        fingerprint=fingerprints,
         cache_path=str(folder),
         cache_hit=hit,  # the features are all a real corpus caches
         feature_cache_hit=hit,
         feature_seconds=seconds,
         load_seconds=round(time.perf_counter() - start, 3),
         seed=seed,
+        removed_caches={"folders": removed, "bytes": freed},
     )
     return feats, targets, labels, None, info

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import synth_corpus
-from .cache import default_cache_dir
+from .cache import default_cache_dir, params_hash
 from .datasets import KeywordDataset, SequenceDataset, collate_keywords, collate_sequences
 from .features import FeatureSpec, LogMel, SpecAugment, keyword_features, sequence_features
 from .precompute import cached_features, compute_features
@@ -154,6 +154,8 @@ def _load_builtin(task: str, size, seed: int, cache: Path, fspec: FeatureSpec):
         targets = {s: [vocabulary.encode(t) for t in splits[s].texts.tolist()] for s in SPLITS}
         labels = vocabulary.labels
     info = dict(
+        # (the corpus folder's name is the hash of every generation parameter)
+        fingerprint={s: params_hash({"corpus": folder.name, "split": s}) for s in SPLITS},
         voices=manifest["voices"],
         generation_seconds=manifest["generation_seconds"],
         cache_path=manifest["path"],

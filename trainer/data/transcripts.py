@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .audio import audio_info, read_audio
-from .cache import params_hash
+from .cache import params_hash, remove_stale
 from .errors import CorpusLayoutError, CorpusNotFound
 from .features import FeatureSpec, LogMel, to_sample_rate
 from .files import list_folder, warn
@@ -386,16 +386,21 @@ def load_transcripts(root: Path, *, task: str, seed: int, cache_dir: Path, spec:
                 hint = " (task='characters' takes any text)" if task == "digits" else ""
                 message = f"{u.where}: transcript of {str(root / u.path)!r}: {e}{hint}"
                 raise CorpusLayoutError(message) from None
-    fingerprint = []
+    fingerprint, texts = [], {s: [] for s in _SPLIT_NAMES}
     for s in _SPLIT_NAMES:
         for u in splits[s]:
             st = (root / u.path).stat()
             fingerprint.append((s, u.path, st.st_size, st.st_mtime_ns))
+            texts[s].append((u.path, st.st_size, st.st_mtime_ns, u.text))
     key = params_hash({"root": str(root), "files": fingerprint, "version": _CACHE_VERSION})
+    # What a checkpoint compares on --resume: the files of each split, with their transcripts (which change
+    # the targets, not the features: the cache key leaves them out).
+    fingerprints = {s: params_hash({"files": texts[s]}) for s in _SPLIT_NAMES}
     folder = Path(cache_dir) / f"transcripts-{key}"
     logmel = LogMel(spec)
 
     start = time.perf_counter()
+    about = {"source": "transcripts", "root": str(root), "seed": seed}
     feats, seconds, hit = cached_features(
         folder,
         spec,
@@ -403,7 +408,9 @@ def load_transcripts(root: Path, *, task: str, seed: int, cache_dir: Path, spec:
             s: compute_features((_waveform(root / u.path, spec.n_fft) for u in splits[s]), logmel)
             for s in _SPLIT_NAMES
         },
+        about,
     )
+    removed, freed = remove_stale(folder, about)  # the caches of this corpus's earlier states
     info = dict(
         path=str(root),
         voices={s: sorted({u.speaker for u in splits[s]}) for s in _SPLIT_NAMES},
@@ -413,6 +420,9 @@ def load_transcripts(root: Path, *, task: str, seed: int, cache_dir: Path, spec:
         feature_seconds=seconds,
         load_seconds=round(time.perf_counter() - start, 3),
         seed=seed,
+        removed_caches={"folders": removed, "bytes": freed},
         too_short=_warn_too_short(splits, feats, targets, root),
+        names={s: [u.where for u in splits[s]] for s in _SPLIT_NAMES},  # "file:line", for messages
+        fingerprint=fingerprints,
     )
     return feats, targets, vocabulary.labels, vocabulary, info
