@@ -8,6 +8,7 @@ creates on one of them is refused in a sentence rather than left to wait for a l
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from typing import Any
 
@@ -15,18 +16,25 @@ __all__ = ["check_not_inherited", "inherited", "open_on", "register"]
 
 # Every tracker of this process (anything with a ``_fork_child()`` method).
 _TRACKERS: weakref.WeakSet[Any] = weakref.WeakSet()
+_lock = threading.Lock()
 # In a forked child: the databases its parent's trackers had open at the fork (real path -> parent's pid).
 _INHERITED_DBS: dict[str, int] = {}
 
 
 def register(tracker: Any) -> None:
     """Have ``tracker._fork_child()`` called in the child of every later fork of this process."""
-    _TRACKERS.add(tracker)
+    with _lock:  # (a WeakSet changed while another thread iterates it raises "changed size")
+        _TRACKERS.add(tracker)
+
+
+def _registered() -> list[Any]:
+    with _lock:
+        return list(_TRACKERS)
 
 
 def open_on(model: Any) -> list[Any]:
     """The trackers of this process that measure ``model`` and are not finished."""
-    return [t for t in list(_TRACKERS) if getattr(t, "_model", None) is model and not t._finished]
+    return [t for t in _registered() if getattr(t, "_model", None) is model and not t._finished]
 
 
 def inherited(path: Any, parent_pid: int) -> None:
@@ -51,6 +59,8 @@ def check_not_inherited(path: Any) -> None:
 
 
 def _end_trackers_in_fork_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # (another thread may have held it at the fork: the child has only this one)
     for tracker in list(_TRACKERS):
         tracker._fork_child()
 

@@ -8,24 +8,31 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["SigtermAsExit", "exit_status", "stop_reason"]
+__all__ = ["SigtermAsExit", "exit_status", "last_shown", "stop_reason"]
 
 _sigterm_received = False
 
 
-def exit_status(seen: BaseException | None = None) -> tuple[str, str | None]:
+def last_shown() -> tuple[int, int, type] | None:
+    """What names the traceback last shown (``sys.last_value``) without keeping it alive: its frames hold
+    the tensors of the failed call (a CUDA out-of-memory in a notebook would stay out of memory)."""
+    last = getattr(sys, "last_value", None)
+    return None if last is None else (id(last), id(last.__traceback__), type(last))
+
+
+def exit_status(seen: tuple[int, int, type] | None = None) -> tuple[str, str | None]:
     """(status, error) for a run still open when the interpreter exits (called from an atexit handler).
 
     The interpreter sets ``sys.last_value`` for an uncaught exception before it runs atexit handlers; an
     uncaught SystemExit leaves none, hence the flag set by our SIGTERM handler. In an interactive session
     (``python -i``, the REPL, Jupyter) it is set by every traceback shown and stays until the next: ``seen``
-    is the one that was there already at the run's last step, a typo at the prompt that training went on
-    after, not what ended it.
+    (``last_shown()`` at the run's last step) is one that was there already then, a typo at the prompt that
+    training went on after, not what ended it.
     """
     last = getattr(sys, "last_value", None)
     if _sigterm_received:
         return "stopped", "SIGTERM"
-    if last is None or last is seen:
+    if last is None or (seen is not None and last_shown() == seen):
         return "finished", None
     if isinstance(last, KeyboardInterrupt | SystemExit):
         return "stopped", type(last).__name__

@@ -18,7 +18,6 @@ import socket
 import sys
 import time
 import warnings
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -42,7 +41,7 @@ from tracker.distributed import (
 from tracker.env import is_relaunch, resolve_clip, resolve_db, resolve_lineage
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
-from tracker.lifetime import SigtermAsExit, exit_status, stop_reason
+from tracker.lifetime import SigtermAsExit, exit_status, last_shown, stop_reason
 from tracker.norms import NormPlan, grad_norms
 from tracker.null import NullTracker
 from tracker.outbox import Outbox
@@ -112,7 +111,7 @@ def _check_disabled(cls: type, model: Any, kwargs: dict[str, Any]) -> None:
             f"GRADWATCH_CLIP={choice.strategy.spec} is set, but this GradTracker is disabled "
             "(enabled=False): it clips nothing and records nothing, so the override has no effect here. "
             "Enable the tracker for a relaunch to take effect.",
-            stacklevel=4,
+            stacklevel=3,
         )
 
 
@@ -244,18 +243,18 @@ def _resume_when_stale(
 
 
 def _close_replaced(old: GradTracker) -> None:
-    """A new tracker on a model that an open one measures: a notebook cell run again, most often. Both
-    would clip every step (twice), and the old run would read "running" until the kernel exits. The old
-    one is closed as the process's exit would close it (a KeyboardInterrupt that stopped its loop:
+    """A new tracker on a model that an open, attached one measures: a notebook cell run again, most often.
+    Both would clip every step (twice), and the old run would read "running" until the kernel exits. The
+    old one is closed as the process's exit would close it (a KeyboardInterrupt that stopped its loop:
     stopped), and said so."""
     status, error = exit_status(seen=old._exc_seen)
     old.finish(status, error=error)
     run = f"run #{old.run_id}" if old.run_id is not None else "a tracker (of a rank that does not write)"
     warnings.warn(
-        f"GradTracker: {run} measured this model and was still open (a notebook cell run again?): it "
-        f"is closed now as {status!r}, and the new GradTracker records a run of its own. Close a run with "
-        "tracker.finish(), or use `with GradTracker(...) as tracker:`.",
-        stacklevel=4,
+        f"GradTracker: {run} measured this model and was still attached to its optimizer (a notebook cell "
+        f"run again?): it is closed now as {status!r} and detached, so that only the new GradTracker "
+        "measures and clips. Close a run with tracker.finish(), or use `with GradTracker(...) as tracker:`.",
+        stacklevel=3,
     )
 
 
@@ -312,8 +311,6 @@ class GradTracker:
         self._model = model
         self._watch = ModelWatch(model)  # a head added or a module swapped later is taken in at the next step
         self._warned_no_grads = False
-        self._last_grads: tuple[Any, int, Any, int] | None = None  # (see _check_new_gradients)
-        self._look_for_same_grads = True
         self._clip_takes_shards = accepts_shards(self.clip)
         self._measure_params()
         self._step = 0
@@ -326,7 +323,7 @@ class GradTracker:
         self._hooks: list[Attachment] = []
         # Per attached optimizer, the gradients it held when last measured (Attachment.grad_signature)
         self._measured_for: dict[Attachment, Any] = {}
-        self._exc_seen = getattr(sys, "last_value", None)  # (see _at_exit)
+        self._exc_seen = last_shown()  # (see _at_exit)
         self._finished = False
         _check_rank(rank)
         process_rank, world_size = rank_and_world_size()
@@ -335,13 +332,21 @@ class GradTracker:
         # The dashboard relaunches other people's scripts by environment: name and lineage come from it too.
         run, parent_id = resolve_lineage(run, parent_id)
         _check_run_options(run, parent_id, config)
-        for old in forks.open_on(model):
-            _close_replaced(old)
+        # An open tracker of this process attached to an optimizer of this model (a notebook cell run again)
+        # would go on clipping every step: closed once this one exists, or before, when this one continues
+        # its run. Trackers not attached are left alone (several may measure one model: a benchmark's).
+        replaced = [t for t in forks.open_on(model) if t._hooks]
+        if resumed is not None:
+            for old in [t for t in replaced if t.run_id is not None and t.run_id == resumed["run_id"]]:
+                replaced.remove(old)
+                _close_replaced(old)
         self.run_id: int | None = None
         self._store = self._writer = None
         if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write
             forks.check_not_inherited(self.db_path)
             self._open_run(run, config, choice, parent_id, world_size, resumed)
+        for old in replaced:
+            _close_replaced(old)
         atexit.register(self._at_exit)
         self._sigterm = SigtermAsExit() if handle_sigterm else None
         self._pid, self._forked_from = os.getpid(), None
@@ -494,10 +499,8 @@ class GradTracker:
         step = self._step
         self._step += 1
         # (an interactive session's last traceback, shown before this step: not what ends the run; ~50 ns)
-        self._exc_seen = getattr(sys, "last_value", None)
+        self._exc_seen = last_shown() if getattr(sys, "last_value", None) is not None else None
         grads, present = self._grads()
-        if self._last_grads is not None and grads and self._look_for_same_grads:
-            self._check_new_gradients(grads, step)
         norms, total = self._measure(grads, present)
         scaled = scaler is not None and scaler.is_enabled()
 
@@ -538,9 +541,6 @@ class GradTracker:
                 kwargs["shards"] = self._shards_of(present)
             result = self.clip.clip_(local, norms, total, params=params, step=step, names=names, **kwargs)
         scalars = self._scalars(total, result) if result is not None else None
-        if grads and not skipped and self._look_for_same_grads:  # as they leave (clipped in place or not)
-            first, last = grads[0], grads[-1]
-            self._last_grads = (weakref.ref(first), first._version, weakref.ref(last), last._version)
 
         if skipped and not logged:  # skipped steps are always logged
             extra = self._extra_stats(grads, present)
@@ -736,22 +736,6 @@ class GradTracker:
                 stacklevel=5,
             )
         return [grads[i] for i in present], present
-
-    def _check_new_gradients(self, grads: list[Tensor], step: int) -> None:
-        """Warn (once) when step() finds the very gradients the last step() left: no backward in between.
-        The first and the last tensor stand for all (their objects and in-place version counters: a
-        backward accumulating into them counts up, one with zero_grad() gives new ones); ~0.5 µs a step."""
-        ref0, version0, ref1, version1 = self._last_grads
-        first, last = grads[0], grads[-1]
-        if ref0() is first and ref1() is last and first._version == version0 and last._version == version1:
-            self._look_for_same_grads = False  # (said once: no longer looked at)
-            warnings.warn(
-                f"GradTracker.step() at step {step}: the gradients are the ones step() measured and clipped "
-                f"at step {step - 1}, with no backward() since, so they are recorded again as step {step} "
-                "(already clipped). Call step() once per optimizer step, after backward(); with attach(), "
-                "not at all. (Said once.)",
-                stacklevel=5,
-            )
 
     def _measure_params(self) -> None:
         """Everything that depends on which parameters are measured: at the start, and again when frozen
