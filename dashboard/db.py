@@ -1,7 +1,8 @@
 """Which database the dashboard reads, and friendly messages when it cannot.
 
 Resolution order (the same default as the tracker and the trainer):
-``gradwatch-dashboard --db PATH`` (``streamlit run dashboard -- --db PATH``), else ``$GRADWATCH_DB``, else ``./gradwatch.db``.
+``gradwatch-dashboard --db PATH`` (``streamlit run dashboard -- --db PATH``), else ``$GRADWATCH_DB``,
+else ``./gradwatch.db``.
 """
 
 from __future__ import annotations
