@@ -10,46 +10,83 @@ import re
 import sys
 from collections.abc import Mapping
 
-__all__ = ["RECORD_ENV_VAR", "environment", "is_recorded_name", "started_in", "typed_argv", "under_torchrun"]
+__all__ = [
+    "RECORD_ENV_VAR",
+    "environment",
+    "is_recorded_name",
+    "is_secret_value",
+    "started_in",
+    "typed_argv",
+    "under_torchrun",
+]
 
-RECORD_ENV_VAR = "GRADWATCH_RECORD_ENV"  # "0": record no environment variable
+RECORD_ENV_VAR = "GRADWATCH_RECORD_ENV"  # 0 / false / no / off: record no environment variable
+_OFF = frozenset({"0", "false", "no", "off"})
 
-# Never recorded: what looks like a secret (a database file gets shared), by name or by value (a URL with a
-# password in it). Matched anywhere in the name, case-insensitively: API_KEY, HF_TOKEN, PGPASSWORD, ...
-_SECRET_NAME = re.compile(
-    r"TOKEN|SECRET|PASS|KEY|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE|SIGNATURE|CERT", re.I
+# Never recorded: what looks like a secret (a database file gets shared), by name or by value. A name is
+# split into words (HF_TOKEN: HF, TOKEN), so that TOKENIZERS_PARALLELISM, MAX_TOKENS, AUTHOR, PASSES or
+# KEYBOARD_LAYOUT are kept; a few words are looked for anywhere in it (PGPASSWORD, MYAPIKEY).
+_SECRET_WORDS = frozenset(
+    "TOKEN SECRET SECRETS PASS PASSWORD PASSWD PWD PW PASSPHRASE KEY KEYS APIKEY CREDENTIAL CREDENTIALS "
+    "CREDS AUTH COOKIE COOKIES PRIVATE SIGNATURE SIG JWT BEARER PAT WEBHOOK DSN SAS OTP SALT CONNECTION "
+    "CONNSTR NETRC".split()
 )
-_SECRET_VALUE = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
+_SECRET_PARTS = re.compile(
+    r"PASSWORD|PASSWD|PASSPHRASE|SECRET|APIKEY|API_KEY|ACCESSKEY|ACCESS_KEY|PRIVATEKEY|PRIVATE_KEY|"
+    r"CREDENTIAL|WEBHOOK|AUTHTOKEN|ACCESSTOKEN|APITOKEN",
+    re.I,
+)
+_SECRET_VALUE = re.compile(
+    r"[a-z][a-z0-9+.-]*://(?:[^/\s@]*|[^/\s@]*:[^\s@]*)@"  # a URL with a user part (a password, a token)
+    r"|eyJ[\w-]{5,}\.[\w-]{5,}\."  # a JSON web token
+    r"|-----BEGIN|\"private_key\""  # key material, a service account's JSON
+    r"|(?:AccountKey|SharedAccessKey|SharedAccessSignature|Password|Pwd)=|[?&]sig="  # connection strings
+    r"|hooks\.slack\.com|discord(?:app)?\.com/api/webhooks"  # a webhook URL is its own secret
+    r"|\b(?:ghp|gho|ghu|ghs|github_pat|glpat|xox[abprs]|npm)_?[\w-]{16,}|\bhf_\w{20,}|\bsk-[\w-]{20,}"
+    r"|\bAKIA[0-9A-Z]{16}|\bAIza[\w-]{30,}",
+    re.I,
+)
 # Nor the terminal session's, the launchers' own, or what a relaunch sets itself: another session runs
-# the relaunch, and these would point it at a dead display, agent, kernel or rendezvous.
+# the relaunch, and these would point it at a dead display, agent, kernel, rendezvous or job allocation.
 _SESSION_NAMES = frozenset(
     "PWD OLDPWD SHLVL _ TERM COLORTERM LS_COLORS LSCOLORS PS1 PS2 PS4 PROMPT_COMMAND DISPLAY WAYLAND_DISPLAY "
     "XAUTHORITY MAIL LINES COLUMNS TMUX TMUX_PANE STY WINDOW SHELL_SESSION_ID RANK LOCAL_RANK WORLD_SIZE "
     "LOCAL_WORLD_SIZE GROUP_RANK GROUP_WORLD_SIZE ROLE_NAME ROLE_RANK ROLE_WORLD_SIZE MASTER_ADDR "
-    "MASTER_PORT".split()
+    "MASTER_PORT NODE_RANK".split()
 )
 _SESSION_PREFIXES = (
     "GRADWATCH_", "SSH_", "DBUS_", "XDG_SESSION", "XDG_RUNTIME", "XDG_SEAT", "XDG_VTNR", "TERM_", "HIST",
     "TORCHELASTIC_", "JPY_", "JUPYTER_", "VSCODE_", "PYCHARM_", "KITTY_", "ITERM_", "WT_", "STREAMLIT_",
+    "SLURM_", "OMPI_", "PMI_", "PMIX_", "MV2_", "I_MPI_",
 )  # fmt: skip
 
 
 def is_recorded_name(name: str) -> bool:
     """Whether a variable of this name is recorded with a run (when set), so restored by a relaunch."""
-    return not (_SECRET_NAME.search(name) or name in _SESSION_NAMES or name.startswith(_SESSION_PREFIXES))
+    if name in _SESSION_NAMES or name.startswith(_SESSION_PREFIXES) or _SECRET_PARTS.search(name):
+        return False
+    return not _SECRET_WORDS.intersection(re.split(r"[_.\-]+", name.upper()))
+
+
+def is_secret_value(value: str) -> bool:
+    """Whether a value looks like a secret whatever its name: a URL with a user part, a JSON web token, key
+    material, a connection string's key, a webhook URL, a token of a well-known service (GitHub, GitLab,
+    Slack, npm, Hugging Face, OpenAI, AWS, Google)."""
+    return bool(_SECRET_VALUE.search(value))
 
 
 def environment(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
-    """The variables recorded with a run: all but secrets and the session's (``is_recorded_name``), sorted;
-    None when ``GRADWATCH_RECORD_ENV=0``. A relaunch replays them: a script that reads LR or DATA_DIR
-    from its environment, or needs PYTHONPATH, runs as it ran, not with the dashboard's."""
+    """The variables recorded with a run: all but secrets and the session's (``is_recorded_name``,
+    ``is_secret_value``), sorted; None when ``GRADWATCH_RECORD_ENV`` is 0, false, no or off. A relaunch
+    replays them: a script that reads LR or DATA_DIR from its environment, or needs PYTHONPATH, runs as it
+    ran, not with the dashboard's."""
     environ = os.environ if environ is None else environ
-    if environ.get(RECORD_ENV_VAR, "").strip() == "0":
+    if environ.get(RECORD_ENV_VAR, "").strip().lower() in _OFF:
         return None
     return {
         name: value
         for name, value in sorted(environ.items())
-        if is_recorded_name(name) and not _SECRET_VALUE.search(value)
+        if is_recorded_name(name) and not is_secret_value(value)
     }
 
 

@@ -298,6 +298,34 @@ def test_a_tracker_in_a_spawned_child_records_the_parents_command(db_path, tmp_p
     assert "orig_argv" not in json.loads(config).get("_gradwatch", {})
 
 
+# Credentials as they appear in real environments (QA's list), and look-alikes that are no secrets.
+_SECRETS = {
+    "MYSQL_PWD": "x", "DB_PW": "x", "REDIS_URL": "redis://:s3cretpw@redis:6379/0",
+    "PG_URL": "postgres://user:ab/cd+ef@db/x", "PIP_EXTRA_INDEX_URL": "https://TOKEN123abc@pypi.fury.io/acme/",
+    "REPO_URL": "https://ghp_abcdefghijklmnop1234@github.com/x", "SENTRY_DSN": "https://abc@o1.sentry.io/1",
+    "AZURE_STORAGE_CONNECTION_STRING": "a;AccountKey=zz", "STORE_SAS": "sv=1&sig=abc", "GITHUB_PAT": "x",
+    "SLACK_HOOK": "https://hooks.slack.com/services/T/B/X", "CI_JOB_JWT": "x", "MY_BEARER": "x",
+    "X_CONF": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIx.abc", "GCP_CREDS": "{}", "OTP_SEED": "x",
+    "SA_JSON": '{"private_key": "x"}', "PLAIN": "sk-abcdefghijklmnopqrstuvwxyz12",
+    "ID": "AKIAABCDEFGHIJKLMNOP",
+}  # fmt: skip
+_NOT_SECRETS = {
+    "TOKENIZERS_PARALLELISM": "false", "MAX_TOKENS": "5", "SSL_CERT_FILE": "/etc/ssl/cert.pem", "PASSES": "3",
+    "AUTHOR": "me", "SESSION_NAME": "s", "KEYBOARD_LAYOUT": "us", "PIN_MEMORY": "1", "RANDOM_SEED": "3",
+    "SITE": "https://example.org/a/b", "PORTED": "http://host:8080/x",
+}  # fmt: skip
+
+
+def test_recorded_environment_leaves_out_credentials_and_launchers_but_keeps_look_alikes():
+    from tracker.command import environment
+
+    launchers = {"SLURM_PROCID": "0", "OMPI_COMM_WORLD_RANK": "0", "PMI_RANK": "0", "NODE_RANK": "0"}
+    assert environment({**_SECRETS, **_NOT_SECRETS, **launchers}) == dict(sorted(_NOT_SECRETS.items()))
+    for off in ("0", " 0 ", "false", "No", "OFF"):
+        assert environment({"GRADWATCH_RECORD_ENV": off, "LR": "1"}) is None, off
+    assert environment({"GRADWATCH_RECORD_ENV": "1", "LR": "1"}) == {"LR": "1"}
+
+
 def test_a_run_started_by_torchrun_says_so(db_path, monkeypatch):
     # torchrun --nproc-per-node 1 gives world size 1: the relaunch must still go through torchrun.
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
