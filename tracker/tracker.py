@@ -711,7 +711,11 @@ class GradTracker:
     # ------------------------------------------------------------------ measuring
     def _grads(self) -> tuple[list[Tensor], Any]:
         if self._watch.changed:  # a parameter or module assigned to the model since the last step
-            self._take_changes()
+            if self._watch.relayout_only:  # the same tensors, some moved or cast: compared at this step
+                self._watch.relayout_only = self._watch.changed = False
+                self._check_layout(every=True)  # (no sync: the buffered steps keep their positions)
+            else:
+                self._take_changes()
         # Unfrozen since the last step? One C-level pass over the frozen parameters (none: free).
         if self._frozen and not all(map(_IS_NONE, map(_GRAD, self._frozen))):
             self._take_unfrozen()

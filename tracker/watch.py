@@ -50,13 +50,13 @@ class ModelWatch:
             watch = ref()
             if watch is not None and id(module) in watch._modules:
                 if module._parameters.get(name) is not param:  # (called before it is stored)
-                    watch.changed = True
+                    watch.relayout_only, watch.changed = False, True
 
         def on_module(module: nn.Module, name: str, submodule: Any) -> None:
             watch = ref()
             if watch is not None and id(module) in watch._modules:
                 if module._modules.get(name) is not submodule:
-                    watch.changed = True
+                    watch.relayout_only, watch.changed = False, True
 
         handles = [
             register_module_parameter_registration_hook(on_parameter),
@@ -70,6 +70,8 @@ class ModelWatch:
         params = list(model.parameters())
         self._tensors = frozenset(map(id, params))
         self._layouts = _layouts(params)  # (the poll's last look)
+        # Only devices or dtypes changed (the same tensors): no rescan, no pending rows to write out first.
+        self.relayout_only = False
         self.changed = False
 
     def close(self) -> None:
@@ -87,8 +89,10 @@ def _poll(watch_ref: Any, model_ref: Any, stop: threading.Event) -> None:
         except RuntimeError:  # a module dict changed size under the walk: look again next time
             continue
         layouts = _layouts(params)
-        if frozenset(map(id, params)) != watch._tensors or layouts != watch._layouts:
-            watch.changed = True
+        if frozenset(map(id, params)) != watch._tensors:
+            watch.relayout_only, watch.changed = False, True
+        elif layouts != watch._layouts and not watch.changed:
+            watch.relayout_only, watch.changed = True, True
         watch._layouts = layouts
         del watch, model, params
 

@@ -306,6 +306,27 @@ def test_a_part_of_the_model_cast_later_is_recorded_with_its_new_dtype(db_path):
     assert [n for _, n in norms] == pytest.approx([4.0, 2.0, math.sqrt(8), math.sqrt(2)])
 
 
+def test_a_part_moved_away_and_back_between_steps_costs_no_sync(db_path, monkeypatch):
+    # CPU offload patterns move tensors between steps and back before the next: the watch's poll sees
+    # another layout, which must not write out the buffered steps (a host sync) nor rescan the model.
+    from polling import wait_for
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with GradTracker(model, db=db_path, every=1000) as tracker:
+        model(torch.randn(3, 4)).sum().backward()
+        tracker.step()
+        drains = []
+        monkeypatch.setattr(tracker, "_drain_pending", lambda: drains.append(1))
+        model[1].double()
+        assert wait_for(lambda: tracker._watch.changed, timeout=15)
+        model[1].float()
+        tracker.step()
+        assert drains == [] and len(tracker._pending) == 1 and not tracker._watch.changed
+        monkeypatch.undo()
+    assert _rows(db_path, "SELECT step FROM steps") == [(0,)]  # (step 1 unlogged: every=1000)
+    assert _rows(db_path, "SELECT DISTINCT dtype FROM layers") == [("float32",)]
+
+
 def test_update_ratio_across_a_cast_to_complex_between_steps(db_path):
     # The weights are copied at a logged step and subtracted from the weights at the next one; a cast in
     # between (to complex here) used to raise inside step(): "result type ComplexFloat can't be cast".
