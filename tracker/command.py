@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import site
 import sys
 from collections.abc import Mapping
 
@@ -107,22 +108,50 @@ def started_in() -> str:
 
     Not ``os.getcwd()`` alone: a program may change folders before it creates its tracker (Hydra before 1.2
     runs the task in ``outputs/<date>/<time>``), and the script's relative path would then name nothing.
-    A script run as ``python path/to/train.py`` has ``__main__.__file__`` = start folder + ``/`` + that
-    path; ``python -m pkg.train`` puts its start folder first on ``sys.path`` (unless -P/-I).
+    ``python path/to/train.py`` has ``__main__.__file__`` = start folder + ``/`` + that path (normalised in a
+    spawned child); ``python app.pyz`` or ``python appdir`` has ``sys.path[0]`` = start folder + ``/`` + it;
+    ``python -m pkg.train`` puts its start folder on ``sys.path``, as the entry the module was found in.
     """
     main = sys.modules.get("__main__")
     path, spec = getattr(main, "__file__", None), getattr(main, "__spec__", None)
     argv0 = sys.argv[0] if sys.argv else ""
-    if spec is None and isinstance(path, str) and os.path.isabs(path) and argv0 and not os.path.isabs(argv0):
-        if path.endswith(os.sep + argv0):
-            return path[: -len(argv0) - 1] or os.sep
+    if argv0 and not os.path.isabs(argv0):
+        if spec is None and isinstance(path, str):
+            start = _strip(path, argv0)
+            if start is not None:
+                return start
+        if spec is not None and spec.name == "__main__" and sys.path:  # a folder or a zip file run
+            start = _strip(sys.path[0], argv0)
+            if start is not None:
+                return start
     origin = getattr(spec, "origin", None)
-    if isinstance(origin, str) and not sys.flags.safe_path and not sys.flags.isolated and sys.path:
-        # Only when the module was found there: the program may have put a folder of its own first since.
-        first = sys.path[0]
-        if os.path.isabs(first) and origin.startswith(os.path.join(first, "")):
-            return first
+    if spec is not None and spec.name != "__main__" and isinstance(origin, str):
+        # -m: the sys.path entry the module was found in, by its dotted name. Not site-packages (an
+        # installed package says nothing of the start folder), and not a folder above it that the program
+        # put on sys.path since ("make the repo root importable").
+        relative = os.path.join(*spec.name.split("."))
+        installed = {os.path.normpath(p) for p in (*site.getsitepackages(), site.getusersitepackages())}
+        # Nor, after the first entry (where -m puts the start folder), one of $PYTHONPATH: the module could
+        # be found there from any folder.
+        on_path = {os.path.normpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+        for k, entry in enumerate(sys.path):
+            where = os.path.normpath(entry) if os.path.isabs(entry) else None
+            if where is None or where in installed or (k > 0 and where in on_path):
+                continue
+            module = os.path.join(entry, relative)
+            if os.path.normpath(origin) in (module + ".py", os.path.join(module, "__main__.py")):
+                return entry
     return os.getcwd()
+
+
+def _strip(path: str, relative: str) -> str | None:
+    """The folder F with F/relative == path (both as written, or both normalised), or None."""
+    if not os.path.isabs(path):
+        return None
+    for p, r in ((path, relative), (os.path.normpath(path), os.path.normpath(relative))):
+        if not r.startswith(".." + os.sep) and p.endswith(os.sep + r):
+            return p[: -len(r) - 1] or os.sep
+    return None
 
 
 def under_torchrun() -> bool:

@@ -126,7 +126,7 @@ def _parent_ids() -> list[int] | None:
     if not value:
         return None
     parts = [p.strip() for p in value.split(",")]
-    if not all(p.isdigit() and int(p) >= 1 for p in parts):
+    if not all(p.isascii() and p.isdigit() and int(p) >= 1 for p in parts):
         raise ValueError(
             f"{PARENT_ENV}={value!r}: expected a run id (a positive integer), e.g. {PARENT_ENV}=3, or a "
             f"comma-separated list of them, e.g. {PARENT_ENV}=3,4"

@@ -326,6 +326,29 @@ def test_recorded_environment_leaves_out_credentials_and_launchers_but_keeps_loo
     assert environment({"GRADWATCH_RECORD_ENV": "1", "LR": "1"}) == {"LR": "1"}
 
 
+@pytest.mark.parametrize("how", ["folder", "zipapp", "module-ancestor"])
+def test_the_start_folder_of_folder_zipapp_and_module_runs(db_path, tmp_path, how):
+    # `python appdir` / `python app.pyz` (sys.path[0] is the folder or zip, not the start folder), and a
+    # `-m` program that puts a folder above its own first on sys.path (the repo root made importable).
+    import subprocess
+    import zipapp
+
+    proj = tmp_path / "proj"
+    (proj / "appdir").mkdir(parents=True)
+    (proj / "appdir" / "__main__.py").write_text(_CHDIR_SCRIPT)
+    (proj / "tools").mkdir()
+    (proj / "tools" / "__init__.py").write_text("")
+    (proj / "tools" / "train.py").write_text(
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n" + _CHDIR_SCRIPT
+    )
+    zipapp.create_archive(proj / "appdir", proj / "app.pyz")
+    args = {"folder": ["appdir"], "zipapp": ["app.pyz"], "module-ancestor": ["-m", "tools.train"]}[how]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWATCH_")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    subprocess.run([sys.executable, *args, str(db_path)], cwd=proj, env=env, check=True, timeout=120)
+    assert _rows(db_path, "SELECT cwd FROM runs") == [(str(proj),)]
+
+
 def test_a_run_started_by_torchrun_says_so(db_path, monkeypatch):
     # torchrun --nproc-per-node 1 gives world size 1: the relaunch must still go through torchrun.
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
@@ -417,7 +440,7 @@ def test_a_parent_run_that_does_not_exist_is_refused_and_creates_no_file(db_path
     assert _rows(db_path, "SELECT COUNT(*) FROM runs") == [(1,)]
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5", "1,x", "1,,2"])
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5", "1,x", "1,,2", "1,²", "١"])
 def test_bad_env_parent_names_the_variable(db_path, monkeypatch, value):
     monkeypatch.setenv("GRADWATCH_PARENT_RUN", value)
     with pytest.raises(ValueError, match="GRADWATCH_PARENT_RUN"):
