@@ -23,6 +23,15 @@ def command(argv: list[str]) -> list[str]:
     )
     parser.add_argument("--db", help="the database to open (default: $GRADWATCH_DB, else ./gradwatch.db)")
     args, streamlit_options = parser.parse_known_args(argv)
+    stray = [a for a in streamlit_options if not a.startswith("-")]
+    if stray and not any(o.startswith("--") and "=" not in o for o in streamlit_options):
+        # `gradwatch-dashboard runs.db`: Streamlit would take the path for an option's value or refuse it
+        # in the page only. (Options with a separate value, `--server.port 8502`, are Streamlit's to check.)
+        parser.error(f"unexpected argument {stray[0]!r}: give the database with --db {stray[0]}")
+    if args.db is not None and not args.db.strip():
+        parser.error(
+            "--db '': give the database file (or leave --db out for $GRADWATCH_DB or ./gradwatch.db)"
+        )
     folder = Path(__file__).resolve().parent
     cmd = [sys.executable, "-m", "streamlit", "run", str(folder), *streamlit_options]
     return cmd + (["--", "--db", args.db] if args.db else [])

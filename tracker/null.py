@@ -23,13 +23,26 @@ class NullTracker:
 
     def __init__(self) -> None:
         self._step = 0
+        self._attached = 0
+        self._finished = False
 
+    # The misuses GradTracker refuses are refused here too: a script run with tracking off must not fail only
+    # once it is turned on.
     def step(self, loss: Any = None, *, scaler: Any = None) -> StepStats:
+        if self._attached:
+            raise RuntimeError(
+                "this GradTracker is attached to an optimizer (attach()), which runs step() before every "
+                "optimizer.step(): calling it too would measure and clip each step twice (tracking is off "
+                "here, enabled=False, but it would be so once on). Call one or the other."
+            )
+        if self._finished:
+            raise RuntimeError("this GradTracker is finished; create a new one for a new run")
         self._step += 1
         return StepStats(self._step - 1, None, False, 1.0, math.nan, skipped=False, logged=False)
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        pass
+        if self._finished:
+            raise RuntimeError("this GradTracker is finished; create a new one for a new run")
 
     def flush(self) -> None:
         pass
@@ -42,15 +55,19 @@ class NullTracker:
 
         if status not in FINAL_STATUSES:  # as GradTracker.finish: a mistake shows with tracking off too
             raise ValueError(f"status={status!r}; accepted: {', '.join(FINAL_STATUSES)}")
+        self._finished, self._attached = True, 0
 
     def attach(self, optimizer: Any, *, scaler: Any = None) -> NullTracker:
+        if self._finished:
+            raise RuntimeError("this GradTracker is finished; create a new one for a new run")
+        self._attached += 1
         return self
 
     def remove(self) -> None:  # attach() returns self: its handle can be removed like a real one
-        pass
+        self._attached = max(self._attached - 1, 0)
 
     def detach(self) -> None:
-        pass
+        self._attached = 0
 
     @property
     def step_count(self) -> int:

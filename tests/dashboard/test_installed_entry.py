@@ -23,6 +23,15 @@ def test_the_command_runs_streamlit_on_the_package_folder():
     assert command([])[-1] == folder  # no --db: $GRADWATCH_DB or ./gradwatch.db, as `streamlit run`
 
 
+@pytest.mark.parametrize("argv, needle", [(["runs.db"], "--db runs.db"), (["--db", ""], "--db ''")])
+def test_a_path_without_db_or_an_empty_one_is_refused(argv, needle, capsys):
+    from dashboard.__main__ import command
+
+    with pytest.raises(SystemExit) as exit_:
+        command(argv)
+    assert exit_.value.code == 2 and needle in capsys.readouterr().err
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.skipif(

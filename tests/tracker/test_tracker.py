@@ -572,6 +572,24 @@ def test_disabled_tracker_does_nothing_with_the_same_methods(db_path):
     assert not db_path.exists()
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_misuse_is_refused_alike_with_tracking_on_or_off(db_path, enabled):
+    # A script run with tracking off must not fail only once it is turned on.
+    model = _model()
+    tracker = GradTracker(model, db=db_path, enabled=enabled)
+    handle = tracker.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    _loss(model, _batches(1)[0]).backward()
+    with pytest.raises(RuntimeError, match="attached to an optimizer"):
+        tracker.step()
+    handle.remove()
+    tracker.step()
+    tracker.finish()
+    for misuse in (tracker.step, lambda: tracker.log({"x": 1.0}), lambda: tracker.attach(torch.optim.SGD(
+            model.parameters(), lr=0.1))):  # fmt: skip
+        with pytest.raises(RuntimeError, match="finished"):
+            misuse()
+
+
 def test_a_relaunch_of_a_script_whose_tracker_is_disabled_says_the_override_does_nothing(monkeypatch):
     # The dashboard relaunches with GRADWATCH_CLIP; a script that turns tracking off by its own flag would
     # train unclipped and record nothing, and the relaunch looked like a success.
