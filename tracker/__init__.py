@@ -4,10 +4,11 @@
 (the dashboard's only dependency) does not pay for importing torch.
 """
 
-from importlib import import_module
+from importlib import import_module, metadata
 from typing import Any
 
 __all__ = [
+    "__version__",
     "GradTracker",
     "NonFiniteGradientError",
     "NullTracker",
@@ -24,6 +25,12 @@ _HOME = {
     "grad_norms": "tracker.norms",
     "parse_clip": "tracker.clipping",
 }
+
+
+try:  # the installed distribution's (pyproject.toml), the one version of gradwatch
+    __version__ = metadata.version("gradwatch")
+except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+    __version__ = "unknown"
 
 
 def __getattr__(name: str) -> Any:

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
+    from tracker import __version__
+
+    parser.add_argument("--version", action="version", version=f"gradwatch {__version__}")
+
     def add(group, *flags, **kw):
         dest = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
         default = getattr(_DEFAULTS, dest, None)

@@ -309,3 +309,18 @@ def test_without_the_trainer_extra_one_clear_message_and_exit_2(tmp_path):
         "pip install '.[trainer]')."
     ]
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_version_names_the_installed_gradwatch(capsys):
+    from importlib import metadata
+
+    import tracker
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert (
+        capsys.readouterr().out.strip()
+        == f"gradwatch {metadata.version('gradwatch')}"
+        == (f"gradwatch {tracker.__version__}")
+    )
