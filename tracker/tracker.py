@@ -195,6 +195,10 @@ def _check_run_options(run: Any, parent_id: Any, config: Any) -> None:
         raise ValueError(
             f"config must be a mapping of names to JSON-able values, got {type(config).__name__}{hint}"
         )
+    if config is not None:
+        from tracker.store.store import config_json
+
+        config_json(config)  # (what it cannot store, said before any file is touched)
 
 
 def _as_number(loss: Any) -> float:

@@ -440,6 +440,15 @@ def test_a_parent_run_that_does_not_exist_is_refused_and_creates_no_file(db_path
     assert _rows(db_path, "SELECT COUNT(*) FROM runs") == [(1,)]
 
 
+def test_a_config_that_would_lose_a_value_or_cannot_be_stored_is_refused_before_any_file(db_path):
+    looped: dict = {"lr": 0.1}
+    looped["self"] = looped
+    for config, match in (({1: "a", "1": "b"}, "same string form"), (looped, "holds itself")):
+        with pytest.raises(ValueError, match=match):
+            GradTracker(_model(), db=db_path, config=config)
+    assert not db_path.exists()
+
+
 @pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5", "1,x", "1,,2", "1,²", "١"])
 def test_bad_env_parent_names_the_variable(db_path, monkeypatch, value):
     monkeypatch.setenv("GRADWATCH_PARENT_RUN", value)

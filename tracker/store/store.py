@@ -122,13 +122,21 @@ def _merged_config(new: Mapping[str, Any], keep: tuple[str, ...], recorded: str 
 def config_json(config: Mapping[str, Any]) -> str:
     """``runs.config`` as strict JSON: SQLite's ``json_extract`` rejects Python's NaN/Infinity literals, so
     non-finite numbers are stored as null. Keys become strings; numpy scalars and 0-d tensors their
-    number; other values JSON has no type for, their str()."""
+    number; other values JSON has no type for, their str(). ``ValueError`` for what would lose a value (two
+    keys with one string form, ``1`` and ``"1"``) or cannot be written (a config that holds itself)."""
 
     def clean(x: Any) -> Any:
         if isinstance(x, float) and not math.isfinite(x):
             return None
         if isinstance(x, Mapping):
-            return {str(k): clean(v) for k, v in x.items()}
+            out = {str(k): clean(v) for k, v in x.items()}
+            if len(out) < len(x):
+                keys = sorted(map(repr, x), key=str)
+                raise ValueError(
+                    f"config: keys {', '.join(keys)} include two with the same string form, and JSON keys "
+                    "are strings: one value would be lost. Rename one of them."
+                )
+            return out
         if isinstance(x, list | tuple):
             return [clean(v) for v in x]
         return x
@@ -140,7 +148,12 @@ def config_json(config: Mapping[str, Any]) -> str:
             return str(x)
         return clean(value) if isinstance(value, int | float | bool) else str(x)
 
-    return json.dumps(clean(config), sort_keys=True, default=default, allow_nan=False)
+    try:
+        return json.dumps(clean(config), sort_keys=True, default=default, allow_nan=False)
+    except RecursionError:  # (json's own ValueError for a cycle comes after clean() has recursed)
+        raise ValueError(
+            "config holds itself (a dict or list that contains itself): JSON cannot store it"
+        ) from None
 
 
 class Store(Reads):
