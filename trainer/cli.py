@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         metavar="DIR",
         help="where generated corpora and the features of every corpus are cached "
-        "(default: $GRADWATCH_CACHE/corpora, else ~/.cache/gradwatch/corpora)",
+        "(default: $GRADWATCH_CACHE/corpora, else $XDG_CACHE_HOME/gradwatch/corpora, else "
+        "~/.cache/gradwatch/corpora)",
     )
     add(
         g,

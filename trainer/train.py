@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -82,16 +83,34 @@ def _load_data(cfg: TrainConfig, rt: Runtime):
             warnings.simplefilter("always", CorpusWarning)
             splits = load_task(**kwargs)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # CorpusNotFound, CorpusLayoutError
-        raise TrainingError(f"{failed}: {e}") from None
+        raise TrainingError(f"{failed}: {e}{_in_cache(cfg, e)}") from None
     except OSError as e:  # what the loader did not name itself: a folder it could not list, a full disk...
         where = f" {str(e.filename)!r}" if e.filename else ""
-        raise TrainingError(f"{failed}: cannot access{where} ({(e.strerror or str(e)).lower()})") from None
+        reason = (e.strerror or str(e)).lower()
+        raise TrainingError(f"{failed}: cannot access{where} ({reason}){_in_cache(cfg, e)}") from None
     for w in caught:  # what the loader skipped or changed: one line each, as the CLI's own warnings
         if not issubclass(w.category, CorpusWarning):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         elif rt.is_main:
             print(f"warning: {w.message}", file=sys.stderr)
     return splits
+
+
+def _in_cache(cfg: TrainConfig, e: Exception) -> str:
+    """A hint when the file an error names is the corpus cache or a folder above it (a HOME that cannot be
+    written, a cache on a full disk): the user did not name that folder, so say which it is."""
+    from trainer.data.cache import default_cache_dir
+
+    name = getattr(e, "filename", None)
+    if not name:
+        return ""
+    root, path = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(), Path(str(name))
+    if path != root and path not in root.parents and root not in path.parents:
+        return ""
+    return (
+        f" (that is the corpus cache, {str(root)!r}: choose a folder you can write with --cache-dir DIR or "
+        "$GRADWATCH_CACHE)"
+    )
 
 
 def _warn_too_short(cfg: TrainConfig, splits, model: nn.Module) -> None:

@@ -4,6 +4,7 @@ and --config replay with explicit overrides. No training happens here (see test_
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -198,6 +199,10 @@ def test_the_speech_commands_variants_are_the_loaders(tmp_path):
 def test_help_gives_the_real_default_cache_folder(tmp_path, monkeypatch, capsys):
     from trainer.data.cache import default_cache_dir
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "gradwatch" / "corpora"  # the XDG base directory rule
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # (ignored, as the rule says)
+    assert default_cache_dir() == Path.home() / ".cache" / "gradwatch" / "corpora"
     monkeypatch.setenv("GRADWATCH_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path / "corpora"
     with pytest.raises(SystemExit):
@@ -324,3 +329,22 @@ def test_version_names_the_installed_gradwatch(capsys):
         == f"gradwatch {metadata.version('gradwatch')}"
         == (f"gradwatch {tracker.__version__}")
     )
+
+
+def test_an_unusable_default_cache_is_named_as_the_cache(tmp_path):
+    # HOME a file (or unwritable): the error named a folder the user never gave, and not --cache-dir.
+    import os
+    import subprocess
+
+    home = tmp_path / "not-a-folder"
+    home.write_text("")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("GRADWATCH_CACHE", "XDG_CACHE_HOME", "GRADWATCH_DB")
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "--preset", "demo", "--max-steps", "1", "--no-track"],
+        cwd=tmp_path, env={**env, "HOME": str(home)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert "that is the corpus cache" in line and "--cache-dir DIR or $GRADWATCH_CACHE" in line

@@ -43,9 +43,16 @@ REPORTED_BYTES = 100 * 10**6  # removals of stale caches from this size on are w
 
 
 def default_cache_dir() -> Path:
-    """``$GRADWATCH_CACHE/corpora`` if set, else ``~/.cache/gradwatch/corpora``."""
+    """``$GRADWATCH_CACHE/corpora`` if set, else ``$XDG_CACHE_HOME/gradwatch/corpora`` (the XDG base
+    directory rule: an absolute path only), else ``~/.cache/gradwatch/corpora``."""
     base = os.environ.get("GRADWATCH_CACHE")
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "gradwatch"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if base:
+        root = Path(base).expanduser()
+    elif os.path.isabs(xdg):
+        root = Path(xdg) / "gradwatch"
+    else:
+        root = Path.home() / ".cache" / "gradwatch"
     return root / "corpora"
 
 
