@@ -280,6 +280,8 @@ class GradTracker:
         if not enabled:
             _check_disabled(cls, model, kwargs)
             _warn_if_disabled_in_a_group()
+            for old in [t for t in forks.open_on(model) if t._hooks]:  # (a cell run again, tracking off)
+                _close_replaced(old)
             return NullTracker()
         return super().__new__(cls)
 

@@ -838,6 +838,11 @@ def test_a_new_tracker_on_a_model_an_open_one_measures_closes_it(db_path):
     assert runs == [(1, "finished", 1), (2, "finished", 1)]
     events = _rows(db_path, "SELECT run_id, norm_before FROM clip_events WHERE run_id = 2")
     assert events == [(2, pytest.approx(want, rel=1e-6))]  # measured once, before any clipping
+    third = GradTracker(model, db=db_path)
+    third.attach(opt)
+    with pytest.warns(UserWarning, match=r"run #3 .*still attached"):
+        GradTracker(model, db=db_path, enabled=False)  # the cell run again with tracking off
+    assert third._finished and not third._hooks
     # Not attached: several trackers may measure one model side by side (the overhead benchmark does).
     kept = GradTracker(model, db=db_path)
     also = GradTracker(model, db=db_path)
