@@ -38,13 +38,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(db: Path, log: Path, timeout: float = 90.0):
-    """``streamlit run dashboard -- --db DB`` on a free port; yields the base URL; stops it with SIGTERM."""
+def serve(db: Path, log: Path, timeout: float = 90.0, *, entry: bool = False, cwd: Path = REPO, env=None):
+    """``streamlit run dashboard -- --db DB`` on a free port (``entry``: ``python -m dashboard --db DB``, the
+    installed package's command); yields the base URL; stops it with SIGTERM."""
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
-           "--server.headless", "true", "--", "--db", str(db)]  # fmt: skip
+    options = ["--server.port", str(port), "--server.headless", "true"]
+    if entry:
+        cmd = [sys.executable, "-m", "dashboard", "--db", str(db), *options]
+    else:
+        cmd = [sys.executable, "-m", "streamlit", "run", "dashboard", *options, "--", "--db", str(db)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

@@ -1,5 +1,6 @@
 """The real thing: ``streamlit run dashboard -- --db DB`` in a subprocess, opened by headless Chromium."""
 
+import contextlib
 import os
 import re
 import time
@@ -50,11 +51,10 @@ store.close()
 """
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent: install it with `make browser`"
-)
-def test_the_run_page_follows_a_running_run(tmp_path):
+@contextlib.contextmanager
+def _live_run_page(tmp_path):
+    """The Run page in Chromium, of a run that WRITER records live; yields (page, the file that, once
+    touched, finishes the run)."""
     import subprocess
     import sys
 
@@ -71,28 +71,38 @@ def test_the_run_page_follows_a_running_run(tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{url}/run")
-            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
-            steps = page.locator("[data-testid='stMetric']", has_text="Steps recorded")
-            steps = steps.locator("[data-testid='stMetricValue']")
-            first = int(steps.inner_text().replace(",", ""))
-            # The live fragment re-renders by itself (no reload, no click) with the steps written since.
-            page.wait_for_function(
-                "([el, n]) => parseInt(el.innerText.replace(/,/g, '')) > n",
-                arg=[steps.element_handle(), first],
-                timeout=60_000,
-            )
-            assert page.locator("[data-testid='stException']").count() == 0
-            page.screenshot(path=str(tmp_path / "live.png"))
-            # The status line and its Stop button are live too: once the run finishes, they say so.
-            stop = page.get_by_role("button", name="Stop this run (SIGTERM)")
-            assert stop.count() == 1 and page.get_by_text("status running").count() == 1
-            finish.touch()
-            page.get_by_text("status finished").wait_for(timeout=60_000)
-            assert stop.count() == 0
+            yield page, finish
             browser.close()
     finally:
+        finish.touch()
         writer.kill()
         writer.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent: install it with `make browser`"
+)
+def test_the_run_page_follows_a_running_run(tmp_path):
+    with _live_run_page(tmp_path) as (page, finish):
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+        steps = page.locator("[data-testid='stMetric']", has_text="Steps recorded")
+        steps = steps.locator("[data-testid='stMetricValue']")
+        first = int(steps.inner_text().replace(",", ""))
+        # The live fragment re-renders by itself (no reload, no click) with the steps written since.
+        page.wait_for_function(
+            "([el, n]) => parseInt(el.innerText.replace(/,/g, '')) > n",
+            arg=[steps.element_handle(), first],
+            timeout=60_000,
+        )
+        assert page.locator("[data-testid='stException']").count() == 0
+        page.screenshot(path=str(tmp_path / "live.png"))
+        # The status line and its Stop button are live too: once the run finishes, they say so.
+        stop = page.get_by_role("button", name="Stop this run (SIGTERM)")
+        assert stop.count() == 1 and page.get_by_text("status running").count() == 1
+        finish.touch()
+        page.get_by_text("status finished").wait_for(timeout=60_000)
+        assert stop.count() == 0
 
 
 # The keyboard focus is on the Gradient flow tab's step slider (its thumb is a range input).
@@ -108,68 +118,48 @@ SHOWN = "s => parseInt((document.querySelector(s)?.innerText ?? '').replace(/,/g
 def test_the_flow_step_keeps_the_keyboard_focus_while_the_run_grows(tmp_path):
     # A widget that Streamlit gives a new identity is recreated in the browser, and the focus on it lost:
     # moving the step with the arrow keys while the run trains must not stop at each live render.
-    import subprocess
-    import sys
+    with _live_run_page(tmp_path) as (page, _finish):
+        page.get_by_role("tab", name="Gradient flow").click(timeout=90_000)
+        thumb = "[data-testid='stSliderThumbValue']"
+        step = page.locator("[data-testid='stSlider'] input[type='range']")
+        step.wait_for(state="attached", timeout=90_000)  # (drawn off screen: a range input is hidden)
+        recorded = page.locator("[data-testid='stMetric']", has_text="Steps recorded")
+        recorded = recorded.locator("[data-testid='stMetricValue']")
 
-    from playwright.sync_api import sync_playwright
-    from screenshots import CHROMIUM_ARGS, REPO
+        def live_render() -> int:
+            """Wait for a live render with steps written since the last; the steps recorded."""
+            n = int(recorded.inner_text().replace(",", ""))
+            page.wait_for_function(
+                "([el, n]) => parseInt(el.innerText.replace(/,/g, '')) > n",
+                arg=[recorded.element_handle(), n],
+                timeout=60_000,
+            )
+            return int(recorded.inner_text().replace(",", ""))
 
-    db, finish = tmp_path / "gradwatch.db", tmp_path / "finish"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(finish)], cwd=REPO)
-    try:
-        deadline = time.monotonic() + 60
-        while not db.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        with serve(db, tmp_path / "streamlit.log") as url, sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}/run")
-            page.get_by_role("tab", name="Gradient flow").click(timeout=90_000)
-            thumb = "[data-testid='stSliderThumbValue']"
-            step = page.locator("[data-testid='stSlider'] input[type='range']")
-            step.wait_for(state="attached", timeout=90_000)  # (drawn off screen: a range input is hidden)
-            recorded = page.locator("[data-testid='stMetric']", has_text="Steps recorded")
-            recorded = recorded.locator("[data-testid='stMetricValue']")
+        def shown() -> int:
+            return page.evaluate(SHOWN, thumb)
 
-            def live_render() -> int:
-                """Wait for a live render with steps written since the last; the steps recorded."""
-                n = int(recorded.inner_text().replace(",", ""))
-                page.wait_for_function(
-                    "([el, n]) => parseInt(el.innerText.replace(/,/g, '')) > n",
-                    arg=[recorded.element_handle(), n],
-                    timeout=60_000,
-                )
-                return int(recorded.inner_text().replace(",", ""))
-
-            def shown() -> int:
-                return page.evaluate(SHOWN, thumb)
-
-            step.focus()
-            assert page.evaluate(ON_STEP)
-            first = shown()
-            live_render()
-            # Not picked: it follows the run, and the focus stays on it.
-            page.wait_for_function(f"() => ({SHOWN})({thumb!r}) > {first}", timeout=60_000)
-            assert page.evaluate(ON_STEP), "the focus left the step slider at a live render"
-            page.keyboard.press("ArrowLeft")  # picked: one step back from the latest
-            n = live_render()
-            live_render()  # (a render in flight when the key was pressed may have followed the run once more)
-            picked = shown()
-            assert picked < n - 1  # it no longer follows the run
-            live_render()
-            assert shown() == picked and page.evaluate(ON_STEP)  # kept, and still focused
-            page.keyboard.press("ArrowLeft")
-            page.wait_for_function(f"() => ({SHOWN})({thumb!r}) === {picked - 1}", timeout=60_000)
-            live_render()
-            assert shown() == picked - 1 and page.evaluate(ON_STEP)
-            bars = page.locator(".js-plotly-plot .gtitle").first.text_content()
-            assert bars == f"Gradient flow at step {picked - 1}"
-            assert page.locator("[data-testid='stException']").count() == 0
-            browser.close()
-    finally:
-        finish.touch()
-        writer.kill()
-        writer.wait()
+        step.focus()
+        assert page.evaluate(ON_STEP)
+        first = shown()
+        live_render()
+        # Not picked: it follows the run, and the focus stays on it.
+        page.wait_for_function(f"() => ({SHOWN})({thumb!r}) > {first}", timeout=60_000)
+        assert page.evaluate(ON_STEP), "the focus left the step slider at a live render"
+        page.keyboard.press("ArrowLeft")  # picked: one step back from the latest
+        n = live_render()
+        live_render()  # (a render in flight when the key was pressed may have followed the run once more)
+        picked = shown()
+        assert picked < n - 1  # it no longer follows the run
+        live_render()
+        assert shown() == picked and page.evaluate(ON_STEP)  # kept, and still focused
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function(f"() => ({SHOWN})({thumb!r}) === {picked - 1}", timeout=60_000)
+        live_render()
+        assert shown() == picked - 1 and page.evaluate(ON_STEP)
+        bars = page.locator(".js-plotly-plot .gtitle").first.text_content()
+        assert bars == f"Gradient flow at step {picked - 1}"
+        assert page.locator("[data-testid='stException']").count() == 0
 
 
 @pytest.mark.slow

@@ -2,13 +2,10 @@
 package is (``streamlit run dashboard`` names a folder of the checkout)."""
 
 import os
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
-from screenshots import CHROMIUM, CHROMIUM_ARGS, free_port
+from screenshots import CHROMIUM, CHROMIUM_ARGS, serve
 
 import dashboard
 
@@ -42,25 +39,8 @@ def test_python_m_dashboard_serves_the_given_database_from_another_folder(record
 
     elsewhere = tmp_path / "some project"
     elsewhere.mkdir()
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "GRADWATCH_DB"}
-    cmd = [sys.executable, "-m", "dashboard", "--db", str(recorded.path), "--server.port", str(port),
-           "--server.headless", "true"]  # fmt: skip
-    with open(tmp_path / "streamlit.log", "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=elsewhere, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "streamlit.log").read_text()
-            time.sleep(0.25)
+    with serve(recorded.path, tmp_path / "streamlit.log", entry=True, cwd=elsewhere, env=env) as url:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
@@ -70,7 +50,4 @@ def test_python_m_dashboard_serves_the_given_database_from_another_folder(record
             # its runs listed (the table's cells are drawn on a canvas, kept hidden in the page for a11y)
             page.get_by_text("base", exact=True).first.wait_for(state="attached", timeout=30_000)
             browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
     assert not (elsewhere / "gradwatch.db").exists()
