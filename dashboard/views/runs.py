@@ -4,6 +4,8 @@ With no database (or no run in it yet) this page is the start page: what gradwat
 launches a small demo run, so a new user sees live gradients within seconds.
 """
 
+import importlib.util
+
 import streamlit as st
 
 from dashboard import state, summary
@@ -11,6 +13,13 @@ from dashboard.launch import trainer_spec
 from dashboard.text import code_span
 
 STATUSES = ("running", "finished", "failed", "stopped", "crashed")
+# What the demo (the trainer) needs beyond the dashboard: pyproject.toml's `trainer` extra.
+TRAINER_EXTRA = ("torchaudio", "soundfile", "espeakng_loader", "numpy")
+
+
+def missing_trainer_extra() -> list[str]:
+    """The trainer's packages this Python (the one the demo runs with) cannot import."""
+    return [name for name in TRAINER_EXTRA if importlib.util.find_spec(name) is None]
 
 
 def demo_spec():
@@ -43,6 +52,12 @@ and relaunches any run with other clipping.
     )
     spec = demo_spec()
     st.code(spec.display(), language="bash", wrap_lines=True)
+    missing = missing_trainer_extra()
+    if missing:  # (it would start, and fail on its first import)
+        st.info(
+            f"The demo run needs the trainer, and this environment lacks {', '.join(missing)}: install "
+            "gradwatch with its trainer extra (`pip install 'gradwatch[trainer]'`), then reload this page."
+        )
     jobs = [j for j in state.launcher().jobs if j.spec.name == "demo"]
     # on_click runs before the rerun, so the button below is already disabled once the demo runs.
     st.button(
@@ -50,7 +65,7 @@ and relaunches any run with other clipping.
         type="primary",
         key="demo",
         on_click=_launch_demo,
-        disabled=any(j.state == "running" for j in jobs),
+        disabled=bool(missing) or any(j.state == "running" for j in jobs),
     )
     if st.session_state.get("demo_error"):
         st.error(f"Could not start the demo run: {st.session_state['demo_error']}")

@@ -57,6 +57,20 @@ def test_selected_runs_go_to_compare(recorded, app):
     assert at.multiselect(key="compare_pick").value == [recorded.ids["child"]]
 
 
+def test_without_the_trainer_extra_the_demo_button_says_what_to_install(tmp_path, app, monkeypatch):
+    # pip install 'gradwatch[dashboard]' alone: the demo started, then died on `import torchaudio`.
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torchaudio" else real(name, *a)
+    )
+    at = app(tmp_path / "gradwatch.db").run()
+    assert not at.exception
+    assert at.button(key="demo").disabled
+    assert "lacks torchaudio" in at.info[0].value and "gradwatch[trainer]" in at.info[0].value
+
+
 @pytest.mark.parametrize("kind", ["missing", "empty file", "no runs"])
 def test_start_page_when_there_is_nothing_to_show(tmp_path, app, kind):
     db = tmp_path / "gradwatch.db"
