@@ -29,8 +29,11 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
 
+# DB reaches the shell as a variable, unexpanded by make ($(value)) and unsplit by the shell ("$$..."): a path
+# with spaces, quotes or a $ opens the file it names.
+dashboard: export GRADWATCH_MAKE_DB = $(value DB)
 dashboard: $(STAMP)
-	$(BIN)/streamlit run dashboard $(if $(DB),-- --db "$(DB)")
+	$(BIN)/streamlit run dashboard $(if $(value DB),-- --db "$$GRADWATCH_MAKE_DB")
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

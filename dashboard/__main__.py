@@ -33,7 +33,8 @@ def command(argv: list[str]) -> list[str]:
             "--db '': give the database file (or leave --db out for $GRADWATCH_DB or ./gradwatch.db)"
         )
     folder = Path(__file__).resolve().parent
-    cmd = [sys.executable, "-m", "streamlit", "run", str(folder), *streamlit_options]
+    # -P: the folder it is started in is not put first on sys.path (a tracker.py there would be imported).
+    cmd = [sys.executable, "-P", "-m", "streamlit", "run", str(folder), *streamlit_options]
     return cmd + (["--", "--db", args.db] if args.db else [])
 
 

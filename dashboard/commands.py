@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -129,9 +130,12 @@ class EnvChanges:
 
     def words(self) -> list[str]:
         """The changes as a person reads them: ``LR=0.5``, ``unset FOO``."""
-        return [f"{k}={shell_quote(v)}" for k, v in self.set.items()] + [
+        return [
+            f"{shell_quote(k) if not _SHELL_NAME.fullmatch(k) else k}={shell_quote(v)}"
+            for k, v in self.set.items()
+        ] + [
             f"unset {shell_quote(k)}" for k in self.unset
-        ]
+        ]  # (shell_quote: a name no shell takes, or holding a byte that is not UTF-8, is shown quoted)
 
     def __len__(self) -> int:
         return len(self.set) + len(self.unset)
@@ -159,6 +163,33 @@ def environment_changes(recorded, environ: Mapping[str, str] | None = None) -> E
         set={k: v for k, v in sorted(wanted.items()) if environ.get(k) != v},
         unset=tuple(sorted(k for k in recordable if k not in wanted)),
     )
+
+
+def replayed_environment(run: Mapping, *, own_python: bool = False) -> tuple[EnvChanges | None, str | None]:
+    """What a relaunch of ``run`` changes in the dashboard's environment (:func:`environment_changes`), and
+    when it replays nothing, why: ``"not recorded"`` (NULL ``runs.env``: before gradwatch recorded it, or
+    ``GRADWATCH_RECORD_ENV`` off), ``"another machine"`` (``runs.host`` is not this one: its HOME, PATH,
+    TMPDIR or devices would be that machine's), ``"another user"`` (its HOME or USER is not the
+    dashboard's). ``own_python``: the dashboard's interpreter runs it (the trainer), so the run's
+    ``PYTHON*`` variables (another environment's paths, a PYTHONPATH that would defeat ``-P``) are not
+    replayed."""
+    recorded = run.get("env")
+    if isinstance(recorded, str):
+        try:
+            recorded = json.loads(recorded)
+        except json.JSONDecodeError:
+            recorded = None
+    if not isinstance(recorded, Mapping):
+        return None, "not recorded"
+    host = run.get("host")
+    if host and host != socket.gethostname():
+        return None, "another machine"
+    for name in ("HOME", "USER"):
+        if name in recorded and name in os.environ and recorded_path(str(recorded[name])) != os.environ[name]:
+            return None, "another user"
+    if own_python:
+        recorded = {k: v for k, v in recorded.items() if not str(k).startswith("PYTHON")}
+    return environment_changes(recorded), None
 
 
 def shell_quote(word: str) -> str:
@@ -190,15 +221,26 @@ def hand_command(
     """``cd CWD && unset A B && K=V ... WORDS``: a command for a person to type, each word quoted
     (:func:`shell_quote`); ``changes`` (the run's recorded environment) before ``env``."""
     changes = changes or EnvChanges()
-    unset = f"unset {' '.join(shell_quote(k) for k in changes.unset)} && " if changes.unset else ""
-    assigned = " ".join(f"{k}={shell_quote(v)}" for k, v in {**changes.set, **env}.items())
+    assigned = {**changes.set, **env}
     command = " ".join(shell_quote(w) for w in words)
-    return f"cd {shell_quote(cwd)} && {unset}{assigned + ' ' if assigned else ''}{command}"
+    if not all(map(_SHELL_NAME.fullmatch, [*changes.unset, *assigned])):
+        # A name no shell takes in `NAME=value` or `unset` (`BASH_FUNC_module%%`, a dot, a byte that is not
+        # UTF-8): env(1) sets and unsets any name, each a quoted word (nothing in it is run by the shell).
+        parts = [f"-u {shell_quote(k)}" for k in changes.unset] + [
+            shell_quote(f"{k}={v}") for k, v in assigned.items()
+        ]
+        return f"cd {shell_quote(cwd)} && env {' '.join(parts)} {command}"
+    unset = f"unset {' '.join(changes.unset)} && " if changes.unset else ""
+    pairs = " ".join(f"{k}={shell_quote(v)}" for k, v in assigned.items())
+    return f"cd {shell_quote(cwd)} && {unset}{pairs + ' ' if pairs else ''}{command}"
+
+
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 # Debuggers that read their commands from the terminal: without one (a relaunch's standard input is empty)
 # they quit at once, and the script records nothing.
-DEBUGGERS = frozenset({"pdb", "ipdb", "pudb"})
+DEBUGGERS = frozenset({"pdb", "ipdb", "pudb", "pdbpp", "debugpy"})  # (and their modules: pudb.run)
 # What runs a Jupyter or IPython kernel (Colab's too): the code is in the notebook's cells, not in a command.
 KERNELS = frozenset({"ipykernel_launcher", "ipykernel", "IPython", "colab_kernel_launcher"})
 _KERNEL_FILE = re.compile(r"kernel-.*\.json")
@@ -256,7 +298,7 @@ def _problem(
         kind, script = (
             ("code", None) if first == "-c" else ("stdin", None) if first in ("-", "") else ("script", first)
         )
-    if kind == "module" and script in DEBUGGERS:
+    if kind == "module" and script and script.split(".")[0] in DEBUGGERS:
         by_hand = hand_command(cwd or ".", env, [python, *map(str, argv)], changes)
         return (
             f"Run #{run_id} was started under the debugger (`python -m {script} ...`): a relaunch runs "

@@ -23,14 +23,15 @@ from pathlib import Path
 from dashboard.commands import (
     EnvChanges,
     check_recorded_command,
-    environment_changes,
     hand_command,
     program_words,
     recorded_path,
+    replayed_environment,
 )
 from dashboard.text import code_span, safe_file_name
 
 # The tracker reads these variables (tracker/env.py): one definition of the names on both sides.
+from tracker.command import RECORD_ENV_VAR
 from tracker.env import CLIP_ENV, DB_ENV, PARENT_ENV, RUN_ENV
 
 __all__ = [
@@ -263,7 +264,10 @@ def relaunch_spec(
             python=sys.executable,
             cwd=_run_cwd(run),
         )
-        return dataclasses.replace(spec, changes=environment_changes(run.get("env")))
+        changes, why = replayed_environment(run, own_python=True)
+        # A run that recorded no environment (GRADWATCH_RECORD_ENV off): its relaunch records none either.
+        off = {RECORD_ENV_VAR: "0"} if why == "not recorded" else {}
+        return dataclasses.replace(spec, changes=changes, env=dict(spec.env) | off)
     if overrides:
         raise ValueError(
             f"run {run.get('id')!r} is not a trainer run: only the clip setting can be changed "
@@ -352,7 +356,8 @@ def resume_spec(run: Mapping, *, db: str | os.PathLike, config_dir: str | os.Pat
         python=sys.executable,
         cwd=_run_cwd(run),
     )
-    return dataclasses.replace(spec, resumes=int(run["id"]), changes=environment_changes(run.get("env")))
+    changes, _ = replayed_environment(run, own_python=True)
+    return dataclasses.replace(spec, resumes=int(run["id"]), changes=changes)
 
 
 # The tracker's own notes inside runs.config (docs/schema.md: requested_clip, tied, orig_argv, ...).
@@ -396,7 +401,9 @@ def external_spec(
     parents = ",".join(str(i) for i, _ in lineage) or str(int(run["id"]))
     names = json.dumps([n for _, n in lineage], ensure_ascii=False) if lineage else name
     env = {CLIP_ENV: clip, DB_ENV: str(db), PARENT_ENV: parents, RUN_ENV: names}
-    changes = environment_changes(run.get("env"))
+    changes, why = replayed_environment(run)
+    if why == "not recorded":  # (GRADWATCH_RECORD_ENV off: its relaunch records none either)
+        env[RECORD_ENV_VAR] = "0"
     _refuse_torchrun(run, python, argv, typed=typed is not None, cwd=cwd, env=env, changes=changes)
     check_recorded_command(run, python, argv, typed=typed is not None, env=env, changes=changes)
     return LaunchSpec(

@@ -38,7 +38,8 @@ _SECRET_PARTS = re.compile(
     re.I,
 )
 _SECRET_VALUE = re.compile(
-    r"[a-z][a-z0-9+.-]*://(?:[^/\s@]*|[^/\s@]*:[^\s@]*)@"  # a URL with a user part (a password, a token)
+    r"://(?:[^/\s@]*|[^/\s@]*:[^\s@]*)@"  # a URL with a user part (a password, a token); from "://" only:
+    # a pattern that may start anywhere ("[a-z]+://") is quadratic in a long value
     r"|eyJ[\w-]{5,}\.[\w-]{5,}\."  # a JSON web token
     r"|-----BEGIN|\"private_key\""  # key material, a service account's JSON
     r"|(?:AccountKey|SharedAccessKey|SharedAccessSignature|Password|Pwd)=|[?&]sig="  # connection strings
@@ -53,8 +54,10 @@ _SESSION_NAMES = frozenset(
     "PWD OLDPWD SHLVL _ TERM COLORTERM LS_COLORS LSCOLORS PS1 PS2 PS4 PROMPT_COMMAND DISPLAY WAYLAND_DISPLAY "
     "XAUTHORITY MAIL LINES COLUMNS TMUX TMUX_PANE STY WINDOW SHELL_SESSION_ID RANK LOCAL_RANK WORLD_SIZE "
     "LOCAL_WORLD_SIZE GROUP_RANK GROUP_WORLD_SIZE ROLE_NAME ROLE_RANK ROLE_WORLD_SIZE MASTER_ADDR "
-    "MASTER_PORT NODE_RANK".split()
-)
+    "MASTER_PORT NODE_RANK MAKEFLAGS MFLAGS MAKELEVEL "
+    "MPLBACKEND WANDB_SERVICE TORCHINDUCTOR_CACHE_DIR".split()
+)  # (the last three are set by a library in the process itself: Streamlit, wandb's service, torch)
+_LONGEST = 4096  # characters: a longer value is not recorded (a relaunch's command line has a limit)
 _SESSION_PREFIXES = (
     "GRADWATCH_", "SSH_", "DBUS_", "XDG_SESSION", "XDG_RUNTIME", "XDG_SEAT", "XDG_VTNR", "TERM_", "HIST",
     "TORCHELASTIC_", "JPY_", "JUPYTER_", "VSCODE_", "PYCHARM_", "KITTY_", "ITERM_", "WT_", "STREAMLIT_",
@@ -87,7 +90,7 @@ def environment(environ: Mapping[str, str] | None = None) -> dict[str, str] | No
     return {
         name: value
         for name, value in sorted(environ.items())
-        if is_recorded_name(name) and not is_secret_value(value)
+        if len(value) <= _LONGEST and is_recorded_name(name) and not is_secret_value(value)
     }
 
 

@@ -16,7 +16,7 @@ import streamlit as st
 
 from dashboard import data, state
 from dashboard.clipform import RecordedModel, check_clip
-from dashboard.commands import environment_changes
+from dashboard.commands import replayed_environment
 from dashboard.formstate import consume_prefill, forget_unless, kept_widget, set_kept
 from dashboard.jobpanel import jobs_panel
 from dashboard.launch import (
@@ -47,16 +47,21 @@ def _config_note(overrides: dict) -> None:
 ENV_SHOWN = 8
 
 
-def _environment_note(run: dict) -> None:
+def _environment_note(run: dict, trainer: bool) -> None:
     """Say with which environment a relaunch runs: the one its run recorded (what differs from the
     dashboard's, ``unset X`` for a variable the run did not have: in the command shown when they are few,
-    else counted and listed here), or the dashboard's when the run recorded none."""
-    changes = environment_changes(run.get("env"))
+    else counted and listed here), or the dashboard's when the run recorded none or another machine's or
+    user's (:func:`dashboard.commands.replayed_environment`)."""
+    changes, why = replayed_environment(run, own_python=trainer)
     if changes is None:
-        st.caption(
-            f"Run #{run['id']}'s environment was not recorded (a run from before gradwatch recorded it, or "
-            "one started with `GRADWATCH_RECORD_ENV=0`): the dashboard's environment is used."
-        )
+        reason = {
+            "not recorded": "was not recorded (a run from before gradwatch recorded it, or one started with "
+            "`GRADWATCH_RECORD_ENV=0`, which its relaunch keeps)",
+            "another machine": f"was recorded on another machine ({code_span(run.get('host'))}): its "
+            "HOME, PATH or devices are not this one's",
+            "another user": "was recorded by another user (its HOME or USER is not the dashboard's)",
+        }[why]
+        st.caption(f"Run #{run['id']}'s environment {reason}: the dashboard's environment is used.")
         return
     if not changes:
         st.caption(
@@ -288,7 +293,7 @@ def launch_page() -> None:
             f"`GRADWATCH_CLIP` set (recorded clip {code_span(run.get('clip'))}). Only the clipping can be "
             "changed."
         )
-    _environment_note(run)
+    _environment_note(run, trainer)
     _group_note(group)
     single, sweep = st.tabs(["Single run", "Sweep"])
     with single:

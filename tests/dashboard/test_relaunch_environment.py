@@ -198,3 +198,57 @@ def test_the_launch_page_says_when_the_environment_was_not_recorded(tmp_path, ap
     at = _launch_page(app, _page_db(tmp_path, None))
     assert "environment was not recorded" in texts(at, "caption")
     assert "the dashboard's environment is used" in texts(at, "caption")
+
+
+def test_what_is_not_replayed_and_why(tmp_path):
+    # Pure decisions on recorded rows: another machine's or user's environment (its HOME, PATH, TMPDIR
+    # would be wrong here), the trainer's PYTHON* (the dashboard's own interpreter runs it: another
+    # environment's paths, or a PYTHONPATH of "." that would defeat -P), and a run that recorded none.
+    import socket
+
+    from dashboard.commands import replayed_environment
+
+    here = dict(host=socket.gethostname())
+    env = {"LR": "0.5", "PYTHONPATH": ".", "HOME": os.environ.get("HOME", "/root")}
+    assert replayed_environment({**here, "env": None}) == (None, "not recorded")
+    assert replayed_environment({**here, "env": "not json"}) == (None, "not recorded")
+    assert replayed_environment({"host": "elsewhere", "env": env}) == (None, "another machine")
+    assert replayed_environment({**here, "env": {**env, "HOME": "/home/alice"}}) == (None, "another user")
+    changes, why = replayed_environment({**here, "env": env})
+    assert why is None and changes.set.get("LR") == "0.5" and changes.set.get("PYTHONPATH", ".") == "."
+    changes, _ = replayed_environment({**here, "env": env}, own_python=True)
+    assert "PYTHONPATH" not in changes.set and changes.set["LR"] == "0.5"
+
+
+def test_a_run_that_recorded_no_environment_is_relaunched_recording_none(tmp_path):
+    # GRADWATCH_RECORD_ENV=0 was the user's choice for a shared database: its relaunch keeps it (the child
+    # used to record the dashboard's whole environment).
+    (tmp_path / "train_env.py").write_text(SCRIPT)
+    db = tmp_path / "g.db"
+    run = _record(tmp_path, db, "train_env.py", GRADWATCH_RECORD_ENV="off")
+    assert run["env"] is None
+    spec = relaunch_spec(run, name="again", db=db, clip="norm:0.5", config_dir=tmp_path)
+    assert spec.env["GRADWATCH_RECORD_ENV"] == "0" and "GRADWATCH_RECORD_ENV=0" in spec.display()
+    job = _run_job(tmp_path, spec)
+    assert job.popen.returncode == 0
+    with Store.open(db, readonly=True) as store:
+        assert store.run(int(store.runs()["id"].max()))["env"] is None
+
+
+def test_names_no_shell_takes_are_shown_through_env(tmp_path):
+    # Lmod's exported functions (BASH_FUNC_module%%), dotted names, names with a byte that is not UTF-8:
+    # `NAME=value` cannot be typed for them, and a name holding $(...) must not run anything when pasted.
+    from dashboard.commands import EnvChanges, hand_command
+
+    changes = EnvChanges(
+        set={"BASH_FUNC_module%%": "() {  echo hi\n}", "X$(touch PWNED)Y": "1"}, unset=("my.var",)
+    )
+    shown = hand_command(str(tmp_path), {"GRADWATCH_CLIP": "norm:1"}, ["python", "t.py"], changes)
+    assert shown.startswith(f"cd {tmp_path} && env -u my.var ")
+    (tmp_path / "t.py").write_text(
+        "import os; print(sorted(k for k in os.environ if 'BASH_FUNC' in k or 'PWNED' in k))"
+    )
+    done = subprocess.run(["bash", "-c", shown], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "PWNED").exists()
+    assert "BASH_FUNC_module%%" in done.stdout and "X$(touch PWNED)Y" in done.stdout

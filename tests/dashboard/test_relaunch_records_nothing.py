@@ -124,6 +124,8 @@ def test_a_notebook_run_is_refused_with_what_to_do_in_the_notebook(tmp_path, mon
         (["/venv/lib/ipykernel_launcher.py", "-f", "/r/kernel-a.json"], ["-m", "ipykernel", "-f", "k.json"]),
         (["/venv/bin/ipython"], None),  # an IPython shell
         (["train.py"], ["-m", "ipdb", "train.py"]),
+        (["train.py"], ["-m", "pudb.run", "train.py"]),  # a debugger's module
+        (["train.py"], ["-m", "debugpy", "--listen", "5678", "--wait-for-client", "train.py"]),
     ],
 )
 def test_other_kernels_and_debuggers_are_refused_too(tmp_path, argv, typed):

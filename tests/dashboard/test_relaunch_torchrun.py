@@ -37,7 +37,8 @@ def test_a_run_of_two_processes_is_refused_with_the_torchrun_command(tmp_path):
     assert f"Run #{run['id']} ran as 2 processes" in message and "RANK" in message
     assert (
         f"`cd {tmp_path} && GRADWATCH_CLIP=norm:0.5 GRADWATCH_DB={db} GRADWATCH_PARENT_RUN={run['id']} "
-        "GRADWATCH_RUN='ddp b' torchrun --nproc-per-node=2 ddp.py --epochs 1`"
+        # (its run recorded no environment: nor will its relaunch, GRADWATCH_RECORD_ENV=0)
+        "GRADWATCH_RUN='ddp b' GRADWATCH_RECORD_ENV=0 torchrun --nproc-per-node=2 ddp.py --epochs 1`"
     ) in message
 
 

@@ -194,3 +194,16 @@ def test_envelope_of_a_short_run_without_registered_layers_has_every_layer(store
         assert df[df["layer_id"] == lid]["count"].sum() == 40
         assert df[df["layer_id"] == lid]["norm_max"].max() == max(norms[s][col] for s in norms)
     assert list(store.step_norms(run_id)["layer_id"]) == [2, 5, 9]
+
+
+def test_a_cell_that_is_not_json_reads_as_empty_not_as_an_error(db_path):
+    # A config or env written by hand (or damaged) used to raise JSONDecodeError on every dashboard page.
+    import sqlite3
+
+    with Store.open(db_path) as s:
+        run = s.create_run(name="r", config={"lr": 0.1}, env={"LR": "1"})
+    with sqlite3.connect(db_path) as con:
+        con.execute("UPDATE runs SET config = '{not json', env = '[1, 2]', argv = 'x' WHERE id = ?", (run,))
+    with Store.open(db_path, readonly=True) as reader:
+        row = reader.run(run)
+    assert (row["config"], row["env"], row["argv"]) == ({}, [1, 2], [])

@@ -214,9 +214,10 @@ class Reads:
         ]
         end = df["finished_at"].where(df["finished_at"].notna(), df["heartbeat_at"])
         df["duration_s"] = end - df["created_at"]
-        df["config"] = [json.loads(c) for c in df["config"]]
-        df["argv"] = [json.loads(a) for a in df["argv"]]
-        df["env"] = [json.loads(e) if isinstance(e, str) else None for e in df["env"]]
+        # A cell that is not JSON (written by hand, or damaged) reads as empty, not as an error on every page.
+        df["config"] = [_json(c, {}) for c in df["config"]]
+        df["argv"] = [_json(a, []) for a in df["argv"]]
+        df["env"] = [_json(e, None) for e in df["env"]]
         mwhere = "" if run_ids is None else f"WHERE run_id IN {_in(run_ids)}"
         _, finals = self._fetch(_FINAL_METRICS.format(where=mwhere), params)
         by_name: dict[str, dict] = {}
@@ -442,6 +443,17 @@ class Reads:
         df = self._frame(sql + " ORDER BY run_id, name, step", params)
         df["value"] = df["value"].astype(float)
         return df
+
+
+def _json(text, default):
+    """``text`` parsed as JSON; ``default`` for NULL or a cell that is not JSON (of the expected type)."""
+    if not isinstance(text, str):
+        return default
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return default
+    return value if default is None or isinstance(value, type(default)) else default
 
 
 def _isnan(v) -> bool:
