@@ -306,7 +306,7 @@ def _check_no_clip_from_env() -> None:
 
 
 # What `pip install gradwatch` leaves out and the trainer needs (the `trainer` extra of pyproject.toml).
-TRAINER_EXTRA = ("torchaudio", "soundfile", "espeakng_loader", "numpy")
+TRAINER_EXTRA = ("torchaudio", "soundfile", "espeakng_loader", "numpy", "tqdm")
 
 
 def missing_extra() -> list[str]:

@@ -14,7 +14,7 @@ from dashboard.text import code_span
 
 STATUSES = ("running", "finished", "failed", "stopped", "crashed")
 # What the demo (the trainer) needs beyond the dashboard: pyproject.toml's `trainer` extra.
-TRAINER_EXTRA = ("torchaudio", "soundfile", "espeakng_loader", "numpy")
+TRAINER_EXTRA = ("torchaudio", "soundfile", "espeakng_loader", "numpy", "tqdm")
 
 
 def missing_trainer_extra() -> list[str]:
