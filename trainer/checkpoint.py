@@ -131,10 +131,11 @@ def corpus_record(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_same_corpus(saved: dict[str, Any], info: dict[str, Any], path: str) -> str | None:
-    """ValueError when the corpus loaded now is not the one the checkpoint was saved with (its settings may
-    be the same, the files on disk not): the position in the data and the order of the batches after it
-    count items of the corpus as it was. Returns a warning for a checkpoint saved without the record (by an
-    older trainer), which is resumed unchecked, as it was before."""
+    """ValueError when the train split loaded now is not the one the checkpoint was saved with (its settings
+    may be the same, the files on disk not): the position in the data and the order of the batches after it
+    count train items of the corpus as it was. Returns a warning when only the val or test split changed
+    (the position does not count them: training resumes, evaluated on other data than before), and for a
+    checkpoint saved without the record (by an older trainer), which is resumed unchecked, as before."""
     record = saved.get("corpus")
     if record is None:
         return (
@@ -146,14 +147,22 @@ def check_same_corpus(saved: dict[str, Any], info: dict[str, Any], path: str) ->
     if was == now:
         return None
     counts = record.get("counts") or {}
-    changed = []
+    changed = {}
     for split in now:
         n0, n = counts.get(split), info["counts"][split]
         if n0 is not None and n0 != n:
-            changed.append(f"{split}: {n0} → {n} utterances")
+            changed[split] = f"{split}: {n0} → {n} utterances"
         elif was.get(split) != now[split]:
-            changed.append(f"{split}: {n} utterances as before, but not the same files or labels")
+            changed[split] = f"{split}: {n} utterances as before, but not the same files or labels"
     where = f"the corpus in {info['path']!r}" if "path" in info else "the built-in corpus"
+    if "train" not in changed:
+        return (
+            f"--resume: {where} has changed since the checkpoint {path!r} was saved "
+            f"({'; '.join(changed.values())}): the training data is the same, so training resumes where it "
+            "was, but it is evaluated on other data than before the checkpoint (its scores on either side of "
+            "the resume are not comparable)"
+        )
+    changed = list(changed.values())
     position = f"epoch {saved['epoch']}, batch {saved.get('batch', 0)}"
     raise ValueError(
         f"{where} has changed since the checkpoint {path!r} was saved ({'; '.join(changed)}): files were "

@@ -3,6 +3,7 @@ train on garbage (NaN, overflowing or truncated audio) is refused by name; odd f
 
 import os
 import struct
+import subprocess
 import warnings
 
 import numpy as np
@@ -11,7 +12,7 @@ import soundfile
 import torch
 
 from trainer.data import CorpusLayoutError
-from trainer.data.audio import read_audio
+from trainer.data.audio import audio_info, read_audio
 from trainer.data.features import LogMel, keyword_features
 from trainer.data.files import CorpusWarning
 
@@ -61,18 +62,72 @@ def test_a_truncated_wav_is_refused_with_the_frames_its_header_declares(subtype,
         read_audio(path)
 
 
-def test_a_wav_whose_header_leaves_the_size_open_is_read_whole(tmp_path):
-    # A recorder writing to a pipe cannot seek back to fill in the data size: 0xFFFFFFFF is "to the end".
+@pytest.mark.parametrize(
+    "placeholder", [0xFFFFFFFF, 0x7FFFF000, 0x7FFFFFFF], ids=["ffffffff", "sox", "arecord"]
+)
+def test_a_wav_whose_header_leaves_the_size_open_is_read_whole(placeholder, tmp_path):
+    # A recorder writing to a pipe cannot seek back to fill in the sizes: it leaves a placeholder ("to the
+    # end"): 0xFFFFFFFF, sox's 0x7FFFF000, arecord's 0x7FFFFFFF. These were refused as truncated.
     path = tmp_path / "streamed.wav"
     soundfile.write(path, tone(16000), 16000, subtype="PCM_16")
     data = bytearray(path.read_bytes())
     at = data.index(b"data") + 4
-    data[at : at + 4] = struct.pack("<I", 0xFFFFFFFF)
+    data[at : at + 4] = struct.pack("<I", placeholder)
+    data[4:8] = struct.pack("<I", min(placeholder + 36, 0xFFFFFFFF))
     path.write_bytes(bytes(data))
     wav, rate = read_audio(path)
     want, _ = soundfile.read(tmp_path / "streamed.wav", dtype="float32")
     assert rate == 16000 and len(wav) == 16000
     np.testing.assert_array_equal(wav, want)
+
+
+@pytest.mark.parametrize("subtype", ["GSM610", "G721_32", "IMA_ADPCM"])
+def test_a_wav_libsndfile_reads_only_forwards_is_read_whole(subtype, tmp_path):
+    # libsndfile marks GSM 6.10 and G.721 WAVs non-seekable: soundfile's read(-1) refused them
+    # ("frames must be specified for non-seekable files"), in a ValueError that named no file.
+    path = tmp_path / "coded.wav"
+    soundfile.write(path, tone(16000), 16000, subtype=subtype)
+    with soundfile.SoundFile(path) as f:
+        frames = f.frames
+    wav, rate = read_audio(path)
+    assert rate == 16000 and len(wav) == frames >= 16000
+    assert np.abs(wav[1000:15000]).max() > 0.1  # the tone, decoded
+    crop, _ = read_audio(path, start=4000, frames=1000)
+    np.testing.assert_array_equal(crop, wav[4000:5000])
+
+
+def _without_total(flac: bytes) -> bytes:
+    """The FLAC with its STREAMINFO's total sample count cleared: what an encoder writing to a pipe leaves."""
+    data = bytearray(flac)
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first, from byte 8
+    data[21] &= 0xF0
+    data[22:26] = bytes(4)
+    return bytes(data)
+
+
+def test_a_flac_whose_header_leaves_the_length_open_is_read_whole(tmp_path):
+    # libsndfile reports SF_COUNT_MAX frames for it: read(-1) failed with "array is too big", naming no file.
+    whole, open_ended = tmp_path / "whole.flac", tmp_path / "open.flac"
+    soundfile.write(whole, tone(20000), 16000, subtype="PCM_16")
+    open_ended.write_bytes(_without_total(whole.read_bytes()))
+    assert soundfile.info(open_ended).frames == 2**63 - 1
+    wav, rate = read_audio(open_ended)
+    np.testing.assert_array_equal(wav, read_audio(whole)[0])
+    assert audio_info(open_ended) == (20000, 16000)
+    np.testing.assert_array_equal(read_audio(open_ended, start=100, frames=50)[0], wav[100:150])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (soundfile: pipe size)
+def test_a_flac_libsndfile_wrote_to_a_pipe_is_read_whole(tmp_path):
+    path = tmp_path / "piped.flac"
+    with open(path, "wb") as out:
+        writer = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=out)
+        with soundfile.SoundFile(writer.stdin, "w", 16000, 1, format="FLAC") as f:
+            f.write(tone(16000))
+        writer.stdin.close()
+        assert writer.wait() == 0
+    wav, _ = read_audio(path)
+    assert len(wav) == 16000
 
 
 def test_a_truncated_flac_is_refused_by_name(tmp_path):

@@ -32,6 +32,12 @@ def touch(path, seconds=10):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 10**9))
 
 
+def unused(cache, days=2):
+    """Every cache folder of ``cache`` last used ``days`` ago: those of a corpus's other states may go."""
+    for about in cache.glob("*/corpus.json"):
+        os.utime(about, (time.time() - days * 86400,) * 2)
+
+
 def load(root, cache, **kwargs):
     return load_task("keywords", "speech_commands", root, cache_dir=cache, **kwargs)
 
@@ -47,6 +53,7 @@ def test_each_edit_of_the_corpus_replaces_its_cache_rather_than_adding_one(speec
     for edit in (lambda: touch(root / "yes" / "0a1b2c3d_nohash_0.wav"),
                  lambda: (root / "no" / "0a1b2c3d_nohash_0.wav").unlink()):  # fmt: skip
         edit()
+        unused(cache)
         info = load(root, cache).info
         assert not info["cache_hit"] and folders(cache) == [os.path.basename(info["cache_path"])]
         assert info["removed_caches"] == {"folders": 1, "bytes": freed}
@@ -75,6 +82,7 @@ def test_other_corpora_variants_and_older_folders_stay_and_empty_leftovers_go(sp
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     touch(root / "yes" / "0a1b2c3d_nohash_0.wav")
+    unused(cache)
     info = load(root, cache).info  # the 10-class cache of the corpus's earlier state goes, with the leftovers
     assert info["removed_caches"]["folders"] == 3
     assert folders(cache) == sorted([*kept, legacy.name, mine.name, os.path.basename(info["cache_path"])])
@@ -84,9 +92,11 @@ def test_a_cache_another_process_holds_is_left_until_it_is_free(speech_commands_
     root, cache = shutil.copytree(speech_commands_dir, tmp_path / "sc"), tmp_path / "cache"
     old = os.path.basename(load(root, cache).info["cache_path"])
     touch(root / "yes" / "0a1b2c3d_nohash_0.wav")
+    unused(cache)
     with locked(cache, old):  # as a process reading it holds it (a trainer that scanned before the edit)
         info = load(root, cache).info
         assert info["removed_caches"]["folders"] == 0 and old in folders(cache)
+    unused(cache)
     assert load(root, cache).info["removed_caches"]["folders"] == 1  # (a hit) now it is free
     assert folders(cache) == [os.path.basename(info["cache_path"])]
 
@@ -144,10 +154,44 @@ def test_the_trainer_says_how_much_it_freed_when_it_is_large(
             "--clip", "none", "--max-steps", "1", "--batch-size", "8", "--device", "cpu"]  # fmt: skip
     assert main(argv) == 0
     touch(root / "yes" / "0a1b2c3d_nohash_0.wav")
+    unused(cache)
     assert main(argv) == 0
     assert "stale feature cache" not in capsys.readouterr().err  # 0.2 MB: not worth a line
     monkeypatch.setattr("trainer.data.cache.REPORTED_BYTES", 1)
     touch(root / "yes" / "0a1b2c3d_nohash_0.wav")
+    unused(cache)
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "(features computed in " in err and ", removed 1 stale feature cache(s): 0.2 MB freed)" in err
+
+
+def test_folders_not_provably_gradwatchs_stay(speech_commands_dir, tmp_path):
+    # An empty folder named like a cache, and one holding only a corpus.json that gradwatch did not write,
+    # were removed as "left by a failed load" (with --cache-dir $HOME, say).
+    root, cache = shutil.copytree(speech_commands_dir, tmp_path / "sc"), tmp_path / "cache"
+    load(root, cache)
+    empty, foreign = cache / "transcripts-0123456789ab", cache / "speech_commands-bbbbbbbbbbbb"
+    empty.mkdir()
+    foreign.mkdir()
+    (foreign / "corpus.json").write_text('{"mine": 1}')
+    touch(root / "yes" / "0a1b2c3d_nohash_0.wav")
+    load(root, cache)  # (a new state: the stale caches are looked for)
+    assert empty.is_dir() and (foreign / "corpus.json").read_text() == '{"mine": 1}'
+
+
+def test_a_cache_used_lately_in_another_state_stays(speech_commands_dir, tmp_path):
+    # Machines sharing a cache folder (an NFS home), each with its own copy of the corpus at the same path
+    # but other file dates, removed each other's cache on every load and computed it again: ping-pong.
+    root, cache = shutil.copytree(speech_commands_dir, tmp_path / "sc"), tmp_path / "cache"
+    one = os.path.basename(load(root, cache).info["cache_path"])
+    wav = root / "yes" / "0a1b2c3d_nohash_0.wav"
+    touch(wav)  # the other machine's copy
+    two = load(root, cache).info
+    assert two["removed_caches"]["folders"] == 0 and one in folders(cache)
+    touch(wav, -10)  # back on the first machine: its cache is still there, a hit
+    assert load(root, cache).info["feature_cache_hit"]
+    unused(cache, days=0.5)  # half a day unused: both stay
+    assert load(root, cache).info["removed_caches"]["folders"] == 0
+    unused(cache)  # two days: the other state's cache goes (a hit marks this one used)
+    assert load(root, cache).info["removed_caches"]["folders"] == 1
+    assert folders(cache) == [one]

@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +69,30 @@ def test_corpus_warning_is_one_class_with_the_package_errors():
 
     assert files.CorpusWarning is errors.CorpusWarning is data.CorpusWarning
     assert issubclass(errors.CorpusWarning, UserWarning)
+
+
+@pytest.mark.parametrize("problem", ["a file", "under a file"])
+def test_a_cache_folder_it_cannot_use_is_one_error_line_exit_2(problem, transcripts_dir, tmp_path, capsys):
+    # An OSError from the cache (a file in its place or above it) came out as a traceback, exit 1.
+    from trainer.data.__main__ import main
+
+    cache = tmp_path / "cache"
+    if problem == "a file":
+        cache.write_text("not a folder")
+    else:
+        (tmp_path / "file").write_text("not a folder")
+        cache = tmp_path / "file" / "cache"
+    argv = ["--task", "digits", "--source", "transcripts", "--path", str(transcripts_dir)]
+    assert main([*argv, "--cache-dir", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot access '{cache}") and len(err.splitlines()) == 1, err
+
+
+def test_a_blank_gradwatch_cache_counts_as_unset(tmp_path, monkeypatch):
+    # It made a folder named " " in the working directory.
+    from trainer.data.cache import default_cache_dir
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    for blank in ("", " ", "\t"):
+        monkeypatch.setenv("GRADWATCH_CACHE", blank)
+        assert default_cache_dir() == Path.home() / ".cache" / "gradwatch" / "corpora"

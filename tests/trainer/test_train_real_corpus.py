@@ -8,6 +8,7 @@ from sqlite_rows import rows as query
 
 from trainer import checkpoint as ckpt
 from trainer.cli import main
+from trainer.data import load_task
 
 
 def real(data, path, cache, db, *extra):
@@ -128,6 +129,15 @@ def test_a_checkpoint_is_refused_when_the_corpus_on_disk_changed(speech_commands
     assert query(db, "SELECT resumed_from_step FROM runs") == [(1,)]
 
 
+def retranscribe(corpus, speaker):
+    """A new transcript for the first line of ``speaker`` in the corpus's transcripts.tsv."""
+    tsv = corpus / "transcripts.tsv"
+    lines = tsv.read_text().splitlines()
+    at = next(k for k, line in enumerate(lines) if line.endswith(f"\t{speaker}"))
+    lines[at] = lines[at].split("\t")[0] + f"\tnine nine nine\t{speaker}"
+    tsv.write_text("\n".join(lines) + "\n")
+
+
 def test_a_changed_transcript_is_a_changed_corpus_and_an_older_checkpoint_resumes_with_a_warning(
     transcripts_dir, tmp_path, capsys
 ):
@@ -136,14 +146,14 @@ def test_a_changed_transcript_is_a_changed_corpus_and_an_older_checkpoint_resume
     cache, db, ck = tmp_path / "cache", tmp_path / "g.db", tmp_path / "run.ckpt"
     args = ["--task", "digits", "--epochs", "2", "--quiet", "--checkpoint", str(ck)]
     assert main(real("transcripts", corpus, cache, db, *args, "--max-steps", "1")) == 0
-    tsv = corpus / "transcripts.tsv"
-    original = tsv.read_text()
-    tsv.write_text(original.replace("audio/s0_0.wav\tzero one two", "audio/s0_0.wav\tnine nine nine"))
+    voices = load_task("digits", "transcripts", corpus, cache_dir=cache).info["voices"]
+    retranscribe(corpus, voices["train"][0])
     resume = real("transcripts", corpus, cache, db, *args, "--resume")
     capsys.readouterr()
     assert main(resume) == 2
     err = capsys.readouterr().err
-    assert "utterances as before, but not the same files or labels" in err and "Traceback" not in err
+    assert "(train: 6 utterances as before, but not the same files or labels)" in err
+    assert "Traceback" not in err
     # A checkpoint saved before checkpoints held their corpus's fingerprint: resumed, unchecked, saying so.
     saved = ckpt.load(ck)
     del saved["corpus"], saved["format"]
@@ -151,4 +161,21 @@ def test_a_changed_transcript_is_a_changed_corpus_and_an_older_checkpoint_resume
     assert main(resume) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert len(warned) == 1 and "saved by an older trainer, without a fingerprint of its corpus" in warned[0]
+    assert query(db, "SELECT resumed_from_step FROM runs") == [(1,)]
+
+
+def test_a_changed_val_split_resumes_with_one_warning(transcripts_dir, tmp_path, capsys):
+    # The position in the data counts train batches only: it was refused as a changed corpus all the same.
+    corpus = shutil.copytree(transcripts_dir, tmp_path / "tr")
+    cache, db, ck = tmp_path / "cache", tmp_path / "g.db", tmp_path / "run.ckpt"
+    args = ["--task", "digits", "--epochs", "2", "--quiet", "--checkpoint", str(ck)]
+    assert main(real("transcripts", corpus, cache, db, *args, "--max-steps", "1")) == 0
+    voices = load_task("digits", "transcripts", corpus, cache_dir=cache).info["voices"]
+    retranscribe(corpus, voices["val"][0])
+    capsys.readouterr()
+    assert main(real("transcripts", corpus, cache, db, *args, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: --resume:") == 1 and "has changed since the checkpoint" in err, err
+    assert "(val: 2 utterances as before, but not the same files or labels)" in err
+    assert "training resumes where it was, but it is evaluated on other data" in err
     assert query(db, "SELECT resumed_from_step FROM runs") == [(1,)]

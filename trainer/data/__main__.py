@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # what the loader did not name itself: a cache folder it cannot write, say
+        where = f" {str(e.filename)!r}" if e.filename else ""
+        print(f"error: cannot access{where} ({(e.strerror or str(e)).lower()})", file=sys.stderr)
+        return 2
     for w in caught:  # what the loader skipped or changed: one line each, as the trainer prints them
         if issubclass(w.category, CorpusWarning):
             print(f"warning: {w.message}", file=sys.stderr)

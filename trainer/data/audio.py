@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import soundfile
 from .errors import CorpusLayoutError
 from .files import cannot_read, warn
 
-__all__ = ["read_audio", "audio_info", "MAX_ABS_SAMPLE"]
+__all__ = ["read_audio", "audio_info", "mp3_cut_short", "MAX_ABS_SAMPLE"]
 
 # Full scale is 1.0; even float samples written on int32's scale stay below 2.2e9. The power spectrum of a
 # 640-sample window reaches ~1e5 x peak², and float32 ends at 3.4e38: a peak of 1e12 is far from both.
@@ -29,6 +30,14 @@ MAX_ABS_SAMPLE = 1e12
 # An MP3 without a Xing/Info header announces an estimate of its length (from the file size and the first
 # frame's bit rate): it may differ from what decodes by a frame (1,152 samples), more for a variable bit rate.
 _MP3_FRAME = 1152
+# What libsndfile reports as the frame count of a file whose header leaves the length open (a FLAC encoded to
+# a pipe): SF_COUNT_MAX. Such a file is read to its end, and nothing is announced to check it against.
+_UNKNOWN_FRAMES = 2**63 - 1
+# Data sizes a WAV writer that cannot seek back (to a pipe) leaves in the header: 0, 0xFFFFFFFF, sox's
+# 0x7FFFF000, arecord's 0x7FFFFFFF. Any size from 0x7FFF0000 on (2 GiB) is taken for such a placeholder.
+_PLACEHOLDER_SIZE = 0x7FFF0000
+# Frames read at a time: libsndfile reads some files (GSM 6.10, G.721 WAVs) only forwards, in known amounts.
+_BLOCK = 1 << 16
 
 
 def _open(path: Path) -> soundfile.SoundFile:
@@ -51,7 +60,8 @@ def _unreadable(path: Path, error: RuntimeError) -> CorpusLayoutError:
 
 def _wav_missing_bytes(path: Path) -> int:
     """How many bytes of a RIFF/WAVE file's data chunk its header announces but the file lacks (0 for another
-    format, or a size of 0 or 0xFFFFFFFF: what a writer that cannot seek back leaves in the header)."""
+    format, or a size of 0 or from 0x7FFF0000 on: what a writer that cannot seek back leaves in the
+    header)."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
@@ -64,7 +74,9 @@ def _wav_missing_bytes(path: Path) -> int:
                 f.seek(pos)
                 chunk, length = f.read(4), struct.unpack(order + "I", f.read(4))[0]
                 if chunk == b"data":
-                    return 0 if length in (0, 0xFFFFFFFF) else max(0, pos + 8 + length - size)
+                    if length == 0 or length >= _PLACEHOLDER_SIZE:  # (a placeholder: the length is open)
+                        return 0
+                    return max(0, pos + 8 + length - size)
                 pos += 8 + length + (length & 1)  # chunks are padded to an even size
     except OSError as e:
         raise cannot_read(path, e) from None
@@ -88,6 +100,87 @@ def _announced_frames(path: Path, f: soundfile.SoundFile) -> int:
     return f.frames + max(1, missing // width if width else 1)
 
 
+def _read_open_ended(path: Path, f: soundfile.SoundFile) -> np.ndarray:
+    """All frames, float32 of shape (n, channels), of a file whose header leaves its length open (libsndfile
+    reports SF_COUNT_MAX frames: a FLAC encoded to a pipe). soundfile's read seeks after each block, which
+    libsndfile refuses for such a file, so libsndfile's reader is called directly (soundfile exposes no public
+    way). A decoding error once frames came is the stream's end: a FLAC libsndfile wrote to a pipe ends in
+    bytes its decoder cannot sync to."""
+    blocks = []
+    while True:
+        out = np.empty((_BLOCK, f.channels), dtype=np.float32)
+        got = soundfile._snd.sf_readf_float(f._file, soundfile._ffi.cast("float *", out.ctypes.data), _BLOCK)
+        error = soundfile._snd.sf_error(f._file)
+        if got > 0:
+            blocks.append(out[:got])
+        if error and not blocks:
+            raise _unreadable(path, soundfile.LibsndfileError(error))
+        if error or got < _BLOCK:
+            return np.concatenate(blocks) if blocks else out[:0]
+
+
+def _blocks(path: Path, f: soundfile.SoundFile, frames: int = -1) -> Iterator[np.ndarray]:
+    """``frames`` frames of ``f`` (-1: to its end) as float32 blocks of shape (n, channels). Read a block at a
+    time: ``f.read(-1)`` refuses a file libsndfile reads only forwards, and allocates the whole announced
+    length at once (too big for a FLAC announcing SF_COUNT_MAX). A read error names the file."""
+    left = frames
+    while left:
+        want = _BLOCK if left < 0 else min(_BLOCK, left)
+        try:
+            block = f.read(want, dtype="float32", always_2d=True)
+        except (RuntimeError, ValueError) as e:  # e.g. a FLAC cut short: "flac decoder lost sync"
+            raise _unreadable(path, e) from None
+        if len(block):
+            yield block
+        if len(block) < want:
+            return
+        left = left - len(block) if left > 0 else left
+
+
+# MPEG audio bit rates (kbit/s) by (MPEG-1?, layer) and sample rates by version bits, for mp3_cut_short.
+_MPEG_KBPS = {
+    (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}  # fmt: skip
+_MPEG_KBPS[False, 3] = _MPEG_KBPS[False, 2]
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+def mp3_cut_short(path: Path, decoded: int, announced: int) -> bool:
+    """Whether an MP3 of which ``decoded`` of the ``announced`` frames decode is visibly cut short: its
+    Xing/Info/VBRI header declares the length and more than a frame is missing, or its last frame runs past
+    the end of the file. Without such a header libsndfile's frame count is only an estimate (the file size
+    over the first frame's bit rate), which an intact variable bit rate MP3 may miss by far."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise cannot_read(path, e) from None
+    pos, first = 0, True
+    if data[:3] == b"ID3" and len(data) >= 10:  # an ID3v2 tag: a syncsafe size, and a footer if flagged
+        pos = 10 + 10 * bool(data[5] & 0x10)
+        pos += sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(data[6:10]))
+    while pos + 4 <= len(data):
+        h = int.from_bytes(data[pos : pos + 4], "big")
+        version, layer = (h >> 19) & 3, 4 - ((h >> 17) & 3)
+        kbps, rate = (h >> 12) & 15, (h >> 10) & 3
+        if h >> 21 != 0x7FF or version == 1 or layer == 4 or kbps in (0, 15) or rate == 3:
+            return False  # the frames end here (a tag, or what no decoder reads), not mid-frame
+        mpeg1, hz, pad = version == 3, _MPEG_RATES[version][rate], (h >> 9) & 1
+        bits = _MPEG_KBPS[mpeg1, layer][kbps] * 1000
+        if layer == 1:
+            size = (12 * bits // hz + pad) * 4
+        else:
+            size = (144 if mpeg1 or layer == 2 else 72) * bits // hz + pad
+        if first and any(tag in data[pos : pos + size] for tag in (b"Xing", b"Info", b"VBRI")):
+            if decoded + _MP3_FRAME < announced:
+                return True
+        pos, first = pos + size, False
+    return pos > len(data)
+
+
 def _truncated(path: Path, got: int, announced: int) -> CorpusLayoutError:
     return CorpusLayoutError(
         f"audio file {str(path)!r} is truncated: it holds {got} of the {announced} frames its header "
@@ -98,6 +191,8 @@ def _truncated(path: Path, got: int, announced: int) -> CorpusLayoutError:
 def audio_info(path: Path) -> tuple[int, int]:
     """``(frames, sample rate)`` of ``path``; a truncated WAV or an unreadable file is refused by name."""
     with _open(path) as f:
+        if f.frames == _UNKNOWN_FRAMES:
+            return len(_read_open_ended(path, f)), f.samplerate
         frames, rate, announced = f.frames, f.samplerate, _announced_frames(path, f)
     if frames < announced:
         raise _truncated(path, frames, announced)
@@ -109,20 +204,29 @@ def read_audio(path: Path, start: int = 0, frames: int = -1) -> tuple[np.ndarray
     end), at the file's own rate. Raises CorpusLayoutError naming the file when it cannot be read, is
     truncated, or holds non-finite or absurdly large samples."""
     with _open(path) as f:
-        announced, rate, mp3 = _announced_frames(path, f), f.samplerate, f.format == "MP3"
-        try:
-            if start:
+        rate, mp3 = f.samplerate, f.format == "MP3"
+        if f.frames == _UNKNOWN_FRAMES:  # nothing announced to check against: read to the end
+            data = _read_open_ended(path, f)[start : None if frames < 0 else start + frames]
+            _check_samples(path, data, rate, start)
+            return data.mean(axis=1), rate
+        announced = _announced_frames(path, f)
+        if start and f.seekable():
+            try:
                 f.seek(start)
-            data = f.read(frames, dtype="float32", always_2d=True)
-        except RuntimeError as e:  # e.g. a FLAC cut short: "flac decoder lost sync"
-            raise _unreadable(path, e) from None
+            except (RuntimeError, ValueError) as e:
+                raise _unreadable(path, e) from None
+        elif start:
+            for _ in _blocks(path, f, start):
+                pass
+        blocks = list(_blocks(path, f, frames))
+        data = np.concatenate(blocks) if blocks else np.zeros((0, f.channels), dtype=np.float32)
     wanted = announced - start if frames < 0 else min(frames, announced - start)
-    if len(data) < wanted and not (mp3 and wanted - len(data) <= _MP3_FRAME):
-        if not mp3:
-            raise _truncated(path, start + len(data), announced)
+    if len(data) < wanted and not mp3:
+        raise _truncated(path, start + len(data), announced)
+    if len(data) + _MP3_FRAME < wanted and mp3 and mp3_cut_short(path, start + len(data), announced):
         warn(
             f"audio file {str(path)!r}: {start + len(data)} of the {announced} frames its header announces "
-            "could be read (truncated? an MP3 without a Xing header only estimates its length); kept as read"
+            "could be read (truncated?); kept as read"
         )
     _check_samples(path, data, rate, start)
     return data.mean(axis=1), rate

@@ -5,8 +5,10 @@ A cache entry is a folder ``<root>/<name>/`` written by one process under an exc
 ``<root>/<name>.lock``, so several processes (DDP ranks, two trainers) asking for the same corpus generate it
 once and never read a half-written folder. A real corpus's features are keyed by its files (sizes and
 modification times): every edit makes a new folder, and ``remove_stale`` removes the folders of the corpus's
-earlier states (told by the ``corpus.json`` each holds) and the empty ones failed loads left, under the same
-lock, so never one that another process is reading or writing.
+earlier states (told by the ``corpus.json`` each holds) once unused for a day (``UNUSED_FOR_S``), and what
+failed loads left, under the same lock, so never one that another process is reading or writing. A folder
+that is not provably gradwatch's (an empty one, one holding any other file, or a ``corpus.json`` that is not
+gradwatch's) is never removed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,13 +42,18 @@ _REAL_CORPUS = re.compile(r"(speech_commands|transcripts)-[0-9a-f]{12}")
 # What a load that failed or was killed leaves in one: lock files (older trainers), corpus.json, unfinished
 # features. A folder so named holding anything else is not taken for a leftover (it may be a user's).
 _LEFT_BY_A_LOAD = re.compile(r"features-[0-9a-f]+\.(lock|pt\.tmp-\d+)|corpus\.json(\.tmp-\d+)?")
+_SOURCES = ("speech_commands", "transcripts")  # the "source" of a corpus.json gradwatch wrote
+# A cache of the corpus in another state is removed only once unused (neither read nor written) this long:
+# machines sharing a cache folder (an NFS home) with their own copies of a corpus at the same path but with
+# other file dates would otherwise remove each other's cache on every load, and compute it again.
+UNUSED_FOR_S = 24 * 3600
 REPORTED_BYTES = 100 * 10**6  # removals of stale caches from this size on are worth a line in the output
 
 
 def default_cache_dir() -> Path:
-    """``$GRADWATCH_CACHE/corpora`` if set, else ``$XDG_CACHE_HOME/gradwatch/corpora`` (the XDG base
-    directory rule: an absolute path only), else ``~/.cache/gradwatch/corpora``."""
-    base = os.environ.get("GRADWATCH_CACHE")
+    """``$GRADWATCH_CACHE/corpora`` if set (and not blank), else ``$XDG_CACHE_HOME/gradwatch/corpora`` (the
+    XDG base directory rule: an absolute path only), else ``~/.cache/gradwatch/corpora``."""
+    base = os.environ.get("GRADWATCH_CACHE", "").strip()  # (set but blank counts as unset)
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     if base:
         root = Path(base).expanduser()
@@ -122,9 +130,14 @@ def write_atomically(final: Path) -> Iterator[Path]:
 
 
 def write_about(folder: Path, about: dict) -> None:
-    """Write ``corpus.json`` (which corpus ``folder`` holds) into it if it has none; under its lock."""
+    """Write ``corpus.json`` (which corpus ``folder`` holds) into it if it has none, else mark it used now
+    (its modification time); under its lock."""
     path = folder / ABOUT
     if path.exists():
+        try:
+            os.utime(path)  # when it was last used: remove_stale spares a cache used lately
+        except OSError:  # (a read-only cache: it is only read)
+            pass
         return
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{ABOUT}.tmp-{os.getpid()}")
@@ -134,9 +147,9 @@ def write_about(folder: Path, about: dict) -> None:
 
 def remove_stale(folder: Path, about: dict) -> tuple[int, int]:
     """Remove, next to ``folder`` (the cache of a real corpus as it is now), the cache folders of the same
-    corpus (``about``: source, path and settings) in other states, and those of real corpora holding no
-    features (left by a load that failed or was killed). A folder another process holds the lock of (it is
-    reading or writing it) is left alone. Returns ``(folders removed, bytes freed)``.
+    corpus (``about``: source, path and settings) in other states unused for ``UNUSED_FOR_S``, and those of
+    real corpora holding no features (left by a load that failed or was killed). A folder another process
+    holds the lock of (it is reading or writing it) is left alone. Returns ``(folders removed, bytes freed)``.
 
     Folders written before ``corpus.json`` existed are not known to be this corpus's: they stay, unless
     empty."""
@@ -162,18 +175,33 @@ def removed_words(removed: dict) -> str:
 
 
 def _is_stale(folder: Path, about: dict) -> bool:
-    """Whether ``folder`` holds only what a failed load leaves, or the features of the corpus ``about`` in
-    another state."""
+    """Whether ``folder`` holds the features of the corpus ``about`` in another state, or only what a failed
+    load leaves (a ``corpus.json`` among it written by gradwatch). An empty folder is not stale: no load
+    leaves one (a load makes the folder only to write into it), so it is someone else's."""
     try:
         names = [p.name for p in folder.iterdir()]
     except OSError:
         return False
-    if all(_LEFT_BY_A_LOAD.fullmatch(n) and (folder / n).is_file() for n in names):
-        return True
+    ours = _read_about(folder)
+    if ours is not None and ours == about:
+        try:
+            return time.time() - (folder / ABOUT).stat().st_mtime > UNUSED_FOR_S
+        except OSError:
+            return False
+    leftovers = all(_LEFT_BY_A_LOAD.fullmatch(n) and (folder / n).is_file() for n in names)
+    return bool(names) and leftovers and (ABOUT not in names or ours is not None)
+
+
+def _read_about(folder: Path) -> dict | None:
+    """The ``corpus.json`` of ``folder`` if gradwatch wrote it (its source, root and seed), else None: none,
+    one cut short, or a file of that name that is someone else's."""
     try:
-        return json.loads((folder / ABOUT).read_text()) == about
-    except (OSError, ValueError):  # no corpus.json (an older folder), or one cut short
-        return False
+        about = json.loads((folder / ABOUT).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(about, dict) and about.get("source") in _SOURCES and {"root", "seed"} <= about.keys():
+        return about
+    return None
 
 
 def _remove_unused(folder: Path, about: dict) -> int | None:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import audio_info, read_audio
+from .audio import audio_info, mp3_cut_short, read_audio
 from .cache import params_hash, remove_stale
 from .errors import CorpusLayoutError, CorpusNotFound
 from .features import FeatureSpec, LogMel, to_sample_rate
@@ -333,10 +333,10 @@ def _waveform(path: Path, min_samples: int) -> np.ndarray:
             f"audio file {str(path)!r} has no samples: replace it, or remove its transcript line"
         )
     if path.suffix.lower() == ".mp3":
-        # read_audio keeps an MP3 that decodes shorter than its header announces, with a warning (a header
-        # without Xing only estimates the length); but a transcript describes the whole recording.
+        # read_audio keeps an MP3 that is cut short, with a warning; but a transcript describes the whole
+        # recording. (An MP3 that only decodes shorter than libsndfile's estimate of its length is intact.)
         announced, _ = audio_info(path)
-        if len(wav) + _MP3_FRAME < announced:
+        if len(wav) + _MP3_FRAME < announced and mp3_cut_short(path, len(wav), announced):
             raise CorpusLayoutError(
                 f"audio file {str(path)!r} is truncated: {len(wav)} of the {announced} frames its header "
                 "announces could be read, while its transcript describes all of them: replace it, or remove "
