@@ -99,6 +99,7 @@ def test_the_run_page_follows_a_running_run(tmp_path):
         page.screenshot(path=str(tmp_path / "live.png"))
         # The status line and its Stop button are live too: once the run finishes, they say so.
         stop = page.get_by_role("button", name="Stop this run (SIGTERM)")
+        stop.wait_for(timeout=60_000)  # (its fragment may render after the metrics' under load)
         assert stop.count() == 1 and page.get_by_text("status running").count() == 1
         finish.touch()
         page.get_by_text("status finished").wait_for(timeout=60_000)
@@ -157,8 +158,13 @@ def test_the_flow_step_keeps_the_keyboard_focus_while_the_run_grows(tmp_path):
         page.wait_for_function(f"() => ({SHOWN})({thumb!r}) === {picked - 1}", timeout=60_000)
         live_render()
         assert shown() == picked - 1 and page.evaluate(ON_STEP)
-        bars = page.locator(".js-plotly-plot .gtitle").first.text_content()
-        assert bars == f"Gradient flow at step {picked - 1}"
+        # The chart follows the pick (drawn anew, maybe a render after the control moved: looked up by
+        # selector each time, not through a handle to the chart it replaces).
+        page.wait_for_function(
+            "want => document.querySelector('.js-plotly-plot .gtitle')?.textContent === want",
+            arg=f"Gradient flow at step {picked - 1}",
+            timeout=60_000,
+        )
         assert page.locator("[data-testid='stException']").count() == 0
 
 
@@ -222,6 +228,7 @@ def test_run_names_are_shown_as_typed(tmp_path):
         title.wait_for(timeout=90_000)
         main = page.locator("[data-testid='stMain']")
         main.get_by_text("relaunch of").wait_for(timeout=60_000)
+        main.get_by_text("The run failed").wait_for(timeout=60_000)  # (rendered after the header)
         heading, text = title.inner_text(), main.inner_text()
         rendered = main.locator(
             ".katex, h1 strong, h1 em, h1 code, [data-testid='stMarkdownContainer'] em"

@@ -24,7 +24,7 @@ SHAPES = {"keywords": dict(n_classes=10, n_mels=32), "digits": dict(n_classes=11
 
 
 def cli_dests():
-    return {a.dest for a in build_parser()._actions if a.dest not in ("help", "config")}
+    return {a.dest for a in build_parser()._actions if a.dest not in ("help", "version", "config")}
 
 
 @pytest.mark.parametrize(("task", "model"), CASES, ids=[f"{t}-{m}" for t, m in CASES])
