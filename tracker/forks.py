@@ -12,7 +12,7 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ["check_not_inherited", "inherited", "open_on", "register"]
+__all__ = ["attached_on", "check_not_inherited", "inherited", "open_on", "register"]
 
 # Every tracker of this process (anything with a ``_fork_child()`` method).
 _TRACKERS: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -35,6 +35,11 @@ def _registered() -> list[Any]:
 def open_on(model: Any) -> list[Any]:
     """The trackers of this process that measure ``model`` and are not finished."""
     return [t for t in _registered() if getattr(t, "_model", None) is model and not t._finished]
+
+
+def attached_on(model: Any) -> list[Any]:
+    """Those of :func:`open_on` that are attached to an optimizer (they clip at its every step)."""
+    return [t for t in open_on(model) if t._hooks]
 
 
 def inherited(path: Any, parent_pid: int) -> None:

@@ -8,7 +8,9 @@ from typing import Any
 
 from tracker.stats import StepStats
 
-__all__ = ["NullTracker"]
+__all__ = ["FINISHED", "NullTracker"]
+
+FINISHED = "this GradTracker is finished; create a new one for a new run"  # (what a finished tracker says)
 
 
 class NullTracker:
@@ -36,13 +38,13 @@ class NullTracker:
                 "here, enabled=False, but it would be so once on). Call one or the other."
             )
         if self._finished:
-            raise RuntimeError("this GradTracker is finished; create a new one for a new run")
+            raise RuntimeError(FINISHED)
         self._step += 1
         return StepStats(self._step - 1, None, False, 1.0, math.nan, skipped=False, logged=False)
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         if self._finished:
-            raise RuntimeError("this GradTracker is finished; create a new one for a new run")
+            raise RuntimeError(FINISHED)
 
     def flush(self) -> None:
         pass
@@ -59,7 +61,7 @@ class NullTracker:
 
     def attach(self, optimizer: Any, *, scaler: Any = None) -> NullTracker:
         if self._finished:
-            raise RuntimeError("this GradTracker is finished; create a new one for a new run")
+            raise RuntimeError(FINISHED)
         self._attached += 1
         return self
 

@@ -43,7 +43,7 @@ from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
 from tracker.lifetime import SigtermAsExit, exit_status, last_shown, stop_reason
 from tracker.norms import NormPlan, grad_norms
-from tracker.null import NullTracker
+from tracker.null import FINISHED, NullTracker
 from tracker.outbox import Outbox
 from tracker.rows import COEF, THRESHOLD, TOTAL, RowBuilder, pending_parts, short_threshold, was_clipped
 from tracker.stats import StepStats
@@ -280,7 +280,7 @@ class GradTracker:
         if not enabled:
             _check_disabled(cls, model, kwargs)
             _warn_if_disabled_in_a_group()
-            for old in [t for t in forks.open_on(model) if t._hooks]:  # (a cell run again, tracking off)
+            for old in forks.attached_on(model):  # (a cell run again, tracking off)
                 _close_replaced(old)
             return NullTracker()
         return super().__new__(cls)
@@ -341,7 +341,7 @@ class GradTracker:
         # An open tracker of this process attached to an optimizer of this model (a notebook cell run again)
         # would go on clipping every step: closed once this one exists, or before, when this one continues
         # its run. Trackers not attached are left alone (several may measure one model: a benchmark's).
-        replaced = [t for t in forks.open_on(model) if t._hooks]
+        replaced = forks.attached_on(model)
         if resumed is not None:
             for old in [t for t in replaced if t.run_id is not None and t.run_id == resumed["run_id"]]:
                 replaced.remove(old)
@@ -500,7 +500,7 @@ class GradTracker:
 
     def _measure_clip_record(self, loss: Tensor | float | None, scaler: Any) -> StepStats:
         if self._finished:
-            raise RuntimeError(self._ended("this GradTracker is finished; create a new one for a new run"))
+            raise RuntimeError(self._ended(FINISHED))
         self._complete_update()
         step = self._step
         self._step += 1
@@ -649,7 +649,7 @@ class GradTracker:
         after unscaling. Pass ``scaler`` too so the steps it skips for inf/NaN are recorded as skipped.
         Returns a handle: ``handle.remove()`` detaches (``finish()`` detaches everything)."""
         if self._finished:
-            raise RuntimeError(self._ended("this GradTracker is finished; create a new one for a new run"))
+            raise RuntimeError(self._ended(FINISHED))
         handle = Attachment(self, optimizer, scaler)
         self._hooks.append(handle)
         return handle
