@@ -2,6 +2,8 @@
 alone (or set to the latest step), it follows the latest step. Its widget stays the same widget while the run
 grows (test_browser.py checks what that is for: the keyboard focus stays on it)."""
 
+import contextlib
+
 import numpy as np
 from dashboard_helpers import figure, open_page, open_tab, run_fragments, values
 
@@ -25,13 +27,23 @@ def _shown(at, run):
     return at.select_slider(key=f"flow_step_{run}").value, values(figure(at, "flow")["data"][0]["y"]).tolist()
 
 
-def test_the_picked_step_survives_live_refreshes(tmp_path, app):
+@contextlib.contextmanager
+def _live_run(tmp_path):
+    """A run being written: yields (database path, run id, its writer); closes both after."""
     path = tmp_path / "gradwatch.db"
     store = Store.open(path, create=True)
     run = store.create_run(name="live")
     store.add_layers(run, LAYERS)
     writer = store.writer(run)
     try:
+        yield path, run, writer
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_the_picked_step_survives_live_refreshes(tmp_path, app):
+    with _live_run(tmp_path) as (path, run, writer):
         _add_steps(writer, range(10))
         at = open_tab(open_page(app(path), "views/run.py"), "Gradient flow")
         assert _shown(at, run) == (9, _norms(9))  # not picked: the latest step
@@ -48,20 +60,12 @@ def test_the_picked_step_survives_live_refreshes(tmp_path, app):
         _add_steps(writer, range(15, 20))
         run_fragments(at)
         assert _shown(at, run) == (19, _norms(19))
-    finally:
-        writer.close()
-        store.close()
 
 
 def test_the_step_widget_keeps_its_identity_while_the_run_grows(tmp_path, app):
     # A widget whose identity (element id) changes is a new widget in the browser: the old one, and the
     # keyboard focus on it, is gone. The choices are the logged steps (here every 5th).
-    path = tmp_path / "gradwatch.db"
-    store = Store.open(path, create=True)
-    run = store.create_run(name="live")
-    store.add_layers(run, LAYERS)
-    writer = store.writer(run)
-    try:
+    with _live_run(tmp_path) as (path, run, writer):
         _add_steps(writer, range(0, 50, 5))
         at = open_tab(open_page(app(path), "views/run.py"), "Gradient flow")
         before = at.select_slider(key=f"flow_step_{run}")
@@ -71,6 +75,3 @@ def test_the_step_widget_keeps_its_identity_while_the_run_grows(tmp_path, app):
         after = at.select_slider(key=f"flow_step_{run}")
         assert after.value == 95 and len(after.options) == 20  # it followed the run, and its range grew
         assert after.id == before.id
-    finally:
-        writer.close()
-        store.close()
