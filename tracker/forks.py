@@ -32,9 +32,26 @@ def _registered() -> list[Any]:
         return list(_TRACKERS)
 
 
+def _underlying(model: Any) -> Any:
+    """The module that ``model`` wraps, through ``torch.compile`` (``_orig_mod``) and DDP/DataParallel
+    (``module``): a notebook cell run again wraps the same model in a new wrapper each time."""
+    from torch import nn
+
+    for _ in range(8):  # (wrappers of wrappers: compile(DDP(m)); bounded, in case one wraps itself)
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+    return model
+
+
 def open_on(model: Any) -> list[Any]:
-    """The trackers of this process that measure ``model`` and are not finished."""
-    return [t for t in _registered() if getattr(t, "_model", None) is model and not t._finished]
+    """The trackers of this process that measure ``model`` (or the model it wraps, or a wrapper of it) and
+    are not finished."""
+    model = _underlying(model)
+    return [t for t in _registered() if not t._finished and _underlying(getattr(t, "_model", None)) is model]
 
 
 def attached_on(model: Any) -> list[Any]:

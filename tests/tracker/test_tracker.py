@@ -850,6 +850,33 @@ def test_a_new_tracker_on_a_model_an_open_one_measures_closes_it(db_path):
     kept.finish(), also.finish()
 
 
+@pytest.mark.parametrize("wrap", ["compile", "DataParallel"])
+def test_a_new_tracker_on_a_wrapper_of_the_model_an_open_one_measures_closes_it(db_path, wrap):
+    # The cell run again wraps the same model anew (torch.compile, DDP): the same parameters, clipped twice.
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def wrapped():
+        return torch.compile(model) if wrap == "compile" else nn.DataParallel(model)
+
+    first = GradTracker(wrapped(), db=db_path, clip="norm:0.1")
+    first.attach(opt)
+    with pytest.warns(UserWarning, match=r"run #1 measured this model and was still attached"):
+        second = GradTracker(wrapped(), db=db_path, clip="norm:0.1")
+    assert first._finished and not first._hooks
+    second.attach(opt)
+    with pytest.warns(UserWarning, match=r"run #2 measured this model"):
+        third = GradTracker(model, db=db_path)  # and the bare model after a wrapper of it
+    assert second._finished
+    third.finish()
+    other = nn.Linear(4, 3)  # another model stays measured by its own tracker
+    kept = GradTracker(nn.DataParallel(other), db=db_path)
+    kept.attach(torch.optim.SGD(other.parameters(), lr=0.1))
+    GradTracker(model, db=db_path).finish()
+    assert not kept._finished
+    kept.finish()
+
+
 def test_a_new_tracker_that_cannot_start_leaves_the_open_one_alone(db_path, tmp_path):
     model = nn.Linear(4, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
