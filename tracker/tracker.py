@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ from tracker.distributed import (
     rank_and_world_size,
     sharded_norms,
 )
+from tracker.dropped import Remains, close_run, complete_update, finish_at_exit, when_dropped
 from tracker.env import is_relaunch, resolve_clip, resolve_db, resolve_lineage
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
@@ -251,7 +253,7 @@ def _close_replaced(old: GradTracker) -> None:
     Both would clip every step (twice), and the old run would read "running" until the kernel exits. The
     old one is closed as the process's exit would close it (a KeyboardInterrupt that stopped its loop:
     stopped), and said so."""
-    status, error = exit_status(seen=old._exc_seen)
+    status, error = exit_status(seen=old._remains.exc_seen)
     old.finish(status, error=error)
     run = f"run #{old.run_id}" if old.run_id is not None else "a tracker (of a rank that does not write)"
     warnings.warn(
@@ -311,6 +313,7 @@ class GradTracker:
         resumed = None if resume is None else _checked_resume(resume, choice, parent_id)
         # "none" without noise changes nothing: skip the call and its few tensor allocations per step.
         self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None
+        self._remains = Remains()  # what closes the run if this tracker is dropped unfinished (dropped.py)
         self.layers = TrackedParameters(model)
         self._choice = choice
         _bind_names(choice, self.layers)
@@ -325,11 +328,11 @@ class GradTracker:
             if resumed["clip"] == self.clip.spec:  # (a fork to another strategy starts that one afresh)
                 _load_clip_state(self.clip, resumed["clip_state"])  # AutoClip's history, ZClip's statistics
         # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions, scaled).
-        self._pending: list[tuple[int, Tensor | None, Tensor, Any, bool]] = []
+        self._pending: list[tuple[int, Tensor | None, Tensor, Any, bool]] = self._remains.pending
         self._hooks: list[Attachment] = []
         # Per attached optimizer, the gradients it held when last measured (Attachment.grad_signature)
         self._measured_for: dict[Attachment, Any] = {}
-        self._exc_seen = last_shown()  # (see _at_exit)
+        self._remains.exc_seen = last_shown()  # (see _at_exit)
         self._finished = False
         _check_rank(rank)
         process_rank, world_size = rank_and_world_size()
@@ -353,8 +356,10 @@ class GradTracker:
             self._open_run(run, config, choice, parent_id, world_size, resumed)
         for old in replaced:
             _close_replaced(old)
-        atexit.register(self._at_exit)
-        self._sigterm = SigtermAsExit() if handle_sigterm else None
+        self._sigterm = self._remains.sigterm = SigtermAsExit() if handle_sigterm else None
+        # Held weakly: a tracker dropped unfinished is closed when collected, not kept alive until exit.
+        atexit.register(finish_at_exit, weakref.ref(self))
+        self._dropped = when_dropped(self, self._remains, FINISH_LOCK_WAIT_S)
         self._pid, self._forked_from = os.getpid(), None
         forks.register(self)
 
@@ -393,7 +398,8 @@ class GradTracker:
                 store.close()
                 raise
             self.run_id, self._store = resumed["run_id"], store
-            self._writer = Outbox(writer)
+            self._writer = self._remains.writer = Outbox(writer)
+            self._remains.store = store
             return
 
         # What a relaunch replays, recorded at creation (a resume keeps it): argv and the command as typed
@@ -431,8 +437,8 @@ class GradTracker:
         except BaseException:
             store.close()  # the run cannot be recorded: the caller gets the error, no connection stays open
             raise
-        self._store = store
-        self._writer = Outbox(writer)
+        self._store = self._remains.store = store
+        self._writer = self._remains.writer = Outbox(writer)
 
     def _number_as_recorded(self, run_id: int, recorded: list[dict[str, Any]], required: set[str]) -> None:
         """Give this model's tensors the layer ids the run recorded them under, by name: they differ from
@@ -505,7 +511,7 @@ class GradTracker:
         step = self._step
         self._step += 1
         # (an interactive session's last traceback, shown before this step: not what ends the run; ~50 ns)
-        self._exc_seen = last_shown() if getattr(sys, "last_value", None) is not None else None
+        self._remains.exc_seen = last_shown() if getattr(sys, "last_value", None) is not None else None
         grads, present = self._grads()
         norms, total = self._measure(grads, present)
         scaled = scaler is not None and scaler.is_enabled()
@@ -629,20 +635,13 @@ class GradTracker:
         if self._finished:
             return
         self._finished = True
-        try:
-            self._complete_update(collective=status == "finished")  # (every rank finishes together then)
-            self._drain_pending()
+        self._dropped.detach()
+        try:  # (every rank finishes together when it is "finished": the collectives it may need are joined)
+            close_run(self._remains, status, error, FINISH_LOCK_WAIT_S, collective=status == "finished")
         finally:
             self._watch.close()
             self._model = None  # (a finished tracker kept around does not keep the model alive)
             self.detach()
-            if self._sigterm is not None:
-                self._sigterm.remove()
-            atexit.unregister(self._at_exit)
-            if self._writer is not None:
-                self._writer.close(status=status, error=error, timeout=FINISH_LOCK_WAIT_S)
-            if self._store is not None:
-                self._store.close()
 
     def attach(self, optimizer: torch.optim.Optimizer, *, scaler: Any = None) -> Attachment:
         """Run :meth:`step` right before every ``optimizer.step()``, also the one ``GradScaler.step`` makes
@@ -768,6 +767,8 @@ class GradTracker:
         self._layout = (self._first.device, self._first.dtype) if self._first is not None else None
         self._holds_rows = self._extra is not None and self._extra.holds_rows
         self._rows = RowBuilder(self.layers.ids, self._all, self.clip.spec, self._extra)
+        remains = self._remains
+        remains.rows, remains.extra, remains.sharded = self._rows, self._extra, self._sharded
 
     def _take_changes(self) -> None:
         """Parameters or modules were assigned to the model since the last step: measure and clip what it
@@ -965,7 +966,8 @@ class GradTracker:
         elif loss is not None:
             loss = _as_number(loss)  # a numpy scalar, say: recorded like a float
         parts.extend(extra.values())
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, []  # (a new list: the deferred rows keep this one)
+        self._remains.pending = self._pending
         if pending:
             parts.extend(pending_parts(pending))
         host = torch.cat(parts).tolist()  # the one device-to-host copy of this logged step
@@ -985,24 +987,16 @@ class GradTracker:
 
     def _drain_pending(self) -> None:
         pending, self._pending = self._pending, []
+        self._remains.pending = self._pending
         if pending and self._writer is not None:
             self._rows.write_pending(self._writer, torch.cat(pending_parts(pending)).tolist(), 0, pending)
 
     def _complete_update(self, collective: bool = True) -> None:
-        if self._extra is None:
-            return
-        if self._sharded and not collective:
-            # Sharded, the update ratio's norms are a collective every rank must join: not from a call one
-            # rank may make alone (state_dict() on the writing rank, finish() of a failing rank). The row is
-            # written without the ratio, and again with it when the next step() completes it.
-            row = self._extra.incomplete()
-        else:
-            row = self._extra.complete()
-        if row is not None and self._writer is not None:
-            self._writer.add_step(**row)
+        if self._extra is not None:
+            complete_update(self._remains, collective)
 
     def _at_exit(self) -> None:
-        self.finish(*exit_status(seen=self._exc_seen))
+        self.finish(*exit_status(seen=self._remains.exc_seen))
 
     def _fork_child(self) -> None:
         """This process is a child forked from the one that made the tracker (multiprocessing's "fork" start
@@ -1012,6 +1006,7 @@ class GradTracker:
         if self._finished:  # (its connections were closed before the fork)
             return
         self._finished, self._forked_from = True, self._pid
+        self._dropped.detach()  # (the child's copy must not close the parent's run when it is collected)
         if self._sigterm is not None:  # its hold on the SIGTERM handler: the child's own trackers decide
             self._sigterm.remove()
         if self._writer is not None:
