@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import inspect
 import math
 import operator
 import os
@@ -26,9 +25,20 @@ import torch
 from torch import Tensor, nn
 
 from tracker import forks
+from tracker.arguments import (
+    NONFINITE_POLICIES,
+    as_number,
+    bind_strategy,
+    check_disabled,
+    check_options,
+    check_rank,
+    check_run_options,
+    checked_resume,
+    load_clip_state,
+    warn_if_disabled_in_a_group,
+)
 from tracker.attach import Attachment
-from tracker.checkpoint import STATE_VERSION, check_state
-from tracker.clipping import ClipSpecError
+from tracker.checkpoint import STATE_VERSION
 from tracker.clipping.base import some_names
 from tracker.command import environment, started_in, typed_argv, under_torchrun
 from tracker.distributed import (
@@ -40,7 +50,7 @@ from tracker.distributed import (
     sharded_norms,
 )
 from tracker.dropped import Remains, close_run, complete_update, finish_at_exit, when_dropped
-from tracker.env import is_relaunch, resolve_clip, resolve_db, resolve_lineage
+from tracker.env import resolve_clip, resolve_db, resolve_lineage
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
 from tracker.lifetime import SigtermAsExit, exit_status, last_shown, stop_reason
@@ -53,7 +63,6 @@ from tracker.watch import ModelWatch
 
 __all__ = ["CONFIG_KEY", "EXTRA_STATS", "NONFINITE_POLICIES", "GradTracker", "NonFiniteGradientError"]
 
-NONFINITE_POLICIES = ("record", "skip", "raise")
 CONFIG_KEY = "_gradwatch"  # the tracker's own notes inside runs.config
 # How long finish() waits for another process's lock on the file before giving up (what was not written is
 # then named in a DatabaseLocked): long past any write, short enough that a forgotten sqlite3 shell holding a
@@ -68,146 +77,6 @@ class NonFiniteGradientError(FloatingPointError):
         self.step, self.layer, self.layers = step, layers[0], layers
         more = f" (and {len(layers) - 1} more layers)" if len(layers) > 1 else ""
         super().__init__(f"non-finite gradient at step {step} in layer {layers[0]!r}{more}")
-
-
-def _check_options(every: Any, nonfinite: Any, extra_stats: Any, rank: Any) -> tuple[str, ...]:
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be an int >= 1, got {every!r}")
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"nonfinite={nonfinite!r}; accepted: {', '.join(NONFINITE_POLICIES)}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-        raise ValueError(f"rank must be an int >= 0 (the process that writes), got {rank!r}")
-    if extra_stats is False or extra_stats is None:
-        return ()
-    if extra_stats is True:
-        return EXTRA_STATS
-    if not isinstance(extra_stats, str | Iterable):
-        raise ValueError(f"extra_stats={extra_stats!r}; accepted: True, False or a subset of {EXTRA_STATS}")
-    names = (extra_stats,) if isinstance(extra_stats, str) else tuple(extra_stats)
-    bad = [n for n in names if n not in EXTRA_STATS]
-    if bad:
-        raise ValueError(f"extra_stats: unknown {bad}; accepted: True, False or a subset of {EXTRA_STATS}")
-    return tuple(n for n in EXTRA_STATS if n in names)
-
-
-def _check_disabled(cls: type, model: Any, kwargs: dict[str, Any]) -> None:
-    """The arguments of a disabled tracker, checked as an enabled one checks them (no file is looked at), so
-    that a script run with tracking off does not fail only once it is turned on."""
-    inspect.signature(cls.__init__).bind(None, model, **kwargs)  # TypeError for an unknown keyword
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_options(
-        kwargs.get("every", 1), kwargs.get("nonfinite", "record"), kwargs.get("extra_stats", False),
-        kwargs.get("rank", 0),
-    )  # fmt: skip
-    choice = resolve_clip(kwargs.get("clip", "none"))  # (GRADWATCH_CLIP too, as an enabled tracker reads it)
-    _bind_names(choice, TrackedParameters(model))  # an AGC exclude naming no parameter
-    if kwargs.get("resume") is not None:
-        _checked_resume(kwargs["resume"], choice, kwargs.get("parent_id"))
-    _check_rank(kwargs.get("rank", 0))
-    _check_run_options(kwargs.get("run"), kwargs.get("parent_id"), kwargs.get("config"))
-    if choice.source == "env":
-        # The dashboard relaunches a script with GRADWATCH_CLIP: a script that turned its tracker off (its own
-        # flag or variable) would run unclipped and unrecorded, and the relaunch would look like a success.
-        warnings.warn(
-            f"GRADWATCH_CLIP={choice.strategy.spec} is set, but this GradTracker is disabled "
-            "(enabled=False): it clips nothing and records nothing, so the override has no effect here. "
-            "Enable the tracker for a relaunch to take effect.",
-            stacklevel=3,
-        )
-
-
-def _warn_if_disabled_in_a_group() -> None:
-    # `enabled=(rank == 0)`, the usual "log on rank 0" pattern, leaves the other ranks unclipped (DDP
-    # replicas drift apart) and, with sharded gradients, out of the norms' collectives (the others hang).
-    rank, world = rank_and_world_size()
-    if world > 1:
-        warnings.warn(
-            f"GradTracker(enabled=False) on rank {rank} of {world}: this rank measures and clips nothing. If "
-            "other ranks track, their clipping is not this rank's (DDP replicas drift apart) and, with FSDP2 "
-            "gradients, they wait forever for this rank to join the norms' reductions. To record from one "
-            "rank only, pass enabled=True on every rank and rank=<the writing rank>: every rank then clips "
-            "alike and only that one writes. (Fine if every rank is disabled.)",
-            stacklevel=3,
-        )
-
-
-def _bind_names(choice: Any, layers: TrackedParameters) -> None:
-    """Tell the strategy the model's parameter names and the trainable ones' dtypes
-    (``Strategy.bind_names``, ``bind_dtypes``), its error made to name the spec and where it came from."""
-    strategy = choice.strategy
-    # (a strategy of the user's own may lack these)
-    bind_names, bind_dtypes = getattr(strategy, "bind_names", None), getattr(strategy, "bind_dtypes", None)
-    try:
-        if bind_names is not None:
-            bind_names([row["name"] for row in layers.rows], layers.aliases)
-        if bind_dtypes is not None:
-            bind_dtypes({row["name"]: row["dtype"] for row in layers.rows if row["trainable"]})
-    except ClipSpecError as e:
-        origin = " (from GRADWATCH_CLIP)" if choice.source == "env" else ""
-        raise ClipSpecError(f"clip {strategy.spec!r}{origin}: {e}") from None
-
-
-def _checked_resume(resume: Any, choice: Any, parent_id: Any) -> dict[str, Any]:
-    """``check_state`` of a ``resume=`` state, with whether it starts a new run (a fork)."""
-    if not isinstance(resume, Mapping):
-        return check_state(resume, choice.strategy.spec)  # raises, saying what resume must be
-    # Relaunched with other settings from outside (the dashboard's relaunch sets these variables): a
-    # program that resumes from its checkpoint then starts a new run there instead of continuing it.
-    # So does an explicit parent_id: "a new run from that checkpoint", e.g. to try other clipping.
-    relaunch = (
-        is_relaunch()
-        or parent_id is not None
-        or (choice.source == "env" and resume.get("clip") != choice.strategy.spec)
-    )
-    return check_state(resume, choice.strategy.spec, relaunch=relaunch)
-
-
-def _load_clip_state(strategy: Any, state: Any) -> None:
-    # A state_dict() edited or saved by other code: a ValueError saying so, not a KeyError from inside.
-    try:
-        strategy.load_state_dict(state)
-    except (KeyError, TypeError, IndexError, AttributeError, RuntimeError, ValueError) as e:
-        raise ValueError(
-            f"resume: its clip_state does not fit {strategy.spec!r} ({type(e).__name__}: {e}); pass what "
-            "GradTracker.state_dict() returned for a run that clipped with it"
-        ) from None
-
-
-def _check_rank(rank: int) -> None:
-    _, world_size = rank_and_world_size()
-    if rank >= world_size:  # no process would write: the run would silently record nothing
-        raise ValueError(
-            f"rank={rank} but there {'is' if world_size == 1 else 'are'} {world_size} process"
-            f"{'' if world_size == 1 else 'es'} (ranks 0 to {world_size - 1}); "
-            "pass the rank of the process that should write, usually 0"
-        )
-
-
-def _check_run_options(run: Any, parent_id: Any, config: Any) -> None:
-    """What the run record takes, checked before the database is opened (a bad value touches no file)."""
-    if run is not None and (not isinstance(run, str) or (run and not run.strip())):
-        raise ValueError(f"run={run!r}; accepted: a non-empty string (the run's name) or None")
-    if parent_id is not None and (
-        isinstance(parent_id, bool) or not isinstance(parent_id, int) or parent_id < 1
-    ):
-        raise ValueError(f"parent_id={parent_id!r}; accepted: the id of a recorded run (an int >= 1) or None")
-    if config is not None and not isinstance(config, Mapping):
-        hint = " (for argparse arguments: config=vars(args))" if hasattr(config, "__dict__") else ""
-        raise ValueError(
-            f"config must be a mapping of names to JSON-able values, got {type(config).__name__}{hint}"
-        )
-    if config is not None:
-        from tracker.store.store import config_json
-
-        config_json(config)  # (what it cannot store, said before any file is touched)
-
-
-def _as_number(loss: Any) -> float:
-    try:
-        return float(loss)
-    except (TypeError, ValueError):
-        raise ValueError(f"loss must be a tensor or a number, got {type(loss).__name__}: {loss!r}") from None
 
 
 # Subsets of parameters with a gradient seen recently, each with its plan. A model whose subset changes
@@ -280,8 +149,8 @@ class GradTracker:
 
     def __new__(cls, model: nn.Module | None = None, *, enabled: bool = True, **kwargs: Any):
         if not enabled:
-            _check_disabled(cls, model, kwargs)
-            _warn_if_disabled_in_a_group()
+            check_disabled(cls, model, kwargs)
+            warn_if_disabled_in_a_group()
             for old in forks.attached_on(model):  # (a cell run again, tracking off)
                 _close_replaced(old)
             return NullTracker()
@@ -306,17 +175,17 @@ class GradTracker:
     ):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.extra_stats = _check_options(every, nonfinite, extra_stats, rank)
+        self.extra_stats = check_options(every, nonfinite, extra_stats, rank)
         self.every, self.nonfinite, self.rank = every, nonfinite, rank
         choice = resolve_clip(clip)  # GRADWATCH_CLIP, when set, wins over the argument
         self.clip = choice.strategy
-        resumed = None if resume is None else _checked_resume(resume, choice, parent_id)
+        resumed = None if resume is None else checked_resume(resume, choice, parent_id)
         # "none" without noise changes nothing: skip the call and its few tensor allocations per step.
         self._clipping = choice.strategy.name != "none" or getattr(choice.strategy, "noise", None) is not None
         self._remains = Remains()  # what closes the run if this tracker is dropped unfinished (dropped.py)
         self.layers = TrackedParameters(model)
         self._choice = choice
-        _bind_names(choice, self.layers)
+        bind_strategy(choice, self.layers)
         self._model = model
         self._watch = ModelWatch(model)  # a head added or a module swapped later is taken in at the next step
         self._warned_no_grads = False
@@ -326,7 +195,7 @@ class GradTracker:
         if resumed is not None:
             self._step = resumed["step"]
             if resumed["clip"] == self.clip.spec:  # (a fork to another strategy starts that one afresh)
-                _load_clip_state(self.clip, resumed["clip_state"])  # AutoClip's history, ZClip's statistics
+                load_clip_state(self.clip, resumed["clip_state"])  # AutoClip's history, ZClip's statistics
         # Unlogged steps waiting for the next host copy: (step, scalars or None, norms, positions, scaled).
         self._pending: list[tuple[int, Tensor | None, Tensor, Any, bool]] = self._remains.pending
         self._hooks: list[Attachment] = []
@@ -334,13 +203,13 @@ class GradTracker:
         self._measured_for: dict[Attachment, Any] = {}
         self._remains.exc_seen = last_shown()  # (see _at_exit)
         self._finished = False
-        _check_rank(rank)
+        check_rank(rank)
         process_rank, world_size = rank_and_world_size()
         self.is_writer = process_rank == rank
         self.db_path = resolve_db(db)
         # The dashboard relaunches other people's scripts by environment: name and lineage come from it too.
         run, parent_id = resolve_lineage(run, parent_id)
-        _check_run_options(run, parent_id, config)
+        check_run_options(run, parent_id, config)
         # An open tracker of this process attached to an optimizer of this model (a notebook cell run again)
         # would go on clipping every step: closed once this one exists, or before, when this one continues
         # its run. Trackers not attached are left alone (several may measure one model: a benchmark's).
@@ -781,7 +650,7 @@ class GradTracker:
         retyped = [
             row for row in self.layers.retyped(self._params + self._frozen) if row["id"] not in changed
         ]
-        _bind_names(self._choice, self.layers)  # (after: a strategy may refuse the new dtypes)
+        bind_strategy(self._choice, self.layers)  # (after: a strategy may refuse the new dtypes)
         rows = [self.layers.rows[i] for i in changed] + retyped
         if rows and self._writer is not None:  # (by the writer thread: never waits for a lock here)
             self._writer.add_layers(rows)
@@ -852,7 +721,7 @@ class GradTracker:
             self._extra.replan(self._plan)
         retyped = self.layers.retyped(self._params + self._frozen)
         if retyped:  # (a strategy may refuse the new dtypes: value clipping, complex ones)
-            _bind_names(self._choice, self.layers)
+            bind_strategy(self._choice, self.layers)
         if self._writer is not None and retyped:  # layers.dtype says what the tensors are now
             self._writer.add_layers(retyped)
         return True
@@ -964,7 +833,7 @@ class GradTracker:
             parts.append(loss.detach().reshape(1).to(norms.device, torch.float32))
             loss = None  # its value travels in the copy
         elif loss is not None:
-            loss = _as_number(loss)  # a numpy scalar, say: recorded like a float
+            loss = as_number(loss)  # a numpy scalar, say: recorded like a float
         parts.extend(extra.values())
         pending, self._pending = self._pending, []  # (a new list: the deferred rows keep this one)
         self._remains.pending = self._pending
