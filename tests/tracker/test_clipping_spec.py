@@ -291,3 +291,32 @@ def test_help_lists_every_strategy_and_its_examples_parse():
         assert name in CLIP_SPEC_HELP
     for line in CLIP_SPEC_HELP.splitlines()[1:]:
         assert validate_clip(line.split()[0]) is None, line
+
+
+def test_a_users_strategy_subclass_without_shards_clips_through_the_tracker(db_path):
+    # docs/clipping.md: subclass Strategy, implement _base_spec and _clip(grads, norms, total_norm, *, params,
+    # step, names). clip_ used to pass shards= to every _clip: a TypeError at the first step.
+    from tracker.clipping import ClipResult, Strategy
+
+    class Halve(Strategy):
+        name = "halve"
+
+        def _base_spec(self):
+            return "halve"
+
+        def _clip(self, grads, norms, total_norm, *, params, step, names):
+            torch._foreach_mul_(grads, 0.5)
+            one = torch.ones((), device=total_norm.device)
+            return ClipResult(
+                one * torch.nan, one * 0.5, total_norm * 0.5, one.bool(), one.long() * len(grads)
+            )
+
+    model = torch.nn.Linear(3, 2)
+    model(torch.randn(4, 3)).sum().backward()
+    want = [p.grad * 0.5 for p in model.parameters()]  # the oracle: what halving gives
+    with GradTracker(model, db=db_path, clip=Halve()) as tracker:
+        stats = tracker.step()
+    assert stats.clipped and stats.coef == 0.5
+    for p, w in zip(model.parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, w, rtol=0, atol=0)
+    assert rows(db_path, "SELECT strategy, coef, clipped FROM clip_events") == [("halve", 0.5, 1)]

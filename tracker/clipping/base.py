@@ -6,6 +6,7 @@ on a tensor value (``torch.where`` / ``clamp`` instead), so a step costs no host
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 import re
@@ -191,6 +192,17 @@ class Strategy:
     """
 
     name = ""
+    _clip_takes_shards = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A user's subclass may implement _clip without ``shards`` (docs/clipping.md): it is then called
+        # without it. Read once here, not at every step.
+        try:
+            taken = inspect.signature(cls._clip).parameters.values()
+        except (TypeError, ValueError):  # (no signature to read)
+            taken = ()
+        cls._clip_takes_shards = any(p.name == "shards" or p.kind is p.VAR_KEYWORD for p in taken)
 
     def __init__(self) -> None:
         self.noise = None  # a tracker.clipping.noise.GradientNoise, attached by the parser or by hand
@@ -247,7 +259,12 @@ class Strategy:
             raise ValueError(f"step must be a non-negative integer, got {given!r}")
         if shards is not None and len(shards) != len(grads):
             raise ValueError(f"shards describes {len(shards)} tensors, grads has {len(grads)}")
-        result = self._clip(grads, norms, total_norm, params=params, step=step, names=names, shards=shards)
+        if self._clip_takes_shards:
+            result = self._clip(
+                grads, norms, total_norm, params=params, step=step, names=names, shards=shards
+            )
+        else:
+            result = self._clip(grads, norms, total_norm, params=params, step=step, names=names)
         if self.noise is not None:
             self.noise.apply_(grads, step, shards)
         return result
