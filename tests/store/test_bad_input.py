@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -255,6 +256,33 @@ def test_damaged_data_pages_are_named_and_no_run_is_added(db_path, cells_only):
             assert f"sqlite3 {db_path} .recover" in str(info.value) and "new file" in str(info.value)
     assert db_path.read_bytes() == before
     assert raw_sql(db_path, "SELECT id, name FROM runs") == [(run_id, "old")]
+
+
+@pytest.mark.skipif(not (shutil.which("sqlite3") and shutil.which("sed")), reason="needs the sqlite3 shell")
+def test_the_recovery_the_message_gives_saves_the_readable_rows(tmp_path):
+    # The message used to give only `.recover`, which Debian 12's shell lacks ("SQL logic error"), and a
+    # plain `.dump` of a damaged file ends in a ROLLBACK that loads nothing.
+    db_path = tmp_path / "my runs.db"  # (a space: the command must be copyable as shown)
+    run_id = _a_run_of_300_steps(db_path)
+    with sqlite3.connect(db_path) as conn:
+        assert wait_for(
+            lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0, timeout=30
+        )
+    damage_last_leaf(db_path, "grad_norms")
+    with Store.open(db_path) as s, pytest.raises(DatabaseCorrupt) as info:
+        s.create_run(name="new")
+    command = str(info.value).split("with the sqlite3 shell: ")[1].split(" (a shell that has")[0]
+    subprocess.run(["bash", "-c", command], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    recovered = tmp_path / "recovered.db"
+    # The oracle: what plain sqlite3 reads of the damaged file before it meets the damage.
+    with sqlite3.connect(db_path) as conn:
+        readable = conn.execute("SELECT count(*) FROM steps").fetchone()[0]
+    assert raw_sql(recovered, "SELECT id, name FROM runs") == [(run_id, "old")]
+    assert raw_sql(recovered, "SELECT count(*) FROM steps") == [(readable,)] == [(300,)]
+    norms = raw_sql(recovered, "SELECT count(*) FROM grad_norms")[0][0]
+    assert 0 < norms < 300 * 20  # what the damaged page held is lost, the rest is there
+    with Store.open(recovered) as s:  # and gradwatch reads and writes the recovered file
+        assert s.create_run(name="new") == run_id + 1
 
 
 def test_a_writer_on_a_damaged_file_raises_the_named_error(db_path):

@@ -13,6 +13,7 @@ reader sees no later commit. SQLite's own connections share one lock table per f
 
 import contextlib
 import os
+import shlex
 import sqlite3
 import time
 from pathlib import Path
@@ -193,10 +194,14 @@ def translate(exc: sqlite3.Error, path: Path, action: str, *, readonly: bool = F
             "user. Fix the permissions or record into a writable location."
         )
     if primary == _CORRUPT:
+        # .dump stops at the damage and ends its script with a ROLLBACK that would undo everything it read;
+        # .recover reads around it, but only shells built with SQLite's page table have it (not Debian 12's).
+        q = shlex.quote(str(path))
         return DatabaseCorrupt(
             f"{path} is damaged: SQLite reports {text!r} while trying to {action}; gradwatch wrote nothing "
             f"more into it. Record into a new file, and recover what it holds with the sqlite3 shell: "
-            f"sqlite3 {path} .recover > recovered.sql, then sqlite3 recovered.db < recovered.sql."
+            f"sqlite3 {q} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' | sqlite3 recovered.db "
+            f"(a shell that has .recover can save more: sqlite3 {q} .recover | sqlite3 recovered.db)."
         )
     if primary == _NOTADB:
         return NotADatabase(
