@@ -2,6 +2,7 @@
 train on garbage (NaN, overflowing or truncated audio) is refused by name; odd file names still open."""
 
 import os
+import re
 import struct
 import subprocess
 import warnings
@@ -60,6 +61,84 @@ def test_a_truncated_wav_is_refused_with_the_frames_its_header_declares(subtype,
     assert soundfile.info(path).frames == 5000  # what soundfile reports, without a word
     with pytest.raises(CorpusLayoutError, match=r"cut\.wav' is truncated: it holds 5000 of the 16000 frames"):
         read_audio(path)
+
+
+# (format, subtype, channels, bytes per sample, extension): AIFF-C for float samples; RF64 (whose data chunk
+# defers its size to the ds64 chunk) in a .wav, as broadcast recorders name it.
+OTHER_CONTAINERS = [
+    ("AIFF", "PCM_24", 1, 3, ".aiff"),
+    ("AIFF", "FLOAT", 2, 4, ".aif"),
+    ("RF64", "PCM_16", 1, 2, ".wav"),
+    ("RF64", "PCM_24", 1, 3, ".wav"),
+    ("W64", "PCM_24", 1, 3, ".w64"),
+    ("W64", "FLOAT", 2, 4, ".w64"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "channels", "width", "ext"),
+    OTHER_CONTAINERS,
+    ids=[f"{c[0]}-{c[1]}" for c in OTHER_CONTAINERS],
+)
+def test_a_truncated_aiff_rf64_or_w64_is_refused_with_the_frames_its_header_declares(
+    fmt, subtype, channels, width, ext, tmp_path
+):
+    # As for a WAV, libsndfile reads what is there and shortens its frame count to match: they were read.
+    path = tmp_path / f"cut{ext}"
+    soundfile.write(path, np.stack([tone(16000)] * channels, axis=1), 16000, format=fmt, subtype=subtype)
+    assert soundfile.info(path).frames == 16000  # the oracle: what the intact file declares
+    data = path.read_bytes()
+    # The sample data ends the file: keep 5,000 frames of it and one byte of the next frame.
+    path.write_bytes(data[: len(data) - 11000 * channels * width + 1])
+    assert soundfile.info(path).frames == 5000 and len(soundfile.read(path)[0]) == 5000  # without a word
+    message = rf"cut{re.escape(ext)}' is truncated: it holds 5000 of the 16000 frames its header declares"
+    with pytest.raises(CorpusLayoutError, match=message):
+        read_audio(path)
+    with pytest.raises(CorpusLayoutError, match=message):
+        audio_info(path)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "channels", "width", "ext"),
+    OTHER_CONTAINERS,
+    ids=[f"{c[0]}-{c[1]}" for c in OTHER_CONTAINERS],
+)
+def test_intact_aiff_rf64_and_w64_files_are_read_whole(fmt, subtype, channels, width, ext, tmp_path):
+    # 16,001 frames: 24-bit mono ones make an odd number of data bytes, which the container pads.
+    path = tmp_path / f"whole{ext}"
+    soundfile.write(path, np.stack([tone(16001)] * channels, axis=1), 16000, format=fmt, subtype=subtype)
+    want, _ = soundfile.read(path, dtype="float32", always_2d=True)
+    wav, rate = read_audio(path)
+    assert rate == 16000 and audio_info(path) == (16001, 16000)
+    np.testing.assert_array_equal(wav, want.mean(axis=1))
+
+
+def _with_size(data: bytes, chunk: bytes, skip: int, packed: bytes) -> bytes:
+    """``data`` with the size field ``skip`` bytes after the id ``chunk`` replaced by ``packed``."""
+    at = data.index(chunk) + skip
+    return data[:at] + packed + data[at + len(packed) :]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "chunk", "skip", "packed"),
+    [
+        # sox writing an AIFF to a pipe declares 0x7F000000 bytes, rounded down to whole frames
+        ("AIFF", b"SSND", 4, struct.pack(">I", 8 + 0x7F000000 // 2 * 2)),
+        ("AIFF", b"SSND", 4, struct.pack(">I", 0)),
+        ("W64", b"data\xf3\xac\xd3\x11", 16, struct.pack("<Q", 2**64 - 1)),
+        ("W64", b"data\xf3\xac\xd3\x11", 16, struct.pack("<Q", 0)),
+    ],
+    ids=["aiff-sox", "aiff-0", "w64-ffffffffffffffff", "w64-0"],
+)
+def test_an_aiff_or_w64_whose_header_leaves_the_size_open_is_read_whole(fmt, chunk, skip, packed, tmp_path):
+    # libsndfile reads these to the end of the file: no size is declared to fall short of.
+    path = tmp_path / "streamed"
+    soundfile.write(path, tone(16000), 16000, format=fmt, subtype="PCM_16")
+    path.write_bytes(_with_size(path.read_bytes(), chunk, skip, packed))
+    want, _ = soundfile.read(path, dtype="float32")
+    wav, _ = read_audio(path)
+    assert len(wav) == 16000
+    np.testing.assert_array_equal(wav, want)
 
 
 @pytest.mark.parametrize(

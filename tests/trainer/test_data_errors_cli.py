@@ -146,3 +146,24 @@ def test_paths_under_a_folder_that_cannot_be_searched_exit_2_saying_permission_d
         errors = [line for line in err.splitlines() if "error" in line]
         assert errors == [errors[-1]] and errors[0].startswith(f"python -m trainer: error: {flag} "), err
         assert f"(permission denied: the folder {str(locked)!r} cannot be searched)" in errors[0], err
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("AIFF", "s1_0.aiff"), ("RF64", "s1_0.wav"), ("W64", "s1_0.w64")])
+def test_a_truncated_aiff_rf64_or_w64_file_exits_2_naming_it(fmt, name, transcripts_dir, tmp_path, capsys):
+    # They were read as far as they went and trained on, their transcripts describing audio they lacked.
+    root = shutil.copytree(transcripts_dir, tmp_path / "tr")
+    wav, rate = soundfile.read(root / "audio" / "s1_0.wav", dtype="float32")
+    (root / "audio" / "s1_0.wav").unlink()
+    cut = root / "audio" / name
+    soundfile.write(cut, wav, rate, format=fmt, subtype="PCM_16")
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size - len(wav)])  # half its samples are left
+    tsv = root / "transcripts.tsv"
+    tsv.write_text(tsv.read_text().replace("audio/s1_0.wav", f"audio/{name}"))
+    argv = ["--data", "transcripts", "--task", "digits", "--data-path", str(root),
+            "--cache-dir", str(tmp_path / "cache"), *COMMON]  # fmt: skip
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m trainer: error: "), lines
+    assert (
+        f"{str(cut.resolve())!r} is truncated: it holds {len(wav) // 2} of the {len(wav)} frames" in lines[0]
+    )

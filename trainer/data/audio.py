@@ -2,8 +2,9 @@
 
 What soundfile would hand over without complaint but would train on garbage is refused here, by name:
 - a file the OS will not open: ``cannot read PATH (permission denied)``, not libsndfile's "System error";
-- a truncated file: fewer frames than its header announces (libsndfile reads what is there, and for a WAV it
-  even corrects the frame count to match, so the header's data size is checked too);
+- a truncated file: fewer frames than its header announces (libsndfile reads what is there, and for a WAV,
+  RF64, Wave64 or AIFF file it even corrects the frame count to match, so the header's data size is checked
+  too, by ``headers``);
 - NaN or infinite samples, or samples so large that the log-mel's power spectrum overflows float32: either
   makes every feature, loss and gradient of the run NaN.
 Paths go to libsndfile as bytes, so a file name that is not UTF-8 (Latin-1 bytes from an old archive) opens.
@@ -12,7 +13,6 @@ Paths go to libsndfile as bytes, so a file name that is not UTF-8 (Latin-1 bytes
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import soundfile
 
 from .errors import CorpusLayoutError
 from .files import cannot_read, warn
+from .headers import missing_data_bytes
 
 __all__ = ["read_audio", "audio_info", "mp3_cut_short", "MAX_ABS_SAMPLE"]
 
@@ -33,9 +34,6 @@ _MP3_FRAME = 1152
 # What libsndfile reports as the frame count of a file whose header leaves the length open (a FLAC encoded to
 # a pipe): SF_COUNT_MAX. Such a file is read to its end, and nothing is announced to check it against.
 _UNKNOWN_FRAMES = 2**63 - 1
-# Data sizes a WAV writer that cannot seek back (to a pipe) leaves in the header: 0, 0xFFFFFFFF, sox's
-# 0x7FFFF000, arecord's 0x7FFFFFFF. Any size from 0x7FFF0000 on (2 GiB) is taken for such a placeholder.
-_PLACEHOLDER_SIZE = 0x7FFF0000
 # Frames read at a time: libsndfile reads some files (GSM 6.10, G.721 WAVs) only forwards, in known amounts.
 _BLOCK = 1 << 16
 
@@ -58,32 +56,7 @@ def _unreadable(path: Path, error: RuntimeError) -> CorpusLayoutError:
     return CorpusLayoutError(f"cannot read audio file {str(path)!r}: {reason}")
 
 
-def _wav_missing_bytes(path: Path) -> int:
-    """How many bytes of a RIFF/WAVE file's data chunk its header announces but the file lacks (0 for another
-    format, or a size of 0 or from 0x7FFF0000 on: what a writer that cannot seek back leaves in the
-    header)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-                return 0
-            order = "<" if head[:4] == b"RIFF" else ">"
-            size = os.fstat(f.fileno()).st_size
-            pos = 12
-            while pos + 8 <= size:
-                f.seek(pos)
-                chunk, length = f.read(4), struct.unpack(order + "I", f.read(4))[0]
-                if chunk == b"data":
-                    if length == 0 or length >= _PLACEHOLDER_SIZE:  # (a placeholder: the length is open)
-                        return 0
-                    return max(0, pos + 8 + length - size)
-                pos += 8 + length + (length & 1)  # chunks are padded to an even size
-    except OSError as e:
-        raise cannot_read(path, e) from None
-    return 0
-
-
-# Bytes per sample of the PCM subtypes, to turn the bytes a WAV lacks into frames for the message.
+# Bytes per sample of the PCM subtypes, to turn the bytes a file lacks into frames for the message.
 _SAMPLE_BYTES = {
     "PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
     "DOUBLE": 8,
@@ -91,13 +64,15 @@ _SAMPLE_BYTES = {
 
 
 def _announced_frames(path: Path, f: soundfile.SoundFile) -> int:
-    """The frames the header of the open file ``f`` announces. libsndfile's count of a WAV is what the file
-    holds (it corrects a data chunk that runs past the end of the file), so the header is read here."""
-    missing = _wav_missing_bytes(path)
+    """The frames the header of the open file ``f`` announces. libsndfile's count of a WAV, RF64, Wave64 or
+    AIFF file is what the file holds (it shortens it when the data chunk runs past the end of the file), so
+    the header is read here (``headers``)."""
+    missing = missing_data_bytes(path)
     if not missing:
         return f.frames
     width = _SAMPLE_BYTES.get(f.subtype, 0) * f.channels
-    return f.frames + max(1, missing // width if width else 1)
+    # Rounded up: libsndfile's count leaves out a frame cut in the middle, which the header still declares.
+    return f.frames + max(1, -(-missing // width) if width else 1)
 
 
 def _read_open_ended(path: Path, f: soundfile.SoundFile) -> np.ndarray:
@@ -189,7 +164,7 @@ def _truncated(path: Path, got: int, announced: int) -> CorpusLayoutError:
 
 
 def audio_info(path: Path) -> tuple[int, int]:
-    """``(frames, sample rate)`` of ``path``; a truncated WAV or an unreadable file is refused by name."""
+    """``(frames, sample rate)`` of ``path``; a truncated or unreadable file is refused by name."""
     with _open(path) as f:
         if f.frames == _UNKNOWN_FRAMES:
             return len(_read_open_ended(path, f)), f.samplerate
