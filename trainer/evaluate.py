@@ -1,4 +1,5 @@
-"""Losses, greedy CTC decoding and evaluation metrics (accuracy, CER, WER).
+"""Losses, greedy CTC decoding and evaluation metrics (accuracy, CER, WER); ``Evaluator``, the training
+loop's evaluation pass, which logs them.
 
 Batches are ``(x, y)`` for classification and ``(x, y, x_lens, y_lens)`` for CTC, as produced by
 ``trainer.data``'s collate functions. Error rates use ``torchaudio.functional.edit_distance``.
@@ -6,6 +7,7 @@ Batches are ``(x, y)`` for classification and ``(x, y, x_lens, y_lens)`` for CTC
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -18,6 +20,7 @@ __all__ = [
     "greedy_ctc_decode",
     "TextUnits",
     "evaluate",
+    "Evaluator",
 ]
 
 
@@ -135,3 +138,41 @@ def evaluate(
         metrics["cer"] = char_edits / max(char_total, 1)
         metrics["wer"] = word_edits / max(word_total, 1)
     return metrics
+
+
+class Evaluator:
+    """Evaluates on rank 0 (whole splits, unsharded), derives the generalisation gap and logs the metrics
+    under the names of design.md §5; keeps the time it took so the summary can report training alone."""
+
+    def __init__(self, model, loaders, *, kind, rt, text, tracker):
+        self.model, self.loaders, self.kind, self.rt, self.text, self.tracker = (
+            model,
+            loaders,
+            kind,
+            rt,
+            text,
+            tracker,
+        )
+        self.seconds = 0.0
+
+    def __call__(self, splits: tuple[str, ...], *, step: int, extra: dict | None = None) -> dict[str, float]:
+        t0 = time.perf_counter()
+        metrics: dict[str, float] = dict(extra or {})
+        if self.rt.is_main:
+            for split in splits:
+                scores = evaluate(
+                    self.model, self.loaders[split], kind=self.kind, device=self.rt.device, text=self.text,
+                    autocast=self.rt.autocast,
+                )  # fmt: skip
+                metrics |= {f"{split}_{name}": value for name, value in scores.items()}
+            if self.kind == "classify" and "train_acc" in metrics and "val_acc" in metrics:
+                metrics["gen_gap"] = metrics["train_acc"] - metrics["val_acc"]
+            if self.kind == "ctc" and "train_cer" in metrics and "val_cer" in metrics:
+                metrics["gen_gap"] = metrics["val_cer"] - metrics["train_cer"]
+            if "train_loss" in metrics and "val_loss" in metrics:
+                metrics["gen_gap_loss"] = metrics["val_loss"] - metrics["train_loss"]
+            # At the last optimizer step taken (the steps table is 0-based), so metrics line up with norms.
+            self.tracker.log(metrics, step=max(step - 1, 0))
+        self.rt.barrier()
+        self.seconds += time.perf_counter() - t0
+        return metrics

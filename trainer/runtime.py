@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from trainer.errors import TrainingError
+
 __all__ = ["Runtime", "StopSignal"]
 
 
@@ -36,8 +38,6 @@ class Runtime:
 
     @classmethod
     def start(cls, cfg) -> Runtime:
-        from trainer.train import TrainingError
-
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if cfg.device == "cuda" and not torch.cuda.is_available():

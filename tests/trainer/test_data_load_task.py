@@ -1,4 +1,5 @@
-"""load_task on the built-in corpus: what the trainer gets (shapes, labels, collate, caches, errors)."""
+"""load_task on the built-in corpus: what the trainer gets (shapes, labels, collate, caches, errors); and
+on every source, the corpus's record handed over before any feature is computed."""
 
 import pytest
 import torch
@@ -81,3 +82,43 @@ def test_bad_options_name_the_accepted_values(tmp_path):
         load_task("keywords", "speech_commands")
     with pytest.raises(ValueError, match="size='huge'"):
         load_task("keywords", size="huge", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("task", "source", "corpus"),
+    [("keywords", "builtin", None), ("keywords", "speech_commands", "speech_commands_dir"),
+     ("digits", "transcripts", "transcripts_dir")],
+)  # fmt: skip
+def test_before_features_gets_the_corpus_record_before_any_feature(
+    task, source, corpus, tmp_path, monkeypatch, request
+):
+    # The trainer refuses a checkpoint's changed corpus there, without waiting for the features. Oracle for
+    # the record: the info of the same load.
+    import trainer.data.speech_commands
+    import trainer.data.tasks
+    import trainer.data.transcripts
+
+    events = []
+    for module in (trainer.data.tasks, trainer.data.speech_commands, trainer.data.transcripts):
+        real = module.cached_features
+        monkeypatch.setattr(
+            module, "cached_features", lambda *a, real=real, **k: events.append("features") or real(*a, **k)
+        )
+    path = None if corpus is None else request.getfixturevalue(corpus)
+    size = {"size": "tiny"} if source == "builtin" else {}
+    splits = load_task(task, source, path, cache_dir=tmp_path, before_features=events.append, **size)
+    [record, features] = events
+    assert features == "features"
+    assert record == {k: splits.info[k] for k in ("fingerprint", "counts", "path") if k in splits.info}
+    assert ("path" in record) == (source != "builtin")
+
+    class Refused(Exception):
+        pass
+
+    def refuse(record):
+        raise Refused
+
+    events.clear()
+    with pytest.raises(Refused):
+        load_task(task, source, path, cache_dir=tmp_path, before_features=refuse, **size)
+    assert events == []

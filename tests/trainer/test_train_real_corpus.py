@@ -3,7 +3,9 @@ conftest.py): a first run, which computes the features, and checkpoints that bel
 
 import shutil
 
+import numpy as np
 import pytest
+import soundfile
 from sqlite_rows import rows as query
 
 from trainer import checkpoint as ckpt
@@ -127,6 +129,65 @@ def test_a_checkpoint_is_refused_when_the_corpus_on_disk_changed(speech_commands
     (corpus / "go" / "0a1b2c3d_nohash_7.wav").rename(corpus / "go" / "0a1b2c3d_nohash_0.wav")
     assert main(resume) == 0
     assert query(db, "SELECT resumed_from_step FROM runs") == [(1,)]
+
+
+def add_train_clips(corpus, cache):
+    """Two new clips of a speaker in neither list: the Speech Commands train split grows (30 → 32)."""
+    for k in range(2):
+        shutil.copy(corpus / "up" / "0a1b2c3d_nohash_0.wav", corpus / "yes" / f"5e5e5e5e_nohash_{k}.wav")
+
+
+def rerecord_train_clip(corpus, cache):
+    """A train speaker's first clip recorded again (longer): the same transcripts, other audio."""
+    [speaker, *_] = load_task("digits", "transcripts", corpus, cache_dir=cache).info["voices"]["train"]
+    path = corpus / "audio" / f"s{speaker.removeprefix('spk')}_0.wav"
+    wav, rate = soundfile.read(path, dtype="float32")
+    soundfile.write(path, np.concatenate([wav, wav[: rate // 10]]), rate)
+
+
+def counted(calls, cached_features):
+    """``cached_features`` that first appends the folder of each call to ``calls``."""
+
+    def counting(folder, *args, **kwargs):
+        calls.append(folder)
+        return cached_features(folder, *args, **kwargs)
+
+    return counting
+
+
+@pytest.mark.parametrize(
+    ("data", "task", "corpus", "change", "changed"),
+    [
+        ("speech_commands", "keywords", "speech_commands_dir", add_train_clips, "train: 30 → 32 utterances"),
+        ("transcripts", "digits", "transcripts_dir", rerecord_train_clip, "train: 6 utterances as before"),
+    ],
+    ids=["speech_commands", "transcripts"],
+)
+def test_a_changed_train_split_is_refused_before_any_feature_is_computed_or_read(
+    data, task, corpus, change, changed, tmp_path, capsys, monkeypatch, request
+):
+    # The refusal came once the changed corpus's features had been computed (minutes on a real corpus) and
+    # written to the cache, all for nothing. Oracles: the loaders' one way to features, cached_features (which
+    # computes them or reads them back), is not called, and the cache holds what it held.
+    import trainer.data.speech_commands
+    import trainer.data.transcripts
+
+    corpus = shutil.copytree(request.getfixturevalue(corpus), tmp_path / "corpus")
+    cache, db, ck = tmp_path / "cache", tmp_path / "g.db", tmp_path / "run.ckpt"
+    args = ["--task", task, "--epochs", "2", "--quiet", "--checkpoint", str(ck)]
+    assert main(real(data, corpus, cache, db, *args, "--max-steps", "1")) == 0
+    change(corpus, cache)
+    cached_before = sorted(p.relative_to(cache) for p in cache.rglob("*"))
+    calls = []  # the features' cache folder of each call
+    for loader in (trainer.data.speech_commands, trainer.data.transcripts):
+        monkeypatch.setattr(loader, "cached_features", counted(calls, loader.cached_features))
+    capsys.readouterr()
+    assert main(real(data, corpus, cache, db, *args, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: the corpus in {str(corpus)!r} has changed since the checkpoint {str(ck)!r}" in err, err
+    assert f"({changed}" in err and "Traceback" not in err
+    assert calls == []
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == cached_before
 
 
 def retranscribe(corpus, speaker):

@@ -14,6 +14,7 @@ API (the trainer uses only this)::
         frames=32,                  # keywords: frames per 1 s clip (32 x 32 inputs for the seed CNN)
         specaugment=False,          # frequency + time masks on the train split only, new masks each epoch
         classes=10,                 # speech_commands: 10 | 12 (+ _silence_, _unknown_) | 30 (v0.01) | 35
+        before_features=None,       # check(record): called before any feature is computed, see load_task
     )
     splits.train / splits.val / splits.test   # torch Datasets
     splits.kind         # "classification" (keywords) or "sequence" (digits, characters)

@@ -289,8 +289,11 @@ def _clip_waveform(root: Path, clip: Clip) -> np.ndarray:
     return _one_second(_waveform(root, clip))
 
 
-def load_speech_commands(root: Path, *, classes: int, seed: int, cache_dir: Path, spec: FeatureSpec):
-    """``(features, targets, labels, None, info)`` per split, features cached by (file list, spec)."""
+def load_speech_commands(
+    root: Path, *, classes: int, seed: int, cache_dir: Path, spec: FeatureSpec, before_features=None
+):
+    """``(features, targets, labels, None, info)`` per split, features cached by (file list, spec);
+    ``before_features(record)`` first (``load_task``)."""
     labels, clips = scan_speech_commands(root, classes, seed)
     root = Path(root).expanduser().resolve()
     fingerprint = []
@@ -306,6 +309,9 @@ def load_speech_commands(root: Path, *, classes: int, seed: int, cache_dir: Path
     folder = Path(cache_dir) / f"speech_commands-{params_hash({'root': str(root), 'files': fingerprint})}"
     # What a checkpoint compares on --resume: the clips of each split, their labels and (size, mtime).
     fingerprints = {s: params_hash({"files": [f for f in fingerprint if f[0] == s]}) for s in _SPLIT_NAMES}
+    if before_features is not None:
+        counts = {s: len(clips[s]) for s in _SPLIT_NAMES}
+        before_features({"fingerprint": fingerprints, "counts": counts, "path": str(root)})
     logmel = LogMel(spec)
     long_clips = []  # (path, seconds) of the clips cut to their first second
 

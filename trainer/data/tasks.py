@@ -69,9 +69,15 @@ def load_task(
     frames: int = 32,
     specaugment: bool = False,
     classes: int = 10,
+    before_features: Callable[[dict], None] | None = None,
 ) -> Splits:
     """Load ``task`` from ``source``; raises ValueError naming a bad option and the accepted ones,
-    ``CorpusNotFound`` / ``CorpusLayoutError`` (``trainer.data.errors``) for a bad ``path``."""
+    ``CorpusNotFound`` / ``CorpusLayoutError`` (``trainer.data.errors``) for a bad ``path``.
+
+    ``before_features`` is called once with the corpus's record -- ``fingerprint`` and ``counts`` per split,
+    as in ``info``, and ``path`` for a corpus on disk -- as soon as its files are listed (a built-in corpus:
+    generated), before any feature is computed or read from the cache; what it raises, ``load_task``
+    raises. A caller can refuse the corpus there without waiting for the features (minutes on a real one)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
     kind, sources, _ = TASKS[task]
@@ -94,11 +100,20 @@ def load_task(
 
     with _one_torch_thread():
         if source == "builtin":
-            loaded = _load_builtin(task, size, seed, cache, fspec)
+            loaded = _load_builtin(task, size, seed, cache, fspec, before_features)
         elif source == "speech_commands":
-            loaded = load_speech_commands(Path(path), classes=classes, seed=seed, cache_dir=cache, spec=fspec)
+            loaded = load_speech_commands(
+                Path(path),
+                classes=classes,
+                seed=seed,
+                cache_dir=cache,
+                spec=fspec,
+                before_features=before_features,
+            )
         else:
-            loaded = load_transcripts(Path(path), task=task, seed=seed, cache_dir=cache, spec=fspec)
+            loaded = load_transcripts(
+                Path(path), task=task, seed=seed, cache_dir=cache, spec=fspec, before_features=before_features
+            )
     feats, targets, labels, vocabulary, info = loaded
 
     augment = SpecAugment.for_spec(fspec) if specaugment else None
@@ -134,10 +149,14 @@ def _one_torch_thread():
         torch.set_num_threads(before)
 
 
-def _load_builtin(task: str, size, seed: int, cache: Path, fspec: FeatureSpec):
+def _load_builtin(task: str, size, seed: int, cache: Path, fspec: FeatureSpec, before_features=None):
     manifest, splits = synth_corpus.load_or_generate(synth_corpus.synth_spec(task, size, seed), cache)
     folder = Path(manifest["path"])
     logmel = LogMel(fspec)
+    # (the corpus folder's name is the hash of every generation parameter)
+    fingerprint = {s: params_hash({"corpus": folder.name, "split": s}) for s in SPLITS}
+    if before_features is not None:
+        before_features({"fingerprint": fingerprint, "counts": {s: len(splits[s]) for s in SPLITS}})
 
     def compute():
         return {
@@ -154,8 +173,7 @@ def _load_builtin(task: str, size, seed: int, cache: Path, fspec: FeatureSpec):
         targets = {s: [vocabulary.encode(t) for t in splits[s].texts.tolist()] for s in SPLITS}
         labels = vocabulary.labels
     info = dict(
-        # (the corpus folder's name is the hash of every generation parameter)
-        fingerprint={s: params_hash({"corpus": folder.name, "split": s}) for s in SPLITS},
+        fingerprint=fingerprint,
         voices=manifest["voices"],
         generation_seconds=manifest["generation_seconds"],
         cache_path=manifest["path"],
