@@ -3,14 +3,17 @@
 Each process gets its own session, so closing the dashboard (or a Ctrl-C in its terminal) does not kill a
 training run; stopping is an explicit SIGTERM (``dashboard.stopping``). A job that cannot start says why and
 is not tried again; one that exits without recording its run in the database (or one of its runs: a
-relaunch of a process that recorded several) says so.
+relaunch of a process that recorded several) says so; so does one whose process recorded more runs than
+it relaunches (the runs it continues may then be the wrong ones: ``dashboard.siblings``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -19,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dashboard.launch import LaunchSpec
+from dashboard.launchspec import LaunchSpec
 from dashboard.stopping import STOP_EXIT_CODES
-from dashboard.text import printable, safe_file_name
+from dashboard.text import code_span, printable, safe_file_name
 from tracker.store import Store, StoreError
 
 __all__ = ["Job", "Launcher", "log_tail"]
@@ -75,6 +78,9 @@ class Job:
     # (spec.expected), None where it recorded none; _UNKNOWN when that cannot be told (no database or
     # parent run to look for, a file that cannot be read).
     recorded: object = None
+    # The other runs its process recorded since it started (Store.runs() rows): more trackers than runs
+    # relaunched. Told with ``recorded``.
+    unlisted: tuple = ()
     _looked: bool = False
 
     @property
@@ -90,14 +96,15 @@ class Job:
             return "stopped"  # ended as asked: 143 is the tracker's exit code for a SIGTERM stop
         if code != 0:
             return f"exited ({code})"
-        return _exit_state(self.recorded_runs(), self.spec.expected)
+        return _exit_state(self.recorded_runs(), self.spec.expected, self.unlisted)
 
     def recorded_runs(self):
         """The runs this job recorded (``Store.runs()`` rows), once it has exited: for each run it relaunches
         (``spec.expected``), a run of that parent created since it started, by its process or under its
-        name, else None. ``_UNKNOWN`` when that cannot be told. Asked of the database once."""
+        name, else None. ``_UNKNOWN`` when that cannot be told. Asked of the database once (with
+        ``unlisted``)."""
         if not self._looked and self.popen is not None and self.popen.poll() is not None:
-            self.recorded = _find_runs(self)
+            self.recorded, self.unlisted = _find_runs(self)
             self._looked = True
         return self.recorded if self._looked else _UNKNOWN
 
@@ -135,11 +142,12 @@ def _find_runs(job: Job):
     """For each run the job relaunches (``spec.expected``: parent id and name), the newest run of that parent
     in the job's database that the job's process created, or that bears that name, since the job started;
     None where there is none. ``_UNKNOWN`` for a command whose run is not a relaunch's (a resume, the demo)
-    or when the file cannot be read."""
+    or when the file cannot be read. With it, the other runs the job's process created since it started."""
     spec = job.spec
     if spec.db is None or not spec.expected or job.started_at is None:
-        return _UNKNOWN
+        return _UNKNOWN, ()
     found = []
+    since = job.started_at - _CLOCK_SLACK_S
     try:
         with Store.open(spec.db, readonly=True) as store:
             for parent, name in spec.expected:
@@ -147,13 +155,20 @@ def _find_runs(job: Job):
                 # The tracker records GRADWATCH_RUN stripped; a run its process made is its too (a name
                 # it escaped).
                 mine = runs[
-                    (runs["created_at"] >= job.started_at - _CLOCK_SLACK_S)
+                    (runs["created_at"] >= since)
                     & ((runs["pid"] == job.pid) | (runs["name"] == name.strip()))
                 ]
                 found.append(mine.iloc[-1].to_dict() if len(mine) else None)
+            taken = {int(run["id"]) for run in found if run is not None}
+            new = [int(i) for i, created in store.fingerprint() if created >= since and int(i) not in taken]
+            others = store.runs(new) if new else None
     except (StoreError, OSError, sqlite3.Error):  # gone, unreadable, locked: say nothing rather than wrong
-        return _UNKNOWN
-    return found
+        return _UNKNOWN, ()
+    if others is None:
+        return found, ()
+    # (The host too: another machine's process may have the same pid and write into this file.)
+    others = others[(others["pid"] == job.pid) & (others["host"] == socket.gethostname())]
+    return found, tuple(others.to_dict("records"))
 
 
 NO_RUN = (
@@ -164,9 +179,10 @@ NO_RUN = (
 )
 
 
-def _exit_state(runs, expected) -> str:
+def _exit_state(runs, expected, unlisted=()) -> str:
     """The state of a job that exited with code 0, told by the runs it recorded (:func:`_find_runs`) for
-    the runs it relaunches (``expected``: parent id and name each)."""
+    the runs it relaunches (``expected``: parent id and name each), and the other runs its process recorded
+    (``unlisted``)."""
     if runs is _UNKNOWN:
         return "exited"
     if all(run is None for run in runs):
@@ -179,6 +195,8 @@ def _exit_state(runs, expected) -> str:
             "than the first time (a setting of its own? a relaunch's standard input is empty). Its log may "
             "say which."
         )
+    if unlisted:
+        return _more_trackers(runs, expected, unlisted)
     empty = [run for run in runs if not run.get("n_steps")]
     if empty:
         ids = ", ".join(f"#{int(run['id'])}" for run in empty)
@@ -189,6 +207,29 @@ def _exit_state(runs, expected) -> str:
             "read from it is missing)"
         )
     return "exited"
+
+
+def _more_trackers(runs, expected, unlisted) -> str:
+    """A relaunch whose process created more trackers than the runs it relaunches: the runs of the first
+    time that this database holds were not all of its runs (one deleted, or written to another file), or
+    the script now creates more. Which tracker recorded which run cannot be told, so neither can whether
+    the lineage is right: its k-th tracker took the k-th run listed."""
+
+    def said(run) -> str:
+        parent = run.get("parent_id")
+        none = parent is None or (isinstance(parent, float) and math.isnan(parent))
+        lineage = "no parent" if none else f"child of #{int(parent)}"
+        return f"{code_span(run['name'])} (#{int(run['id'])}, {lineage})"
+
+    more = "one more" if len(unlisted) == 1 else f"{len(unlisted)} more"
+    listed = ", ".join(f"#{parent}" for parent, _ in expected)
+    return (
+        f"exited; its process recorded {len(runs) + len(unlisted)} runs, {more} than the {len(runs)} it "
+        f"relaunches ({listed}): {', '.join(said(r) for r in unlisted)}. It created more trackers than this "
+        "database holds runs of the process it relaunched: if one of those is missing here (deleted, or "
+        "written to another file), its new runs continue the wrong ones from there on (its k-th tracker "
+        "took the k-th run listed). Compare each new run's layers with its parent's (Run page) to tell."
+    )
 
 
 def _not_started(exc: Exception, spec: LaunchSpec) -> str:

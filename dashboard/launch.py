@@ -3,7 +3,9 @@
 Commands are argument lists, never shell strings: a clip spec like ``norm:1.0+noise(0.01)`` or a run name
 with spaces reaches the child exactly as typed. A spec depends only on its arguments (and the dashboard's
 environment, which a relaunch changes into the one its run recorded), so the command a page shows is the one
-its button runs. Starting them is ``dashboard.jobs``'s job.
+its button runs. Starting them is ``dashboard.jobs``'s job; what one holds is ``dashboard.launchspec``'s.
+Which runs one process recorded is ``dashboard.siblings``'s (``same_process`` is importable from here too),
+the refusal of a torchrun run ``dashboard.torchrun``'s.
 """
 
 from __future__ import annotations
@@ -12,23 +14,17 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dashboard.commands import (
-    EnvChanges,
-    check_recorded_command,
-    hand_command,
-    program_words,
-    recorded_path,
-    replayed_environment,
-)
-from dashboard.text import code_span, safe_file_name
+from dashboard.commands import check_recorded_command, recorded_path, replayed_environment
+from dashboard.launchspec import LaunchSpec
+from dashboard.siblings import same_process
+from dashboard.text import safe_file_name
+from dashboard.torchrun import refuse_torchrun
 
 # The tracker reads these variables (tracker/env.py): one definition of the names on both sides.
 from tracker.command import RECORD_ENV_VAR
@@ -53,52 +49,6 @@ __all__ = [
     "trainer_command",
     "trainer_spec",
 ]
-
-
-# Set by the launch alone: one exported in the dashboard's own shell would silently override the clip
-# setting or the lineage of every run it launches.
-_OWN_VARIABLES = (CLIP_ENV, PARENT_ENV, RUN_ENV)
-
-
-@dataclass(frozen=True)
-class LaunchSpec:
-    """Everything needed to start one process: argv list, working directory and environment (the
-    dashboard's, changed into the run's recorded one, then ``env``)."""
-
-    name: str
-    argv: tuple[str, ...]
-    cwd: str
-    env: Mapping[str, str] = field(default_factory=dict)
-    parent_id: int | None = None
-    clip: str | None = None
-    config_file: str | None = None  # written just before starting (trainer relaunches)
-    config: Mapping | None = None
-    resumes: int | None = None  # the run this command continues from its checkpoint (resume_spec)
-    db: str | None = None  # the database its run is recorded in (what tells whether it recorded one)
-    # The dashboard's environment changed into the run's recorded one; None: not recorded (older runs).
-    changes: EnvChanges | None = None
-    # (parent id, name) of each run a relaunch of a process that recorded several is to record, in the
-    # order it created them; () for one run (``parent_id``, ``name``).
-    lineage: tuple[tuple[int, str], ...] = ()
-
-    @property
-    def expected(self) -> tuple[tuple[int, str], ...]:
-        """(parent id, name) of each run this command is to record as a relaunch (none for a resume)."""
-        if self.lineage:
-            return self.lineage
-        return () if self.parent_id is None else ((self.parent_id, self.name),)
-
-    def child_env(self, environ: Mapping[str, str]) -> dict[str, str]:
-        """The process's environment, given the dashboard's."""
-        inherited = {k: v for k, v in environ.items() if k not in _OWN_VARIABLES}
-        return (self.changes or EnvChanges()).applied(inherited) | dict(self.env)
-
-    def display(self, *, recorded_env: bool = True) -> str:
-        """The exact command, as a user would type it in a POSIX shell (for display only; we never run it).
-        Printable whatever it holds: a byte that is not UTF-8 or a control character is written ``$'\\xNN'``
-        (:func:`dashboard.commands.shell_quote`). ``recorded_env=False`` leaves out the changes to the
-        dashboard's environment (a page lists a long list of them apart)."""
-        return hand_command(self.cwd, self.env, self.argv, self.changes if recorded_env else None)
 
 
 def _flag(dest: str) -> str:
@@ -201,28 +151,6 @@ def is_trainer_run(run: Mapping) -> bool:
 def relaunch_name(run: Mapping, clip: str | None) -> str:
     """The name a relaunch of ``run`` gets unless one is typed: ``<its name> · <clip spec>``."""
     return f"{run['name']} · {clip or ''}"
-
-
-def same_process(run: Mapping, runs: Iterable[Mapping]) -> list[dict]:
-    """The runs of ``runs`` that the process which recorded ``run`` recorded (``run`` among them), in the
-    order it created them (their ids): a GAN's generator and discriminator. A process is its host, pid and
-    start time (``pid_started_at``: the same pid with another start time is another process, the pid
-    reused); a run without a start time (recorded before it was, or off Linux) is alone."""
-    mine = _process(run)
-    group = {int(r["id"]): dict(r) for r in runs if mine is not None and _process(r) == mine}
-    group[int(run["id"])] = dict(run)
-    return [group[i] for i in sorted(group)]
-
-
-def _process(run: Mapping) -> tuple | None:
-    host, pid, started = run.get("host"), run.get("pid"), run.get("pid_started_at")
-    if host is None or pid is None or started is None or any(_nan(v) for v in (pid, started)):
-        return None
-    return str(host), int(pid), float(started)
-
-
-def _nan(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
 
 
 def relaunch_spec(
@@ -384,8 +312,7 @@ def external_spec(
     The command is the one typed after the interpreter (``sys.orig_argv[1:]``, recorded by the tracker when
     ``sys.argv`` cannot rerun it: ``python -m pkg.train``, ``python -c ...``, ``python -u train.py``), else
     ``runs.argv``. The recorded folder and Python are the real paths (:func:`recorded_path`: a name that is
-    not UTF-8 was recorded escaped). A run of torchrun (several processes, or ``config["_gradwatch"]
-    ["torchrun"]``) is refused with the torchrun command to run by hand: one plain process would stop at once.
+    not UTF-8 was recorded escaped). A run of torchrun is refused (:mod:`dashboard.torchrun`).
     ``lineage``: (parent id, name) of each run of a process that recorded several (``run`` among them), in
     the order it created them: ``GRADWATCH_PARENT_RUN`` lists the ids, ``GRADWATCH_RUN`` the names (JSON),
     and the k-th tracker of the new process continues the k-th run.
@@ -404,8 +331,9 @@ def external_spec(
     changes, why = replayed_environment(run)
     if why == "not recorded":  # (GRADWATCH_RECORD_ENV off: its relaunch records none either)
         env[RECORD_ENV_VAR] = "0"
-    _refuse_torchrun(run, python, argv, typed=typed is not None, cwd=cwd, env=env, changes=changes)
-    check_recorded_command(run, python, argv, typed=typed is not None, env=env, changes=changes)
+    as_typed, noted = typed is not None, tracker_notes(run).get("torchrun") is True
+    refuse_torchrun(run, python, argv, noted=noted, typed=as_typed, cwd=cwd, env=env, changes=changes)
+    check_recorded_command(run, python, argv, typed=as_typed, env=env, changes=changes)
     return LaunchSpec(
         name=name,
         argv=(python, *map(str, argv)),
@@ -416,40 +344,6 @@ def external_spec(
         db=str(db),
         changes=changes,
         lineage=lineage,
-    )
-
-
-def _refuse_torchrun(
-    run: Mapping,
-    python: str,
-    argv: list,
-    *,
-    typed: bool,
-    cwd: str,
-    env: Mapping[str, str],
-    changes: EnvChanges | None,
-) -> None:
-    """ValueError with the command to run by hand when the run was one of torchrun's processes: the
-    dashboard starts one plain process, which stops at once (``environment variable RANK expected``; the
-    Resume button is not offered for such runs either). Told by ``world_size`` > 1, or by the tracker's
-    note ``torchrun`` (a torchrun run of one process has world size 1)."""
-    world_size = int(run.get("world_size") or 1)
-    torchrun = tracker_notes(run).get("torchrun") is True
-    if world_size <= 1 and not torchrun:
-        return
-    words = program_words(argv, typed=typed)
-    by_hand = hand_command(cwd, env, ["torchrun", f"--nproc-per-node={world_size}", *words], changes)
-    ran = f"ran as {world_size} processes" if world_size > 1 else "was started by torchrun"
-    how = (
-        f"Run it yourself with torchrun, with the new clipping: {code_span(by_hand)} (on several machines: "
-        "on each, with the --nnodes, --node-rank and rendezvous options of the first time)"
-    )
-    if not torchrun:  # recorded before the tracker noted torchrun, or a script that starts its processes
-        mine = hand_command(cwd, env, [python, *argv], changes)
-        how += f"; a script that starts its processes itself (torch.multiprocessing) as {code_span(mine)}"
-    raise ValueError(
-        f"Run #{run.get('id')} {ran} (torch.distributed): the dashboard starts one plain process, which "
-        f"would stop at once (torch.distributed expects torchrun's RANK and WORLD_SIZE). {how}."
     )
 
 

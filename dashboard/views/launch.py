@@ -19,16 +19,10 @@ from dashboard.clipform import RecordedModel, check_clip
 from dashboard.commands import replayed_environment
 from dashboard.formstate import consume_prefill, forget_unless, kept_widget, set_kept
 from dashboard.jobpanel import jobs_panel
-from dashboard.launch import (
-    is_trainer_run,
-    parse_sweep,
-    relaunch_name,
-    relaunch_spec,
-    same_process,
-    tracker_notes,
-)
+from dashboard.launch import is_trainer_run, parse_sweep, relaunch_name, relaunch_spec, tracker_notes
 from dashboard.launchform import clip_help, clip_input, option_inputs
 from dashboard.options import MODEL_OPTIONS, option_errors
+from dashboard.siblings import missing_between, same_process
 from dashboard.text import code_span, escape_markdown
 
 
@@ -83,10 +77,23 @@ def _environment_note(run: dict, trainer: bool) -> None:
 
 
 def _show_commands(specs: list) -> None:
-    """The commands a launch runs, exactly; a long list of changes to the dashboard's environment is
-    left out of them, listed apart (:func:`_environment_note`)."""
-    inline = specs[0].changes is None or len(specs[0].changes) <= ENV_SHOWN
-    st.code("\n\n".join(s.display(recorded_env=inline) for s in specs), language="bash", wrap_lines=True)
+    """The commands a launch runs. With more than ``ENV_SHOWN`` changes to the dashboard's environment,
+    the command shown first leaves them out, to stay readable: pasted into a shell it would run with the
+    shell's environment, not the run's, so the complete command (what the button runs, with every change)
+    follows in an expander, to copy."""
+    changes = specs[0].changes
+    if changes is None or len(changes) <= ENV_SHOWN:
+        st.code("\n\n".join(s.display() for s in specs), language="bash", wrap_lines=True)
+        return
+    short = "\n\n".join(s.display(recorded_env=False) for s in specs)
+    st.code(short, language="bash", wrap_lines=True)
+    st.caption(
+        f"Shown without the {len(changes)} changes to the dashboard's environment (listed above), which the "
+        "launch makes: to run it yourself, copy the complete command below."
+    )
+    several = "complete commands" if len(specs) > 1 else "complete command"
+    with st.expander(f"The {several}, with the {len(changes)} environment changes"):
+        st.code("\n\n".join(s.display() for s in specs), language="bash", wrap_lines=True)
 
 
 def _spec_for(run: dict, clip: str, name: str, overrides: dict, group: list[dict]):
@@ -104,7 +111,9 @@ def _spec_for(run: dict, clip: str, name: str, overrides: dict, group: list[dict
     )
 
 
-def single_launch(run: dict, trainer: bool, models: list[RecordedModel], group: list[dict]) -> None:
+def single_launch(
+    run: dict, trainer: bool, models: list[RecordedModel], group: list[dict], allowed: bool = True
+) -> None:
     clip, clip_error = clip_input(run, models)
     overrides, option_problems = {}, []
     if trainer:
@@ -127,7 +136,7 @@ def single_launch(run: dict, trainer: bool, models: list[RecordedModel], group: 
     st.markdown("**Command**")
     _show_commands([spec])
     _config_note(overrides)
-    if launch_button(spec):
+    if launch_button(spec, allowed):
         (job,) = state.launcher().submit([spec])
         if job.error:
             st.error(f"Could not start: {escape_markdown(job.error)}")
@@ -139,8 +148,9 @@ def single_launch(run: dict, trainer: bool, models: list[RecordedModel], group: 
             )
 
 
-def launch_button(spec) -> bool:
-    """The Launch button; True when it was clicked and the launch should go ahead.
+def launch_button(spec, allowed: bool = True) -> bool:
+    """The Launch button; True when it was clicked and the launch should go ahead (never unless
+    ``allowed``).
 
     When this dashboard launched the very same command (source run, spec, name) less than a minute ago, or
     it still runs, that is most likely a double click: the button waits for a tick in "Launch it again"
@@ -159,11 +169,14 @@ def launch_button(spec) -> bool:
         )
         # A new key after each launch: the tick is for one more launch, not for every one after it.
         again = st.checkbox("Launch it again", key=f"launch_again_{len(launcher.jobs)}")
-    clicked = st.button("Launch", type="primary", key="launch_go", disabled=bool(same) and not again)
-    return clicked and (not same or again)
+    blocked = not allowed or (bool(same) and not again)
+    clicked = st.button("Launch", type="primary", key="launch_go", disabled=blocked)
+    return clicked and not blocked
 
 
-def sweep_launch(run: dict, trainer: bool, models: list[RecordedModel], group: list[dict]) -> None:
+def sweep_launch(
+    run: dict, trainer: bool, models: list[RecordedModel], group: list[dict], allowed: bool = True
+) -> None:
     text = st.text_area(
         "Clip specs, one per line",
         key="sweep_text",
@@ -192,7 +205,7 @@ def sweep_launch(run: dict, trainer: bool, models: list[RecordedModel], group: l
     st.markdown(f"**{len(specs)} commands**, at most {int(limit)} at a time")
     _show_commands(specs)
     _config_note(overrides)
-    if st.button(f"Launch sweep of {len(specs)}", type="primary", key="sweep_go"):
+    if st.button(f"Launch sweep of {len(specs)}", type="primary", key="sweep_go", disabled=not allowed):
         sweep_id = f"sweep-{len(state.launcher().jobs)}"
         state.launcher().submit(specs, limit=int(limit), sweep=sweep_id)
         st.success(f"Queued {len(specs)} runs; {min(len(specs), int(limit))} started.")
@@ -240,6 +253,38 @@ def _group_note(group: list[dict]) -> None:
         "these runs in this order). The clip spec must fit each run's layers.",
         icon=":material/device_hub:",
     )
+
+
+def _gap_confirmed(group: list[dict], runs) -> bool:
+    """Warn when runs created between the first and the last run of the process are missing from this
+    database (deleted: :func:`dashboard.siblings.missing_between`): had one of them been the process's own,
+    its trackers would continue the wrong runs from there on. True when the launch may go ahead: no such
+    gap, or the tick that they were not its own (nothing recorded tells)."""
+    missing = missing_between(group, runs["id"])
+    if not missing:
+        return True
+    first = missing[0]
+    nxt = next(r for r in group if int(r["id"]) > first)
+    listed = ", ".join(f"#{i}" for i in missing[:5]) + (
+        f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    )
+    one = len(missing) == 1
+    st.warning(
+        f"Run{'' if one else 's'} {listed}, created between runs of this process (#{int(group[0]['id'])} "
+        f"and #{int(group[-1]['id'])}), {'is' if one else 'are'} no longer in this database. "
+        f"{'If it' if one else 'If one of them'} was one of this process's runs, this relaunch would give "
+        "its new runs the wrong parents: its trackers continue the runs listed, in the order it creates "
+        f"them, so the tracker that recorded #{first} would continue {escape_markdown(nxt['name'])} "
+        f"(#{int(nxt['id'])}), under the name meant for its relaunch, and each tracker after it the run "
+        "after its own (the last, a run of its own without a parent). Nothing recorded tells whether it "
+        "was (the tracker records no position in its process). If not, tick below and relaunch; if it "
+        "was, run the command below yourself instead, without `GRADWATCH_PARENT_RUN` and `GRADWATCH_RUN`: "
+        "its runs are then recorded without parents, under the script's own names.",
+        icon=":material/link_off:",
+    )
+    ids = "-".join(str(int(r["id"])) for r in group)
+    label = f"#{first} was not" if one else "None of them was"
+    return st.checkbox(f"{label} a run of this process: relaunch anyway", key=f"launch_gap_ok_{ids}")
 
 
 URL_SOURCE = "source"  # ?source=3: the run to start from, in the page's address
@@ -295,11 +340,12 @@ def launch_page() -> None:
         )
     _environment_note(run, trainer)
     _group_note(group)
+    allowed = _gap_confirmed(group, runs)
     single, sweep = st.tabs(["Single run", "Sweep"])
     with single:
-        single_launch(run, trainer, models, group)
+        single_launch(run, trainer, models, group, allowed)
     with sweep:
-        sweep_launch(run, trainer, models, group)
+        sweep_launch(run, trainer, models, group, allowed)
     live = st.toggle("Refresh logs", value=True, key="launch_live")
     st.fragment(jobs_panel, run_every=state.LIVE_INTERVAL_S if live else None)()
 

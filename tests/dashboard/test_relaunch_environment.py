@@ -14,6 +14,7 @@ from pathlib import Path
 from dashboard_helpers import open_page, texts
 from polling import wait_for
 
+from dashboard import state
 from dashboard.commands import environment_changes
 from dashboard.jobs import Launcher
 from dashboard.launch import relaunch_spec, resume_spec
@@ -152,10 +153,10 @@ def test_a_trainer_relaunch_replays_its_recorded_environment_too(tmp_path, monke
     assert spec.child_env(os.environ)["OMP_NUM_THREADS"] == "1" and spec.argv[1] == "-P"
 
 
-def _page_db(tmp_path: Path, env) -> Path:
+def _page_db(tmp_path: Path, env, script: str = "") -> Path:
     tmp_path.mkdir(exist_ok=True)
     db = tmp_path / "g.db"
-    (tmp_path / "train.py").write_text("")
+    (tmp_path / "train.py").write_text(script)
     with Store.open(db, create=True) as store:
         run = store.create_run(
             name="mine", argv=["train.py"], cwd=str(tmp_path), python=sys.executable, env=env
@@ -184,14 +185,48 @@ def test_the_launch_page_shows_what_differs_from_the_dashboards_environment(tmp_
         f"cd {tmp_path} && unset FOO && DATA_DIR=/data/x LR=0.5 GRADWATCH_CLIP=norm:0.5"
     )
     assert "3 differ from the dashboard's (2 set, 1 unset)" in texts(at, "caption")
-    # Many: counted, listed in an expander, and left out of the command shown.
+    # Many: counted, listed in an expander, and left out of the short command shown first.
     many = {f"V{i:02d}": str(i) for i in range(20)}
     at = _launch_page(app, _page_db(tmp_path / "many", {**recorded, **many}))
     assert "**22 differ from the dashboard's (20 set, 2 unset)**" in texts(at, "markdown")
     listed = [c.value for c in at.code if c.value.startswith("V00=0\n")]
     assert listed and listed[0].splitlines()[-2:] == ["unset FOO", "unset LR"]
-    [command] = [c.value for c in at.code if "GRADWATCH_CLIP" in c.value]
-    assert "V00=" not in command and "unset" not in command
+    [short] = [c.value for c in at.code if "GRADWATCH_CLIP" in c.value and "V00=" not in c.value]
+    assert "unset" not in short
+    assert "Shown without the 22 changes to the dashboard's environment" in texts(at, "caption")
+
+
+# What the relaunch's process sees of the variables a test sets: a script anyone could have written.
+DUMP_ENV = """
+import json, os
+names = [f"V{i:02d}" for i in range(20)] + ["FOO", "LR", "GRADWATCH_CLIP", "GRADWATCH_PARENT_RUN"]
+open("seen.json", "w").write(json.dumps({k: os.environ.get(k) for k in names}))
+"""
+
+
+def test_the_complete_command_shown_runs_as_the_launch_does(tmp_path, app, monkeypatch):
+    # More than 8 changes: the command shown first leaves them out (readable), and pasted into a shell it
+    # ran with the shell's FOO and LR and without V00..V19; the page used to show nothing else to copy.
+    monkeypatch.setenv("LR", "0.01")
+    monkeypatch.setenv("FOO", "1")
+    recorded = {k: v for k, v in os.environ.items() if k not in ("FOO", "LR")}
+    many = {f"V{i:02d}": f"value {i}" for i in range(20)}
+    at = _launch_page(app, _page_db(tmp_path, {**recorded, **many}, DUMP_ENV))
+    [complete] = [c.value for c in at.code if "GRADWATCH_CLIP" in c.value and "V00=" in c.value]
+    # Pasted into a shell of the dashboard's environment (this one), as a user would.
+    done = subprocess.run(["bash", "-c", complete], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    # The oracle: what the run recorded, not what the dashboard computed from it.
+    assert {k: seen[k] for k in many} == many
+    assert seen["FOO"] is None and seen["LR"] is None  # the run did not have them
+    assert seen["GRADWATCH_CLIP"] == "norm:0.5" and seen["GRADWATCH_PARENT_RUN"] == "1"
+    # And the Launch button's process saw the same.
+    (tmp_path / "seen.json").unlink()
+    at.button(key="launch_go").click().run()
+    [job] = state._launcher(str(tmp_path / "gradwatch-logs")).jobs
+    assert job.error is None and _wait(lambda: job.popen.poll() is not None)
+    assert json.loads((tmp_path / "seen.json").read_text()) == seen
 
 
 def test_the_launch_page_says_when_the_environment_was_not_recorded(tmp_path, app):
