@@ -40,10 +40,14 @@ def _launch(mode: str, tmp_path, *extra: str, timeout: float = 120.0) -> None:
             PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
         )
         env.pop("GRADWATCH_CLIP", None)
+        # A tracker given no db= (the disabled one below) would default to ./gradwatch.db: the checkout's,
+        # the file `make dashboard` opens.
+        env["GRADWATCH_DB"] = str(tmp_path / "default.db")
         procs.append(
             subprocess.Popen(
                 [sys.executable, __file__, mode, str(tmp_path), *extra],
                 env=env,
+                cwd=tmp_path,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

@@ -562,6 +562,18 @@ def test_keyboard_interrupt_marks_the_run_stopped(db_path):
     assert _rows(db_path, "SELECT status FROM runs") == [("stopped",)]
 
 
+def test_every_option_is_keyword_only(db_path):
+    # The contract: GradTracker(model, *, db=..., ...). A positional db or run would be ambiguous.
+    import inspect
+
+    params = list(inspect.signature(GradTracker.__init__).parameters.values())
+    assert [p.name for p in params[:2]] == ["self", "model"]
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[2:]) and len(params) > 10
+    with pytest.raises(TypeError, match="positional argument"):
+        GradTracker(nn.Linear(2, 2), str(db_path))
+    assert not db_path.exists()
+
+
 def test_disabled_tracker_does_nothing_with_the_same_methods(db_path):
     model = _model()
     tracker = GradTracker(model, db=db_path, clip="norm:1e-9", enabled=False)
