@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,3 +198,15 @@ def run_fragments(at):
 
     with mock.patch.object(local_script_runner, "RerunData", fragment_rerun):
         return at.run()
+
+
+def record_script(tmp_path: Path, monkeypatch, source: str, name: str = "gan.py") -> tuple[Path, list[dict]]:
+    """Run ``source`` as ``python <name>`` in ``tmp_path`` with ``GRADWATCH_DB`` set there: the database and
+    the runs it recorded (``Store.runs()`` rows, by id)."""
+    (tmp_path / name).write_text(source)
+    db = tmp_path / "g.db"
+    monkeypatch.setenv("GRADWATCH_DB", str(db))
+    done = subprocess.run([sys.executable, name], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with Store.open(db, readonly=True) as store:
+        return db, store.runs().to_dict("records")

@@ -9,12 +9,11 @@ its job says (it used to read "exited", the tracker's warning left in the log)."
 import functools
 import os
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from dashboard_helpers import open_page, texts
+from dashboard_helpers import open_page, record_script, texts
 from polling import wait_for
 from sqlite_rows import rows
 
@@ -112,15 +111,7 @@ for tracker in trackers:
 
 @pytest.mark.slow
 def test_a_relaunch_whose_process_records_more_runs_than_it_relaunches_says_so(tmp_path, monkeypatch):
-    (tmp_path / "gan.py").write_text(GAN)
-    db = tmp_path / "g.db"
-    monkeypatch.setenv("GRADWATCH_DB", str(db))
-    done = subprocess.run(
-        [sys.executable, "gan.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    with Store.open(db, readonly=True) as store:
-        runs = store.runs().to_dict("records")
+    db, runs = record_script(tmp_path, monkeypatch, GAN)
     assert [r["name"] for r in runs] == ["gen", "aux"]
     spec = relaunch_spec(runs[0], name="gen b", db=db, clip="norm:0.5", config_dir=tmp_path, siblings=runs)
     # Nothing tells the page that disc is missing: no id between the two.

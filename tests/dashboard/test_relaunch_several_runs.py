@@ -6,12 +6,10 @@ job exits, each expected run is looked for."""
 
 import functools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from dashboard_helpers import open_page, texts
+from dashboard_helpers import open_page, record_script, texts
 from polling import wait_for
 
 from dashboard import state
@@ -46,15 +44,7 @@ for tracker in trackers:
 @pytest.fixture
 def gan(tmp_path, monkeypatch) -> tuple[Path, list[dict]]:
     """The database and the two runs ``python gan.py`` recorded (gen #1, disc #2)."""
-    (tmp_path / "gan.py").write_text(GAN)
-    db = tmp_path / "g.db"
-    monkeypatch.setenv("GRADWATCH_DB", str(db))
-    done = subprocess.run(
-        [sys.executable, "gan.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    with Store.open(db, readonly=True) as store:
-        runs = store.runs().to_dict("records")
+    db, runs = record_script(tmp_path, monkeypatch, GAN)
     assert [r["name"] for r in runs] == ["gen", "disc"]
     return db, runs
 
