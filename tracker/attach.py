@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Attachment"]
+__all__ = ["Attachment", "AttachmentHandle"]
 
 
 class Attachment:
@@ -37,8 +37,9 @@ class Attachment:
         self._pre = optimizer.register_step_pre_hook(self._before_step)
         self._wrapper = self._wrapped = None
         if scaler is not None:
-            # (another attachment may have wrapped it already: a GAN's two trackers share one scaler)
-            self._wrapped = scaler.step
+            # (another attachment may have wrapped it already: a GAN's two trackers share one scaler;
+            # wrappers of attachments gone since are left out: a notebook cell re-run adds one each time)
+            self._wrapped = _live(scaler.step)
             self._wrapper = scaler.step = self._wrap_scaler_step(self._wrapped)
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -101,14 +102,26 @@ class Attachment:
         return bool(found) and any(bool(f.item()) for f in found.values())
 
     def _wrap_scaler_step(self, original: Any) -> Any:
+        # The scaler outlives a notebook cell's model, optimizer and tracker: its wrapper refers to this
+        # attachment weakly, or it would keep them all alive (tracker.dropped).
+        ref = weakref.ref(self)
+
         def step(optimizer, *args, **kwargs):
-            calls = self._calls
+            attachment = ref()
+            if attachment is None:
+                return original(optimizer, *args, **kwargs)
+            calls = attachment._calls
             out = original(optimizer, *args, **kwargs)
-            if optimizer is self.optimizer and self._calls == calls and self._pre is not None:
-                self.tracker._attached_step(self, skipped=True)
+            if (
+                optimizer is attachment.optimizer
+                and attachment._calls == calls
+                and attachment._pre is not None
+            ):
+                attachment.tracker._attached_step(attachment, skipped=True)
             return out
 
-        step.attachment = self  # (lets a removal further up the chain skip this one once it is removed)
+        step.attachment = ref  # (lets a removal further up the chain skip this one once it is removed)
+        step.wrapped = original
         return step
 
     def drop_grads(self) -> None:
@@ -125,14 +138,49 @@ class Attachment:
                 # On top: put back what we wrapped (the class's method, or another attachment's wrapper),
                 # leaving out the wrappers of attachments removed while under ours. Under another
                 # attachment's wrapper, we stay in its chain as a pass-through until it goes.
-                below = self._wrapped
-                while getattr(below, "attachment", None) is not None and below.attachment._pre is None:
-                    below = below.attachment._wrapped
+                below = _live(self._wrapped)
                 if getattr(below, "__self__", None) is self.scaler:
                     del self.scaler.step
                 else:
                     self.scaler.step = below
         self.tracker._forget(self)
+
+
+def _live(step: Any) -> Any:
+    """``step`` (a GradScaler's ``step``, perhaps wrapped by attachments), less the wrappers on top whose
+    attachment was removed or is gone: they only pass through."""
+    while (ref := getattr(step, "attachment", None)) is not None and (ref() is None or ref()._pre is None):
+        step = step.wrapped
+    return step
+
+
+class AttachmentHandle:
+    """What ``GradTracker.attach()`` returns: ``remove()`` detaches. It refers to the attachment weakly (the
+    optimizer's step hook holds it): a notebook keeps a cell's last value (``Out``, ``_``), and a handle
+    kept there must not keep the tracker, its model and optimizer alive once the cell is run again."""
+
+    __slots__ = ("_ref", "__weakref__")
+
+    def __init__(self, attachment: Attachment) -> None:
+        self._ref = weakref.ref(attachment)
+
+    @property
+    def attachment(self) -> Attachment | None:
+        """The attachment, while its optimizer (or tracker) is alive."""
+        return self._ref()
+
+    def remove(self) -> None:
+        """Detach: the optimizer steps without the tracker from now on (nothing happens if it is gone)."""
+        attachment = self._ref()
+        if attachment is not None:
+            attachment.remove()
+
+    def __repr__(self) -> str:
+        attachment = self._ref()
+        if attachment is None:
+            return "<gradwatch attachment (gone)>"
+        state = "attached" if attachment._pre is not None else "removed"
+        return f"<gradwatch attachment of {type(attachment.optimizer).__name__} ({state})>"
 
 
 @torch.no_grad()

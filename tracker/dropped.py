@@ -5,14 +5,19 @@ gradients and its optimizer's state in memory (on a GPU: until the kernel restar
 the run is closed from here, as the process's exit would have closed it.
 
 What closing needs lives apart from the tracker (:class:`Remains`, kept up to date by it), since a finalizer
-that referred to the tracker would keep it alive forever. The closing runs on a thread of its own: the
-garbage collector runs finalizers in whichever thread it happens to run in, the writer's own among them,
-and closing joins the writer.
+that referred to the tracker would keep it alive forever. The closing is done by a thread of its own (see
+``_queue``). A tracker is also kept alive by whatever refers to it: the optimizer it is attached to (through
+its step hook), and nothing else of gradwatch's (the handle ``attach()`` returns and a GradScaler's wrapped
+``step`` refer to the attachment weakly).
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import queue
 import threading
+import traceback
 import weakref
 from typing import Any
 
@@ -21,7 +26,7 @@ import torch
 from tracker.lifetime import exit_status
 from tracker.rows import pending_parts
 
-__all__ = ["Remains", "close_run", "complete_update", "finish_at_exit", "when_dropped"]
+__all__ = ["ExitHook", "Remains", "close_run", "complete_update", "when_dropped"]
 
 
 class Remains:
@@ -65,32 +70,82 @@ def close_run(r: Remains, status: str, error: str | None, timeout: float, collec
             r.writer.close(status=status, error=error, timeout=timeout)
         if r.store is not None:
             r.store.close()
+        r.rows = r.extra = None  # (they hold the model's parameters)
 
 
-def _closed_when_dropped(r: Remains, timeout: float) -> None:
+# The runs of dropped trackers, closed one after the other by one thread. A finalizer runs wherever the
+# garbage collector happens to run: in any thread, at any allocation, possibly while that thread holds a lock
+# (of threading's own, or of SIGTERM's bookkeeping) that closing a run would take again. So it does only
+# what is safe there (a SimpleQueue's put, documented as such) and this thread does the rest. Started with
+# the first tracker, from its constructor, never from a finalizer; a daemon, drained at exit.
+_queue: queue.SimpleQueue = queue.SimpleQueue()
+_closer: threading.Thread | None = None
+_closer_lock = threading.Lock()
+
+
+def _close_queued(q: queue.SimpleQueue) -> None:
+    while (item := q.get()) is not None:
+        r, status, error, timeout, exit_hook = item
+        try:
+            close_run(r, status, error, timeout, collective=False)
+        except Exception:  # (as a thread of its own would: said on stderr, the next run still closed)
+            traceback.print_exc()
+        finally:
+            atexit.unregister(exit_hook)
+
+
+def _drain_at_exit() -> None:
+    # The interpreter is exiting: the runs of trackers dropped just before are closed before it ends.
+    closer = _closer
+    if closer is not None and closer.is_alive():
+        _queue.put(None)
+        closer.join()
+
+
+def _start_closer() -> None:
+    global _closer
+    with _closer_lock:
+        if _closer is None or not _closer.is_alive():
+            _closer = threading.Thread(
+                target=_close_queued, args=(_queue,), name="gradwatch-closer", daemon=True
+            )
+            _closer.start()
+
+
+def _new_queue_in_fork_child() -> None:
+    # The parent's closer thread did not come along, and what it had queued are the parent's runs.
+    global _queue, _closer, _closer_lock
+    _queue, _closer, _closer_lock = queue.SimpleQueue(), None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_queue_in_fork_child)
+atexit.register(_drain_at_exit)
+
+
+def _closed_when_dropped(r: Remains, timeout: float, exit_hook: ExitHook) -> None:
     # A traceback shown since its last step (Ctrl-C stopping its loop) decides, as at exit; taken now, in
-    # the thread that dropped it, before a later one replaces it.
+    # the thread that dropped it, before a later one replaces it. (No lock is taken here.)
     status, error = exit_status(seen=r.exc_seen)
-    if r.sigterm is not None:  # here: most often the main thread, the one that may put the handler back
-        r.sigterm.remove()
-    # Not a daemon: the interpreter waits for it before its exit hooks, so an exit right after still
-    # finds the run closed.
-    closing = threading.Thread(
-        target=close_run, args=(r, status, error, timeout, False), name="gradwatch-close-dropped"
-    )
-    closing.start()
+    _queue.put((r, status, error, timeout, exit_hook))
 
 
-def when_dropped(tracker: Any, r: Remains, timeout: float) -> weakref.finalize:
+class ExitHook:
+    """The exit hook of one tracker: finishes it, if it is still alive and open then. It holds the tracker
+    weakly, so that the hook does not keep a dropped one alive; one object per tracker, so that
+    ``atexit.unregister`` removes that one's alone."""
+
+    def __init__(self, tracker: Any) -> None:
+        self._ref = weakref.ref(tracker)
+
+    def __call__(self) -> None:
+        tracker = self._ref()
+        if tracker is not None and not tracker._finished:
+            tracker._at_exit()
+
+
+def when_dropped(tracker: Any, r: Remains, timeout: float, exit_hook: ExitHook) -> weakref.finalize:
     """Close ``r``'s run once ``tracker`` is garbage: call ``.detach()`` on the result when it finishes."""
-    # (atexit=False: at exit a tracker still alive is finished by finish_at_exit, with all it holds.)
-    finalizer = weakref.finalize(tracker, _closed_when_dropped, r, timeout)
-    finalizer.atexit = False
+    _start_closer()
+    finalizer = weakref.finalize(tracker, _closed_when_dropped, r, timeout, exit_hook)
+    finalizer.atexit = False  # (at exit a tracker still alive is finished by its ExitHook, with all it holds)
     return finalizer
-
-
-def finish_at_exit(ref: weakref.ref) -> None:
-    """The exit hook of one tracker, registered with a weak reference to it (see the module's docstring)."""
-    tracker = ref()
-    if tracker is not None and not tracker._finished:
-        tracker._at_exit()

@@ -12,7 +12,7 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ["attached_on", "check_not_inherited", "inherited", "open_on", "register"]
+__all__ = ["attached_on", "check_not_inherited", "inherited", "open_on", "recording", "register"]
 
 # Every tracker of this process (anything with a ``_fork_child()`` method).
 _TRACKERS: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -52,6 +52,16 @@ def open_on(model: Any) -> list[Any]:
     are not finished."""
     model = _underlying(model)
     return [t for t in _registered() if not t._finished and _underlying(getattr(t, "_model", None)) is model]
+
+
+def recording(db: Any, run_id: int) -> list[Any]:
+    """The trackers of this process that record run ``run_id`` of the database ``db`` and are not finished."""
+    where = os.path.realpath(db)
+    return [
+        t
+        for t in _registered()
+        if not t._finished and t.run_id == run_id and os.path.realpath(t.db_path) == where
+    ]
 
 
 def attached_on(model: Any) -> list[Any]:

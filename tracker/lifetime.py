@@ -67,6 +67,13 @@ os.register_at_fork(after_in_child=_new_lock_in_fork_child)
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     global _sigterm_received
+    if _holders == 0:
+        # Every tracker that held it has finished, the last from a thread that could not put back the
+        # default (a dropped tracker's run is closed by a thread of its own): SIGTERM ends the process as
+        # it would without gradwatch, not as an exception some `except BaseException` could swallow.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     _sigterm_received = True
     raise SystemExit(128 + signum)
 

@@ -9,6 +9,7 @@ On the other steps nothing is copied to the host at all.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import math
 import operator
@@ -17,7 +18,6 @@ import socket
 import sys
 import time
 import warnings
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -37,7 +37,7 @@ from tracker.arguments import (
     load_clip_state,
     warn_if_disabled_in_a_group,
 )
-from tracker.attach import Attachment
+from tracker.attach import Attachment, AttachmentHandle
 from tracker.checkpoint import STATE_VERSION
 from tracker.clipping.base import some_names
 from tracker.command import environment, started_in, typed_argv, under_torchrun
@@ -49,7 +49,7 @@ from tracker.distributed import (
     rank_and_world_size,
     sharded_norms,
 )
-from tracker.dropped import Remains, close_run, complete_update, finish_at_exit, when_dropped
+from tracker.dropped import ExitHook, Remains, close_run, complete_update, when_dropped
 from tracker.env import resolve_clip, resolve_db, resolve_lineage
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
@@ -117,18 +117,22 @@ def _resume_when_stale(
             time.sleep(1.0)
 
 
-def _close_replaced(old: GradTracker) -> None:
-    """A new tracker on a model that an open, attached one measures: a notebook cell run again, most often.
-    Both would clip every step (twice), and the old run would read "running" until the kernel exits. The
-    old one is closed as the process's exit would close it (a KeyboardInterrupt that stopped its loop:
-    stopped), and said so."""
+_ATTACHED = "measured this model and was still attached to its optimizer"
+
+
+def _close_replaced(old: GradTracker, why: str = _ATTACHED) -> None:
+    """A new tracker on a model that an open, attached one measures, or continuing the run an open one
+    records: a notebook cell run again, most often. Both would clip every step (twice), and the old run
+    would read "running" until the kernel exits (or refuse to be resumed, as running). The old one is closed
+    as the process's exit would close it (a KeyboardInterrupt that stopped its loop: stopped), and said
+    so."""
     status, error = exit_status(seen=old._remains.exc_seen)
     old.finish(status, error=error)
     run = f"run #{old.run_id}" if old.run_id is not None else "a tracker (of a rank that does not write)"
     warnings.warn(
-        f"GradTracker: {run} measured this model and was still attached to its optimizer (a notebook cell "
-        f"run again?): it is closed now as {status!r} and detached, so that only the new GradTracker "
-        "measures and clips. Close a run with tracker.finish(), or use `with GradTracker(...) as tracker:`.",
+        f"GradTracker: {run} {why} (a notebook cell run again?): it is closed now as {status!r} and "
+        "detached, so that only the new GradTracker measures and clips. Close a run with tracker.finish(), "
+        "or use `with GradTracker(...) as tracker:`.",
         stacklevel=3,
     )
 
@@ -214,23 +218,35 @@ class GradTracker:
         # would go on clipping every step: closed once this one exists, or before, when this one continues
         # its run. Trackers not attached are left alone (several may measure one model: a benchmark's).
         replaced = forks.attached_on(model)
-        if resumed is not None:
-            for old in [t for t in replaced if t.run_id is not None and t.run_id == resumed["run_id"]]:
-                replaced.remove(old)
-                _close_replaced(old)
+        if resumed is not None and not resumed["fork"]:
+            # The run to continue is still open in this process (a notebook cell resuming it, run again
+            # with a new model): closed first, as the process's exit would, or it would refuse as running.
+            for old in forks.recording(self.db_path, resumed["run_id"]):
+                if old in replaced:
+                    replaced.remove(old)
+                _close_replaced(old, "records the run this one continues")
         self.run_id: int | None = None
         self._store = self._writer = None
+        self._sigterm = None
+        self._pid, self._forked_from = os.getpid(), None
         if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write
             forks.check_not_inherited(self.db_path)
             self._open_run(run, config, choice, parent_id, world_size, resumed)
-        for old in replaced:
-            _close_replaced(old)
-        self._sigterm = self._remains.sigterm = SigtermAsExit() if handle_sigterm else None
-        # Held weakly: a tracker dropped unfinished is closed when collected, not kept alive until exit.
-        atexit.register(finish_at_exit, weakref.ref(self))
-        self._dropped = when_dropped(self, self._remains, FINISH_LOCK_WAIT_S)
-        self._pid, self._forked_from = os.getpid(), None
-        forks.register(self)
+        try:
+            for old in replaced:
+                _close_replaced(old)
+            self._sigterm = self._remains.sigterm = SigtermAsExit() if handle_sigterm else None
+            # Held weakly: a tracker dropped unfinished is closed when collected, not kept alive until exit.
+            self._exit_hook = ExitHook(self)
+            atexit.register(self._exit_hook)
+            self._dropped = when_dropped(self, self._remains, FINISH_LOCK_WAIT_S, self._exit_hook)
+            forks.register(self)
+        except BaseException as e:  # (a warning turned into an error, say): the run just opened is closed
+            self._finished = True
+            self._watch.close()
+            with contextlib.suppress(Exception):
+                close_run(self._remains, "failed", f"{type(e).__name__}: {e}", FINISH_LOCK_WAIT_S, False)
+            raise
 
     def _open_run(self, run, config, choice, parent_id, world_size, resumed) -> None:
         from tracker.store import Store
@@ -505,22 +521,26 @@ class GradTracker:
             return
         self._finished = True
         self._dropped.detach()
+        atexit.unregister(self._exit_hook)
         try:  # (every rank finishes together when it is "finished": the collectives it may need are joined)
             close_run(self._remains, status, error, FINISH_LOCK_WAIT_S, collective=status == "finished")
         finally:
             self._watch.close()
-            self._model = None  # (a finished tracker kept around does not keep the model alive)
             self.detach()
+            # A finished tracker kept around (a notebook's variables, its Out cache) keeps neither the model
+            # nor its parameters and gradients alive.
+            self._model = self._first = self._extra = self._rows = self._shards = None
+            self._params = self._frozen = self.layers.params = self.layers.frozen = []
 
-    def attach(self, optimizer: torch.optim.Optimizer, *, scaler: Any = None) -> Attachment:
+    def attach(self, optimizer: torch.optim.Optimizer, *, scaler: Any = None) -> AttachmentHandle:
         """Run :meth:`step` right before every ``optimizer.step()``, also the one ``GradScaler.step`` makes
         after unscaling. Pass ``scaler`` too so the steps it skips for inf/NaN are recorded as skipped.
         Returns a handle: ``handle.remove()`` detaches (``finish()`` detaches everything)."""
         if self._finished:
             raise RuntimeError(self._ended(FINISHED))
-        handle = Attachment(self, optimizer, scaler)
-        self._hooks.append(handle)
-        return handle
+        attachment = Attachment(self, optimizer, scaler)
+        self._hooks.append(attachment)
+        return AttachmentHandle(attachment)
 
     def detach(self) -> None:
         for handle in list(self._hooks):

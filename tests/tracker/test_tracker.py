@@ -7,7 +7,9 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -887,6 +889,22 @@ def test_a_new_tracker_on_a_wrapper_of_the_model_an_open_one_measures_closes_it(
     GradTracker(model, db=db_path).finish()
     assert not kept._finished
     kept.finish()
+
+
+def test_a_tracker_whose_constructor_fails_after_opening_its_run_closes_it(db_path):
+    # pytest's filterwarnings=error (or -W error) turns the warning about the replaced tracker into an
+    # exception, raised after the new run was opened: it used to stay "running", its threads alive.
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    GradTracker(model, db=db_path, run="first").attach(opt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="still attached"):
+            GradTracker(model, db=db_path, run="second")
+    got = _rows(db_path, "SELECT name, status, error FROM runs ORDER BY id")
+    assert got[0][:2] == ("first", "finished")
+    assert got[1][:2] == ("second", "failed") and got[1][2].startswith("UserWarning: GradTracker: run #1")
+    assert not [t.name for t in threading.enumerate() if t.name == "gradwatch-writer-2"]
 
 
 def test_a_new_tracker_that_cannot_start_leaves_the_open_one_alone(db_path, tmp_path):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import weakref
 
 import pytest
@@ -18,11 +19,13 @@ from torch import nn
 from tracker import GradTracker
 
 
-def _cell(db_path, run, *, attach, steps=5, sigterm=False):
+def _cell(db_path, run, *, attach, steps=5, handle_sigterm=False, **options):
     """What the notebook cell does: a new model, its optimizer, a tracker (every=3: steps left buffered)."""
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     opt = torch.optim.Adam(model.parameters())
-    tracker = GradTracker(model, db=db_path, run=run, every=3, clip="norm:0.5", handle_sigterm=sigterm)
+    tracker = GradTracker(
+        model, db=db_path, run=run, every=3, clip="norm:0.5", handle_sigterm=handle_sigterm, **options
+    )
     if attach:
         tracker.attach(opt)
     for _ in range(steps):
@@ -57,16 +60,83 @@ def test_a_dropped_tracker_frees_its_model_and_closes_its_run(db_path, attach):
 
 
 def test_a_dropped_tracker_after_a_traceback_reads_stopped(db_path, monkeypatch):
-    before = signal.getsignal(signal.SIGTERM)
-    _, _, tracker = _cell(db_path, "interrupted", attach=False, steps=2, sigterm=True)
-    assert signal.getsignal(signal.SIGTERM) is not before  # SIGTERM stops the run while it is open
+    _, _, tracker = _cell(db_path, "interrupted", attach=False, steps=2)
     # Ctrl-C stopped its loop in a notebook: the traceback shown sets sys.last_value, as at exit.
     monkeypatch.setattr(sys, "last_value", KeyboardInterrupt(), raising=False)
     del tracker
     gc.collect()
     assert wait_for(lambda: _closed(db_path, "interrupted"), timeout=20.0, interval=0.05)
     assert _rows(db_path, "SELECT status, error FROM runs") == [("stopped", "KeyboardInterrupt")]
-    assert signal.getsignal(signal.SIGTERM) is before  # and the handler that was there is back
+
+
+def test_a_shared_grad_scaler_or_a_kept_handle_keeps_no_dropped_tracker_alive(db_path):
+    # The scaler is made once, in an earlier cell; the cell making a model, optimizer and tracker attached
+    # with it is run three times; its last line, `tracker.attach(...)`, is what a notebook keeps (Out[n]).
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    unwrapped = scaler.step
+    gone, kept = [], []
+    for cell in range(3):
+        model = nn.Linear(4, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        tracker = GradTracker(model, db=db_path, run=f"cell-{cell}", handle_sigterm=False)
+        kept.append(tracker.attach(opt, scaler=scaler))
+        scaler.scale(model(torch.randn(3, 4)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        gone.append((weakref.ref(model), weakref.ref(opt), weakref.ref(tracker)))
+        del model, opt, tracker
+    gc.collect()
+    assert [[r() is None for r in refs] for refs in gone] == [[True] * 3] * 3
+    assert wait_for(lambda: all(_closed(db_path, f"cell-{c}") for c in range(3)), timeout=20.0)
+    assert (
+        _rows(db_path, "SELECT status, (SELECT count(*) FROM steps s WHERE s.run_id = runs.id) FROM runs")
+        == [("finished", 1)] * 3
+    )
+    assert "gone" in repr(kept[0]) and kept[0].attachment is None
+    kept[0].remove()  # (nothing left to remove: no error)
+    # The scaler's step is its own again once it has stepped through wrappers of attachments gone since.
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradTracker(model, db=db_path, run="last", handle_sigterm=False) as tracker:
+        handle = tracker.attach(opt, scaler=scaler)
+        assert scaler.step.wrapped == unwrapped  # one wrapper: the dead ones below it were left out
+        handle.remove()
+    assert scaler.step == unwrapped
+
+
+def test_a_tracker_collected_while_its_thread_holds_a_lock_the_closing_takes_does_not_deadlock(db_path):
+    # The collector runs finalizers wherever it runs: here while SIGTERM's bookkeeping lock is held (as
+    # inside SigtermAsExit, whose signal.getsignal allocates). Closing there took that lock again: a hang.
+    from tracker import lifetime
+
+    model, opt, tracker = _cell(db_path, "cyclic", attach=True, steps=2, handle_sigterm=True)
+    tracker._me = tracker  # only the cyclic collector frees it: the one below, automatic ones held off
+    gc.disable()
+    try:
+        del model, opt, tracker
+        done = threading.Event()
+
+        def collect_holding_the_lock():
+            with lifetime._lock:
+                gc.collect()
+            done.set()
+
+        threading.Thread(target=collect_holding_the_lock, daemon=True).start()
+        assert done.wait(timeout=20.0), "the collection hung"
+    finally:
+        gc.enable()
+    assert wait_for(lambda: _closed(db_path, "cyclic"), timeout=20.0)
+
+
+def test_a_finished_tracker_kept_around_keeps_no_parameter_or_gradient(db_path):
+    model, opt, tracker = _cell(db_path, "kept", attach=True, extra_stats=True)
+    tracker.finish()
+    weight = model[0].weight
+    held = weakref.ref(weight), weakref.ref(weight.grad if weight.grad is not None else weight)
+    del model, opt, weight
+    gc.collect()
+    assert [r() for r in held] == [None, None]
+    assert tracker.state_dict()["layers"] == ["0.weight", "0.bias", "2.weight", "2.bias"]
 
 
 def test_a_tracker_kept_or_finished_is_not_closed_again(db_path):
@@ -93,15 +163,18 @@ def test_a_process_that_exits_right_after_dropping_a_tracker_closes_its_run(tmp_
     script.write_text(
         textwrap.dedent(
             f"""
-            import gc, torch
+            import gc, threading, torch
             from tracker import GradTracker
             model = torch.nn.Linear(3, 1)
             tracker = GradTracker(model, db={str(db_path)!r}, run="dropped", every=4, clip="norm:0.5")
             for _ in range(3):
                 model(torch.ones(2, 3)).sum().backward()
                 tracker.step()
+            tracker.me = tracker  # only the cyclic collector frees it: here, in a daemon thread
             del tracker
-            gc.collect()
+            collector = threading.Thread(target=gc.collect, daemon=True)
+            collector.start()
+            collector.join()
             """
         )
     )
@@ -109,3 +182,36 @@ def test_a_process_that_exits_right_after_dropping_a_tracker_closes_its_run(tmp_
     assert proc.returncode == 0, proc.stderr
     got = _rows(db_path, "SELECT status, (SELECT group_concat(step) FROM clip_events) FROM runs")
     assert got == [("finished", "0,1,2")]
+
+
+@pytest.mark.slow
+def test_sigterm_after_a_dropped_tracker_is_closed_ends_the_process_as_without_gradwatch(tmp_path, db_path):
+    # The run is closed by a thread that cannot put SIGTERM's default handler back (only the main thread
+    # may): the handler left must not turn SIGTERM into a SystemExit that `except BaseException` swallows.
+    script = tmp_path / "cell.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import gc, os, signal, sqlite3, time, torch
+            from tracker import GradTracker
+            model = torch.nn.Linear(3, 1)
+            tracker = GradTracker(model, db={str(db_path)!r}, run="dropped")
+            model(torch.ones(2, 3)).sum().backward()
+            tracker.step()
+            del tracker
+            gc.collect()
+            con = sqlite3.connect({str(db_path)!r})
+            while con.execute("SELECT status FROM runs").fetchone()[0] == "running":
+                time.sleep(0.05)
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+            except BaseException:
+                pass
+            print("survived SIGTERM")
+            """
+        )
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stdout, proc.stderr)
+    assert _rows(db_path, "SELECT status FROM runs") == [("finished",)]

@@ -249,9 +249,33 @@ def test_a_run_whose_process_is_alive_is_not_resumed(db_path):
     with _tracker(model, db_path) as live:
         _train(live, model, opt, range(3))
         state = live.state_dict()
+    # Resumed since by a program that is no tracker of this process (a Store writer, as another process's
+    # would be): alive, so refused.
+    with Store.open(db_path) as store:
+        store.resume_run(live.run_id, from_step=3, layers=store.layer_rows(live.run_id))
         with pytest.raises(CannotResume, match=f"still running \\(pid {os.getpid()}"):
             _tracker(_model(), db_path, resume=state)
-        assert len(_contents(db_path, live.run_id)["steps"]) == 3
+    assert len(_contents(db_path, live.run_id)["steps"]) == 3
+
+
+def test_resuming_a_run_this_process_still_records_closes_its_tracker_first(db_path):
+    # A notebook cell `tracker = GradTracker(new_model, resume=ckpt)` run again: the cell's previous tracker
+    # still records the run (its name is rebound only after the constructor returns). It used to be refused
+    # as "still running" with this very process's pid.
+    model, opt = _trainee()
+    first = _tracker(model, db_path)
+    _train(first, model, opt, range(3))
+    state = first.state_dict()
+    model2 = copy.deepcopy(model)
+    with pytest.warns(UserWarning, match=r"run #1 records the run this one continues .* closed now"):
+        again = _tracker(model2, db_path, resume=state)
+    assert first._finished and again.run_id == first.run_id == 1
+    _train(again, model2, torch.optim.SGD(model2.parameters(), lr=0.1), range(3, 5))
+    again.finish()
+    got = _contents(db_path, 1)
+    assert [row[0] for row in got["steps"]] == [0, 1, 2, 3, 4]
+    with Store.open(db_path, readonly=True) as store:
+        assert store.runs()["status"].tolist() == ["finished"]
 
 
 def test_resuming_needs_the_database_that_recorded_the_run(tmp_path):
