@@ -96,7 +96,7 @@ class Job:
             return "stopped"  # ended as asked: 143 is the tracker's exit code for a SIGTERM stop
         if code != 0:
             return f"exited ({code})"
-        return _exit_state(self.recorded_runs(), self.spec.expected, self.unlisted)
+        return _exit_state(self.recorded_runs(), self.spec.expected, self.unlisted, self.spec.empty_places)
 
     def recorded_runs(self):
         """The runs this job recorded (``Store.runs()`` rows), once it has exited: for each run it relaunches
@@ -179,10 +179,10 @@ NO_RUN = (
 )
 
 
-def _exit_state(runs, expected, unlisted=()) -> str:
+def _exit_state(runs, expected, unlisted=(), empty_places=0) -> str:
     """The state of a job that exited with code 0, told by the runs it recorded (:func:`_find_runs`) for
     the runs it relaunches (``expected``: parent id and name each), and the other runs its process recorded
-    (``unlisted``)."""
+    (``unlisted``; ``empty_places`` of them are the runs of its own that trackers at empty places record)."""
     if runs is _UNKNOWN:
         return "exited"
     if all(run is None for run in runs):
@@ -195,7 +195,7 @@ def _exit_state(runs, expected, unlisted=()) -> str:
             "than the first time (a setting of its own? a relaunch's standard input is empty). Its log may "
             "say which."
         )
-    if unlisted:
+    if len(unlisted) > empty_places:
         return _more_trackers(runs, expected, unlisted)
     empty = [run for run in runs if not run.get("n_steps")]
     if empty:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dashboard.commands import check_recorded_command, recorded_path, replayed_environment
 from dashboard.launchspec import LaunchSpec
-from dashboard.siblings import same_process
+from dashboard.siblings import same_process, slots
 from dashboard.text import safe_file_name
 from dashboard.torchrun import refuse_torchrun
 
@@ -202,14 +202,13 @@ def relaunch_spec(
             f"(got options {sorted(overrides)!r})"
         )
     group = same_process(run, siblings)
-    names = [name if int(r["id"]) == int(run["id"]) else relaunch_name(r, clip) for r in group]
-    return external_spec(
-        run,
-        name=name,
-        db=db,
-        clip=clip,
-        lineage=[(int(r["id"]), n) for r, n in zip(group, names, strict=True)],
-    )
+    placed = slots(group) or group  # by the trackers' places in the process, where they recorded them
+
+    def named(r: Mapping) -> str:
+        return name if int(r["id"]) == int(run["id"]) else relaunch_name(r, clip)
+
+    lineage = [(None, None) if r is None else (int(r["id"]), named(r)) for r in placed]
+    return external_spec(run, name=name, db=db, clip=clip, lineage=lineage)
 
 
 def _config(run: Mapping) -> dict:
@@ -304,7 +303,7 @@ def external_spec(
     name: str,
     db: str | os.PathLike,
     clip: str,
-    lineage: Sequence[tuple[int, str]] = (),
+    lineage: Sequence[tuple[int | None, str | None]] = (),
 ) -> LaunchSpec:
     """Re-execute an external script's recorded command with ``GRADWATCH_CLIP`` set, and the environment
     variables it recorded (:func:`environment_changes`).
@@ -315,7 +314,8 @@ def external_spec(
     not UTF-8 was recorded escaped). A run of torchrun is refused (:mod:`dashboard.torchrun`).
     ``lineage``: (parent id, name) of each run of a process that recorded several (``run`` among them), in
     the order it created them: ``GRADWATCH_PARENT_RUN`` lists the ids, ``GRADWATCH_RUN`` the names (JSON),
-    and the k-th tracker of the new process continues the k-th run.
+    and the k-th tracker of the new process continues the k-th run; ``(None, None)`` at a place whose run
+    this database does not hold (an empty place: that tracker records a run of its own).
     """
     typed = tracker_notes(run).get("orig_argv")
     typed = [str(a) for a in typed] if isinstance(typed, list) and typed else None
@@ -324,8 +324,9 @@ def external_spec(
         raise ValueError(f"run {run.get('id')!r} has no recorded command (argv) to re-execute")
     python = recorded_path(run.get("python")) or sys.executable
     cwd = recorded_path(run.get("cwd")) or os.getcwd()
-    lineage = tuple((int(i), str(n)) for i, n in lineage) if len(lineage) > 1 else ()
-    parents = ",".join(str(i) for i, _ in lineage) or str(int(run["id"]))
+    lineage = tuple((None, None) if i is None else (int(i), str(n)) for i, n in lineage)
+    lineage = lineage if len(lineage) > 1 else ()
+    parents = ",".join("" if i is None else str(i) for i, _ in lineage) or str(int(run["id"]))
     names = json.dumps([n for _, n in lineage], ensure_ascii=False) if lineage else name
     env = {CLIP_ENV: clip, DB_ENV: str(db), PARENT_ENV: parents, RUN_ENV: names}
     changes, why = replayed_environment(run)

@@ -38,15 +38,21 @@ class LaunchSpec:
     # The dashboard's environment changed into the run's recorded one; None: not recorded (older runs).
     changes: EnvChanges | None = None
     # (parent id, name) of each run a relaunch of a process that recorded several is to record, in the
-    # order it created them; () for one run (``parent_id``, ``name``).
-    lineage: tuple[tuple[int, str], ...] = ()
+    # order it created them, (None, None) at a place whose run the database does not hold; () for one run
+    # (``parent_id``, ``name``).
+    lineage: tuple[tuple[int | None, str | None], ...] = ()
 
     @property
     def expected(self) -> tuple[tuple[int, str], ...]:
         """(parent id, name) of each run this command is to record as a relaunch (none for a resume)."""
         if self.lineage:
-            return self.lineage
+            return tuple((i, n) for i, n in self.lineage if i is not None)
         return () if self.parent_id is None else ((self.parent_id, self.name),)
+
+    @property
+    def empty_places(self) -> int:
+        """How many of the relaunched process's trackers are to record runs of their own (empty places)."""
+        return sum(i is None for i, _ in self.lineage)
 
     def child_env(self, environ: Mapping[str, str]) -> dict[str, str]:
         """The process's environment, given the dashboard's."""

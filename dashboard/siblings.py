@@ -9,15 +9,18 @@ except one: the store gives each new run the next id after the largest (SQLite's
 run deleted between two runs of the process leaves its id unused. Whether it was this process's run or
 another process's cannot be told; one deleted after the process's last run, or written to another file,
 leaves nothing at all (the job then says, once it exits, that its process recorded more runs than it
-relaunched: ``dashboard.jobs``).
+relaunched: ``dashboard.jobs``). That was so of runs recorded before the tracker noted each tracker's place
+in its process (``_gradwatch.position``); for those recorded since, :func:`slots` tells exactly which places
+are empty, and the relaunch leaves them empty (``GRADWATCH_PARENT_RUN=,2``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 
-__all__ = ["missing_between", "same_process"]
+__all__ = ["missing_between", "same_process", "slots"]
 
 
 def same_process(run: Mapping, runs: Iterable[Mapping]) -> list[dict]:
@@ -40,6 +43,37 @@ def missing_between(group: Iterable[Mapping], ids: Iterable[int]) -> list[int]:
         return []
     present = {int(i) for i in ids}
     return [i for i in range(mine[0] + 1, mine[-1]) if i not in present]
+
+
+def slots(group: Iterable[Mapping]) -> list[dict | None] | None:
+    """The runs of ``group`` (:func:`same_process`) by their tracker's place in the process, ``None`` at a
+    place whose run this database does not hold (a GAN's generator run written to another file): what a
+    relaunch lists, so that each new tracker continues its own run and the one at an empty place records
+    a run of its own. The tracker records its place from the second on (``_gradwatch.position``); None when
+    that cannot tell: no run of the group recorded one (an older tracker's runs), or two claim one place."""
+    group = [dict(r) for r in group]
+    places = [_position(r) for r in group]
+    if all(p is None for p in places) and len(group) > 1:
+        return None
+    by_place: dict[int, dict] = {}
+    for run, place in zip(group, places, strict=True):
+        place = place or 1  # (the first tracker records none)
+        if place in by_place:
+            return None
+        by_place[place] = run
+    return [by_place.get(k) for k in range(1, max(by_place) + 1)]
+
+
+def _position(run: Mapping) -> int | None:
+    config = run.get("config")
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            return None
+    notes = config.get("_gradwatch") if isinstance(config, Mapping) else None
+    place = notes.get("position") if isinstance(notes, Mapping) else None
+    return place if isinstance(place, int) and not isinstance(place, bool) and place >= 2 else None
 
 
 def _process(run: Mapping) -> tuple | None:

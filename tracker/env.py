@@ -82,34 +82,43 @@ def resolve_parent(parent_id: int | None) -> int | None:
     return ids[0]
 
 
-_taken = 0  # trackers of this process that took a place in a list of parents (see resolve_lineage)
-_taken_lock = threading.Lock()
+_created = 0  # enabled trackers this process has created: each one's position in it is its count (1, 2, ...)
+_created_lock = threading.Lock()
 
 
-def resolve_lineage(run: str | None, parent_id: int | None) -> tuple[str | None, int | None]:
-    """(run name, parent id) of a new tracker: the program's, unless the environment says otherwise.
+def resolve_lineage(run: str | None, parent_id: int | None) -> tuple[str | None, int | None, int]:
+    """(run name, parent id, position) of a new tracker: the name and parent are the program's, unless the
+    environment says otherwise; ``position`` is the tracker's place among those this process created
+    (1 for the first), which the run records (``_gradwatch.position``, from 2 on) for a relaunch to match.
 
     With one parent id in ``$GRADWATCH_PARENT_RUN``, every tracker of the process takes it and the name in
     ``$GRADWATCH_RUN``. With a list (``4,5``: a relaunch of a process that recorded several runs),
     ``$GRADWATCH_RUN`` is a JSON list of as many names and the k-th tracker created takes the k-th of each;
-    one more than listed keeps the program's name and no parent, with a warning. ``ValueError`` names
-    the variable when they do not fit."""
-    global _taken
+    an empty place (``4,,6`` with ``null`` for its name: a run of that process this database does not hold)
+    and one beyond the list keep the program's name and parent (the latter with a warning). ``ValueError``
+    names the variable when they do not fit."""
+    global _created
+    with _created_lock:
+        _created += 1
+        position = _created
     ids = _parent_ids()
     if ids is None or len(ids) == 1:
-        return resolve_run_name(run), ids[0] if ids else parent_id
+        return resolve_run_name(run), ids[0] if ids else parent_id, position
     raw = os.environ.get(RUN_ENV, "").strip()
     try:
         names = json.loads(raw) if raw else None
     except json.JSONDecodeError:
         names = None
-    if not (isinstance(names, list) and len(names) == len(ids) and all(isinstance(n, str) for n in names)):
+    fits = isinstance(names, list) and len(names) == len(ids)
+    if not fits or not all(
+        isinstance(n, str) if i is not None else n is None for n, i in zip(names, ids, strict=True)
+    ):
+        example = '["gen · norm:0.5", "disc · norm:0.5"]'
         raise ValueError(
-            f"{PARENT_ENV} lists {len(ids)} runs, so {RUN_ENV} must be a JSON list of {len(ids)} names "
-            f'(e.g. {RUN_ENV}=\'["gen · norm:0.5", "disc · norm:0.5"]\'), got {raw!r}'
+            f"{PARENT_ENV} lists {len(ids)} runs, so {RUN_ENV} must be a JSON list of {len(ids)} names, null "
+            f"where {PARENT_ENV} has an empty place (e.g. {RUN_ENV}='{example}'), got {raw!r}"
         )
-    with _taken_lock:
-        k, _taken = _taken, _taken + 1
+    k = position - 1
     if k >= len(ids):
         warnings.warn(
             f"{PARENT_ENV}={os.environ[PARENT_ENV].strip()}: this relaunch creates more trackers than the "
@@ -117,21 +126,28 @@ def resolve_lineage(run: str | None, parent_id: int | None) -> tuple[str | None,
             "parent.",
             stacklevel=3,
         )
-        return run, parent_id
-    return names[k].strip() or run, ids[k]
+        return run, parent_id, position
+    if ids[k] is None:  # (that run of the process is not in this database: this one is a run of its own)
+        return run, parent_id, position
+    return names[k].strip() or run, ids[k], position
 
 
-def _parent_ids() -> list[int] | None:
+def _parent_ids() -> list[int | None] | None:
+    """The ids in ``$GRADWATCH_PARENT_RUN``; None for an empty place in a list (``4,,6``)."""
     value = os.environ.get(PARENT_ENV, "").strip()
     if not value:
         return None
     parts = [p.strip() for p in value.split(",")]
-    if not all(p.isascii() and p.isdigit() and int(p) >= 1 for p in parts):
+    several = len(parts) > 1
+    if not all(
+        (p.isascii() and p.isdigit() and int(p) >= 1) or (several and not p) for p in parts
+    ) or not any(parts):
         raise ValueError(
             f"{PARENT_ENV}={value!r}: expected a run id (a positive integer), e.g. {PARENT_ENV}=3, or a "
-            f"comma-separated list of them, e.g. {PARENT_ENV}=3,4"
+            f"comma-separated list of them, e.g. {PARENT_ENV}=3,4 (an empty place for a run not in the "
+            f"database: {PARENT_ENV}=3,,5)"
         )
-    return [int(p) for p in parts]
+    return [int(p) if p else None for p in parts]
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,7 @@ class GradTracker:
         self.is_writer = process_rank == rank
         self.db_path = resolve_db(db)
         # The dashboard relaunches other people's scripts by environment: name and lineage come from it too.
-        run, parent_id = resolve_lineage(run, parent_id)
+        run, parent_id, position = resolve_lineage(run, parent_id)
         check_run_options(run, parent_id, config)
         # An open tracker of this process attached to an optimizer of this model (a notebook cell run again)
         # would go on clipping every step: closed once this one exists, or before, when this one continues
@@ -231,7 +231,7 @@ class GradTracker:
         self._pid, self._forked_from = os.getpid(), None
         if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write
             forks.check_not_inherited(self.db_path)
-            self._open_run(run, config, choice, parent_id, world_size, resumed)
+            self._open_run(run, config, choice, parent_id, world_size, resumed, position)
         try:
             for old in replaced:
                 _close_replaced(old)
@@ -248,7 +248,7 @@ class GradTracker:
                 close_run(self._remains, "failed", f"{type(e).__name__}: {e}", FINISH_LOCK_WAIT_S, False)
             raise
 
-    def _open_run(self, run, config, choice, parent_id, world_size, resumed) -> None:
+    def _open_run(self, run, config, choice, parent_id, world_size, resumed, position=1) -> None:
         from tracker.store import Store
 
         notes: dict[str, Any] = {}
@@ -294,6 +294,8 @@ class GradTracker:
             notes["orig_argv"] = typed
         if under_torchrun():
             notes["torchrun"] = True
+        if position > 1:  # the k-th tracker of its process (a GAN's): what its relaunch matches runs by
+            notes["position"] = position
         cfg = self._config_with_notes(config, choice, notes)
         if parent_id is not None and not os.path.exists(self.db_path):  # no file holds it: create none
             from tracker.store import RunNotFound

@@ -22,7 +22,7 @@ from dashboard.jobpanel import jobs_panel
 from dashboard.launch import is_trainer_run, parse_sweep, relaunch_name, relaunch_spec, tracker_notes
 from dashboard.launchform import clip_help, clip_input, option_inputs
 from dashboard.options import MODEL_OPTIONS, option_errors
-from dashboard.siblings import missing_between, same_process
+from dashboard.siblings import missing_between, same_process, slots
 from dashboard.text import code_span, escape_markdown
 
 
@@ -242,17 +242,35 @@ def _label(run: dict) -> str:
 
 
 def _group_note(group: list[dict]) -> None:
-    """Say that the runs the source run's process recorded are relaunched together (one process)."""
-    if len(group) < 2:
+    """Say that the runs the source run's process recorded are relaunched together (one process), and which
+    of its trackers' runs this database does not hold (:func:`dashboard.siblings.slots`)."""
+    placed = slots(group) or group
+    empty = [k for k, r in enumerate(placed, 1) if r is None]
+    if len(group) < 2 and not empty:
         return
     runs = ", ".join(f"{escape_markdown(r['name'])} (#{int(r['id'])})" for r in group)
-    every = "both" if len(group) == 2 else f"all {len(group)}"
-    st.info(
-        f"This process recorded {len(group)} runs: {runs}; {every} are relaunched, each as a child of its "
-        "own, in one process with the same clipping (its trackers, in the order it creates them, continue "
-        "these runs in this order). The clip spec must fit each run's layers.",
-        icon=":material/device_hub:",
+    every = "both" if len(group) == 2 else f"all {len(group)}" if len(group) > 2 else "it is"
+    text = (
+        f"This process recorded {len(group)} run{'s' if len(group) > 1 else ''}{' here' if empty else ''}: "
+        f"{runs}; "
+        f"{every}{' are' if len(group) > 1 else ''} relaunched, each as a child of its own, in one process "
+        "with the same clipping (its trackers, in the order it creates them, continue these runs in this "
+        "order). The clip spec must fit each run's layers."
     )
+    if empty:
+        places = ", ".join(_ordinal(k) for k in empty)
+        several = len(empty) > 1
+        record = "they record runs of their own" if several else "it records a run of its own"
+        text += (
+            f" Its {places} tracker{'s' if several else ''} recorded a run this database does not hold "
+            f"(written to another file, or deleted): in the relaunch, {record}, without a parent, under "
+            "the script's name."
+        )
+    st.info(text, icon=":material/device_hub:")
+
+
+def _ordinal(k: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(k, f"{k}th")
 
 
 def _gap_confirmed(group: list[dict], runs) -> bool:
@@ -260,6 +278,8 @@ def _gap_confirmed(group: list[dict], runs) -> bool:
     database (deleted: :func:`dashboard.siblings.missing_between`): had one of them been the process's own,
     its trackers would continue the wrong runs from there on. True when the launch may go ahead: no such
     gap, or the tick that they were not its own (nothing recorded tells)."""
+    if slots(group) is not None:  # (the trackers recorded their places: the empty ones are known exactly)
+        return True
     missing = missing_between(group, runs["id"])
     if not missing:
         return True

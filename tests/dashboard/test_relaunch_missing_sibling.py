@@ -7,6 +7,7 @@ The other cases show once the relaunch has run: its process recorded more runs t
 its job says (it used to read "exited", the tracker's warning left in the log)."""
 
 import functools
+import json
 import os
 import sqlite3
 import sys
@@ -19,7 +20,7 @@ from sqlite_rows import rows
 
 from dashboard.jobs import Launcher
 from dashboard.launch import relaunch_spec, same_process
-from dashboard.siblings import missing_between
+from dashboard.siblings import missing_between, slots
 from tracker.store import Store
 
 _wait = functools.partial(wait_for, timeout=120.0, interval=0.05)
@@ -32,6 +33,20 @@ def test_the_ids_missing_between_the_runs_of_one_process():
     assert missing_between(runs[:1], [3]) == []  # one run: nothing is between
     # Before the first run or after the last one, a deleted run leaves no trace (ids are max + 1).
     assert missing_between(runs[:2], [3, 5]) == [4]
+
+
+def test_the_runs_of_one_process_by_their_trackers_places():
+    def run(i, place=None):
+        notes = {"_gradwatch": {"position": place}} if place else {"lr": 0.1}
+        return dict(id=i, config=json.dumps(notes))
+
+    assert slots([run(1)]) == [run(1)]  # one tracker: the first, which records no place
+    assert slots([run(1), run(2, 2)]) == [run(1), run(2, 2)]
+    assert slots([run(1), run(3, 3)]) == [run(1), None, run(3, 3)]
+    assert slots([run(2, 2)]) == [None, run(2, 2)]  # the first tracker's run is elsewhere
+    assert slots([run(1), run(2)]) is None  # recorded before trackers noted their places
+    assert slots([run(1, 2), run(2, 2)]) is None  # two claim one place: nothing to go by
+    assert slots([dict(id=1, config="{not json"), run(2, 2)]) == [dict(id=1, config="{not json"), run(2, 2)]
 
 
 def _database(tmp_path: Path, *, delete: int | None, other_pid: bool = False) -> Path:
@@ -110,9 +125,42 @@ for tracker in trackers:
 
 
 @pytest.mark.slow
-def test_a_relaunch_whose_process_records_more_runs_than_it_relaunches_says_so(tmp_path, monkeypatch):
+def test_a_relaunch_leaves_the_place_of_a_run_not_in_the_database_empty(tmp_path, monkeypatch, app):
     db, runs = record_script(tmp_path, monkeypatch, GAN)
     assert [r["name"] for r in runs] == ["gen", "aux"]
+    # Each tracker recorded its place in the process: the 2nd's run (disc) is not here, and no id says so.
+    assert slots(runs) == [runs[0], None, runs[1]] and missing_between(runs, [1, 2]) == []
+    at = open_page(app(db), "views/launch.py", launch_from=1)
+    assert "Its 2nd tracker recorded a run this database does not hold" in texts(at, "info")
+    spec = relaunch_spec(runs[0], name="gen b", db=db, clip="norm:0.5", config_dir=tmp_path, siblings=runs)
+    assert spec.env["GRADWATCH_PARENT_RUN"] == "1,,2"
+    assert json.loads(spec.env["GRADWATCH_RUN"]) == ["gen b", None, "aux · norm:0.5"]
+    [job] = Launcher(tmp_path / "gradwatch-logs").submit([spec])
+    assert job.error is None and _wait(lambda: job.popen.poll() is not None)
+    # The oracle, read with sqlite3: each new run has its parent's layers; disc's is a run of its own.
+    layers = dict(rows(db, "SELECT run_id, group_concat(name) FROM layers GROUP BY run_id"))
+    children = rows(db, "SELECT id, name, parent_id FROM runs WHERE id > 2 ORDER BY id")
+    assert [(name, parent) for _, name, parent in children] == [
+        ("gen b", 1),
+        ("disc", None),
+        ("aux · norm:0.5", 2),
+    ]
+    assert layers[children[0][0]] == layers[1] and layers[children[2][0]] == layers[2]
+    assert job.state == "exited", job.state
+
+
+@pytest.mark.slow
+def test_a_relaunch_of_runs_recorded_without_places_says_when_its_process_recorded_more(
+    tmp_path, monkeypatch
+):
+    db, runs = record_script(tmp_path, monkeypatch, GAN)
+    con = sqlite3.connect(db)  # as a tracker older than the places recorded them
+    with con:
+        con.execute("UPDATE runs SET config = json_remove(config, '$._gradwatch.position')")
+    con.close()
+    with Store.open(db, readonly=True) as store:
+        runs = store.runs().to_dict("records")
+    assert slots(runs) is None
     spec = relaunch_spec(runs[0], name="gen b", db=db, clip="norm:0.5", config_dir=tmp_path, siblings=runs)
     # Nothing tells the page that disc is missing: no id between the two.
     assert spec.env["GRADWATCH_PARENT_RUN"] == "1,2" and missing_between(runs, [1, 2]) == []

@@ -376,6 +376,7 @@ def test_env_clip_overrides_the_argument_and_is_recorded(db_path, monkeypatch):
     # (with the command line as typed when pytest runs as `python -m pytest`).
     config = json.loads(config)
     config["_gradwatch"].pop("orig_argv", None)
+    config["_gradwatch"].pop("position", None)  # (this test process has made trackers before)
     assert config == {"_gradwatch": {"requested_clip": "none"}}
 
 
@@ -451,7 +452,7 @@ def test_a_config_that_would_lose_a_value_or_cannot_be_stored_is_refused_before_
     assert not db_path.exists()
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5", "1,x", "1,,2", "1,²", "١"])
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5", "1,x", ",,", "1,²", "١"])
 def test_bad_env_parent_names_the_variable(db_path, monkeypatch, value):
     monkeypatch.setenv("GRADWATCH_PARENT_RUN", value)
     with pytest.raises(ValueError, match="GRADWATCH_PARENT_RUN"):
@@ -498,10 +499,22 @@ def test_a_process_with_two_trackers_is_relaunched_run_for_run(db_path, tmp_path
     assert out.returncode == 0 and "WARNED" in out.stdout and "more trackers" in out.stdout, out.stderr
     bad = run("gen", "disc", GRADWATCH_PARENT_RUN="1,2", GRADWATCH_RUN="gen · norm:0.5")
     assert bad.returncode != 0 and "must be a JSON list of 2 names" in bad.stderr
-    assert _rows(db_path, "SELECT id, name, parent_id FROM runs ORDER BY id") == [
-        (1, "gen", None), (2, "disc", None),
-        (3, "gen · norm:0.5", 1), (4, "disc · norm:0.5", 2),
-        (5, "gen · norm:0.5", 1), (6, "disc · norm:0.5", 2), (7, "critic", None),
+    # The generator's run is not in this database (written elsewhere, deleted): an empty place, and its
+    # tracker records a run of its own under the program's name; the discriminator's still continues #2.
+    gap = run("gen", "disc", GRADWATCH_PARENT_RUN=",2", GRADWATCH_RUN=json.dumps([None, "disc · gap"]))
+    assert gap.returncode == 0, gap.stderr
+    bad = run("gen", "disc", GRADWATCH_PARENT_RUN=",2", GRADWATCH_RUN=json.dumps(["gen", "disc · gap"]))
+    assert bad.returncode != 0 and "null where GRADWATCH_PARENT_RUN has an empty place" in bad.stderr
+    # Each run records its tracker's place in its process (from the 2nd on): what a relaunch matches.
+    assert _rows(
+        db_path,
+        "SELECT id, name, parent_id, json_extract(config, '$._gradwatch.position') FROM runs ORDER BY id",
+    ) == [
+        (1, "gen", None, None), (2, "disc", None, 2),
+        (3, "gen · norm:0.5", 1, None), (4, "disc · norm:0.5", 2, 2),
+        # (critic: the 4th GradTracker(): the script made it again after the 3rd raised its warning)
+        (5, "gen · norm:0.5", 1, None), (6, "disc · norm:0.5", 2, 2), (7, "critic", None, 4),
+        (8, "gen", None, None), (9, "disc · gap", 2, 2),
     ]  # fmt: skip
 
 

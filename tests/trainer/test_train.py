@@ -92,6 +92,13 @@ def test_gradient_accumulation_equals_the_large_batch(corpus_cache, tmp_path):
         assert norm_b == pytest.approx(norm_a, rel=1e-4)
 
 
+def _placeless(config) -> dict:
+    """A recorded config without the tracker's place in its process: this test process made others before."""
+    config = json.loads(config) if isinstance(config, str) else dict(config)
+    notes = {k: v for k, v in config.get("_gradwatch", {}).items() if k != "position"}
+    return {**config, "_gradwatch": notes} if "_gradwatch" in config else config
+
+
 def test_config_replay_records_parent_and_overrides(corpus_cache, db_path, tmp_path):
     assert main(tiny(corpus_cache, db_path, "--task", "digits", "--max-steps", "2", "--clip", "norm:5",
                      "--rnn-type", "lstm", "--run", "parent")) == 0  # fmt: skip
@@ -109,14 +116,14 @@ def test_config_replay_records_parent_and_overrides(corpus_cache, db_path, tmp_p
     )
     assert child_parent == parent_id and clip == parse_clip("zclip:2.5").spec  # canonical form
     expected = dict(json.loads(parent_config), clip="zclip:2.5", parent_run=parent_id, run="child")
-    assert json.loads(child_config) == expected
+    assert _placeless(child_config) == _placeless(expected)
 
     # --config RUN_ID reads the recorded config from the database; that run becomes the parent.
     assert main(["--config", str(parent_id), "--db", str(db_path), "--clip", "none", "--run", "again"]) == 0
     [(again_parent, again_config)] = query(db_path, "SELECT parent_id, config FROM runs WHERE name = 'again'")
     assert again_parent == parent_id
-    assert json.loads(again_config) == dict(
-        json.loads(parent_config), clip="none", parent_run=parent_id, run="again"
+    assert _placeless(again_config) == _placeless(
+        dict(json.loads(parent_config), clip="none", parent_run=parent_id, run="again")
     )
 
 
