@@ -114,6 +114,21 @@ def newer_schema_database(path: Path) -> Path:
     return path
 
 
+def checkpointed(path: Path) -> None:
+    """Every row of ``path`` moved from its -wal into the file itself, where damage_last_leaf writes: until
+    it is done (a checkpoint that found the file busy, a closing connection on a loaded machine, leaves rows
+    in the WAL, and the damage would hit stale pages that no read then uses). The connection is closed."""
+    from polling import wait_for
+
+    conn = sqlite3.connect(path)
+    try:
+        assert wait_for(
+            lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0, timeout=30
+        )
+    finally:
+        conn.close()
+
+
 def damage_last_leaf(path: Path, table: str, *, cells_only: bool = False) -> int:
     """Overwrite the last leaf page of ``table``'s B-tree (where new rows go) with garbage, leaving the
     header and the schema readable: a file corrupt in its data pages. ``cells_only``: only the start of its

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from polling import wait_for
 
 from tests.store.helpers import (
+    checkpointed,
     damage_last_leaf,
     foreign_database,
     newer_schema_database,
@@ -239,12 +239,7 @@ def _a_run_of_300_steps(db_path) -> int:
 @pytest.mark.parametrize("cells_only", [False, True], ids=["page", "cell-pointers"])
 def test_damaged_data_pages_are_named_and_no_run_is_added(db_path, cells_only):
     run_id = _a_run_of_300_steps(db_path)
-    with sqlite3.connect(db_path) as conn:  # (every row in the file, where the damage goes)
-        # Until it is done: a checkpoint that found the file busy (a closing connection, on a loaded machine)
-        # leaves rows in the WAL, and the damage would hit stale pages that no read then uses.
-        assert wait_for(
-            lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0, timeout=30
-        )
+    checkpointed(db_path)
     damage_last_leaf(db_path, "grad_norms", cells_only=cells_only)
     before = db_path.read_bytes()
     with Store.open(db_path) as s:  # header and schema are fine: it opens
@@ -264,10 +259,7 @@ def test_the_recovery_the_message_gives_saves_the_readable_rows(tmp_path):
     # plain `.dump` of a damaged file ends in a ROLLBACK that loads nothing.
     db_path = tmp_path / "my runs.db"  # (a space: the command must be copyable as shown)
     run_id = _a_run_of_300_steps(db_path)
-    with sqlite3.connect(db_path) as conn:
-        assert wait_for(
-            lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0, timeout=30
-        )
+    checkpointed(db_path)
     damage_last_leaf(db_path, "grad_norms")
     with Store.open(db_path) as s, pytest.raises(DatabaseCorrupt) as info:
         s.create_run(name="new")
