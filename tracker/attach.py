@@ -107,11 +107,12 @@ class Attachment:
         ref = weakref.ref(self)
 
         def step(optimizer, *args, **kwargs):
+            below = step.wrapped  # (read at each call: _live splices out wrappers of attachments gone)
             attachment = ref()
             if attachment is None:
-                return original(optimizer, *args, **kwargs)
+                return below(optimizer, *args, **kwargs)
             calls = attachment._calls
-            out = original(optimizer, *args, **kwargs)
+            out = below(optimizer, *args, **kwargs)
             if (
                 optimizer is attachment.optimizer
                 and attachment._calls == calls
@@ -146,11 +147,24 @@ class Attachment:
         self.tracker._forget(self)
 
 
+def _passes_through(step: Any) -> bool:
+    ref = getattr(step, "attachment", None)
+    return ref is not None and (ref() is None or ref()._pre is None)
+
+
 def _live(step: Any) -> Any:
-    """``step`` (a GradScaler's ``step``, perhaps wrapped by attachments), less the wrappers on top whose
-    attachment was removed or is gone: they only pass through."""
-    while (ref := getattr(step, "attachment", None)) is not None and (ref() is None or ref()._pre is None):
+    """``step`` (a GradScaler's ``step``, perhaps wrapped by attachments), less the wrappers whose attachment
+    was removed or is gone, anywhere in the chain: they only pass through. (A notebook cell re-run attaches
+    while the previous cell's attachment is not collected yet: left out at a later attach.)"""
+    while _passes_through(step):
         step = step.wrapped
+    wrapper = step
+    while getattr(wrapper, "attachment", None) is not None:
+        below = wrapper.wrapped
+        while _passes_through(below):
+            below = below.wrapped
+        wrapper.wrapped = below
+        wrapper = below
     return step
 
 
@@ -178,7 +192,7 @@ class AttachmentHandle:
     def __repr__(self) -> str:
         attachment = self._ref()
         if attachment is None:
-            return "<gradwatch attachment (gone)>"
+            return "<gradwatch attachment (removed, or its optimizer is gone)>"
         state = "attached" if attachment._pre is not None else "removed"
         return f"<gradwatch attachment of {type(attachment.optimizer).__name__} ({state})>"
 

@@ -14,9 +14,11 @@ its step hook), and nothing else of gradwatch's (the handle ``attach()`` returns
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import queue
 import threading
+import time
 import traceback
 import weakref
 from typing import Any
@@ -26,7 +28,7 @@ import torch
 from tracker.lifetime import exit_status
 from tracker.rows import pending_parts
 
-__all__ = ["ExitHook", "Remains", "close_run", "complete_update", "when_dropped"]
+__all__ = ["ExitHook", "Remains", "close_run", "complete_update", "wait_closed", "when_dropped"]
 
 
 class Remains:
@@ -36,12 +38,13 @@ class Remains:
     drains them); ``exc_seen`` the traceback last shown at its last step (``lifetime.exit_status``).
     """
 
-    __slots__ = ("writer", "store", "sigterm", "rows", "extra", "sharded", "pending", "exc_seen")
+    __slots__ = ("writer", "store", "sigterm", "rows", "extra", "sharded", "pending", "exc_seen", "run")
 
     def __init__(self) -> None:
         self.writer = self.store = self.sigterm = self.rows = self.extra = self.exc_seen = None
         self.sharded = False
         self.pending: list[Any] = []
+        self.run: tuple[str, int] | None = None  # (the database's real path, the run id), once opened
 
 
 def complete_update(r: Remains, collective: bool) -> None:
@@ -57,20 +60,23 @@ def complete_update(r: Remains, collective: bool) -> None:
 
 
 def close_run(r: Remains, status: str, error: str | None, timeout: float, collective: bool = True) -> None:
-    """Hand the last rows to the writer, give back the SIGTERM hold, close the run with ``status``."""
+    """Hand the last rows to the writer, close the run with ``status``, then give back the SIGTERM hold
+    (last: a SIGTERM while the close waits for a lock still stops the run cleanly)."""
     try:
         complete_update(r, collective)
         pending, r.pending = r.pending, []
         if pending and r.writer is not None:
             r.rows.write_pending(r.writer, torch.cat(pending_parts(pending)).tolist(), 0, pending)
     finally:
-        if r.sigterm is not None:
-            r.sigterm.remove()
-        if r.writer is not None:
-            r.writer.close(status=status, error=error, timeout=timeout)
-        if r.store is not None:
-            r.store.close()
-        r.rows = r.extra = None  # (they hold the model's parameters)
+        try:
+            if r.writer is not None:
+                r.writer.close(status=status, error=error, timeout=timeout)
+            if r.store is not None:
+                r.store.close()
+        finally:
+            if r.sigterm is not None:
+                r.sigterm.remove()
+            r.rows = r.extra = None  # (they hold the model's parameters)
 
 
 # The runs of dropped trackers, closed one after the other by one thread. A finalizer runs wherever the
@@ -81,25 +87,50 @@ def close_run(r: Remains, status: str, error: str | None, timeout: float, collec
 _queue: queue.SimpleQueue = queue.SimpleQueue()
 _closer: threading.Thread | None = None
 _closer_lock = threading.Lock()
+# The runs queued or being closed, by (database real path, run id): a tracker resuming one waits for it.
+_closing: set[tuple[str, int]] = set()
+
+
+def _close_one(item: tuple) -> None:
+    r, status, error, timeout, exit_hook = item
+    try:
+        close_run(r, status, error, timeout, collective=False)
+    except BaseException:  # (as a thread of its own would: said on stderr; the next run is still closed)
+        traceback.print_exc()
+    finally:
+        _closing.discard(r.run)
+        with contextlib.suppress(Exception):  # (an exit hook of someone else's whose == raises, say)
+            atexit.unregister(exit_hook)
 
 
 def _close_queued(q: queue.SimpleQueue) -> None:
     while (item := q.get()) is not None:
-        r, status, error, timeout, exit_hook = item
-        try:
-            close_run(r, status, error, timeout, collective=False)
-        except Exception:  # (as a thread of its own would: said on stderr, the next run still closed)
-            traceback.print_exc()
-        finally:
-            atexit.unregister(exit_hook)
+        _close_one(item)
 
 
 def _drain_at_exit() -> None:
-    # The interpreter is exiting: the runs of trackers dropped just before are closed before it ends.
+    # The interpreter is exiting: the runs of trackers dropped just before are closed before it ends (by
+    # this thread, should the closer have died).
     closer = _closer
     if closer is not None and closer.is_alive():
         _queue.put(None)
         closer.join()
+    while True:
+        try:
+            item = _queue.get_nowait()
+        except queue.Empty:
+            return
+        if item is not None:
+            _close_one(item)
+
+
+def wait_closed(db: str | os.PathLike, run_id: int, timeout: float) -> None:
+    """Wait (up to ``timeout`` s) until run ``run_id`` of ``db`` is no longer queued or being closed here:
+    a tracker resuming a run whose tracker this process dropped a moment ago."""
+    key = (os.path.realpath(db), run_id)
+    deadline = time.monotonic() + timeout
+    while key in _closing and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _start_closer() -> None:
@@ -126,6 +157,10 @@ def _closed_when_dropped(r: Remains, timeout: float, exit_hook: ExitHook) -> Non
     # A traceback shown since its last step (Ctrl-C stopping its loop) decides, as at exit; taken now, in
     # the thread that dropped it, before a later one replaces it. (No lock is taken here.)
     status, error = exit_status(seen=r.exc_seen)
+    if r.run is not None:
+        _closing.add(r.run)
+    if r.writer is not None:  # its own exit hook need not flush: the closer closes it, after that hook
+        r.writer.writer.closed_elsewhere = True
     _queue.put((r, status, error, timeout, exit_hook))
 
 

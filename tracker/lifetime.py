@@ -65,12 +65,24 @@ def _new_lock_in_fork_child() -> None:
 os.register_at_fork(after_in_child=_new_lock_in_fork_child)
 
 
+def _in_pool_worker() -> bool:
+    """A worker of a ``multiprocessing`` Pool: its pool ends it with SIGTERM (``terminate()``, also on
+    leaving ``with Pool(...)``), often while its main thread waits in a lock for the next task, where a
+    Python-level handler never runs: the worker would never end, and the pool would wait for it forever."""
+    mp = sys.modules.get("multiprocessing")
+    if mp is None or mp.parent_process() is None:
+        return False
+    return "PoolWorker" in mp.current_process().name
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     global _sigterm_received
     if _holders == 0:
         # Every tracker that held it has finished, the last from a thread that could not put back the
         # default (a dropped tracker's run is closed by a thread of its own): SIGTERM ends the process as
         # it would without gradwatch, not as an exception some `except BaseException` could swallow.
+        if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+            return  # called by a handler installed since, chaining to us: without gradwatch, it had none
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
@@ -91,7 +103,7 @@ class SigtermAsExit:
     def __init__(self) -> None:
         global _holders, _replaced
         self.installed = False
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread() or _in_pool_worker():
             return
         with _lock:
             current = signal.getsignal(signal.SIGTERM)

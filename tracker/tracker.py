@@ -49,7 +49,7 @@ from tracker.distributed import (
     rank_and_world_size,
     sharded_norms,
 )
-from tracker.dropped import ExitHook, Remains, close_run, complete_update, when_dropped
+from tracker.dropped import ExitHook, Remains, close_run, complete_update, wait_closed, when_dropped
 from tracker.env import resolve_clip, resolve_db, resolve_lineage
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
@@ -225,6 +225,7 @@ class GradTracker:
                 if old in replaced:
                     replaced.remove(old)
                 _close_replaced(old, "records the run this one continues")
+            wait_closed(self.db_path, resumed["run_id"], FINISH_LOCK_WAIT_S)  # (dropped a moment ago)
         self.run_id: int | None = None
         self._store = self._writer = None
         self._sigterm = None
@@ -284,7 +285,7 @@ class GradTracker:
                 raise
             self.run_id, self._store = resumed["run_id"], store
             self._writer = self._remains.writer = Outbox(writer)
-            self._remains.store = store
+            self._remains.store, self._remains.run = store, (os.path.realpath(self.db_path), self.run_id)
             return
 
         # What a relaunch replays, recorded at creation (a resume keeps it): argv and the command as typed
@@ -326,6 +327,7 @@ class GradTracker:
             raise
         self._store = self._remains.store = store
         self._writer = self._remains.writer = Outbox(writer)
+        self._remains.run = (os.path.realpath(self.db_path), self.run_id)
 
     def _number_as_recorded(self, run_id: int, recorded: list[dict[str, Any]], required: set[str]) -> None:
         """Give this model's tensors the layer ids the run recorded them under, by name: they differ from
@@ -523,10 +525,11 @@ class GradTracker:
             return
         self._finished = True
         self._dropped.detach()
-        atexit.unregister(self._exit_hook)
         try:  # (every rank finishes together when it is "finished": the collectives it may need are joined)
             close_run(self._remains, status, error, FINISH_LOCK_WAIT_S, collective=status == "finished")
         finally:
+            with contextlib.suppress(Exception):  # (an exit hook of someone else's whose == raises, say)
+                atexit.unregister(self._exit_hook)
             self._watch.close()
             self.detach()
             # A finished tracker kept around (a notebook's variables, its Out cache) keeps neither the model

@@ -3,11 +3,13 @@ again) is garbage like any object: its model and optimizer state are freed, and 
 process's exit would close it, with every step it measured."""
 
 import gc
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import weakref
 
 import pytest
@@ -17,6 +19,10 @@ from sqlite_rows import rows as _rows
 from torch import nn
 
 from tracker import GradTracker
+
+# The checkout first on the path, so scripts import this tree's tracker however the env was installed.
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_REPO, os.environ.get("PYTHONPATH")])))
 
 
 def _cell(db_path, run, *, attach, steps=5, handle_sigterm=False, **options):
@@ -178,7 +184,9 @@ def test_a_process_that_exits_right_after_dropping_a_tracker_closes_its_run(tmp_
             """
         )
     )
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=_ENV, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     got = _rows(db_path, "SELECT status, (SELECT group_concat(step) FROM clip_events) FROM runs")
     assert got == [("finished", "0,1,2")]
@@ -201,8 +209,9 @@ def test_sigterm_after_a_dropped_tracker_is_closed_ends_the_process_as_without_g
             del tracker
             gc.collect()
             con = sqlite3.connect({str(db_path)!r})
-            while con.execute("SELECT status FROM runs").fetchone()[0] == "running":
-                time.sleep(0.05)
+            from tracker import lifetime
+            while con.execute("SELECT status FROM runs").fetchone()[0] == "running" or lifetime._holders:
+                time.sleep(0.05)  # (the hold is given back once the run is closed)
             try:
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(10)
@@ -212,6 +221,114 @@ def test_sigterm_after_a_dropped_tracker_is_closed_ends_the_process_as_without_g
             """
         )
     )
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=_ENV, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stdout, proc.stderr)
     assert _rows(db_path, "SELECT status FROM runs") == [("finished",)]
+
+
+def test_the_sigterm_hold_is_given_back_only_once_the_run_is_closed(db_path, monkeypatch):
+    # Given back first, a SIGTERM while the close waited for a lock killed the process: the run's last steps
+    # and its status were lost (a Pool's terminate() on workers that dropped their trackers did it).
+    from tracker import lifetime
+
+    model, opt, tracker = _cell(db_path, "held", attach=True, steps=2, handle_sigterm=True)
+    assert tracker._sigterm.installed
+    writer, seen = tracker._remains.writer, []
+    close = writer.close
+    monkeypatch.setattr(writer, "close", lambda **kw: (seen.append(lifetime._holders), close(**kw))[1])
+    tracker.finish()
+    assert seen and seen[0] >= 1 and lifetime._holders == 0
+
+
+def test_a_run_dropped_a_moment_ago_can_be_resumed_at_once(db_path, monkeypatch):
+    # Its tracker is collected, its run queued for the closer: a resume used to find it "still running".
+    from tracker import dropped
+
+    close = dropped.close_run
+
+    def slow_close(*args, **kwargs):  # a close that takes a moment (a busy file, a slow disk)
+        time.sleep(0.5)
+        return close(*args, **kwargs)
+
+    monkeypatch.setattr(dropped, "close_run", slow_close)
+
+    def train() -> list[dict]:
+        states = []
+        for k in range(3):
+            model, opt, tracker = _cell(db_path, f"r{k}", attach=False, steps=2)
+            states.append((model, tracker.state_dict()))
+        return states  # the trackers are dropped here, unfinished
+
+    for model, state in train():
+        again = GradTracker(model, db=db_path, resume=state, every=3, clip="norm:0.5", handle_sigterm=False)
+        again.finish()
+    assert _rows(db_path, "SELECT DISTINCT status FROM runs") == [("finished",)]
+
+
+def test_a_shared_scalers_wrapper_chain_stays_short_over_many_cells(db_path):
+    # Each cell attaches while the previous cell's attachment is garbage not yet collected: only pruning
+    # the top of the chain, it grew by one per cell (RecursionError after ~1000).
+    scaler = torch.amp.GradScaler("cpu")
+    for cell in range(30):
+        model = nn.Linear(4, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        tracker = GradTracker(model, db=db_path, run=f"c{cell}", handle_sigterm=False)
+        tracker.attach(opt, scaler=scaler)
+        gc.collect()  # (what the collector does now and then: the cell before the previous one is gone)
+    depth, step = 0, scaler.step
+    while hasattr(step, "wrapped"):
+        depth, step = depth + 1, step.wrapped
+    assert depth <= 3
+
+
+@pytest.mark.slow
+def test_pool_workers_keep_the_default_sigterm_and_a_chained_user_handler_survives(tmp_path, db_path):
+    # A Pool ends its workers with SIGTERM (terminate(), leaving `with Pool`), often while a worker waits in
+    # a lock, where a Python handler never runs: with gradwatch's installed, the pool waited forever.
+    # And a handler of the user's that chains to the one it replaced must not be killed by gradwatch's.
+    script = tmp_path / "pool.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import gc, multiprocessing, os, signal, sqlite3, time, torch
+            from tracker import GradTracker, lifetime
+
+            def task(k):
+                model = torch.nn.Linear(3, 1)
+                tracker = GradTracker(model, db={str(db_path)!r}, run=f"w{{k}}")
+                return tracker._sigterm.installed, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+            if __name__ == "__main__":
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    print("WORKER", pool.map(task, [0]))
+                model = torch.nn.Linear(3, 1)
+                tracker = GradTracker(model, db={str(db_path)!r}, run="main")
+                model(torch.ones(2, 3)).sum().backward()
+                tracker.step()
+                tracker._me = tracker
+                del tracker
+                threading = __import__("threading")
+                collector = threading.Thread(target=gc.collect)  # (closed from the closer: not restored)
+                collector.start(); collector.join()
+                while lifetime._holders:
+                    time.sleep(0.05)
+                previous = signal.getsignal(signal.SIGTERM)
+                def mine(signum, frame):
+                    print("CHECKPOINT SAVED", flush=True)
+                    if callable(previous):
+                        previous(signum, frame)
+                signal.signal(signal.SIGTERM, mine)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.5)
+                print("STILL HERE", flush=True)
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=_ENV, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "WORKER [(False, True)]" in proc.stdout
+    assert "CHECKPOINT SAVED" in proc.stdout and "STILL HERE" in proc.stdout

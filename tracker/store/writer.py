@@ -136,6 +136,8 @@ class BackgroundWriter:
         self._block_sql: list | None = None  # statements for the layer ids in self._layers, see _statements
         self._thread = threading.Thread(target=self._run, name=f"gradwatch-writer-{self.run_id}", daemon=True)
         self._thread.start()
+        # Set when its GradTracker was dropped unfinished: tracker.dropped closes it, so no flush at exit.
+        self.closed_elsewhere = False
         atexit.register(self._flush_at_exit)
 
     # ---- caller side: cheap, never blocks -------------------------------------------------------
@@ -351,7 +353,8 @@ class BackgroundWriter:
     def _flush_at_exit(self) -> None:
         # The interpreter is exiting without close(): commit what is queued; the status stays "running"
         # and readers show the run as crashed once its pid is gone (the program never said it finished).
-        if self._thread.is_alive() and self._error is None:
+        # (Not for a dropped tracker's: gradwatch's closer closes it, after this hook, and says what it lost.)
+        if self._thread.is_alive() and self._error is None and not self.closed_elsewhere:
             try:
                 self.flush(timeout=30)
             except DatabaseLocked as exc:  # the rows still queued are lost with the process: say so
