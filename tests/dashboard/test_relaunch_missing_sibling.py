@@ -124,6 +124,14 @@ for tracker in trackers:
 """
 
 
+def _launched(tmp_path: Path, db: Path, spec):
+    """Run ``spec`` to its end: the job, the runs it recorded (id, name, parent id) and every run's layers."""
+    [job] = Launcher(tmp_path / "gradwatch-logs").submit([spec])
+    assert job.error is None and _wait(lambda: job.popen.poll() is not None)
+    layers = dict(rows(db, "SELECT run_id, group_concat(name) FROM layers GROUP BY run_id"))
+    return job, rows(db, "SELECT id, name, parent_id FROM runs WHERE id > 2 ORDER BY id"), layers
+
+
 @pytest.mark.slow
 def test_a_relaunch_leaves_the_place_of_a_run_not_in_the_database_empty(tmp_path, monkeypatch, app):
     db, runs = record_script(tmp_path, monkeypatch, GAN)
@@ -135,11 +143,8 @@ def test_a_relaunch_leaves_the_place_of_a_run_not_in_the_database_empty(tmp_path
     spec = relaunch_spec(runs[0], name="gen b", db=db, clip="norm:0.5", config_dir=tmp_path, siblings=runs)
     assert spec.env["GRADWATCH_PARENT_RUN"] == "1,,2"
     assert json.loads(spec.env["GRADWATCH_RUN"]) == ["gen b", None, "aux · norm:0.5"]
-    [job] = Launcher(tmp_path / "gradwatch-logs").submit([spec])
-    assert job.error is None and _wait(lambda: job.popen.poll() is not None)
     # The oracle, read with sqlite3: each new run has its parent's layers; disc's is a run of its own.
-    layers = dict(rows(db, "SELECT run_id, group_concat(name) FROM layers GROUP BY run_id"))
-    children = rows(db, "SELECT id, name, parent_id FROM runs WHERE id > 2 ORDER BY id")
+    job, children, layers = _launched(tmp_path, db, spec)
     assert [(name, parent) for _, name, parent in children] == [
         ("gen b", 1),
         ("disc", None),
@@ -164,12 +169,9 @@ def test_a_relaunch_of_runs_recorded_without_places_says_when_its_process_record
     spec = relaunch_spec(runs[0], name="gen b", db=db, clip="norm:0.5", config_dir=tmp_path, siblings=runs)
     # Nothing tells the page that disc is missing: no id between the two.
     assert spec.env["GRADWATCH_PARENT_RUN"] == "1,2" and missing_between(runs, [1, 2]) == []
-    [job] = Launcher(tmp_path / "gradwatch-logs").submit([spec])
-    assert job.error is None and _wait(lambda: job.popen.poll() is not None)
     # The oracle, read with sqlite3: the discriminator's tracker continued aux (#2), whose layers it has
     # not, and aux's own tracker recorded a run without a parent.
-    layers = dict(rows(db, "SELECT run_id, group_concat(name) FROM layers GROUP BY run_id"))
-    children = rows(db, "SELECT id, name, parent_id FROM runs WHERE id > 2 ORDER BY id")
+    job, children, layers = _launched(tmp_path, db, spec)
     assert [(name, parent) for _, name, parent in children] == [
         ("gen b", 1),
         ("aux · norm:0.5", 2),

@@ -25,6 +25,15 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 _ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_REPO, os.environ.get("PYTHONPATH")])))
 
 
+def _run_script(tmp_path, source: str, timeout: float) -> subprocess.CompletedProcess:
+    """``source`` (dedented) run as a script of its own with this tree's tracker; its output captured."""
+    script = tmp_path / "cell.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script)], env=_ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def _cell(db_path, run, *, attach, steps=5, handle_sigterm=False, **options):
     """What the notebook cell does: a new model, its optimizer, a tracker (every=3: steps left buffered)."""
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -165,10 +174,9 @@ def test_a_tracker_kept_or_finished_is_not_closed_again(db_path):
 def test_a_process_that_exits_right_after_dropping_a_tracker_closes_its_run(tmp_path, db_path):
     # The closing happens on a thread of its own (the collector may run in any thread): the interpreter
     # waits for it before exiting.
-    script = tmp_path / "cell.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
+    proc = _run_script(
+        tmp_path,
+        f"""
             import gc, threading, torch
             from tracker import GradTracker
             model = torch.nn.Linear(3, 1)
@@ -181,11 +189,8 @@ def test_a_process_that_exits_right_after_dropping_a_tracker_closes_its_run(tmp_
             collector = threading.Thread(target=gc.collect, daemon=True)
             collector.start()
             collector.join()
-            """
-        )
-    )
-    proc = subprocess.run(
-        [sys.executable, str(script)], env=_ENV, capture_output=True, text=True, timeout=120
+            """,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     got = _rows(db_path, "SELECT status, (SELECT group_concat(step) FROM clip_events) FROM runs")
@@ -196,10 +201,9 @@ def test_a_process_that_exits_right_after_dropping_a_tracker_closes_its_run(tmp_
 def test_sigterm_after_a_dropped_tracker_is_closed_ends_the_process_as_without_gradwatch(tmp_path, db_path):
     # The run is closed by a thread that cannot put SIGTERM's default handler back (only the main thread
     # may): the handler left must not turn SIGTERM into a SystemExit that `except BaseException` swallows.
-    script = tmp_path / "cell.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
+    proc = _run_script(
+        tmp_path,
+        f"""
             import gc, os, signal, sqlite3, time, torch
             from tracker import GradTracker
             model = torch.nn.Linear(3, 1)
@@ -218,11 +222,8 @@ def test_sigterm_after_a_dropped_tracker_is_closed_ends_the_process_as_without_g
             except BaseException:
                 pass
             print("survived SIGTERM")
-            """
-        )
-    )
-    proc = subprocess.run(
-        [sys.executable, str(script)], env=_ENV, capture_output=True, text=True, timeout=120
+            """,
+        timeout=120,
     )
     assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stdout, proc.stderr)
     assert _rows(db_path, "SELECT status FROM runs") == [("finished",)]
@@ -288,10 +289,9 @@ def test_pool_workers_keep_the_default_sigterm_and_a_chained_user_handler_surviv
     # A Pool ends its workers with SIGTERM (terminate(), leaving `with Pool`), often while a worker waits in
     # a lock, where a Python handler never runs: with gradwatch's installed, the pool waited forever.
     # And a handler of the user's that chains to the one it replaced must not be killed by gradwatch's.
-    script = tmp_path / "pool.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
+    proc = _run_script(
+        tmp_path,
+        f"""
             import gc, multiprocessing, os, signal, sqlite3, time, torch
             from tracker import GradTracker, lifetime
 
@@ -323,11 +323,8 @@ def test_pool_workers_keep_the_default_sigterm_and_a_chained_user_handler_surviv
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.5)
                 print("STILL HERE", flush=True)
-            """
-        )
-    )
-    proc = subprocess.run(
-        [sys.executable, str(script)], env=_ENV, capture_output=True, text=True, timeout=300
+            """,
+        timeout=300,
     )
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     assert "WORKER [(False, True)]" in proc.stdout
