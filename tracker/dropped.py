@@ -145,8 +145,8 @@ def _start_closer() -> None:
 
 def _new_queue_in_fork_child() -> None:
     # The parent's closer thread did not come along, and what it had queued are the parent's runs.
-    global _queue, _closer, _closer_lock
-    _queue, _closer, _closer_lock = queue.SimpleQueue(), None, threading.Lock()
+    global _queue, _closer, _closer_lock, _closing
+    _queue, _closer, _closer_lock, _closing = queue.SimpleQueue(), None, threading.Lock(), set()
 
 
 os.register_at_fork(after_in_child=_new_queue_in_fork_child)
