@@ -28,7 +28,15 @@ import torch
 from tracker.lifetime import exit_status
 from tracker.rows import pending_parts
 
-__all__ = ["ExitHook", "Remains", "close_run", "complete_update", "wait_closed", "when_dropped"]
+__all__ = [
+    "ExitHook",
+    "Remains",
+    "close_run",
+    "complete_update",
+    "drain_pending",
+    "wait_closed",
+    "when_dropped",
+]
 
 
 class Remains:
@@ -59,14 +67,20 @@ def complete_update(r: Remains, collective: bool) -> None:
         r.writer.add_step(**row)
 
 
+def drain_pending(r: Remains) -> None:
+    """Hand the buffered unlogged steps to the writer as rows (one host copy), leaving ``r.pending`` a new,
+    empty list (a deferred row keeps the old one)."""
+    pending, r.pending = r.pending, []
+    if pending and r.writer is not None:
+        r.rows.write_pending(r.writer, torch.cat(pending_parts(pending)).tolist(), 0, pending)
+
+
 def close_run(r: Remains, status: str, error: str | None, timeout: float, collective: bool = True) -> None:
     """Hand the last rows to the writer, close the run with ``status``, then give back the SIGTERM hold
     (last: a SIGTERM while the close waits for a lock still stops the run cleanly)."""
     try:
         complete_update(r, collective)
-        pending, r.pending = r.pending, []
-        if pending and r.writer is not None:
-            r.rows.write_pending(r.writer, torch.cat(pending_parts(pending)).tolist(), 0, pending)
+        drain_pending(r)
     finally:
         try:
             if r.writer is not None:

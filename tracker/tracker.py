@@ -49,7 +49,15 @@ from tracker.distributed import (
     rank_and_world_size,
     sharded_norms,
 )
-from tracker.dropped import ExitHook, Remains, close_run, complete_update, wait_closed, when_dropped
+from tracker.dropped import (
+    ExitHook,
+    Remains,
+    close_run,
+    complete_update,
+    drain_pending,
+    wait_closed,
+    when_dropped,
+)
 from tracker.env import resolve_clip, resolve_db, resolve_lineage
 from tracker.extra import EXTRA_STATS, ExtraStats
 from tracker.layers import TrackedParameters
@@ -233,6 +241,7 @@ class GradTracker:
         if self.is_writer:  # other ranks hold the same (all-reduced) gradients: they clip, never write
             forks.check_not_inherited(self.db_path)
             self._open_run(run, config, choice, parent_id, world_size, resumed, position)
+            self._remains.run = (os.path.realpath(self.db_path), self.run_id)
         try:
             for old in replaced:
                 _close_replaced(old)
@@ -285,7 +294,7 @@ class GradTracker:
                 raise
             self.run_id, self._store = resumed["run_id"], store
             self._writer = self._remains.writer = Outbox(writer)
-            self._remains.store, self._remains.run = store, (os.path.realpath(self.db_path), self.run_id)
+            self._remains.store = store
             return
 
         # What a relaunch replays, recorded at creation (a resume keeps it): argv and the command as typed
@@ -327,7 +336,6 @@ class GradTracker:
             raise
         self._store = self._remains.store = store
         self._writer = self._remains.writer = Outbox(writer)
-        self._remains.run = (os.path.realpath(self.db_path), self.run_id)
 
     def _number_as_recorded(self, run_id: int, recorded: list[dict[str, Any]], required: set[str]) -> None:
         """Give this model's tensors the layer ids the run recorded them under, by name: they differ from
@@ -880,10 +888,8 @@ class GradTracker:
         return host[TOTAL], was_clipped(host), host[COEF], short_threshold(threshold) or threshold
 
     def _drain_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        self._remains.pending = self._pending
-        if pending and self._writer is not None:
-            self._rows.write_pending(self._writer, torch.cat(pending_parts(pending)).tolist(), 0, pending)
+        drain_pending(self._remains)
+        self._pending = self._remains.pending
 
     def _complete_update(self, collective: bool = True) -> None:
         if self._extra is not None:
