@@ -199,16 +199,23 @@ def retranscribe(corpus, speaker):
     tsv.write_text("\n".join(lines) + "\n")
 
 
-def test_a_changed_transcript_is_a_changed_corpus_and_an_older_checkpoint_resumes_with_a_warning(
-    transcripts_dir, tmp_path, capsys
-):
-    # The features' cache key lists the audio files only; a transcript changes the targets, not the features.
+def _trained_then_retranscribed(transcripts_dir, tmp_path, split: str):
+    """A copy of the transcripts corpus trained on for one step (a checkpoint saved), then the first
+    speaker of ``split`` given other transcripts: (corpus, cache, db, checkpoint, the run's arguments)."""
     corpus = shutil.copytree(transcripts_dir, tmp_path / "tr")
     cache, db, ck = tmp_path / "cache", tmp_path / "g.db", tmp_path / "run.ckpt"
     args = ["--task", "digits", "--epochs", "2", "--quiet", "--checkpoint", str(ck)]
     assert main(real("transcripts", corpus, cache, db, *args, "--max-steps", "1")) == 0
     voices = load_task("digits", "transcripts", corpus, cache_dir=cache).info["voices"]
-    retranscribe(corpus, voices["train"][0])
+    retranscribe(corpus, voices[split][0])
+    return corpus, cache, db, ck, args
+
+
+def test_a_changed_transcript_is_a_changed_corpus_and_an_older_checkpoint_resumes_with_a_warning(
+    transcripts_dir, tmp_path, capsys
+):
+    # The features' cache key lists the audio files only; a transcript changes the targets, not the features.
+    corpus, cache, db, ck, args = _trained_then_retranscribed(transcripts_dir, tmp_path, "train")
     resume = real("transcripts", corpus, cache, db, *args, "--resume")
     capsys.readouterr()
     assert main(resume) == 2
@@ -227,12 +234,7 @@ def test_a_changed_transcript_is_a_changed_corpus_and_an_older_checkpoint_resume
 
 def test_a_changed_val_split_resumes_with_one_warning(transcripts_dir, tmp_path, capsys):
     # The position in the data counts train batches only: it was refused as a changed corpus all the same.
-    corpus = shutil.copytree(transcripts_dir, tmp_path / "tr")
-    cache, db, ck = tmp_path / "cache", tmp_path / "g.db", tmp_path / "run.ckpt"
-    args = ["--task", "digits", "--epochs", "2", "--quiet", "--checkpoint", str(ck)]
-    assert main(real("transcripts", corpus, cache, db, *args, "--max-steps", "1")) == 0
-    voices = load_task("digits", "transcripts", corpus, cache_dir=cache).info["voices"]
-    retranscribe(corpus, voices["val"][0])
+    corpus, cache, db, _, args = _trained_then_retranscribed(transcripts_dir, tmp_path, "val")
     capsys.readouterr()
     assert main(real("transcripts", corpus, cache, db, *args, "--resume")) == 0
     err = capsys.readouterr().err
